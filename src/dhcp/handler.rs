@@ -1,0 +1,379 @@
+//! The DHCP pipeline: one request in, one reply (or a reasoned drop) out.
+//!
+//! No sockets here: [`Handler::handle`] takes a decoded message and where it arrived, and
+//! returns what to send where. That keeps RFC 2131 behaviour testable with captured packets.
+
+use std::collections::HashSet;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::sync::Arc;
+
+use dhcproto::v4::{DhcpOption, Flags, Message, MessageType, Opcode};
+use ipnet::Ipv4Net;
+
+use crate::config::{Config, DhcpMode, SubnetConfig};
+use crate::store::{AllocateRequest, PoolRange, Store, StoreError};
+
+use super::boot::{self, BootTarget};
+use super::client::{classify, ClientInfo};
+
+/// How long an offered address is held for the client that was offered it.
+const OFFER_HOLD_SECS: i64 = 60;
+/// How long a declined address stays out of the pool.
+const DECLINE_QUARANTINE_SECS: i64 = 600;
+/// PXE vendor option 43, sub-option 6 (PXE_DISCOVERY_CONTROL) = 8: use the boot file name in
+/// the reply, no boot server discovery.
+const PXE_VENDOR_OPTIONS: [u8; 4] = [6, 1, 8, 255];
+
+/// Things the rest of the head wants to know about DHCP traffic (the node registry).
+pub trait BootObserver: Send + Sync {
+    /// A network-boot client spoke to us; `ip` is the address it was given, if any.
+    fn dhcp_seen(&self, client: &ClientInfo, ip: Option<Ipv4Addr>);
+}
+
+/// An observer that ignores everything (tests, `check-config`).
+pub struct NoObserver;
+impl BootObserver for NoObserver {
+    fn dhcp_seen(&self, _: &ClientInfo, _: Option<Ipv4Addr>) {}
+}
+
+/// Where a packet arrived.
+#[derive(Debug, Clone)]
+pub struct Arrival {
+    pub iface: String,
+    /// This head's address on the interface: server identifier and next-server.
+    pub iface_addr: Ipv4Addr,
+    pub mode: DhcpMode,
+    /// 67, or 4011 for PXE boot-server (proxyDHCP) requests.
+    pub port: u16,
+    pub src: SocketAddrV4,
+}
+
+#[derive(Debug)]
+pub enum Outcome {
+    Reply { msg: Box<Message>, to: SocketAddrV4 },
+    Drop(&'static str),
+}
+
+pub struct Handler {
+    cfg: Arc<Config>,
+    store: Store,
+    observer: Arc<dyn BootObserver>,
+    /// Every reserved address, kept out of the dynamic pools.
+    reserved: HashSet<Ipv4Addr>,
+}
+
+pub const CLIENT_PORT: u16 = 68;
+pub const SERVER_PORT: u16 = 67;
+/// PXE boot-server port, where proxyDHCP answers requests of clients that have an address.
+pub const PXE_PORT: u16 = 4011;
+
+impl Handler {
+    pub fn new(cfg: Arc<Config>, store: Store, observer: Arc<dyn BootObserver>) -> Handler {
+        let reserved = cfg
+            .dhcp
+            .subnets
+            .iter()
+            .flat_map(|s| s.reservations.iter().map(|r| r.ip))
+            .collect();
+        Handler {
+            cfg,
+            store,
+            observer,
+            reserved,
+        }
+    }
+
+    /// Handle one request. `now` is Unix seconds.
+    pub fn handle(&self, at: &Arrival, msg: &Message, now: i64) -> Result<Outcome, StoreError> {
+        if msg.opcode() != Opcode::BootRequest {
+            return Ok(Outcome::Drop("not-a-request"));
+        }
+        let client = match classify(msg) {
+            Ok(c) => c,
+            Err(super::client::ClientError::NotEthernet) => {
+                return Ok(Outcome::Drop("not-ethernet"))
+            }
+            Err(super::client::ClientError::NoMessageType) => return Ok(Outcome::Drop("bootp")),
+        };
+        match at.mode {
+            DhcpMode::Dhcp => self.full(at, msg, &client, now),
+            DhcpMode::Proxy => Ok(self.proxy(at, msg, &client)),
+        }
+    }
+
+    fn subnet_for(&self, at: &Arrival, msg: &Message) -> Option<&SubnetConfig> {
+        let anchor = if msg.giaddr().is_unspecified() {
+            at.iface_addr
+        } else {
+            msg.giaddr()
+        };
+        self.cfg
+            .dhcp
+            .subnets
+            .iter()
+            .find(|s| s.subnet.contains(&anchor))
+    }
+
+    fn full(
+        &self,
+        at: &Arrival,
+        msg: &Message,
+        client: &ClientInfo,
+        now: i64,
+    ) -> Result<Outcome, StoreError> {
+        if at.port != SERVER_PORT {
+            return Ok(Outcome::Drop("port-4011-in-dhcp-mode"));
+        }
+        let Some(subnet) = self.subnet_for(at, msg) else {
+            return Ok(Outcome::Drop("no-subnet-for-client"));
+        };
+        let reservation = subnet
+            .reservations
+            .iter()
+            .find(|r| enlist_api::normalize_mac(&r.mac).as_deref() == Some(client.mac.as_str()));
+        let range = PoolRange {
+            first: subnet.pool[0],
+            last: subnet.pool[1],
+        };
+        let lease_secs = subnet.lease_time.as_secs() as i64;
+        match client.msg_type {
+            MessageType::Discover => {
+                let ip = self.store.allocate(&AllocateRequest {
+                    mac: &client.mac,
+                    range,
+                    reserved: reservation.map(|r| r.ip),
+                    excluded: &self.reserved,
+                    requested: client.requested_ip,
+                    now,
+                    hold_secs: OFFER_HOLD_SECS,
+                })?;
+                let Some(ip) = ip else {
+                    return Ok(Outcome::Drop("pool-exhausted"));
+                };
+                self.observer.dhcp_seen(client, Some(ip));
+                let mut reply = self.base_reply(msg, MessageType::Offer, at.iface_addr);
+                reply.set_yiaddr(ip);
+                self.lease_options(
+                    &mut reply,
+                    subnet,
+                    lease_secs,
+                    reservation.and_then(|r| r.name.as_deref()),
+                );
+                self.boot_options(&mut reply, client, at.iface_addr);
+                Ok(self.addressed(reply, msg, false))
+            }
+            MessageType::Request => {
+                if let Some(sid) = client.server_id {
+                    if sid != at.iface_addr {
+                        // The client chose another server's offer: forget ours.
+                        if let Some(ip) = client.requested_ip {
+                            let _ = self.store.release(&client.mac, ip)?;
+                        }
+                        return Ok(Outcome::Drop("request-for-other-server"));
+                    }
+                }
+                // SELECTING / INIT-REBOOT carry option 50; RENEWING / REBINDING use ciaddr.
+                let Some(ip) = client.requested_ip.or_else(|| {
+                    let c = msg.ciaddr();
+                    (!c.is_unspecified()).then_some(c)
+                }) else {
+                    return Ok(Outcome::Drop("request-without-address"));
+                };
+                let allowed = match reservation {
+                    Some(r) => r.ip == ip,
+                    None => {
+                        subnet.subnet.contains(&ip)
+                            && range.contains(ip)
+                            && !self.reserved.contains(&ip)
+                    }
+                };
+                if !allowed
+                    || !self.store.bind(
+                        &client.mac,
+                        ip,
+                        now + lease_secs,
+                        client.hostname.as_deref(),
+                        now,
+                    )?
+                {
+                    let mut nak = self.base_reply(msg, MessageType::Nak, at.iface_addr);
+                    nak.set_yiaddr(Ipv4Addr::UNSPECIFIED);
+                    return Ok(self.addressed(nak, msg, true));
+                }
+                self.observer.dhcp_seen(client, Some(ip));
+                let mut reply = self.base_reply(msg, MessageType::Ack, at.iface_addr);
+                reply.set_yiaddr(ip);
+                self.lease_options(
+                    &mut reply,
+                    subnet,
+                    lease_secs,
+                    reservation.and_then(|r| r.name.as_deref()),
+                );
+                self.boot_options(&mut reply, client, at.iface_addr);
+                Ok(self.addressed(reply, msg, false))
+            }
+            MessageType::Release => {
+                let released = self.store.release(&client.mac, msg.ciaddr())?;
+                Ok(Outcome::Drop(if released {
+                    "released"
+                } else {
+                    "release-unknown-lease"
+                }))
+            }
+            MessageType::Decline => {
+                let Some(ip) = client.requested_ip else {
+                    return Ok(Outcome::Drop("decline-without-address"));
+                };
+                self.store
+                    .decline(&client.mac, ip, now + DECLINE_QUARANTINE_SECS)?;
+                tracing::warn!(mac = %client.mac, %ip, "client declined address (in use by another host); quarantined");
+                Ok(Outcome::Drop("declined"))
+            }
+            MessageType::Inform => {
+                let mut reply = self.base_reply(msg, MessageType::Ack, at.iface_addr);
+                self.lease_options(&mut reply, subnet, 0, None);
+                self.boot_options(&mut reply, client, at.iface_addr);
+                Ok(self.addressed(reply, msg, false))
+            }
+            _ => Ok(Outcome::Drop("unexpected-message-type")),
+        }
+    }
+
+    /// proxyDHCP (PXE spec 2.1): boot information only, never an address, PXE clients only.
+    fn proxy(&self, at: &Arrival, msg: &Message, client: &ClientInfo) -> Outcome {
+        if !client.is_pxe() {
+            return Outcome::Drop("proxy-not-pxe-client");
+        }
+        let mtype = match (at.port, client.msg_type) {
+            (SERVER_PORT, MessageType::Discover) => MessageType::Offer,
+            (SERVER_PORT, MessageType::Request) => {
+                // The client is taking an address from the real DHCP server; with a boot file in
+                // our offer it needs nothing more from us on port 67.
+                return Outcome::Drop("proxy-request-on-67");
+            }
+            (_, MessageType::Request) | (_, MessageType::Inform) => MessageType::Ack,
+            _ => return Outcome::Drop("proxy-unexpected-message-type"),
+        };
+        let mut reply = self.base_reply(msg, mtype, at.iface_addr);
+        reply.set_yiaddr(Ipv4Addr::UNSPECIFIED);
+        reply.set_ciaddr(msg.ciaddr());
+        if !self.boot_options(&mut reply, client, at.iface_addr) {
+            return Outcome::Drop("proxy-no-boot-file-for-client");
+        }
+        if let Some(DhcpOption::ClientMachineIdentifier(id)) = msg
+            .opts()
+            .get(dhcproto::v4::OptionCode::ClientMachineIdentifier)
+        {
+            reply
+                .opts_mut()
+                .insert(DhcpOption::ClientMachineIdentifier(id.clone()));
+        }
+        self.observer.dhcp_seen(client, None);
+        if at.port == SERVER_PORT {
+            Outcome::Reply {
+                msg: Box::new(reply),
+                to: SocketAddrV4::new(Ipv4Addr::BROADCAST, CLIENT_PORT),
+            }
+        } else {
+            // Port 4011: the client has its address; answer where it asked from.
+            Outcome::Reply {
+                msg: Box::new(reply),
+                to: at.src,
+            }
+        }
+    }
+
+    fn base_reply(&self, req: &Message, mtype: MessageType, server: Ipv4Addr) -> Message {
+        let mut m = Message::default();
+        m.set_opcode(Opcode::BootReply)
+            .set_htype(req.htype())
+            .set_xid(req.xid())
+            .set_flags(req.flags())
+            .set_giaddr(req.giaddr())
+            .set_chaddr(req.chaddr());
+        m.opts_mut().insert(DhcpOption::MessageType(mtype));
+        m.opts_mut().insert(DhcpOption::ServerIdentifier(server));
+        m
+    }
+
+    fn lease_options(
+        &self,
+        m: &mut Message,
+        s: &SubnetConfig,
+        lease_secs: i64,
+        name: Option<&str>,
+    ) {
+        let net: Ipv4Net = s.subnet;
+        let o = m.opts_mut();
+        o.insert(DhcpOption::SubnetMask(net.netmask()));
+        o.insert(DhcpOption::BroadcastAddr(net.broadcast()));
+        if let Some(r) = s.router {
+            o.insert(DhcpOption::Router(vec![r]));
+        }
+        if !s.dns.is_empty() {
+            o.insert(DhcpOption::DomainNameServer(s.dns.clone()));
+        }
+        if let Some(d) = &s.domain {
+            o.insert(DhcpOption::DomainName(d.clone()));
+        }
+        if let Some(n) = name {
+            o.insert(DhcpOption::Hostname(n.to_string()));
+        }
+        if lease_secs > 0 {
+            let secs = u32::try_from(lease_secs).unwrap_or(u32::MAX);
+            o.insert(DhcpOption::AddressLeaseTime(secs));
+            o.insert(DhcpOption::Renewal(secs / 2));
+            o.insert(DhcpOption::Rebinding(secs / 8 * 7));
+        }
+    }
+
+    /// Add boot information; returns false if there is nothing to boot for this client.
+    fn boot_options(&self, m: &mut Message, client: &ClientInfo, server: Ipv4Addr) -> bool {
+        let target = boot::select(client, &self.cfg.dhcp.boot_files, &self.cfg.http.public_url);
+        match target {
+            BootTarget::None => return false,
+            BootTarget::Tftp(file) => {
+                m.set_siaddr(server);
+                m.set_fname_str(file);
+            }
+            BootTarget::Http(url) => {
+                m.set_siaddr(server);
+                m.set_fname_str(url);
+            }
+        }
+        if let Some(class) = &client.vendor_class {
+            let echo = if class.starts_with("HTTPClient") {
+                "HTTPClient"
+            } else {
+                "PXEClient"
+            };
+            m.opts_mut()
+                .insert(DhcpOption::ClassIdentifier(echo.as_bytes().to_vec()));
+            if echo == "PXEClient" && !client.ipxe {
+                m.opts_mut()
+                    .insert(DhcpOption::VendorExtensions(PXE_VENDOR_OPTIONS.to_vec()));
+            }
+        }
+        true
+    }
+
+    /// Where a reply goes (RFC 2131 4.1): to the relay, to the client's address, or broadcast.
+    /// We broadcast rather than unicast to an address the client does not have yet, which
+    /// would need an ARP entry injected by hand; RFC 2131 allows it.
+    fn addressed(&self, mut reply: Message, req: &Message, nak: bool) -> Outcome {
+        let to = if !req.giaddr().is_unspecified() {
+            if nak {
+                reply.set_flags(Flags::default().set_broadcast());
+            }
+            SocketAddrV4::new(req.giaddr(), SERVER_PORT)
+        } else if !nak && !req.ciaddr().is_unspecified() {
+            SocketAddrV4::new(req.ciaddr(), CLIENT_PORT)
+        } else {
+            SocketAddrV4::new(Ipv4Addr::BROADCAST, CLIENT_PORT)
+        };
+        Outcome::Reply {
+            msg: Box::new(reply),
+            to,
+        }
+    }
+}

@@ -1,0 +1,5 @@
+//! Node OS images: building them from Debian packages (`enlist image build`) and the on-disk
+//! store the boot services read them from.
+
+pub mod cpio;
+pub mod store;

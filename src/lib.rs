@@ -1,0 +1,12 @@
+//! enlist: the head service that boots a room of PCs into a cluster over the network.
+//!
+//! See ARCHITECTURE.md for the map of these modules and how a boot flows through them.
+
+pub mod bootfiles;
+pub mod config;
+pub mod dhcp;
+pub mod image;
+pub mod metrics;
+pub mod netif;
+pub mod store;
+pub mod tftp;

@@ -1,0 +1,136 @@
+//! Prometheus metrics of the head, served at `/metrics`.
+//!
+//! One [`Metrics`] value is shared by all services. Every dropped packet or refused request is
+//! counted here under a `reason` label (and logged once at debug level where it happens).
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+type Labels = Vec<(&'static str, String)>;
+
+pub struct Metrics {
+    registry: Registry,
+    /// DHCP packets by message type and outcome (`reply`, `drop`, ...).
+    pub dhcp_packets: Family<Labels, Counter>,
+    pub dhcp_dropped: Family<Labels, Counter>,
+    pub tftp_transfers: Family<Labels, Counter>,
+    pub tftp_bytes: Counter,
+    pub tftp_refused: Family<Labels, Counter>,
+    pub http_transfers: Family<Labels, Counter>,
+    pub http_bytes: Counter,
+    pub http_refused: Family<Labels, Counter>,
+    pub agent_refused: Family<Labels, Counter>,
+    pub nodes: Family<Labels, Gauge>,
+    /// Seconds from a node's first DHCP packet to its agent's registration.
+    pub boot_duration: Histogram,
+}
+
+pub fn labels(pairs: &[(&'static str, &str)]) -> Labels {
+    pairs.iter().map(|(k, v)| (*k, v.to_string())).collect()
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("enlist");
+        let dhcp_packets = Family::<Labels, Counter>::default();
+        let dhcp_dropped = Family::<Labels, Counter>::default();
+        let tftp_transfers = Family::<Labels, Counter>::default();
+        let tftp_bytes = Counter::default();
+        let tftp_refused = Family::<Labels, Counter>::default();
+        let http_transfers = Family::<Labels, Counter>::default();
+        let http_bytes = Counter::default();
+        let http_refused = Family::<Labels, Counter>::default();
+        let agent_refused = Family::<Labels, Counter>::default();
+        let nodes = Family::<Labels, Gauge>::default();
+        let boot_duration = Histogram::new(
+            [
+                5.0, 10.0, 15.0, 20.0, 30.0, 45.0, 60.0, 90.0, 120.0, 180.0, 300.0,
+            ]
+            .into_iter(),
+        );
+        registry.register(
+            "dhcp_packets",
+            "DHCP packets received, by message type and outcome",
+            dhcp_packets.clone(),
+        );
+        registry.register(
+            "dhcp_dropped",
+            "DHCP packets dropped, by reason",
+            dhcp_dropped.clone(),
+        );
+        registry.register(
+            "tftp_transfers",
+            "TFTP transfers, by outcome",
+            tftp_transfers.clone(),
+        );
+        registry.register("tftp_sent_bytes", "Bytes sent by TFTP", tftp_bytes.clone());
+        registry.register(
+            "tftp_refused",
+            "TFTP requests refused, by reason",
+            tftp_refused.clone(),
+        );
+        registry.register(
+            "http_transfers",
+            "Boot files served over HTTP, by kind",
+            http_transfers.clone(),
+        );
+        registry.register(
+            "http_sent_bytes",
+            "Boot file bytes sent over HTTP",
+            http_bytes.clone(),
+        );
+        registry.register(
+            "http_refused",
+            "HTTP requests refused, by reason",
+            http_refused.clone(),
+        );
+        registry.register(
+            "agent_refused",
+            "Agent API requests refused, by reason",
+            agent_refused.clone(),
+        );
+        registry.register("nodes", "Nodes by state", nodes.clone());
+        registry.register(
+            "boot_duration_seconds",
+            "Time from first DHCP packet to agent registered",
+            boot_duration.clone(),
+        );
+        Metrics {
+            registry,
+            dhcp_packets,
+            dhcp_dropped,
+            tftp_transfers,
+            tftp_bytes,
+            tftp_refused,
+            http_transfers,
+            http_bytes,
+            http_refused,
+            agent_refused,
+            nodes,
+            boot_duration,
+        }
+    }
+
+    pub fn dhcp_drop(&self, reason: &str) {
+        self.dhcp_dropped
+            .get_or_create(&labels(&[("reason", reason)]))
+            .inc();
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}

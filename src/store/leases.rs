@@ -1,0 +1,363 @@
+//! DHCP lease storage. Address policy (which subnet, reservations) lives in `dhcp::`; this
+//! module only guarantees that one address belongs to at most one client at a time.
+
+use std::collections::HashSet;
+use std::net::Ipv4Addr;
+
+use rusqlite::{params, OptionalExtension, Transaction};
+
+use super::{Store, StoreError};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaseState {
+    /// Offered and held briefly until the client's REQUEST.
+    Offered,
+    Bound,
+    /// A client said the address is in use by someone else: quarantined until `expires`.
+    Declined,
+}
+
+impl LeaseState {
+    fn as_str(self) -> &'static str {
+        match self {
+            LeaseState::Offered => "offered",
+            LeaseState::Bound => "bound",
+            LeaseState::Declined => "declined",
+        }
+    }
+    fn parse(s: &str) -> LeaseState {
+        match s {
+            "bound" => LeaseState::Bound,
+            "declined" => LeaseState::Declined,
+            _ => LeaseState::Offered,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub ip: Ipv4Addr,
+    pub mac: String,
+    pub state: LeaseState,
+    pub expires: i64,
+    pub hostname: Option<String>,
+}
+
+/// An inclusive range of addresses to allocate from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolRange {
+    pub first: Ipv4Addr,
+    pub last: Ipv4Addr,
+}
+
+impl PoolRange {
+    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+        (u32::from(self.first)..=u32::from(self.last)).contains(&u32::from(ip))
+    }
+}
+
+fn row_for_ip(tx: &Transaction, ip: Ipv4Addr) -> rusqlite::Result<Option<Lease>> {
+    tx.query_row(
+        "SELECT ip, mac, state, expires, hostname FROM leases WHERE ip = ?1",
+        [u32::from(ip)],
+        lease_from_row,
+    )
+    .optional()
+}
+
+fn lease_from_row(r: &rusqlite::Row) -> rusqlite::Result<Lease> {
+    let state: String = r.get(2)?;
+    Ok(Lease {
+        ip: Ipv4Addr::from(r.get::<_, u32>(0)?),
+        mac: r.get(1)?,
+        state: LeaseState::parse(&state),
+        expires: r.get(3)?,
+        hostname: r.get(4)?,
+    })
+}
+
+/// Whether `mac` may take `ip` given the row that holds it now.
+fn usable_by(row: &Option<Lease>, mac: &str, now: i64) -> bool {
+    match row {
+        None => true,
+        Some(l) if l.expires <= now => true,
+        Some(l) => l.mac == mac && l.state != LeaseState::Declined,
+    }
+}
+
+fn put(
+    tx: &Transaction,
+    ip: Ipv4Addr,
+    mac: &str,
+    state: LeaseState,
+    expires: i64,
+    hostname: Option<&str>,
+) -> rusqlite::Result<()> {
+    // A client holds one address: drop its other non-declined rows.
+    tx.execute(
+        "DELETE FROM leases WHERE mac = ?1 AND ip != ?2 AND state != 'declined'",
+        params![mac, u32::from(ip)],
+    )?;
+    tx.execute(
+        "INSERT INTO leases(ip, mac, state, expires, hostname) VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT(ip) DO UPDATE SET mac = excluded.mac, state = excluded.state,
+           expires = excluded.expires, hostname = COALESCE(excluded.hostname, leases.hostname)",
+        params![u32::from(ip), mac, state.as_str(), expires, hostname],
+    )?;
+    Ok(())
+}
+
+/// What a client asks for when it is offered an address.
+#[derive(Debug, Clone)]
+pub struct AllocateRequest<'a> {
+    pub mac: &'a str,
+    pub range: PoolRange,
+    /// The client's reservation, if it has one: always used.
+    pub reserved: Option<Ipv4Addr>,
+    /// Reserved addresses of other clients, never handed out from the pool.
+    pub excluded: &'a HashSet<Ipv4Addr>,
+    /// Option 50, if the client asked for an address.
+    pub requested: Option<Ipv4Addr>,
+    pub now: i64,
+    /// How long an offered address is held for this client.
+    pub hold_secs: i64,
+}
+
+impl Store {
+    /// Choose an address for a DISCOVER and hold it for the client. `None`: pool exhausted.
+    pub fn allocate(&self, req: &AllocateRequest) -> Result<Option<Ipv4Addr>, StoreError> {
+        self.with(|c| {
+            let tx = c.transaction()?;
+            let chosen = choose(&tx, req)?;
+            if let Some(ip) = chosen {
+                let row = row_for_ip(&tx, ip)?;
+                // Keep a bound lease bound; only fresh addresses become `offered`.
+                let keep_bound = matches!(&row, Some(l) if l.mac == req.mac && l.state == LeaseState::Bound && l.expires > req.now);
+                if !keep_bound {
+                    put(&tx, ip, req.mac, LeaseState::Offered, req.now + req.hold_secs, None)?;
+                }
+            }
+            tx.commit()?;
+            Ok(chosen)
+        })
+    }
+
+    /// Bind `ip` to `mac` (REQUEST). Returns false if the address belongs to someone else.
+    pub fn bind(
+        &self,
+        mac: &str,
+        ip: Ipv4Addr,
+        expires: i64,
+        hostname: Option<&str>,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        self.with(|c| {
+            let tx = c.transaction()?;
+            let row = row_for_ip(&tx, ip)?;
+            if !usable_by(&row, mac, now) {
+                return Ok(false);
+            }
+            put(&tx, ip, mac, LeaseState::Bound, expires, hostname)?;
+            tx.commit()?;
+            Ok(true)
+        })
+    }
+
+    /// The client gives its address back (RELEASE).
+    pub fn release(&self, mac: &str, ip: Ipv4Addr) -> Result<bool, StoreError> {
+        self.with(|c| {
+            let n = c.execute(
+                "DELETE FROM leases WHERE ip = ?1 AND mac = ?2 AND state != 'declined'",
+                params![u32::from(ip), mac],
+            )?;
+            Ok(n > 0)
+        })
+    }
+
+    /// The client found the address in use (DECLINE): quarantine it until `until`.
+    pub fn decline(&self, mac: &str, ip: Ipv4Addr, until: i64) -> Result<(), StoreError> {
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO leases(ip, mac, state, expires) VALUES (?1, ?2, 'declined', ?3)
+                 ON CONFLICT(ip) DO UPDATE SET mac = excluded.mac, state = 'declined', expires = excluded.expires",
+                params![u32::from(ip), mac, until],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// The unexpired bound lease of `mac`, if any.
+    pub fn lease_of(&self, mac: &str, now: i64) -> Result<Option<Lease>, StoreError> {
+        self.with(|c| {
+            c.query_row(
+                "SELECT ip, mac, state, expires, hostname FROM leases
+                 WHERE mac = ?1 AND state = 'bound' AND expires > ?2",
+                params![mac, now],
+                lease_from_row,
+            )
+            .optional()
+        })
+    }
+
+    pub fn leases(&self) -> Result<Vec<Lease>, StoreError> {
+        self.with(|c| {
+            let mut st =
+                c.prepare("SELECT ip, mac, state, expires, hostname FROM leases ORDER BY ip")?;
+            let rows = st.query_map([], lease_from_row)?;
+            rows.collect()
+        })
+    }
+}
+
+fn choose(tx: &Transaction, req: &AllocateRequest) -> rusqlite::Result<Option<Ipv4Addr>> {
+    if let Some(ip) = req.reserved {
+        let row = row_for_ip(tx, ip)?;
+        // A reservation wins over a stale lease of another client, but not over a quarantine.
+        let quarantined =
+            matches!(&row, Some(l) if l.state == LeaseState::Declined && l.expires > req.now);
+        return Ok(if quarantined { None } else { Some(ip) });
+    }
+    // 1. The address this client already has in this range.
+    let current: Option<u32> = tx
+        .query_row(
+            "SELECT ip FROM leases WHERE mac = ?1 AND state != 'declined' AND ip BETWEEN ?2 AND ?3
+             ORDER BY expires DESC LIMIT 1",
+            params![
+                req.mac,
+                u32::from(req.range.first),
+                u32::from(req.range.last)
+            ],
+            |r| r.get(0),
+        )
+        .optional()?;
+    if let Some(ip) = current {
+        return Ok(Some(Ipv4Addr::from(ip)));
+    }
+    // 2. The address it asked for, if free.
+    if let Some(ip) = req.requested {
+        if req.range.contains(ip) && !req.excluded.contains(&ip) {
+            let row = row_for_ip(tx, ip)?;
+            if usable_by(&row, req.mac, req.now) {
+                return Ok(Some(ip));
+            }
+        }
+    }
+    // 3. The first free address: never used, else the longest expired.
+    let mut taken = HashSet::new();
+    {
+        let mut st =
+            tx.prepare("SELECT ip FROM leases WHERE ip BETWEEN ?1 AND ?2 AND expires > ?3")?;
+        let rows = st.query_map(
+            params![
+                u32::from(req.range.first),
+                u32::from(req.range.last),
+                req.now
+            ],
+            |r| r.get::<_, u32>(0),
+        )?;
+        for ip in rows {
+            taken.insert(ip?);
+        }
+    }
+    let mut expired_candidate = None;
+    for n in u32::from(req.range.first)..=u32::from(req.range.last) {
+        let ip = Ipv4Addr::from(n);
+        if taken.contains(&n) || req.excluded.contains(&ip) {
+            continue;
+        }
+        match row_for_ip(tx, ip)? {
+            None => return Ok(Some(ip)),
+            Some(l) => {
+                if expired_candidate.map_or(true, |(_, e)| l.expires < e) {
+                    expired_candidate = Some((ip, l.expires));
+                }
+            }
+        }
+    }
+    Ok(expired_candidate.map(|(ip, _)| ip))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn range() -> PoolRange {
+        PoolRange {
+            first: Ipv4Addr::new(10, 0, 0, 10),
+            last: Ipv4Addr::new(10, 0, 0, 12),
+        }
+    }
+
+    fn req<'a>(mac: &'a str, excluded: &'a HashSet<Ipv4Addr>) -> AllocateRequest<'a> {
+        AllocateRequest {
+            mac,
+            range: range(),
+            reserved: None,
+            excluded,
+            requested: None,
+            now: 1000,
+            hold_secs: 60,
+        }
+    }
+
+    #[test]
+    fn distinct_clients_get_distinct_addresses_until_exhausted() {
+        let s = Store::memory().unwrap();
+        let ex = HashSet::new();
+        let a = s.allocate(&req("a", &ex)).unwrap().unwrap();
+        let b = s.allocate(&req("b", &ex)).unwrap().unwrap();
+        let c = s.allocate(&req("c", &ex)).unwrap().unwrap();
+        assert_eq!(
+            HashSet::from([a, b, c]).len(),
+            3,
+            "three clients, three addresses"
+        );
+        assert_eq!(s.allocate(&req("d", &ex)).unwrap(), None, "pool exhausted");
+        // The same client asking again gets the same address.
+        assert_eq!(s.allocate(&req("a", &ex)).unwrap(), Some(a));
+    }
+
+    #[test]
+    fn bind_refuses_an_address_held_by_another_client() {
+        let s = Store::memory().unwrap();
+        let ip = Ipv4Addr::new(10, 0, 0, 10);
+        assert!(s.bind("a", ip, 5000, None, 1000).unwrap());
+        assert!(!s.bind("b", ip, 5000, None, 1000).unwrap());
+        // After expiry it is free again.
+        assert!(s.bind("b", ip, 9000, None, 6000).unwrap());
+    }
+
+    #[test]
+    fn declined_address_is_quarantined() {
+        let s = Store::memory().unwrap();
+        let ex = HashSet::new();
+        let a = s.allocate(&req("a", &ex)).unwrap().unwrap();
+        s.decline("a", a, 2000).unwrap();
+        let again = s.allocate(&req("a", &ex)).unwrap().unwrap();
+        assert_ne!(again, a, "a declined address is not offered again");
+        assert!(!s.bind("b", a, 5000, None, 1000).unwrap());
+    }
+
+    #[test]
+    fn reserved_addresses_are_not_pooled() {
+        let s = Store::memory().unwrap();
+        let ex = HashSet::from([Ipv4Addr::new(10, 0, 0, 10)]);
+        let a = s.allocate(&req("a", &ex)).unwrap().unwrap();
+        assert_eq!(a, Ipv4Addr::new(10, 0, 0, 11));
+    }
+
+    #[test]
+    fn leases_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let ip = Ipv4Addr::new(10, 0, 0, 11);
+        {
+            let s = Store::open(&path).unwrap();
+            assert!(s.bind("a", ip, i64::MAX, Some("pc"), 1000).unwrap());
+        }
+        let s = Store::open(&path).unwrap();
+        let l = s.lease_of("a", 1000).unwrap().unwrap();
+        assert_eq!(l.ip, ip);
+        assert_eq!(l.hostname.as_deref(), Some("pc"));
+    }
+}
