@@ -5,8 +5,11 @@
 pub mod bootfiles;
 pub mod config;
 pub mod dhcp;
+pub mod http;
 pub mod image;
 pub mod metrics;
 pub mod netif;
+pub mod registry;
+pub mod serve;
 pub mod store;
 pub mod tftp;

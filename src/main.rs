@@ -1,1 +1,90 @@
-fn main() {}
+//! The `enlist` command: the head service and the tools around it.
+
+mod cli;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "enlist",
+    version,
+    about = "Boot a room of ordinary PCs into a cluster over the network"
+)]
+struct Args {
+    /// Configuration file.
+    #[arg(long, short, global = true, default_value = enlist::config::DEFAULT_PATH)]
+    config: PathBuf,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the head: DHCP, TFTP, HTTP, registry and dashboard.
+    Serve,
+    /// Validate a configuration file without serving (default: --config).
+    CheckConfig { file: Option<PathBuf> },
+    /// Build and publish node OS images.
+    Image {
+        #[command(subcommand)]
+        cmd: cli::image::ImageCmd,
+    },
+    /// Write the 1.44 MB boot floppy image.
+    Floppy(cli::floppy::FloppyArgs),
+    /// Write the boot disk as a hybrid ISO for CD or USB stick.
+    Usb(cli::floppy::FloppyArgs),
+    /// List the nodes of a running head.
+    Nodes {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Act on one node of a running head.
+    Node {
+        #[command(subcommand)]
+        cmd: cli::nodes::NodeCmd,
+    },
+    /// Administration of the head itself.
+    Admin {
+        #[command(subcommand)]
+        cmd: cli::admin::AdminCmd,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("ENLIST_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let args = Args::parse();
+    match run(args) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("enlist: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Args) -> anyhow::Result<()> {
+    match args.cmd {
+        Cmd::Serve => cli::serve(&args.config),
+        Cmd::CheckConfig { file } => {
+            let path = file.unwrap_or(args.config);
+            enlist::config::Config::load(&path)?;
+            println!("{}: ok", path.display());
+            Ok(())
+        }
+        Cmd::Image { cmd } => cli::image::run(cmd),
+        Cmd::Floppy(a) => cli::floppy::floppy(&args.config, a),
+        Cmd::Usb(a) => cli::floppy::usb(&args.config, a),
+        Cmd::Nodes { json } => cli::nodes::list(&args.config, json),
+        Cmd::Node { cmd } => cli::nodes::act(&args.config, cmd),
+        Cmd::Admin { cmd } => cli::admin::run(&args.config, cmd),
+    }
+}

@@ -1,5 +1,8 @@
 //! Node OS images: building them from Debian packages (`enlist image build`) and the on-disk
 //! store the boot services read them from.
 
+pub mod build;
 pub mod cpio;
+pub mod deb;
+pub mod recipe;
 pub mod store;

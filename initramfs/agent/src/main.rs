@@ -1,1 +1,232 @@
-fn main() {}
+//! enlist-agent: the cluster agent of the node OS.
+//!
+//! Registers the PC with its head, sends heartbeats, keeps /etc/hosts listing every enlisted
+//! node, obeys the head's signed commands, and says "leaving" on shutdown. It keeps running when
+//! the head is away and registers again when it returns.
+//!
+//! Plain HTTP with a blocking client and std threads: small, and fine on a Pentium II without
+//! SSE2 (no TLS: `ring` needs SSE2; requests are signed instead, see `enlist_api`).
+
+mod client;
+mod conf;
+mod sysinfo;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use enlist_api::{
+    paths, CommandKind, CommandResult, CommandsResponse, HeartbeatResponse, Leaving, PeersResponse,
+};
+
+use client::{Client, Failure};
+
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_term(_: libc::c_int) {
+    STOP.store(true, Ordering::SeqCst);
+}
+
+fn say(msg: &str) {
+    // The console is the lab tech's only view: one plain line per event.
+    eprintln!("enlist-agent: {msg}");
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.iter().any(|a| a == "--version" || a == "-V") {
+        println!("enlist-agent {}", env!("CARGO_PKG_VERSION"));
+        return;
+    }
+    let conf_path = args
+        .windows(2)
+        .find(|w| w[0] == "--conf")
+        .map(|w| w[1].clone())
+        .unwrap_or_else(|| conf::DEFAULT_PATH.into());
+    let conf = loop {
+        match conf::load(&conf_path) {
+            Ok(c) => break c,
+            Err(e) => {
+                say(&format!("{e}; retrying in 10 s"));
+                std::thread::sleep(Duration::from_secs(10));
+            }
+        }
+    };
+    // SAFETY: installing a handler that only stores to an atomic is async-signal-safe.
+    unsafe {
+        libc::signal(libc::SIGTERM, on_term as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGINT, on_term as *const () as libc::sighandler_t);
+    }
+    let client = Arc::new(Client::new(conf));
+    run(client);
+}
+
+fn sleep_unless_stopped(d: Duration) {
+    let step = Duration::from_millis(200);
+    let mut left = d;
+    while !STOP.load(Ordering::SeqCst) && !left.is_zero() {
+        let s = left.min(step);
+        std::thread::sleep(s);
+        left -= s;
+    }
+}
+
+fn run(client: Arc<Client>) {
+    let mut backoff = 1u64;
+    // Registration loop: runs again whenever the head forgets us (restart) or is unreachable.
+    while !STOP.load(Ordering::SeqCst) {
+        match client.register() {
+            Ok(resp) => {
+                backoff = 1;
+                let hb_secs = resp.heartbeat_secs.max(1) as u64;
+                say(&format!(
+                    "registered with {} as {}",
+                    client.head(),
+                    resp.name
+                ));
+                sysinfo::write_hosts(&resp.name, &resp.peers);
+                let session_ok = Arc::new(AtomicBool::new(true));
+                let poller = {
+                    let (client, ok) = (client.clone(), session_ok.clone());
+                    std::thread::spawn(move || poll_commands(&client, &ok))
+                };
+                heartbeat_loop(&client, hb_secs, &session_ok);
+                let _ = poller.join();
+            }
+            Err(f) => {
+                say(&format!("{f}; retrying in {backoff} s"));
+                sleep_unless_stopped(Duration::from_secs(backoff));
+                backoff = (backoff * 2).min(30);
+            }
+        }
+    }
+    let reason =
+        std::fs::read_to_string("/run/enlist/leaving").unwrap_or_else(|_| "shutdown".into());
+    match client.post::<_, serde_json::Value>(
+        paths::LEAVING,
+        &Leaving {
+            reason: reason.trim().into(),
+        },
+    ) {
+        Ok(_) => say("told the head we are leaving"),
+        Err(f) => say(&format!("could not tell the head we are leaving: {f}")),
+    }
+}
+
+/// Heartbeats until the session is lost (head restarted) or we are told to stop.
+fn heartbeat_loop(client: &Client, secs: u64, session_ok: &AtomicBool) {
+    let mut peers_version = 0;
+    let mut down_since: Option<std::time::Instant> = None;
+    while !STOP.load(Ordering::SeqCst) && session_ok.load(Ordering::SeqCst) {
+        match client.post::<_, HeartbeatResponse>(paths::HEARTBEAT, &sysinfo::heartbeat()) {
+            Ok(r) => {
+                if down_since.take().is_some() {
+                    say("head reachable again");
+                }
+                if r.peers_version != peers_version {
+                    if let Ok(p) =
+                        client.post::<_, PeersResponse>(paths::PEERS, &serde_json::json!({}))
+                    {
+                        sysinfo::write_hosts(&client.name(), &p.peers);
+                        peers_version = r.peers_version;
+                    }
+                }
+            }
+            Err(Failure::Unauthorized(m)) => {
+                say(&format!(
+                    "head does not know this session ({m}); registering again"
+                ));
+                session_ok.store(false, Ordering::SeqCst);
+                return;
+            }
+            Err(f) => {
+                if down_since.is_none() {
+                    say(&format!("{f}; will keep trying"));
+                    down_since = Some(std::time::Instant::now());
+                }
+                // After a long outage the head has surely forgotten us: register again.
+                if down_since
+                    .map(|t| t.elapsed() > Duration::from_secs(20))
+                    .unwrap_or(false)
+                {
+                    session_ok.store(false, Ordering::SeqCst);
+                    return;
+                }
+            }
+        }
+        sleep_unless_stopped(Duration::from_secs(secs));
+    }
+    session_ok.store(false, Ordering::SeqCst);
+}
+
+fn poll_commands(client: &Client, session_ok: &AtomicBool) {
+    while !STOP.load(Ordering::SeqCst) && session_ok.load(Ordering::SeqCst) {
+        let resp = match client
+            .post_long::<_, CommandsResponse>(paths::COMMANDS, &serde_json::json!({}))
+        {
+            Ok(r) => r,
+            Err(Failure::Unauthorized(_)) => return,
+            Err(_) => {
+                sleep_unless_stopped(Duration::from_secs(2));
+                continue;
+            }
+        };
+        for cmd in resp.commands {
+            if !client.verify_command(&cmd) {
+                say(&format!(
+                    "ignoring command #{} with a bad signature",
+                    cmd.id
+                ));
+                continue;
+            }
+            execute(client, cmd.id, cmd.kind);
+        }
+    }
+}
+
+fn execute(client: &Client, id: u64, kind: CommandKind) {
+    say(&format!("command #{id}: {}", kind.as_str()));
+    let report = |ok: bool, message: &str| {
+        let r = CommandResult {
+            id,
+            ok,
+            message: message.into(),
+        };
+        if let Err(f) = client.post::<_, serde_json::Value>(paths::RESULT, &r) {
+            say(&format!("could not report command #{id}: {f}"));
+        }
+    };
+    let leave_and = |reason: &str, applet: &str| {
+        report(true, &format!("{reason} now"));
+        let _ = client.post::<_, serde_json::Value>(
+            paths::LEAVING,
+            &Leaving {
+                reason: reason.into(),
+            },
+        );
+        let _ = std::fs::create_dir_all("/run/enlist");
+        let _ = std::fs::write("/run/enlist/leaving", reason);
+        say(&format!("{reason}: handing over to init"));
+        // busybox init runs its shutdown actions, then restarts or powers off the PC.
+        if let Err(e) = std::process::Command::new("/bin/busybox")
+            .arg(applet)
+            .status()
+        {
+            say(&format!("{applet} failed: {e}"));
+        }
+    };
+    match kind {
+        CommandKind::Reboot => leave_and("reboot", "reboot"),
+        CommandKind::Release => leave_and("release", "reboot"),
+        CommandKind::PowerOff => leave_and("poweroff", "poweroff"),
+        CommandKind::RefreshPeers => {
+            match client.post::<_, PeersResponse>(paths::PEERS, &serde_json::json!({})) {
+                Ok(p) => {
+                    sysinfo::write_hosts(&client.name(), &p.peers);
+                    report(true, &format!("{} peers", p.peers.len()));
+                }
+                Err(f) => report(false, &f.to_string()),
+            }
+        }
+    }
+}

@@ -1,0 +1,130 @@
+//! `enlist nodes` and `enlist node ...`: talk to a running head's admin API with the token in
+//! its state folder (readable by root only).
+
+use std::path::Path;
+
+use anyhow::Context;
+use clap::Subcommand;
+use serde_json::Value;
+
+#[derive(Subcommand)]
+pub enum NodeCmd {
+    /// Hand the PC back to its own disk (its agent reboots it).
+    Release { node: String },
+    /// Reboot the node into the node OS again.
+    Reboot { node: String },
+    /// Let a pending node join.
+    Approve { node: String },
+    /// Enlist a released node again.
+    Enlist { node: String },
+    /// Power the PC off.
+    PowerOff { node: String },
+    /// Show one node and its event history.
+    Show { node: String },
+}
+
+struct Head {
+    base: String,
+    token: String,
+}
+
+fn head(config: &Path) -> anyhow::Result<Head> {
+    let cfg = enlist::config::Config::load(config)?;
+    let mut addr = cfg.http.listen;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let token_path = cfg.state_dir.join(enlist::http::auth::TOKEN_FILE);
+    let token = std::fs::read_to_string(&token_path).with_context(|| {
+        format!(
+            "{}: cannot read the admin token (is the head running, and are you root?)",
+            token_path.display()
+        )
+    })?;
+    Ok(Head {
+        base: format!("http://{addr}"),
+        token: token.trim().to_string(),
+    })
+}
+
+fn call(h: &Head, method: &str, path: &str) -> anyhow::Result<Value> {
+    let url = format!("{}{path}", h.base);
+    let req = ureq::request(method, &url).set("authorization", &format!("Bearer {}", h.token));
+    let resp = match req.call() {
+        Ok(r) => r,
+        Err(ureq::Error::Status(code, r)) => {
+            let body: Value = r.into_json().unwrap_or(Value::Null);
+            anyhow::bail!(
+                "{url}: HTTP {code}: {}",
+                body["error"].as_str().unwrap_or("(no detail)")
+            );
+        }
+        Err(e) => return Err(e).with_context(|| format!("{url}: head not reachable")),
+    };
+    if resp.status() == 204 {
+        return Ok(Value::Null);
+    }
+    resp.into_json().with_context(|| format!("{url}: bad JSON"))
+}
+
+fn s(v: &Value) -> String {
+    match v {
+        Value::Null => "-".into(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+pub fn list(config: &Path, json: bool) -> anyhow::Result<()> {
+    let h = head(config)?;
+    let v = call(&h, "GET", "/api/v1/nodes")?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&v["nodes"])?);
+        return Ok(());
+    }
+    println!(
+        "{:<16} {:<18} {:<15} {:<11} {:<28} {:>7} {:>6}",
+        "NAME", "MAC", "IP", "STATE", "CPU", "RAM MB", "LOAD"
+    );
+    for n in v["nodes"].as_array().cloned().unwrap_or_default() {
+        let cpu: String = s(&n["info"]["cpu_model"]).chars().take(28).collect();
+        let ram = n["info"]["mem_total_kb"]
+            .as_u64()
+            .map(|k| (k / 1024).to_string())
+            .unwrap_or("-".into());
+        let load = n["heartbeat"]["load1"]
+            .as_f64()
+            .map(|l| format!("{l:.2}"))
+            .unwrap_or("-".into());
+        println!(
+            "{:<16} {:<18} {:<15} {:<11} {:<28} {:>7} {:>6}",
+            s(&n["name"]),
+            s(&n["mac"]),
+            s(&n["ip"]),
+            s(&n["state"]),
+            cpu,
+            ram,
+            load
+        );
+    }
+    Ok(())
+}
+
+pub fn act(config: &Path, cmd: NodeCmd) -> anyhow::Result<()> {
+    let h = head(config)?;
+    let (action, node) = match &cmd {
+        NodeCmd::Release { node } => ("release", node),
+        NodeCmd::Reboot { node } => ("reboot", node),
+        NodeCmd::Approve { node } => ("approve", node),
+        NodeCmd::Enlist { node } => ("enlist", node),
+        NodeCmd::PowerOff { node } => ("power-off", node),
+        NodeCmd::Show { node } => {
+            let v = call(&h, "GET", &format!("/api/v1/nodes/{node}"))?;
+            println!("{}", serde_json::to_string_pretty(&v)?);
+            return Ok(());
+        }
+    };
+    let v = call(&h, "POST", &format!("/api/v1/nodes/{node}/{action}"))?;
+    println!("{}: {action} sent; state {}", s(&v["name"]), s(&v["state"]));
+    Ok(())
+}

@@ -1,0 +1,121 @@
+//! The head's HTTP service (axum): boot scripts and files for iPXE, the agent API, the admin
+//! API and dashboard, and `/metrics`.
+//!
+//! | module      | routes                                                              |
+//! |-------------|---------------------------------------------------------------------|
+//! | `boot`      | `/boot/<mac>.ipxe`, `/boot.ipxe?mac=`, `/ipxe/*`, `/images/*`, `/boot/*` |
+//! | `agent`     | `/api/v1/agent/*` (signed by node keys)                              |
+//! | `admin`     | `/api/v1/login`, `/api/v1/nodes...`, `/api/v1/events`, `/api/v1/stream` |
+//! | `dashboard` | `/`, assets, `/api/v1/openapi.json`                                  |
+
+mod admin;
+mod agent;
+pub mod auth;
+mod boot;
+mod dashboard;
+
+use std::sync::Arc;
+
+use axum::routing::get;
+use axum::Router;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::bootfiles::BootFiles;
+use crate::metrics::Metrics;
+use crate::registry::Registry;
+
+/// Everything the handlers share.
+pub struct AppState {
+    pub registry: Arc<Registry>,
+    pub files: Arc<BootFiles>,
+    pub metrics: Arc<Metrics>,
+    pub auth: auth::Auth,
+}
+
+pub type Shared = Arc<AppState>;
+
+pub fn router(state: Shared) -> Router {
+    Router::new()
+        .merge(boot::routes())
+        .merge(agent::routes())
+        .merge(admin::routes())
+        .merge(dashboard::routes())
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
+async fn metrics(
+    axum::extract::State(s): axum::extract::State<Shared>,
+) -> impl axum::response::IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        s.metrics.render(),
+    )
+}
+
+/// Serve on `listener` until `shutdown` turns true.
+pub async fn run(
+    listener: TcpListener,
+    state: Shared,
+    mut shutdown: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    use axum::serve::ListenerExt;
+    let app = router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tune_boot_socket(tcp) {
+            tracing::debug!("http: cannot tune socket: {e}");
+        }
+    });
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            let _ = shutdown.wait_for(|v| *v).await;
+        })
+        .await
+}
+
+/// Shape TCP for the NICs of period PCs. Their boot ROMs (iPXE on an EtherExpress or NE2000)
+/// have a handful of receive buffers and an emulated or slow CPU; a line-rate burst overflows
+/// them, and with a rate-probing congestion control (BBR) the losses repeat until the RTO
+/// backs off to tens of seconds. Loss-based Reno plus a pacing cap keeps downloads flowing.
+fn tune_boot_socket(tcp: &tokio::net::TcpStream) -> std::io::Result<()> {
+    let sock = socket2::SockRef::from(tcp);
+    sock.set_nodelay(true)?;
+    // Reno is always allowed for unprivileged sockets; failure only means keeping the default.
+    let _ = sock.set_tcp_congestion(b"reno");
+    // SO_MAX_PACING_RATE, bytes per second (Linux paces TCP internally without fq).
+    let rate: u32 = PACING_BYTES_PER_SEC;
+    // SAFETY: plain setsockopt on a valid fd with a u32 value.
+    let rc = unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(tcp),
+            libc::SOL_SOCKET,
+            libc::SO_MAX_PACING_RATE,
+            (&rate as *const u32).cast(),
+            std::mem::size_of::<u32>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// 4 MB/s (32 Mbit/s) per download.
+const PACING_BYTES_PER_SEC: u32 = 1_000_000;
+
+/// A JSON error body with a status code; every refusal goes through here.
+pub(crate) fn error(
+    status: axum::http::StatusCode,
+    message: impl Into<String>,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    (
+        status,
+        axum::Json(serde_json::json!({ "error": message.into() })),
+    )
+        .into_response()
+}

@@ -1,0 +1,580 @@
+//! `enlist image build`: assemble a node OS image from Debian packages, the agent and the files
+//! under `initramfs/`, then publish it atomically.
+//!
+//! The initramfs is a newc cpio compressed with gzip or xz (CRC32 check, which is what the
+//! kernel's decompressor accepts). Its length is padded to a multiple of 4 so the per-node cpio
+//! the head appends starts aligned, as the kernel's unpacker expects.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use super::cpio::Archive;
+use super::deb::{self, DebError, Entry};
+use super::recipe::{matches, Compression, Recipe, RecipeError};
+use super::store::{ImageStore, ImageStoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error(transparent)]
+    Recipe(#[from] RecipeError),
+    #[error(transparent)]
+    Deb(#[from] DebError),
+    #[error(transparent)]
+    Store(#[from] ImageStoreError),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("no package matching {pattern:?} in {dir} (run `cargo xtask node fetch`)")]
+    NoPackage { pattern: String, dir: PathBuf },
+    #[error("{count} packages match {pattern:?} in {dir}; keep one")]
+    ManyPackages {
+        pattern: String,
+        dir: PathBuf,
+        count: usize,
+    },
+    #[error("{deb}: no {what} found")]
+    Missing { deb: PathBuf, what: String },
+    #[error("module {module:?} (needed by {needed_by}) is not in {deb}")]
+    NoModule {
+        module: String,
+        needed_by: String,
+        deb: PathBuf,
+    },
+    #[error("{path}: the agent binary is missing (run `cargo xtask node agent`)")]
+    NoAgent { path: PathBuf },
+    #[error("image is {size} bytes, over the recipe's max_bytes {max}")]
+    TooBig { size: u64, max: u64 },
+    #[error("compressing the initrd: {0}")]
+    Compress(std::io::Error),
+}
+
+#[derive(Debug, Serialize)]
+pub struct Manifest {
+    pub name: String,
+    pub version: String,
+    pub arch: String,
+    pub kernel_version: String,
+    pub packages: Vec<PackageRecord>,
+    pub modules: Vec<String>,
+    pub files: Vec<FileRecord>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PackageRecord {
+    pub file: String,
+    pub sha256: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct FileRecord {
+    pub name: String,
+    pub bytes: u64,
+    pub sha256: String,
+}
+
+pub struct Built {
+    pub manifest: Manifest,
+    pub dir: PathBuf,
+}
+
+fn io_at(path: &Path) -> impl Fn(std::io::Error) -> BuildError + '_ {
+    move |source| BuildError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    hex::encode(Sha256::digest(data))
+}
+
+fn find_package(dir: &Path, pattern: &str) -> Result<PathBuf, BuildError> {
+    let mut found = Vec::new();
+    for e in std::fs::read_dir(dir).map_err(io_at(dir))? {
+        let e = e.map_err(io_at(dir))?;
+        if let Some(name) = e.file_name().to_str() {
+            if matches(pattern, name) {
+                found.push(e.path());
+            }
+        }
+    }
+    match found.len() {
+        0 => Err(BuildError::NoPackage {
+            pattern: pattern.into(),
+            dir: dir.into(),
+        }),
+        1 => Ok(found.remove(0)),
+        count => Err(BuildError::ManyPackages {
+            pattern: pattern.into(),
+            dir: dir.into(),
+            count,
+        }),
+    }
+}
+
+/// Module name as the kernel knows it: file stem with `-` as `_`.
+fn module_name(path: &str) -> Option<String> {
+    let file = path.rsplit('/').next()?;
+    let stem = file
+        .strip_suffix(".ko")
+        .or_else(|| file.strip_suffix(".ko.xz"))
+        .or_else(|| file.strip_suffix(".ko.zst"))?;
+    Some(stem.replace('-', "_"))
+}
+
+/// Module directories whose contents we keep in memory while reading the kernel package: NIC
+/// drivers and the library code they depend on. Dependencies outside these are reported.
+const MODULE_DIRS: [&str; 8] = [
+    "kernel/drivers/net/",
+    "kernel/net/",
+    "kernel/lib/",
+    "kernel/crypto/",
+    "kernel/drivers/virtio/",
+    "kernel/drivers/ptp/",
+    "kernel/drivers/pps/",
+    "kernel/drivers/dca/",
+];
+
+struct ModuleFile {
+    /// Path below /lib/modules/<kver>/.
+    rel: String,
+    depends: Vec<String>,
+    data: Option<Vec<u8>>,
+}
+
+fn decompress_module(path: &str, raw: Vec<u8>) -> std::io::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    if path.ends_with(".xz") {
+        liblzma::read::XzDecoder::new(&raw[..]).read_to_end(&mut out)?;
+    } else if path.ends_with(".zst") {
+        zstd::stream::read::Decoder::new(&raw[..])?.read_to_end(&mut out)?;
+    } else {
+        return Ok(raw);
+    }
+    Ok(out)
+}
+
+/// The `depends=` list from a module's `.modinfo` section.
+fn module_depends(elf: &[u8]) -> Vec<String> {
+    use object::{Object, ObjectSection};
+    let Ok(file) = object::File::parse(elf) else {
+        return vec![];
+    };
+    let Some(data) = file.section_by_name(".modinfo").and_then(|s| s.data().ok()) else {
+        return vec![];
+    };
+    data.split(|b| *b == 0)
+        .filter_map(|kv| kv.strip_prefix(b"depends="))
+        .flat_map(|v| {
+            String::from_utf8_lossy(v)
+                .split(',')
+                .map(|s| s.trim().replace('-', "_"))
+                .collect::<Vec<_>>()
+        })
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+struct Kernel {
+    version: String,
+    vmlinuz: Vec<u8>,
+    modules: HashMap<String, ModuleFile>,
+    builtin: BTreeSet<String>,
+}
+
+fn read_kernel(deb_path: &Path) -> Result<Kernel, BuildError> {
+    let mut vmlinuz = None;
+    let mut version = None;
+    let mut modules = HashMap::new();
+    let mut builtin = BTreeSet::new();
+    deb::for_each_file(deb_path, |path, entry| {
+        let Entry::File(r) = entry else {
+            return Ok(true);
+        };
+        if let Some(v) = path.strip_prefix("boot/vmlinuz-") {
+            let mut b = Vec::new();
+            r.read_to_end(&mut b)?;
+            vmlinuz = Some(b);
+            version = Some(v.to_string());
+            return Ok(true);
+        }
+        let Some(rest) = path
+            .strip_prefix("lib/modules/")
+            .or_else(|| path.strip_prefix("usr/lib/modules/"))
+        else {
+            return Ok(true);
+        };
+        let Some((_kver, rel)) = rest.split_once('/') else {
+            return Ok(true);
+        };
+        if rel == "modules.builtin" {
+            let mut s = String::new();
+            r.read_to_string(&mut s)?;
+            builtin.extend(s.lines().filter_map(module_name));
+            return Ok(true);
+        }
+        let Some(name) = module_name(rel) else {
+            return Ok(true);
+        };
+        let mut raw = Vec::new();
+        r.read_to_end(&mut raw)?;
+        let elf = decompress_module(rel, raw)?;
+        let depends = module_depends(&elf);
+        let keep = MODULE_DIRS.iter().any(|d| rel.starts_with(d));
+        let rel_plain = rel
+            .trim_end_matches(".xz")
+            .trim_end_matches(".zst")
+            .to_string();
+        modules.insert(
+            name,
+            ModuleFile {
+                rel: rel_plain,
+                depends,
+                data: keep.then_some(elf),
+            },
+        );
+        Ok(true)
+    })?;
+    let missing = |what: &str| BuildError::Missing {
+        deb: deb_path.into(),
+        what: what.into(),
+    };
+    Ok(Kernel {
+        version: version.ok_or_else(|| missing("boot/vmlinuz-*"))?,
+        vmlinuz: vmlinuz.ok_or_else(|| missing("boot/vmlinuz-*"))?,
+        modules,
+        builtin,
+    })
+}
+
+/// The wanted modules and their dependencies, dependencies first.
+fn module_closure(k: &Kernel, wanted: &[String], deb: &Path) -> Result<Vec<String>, BuildError> {
+    fn visit(
+        k: &Kernel,
+        name: &str,
+        needed_by: &str,
+        deb: &Path,
+        seen: &mut BTreeSet<String>,
+        order: &mut Vec<String>,
+    ) -> Result<(), BuildError> {
+        let name = name.replace('-', "_");
+        if seen.contains(&name) || k.builtin.contains(&name) {
+            return Ok(());
+        }
+        seen.insert(name.clone());
+        let m = k.modules.get(&name).ok_or_else(|| BuildError::NoModule {
+            module: name.clone(),
+            needed_by: needed_by.into(),
+            deb: deb.into(),
+        })?;
+        for d in &m.depends {
+            visit(k, d, &name, deb, seen, order)?;
+        }
+        order.push(name);
+        Ok(())
+    }
+    let mut seen = BTreeSet::new();
+    let mut order = Vec::new();
+    for w in wanted {
+        visit(k, w, "the recipe", deb, &mut seen, &mut order)?;
+    }
+    Ok(order)
+}
+
+fn read_busybox(deb_path: &Path) -> Result<Vec<u8>, BuildError> {
+    let mut found = None;
+    deb::for_each_file(deb_path, |path, entry| {
+        if let (true, Entry::File(r)) = (path == "bin/busybox" || path == "usr/bin/busybox", entry)
+        {
+            let mut b = Vec::new();
+            r.read_to_end(&mut b)?;
+            found = Some(b);
+            return Ok(false);
+        }
+        Ok(true)
+    })?;
+    found.ok_or_else(|| BuildError::Missing {
+        deb: deb_path.into(),
+        what: "bin/busybox".into(),
+    })
+}
+
+/// Add every file under `dir` to the archive at the same relative path, keeping the mode.
+fn add_tree(a: &mut Archive, dir: &Path, prefix: &str) -> Result<(), BuildError> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut entries: Vec<_> = std::fs::read_dir(dir)
+        .map_err(io_at(dir))?
+        .collect::<Result<_, _>>()
+        .map_err(io_at(dir))?;
+    entries.sort_by_key(|e| e.file_name());
+    for e in entries {
+        let path = e.path();
+        let name = e.file_name().to_string_lossy().to_string();
+        let rel = if prefix.is_empty() {
+            name
+        } else {
+            format!("{prefix}/{name}")
+        };
+        let meta = std::fs::symlink_metadata(&path).map_err(io_at(&path))?;
+        if meta.is_dir() {
+            a.dir(&rel).map_err(io_at(&path))?;
+            add_tree(a, &path, &rel)?;
+        } else if meta.file_type().is_symlink() {
+            let target = std::fs::read_link(&path).map_err(io_at(&path))?;
+            a.symlink(&rel, &target.to_string_lossy())
+                .map_err(io_at(&path))?;
+        } else {
+            let data = std::fs::read(&path).map_err(io_at(&path))?;
+            a.file(&rel, meta.permissions().mode() & 0o7777, &data)
+                .map_err(io_at(&path))?;
+        }
+    }
+    Ok(())
+}
+
+fn compress(data: &[u8], how: Compression) -> Result<Vec<u8>, BuildError> {
+    let mut out = match how {
+        Compression::Gzip => {
+            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+            e.write_all(data).map_err(BuildError::Compress)?;
+            e.finish().map_err(BuildError::Compress)?
+        }
+        Compression::Xz => {
+            // The kernel's xz decoder supports CRC32 (not the default CRC64) and needs a
+            // dictionary no larger than it can allocate early in boot; 1 MiB is safe.
+            let mut opts = liblzma::stream::LzmaOptions::new_preset(9)
+                .map_err(|e| BuildError::Compress(e.into()))?;
+            opts.dict_size(1 << 20);
+            let mut filters = liblzma::stream::Filters::new();
+            filters.x86();
+            filters.lzma2(&opts);
+            let stream = liblzma::stream::Stream::new_stream_encoder(
+                &filters,
+                liblzma::stream::Check::Crc32,
+            )
+            .map_err(|e| BuildError::Compress(e.into()))?;
+            let mut e = liblzma::write::XzEncoder::new_stream(Vec::new(), stream);
+            e.write_all(data).map_err(BuildError::Compress)?;
+            e.finish().map_err(BuildError::Compress)?
+        }
+    };
+    while out.len() % 4 != 0 {
+        out.push(0);
+    }
+    Ok(out)
+}
+
+/// Build the image described by the recipe at `recipe_path` and publish it.
+pub fn build(recipe_path: &Path, log: &mut dyn FnMut(&str)) -> Result<Built, BuildError> {
+    let (r, base) = Recipe::load(recipe_path)?;
+    let pkg_dir = base.join(&r.packages);
+    let kernel_deb = find_package(&pkg_dir, &r.kernel)?;
+    let busybox_deb = find_package(&pkg_dir, &r.busybox)?;
+    log(&format!("kernel package  {}", kernel_deb.display()));
+    log(&format!("busybox package {}", busybox_deb.display()));
+
+    let kernel = read_kernel(&kernel_deb)?;
+    let order = module_closure(&kernel, &r.modules, &kernel_deb)?;
+    let busybox = read_busybox(&busybox_deb)?;
+    let agent_path = base.join(&r.agent);
+    let agent = std::fs::read(&agent_path).map_err(|_| BuildError::NoAgent {
+        path: agent_path.clone(),
+    })?;
+
+    // Fixed timestamps make the build reproducible: same inputs, same bytes, same version.
+    let mut a = Archive::new(0);
+    for d in [
+        "dev", "proc", "sys", "tmp", "run", "root", "etc", "bin", "sbin", "usr/bin", "usr/sbin",
+        "var/log",
+    ] {
+        a.dir(d).map_err(io_at(recipe_path))?;
+    }
+    a.file("bin/busybox", 0o755, &busybox)
+        .map_err(io_at(&busybox_deb))?;
+    a.file("sbin/enlist-agent", 0o755, &agent)
+        .map_err(io_at(&agent_path))?;
+    let moddir = format!("lib/modules/{}", kernel.version);
+    let mut dep_lines = String::new();
+    let mut load_order = String::new();
+    for name in &order {
+        let m = &kernel.modules[name];
+        let data = m.data.as_ref().ok_or_else(|| BuildError::NoModule {
+            module: format!("{name} (outside the folders the builder reads: {})", m.rel),
+            needed_by: "a listed module".into(),
+            deb: kernel_deb.clone(),
+        })?;
+        a.file(&format!("{moddir}/{}", m.rel), 0o644, data)
+            .map_err(io_at(&kernel_deb))?;
+        let deps: Vec<&str> = m
+            .depends
+            .iter()
+            .filter_map(|d| kernel.modules.get(d).map(|f| f.rel.as_str()))
+            .collect();
+        dep_lines.push_str(&format!("{}: {}\n", m.rel, deps.join(" ")));
+        load_order.push_str(&format!("{}\n", m.rel));
+    }
+    a.file(
+        &format!("{moddir}/modules.dep"),
+        0o644,
+        dep_lines.as_bytes(),
+    )
+    .map_err(io_at(recipe_path))?;
+    // Dependencies first: init loads them in this order with insmod.
+    a.file(
+        &format!("{moddir}/enlist.load-order"),
+        0o644,
+        load_order.as_bytes(),
+    )
+    .map_err(io_at(recipe_path))?;
+    for dir in &r.rootfs {
+        add_tree(&mut a, &base.join(dir), "")?;
+    }
+    let cpio = a.finish().map_err(io_at(recipe_path))?;
+    let initrd = compress(&cpio, r.compression)?;
+
+    let total = (kernel.vmlinuz.len() + initrd.len()) as u64;
+    if let Some(max) = r.max_bytes {
+        if total > max {
+            return Err(BuildError::TooBig { size: total, max });
+        }
+    }
+    let mut h = Sha256::new();
+    h.update(&kernel.vmlinuz);
+    h.update(&initrd);
+    let version = hex::encode(&h.finalize()[..6]);
+    let packages = [&kernel_deb, &busybox_deb]
+        .iter()
+        .map(|p| {
+            let data = std::fs::read(p).map_err(io_at(p))?;
+            Ok(PackageRecord {
+                file: p
+                    .file_name()
+                    .map(|f| f.to_string_lossy().to_string())
+                    .unwrap_or_default(),
+                sha256: sha256_hex(&data),
+            })
+        })
+        .collect::<Result<Vec<_>, BuildError>>()?;
+    let manifest = Manifest {
+        name: r.name.clone(),
+        version: version.clone(),
+        arch: r.arch.clone(),
+        kernel_version: kernel.version.clone(),
+        packages,
+        modules: order.clone(),
+        files: vec![
+            FileRecord {
+                name: "vmlinuz".into(),
+                bytes: kernel.vmlinuz.len() as u64,
+                sha256: sha256_hex(&kernel.vmlinuz),
+            },
+            FileRecord {
+                name: "initrd".into(),
+                bytes: initrd.len() as u64,
+                sha256: sha256_hex(&initrd),
+            },
+            FileRecord {
+                name: "agent".into(),
+                bytes: agent.len() as u64,
+                sha256: sha256_hex(&agent),
+            },
+            FileRecord {
+                name: "initrd (uncompressed cpio)".into(),
+                bytes: cpio.len() as u64,
+                sha256: sha256_hex(&cpio),
+            },
+        ],
+    };
+    let json = serde_json::to_vec_pretty(&manifest).map_err(|e| BuildError::Compress(e.into()))?;
+    let store = ImageStore::new(base.join(&r.output));
+    let dir = store.publish(
+        &r.name,
+        &version,
+        &[
+            ("vmlinuz", &kernel.vmlinuz),
+            ("initrd", &initrd),
+            ("manifest.json", &json),
+        ],
+    )?;
+    Ok(Built { manifest, dir })
+}
+
+/// Sizes as a table, next to the 8 MB budget of the original cluster.
+pub fn size_report(m: &Manifest) -> String {
+    let get = |n: &str| {
+        m.files
+            .iter()
+            .find(|f| f.name == n)
+            .map(|f| f.bytes)
+            .unwrap_or(0)
+    };
+    let mb = |b: u64| b as f64 / (1024.0 * 1024.0);
+    let (k, i) = (get("vmlinuz"), get("initrd"));
+    let mut out = BTreeMap::new();
+    out.insert(
+        0,
+        format!(
+            "image {} {} (kernel {})",
+            m.name, m.version, m.kernel_version
+        ),
+    );
+    out.insert(
+        1,
+        format!("  vmlinuz          {:>10} bytes  {:>6.2} MiB", k, mb(k)),
+    );
+    out.insert(
+        2,
+        format!("  initrd           {:>10} bytes  {:>6.2} MiB", i, mb(i)),
+    );
+    out.insert(
+        3,
+        format!(
+            "  total            {:>10} bytes  {:>6.2} MiB  (budget 8 MiB: {})",
+            k + i,
+            mb(k + i),
+            if k + i <= 8 << 20 { "within" } else { "OVER" }
+        ),
+    );
+    out.insert(4, format!("  agent            {:>10} bytes", get("agent")));
+    out.insert(5, format!("  modules          {}", m.modules.join(" ")));
+    out.into_values().collect::<Vec<_>>().join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn module_names() {
+        assert_eq!(
+            module_name("kernel/drivers/net/ethernet/8390/ne2k-pci.ko").as_deref(),
+            Some("ne2k_pci")
+        );
+        assert_eq!(
+            module_name("kernel/drivers/net/ethernet/intel/e100.ko.xz").as_deref(),
+            Some("e100")
+        );
+        assert_eq!(module_name("modules.dep"), None);
+    }
+
+    #[test]
+    fn xz_output_has_crc32_check_and_is_aligned() {
+        let data = vec![7u8; 10_000];
+        let out = compress(&data, Compression::Xz).unwrap();
+        assert_eq!(out.len() % 4, 0);
+        // Stream flags (bytes 6-7 of the header): check type 0x01 = CRC32.
+        assert_eq!(&out[..6], b"\xfd7zXZ\0");
+        assert_eq!(out[7], 0x01);
+        let mut back = Vec::new();
+        liblzma::read::XzDecoder::new(&out[..])
+            .read_to_end(&mut back)
+            .unwrap();
+        assert_eq!(back, data);
+    }
+}

@@ -1,0 +1,145 @@
+//! Image recipes (`images/*.yaml`): what goes into a node OS image.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Recipe {
+    /// Image name, as used in the head's config (`images.default`).
+    pub name: String,
+    /// Debian architecture of the packages (`i386`, `amd64`).
+    pub arch: String,
+    /// Folder holding the downloaded .deb files (relative to the recipe).
+    pub packages: PathBuf,
+    /// Kernel package, as a file-name pattern with `*` (e.g. `linux-image-*-686-unsigned_*.deb`).
+    pub kernel: String,
+    /// Busybox package pattern.
+    pub busybox: String,
+    /// Kernel modules to include, by name; their dependencies come along.
+    pub modules: Vec<String>,
+    /// The cross-built agent binary (relative to the recipe).
+    pub agent: PathBuf,
+    /// Folders whose files are copied into the image as they are (relative to the recipe).
+    #[serde(default)]
+    pub rootfs: Vec<PathBuf>,
+    #[serde(default)]
+    pub compression: Compression,
+    /// Where to publish (relative to the recipe); the head's `images.dir` should point here.
+    pub output: PathBuf,
+    /// Fail the build if vmlinuz + initrd exceed this many bytes.
+    #[serde(default)]
+    pub max_bytes: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    #[default]
+    Gzip,
+    Xz,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RecipeError {
+    #[error("{path}: cannot read: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}:{column}: {message}")]
+    Parse {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    #[error("{path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+impl Recipe {
+    pub fn load(path: &Path) -> Result<(Recipe, PathBuf), RecipeError> {
+        let text = std::fs::read_to_string(path).map_err(|source| RecipeError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let r: Recipe = serde_norway::from_str(&text).map_err(|e| {
+            let (line, column) = e
+                .location()
+                .map(|l| (l.line(), l.column()))
+                .unwrap_or((0, 0));
+            RecipeError::Parse {
+                path: path.to_path_buf(),
+                line,
+                column,
+                message: e.to_string(),
+            }
+        })?;
+        if !crate::image::store::valid_component(&r.name) {
+            return Err(RecipeError::Invalid {
+                path: path.to_path_buf(),
+                message: format!("name {:?}: use letters, digits, '-', '_', '.'", r.name),
+            });
+        }
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        Ok((r, base))
+    }
+}
+
+/// Match a file name against a pattern where `*` stands for any run of characters.
+pub fn matches(pattern: &str, name: &str) -> bool {
+    let parts: Vec<&str> = pattern.split('*').collect();
+    if parts.len() == 1 {
+        return pattern == name;
+    }
+    let (first, last) = (parts[0], parts[parts.len() - 1]);
+    if !name.starts_with(first)
+        || !name[first.len()..].ends_with(last)
+        || name.len() < first.len() + last.len()
+    {
+        return false;
+    }
+    let mut rest = &name[first.len()..name.len() - last.len()];
+    for mid in &parts[1..parts.len() - 1] {
+        match rest.find(mid) {
+            Some(i) => rest = &rest[i + mid.len()..],
+            None => return false,
+        }
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patterns() {
+        assert!(matches(
+            "linux-image-*-686-unsigned_*.deb",
+            "linux-image-6.1.0-50-686-unsigned_6.1.158-1_i386.deb"
+        ));
+        assert!(!matches(
+            "linux-image-*-686-unsigned_*.deb",
+            "linux-image-6.1.0-50-686-pae-unsigned_6.1.158-1_i386.deb"
+        ));
+        assert!(matches(
+            "busybox-static_*_i386.deb",
+            "busybox-static_1%3a1.35.0-4+deb12u1+b1_i386.deb"
+        ));
+        assert!(!matches("a*b", "ab-c"));
+        assert!(matches("exact", "exact"));
+    }
+
+    #[test]
+    fn recipes_in_repo_parse() {
+        for r in ["../../images/i586.yaml", "../../images/x86_64.yaml"] {
+            let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("src/image")
+                .join(r);
+            Recipe::load(&p).unwrap_or_else(|e| panic!("{e}"));
+        }
+    }
+}
