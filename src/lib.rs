@@ -2,6 +2,7 @@
 //!
 //! See ARCHITECTURE.md for the map of these modules and how a boot flows through them.
 
+pub mod bootdisk;
 pub mod bootfiles;
 pub mod config;
 pub mod dhcp;

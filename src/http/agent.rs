@@ -11,7 +11,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use enlist_api::{
     headers as h, paths, CommandResult, CommandsResponse, Heartbeat, Leaving, NonceResponse,
-    PeersResponse, RegisterRequest,
+    PeersResponse,
 };
 use serde::de::DeserializeOwned;
 
@@ -109,11 +109,9 @@ async fn register(
     body: Bytes,
 ) -> Response {
     let reg = s.registry.clone();
-    let r = tokio::task::spawn_blocking(move || {
-        let req: RegisterRequest = parse(&body)?;
-        reg.register(&signed(&method, &uri, &headers, &body), req.info)
-    })
-    .await;
+    let r =
+        tokio::task::spawn_blocking(move || reg.register(&signed(&method, &uri, &headers, &body)))
+            .await;
     match r {
         Ok(Ok(resp)) => Json(resp).into_response(),
         Ok(Err(e)) => agent_error(e),

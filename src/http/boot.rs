@@ -28,6 +28,24 @@ pub fn routes() -> Router<Shared> {
 #[derive(Deserialize)]
 struct MacQuery {
     mac: String,
+    #[serde(default)]
+    via: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+struct ViaQuery {
+    /// How the PC came to iPXE (`floppy`, `usb`); absent means PXE.
+    #[serde(default)]
+    via: Option<String>,
+}
+
+/// The boot method put on the kernel command line for the agent to report.
+fn boot_method(via: Option<&str>) -> &'static str {
+    match via {
+        Some("floppy") => "floppy",
+        Some("usb") => "usb",
+        _ => "pxe",
+    }
 }
 
 async fn script_by_query(
@@ -35,7 +53,7 @@ async fn script_by_query(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Query(q): Query<MacQuery>,
 ) -> Response {
-    script(s, peer, &q.mac).await
+    script(s, peer, &q.mac, boot_method(q.via.as_deref())).await
 }
 
 /// `/boot/<mac>.ipxe` is a script; `/boot/<mac>/<image>/<version>/initrd` a per-node initrd.
@@ -43,10 +61,11 @@ async fn boot_path(
     State(s): State<Shared>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(path): Path<String>,
+    Query(q): Query<ViaQuery>,
     headers: HeaderMap,
 ) -> Response {
     if let Some(mac) = path.strip_suffix(".ipxe").filter(|m| !m.contains('/')) {
-        return script(s, peer, mac).await;
+        return script(s, peer, mac, boot_method(q.via.as_deref())).await;
     }
     file(s, peer, format!("boot/{path}"), headers).await
 }
@@ -78,7 +97,7 @@ fn refuse(s: &Shared, peer: SocketAddr, status: StatusCode, reason: &str, what: 
     error(status, format!("{what}: {reason}"))
 }
 
-async fn script(s: Shared, peer: SocketAddr, mac: &str) -> Response {
+async fn script(s: Shared, peer: SocketAddr, mac: &str, method: &'static str) -> Response {
     let Some(mac) = enlist_api::normalize_mac(mac) else {
         return refuse(&s, peer, StatusCode::BAD_REQUEST, "bad-mac", "boot script");
     };
@@ -127,6 +146,7 @@ async fn script(s: Shared, peer: SocketAddr, mac: &str) -> Response {
                         base,
                         mac: &mac,
                         name: &name,
+                        method,
                         cmdline: &cfg.images.cmdline,
                     };
                     node_script(&p, (&image, &bios_ver), (&efi_image, &efi_ver))
@@ -152,6 +172,8 @@ pub struct ScriptParams<'a> {
     pub base: &'a str,
     pub mac: &'a str,
     pub name: &'a str,
+    /// `pxe`, `floppy` or `usb`: reported by the agent.
+    pub method: &'a str,
     pub cmdline: &'a str,
 }
 
@@ -162,10 +184,11 @@ pub fn node_script(p: &ScriptParams, bios: (&str, &str), efi: (&str, &str)) -> S
         format!(
             ":{label}\n\
              echo enlist: {name} boots {image} {version} from {base}\n\
-             kernel {base}/images/{image}/{version}/vmlinuz initrd=initrd enlist.head={base} enlist.node={name} BOOTIF=01-${{netX/mac:hexhyp}} {cmdline} || goto failed\n\
+             kernel {base}/images/{image}/{version}/vmlinuz initrd=initrd enlist.head={base} enlist.node={name} enlist.boot={method} BOOTIF=01-${{netX/mac:hexhyp}} {cmdline} || goto failed\n\
              initrd --name initrd {base}/boot/{mac_path}/{image}/{version}/initrd || goto failed\n\
              boot || goto failed\n",
             name = p.name,
+            method = p.method,
             base = p.base,
             cmdline = p.cmdline,
         )
@@ -351,11 +374,12 @@ mod tests {
             base: "http://10.77.0.1:8080",
             mac: "52:54:00:77:00:10",
             name: "lab-pc-10",
+            method: "pxe",
             cmdline: "console=ttyS0",
         };
         let s = node_script(&p, ("i586", "v1"), ("x86_64", "v2"));
         assert!(s.starts_with("#!ipxe\n"));
-        assert!(s.contains("kernel http://10.77.0.1:8080/images/i586/v1/vmlinuz initrd=initrd enlist.head=http://10.77.0.1:8080 enlist.node=lab-pc-10 BOOTIF=01-${netX/mac:hexhyp} console=ttyS0"));
+        assert!(s.contains("kernel http://10.77.0.1:8080/images/i586/v1/vmlinuz initrd=initrd enlist.head=http://10.77.0.1:8080 enlist.node=lab-pc-10 enlist.boot=pxe BOOTIF=01-${netX/mac:hexhyp} console=ttyS0"));
         assert!(s.contains(
             "initrd --name initrd http://10.77.0.1:8080/boot/52-54-00-77-00-10/i586/v1/initrd"
         ));

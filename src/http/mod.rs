@@ -84,6 +84,8 @@ pub async fn run(
 fn tune_boot_socket(tcp: &tokio::net::TcpStream) -> std::io::Result<()> {
     let sock = socket2::SockRef::from(tcp);
     sock.set_nodelay(true)?;
+    // Bound the unacknowledged data to a few segments: what a boot ROM's receive ring holds.
+    sock.set_send_buffer_size(SEND_BUFFER_BYTES)?;
     // Reno is always allowed for unprivileged sockets; failure only means keeping the default.
     let _ = sock.set_tcp_congestion(b"reno");
     // SO_MAX_PACING_RATE, bytes per second (Linux paces TCP internally without fq).
@@ -104,8 +106,11 @@ fn tune_boot_socket(tcp: &tokio::net::TcpStream) -> std::io::Result<()> {
     Ok(())
 }
 
-/// 4 MB/s (32 Mbit/s) per download.
-const PACING_BYTES_PER_SEC: u32 = 1_000_000;
+/// The kernel doubles this; with per-packet overhead it allows about three full segments in flight.
+const SEND_BUFFER_BYTES: usize = 4096;
+
+/// Per download.
+const PACING_BYTES_PER_SEC: u32 = 4_000_000;
 
 /// A JSON error body with a status code; every refusal goes through here.
 pub(crate) fn error(

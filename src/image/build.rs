@@ -130,7 +130,9 @@ fn module_name(path: &str) -> Option<String> {
 
 /// Module directories whose contents we keep in memory while reading the kernel package: NIC
 /// drivers and the library code they depend on. Dependencies outside these are reported.
-const MODULE_DIRS: [&str; 8] = [
+const MODULE_DIRS: [&str; 10] = [
+    "kernel/drivers/i2c/",
+    "kernel/drivers/hwmon/",
     "kernel/drivers/net/",
     "kernel/net/",
     "kernel/lib/",

@@ -86,11 +86,12 @@ impl Registry {
 
     /// Register an agent. The request is signed with the node key over a fresh nonce (sent as
     /// the session header, sequence 0).
-    pub fn register(&self, req: &Signed, info: NodeInfo) -> Result<RegisterResponse, AgentError> {
-        self.register_inner(req, info).map_err(|e| self.refuse(e))
+    /// The body (a `RegisterRequest`) is only parsed once the signature is good.
+    pub fn register(&self, req: &Signed) -> Result<RegisterResponse, AgentError> {
+        self.register_inner(req).map_err(|e| self.refuse(e))
     }
 
-    fn register_inner(&self, req: &Signed, info: NodeInfo) -> Result<RegisterResponse, AgentError> {
+    fn register_inner(&self, req: &Signed) -> Result<RegisterResponse, AgentError> {
         let mac = enlist_api::normalize_mac(req.node)
             .ok_or_else(|| AgentError::BadRequest("node is not a MAC".into()))?;
         let fresh = {
@@ -118,6 +119,9 @@ impl Registry {
         {
             return Err(AgentError::Unauthorized("bad-signature"));
         }
+        let info: NodeInfo = serde_json::from_slice::<enlist_api::RegisterRequest>(req.body)
+            .map_err(|e| AgentError::BadRequest(format!("body: {e}")))?
+            .info;
         let session = token();
         {
             let mut inner = self.inner();

@@ -337,7 +337,12 @@ impl Registry {
         }
         row.last_seen = Some(now());
         if row.released {
-            self.set_state(&mut row, state::GONE, "answered with local disk boot")?;
+            const WHY: &str = "answered with local disk boot";
+            if row.state == state::GONE {
+                self.save(&row, Some(("boot", WHY)))?;
+            } else {
+                self.set_state(&mut row, state::GONE, WHY)?;
+            }
             return Ok(BootDecision::LocalDisk);
         }
         self.set_state(&mut row, state::BOOTING, "fetched boot script")?;

@@ -1,1 +1,137 @@
-fn main() {}
+//! `cargo xtask <task>`: build automation in Rust (matklad's cargo-xtask convention).
+//!
+//! | task          | what it does                                                        |
+//! |---------------|---------------------------------------------------------------------|
+//! | `setup`       | install the apt packages and rustup target the project needs        |
+//! | `node ...`    | fetch pinned Debian packages, cross-build the agent, build images   |
+//! | `floppy`      | write the boot floppy and USB image into images/out                 |
+//! | `lab ...`     | a QEMU lab: head in a namespace, emulated PCs on taps                |
+//! | `demo`        | everything above, three PCs booting, dashboard on 127.0.0.1          |
+//! | `test`        | the whole test suite, e2e included (the README's test command)       |
+
+mod demo;
+mod node;
+mod proxy;
+mod setup;
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask")]
+struct Args {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what the project needs (apt packages, rustup target).
+    Setup,
+    /// Node OS artefacts.
+    Node {
+        #[command(subcommand)]
+        what: node::NodeTask,
+    },
+    /// Build the head (release) and write the boot floppy and USB image into images/out.
+    Floppy,
+    /// The QEMU lab.
+    Lab {
+        #[command(subcommand)]
+        what: demo::LabTask,
+    },
+    /// Set up, build, start the head and three PCs; dashboard on 127.0.0.1:8080. Ctrl-C ends it.
+    Demo {
+        /// Local port for the dashboard.
+        #[arg(long, default_value_t = 8080)]
+        port: u16,
+    },
+    /// Run every test: unit, integration and end-to-end (QEMU) tests.
+    Test {
+        /// Extra arguments for `cargo test` (e.g. a test name filter).
+        args: Vec<String>,
+    },
+}
+
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or_default()
+}
+
+pub fn enlist_bin() -> PathBuf {
+    root().join("target/release/enlist")
+}
+
+pub fn sh(cmd: &mut Command) -> anyhow::Result<()> {
+    eprintln!("xtask: {}", format!("{cmd:?}").replace('"', ""));
+    let st = cmd.status().with_context(|| format!("{cmd:?}"))?;
+    if !st.success() {
+        bail!("{cmd:?} failed: {st}");
+    }
+    Ok(())
+}
+
+pub fn build_head() -> anyhow::Result<()> {
+    sh(Command::new("cargo")
+        .current_dir(root())
+        .args(["build", "--release", "--bin", "enlist"]))
+}
+
+pub fn build_floppy() -> anyhow::Result<()> {
+    build_head()?;
+    let out = root().join("images/out");
+    std::fs::create_dir_all(&out)?;
+    sh(Command::new(enlist_bin())
+        .args(["floppy", "-o"])
+        .arg(out.join("enlist-floppy.img")))?;
+    sh(Command::new(enlist_bin())
+        .args(["usb", "-o"])
+        .arg(out.join("enlist-usb.iso")))
+}
+
+fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    let r = match args.task {
+        Task::Setup => setup::setup(),
+        Task::Node { what } => node::run(what),
+        Task::Floppy => build_floppy(),
+        Task::Lab { what } => demo::lab(what),
+        Task::Demo { port } => demo::demo(port),
+        Task::Test { args } => test(args),
+    };
+    match r {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// The README's test command: set up, build the node artefacts, then every test including the
+/// ignored-by-default e2e tests (they need root, QEMU and the built images).
+fn test(args: Vec<String>) -> anyhow::Result<()> {
+    setup::setup()?;
+    node::run(node::NodeTask::All)?;
+    build_floppy()?;
+    sh(Command::new("cargo")
+        .current_dir(root())
+        .args(["test", "--workspace", "--release"]))?;
+    sh(Command::new("cargo")
+        .current_dir(root())
+        .args([
+            "test",
+            "--release",
+            "--test",
+            "e2e",
+            "--",
+            "--ignored",
+            "--test-threads=2",
+        ])
+        .args(&args))
+}

@@ -1,0 +1,189 @@
+//! End-to-end tests: emulated PCs boot against the real head in a private network namespace.
+//!
+//! They need root, QEMU and the built node images, so they are `#[ignore]`d for a plain
+//! `cargo test`; `cargo xtask test` (the README's test command) builds everything and runs them.
+//! Each test has its own namespace, a wall-clock limit, and prints the head log and every serial
+//! console when it fails; the lab is torn down in `Drop` either way.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use enlist_lab::{Lab, Profile};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn enlist() -> PathBuf {
+    root().join("target/release/enlist")
+}
+
+/// A lab for one test, named after it so parallel tests never collide.
+fn lab(test: &str, mode: &str) -> Lab {
+    let ns = format!("e2e-{test}-{}", std::process::id() % 10000);
+    let dir = root().join("lab").join(&ns);
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut lab = Lab::new(&ns, &dir).unwrap_or_else(|e| panic!("lab: {e}"));
+    if mode == "proxy" {
+        let c = dnsmasq(&lab);
+        lab.spawn(c).unwrap_or_else(|e| panic!("{e}"));
+    }
+    let cfg = lab
+        .write_config(mode, &root().join("images/out"), "")
+        .unwrap_or_else(|e| panic!("{e}"));
+    lab.start_head(&enlist(), &cfg)
+        .unwrap_or_else(|e| panic!("{e}\n{}", lab.head_log()));
+    lab
+}
+
+fn dnsmasq(lab: &Lab) -> std::process::Command {
+    let mut c = lab.exec("dnsmasq");
+    c.args([
+        "--keep-in-foreground",
+        "--port=0",
+        "--interface=br0",
+        "--bind-interfaces",
+        "--dhcp-range=10.77.0.50,10.77.0.90,255.255.255.0,10m",
+        "--no-resolv",
+        "--no-hosts",
+    ])
+    .arg(format!(
+        "--dhcp-leasefile={}",
+        lab.dir.join("dnsmasq.leases").display()
+    ));
+    c
+}
+
+/// Run `f`; on failure panic with the lab's logs.
+fn check(lab: &Lab, r: Result<(), String>) {
+    if let Err(e) = r {
+        panic!("{e}\n{}", lab.report());
+    }
+}
+
+const BOOT_LIMIT: Duration = Duration::from_secs(300);
+
+fn boots_healthy(test: &str, profile: Profile) -> Lab {
+    let mut lab = lab(test, "dhcp");
+    let floppy = root().join("images/out/enlist-floppy.img");
+    let i = lab
+        .boot(profile, Some(&floppy))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mac = lab.pcs[i].mac.clone();
+    check(&lab, lab.wait_state(&mac, "healthy", BOOT_LIMIT));
+    lab
+}
+
+#[test]
+#[ignore = "needs root, QEMU and built images: run `cargo xtask test`"]
+fn p2_pxe_boots_registers_is_released_and_rejoins() {
+    let mut lab = boots_healthy("p2pxe", Profile::P2Pxe);
+    let mac = lab.pcs[0].mac.clone();
+    let node = lab
+        .curl(&format!("/api/v1/nodes/{mac}"))
+        .unwrap_or_default();
+    assert_eq!(
+        node["node"]["info"]["cpu_model"]
+            .as_str()
+            .map(|s| s.contains("Pentium II")),
+        Some(true),
+        "{node}"
+    );
+    assert_eq!(node["node"]["info"]["boot_method"], "pxe", "{node}");
+
+    // Release: the agent reboots the PC; its PXE boot is answered with "local disk".
+    check(
+        &lab,
+        lab.curl_method("POST", &format!("/api/v1/nodes/{mac}/release"))
+            .map(|_| ()),
+    );
+    check(
+        &lab,
+        lab.wait_state(&mac, "leaving", Duration::from_secs(30)),
+    );
+    check(&lab, lab.wait_state(&mac, "gone", BOOT_LIMIT));
+    let events = lab
+        .curl(&format!("/api/v1/nodes/{mac}"))
+        .unwrap_or_default();
+    assert!(
+        events.to_string().contains("answered with local disk boot"),
+        "{events}"
+    );
+
+    // Enlisted again, the same PC joins again at its next boot.
+    check(
+        &lab,
+        lab.curl_method("POST", &format!("/api/v1/nodes/{mac}/enlist"))
+            .map(|_| ()),
+    );
+    let r = lab.pcs[0].power_cycle();
+    check(&lab, r);
+    check(&lab, lab.wait_state(&mac, "healthy", BOOT_LIMIT));
+}
+
+#[test]
+#[ignore = "needs root, QEMU and built images: run `cargo xtask test`"]
+fn x64_pxe_boots_and_registers() {
+    let lab = boots_healthy("x64pxe", Profile::X64Pxe);
+    let mac = lab.pcs[0].mac.clone();
+    let node = lab
+        .curl(&format!("/api/v1/nodes/{mac}"))
+        .unwrap_or_default();
+    assert!(
+        node["node"]["info"]["mem_total_kb"].as_u64().unwrap_or(0) > 400_000,
+        "{node}"
+    );
+}
+
+#[test]
+#[ignore = "needs root, QEMU and built images: run `cargo xtask test`"]
+fn p2_floppy_boots_and_registers() {
+    let lab = boots_healthy("p2floppy", Profile::P2Floppy);
+    let mac = lab.pcs[0].mac.clone();
+    let node = lab
+        .curl(&format!("/api/v1/nodes/{mac}"))
+        .unwrap_or_default();
+    assert_eq!(node["node"]["info"]["boot_method"], "floppy", "{node}");
+}
+
+#[test]
+#[ignore = "needs root, QEMU and built images: run `cargo xtask test`"]
+fn head_killed_while_pc_boots_and_pc_still_joins() {
+    let mut lab = lab("headkill", "dhcp");
+    let i = lab
+        .boot(Profile::P2Pxe, None)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mac = lab.pcs[i].mac.clone();
+    check(&lab, lab.wait_state(&mac, "booting", BOOT_LIMIT));
+    lab.kill_head();
+    std::thread::sleep(Duration::from_secs(3));
+    let cfg = lab.dir.join("config.yaml");
+    let r = lab.start_head(&enlist(), &cfg);
+    check(&lab, r);
+    check(&lab, lab.wait_state(&mac, "healthy", BOOT_LIMIT));
+}
+
+#[test]
+#[ignore = "needs root, QEMU and built images: run `cargo xtask test`"]
+fn proxy_mode_beside_dnsmasq() {
+    let mut lab = lab("proxy", "proxy");
+    let i = lab
+        .boot(Profile::P2Pxe, None)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mac = lab.pcs[i].mac.clone();
+    check(&lab, lab.wait_state(&mac, "healthy", BOOT_LIMIT));
+    let node = lab
+        .curl(&format!("/api/v1/nodes/{mac}"))
+        .unwrap_or_default();
+    let ip = node["node"]["ip"].as_str().unwrap_or_default().to_string();
+    let last: u8 = ip
+        .rsplit('.')
+        .next()
+        .and_then(|o| o.parse().ok())
+        .unwrap_or(0);
+    assert!(
+        ip.starts_with("10.77.0.") && (50..=90).contains(&last),
+        "address {ip:?} should come from dnsmasq's range\n{}",
+        lab.report()
+    );
+}

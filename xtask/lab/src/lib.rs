@@ -1,0 +1,455 @@
+//! The QEMU lab: a private network namespace with a bridge (10.77.0.1/24), the head serving on
+//! it, and emulated PCs on tap devices, each with its serial console logged to a file.
+//!
+//! Everything is torn down in `Drop` (processes killed, namespace deleted), also when a test
+//! fails; `Lab::cleanup(name)` removes the leftovers of a run that crashed. All traffic stays
+//! inside the namespace.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const HEAD_IP: &str = "10.77.0.1";
+pub const HEAD_URL: &str = "http://10.77.0.1:8080";
+
+/// apt packages the lab, the image build and the tests need: the one list, used by
+/// `cargo xtask setup` (and so by the README's commands).
+pub const APT_PACKAGES: &[&str] = &[
+    "qemu-system-x86",
+    "ipxe-qemu",
+    "ipxe",
+    "ovmf",
+    "syslinux",
+    "syslinux-common",
+    "isolinux",
+    "mtools",
+    "dosfstools",
+    "xorriso",
+    "gcc-multilib",
+    "qemu-user",
+    "iproute2",
+    "curl",
+    "dnsmasq-base",
+    "udhcpc",
+    "isc-dhcp-client",
+    "tftp-hpa",
+    "busybox-static",
+    "binutils",
+    "prometheus",
+    "chromium",
+    "tftpd-hpa",
+    "kea-admin",
+];
+
+/// Installed only when the command is missing (a newer Node.js may come from elsewhere).
+pub const APT_IF_MISSING: &[(&str, &str)] = &[("node", "nodejs"), ("npm", "npm")];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Profile {
+    /// Pentium II, 128 MB, Intel EtherExpress Pro/100 with QEMU's PXE ROM.
+    P2Pxe,
+    /// Pentium II, 64 MB, NE2000 PCI without a ROM, booting the enlist floppy.
+    P2Floppy,
+    /// x86_64, e1000, BIOS PXE.
+    X64Pxe,
+    /// x86_64, e1000, OVMF UEFI network boot.
+    X64Uefi,
+}
+
+impl Profile {
+    pub fn parse(s: &str) -> Option<Profile> {
+        Some(match s {
+            "p2-pxe" => Profile::P2Pxe,
+            "p2-floppy" => Profile::P2Floppy,
+            "x64-pxe" => Profile::X64Pxe,
+            "x64-uefi" => Profile::X64Uefi,
+            _ => return None,
+        })
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            Profile::P2Pxe => "p2-pxe",
+            Profile::P2Floppy => "p2-floppy",
+            Profile::X64Pxe => "x64-pxe",
+            Profile::X64Uefi => "x64-uefi",
+        }
+    }
+}
+
+pub fn run(cmd: &mut Command) -> Result<String, String> {
+    let out = cmd.output().map_err(|e| format!("{cmd:?}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{cmd:?}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).to_string())
+}
+
+fn ip(args: &[&str]) -> Result<String, String> {
+    run(Command::new("ip").args(args))
+}
+
+/// A PC in the lab.
+pub struct Pc {
+    pub name: String,
+    pub mac: String,
+    pub profile: Profile,
+    pub serial: PathBuf,
+    child: Child,
+    /// The QEMU command line, to power the PC on again.
+    argv: Vec<String>,
+    qlog: PathBuf,
+}
+
+impl Pc {
+    pub fn serial_log(&self) -> String {
+        std::fs::read_to_string(&self.serial).unwrap_or_default()
+    }
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+    /// Power-cycle: kill QEMU and start the same PC again (same MAC, same disks).
+    pub fn power_cycle(&mut self) -> Result<(), String> {
+        self.kill();
+        self.child = spawn_logged(&self.argv, &self.qlog)?;
+        Ok(())
+    }
+}
+
+fn spawn_logged(argv: &[String], log: &Path) -> Result<Child, String> {
+    let qlog = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .map_err(|e| e.to_string())?;
+    Command::new(&argv[0])
+        .args(&argv[1..])
+        .stdout(qlog.try_clone().map_err(|e| e.to_string())?)
+        .stderr(qlog)
+        .spawn()
+        .map_err(|e| format!("starting {}: {e}", argv.join(" ")))
+}
+
+pub struct Lab {
+    pub ns: String,
+    pub dir: PathBuf,
+    head: Option<Child>,
+    pub pcs: Vec<Pc>,
+    taps: u32,
+    extra: Vec<Child>,
+}
+
+impl Lab {
+    /// Remove what a crashed run left behind: processes in the namespace, and the namespace.
+    pub fn cleanup(ns: &str) {
+        if let Ok(pids) = run(Command::new("ip").args(["netns", "pids", ns])) {
+            for pid in pids.split_whitespace() {
+                let _ = Command::new("kill").args(["-9", pid]).status();
+            }
+        }
+        let _ = Command::new("ip")
+            .args(["netns", "del", ns])
+            .stderr(Stdio::null())
+            .status();
+    }
+
+    /// A fresh namespace `ns` with bridge br0 at 10.77.0.1/24; logs and state go to `dir`.
+    pub fn new(ns: &str, dir: &Path) -> Result<Lab, String> {
+        Lab::cleanup(ns);
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        ip(&["netns", "add", ns])?;
+        let lab = Lab {
+            ns: ns.into(),
+            dir: dir.into(),
+            head: None,
+            pcs: vec![],
+            taps: 0,
+            extra: vec![],
+        };
+        ip(&["-n", ns, "link", "set", "lo", "up"])?;
+        ip(&["-n", ns, "link", "add", "br0", "type", "bridge"])?;
+        ip(&["-n", ns, "addr", "add", "10.77.0.1/24", "dev", "br0"])?;
+        ip(&["-n", ns, "link", "set", "br0", "up"])?;
+        Ok(lab)
+    }
+
+    /// `ip netns exec <ns> <program>`.
+    pub fn exec(&self, program: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.ns, program]);
+        c
+    }
+
+    /// Write a head config for this lab and return its path.
+    pub fn write_config(
+        &self,
+        mode: &str,
+        images_dir: &Path,
+        extra: &str,
+    ) -> Result<PathBuf, String> {
+        let mut cfg = String::new();
+        let subnets = if mode == "dhcp" {
+            "  subnets:\n    - subnet: 10.77.0.0/24\n      pool: [10.77.0.100, 10.77.0.199]\n      router: 10.77.0.1\n      lease_time: 10m\n"
+        } else {
+            ""
+        };
+        let _ = write!(
+            cfg,
+            "state_dir: {state}\nhttp:\n  listen: 0.0.0.0:8080\n  public_url: {HEAD_URL}\n\
+             tftp:\n  listen: 0.0.0.0:69\ndhcp:\n  interfaces:\n    - name: br0\n      mode: {mode}\n{subnets}\
+             images:\n  dir: {images}\n  default: i586\n  cmdline: \"console=ttyS0,115200\"\n\
+             nodes:\n  heartbeat: 2s\n  lost_after: 20s\n{extra}",
+            state = self.dir.join("state").display(),
+            images = images_dir.display(),
+        );
+        let path = self.dir.join("config.yaml");
+        std::fs::write(&path, cfg).map_err(|e| format!("{}: {e}", path.display()))?;
+        Ok(path)
+    }
+
+    pub fn start_head(&mut self, enlist: &Path, config: &Path) -> Result<(), String> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("head.log"))
+            .map_err(|e| e.to_string())?;
+        let child = self
+            .exec(&enlist.display().to_string())
+            .args(["serve", "--config", &config.display().to_string()])
+            .env("ENLIST_LOG", "info,enlist=debug")
+            .stdout(log.try_clone().map_err(|e| e.to_string())?)
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("starting the head: {e}"))?;
+        self.head = Some(child);
+        self.wait_for(Duration::from_secs(20), "head HTTP", || {
+            self.curl("/api/v1/session").is_ok()
+        })
+    }
+
+    /// `kill -9` the head.
+    pub fn kill_head(&mut self) {
+        if let Some(mut h) = self.head.take() {
+            let _ = h.kill();
+            let _ = h.wait();
+        }
+    }
+
+    pub fn head_log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("head.log")).unwrap_or_default()
+    }
+
+    /// Start a helper process inside the namespace, killed with the lab.
+    pub fn spawn(&mut self, mut cmd: Command) -> Result<(), String> {
+        let c = cmd.spawn().map_err(|e| format!("{cmd:?}: {e}"))?;
+        self.extra.push(c);
+        Ok(())
+    }
+
+    /// A GET against the head's API with the admin token.
+    pub fn curl(&self, path: &str) -> Result<serde_json::Value, String> {
+        self.curl_method("GET", path)
+    }
+
+    pub fn curl_method(&self, method: &str, path: &str) -> Result<serde_json::Value, String> {
+        let token = std::fs::read_to_string(self.dir.join("state/admin.token")).unwrap_or_default();
+        let out = run(self
+            .exec("curl")
+            .args(["-sS", "--fail-with-body", "-m", "10", "-X", method])
+            .args(["-H", &format!("Authorization: Bearer {}", token.trim())])
+            .arg(format!("{HEAD_URL}{path}")))?;
+        if out.trim().is_empty() {
+            return Ok(serde_json::Value::Null);
+        }
+        serde_json::from_str(&out).map_err(|e| format!("{path}: {e}: {out}"))
+    }
+
+    /// Node state by MAC, from the head's API.
+    pub fn node_state(&self, mac: &str) -> Option<String> {
+        let v = self.curl(&format!("/api/v1/nodes/{mac}")).ok()?;
+        v["node"]["state"].as_str().map(str::to_string)
+    }
+
+    pub fn wait_for(
+        &self,
+        limit: Duration,
+        what: &str,
+        mut f: impl FnMut() -> bool,
+    ) -> Result<(), String> {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if f() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        Err(format!(
+            "timed out after {}s waiting for {what}",
+            limit.as_secs()
+        ))
+    }
+
+    /// Wait until the node with `mac` is in `state`.
+    pub fn wait_state(&self, mac: &str, state: &str, limit: Duration) -> Result<(), String> {
+        self.wait_for(limit, &format!("{mac} to be {state}"), || {
+            self.node_state(mac).as_deref() == Some(state)
+        })
+    }
+
+    /// Boot an emulated PC of `profile` on a new tap. `floppy` is the boot floppy for p2-floppy.
+    pub fn boot(&mut self, profile: Profile, floppy: Option<&Path>) -> Result<usize, String> {
+        self.taps += 1;
+        let n = self.taps;
+        let tap = format!("tap{n}");
+        ip(&["-n", &self.ns, "tuntap", "add", "dev", &tap, "mode", "tap"])?;
+        ip(&["-n", &self.ns, "link", "set", &tap, "master", "br0"])?;
+        ip(&["-n", &self.ns, "link", "set", &tap, "up"])?;
+        let mac = format!("52:54:00:77:01:{n:02x}");
+        let name = format!("{}-{n}", profile.name());
+        let serial = self.dir.join(format!("{name}.serial.log"));
+        let _ = std::fs::remove_file(&serial);
+        let netdev = format!("tap,id=n0,ifname={tap},script=no,downscript=no");
+        let mut cmd = match profile {
+            Profile::P2Pxe | Profile::P2Floppy => {
+                let mut c = self.exec("qemu-system-i386");
+                c.args(["-cpu", "pentium2"]);
+                c
+            }
+            Profile::X64Pxe | Profile::X64Uefi => self.exec("qemu-system-x86_64"),
+        };
+        cmd.args([
+            "-display",
+            "none",
+            "-serial",
+            &format!("file:{}", serial.display()),
+        ])
+        .args([
+            "-monitor",
+            &format!(
+                "unix:{},server,nowait",
+                self.dir.join(format!("{name}.monitor")).display()
+            ),
+        ])
+        .args(["-netdev", &netdev]);
+        match profile {
+            Profile::P2Pxe => {
+                cmd.args([
+                    "-m",
+                    "128",
+                    "-device",
+                    &format!("i82557b,netdev=n0,mac={mac}"),
+                    "-boot",
+                    "n",
+                ]);
+            }
+            Profile::P2Floppy => {
+                let f = floppy.ok_or("p2-floppy needs a floppy image")?;
+                cmd.args([
+                    "-m",
+                    "64",
+                    "-device",
+                    &format!("ne2k_pci,netdev=n0,mac={mac},romfile="),
+                ])
+                .args([
+                    "-drive",
+                    &format!("file={},if=floppy,format=raw,readonly=on", f.display()),
+                    "-boot",
+                    "a",
+                ]);
+            }
+            Profile::X64Pxe => {
+                cmd.args([
+                    "-m",
+                    "512",
+                    "-device",
+                    &format!("e1000,netdev=n0,mac={mac}"),
+                    "-boot",
+                    "n",
+                ]);
+            }
+            Profile::X64Uefi => {
+                let vars = self.dir.join(format!("{name}.OVMF_VARS.fd"));
+                std::fs::copy("/usr/share/OVMF/OVMF_VARS_4M.fd", &vars)
+                    .map_err(|e| format!("OVMF vars: {e}"))?;
+                cmd.args([
+                    "-m",
+                    "512",
+                    "-device",
+                    &format!("e1000,netdev=n0,mac={mac}"),
+                    "-boot",
+                    "n",
+                ])
+                .args([
+                    "-drive",
+                    "if=pflash,format=raw,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd",
+                ])
+                .args([
+                    "-drive",
+                    &format!("if=pflash,format=raw,file={}", vars.display()),
+                ]);
+            }
+        }
+        let qlog = self.dir.join(format!("{name}.qemu.log"));
+        let _ = std::fs::remove_file(&qlog);
+        let argv: Vec<String> = std::iter::once(cmd.get_program())
+            .chain(cmd.get_args())
+            .map(|a| a.to_string_lossy().to_string())
+            .collect();
+        let child = spawn_logged(&argv, &qlog)?;
+        self.pcs.push(Pc {
+            name,
+            mac,
+            profile,
+            serial,
+            child,
+            argv,
+            qlog,
+        });
+        Ok(self.pcs.len() - 1)
+    }
+
+    /// Everything a failing test should print: head log and every serial console.
+    pub fn report(&self) -> String {
+        let mut s = format!(
+            "==== head log ({}) ====\n{}\n",
+            self.ns,
+            tail(&self.head_log(), 150)
+        );
+        for pc in &self.pcs {
+            let _ = write!(
+                s,
+                "==== serial console of {} ({}) ====\n{}\n",
+                pc.name,
+                pc.mac,
+                tail(&pc.serial_log(), 60)
+            );
+        }
+        s
+    }
+}
+
+fn tail(s: &str, lines: usize) -> String {
+    let v: Vec<&str> = s.lines().collect();
+    v[v.len().saturating_sub(lines)..].join("\n")
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for pc in &mut self.pcs {
+            pc.kill();
+        }
+        for c in &mut self.extra {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        self.kill_head();
+        Lab::cleanup(&self.ns);
+    }
+}

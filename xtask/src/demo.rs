@@ -1,0 +1,180 @@
+//! `cargo xtask demo` and `cargo xtask lab ...`.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{anyhow, Context};
+use clap::Subcommand;
+use enlist_lab::{Lab, Profile};
+use nix::sys::signal::{SigSet, Signal};
+
+use crate::{build_floppy, enlist_bin, node, root, setup};
+
+#[derive(Subcommand)]
+pub enum LabTask {
+    /// Start a lab (head + PCs) in namespace NAME and keep it running until Ctrl-C.
+    Up {
+        #[arg(long, default_value = "enlist-lab")]
+        name: String,
+        /// PCs to boot, by profile: p2-pxe, p2-floppy, x64-pxe, x64-uefi.
+        #[arg(long, value_delimiter = ',', default_value = "p2-pxe")]
+        pcs: Vec<String>,
+        /// `dhcp` (head is the DHCP server) or `proxy` (dnsmasq hands out addresses).
+        #[arg(long, default_value = "dhcp")]
+        mode: String,
+        #[arg(long, default_value_t = 8080)]
+        port: u16,
+    },
+    /// Remove a lab's processes and namespace (also after a crash).
+    Down {
+        #[arg(long, default_value = "enlist-lab")]
+        name: String,
+    },
+}
+
+fn lab_dir(name: &str) -> PathBuf {
+    root().join("lab").join(name)
+}
+
+pub fn lab(t: LabTask) -> anyhow::Result<()> {
+    match t {
+        LabTask::Up {
+            name,
+            pcs,
+            mode,
+            port,
+        } => {
+            let profiles = pcs
+                .iter()
+                .map(|p| Profile::parse(p).ok_or_else(|| anyhow!("unknown profile {p:?}")))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            run_lab(&name, &profiles, &mode, port)
+        }
+        LabTask::Down { name } => {
+            Lab::cleanup(&name);
+            eprintln!("xtask: lab {name} removed");
+            Ok(())
+        }
+    }
+}
+
+pub fn demo(port: u16) -> anyhow::Result<()> {
+    setup::setup()?;
+    node::run(node::NodeTask::All)?;
+    build_floppy()?;
+    run_lab(
+        "enlist-demo",
+        &[Profile::P2Pxe, Profile::P2Floppy, Profile::X64Pxe],
+        "dhcp",
+        port,
+    )
+}
+
+fn run_lab(name: &str, profiles: &[Profile], mode: &str, port: u16) -> anyhow::Result<()> {
+    // Block SIGINT/SIGTERM here and wait for them below, so Ctrl-C ends in an orderly teardown
+    // (Lab's Drop). Children get a clean signal mask from std::process.
+    let mut sigs = SigSet::empty();
+    sigs.add(Signal::SIGINT);
+    sigs.add(Signal::SIGTERM);
+    sigs.thread_block().context("blocking signals")?;
+
+    let dir = lab_dir(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut lab = Lab::new(name, &dir).map_err(|e| anyhow!(e))?;
+    if mode == "proxy" {
+        lab.spawn(dnsmasq_campus_dhcp(&lab))
+            .map_err(|e| anyhow!(e))?;
+    }
+    let config = lab
+        .write_config(mode, &root().join("images/out"), "")
+        .map_err(|e| anyhow!(e))?;
+    let password = Command::new(enlist_bin())
+        .args(["admin", "set-password", "--random", "--config"])
+        .arg(&config)
+        .output()
+        .context("setting the admin password")?;
+    let password = String::from_utf8_lossy(&password.stdout).trim().to_string();
+    lab.start_head(&enlist_bin(), &config)
+        .map_err(|e| anyhow!("{e}\n{}", lab.head_log()))?;
+    crate::proxy::start(name, port, "10.77.0.1:8080")?;
+    let floppy = root().join("images/out/enlist-floppy.img");
+    for p in profiles {
+        lab.boot(*p, Some(&floppy)).map_err(|e| anyhow!(e))?;
+    }
+    println!();
+    println!(
+        "  enlist lab {name} is running ({} PCs booting; mode {mode})",
+        profiles.len()
+    );
+    println!("  dashboard:  http://127.0.0.1:{port}/");
+    println!("  login:      password {password}");
+    println!("  head log:   {}", dir.join("head.log").display());
+    println!("  consoles:   {}/*.serial.log", dir.display());
+    println!("  Ctrl-C stops everything and cleans up.");
+    println!();
+    // Report state changes until a signal arrives.
+    let mut last = Vec::new();
+    loop {
+        let states: Vec<String> = lab
+            .pcs
+            .iter()
+            .map(|pc| {
+                format!(
+                    "{} {}",
+                    pc.name,
+                    lab.node_state(&pc.mac).unwrap_or_else(|| "-".into())
+                )
+            })
+            .collect();
+        if states != last {
+            println!("  {}", states.join(" | "));
+            last = states;
+        }
+        if let Ok(Some(sig)) = wait_signal(&sigs, Duration::from_secs(2)) {
+            eprintln!("xtask: {sig:?}: tearing the lab down");
+            break;
+        }
+    }
+    drop(lab);
+    Ok(())
+}
+
+/// Wait up to `timeout` for one of `sigs`.
+fn wait_signal(sigs: &SigSet, timeout: Duration) -> nix::Result<Option<Signal>> {
+    let ts = nix::sys::time::TimeSpec::from_duration(timeout);
+    // SAFETY: sigtimedwait with valid pointers; siginfo is written by the kernel.
+    let rc = unsafe {
+        let mut info: nix::libc::siginfo_t = std::mem::zeroed();
+        nix::libc::sigtimedwait(sigs.as_ref(), &mut info, ts.as_ref())
+    };
+    if rc < 0 {
+        return Ok(None);
+    }
+    Ok(Signal::try_from(rc).ok())
+}
+
+/// dnsmasq as a "campus" DHCP server: addresses only, no DNS, no boot options.
+pub fn dnsmasq_campus_dhcp(lab: &Lab) -> Command {
+    let mut c = lab.exec("dnsmasq");
+    c.args([
+        "--keep-in-foreground",
+        "--port=0",
+        "--interface=br0",
+        "--bind-interfaces",
+        "--dhcp-range=10.77.0.50,10.77.0.90,255.255.255.0,10m",
+        "--dhcp-authoritative",
+        "--no-resolv",
+        "--no-hosts",
+        "--log-dhcp",
+    ])
+    .arg(format!(
+        "--dhcp-leasefile={}",
+        lab.dir.join("dnsmasq.leases").display()
+    ))
+    .arg(format!(
+        "--pid-file={}",
+        lab.dir.join("dnsmasq.pid").display()
+    ));
+    c
+}
