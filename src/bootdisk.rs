@@ -18,7 +18,10 @@ const TRIES: usize = 8;
 #[derive(Debug, thiserror::Error)]
 pub enum BootDiskError {
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("`{tool}` failed: {detail} (Debian packages: syslinux syslinux-common isolinux mtools dosfstools xorriso)")]
     Tool { tool: String, detail: String },
     #[error("--head {0:?} must be an http:// URL without spaces")]
@@ -66,15 +69,24 @@ pub fn syslinux_cfg(head: Option<&str>) -> Result<String, BootDiskError> {
 
 fn tool(cmd: &mut Command) -> Result<(), BootDiskError> {
     let name = cmd.get_program().to_string_lossy().to_string();
-    let out = cmd.output().map_err(|e| BootDiskError::Tool { tool: name.clone(), detail: e.to_string() })?;
+    let out = cmd.output().map_err(|e| BootDiskError::Tool {
+        tool: name.clone(),
+        detail: e.to_string(),
+    })?;
     if !out.status.success() {
-        return Err(BootDiskError::Tool { tool: name, detail: String::from_utf8_lossy(&out.stderr).trim().to_string() });
+        return Err(BootDiskError::Tool {
+            tool: name,
+            detail: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
     }
     Ok(())
 }
 
 fn io(path: &Path) -> impl Fn(std::io::Error) -> BootDiskError + '_ {
-    move |source| BootDiskError::Io { path: path.to_path_buf(), source }
+    move |source| BootDiskError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// Write a 1.44 MB FAT12 floppy image to `out`.
@@ -86,13 +98,28 @@ pub fn write_floppy(out: &Path, ipxe_dir: &Path, head: Option<&str>) -> Result<(
     let cfg = syslinux_cfg(head)?;
     let tmp = out.with_extension("tmp");
     let _ = std::fs::remove_file(&tmp);
-    tool(Command::new("mkfs.fat").args(["-C", "-n", "ENLIST"]).arg(&tmp).arg("1440"))?;
+    tool(
+        Command::new("mkfs.fat")
+            .args(["-C", "-n", "ENLIST"])
+            .arg(&tmp)
+            .arg("1440"),
+    )?;
     tool(Command::new("syslinux").arg("--install").arg(&tmp))?;
     let cfg_path = tmp.with_extension("cfg");
     std::fs::write(&cfg_path, cfg).map_err(io(&cfg_path))?;
     let img = format!("{}", tmp.display());
-    tool(Command::new("mcopy").args(["-i", &img]).arg(&lkrn).arg("::ipxe.lkrn"))?;
-    tool(Command::new("mcopy").args(["-i", &img]).arg(&cfg_path).arg("::syslinux.cfg"))?;
+    tool(
+        Command::new("mcopy")
+            .args(["-i", &img])
+            .arg(&lkrn)
+            .arg("::ipxe.lkrn"),
+    )?;
+    tool(
+        Command::new("mcopy")
+            .args(["-i", &img])
+            .arg(&cfg_path)
+            .arg("::syslinux.cfg"),
+    )?;
     let _ = std::fs::remove_file(&cfg_path);
     std::fs::rename(&tmp, out).map_err(io(out))?;
     Ok(())
@@ -108,16 +135,36 @@ pub fn write_iso(out: &Path, ipxe_dir: &Path, head: Option<&str>) -> Result<(), 
     let _ = std::fs::remove_dir_all(&dir);
     let boot = dir.join("isolinux");
     std::fs::create_dir_all(&boot).map_err(io(&boot))?;
-    let copy = |from: &str, to: &str| std::fs::copy(from, boot.join(to)).map(|_| ()).map_err(io(Path::new(from)));
+    let copy = |from: &str, to: &str| {
+        std::fs::copy(from, boot.join(to))
+            .map(|_| ())
+            .map_err(io(Path::new(from)))
+    };
     copy("/usr/lib/ISOLINUX/isolinux.bin", "isolinux.bin")?;
     copy("/usr/lib/syslinux/modules/bios/ldlinux.c32", "ldlinux.c32")?;
     std::fs::copy(&lkrn, boot.join("ipxe.lkrn")).map_err(io(&lkrn))?;
     let cfg = boot.join("isolinux.cfg");
     std::fs::write(&cfg, syslinux_cfg(head)?).map_err(io(&cfg))?;
-    tool(Command::new("xorriso").args(["-as", "mkisofs", "-quiet", "-o"]).arg(out).args([
-        "-isohybrid-mbr", "/usr/lib/ISOLINUX/isohdpfx.bin", "-c", "isolinux/boot.cat", "-b", "isolinux/isolinux.bin",
-        "-no-emul-boot", "-boot-load-size", "4", "-boot-info-table", "-V", "ENLIST",
-    ]).arg(&dir))?;
+    tool(
+        Command::new("xorriso")
+            .args(["-as", "mkisofs", "-quiet", "-o"])
+            .arg(out)
+            .args([
+                "-isohybrid-mbr",
+                "/usr/lib/ISOLINUX/isohdpfx.bin",
+                "-c",
+                "isolinux/boot.cat",
+                "-b",
+                "isolinux/isolinux.bin",
+                "-no-emul-boot",
+                "-boot-load-size",
+                "4",
+                "-boot-info-table",
+                "-V",
+                "ENLIST",
+            ])
+            .arg(&dir),
+    )?;
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
@@ -129,13 +176,18 @@ mod tests {
     #[test]
     fn floppy_commands_chain_to_the_heads_script_and_retry() {
         let c = ipxe_commands(Some("http://10.77.0.1:8080/")).unwrap();
-        assert!(c.contains("chain --autofree http://10.77.0.1:8080/boot/${net0/mac:hexhyp}.ipxe?via=floppy"));
+        assert!(c.contains(
+            "chain --autofree http://10.77.0.1:8080/boot/${net0/mac:hexhyp}.ipxe?via=floppy"
+        ));
         assert_eq!(c.matches("dhcp net0").count(), TRIES);
         assert!(c.contains("no network card found"));
         assert!(c.ends_with("reboot"));
         assert!(ipxe_commands(Some("ftp://x")).is_err());
         assert!(ipxe_commands(None).unwrap().contains("autoboot net0"));
         // SYSLINUX reads one line per directive: the command line must not break.
-        assert!(!syslinux_cfg(None).unwrap().lines().any(|l| l.contains("APPEND") && l.len() > 4000));
+        assert!(!syslinux_cfg(None)
+            .unwrap()
+            .lines()
+            .any(|l| l.contains("APPEND") && l.len() > 4000));
     }
 }

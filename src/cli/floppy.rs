@@ -25,12 +25,21 @@ fn ipxe_dir(config: &Path) -> PathBuf {
 
 pub fn floppy(config: &Path, a: FloppyArgs) -> anyhow::Result<()> {
     bootdisk::write_floppy(&a.output, &ipxe_dir(config), a.head.as_deref())?;
-    println!("{}: {} bytes; write it with: dd if={} of=/dev/fd0", a.output.display(), bootdisk::FLOPPY_BYTES, a.output.display());
+    println!(
+        "{}: {} bytes; write it with: dd if={} of=/dev/fd0",
+        a.output.display(),
+        bootdisk::FLOPPY_BYTES,
+        a.output.display()
+    );
     Ok(())
 }
 
 pub fn usb(config: &Path, a: FloppyArgs) -> anyhow::Result<()> {
     bootdisk::write_iso(&a.output, &ipxe_dir(config), a.head.as_deref())?;
-    println!("{}: hybrid ISO; burn it, or write it with: dd if={} of=/dev/sdX bs=1M", a.output.display(), a.output.display());
+    println!(
+        "{}: hybrid ISO; burn it, or write it with: dd if={} of=/dev/sdX bs=1M",
+        a.output.display(),
+        a.output.display()
+    );
     Ok(())
 }

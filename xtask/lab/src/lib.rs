@@ -177,6 +177,29 @@ impl Lab {
         ip(&["-n", ns, "link", "add", "br0", "type", "bridge"])?;
         ip(&["-n", ns, "addr", "add", "10.77.0.1/24", "dev", "br0"])?;
         ip(&["-n", ns, "link", "set", "br0", "up"])?;
+        // QEMU's EtherExpress (i82557b) with iPXE loses its receive unit for good when more
+        // packets arrive than its 4 receive buffers hold while the emulated CPU is descheduled
+        // (TCG on a loaded host). Clamp TCP's congestion window on the lab subnet so no burst
+        // can exceed that; a real head serving period PCs can use the same route option
+        // (README, "Period network cards").
+        ip(&[
+            "-n",
+            ns,
+            "route",
+            "replace",
+            "10.77.0.0/24",
+            "dev",
+            "br0",
+            "proto",
+            "kernel",
+            "scope",
+            "link",
+            "src",
+            "10.77.0.1",
+            "cwnd",
+            "lock",
+            "3",
+        ])?;
         Ok(lab)
     }
 

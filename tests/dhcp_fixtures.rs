@@ -1,0 +1,203 @@
+//! The DHCP pipeline against real packets captured with tshark from QEMU's iPXE ROM, Debian's
+//! iPXE (the boot floppy's ipxe.lkrn), busybox udhcpc (the node OS) and ISC dhclient.
+//! `tests/fixtures/dhcp/capture.sh` recaptures them (see the README there).
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::path::Path;
+use std::sync::Arc;
+
+use dhcproto::v4::{DhcpOption, Message, MessageType, OptionCode};
+use dhcproto::{Decodable, Decoder};
+use enlist::config::{Config, DhcpMode};
+use enlist::dhcp::client::{classify, Firmware};
+use enlist::dhcp::handler::{Arrival, Handler, NoObserver, Outcome};
+use enlist::store::Store;
+
+const CONFIG: &str = "
+state_dir: /nonexistent
+http: { listen: 127.0.0.1:0, public_url: http://10.77.0.1:8080 }
+dhcp:
+  interfaces: [{ name: br0, mode: dhcp }]
+  subnets: [{ subnet: 10.77.0.0/24, pool: [10.77.0.100, 10.77.0.199], router: 10.77.0.1 }]
+images: { dir: /nonexistent, default: i586 }
+";
+
+fn fixtures() -> Vec<(String, Vec<u8>)> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/dhcp");
+    let mut v: Vec<(String, Vec<u8>)> = std::fs::read_dir(&dir)
+        .expect("fixture folder")
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().extension().map(|x| x == "bin").unwrap_or(false))
+        .map(|e| {
+            (
+                e.file_name().to_string_lossy().to_string(),
+                std::fs::read(e.path()).expect("read"),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+fn fixture(name: &str) -> Message {
+    let (_, bytes) = fixtures()
+        .into_iter()
+        .find(|(n, _)| n == name)
+        .unwrap_or_else(|| panic!("fixture {name} missing"));
+    Message::decode(&mut Decoder::new(&bytes)).expect("fixture decodes")
+}
+
+fn handler(mode: DhcpMode) -> (Handler, Arrival) {
+    let cfg = Arc::new(Config::parse(CONFIG, Path::new("t.yaml")).expect("config"));
+    let h = Handler::new(cfg, Store::memory().expect("db"), Arc::new(NoObserver));
+    let at = Arrival {
+        iface: "br0".into(),
+        iface_addr: Ipv4Addr::new(10, 77, 0, 1),
+        mode,
+        port: 67,
+        src: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 68),
+    };
+    (h, at)
+}
+
+fn reply(h: &Handler, at: &Arrival, m: &Message) -> Option<Message> {
+    match h.handle(at, m, 1_000_000).expect("handler") {
+        Outcome::Reply { msg, .. } => Some(*msg),
+        Outcome::Drop(_) => None,
+    }
+}
+
+fn boot_file(m: &Message) -> String {
+    let f = m
+        .fname()
+        .map(|b| {
+            String::from_utf8_lossy(b)
+                .trim_end_matches('\0')
+                .to_string()
+        })
+        .unwrap_or_default();
+    if !f.is_empty() {
+        return f;
+    }
+    match m.opts().get(OptionCode::BootfileName) {
+        Some(DhcpOption::BootfileName(b)) => String::from_utf8_lossy(b).to_string(),
+        _ => String::new(),
+    }
+}
+
+#[test]
+fn there_are_fixtures_from_every_client() {
+    let names: Vec<String> = fixtures().into_iter().map(|(n, _)| n).collect();
+    for client in ["qemu-ipxe-rom", "ipxe-lkrn", "udhcpc", "dhclient"] {
+        assert!(
+            names
+                .iter()
+                .any(|n| n.starts_with(client) && n.contains("discover")),
+            "no {client} DISCOVER in {names:?}"
+        );
+    }
+}
+
+#[test]
+fn ipxe_clients_get_their_boot_script_url() {
+    for name in ["qemu-ipxe-rom-discover.bin", "ipxe-lkrn-discover.bin"] {
+        let m = fixture(name);
+        let c = classify(&m).expect("classify");
+        assert!(c.ipxe, "{name}: iPXE recognised");
+        assert_eq!(c.firmware, Firmware::Bios, "{name}");
+        let (h, at) = handler(DhcpMode::Dhcp);
+        let r = reply(&h, &at, &m).unwrap_or_else(|| panic!("{name}: no OFFER"));
+        assert_eq!(r.opts().msg_type(), Some(MessageType::Offer));
+        let mac = c.mac.replace(':', "-");
+        assert_eq!(
+            boot_file(&r),
+            format!("http://10.77.0.1:8080/boot/{mac}.ipxe"),
+            "{name}"
+        );
+        assert!(r.yiaddr().octets()[..3] == [10, 77, 0]);
+    }
+}
+
+#[test]
+fn plain_dhcp_clients_get_an_address_and_no_boot_file() {
+    for name in ["udhcpc-discover.bin", "dhclient-discover.bin"] {
+        let m = fixture(name);
+        assert_eq!(
+            classify(&m).expect("classify").firmware,
+            Firmware::None,
+            "{name}"
+        );
+        let (h, at) = handler(DhcpMode::Dhcp);
+        let r = reply(&h, &at, &m).unwrap_or_else(|| panic!("{name}: no OFFER"));
+        assert_eq!(r.opts().msg_type(), Some(MessageType::Offer));
+        assert_eq!(boot_file(&r), "", "{name}");
+        // In proxy mode a plain client is none of our business.
+        let (h, at) = handler(DhcpMode::Proxy);
+        assert!(
+            reply(&h, &at, &m).is_none(),
+            "{name}: proxyDHCP must not answer"
+        );
+    }
+}
+
+#[test]
+fn proxy_mode_answers_pxe_clients_without_an_address() {
+    let m = fixture("qemu-ipxe-rom-discover.bin");
+    let (h, at) = handler(DhcpMode::Proxy);
+    let r = reply(&h, &at, &m).expect("proxy OFFER");
+    assert_eq!(
+        r.yiaddr(),
+        Ipv4Addr::UNSPECIFIED,
+        "proxyDHCP never hands out addresses"
+    );
+    assert!(
+        matches!(r.opts().get(OptionCode::ClassIdentifier), Some(DhcpOption::ClassIdentifier(v)) if v == b"PXEClient")
+    );
+}
+
+#[test]
+fn requests_from_fixtures_are_acked_after_their_offer() {
+    for client in ["udhcpc", "dhclient", "qemu-ipxe-rom"] {
+        let Some((_, bytes)) = fixtures()
+            .into_iter()
+            .find(|(n, _)| n == &format!("{client}-request.bin"))
+        else {
+            continue;
+        };
+        let req = Message::decode(&mut Decoder::new(&bytes)).expect("decode");
+        let (h, at) = handler(DhcpMode::Dhcp);
+        // The captured REQUEST asks for the address the real head offered; a fresh head with an
+        // empty database offers the same first pool address, so it ACKs.
+        let disc = fixture(&format!("{client}-discover.bin"));
+        let offer = reply(&h, &at, &disc).expect("offer");
+        let r = reply(&h, &at, &req).expect("reply to REQUEST");
+        let t = r.opts().msg_type();
+        assert!(
+            t == Some(MessageType::Ack) || t == Some(MessageType::Nak),
+            "{client}: {t:?}"
+        );
+        if t == Some(MessageType::Ack) {
+            assert_eq!(r.yiaddr(), offer.yiaddr());
+        }
+    }
+}
+
+#[test]
+fn truncated_and_corrupted_packets_never_panic() {
+    for (name, bytes) in fixtures() {
+        let (h, at) = handler(DhcpMode::Dhcp);
+        for cut in 0..bytes.len() {
+            if let Ok(m) = Message::decode(&mut Decoder::new(&bytes[..cut])) {
+                let _ = h.handle(&at, &m, 1);
+            }
+        }
+        for i in (0..bytes.len()).step_by(7) {
+            let mut b = bytes.clone();
+            b[i] ^= 0xff;
+            if let Ok(m) = Message::decode(&mut Decoder::new(&b)) {
+                let _ = h.handle(&at, &m, 1);
+            }
+        }
+        let _ = name;
+    }
+}

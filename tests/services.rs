@@ -1,0 +1,380 @@
+//! The head's DHCP and TFTP services against real clients (busybox udhcpc, ISC dhclient,
+//! tftp-hpa, curl) in a private network namespace. Needs root: run by `cargo xtask test`.
+
+use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use dhcproto::v4::{DhcpOption, Flags, Message, MessageType, Opcode};
+use dhcproto::{Decodable, Decoder, Encodable, Encoder};
+use enlist_lab::{run, Lab};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A lab with no PCs, a second subnet behind a relay, and a TFTP root holding a 7 MB file.
+fn services_lab(test: &str) -> Lab {
+    let ns = format!("svc-{test}-{}", std::process::id() % 10000);
+    let dir = root().join("lab").join(&ns);
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut lab = Lab::new(&ns, &dir).unwrap_or_else(|e| panic!("{e}"));
+    let tftp_root = dir.join("tftproot");
+    std::fs::create_dir_all(&tftp_root).expect("tftp root");
+    let big: Vec<u8> = (0..7 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(tftp_root.join("big.bin"), &big).expect("big file");
+    std::fs::write(dir.join("secret.txt"), "outside the root").expect("secret");
+    let cfg = format!(
+        "state_dir: {state}\nhttp: {{ listen: 0.0.0.0:8080, public_url: http://10.77.0.1:8080 }}\n\
+         tftp: {{ listen: 0.0.0.0:69, ipxe_dir: {root}, max_blksize: 1468, max_windowsize: 64 }}\n\
+         dhcp:\n  interfaces: [{{ name: br0, mode: dhcp }}]\n  subnets:\n\
+         \x20   - {{ subnet: 10.77.0.0/24, pool: [10.77.0.100, 10.77.0.199], router: 10.77.0.1 }}\n\
+         \x20   - {{ subnet: 10.78.0.0/24, pool: [10.78.0.100, 10.78.0.150], router: 10.78.0.1 }}\n\
+         images: {{ dir: {dir}/images, default: i586 }}\n",
+        state = dir.join("state").display(),
+        root = tftp_root.display(),
+        dir = dir.display(),
+    );
+    let path = dir.join("config.yaml");
+    std::fs::write(&path, cfg).expect("config");
+    lab.start_head(&root().join("target/release/enlist"), &path)
+        .unwrap_or_else(|e| panic!("{e}\n{}", lab.head_log()));
+    lab
+}
+
+/// A client namespace joined to the lab bridge by a veth pair with the given MAC.
+struct Client {
+    ns: String,
+}
+
+impl Client {
+    fn new(lab: &Lab, name: &str, mac: &str) -> Client {
+        let ns = format!("{}-{name}", lab.ns);
+        let _ = Command::new("ip").args(["netns", "del", &ns]).status();
+        let ip =
+            |args: &[&str]| run(Command::new("ip").args(args)).unwrap_or_else(|e| panic!("{e}"));
+        ip(&["netns", "add", &ns]);
+        let (a, b) = (format!("v{name}h"), format!("v{name}c"));
+        ip(&[
+            "-n", &lab.ns, "link", "add", &a, "type", "veth", "peer", "name", &b, "netns", &ns,
+        ]);
+        ip(&["-n", &lab.ns, "link", "set", &a, "master", "br0", "up"]);
+        ip(&["-n", &ns, "link", "set", &b, "address", mac, "up"]);
+        ip(&["-n", &ns, "link", "set", "lo", "up"]);
+        Client { ns }
+    }
+    fn iface(&self) -> String {
+        format!("v{}c", self.ns.rsplit('-').next().unwrap_or(""))
+    }
+    fn exec(&self, program: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.ns, program]);
+        c
+    }
+    /// busybox udhcpc: DISCOVER..ACK; returns the leased address.
+    fn udhcpc(&self) -> String {
+        let out = self
+            .exec("udhcpc")
+            .args([
+                "-i",
+                &self.iface(),
+                "-n",
+                "-q",
+                "-f",
+                "-t",
+                "5",
+                "-T",
+                "2",
+                "-s",
+                "/bin/true",
+            ])
+            .output()
+            .expect("udhcpc");
+        let text = String::from_utf8_lossy(&out.stderr).to_string()
+            + &String::from_utf8_lossy(&out.stdout);
+        text.lines()
+            .find_map(|l| {
+                l.split("lease of ")
+                    .nth(1)
+                    .and_then(|r| r.split_whitespace().next())
+            })
+            .unwrap_or_else(|| panic!("udhcpc got no lease:\n{text}"))
+            .to_string()
+    }
+    /// ISC dhclient; returns the bound address.
+    fn dhclient(&self, dir: &std::path::Path) -> String {
+        let lf = dir.join(format!("{}.leases", self.ns));
+        let _ = std::fs::remove_file(&lf);
+        let out = self
+            .exec("dhclient")
+            .args(["-1", "-v", "-sf", "/bin/true", "-lf"])
+            .arg(&lf)
+            .arg("-pf")
+            .arg(dir.join(format!("{}.pid", self.ns)))
+            .arg(self.iface())
+            .output()
+            .expect("dhclient");
+        let text = String::from_utf8_lossy(&out.stderr).to_string();
+        text.lines()
+            .find_map(|l| {
+                l.split("bound to ")
+                    .nth(1)
+                    .and_then(|r| r.split_whitespace().next())
+            })
+            .unwrap_or_else(|| panic!("dhclient got no lease:\n{text}"))
+            .to_string()
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        Lab::cleanup(&self.ns);
+    }
+}
+
+#[test]
+#[ignore = "needs root: run `cargo xtask test`"]
+fn dhcp_clients_get_leases_that_survive_kill_9() {
+    let mut lab = services_lab("dhcp");
+    let u = Client::new(&lab, "u", "02:00:00:00:00:01");
+    let d = Client::new(&lab, "d", "02:00:00:00:00:02");
+    let a1 = u.udhcpc();
+    let b1 = d.dhclient(&lab.dir);
+    assert!(
+        a1.starts_with("10.77.0.") && b1.starts_with("10.77.0."),
+        "{a1} {b1}"
+    );
+    assert_ne!(a1, b1, "two clients, two addresses");
+
+    lab.kill_head();
+    let cfg = lab.dir.join("config.yaml");
+    let r = lab.start_head(&root().join("target/release/enlist"), &cfg);
+    assert!(r.is_ok(), "{r:?}\n{}", lab.head_log());
+    assert_eq!(
+        u.udhcpc(),
+        a1,
+        "udhcpc keeps its address after kill -9\n{}",
+        lab.head_log()
+    );
+    assert_eq!(
+        d.dhclient(&lab.dir),
+        b1,
+        "dhclient keeps its address after kill -9\n{}",
+        lab.head_log()
+    );
+}
+
+fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let path = format!("/var/run/netns/{ns}");
+    std::thread::spawn(move || {
+        let file = std::fs::File::open(&path).expect("netns");
+        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+        f()
+    })
+    .join()
+    .expect("thread")
+}
+
+#[test]
+#[ignore = "needs root: run `cargo xtask test`"]
+fn relayed_discover_gets_an_address_from_the_relays_subnet() {
+    let lab = services_lab("relay");
+    let relay = Client::new(&lab, "r", "02:00:00:00:00:03");
+    let ip = |args: &[&str]| run(Command::new("ip").args(args)).unwrap_or_else(|e| panic!("{e}"));
+    ip(&[
+        "-n",
+        &relay.ns,
+        "addr",
+        "add",
+        "10.77.0.254/24",
+        "dev",
+        &relay.iface(),
+    ]);
+    ip(&["-n", &relay.ns, "link", "add", "lan2", "type", "dummy"]);
+    ip(&[
+        "-n",
+        &relay.ns,
+        "addr",
+        "add",
+        "10.78.0.1/24",
+        "dev",
+        "lan2",
+    ]);
+    ip(&["-n", &relay.ns, "link", "set", "lan2", "up"]);
+    ip(&[
+        "-n",
+        &lab.ns,
+        "route",
+        "add",
+        "10.78.0.0/24",
+        "via",
+        "10.77.0.254",
+    ]);
+
+    let offer = in_netns(&relay.ns, || {
+        let sock = UdpSocket::bind("10.78.0.1:67").expect("bind relay port");
+        sock.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        let mut m = Message::default();
+        m.set_opcode(Opcode::BootRequest)
+            .set_xid(0x1234_5678)
+            .set_flags(Flags::default())
+            .set_giaddr(Ipv4Addr::new(10, 78, 0, 1))
+            .set_chaddr(&[2, 0, 0, 0, 0, 0x33]);
+        m.set_hops(1);
+        m.opts_mut()
+            .insert(DhcpOption::MessageType(MessageType::Discover));
+        let mut buf = Vec::new();
+        m.encode(&mut Encoder::new(&mut buf)).expect("encode");
+        sock.send_to(&buf, "10.77.0.1:67").expect("send");
+        let mut rx = [0u8; 1500];
+        let (n, from): (usize, SocketAddr) =
+            sock.recv_from(&mut rx).expect("an OFFER back to the relay");
+        (
+            Message::decode(&mut Decoder::new(&rx[..n])).expect("decode"),
+            from,
+        )
+    });
+    let (reply, from) = offer;
+    assert_eq!(reply.opts().msg_type(), Some(MessageType::Offer));
+    let y = reply.yiaddr();
+    assert!(
+        y.octets()[..3] == [10, 78, 0] && (100..=150).contains(&y.octets()[3]),
+        "offered {y} from {from}"
+    );
+}
+
+fn tftp_rrq(file: &str, opts: &[(&str, &str)]) -> Vec<u8> {
+    let mut p = vec![0, 1];
+    for s in [file, "octet"]
+        .iter()
+        .chain(opts.iter().flat_map(|(k, v)| [k, v]))
+    {
+        p.extend_from_slice(s.as_bytes());
+        p.push(0);
+    }
+    p
+}
+
+#[test]
+#[ignore = "needs root: run `cargo xtask test`"]
+fn tftp_serves_real_clients_and_refuses_escapes() {
+    let lab = services_lab("tftp");
+    let c = Client::new(&lab, "t", "02:00:00:00:00:04");
+    let ip = |args: &[&str]| run(Command::new("ip").args(args)).unwrap_or_else(|e| panic!("{e}"));
+    ip(&[
+        "-n",
+        &c.ns,
+        "addr",
+        "add",
+        "10.77.0.50/24",
+        "dev",
+        &c.iface(),
+    ]);
+    let want = std::fs::read(lab.dir.join("tftproot/big.bin")).expect("big");
+
+    // tftp-hpa with blksize 1468 (its -B option is not universal: use the interactive command).
+    let out_hpa = lab.dir.join("hpa.bin");
+    let st = c
+        .exec("sh")
+        .arg("-c")
+        .arg(format!(
+            "printf 'binary\\nblksize 1468\\nget big.bin {}\\nquit\\n' | tftp 10.77.0.1",
+            out_hpa.display()
+        ))
+        .output()
+        .expect("tftp");
+    let got = std::fs::read(&out_hpa).unwrap_or_default();
+    assert!(
+        got == want,
+        "tftp-hpa: {} of {} bytes; {}",
+        got.len(),
+        want.len(),
+        String::from_utf8_lossy(&st.stderr)
+    );
+
+    // curl with blksize 1468.
+    let out_curl = lab.dir.join("curl.bin");
+    let st = c
+        .exec("curl")
+        .args(["-sS", "--tftp-blksize", "1468", "-o"])
+        .arg(&out_curl)
+        .arg("tftp://10.77.0.1/big.bin")
+        .output()
+        .expect("curl");
+    assert!(
+        std::fs::read(&out_curl).unwrap_or_default() == want,
+        "curl: {}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+
+    // Escapes are refused with an error packet.
+    for bad in ["../secret.txt", "/etc/passwd", "a/../../secret.txt"] {
+        let st = c
+            .exec("curl")
+            .args(["-sS", "-o", "/dev/null"])
+            .arg(format!("tftp://10.77.0.1/{bad}"))
+            .output()
+            .expect("curl");
+        assert!(!st.status.success(), "{bad} must be refused");
+    }
+
+    // windowsize 16 and blksize 1468 by hand; then a tsize probe aborted with error 8.
+    let (total, probe_quiet) = in_netns(&c.ns, move || {
+        let s = UdpSocket::bind("10.77.0.50:0").expect("bind");
+        s.set_read_timeout(Some(Duration::from_secs(3)))
+            .expect("timeout");
+        s.send_to(
+            &tftp_rrq(
+                "big.bin",
+                &[("blksize", "1468"), ("windowsize", "16"), ("tsize", "0")],
+            ),
+            "10.77.0.1:69",
+        )
+        .expect("rrq");
+        let mut buf = [0u8; 2048];
+        let (n, server) = s.recv_from(&mut buf).expect("oack");
+        assert_eq!(&buf[..2], &[0, 6], "OACK expected, got {:?}", &buf[..n]);
+        let oack = String::from_utf8_lossy(&buf[2..n]).to_string();
+        assert!(
+            oack.contains("windowsize\016") && oack.contains("blksize\01468"),
+            "{oack:?}"
+        );
+        s.send_to(&[0, 4, 0, 0], server).expect("ack 0");
+        let (mut total, mut expect) = (0usize, 1u16);
+        loop {
+            let (n, _) = s.recv_from(&mut buf).expect("data");
+            if buf[1] != 3 {
+                continue;
+            }
+            let block = u16::from_be_bytes([buf[2], buf[3]]);
+            if block != expect {
+                continue;
+            }
+            total += n - 4;
+            let last = n - 4 < 1468;
+            if expect % 16 == 0 || last {
+                s.send_to(&[0, 4, buf[2], buf[3]], server).expect("ack");
+            }
+            expect = expect.wrapping_add(1);
+            if last {
+                break;
+            }
+        }
+        // tsize probe, then error 8 as PXE ROMs do: the server must stop at once.
+        s.send_to(&tftp_rrq("big.bin", &[("tsize", "0")]), "10.77.0.1:69")
+            .expect("probe");
+        let (_, server) = s.recv_from(&mut buf).expect("oack");
+        s.send_to(b"\0\x05\0\x08tsize probe\0", server)
+            .expect("error 8");
+        s.set_read_timeout(Some(Duration::from_secs(4)))
+            .expect("timeout");
+        (total, s.recv_from(&mut buf).is_err())
+    });
+    assert_eq!(total, want.len(), "windowsize 16 transfer");
+    assert!(
+        probe_quiet,
+        "after a client ERROR the server must not retransmit the OACK"
+    );
+}
