@@ -247,6 +247,12 @@ impl BootFiles {
     }
 }
 
+/// Told about every boot file a client fetched (the registry follows boots with it).
+pub trait FetchObserver: Send + Sync {
+    /// `mac` is known for per-node paths; otherwise the observer maps `ip` to a node.
+    fn fetched(&self, mac: Option<&str>, ip: std::net::IpAddr, kind: Kind, path: &str);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -311,10 +317,4 @@ mod tests {
         }
         assert_eq!(f.resolve("missing.efi").unwrap_err().reason(), "not-found");
     }
-}
-
-/// Told about every boot file a client fetched (the registry follows boots with it).
-pub trait FetchObserver: Send + Sync {
-    /// `mac` is known for per-node paths; otherwise the observer maps `ip` to a node.
-    fn fetched(&self, mac: Option<&str>, ip: std::net::IpAddr, kind: Kind, path: &str);
 }

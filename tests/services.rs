@@ -51,7 +51,10 @@ struct Client {
 impl Client {
     fn new(lab: &Lab, name: &str, mac: &str) -> Client {
         let ns = format!("{}-{name}", lab.ns);
-        let _ = Command::new("ip").args(["netns", "del", &ns]).status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &ns])
+            .stderr(std::process::Stdio::null())
+            .status();
         let ip =
             |args: &[&str]| run(Command::new("ip").args(args)).unwrap_or_else(|e| panic!("{e}"));
         ip(&["netns", "add", &ns]);
@@ -191,7 +194,11 @@ fn relayed_discover_gets_an_address_from_the_relays_subnet() {
         "dev",
         &relay.iface(),
     ]);
-    ip(&["-n", &relay.ns, "link", "add", "lan2", "type", "dummy"]);
+    // The relay's second LAN (a veth pair inside its namespace: no dummy module needed).
+    ip(&[
+        "-n", &relay.ns, "link", "add", "lan2", "type", "veth", "peer", "name", "lan2p",
+    ]);
+    ip(&["-n", &relay.ns, "link", "set", "lan2p", "up"]);
     ip(&[
         "-n",
         &relay.ns,
@@ -338,7 +345,7 @@ fn tftp_serves_real_clients_and_refuses_escapes() {
         assert_eq!(&buf[..2], &[0, 6], "OACK expected, got {:?}", &buf[..n]);
         let oack = String::from_utf8_lossy(&buf[2..n]).to_string();
         assert!(
-            oack.contains("windowsize\016") && oack.contains("blksize\01468"),
+            oack.contains("windowsize\u{0}16") && oack.contains("blksize\u{0}1468"),
             "{oack:?}"
         );
         s.send_to(&[0, 4, 0, 0], server).expect("ack 0");

@@ -268,7 +268,7 @@ fn choose(tx: &Transaction, req: &AllocateRequest) -> rusqlite::Result<Option<Ip
         match row_for_ip(tx, ip)? {
             None => return Ok(Some(ip)),
             Some(l) => {
-                if expired_candidate.map_or(true, |(_, e)| l.expires < e) {
+                if expired_candidate.is_none_or(|(_, e)| l.expires < e) {
                     expired_candidate = Some((ip, l.expires));
                 }
             }

@@ -86,11 +86,17 @@ pub fn build_floppy() -> anyhow::Result<()> {
     build_head()?;
     let out = root().join("images/out");
     std::fs::create_dir_all(&out)?;
+    // The lab's head URL is written on the disk (so the node reports it booted from floppy).
+    let head = ["--head", enlist_lab::HEAD_URL];
     sh(Command::new(enlist_bin())
-        .args(["floppy", "-o"])
+        .arg("floppy")
+        .args(head)
+        .arg("-o")
         .arg(out.join("enlist-floppy.img")))?;
     sh(Command::new(enlist_bin())
-        .args(["usb", "-o"])
+        .arg("usb")
+        .args(head)
+        .arg("-o")
         .arg(out.join("enlist-usb.iso")))
 }
 
