@@ -166,19 +166,26 @@ fn requests_from_fixtures_are_acked_after_their_offer() {
         };
         let req = Message::decode(&mut Decoder::new(&bytes)).expect("decode");
         let (h, at) = handler(DhcpMode::Dhcp);
-        // The captured REQUEST asks for the address the real head offered; a fresh head with an
-        // empty database offers the same first pool address, so it ACKs.
+        // The captured REQUEST asks for the address the real head offered. A fresh head with an
+        // empty database has that address free, so it ACKs exactly the address asked for.
         let disc = fixture(&format!("{client}-discover.bin"));
-        let offer = reply(&h, &at, &disc).expect("offer");
+        reply(&h, &at, &disc).expect("offer");
+        let asked = classify(&req)
+            .expect("classify")
+            .requested_ip
+            .unwrap_or(req.ciaddr());
         let r = reply(&h, &at, &req).expect("reply to REQUEST");
-        let t = r.opts().msg_type();
+        assert_eq!(r.opts().msg_type(), Some(MessageType::Ack), "{client}");
+        assert_eq!(r.yiaddr(), asked, "{client}");
+        // Another client asking for the same address now is refused.
+        let mut other = req.clone();
+        other.set_chaddr(&[2, 0xde, 0xad, 0, 0, 1]);
+        let r2 = reply(&h, &at, &other);
         assert!(
-            t == Some(MessageType::Ack) || t == Some(MessageType::Nak),
-            "{client}: {t:?}"
+            r2.map(|m| m.opts().msg_type() != Some(MessageType::Ack) || m.yiaddr() != asked)
+                .unwrap_or(true),
+            "{client}: one address, two clients"
         );
-        if t == Some(MessageType::Ack) {
-            assert_eq!(r.yiaddr(), offer.yiaddr());
-        }
     }
 }
 

@@ -187,3 +187,51 @@ fn proxy_mode_beside_dnsmasq() {
         lab.report()
     );
 }
+
+#[test]
+#[ignore = "needs root, QEMU, chromium and built images: run `cargo xtask test`"]
+fn dashboard_in_a_browser_shows_a_pc_join_live_and_leave() {
+    let mut lab = lab("browser", "dhcp");
+    let out = std::process::Command::new(enlist())
+        .args(["admin", "set-password", "--random", "--config"])
+        .arg(lab.dir.join("config.yaml"))
+        .output()
+        .expect("set-password");
+    let password = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(password.len() >= 8, "set-password printed {password:?}");
+    // The browser (Debian's chromium, driven by playwright-core) runs inside the lab namespace.
+    let mut browser = lab
+        .exec("node")
+        .arg(root().join("tests/browser/dashboard.mjs"))
+        .args(["http://10.77.0.1:8080/", &password, "52:54:00:77:01:01"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("node");
+    std::thread::sleep(Duration::from_secs(5));
+    lab.boot(Profile::P2Pxe, None)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let start = std::time::Instant::now();
+    loop {
+        if let Ok(Some(_)) = browser.try_wait() {
+            break;
+        }
+        if start.elapsed() > Duration::from_secs(600) {
+            let _ = browser.kill();
+            break;
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    let out = browser.wait_with_output().expect("browser output");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "browser test failed:\n{text}\n{}",
+        lab.report()
+    );
+    assert!(text.contains("gone; events"), "{text}");
+}

@@ -125,19 +125,27 @@ fn test(args: Vec<String>) -> anyhow::Result<()> {
     setup::setup()?;
     node::run(node::NodeTask::All)?;
     build_floppy()?;
+    // The browser test's driver (playwright-core; the browser is Debian's chromium).
+    sh(Command::new("npm")
+        .current_dir(root().join("tests/browser"))
+        .args(["install", "--no-audit", "--no-fund", "--loglevel=error"]))?;
+    // Unit and in-process tests.
     sh(Command::new("cargo")
         .current_dir(root())
         .args(["test", "--workspace", "--release"]))?;
+    // Tests that need root, namespaces and QEMU: one at a time (each emulated PC needs a core).
     sh(Command::new("cargo")
         .current_dir(root())
         .args([
             "test",
             "--release",
             "--test",
+            "services",
+            "--test",
             "e2e",
             "--",
             "--ignored",
-            "--test-threads=2",
+            "--test-threads=1",
         ])
         .args(&args))
 }

@@ -1,0 +1,51 @@
+// Browser test of the dashboard: log in, watch a PC join live, release it, see it leave.
+// Usage: node dashboard.mjs URL PASSWORD MAC   (run inside the lab namespace by tests/e2e.rs)
+import { chromium } from 'playwright-core';
+
+const [url, password, mac] = process.argv.slice(2);
+const rowId = '#node-' + mac.replaceAll(':', '');
+const log = (...a) => console.log(new Date().toISOString(), ...a);
+
+const browser = await chromium.launch({
+  executablePath: '/usr/bin/chromium',
+  args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking'],
+});
+let failed = false;
+try {
+  const page = await browser.newPage({ viewport: { width: 390, height: 844 } }); // phone-sized
+  let loads = 0;
+  page.on('load', () => loads++);
+  await page.goto(url);
+  // Not logged in: no node table content, a login form.
+  await page.waitForSelector('#login:not([hidden])');
+  await page.fill('#password', 'wrong password');
+  await page.click('#login button');
+  await page.waitForFunction(() => document.querySelector('#message').textContent.includes('Login failed'));
+  await page.fill('#password', password);
+  await page.click('#login button');
+  await page.waitForSelector('#logout:not([hidden])');
+  log('logged in; waiting for', mac, 'to join (live, no reload)');
+
+  await page.waitForSelector(`${rowId} .state.s-healthy`, { timeout: 300_000 });
+  const joinedAt = Date.now();
+  const row = await page.textContent(rowId);
+  log('joined:', row);
+  if (loads !== 1) throw new Error(`page was loaded ${loads} times; updates must arrive live`);
+  if (!row.includes('Pentium II')) throw new Error('row shows no CPU model: ' + row);
+  const up = await page.textContent('#c-up');
+  if (up.trim() !== '1') throw new Error('counter "up" shows ' + up);
+
+  await page.click(`${rowId} button[data-action="release"]`);
+  log('release clicked');
+  await page.waitForSelector(`${rowId} .state.s-leaving, ${rowId} .state.s-gone`, { timeout: 60_000 });
+  log('leaving after', (Date.now() - joinedAt) / 1000, 's');
+  await page.waitForSelector(`${rowId} .state.s-gone`, { timeout: 300_000 });
+  log('gone; events:', (await page.textContent('#events')).slice(0, 300));
+  if (loads !== 1) throw new Error('page reloaded');
+} catch (e) {
+  failed = true;
+  console.error('BROWSER TEST FAILED:', e.message);
+} finally {
+  await browser.close();
+}
+process.exit(failed ? 1 : 0);
