@@ -185,6 +185,32 @@ pub struct ImagesConfig {
     /// Extra kernel command line for every node.
     #[serde(default)]
     pub cmdline: String,
+    /// PCI ids (`vendor:device`) of network cards that fetch kernel and initrd by TFTP
+    /// (lockstep) instead of HTTP: iPXE's drivers for some period cards lose their receive ring
+    /// to TCP bursts. Default: the Intel EtherExpress Pro/100 (8086:1229).
+    #[serde(default = "default_tftp_nics")]
+    pub tftp_nics: Vec<String>,
+}
+
+fn default_tftp_nics() -> Vec<String> {
+    vec!["8086:1229".into()]
+}
+
+/// `8086:1229` -> the iPXE `busid` setting of that PCI card, `01:80:86:12:29`.
+pub fn pci_busid(id: &str) -> Option<String> {
+    let (v, d) = id.split_once(':')?;
+    if v.len() != 4 || d.len() != 4 || !v.chars().chain(d.chars()).all(|c| c.is_ascii_hexdigit()) {
+        return None;
+    }
+    let v = v.to_ascii_lowercase();
+    let d = d.to_ascii_lowercase();
+    Some(format!(
+        "01:{}:{}:{}:{}",
+        &v[..2],
+        &v[2..],
+        &d[..2],
+        &d[2..]
+    ))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -420,6 +446,14 @@ impl Config {
                 "tftp.max_windowsize".into(),
                 "must be at least 1".into(),
             ));
+        }
+        for (i, id) in self.images.tftp_nics.iter().enumerate() {
+            if pci_busid(id).is_none() {
+                return Err(invalid(
+                    format!("images.tftp_nics[{i}]"),
+                    format!("{id:?} is not a PCI id like 8086:1229"),
+                ));
+            }
         }
         Ok(())
     }

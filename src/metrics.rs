@@ -127,10 +127,62 @@ impl Metrics {
             .inc();
     }
 
+    /// The classic Prometheus text format (0.0.4), which `promtool check metrics` and older
+    /// scrapers read: counter families are named with their `_total` suffix and there is no
+    /// `# EOF` line. Derived from the OpenMetrics text so both always agree.
+    pub fn render_prometheus(&self) -> String {
+        openmetrics_to_prometheus(&self.render())
+    }
+
     pub fn render(&self) -> String {
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = encode(&mut out, &self.registry);
         out
+    }
+}
+
+fn openmetrics_to_prometheus(om: &str) -> String {
+    let counters: std::collections::HashSet<&str> = om
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(om.len());
+    for line in om.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|p| {
+            let rest = line.strip_prefix(p)?;
+            let (name, tail) = rest.split_once(' ')?;
+            counters
+                .contains(name)
+                .then(|| format!("{p}{name}_total {tail}"))
+        });
+        out.push_str(renamed.as_deref().unwrap_or(line));
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prometheus_text_names_counters_with_total() {
+        let m = Metrics::new();
+        m.dhcp_drop("malformed");
+        m.boot_duration.observe(12.0);
+        let text = m.render_prometheus();
+        assert!(
+            text.contains("# HELP enlist_dhcp_dropped_total DHCP packets dropped"),
+            "{text}"
+        );
+        assert!(text.contains("# TYPE enlist_dhcp_dropped_total counter"));
+        assert!(text.contains("enlist_dhcp_dropped_total{reason=\"malformed\"} 1"));
+        assert!(text.contains("# TYPE enlist_boot_duration_seconds histogram"));
+        assert!(!text.contains("# EOF"));
     }
 }

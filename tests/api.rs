@@ -318,5 +318,11 @@ async fn metrics_are_prometheus_text() {
     .await;
     assert_eq!(status, StatusCode::OK);
     assert!(body.contains("enlist_nodes{state=\"healthy\"}"), "{body}");
-    assert!(body.ends_with("# EOF\n"));
+    assert!(!body.contains("# EOF"), "classic text format by default");
+    let om = Request::get("/metrics")
+        .header("accept", "application/openmetrics-text; version=1.0.0")
+        .body(Body::empty())
+        .expect("req");
+    let (_, body) = send(&h.app, om).await;
+    assert!(body.ends_with("# EOF\n"), "OpenMetrics when asked for");
 }

@@ -101,14 +101,12 @@ fn p2_pxe_boots_registers_is_released_and_rejoins() {
         &lab,
         lab.wait_state(&mac, "leaving", Duration::from_secs(30)),
     );
-    check(&lab, lab.wait_state(&mac, "gone", BOOT_LIMIT));
-    let events = lab
-        .curl(&format!("/api/v1/nodes/{mac}"))
-        .unwrap_or_default();
-    assert!(
-        events.to_string().contains("answered with local disk boot"),
-        "{events}"
-    );
+    // The PC reboots; its next network boot is answered with "boot from your own disk".
+    let r = lab.wait_for(BOOT_LIMIT, "local disk boot answer", || {
+        count_events(&lab, &mac, "answered with local disk boot") >= 1
+    });
+    check(&lab, r);
+    assert_eq!(lab.node_state(&mac).as_deref(), Some("gone"));
 
     // Enlisted again, the same PC joins again at its next boot.
     check(
@@ -234,4 +232,137 @@ fn dashboard_in_a_browser_shows_a_pc_join_live_and_leave() {
         lab.report()
     );
     assert!(text.contains("gone; events"), "{text}");
+}
+
+/// The per-node initrd exactly as the head serves it (image initrd + this node's settings).
+fn node_initrd(lab: &Lab, image: &str, mac: &str) -> PathBuf {
+    let version = std::fs::read_to_string(root().join(format!("images/out/{image}/current")))
+        .expect("image built");
+    let out = lab
+        .dir
+        .join(format!("{image}-{}.initrd", mac.replace(':', "")));
+    let url = format!(
+        "http://10.77.0.1:8080/boot/{}/{image}/{}/initrd",
+        mac.replace(':', "-"),
+        version.trim()
+    );
+    let st = lab
+        .exec("curl")
+        .args(["-sSf", "-o"])
+        .arg(&out)
+        .arg(&url)
+        .status()
+        .expect("curl");
+    assert!(st.success(), "fetching {url}");
+    out
+}
+
+fn count_events(lab: &Lab, mac: &str, needle: &str) -> usize {
+    lab.curl(&format!("/api/v1/nodes/{mac}"))
+        .map(|v| {
+            v["events"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter(|e| e["detail"].as_str().unwrap_or("").contains(needle))
+                        .count()
+                })
+                .unwrap_or(0)
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+#[ignore = "needs root, QEMU and built images: run `cargo xtask test`"]
+fn pentium2_64mb_direct_boot_survives_head_outage_and_says_leaving() {
+    let mut lab = lab("direct", "dhcp");
+    let mac = "52:54:00:77:01:01";
+    let initrd = node_initrd(&lab, "i586", mac);
+    let version = std::fs::read_to_string(root().join("images/out/i586/current")).expect("current");
+    let kernel = root().join(format!("images/out/i586/{}/vmlinuz", version.trim()));
+    let i = lab
+        .boot_direct("qemu-system-i386", 64, &kernel, &initrd)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(lab.pcs[i].mac, mac);
+    check(&lab, lab.wait_state(mac, "healthy", BOOT_LIMIT));
+    let node = lab
+        .curl(&format!("/api/v1/nodes/{mac}"))
+        .unwrap_or_default();
+    assert_eq!(node["node"]["info"]["boot_method"], "direct", "{node}");
+    let free_kb = node["node"]["heartbeat"]["mem_free_kb"]
+        .as_u64()
+        .unwrap_or(0);
+    eprintln!("Pentium II, -m 64: {} kB free after boot", free_kb);
+    assert!(
+        free_kb > 16 * 1024,
+        "a 64 MB node keeps RAM for jobs: {node}"
+    );
+
+    // Head down for 30 s: the node keeps running and registers again by itself.
+    lab.kill_head();
+    std::thread::sleep(Duration::from_secs(30));
+    let cfg = lab.dir.join("config.yaml");
+    let r = lab.start_head(&enlist(), &cfg);
+    check(&lab, r);
+    check(
+        &lab,
+        lab.wait_for(Duration::from_secs(120), "re-registration", || {
+            count_events(&lab, mac, "agent registered") >= 2
+        }),
+    );
+    check(
+        &lab,
+        lab.wait_state(mac, "healthy", Duration::from_secs(60)),
+    );
+
+    // Reboot inside the node (Ctrl-Alt-Del: busybox init shuts down, SIGTERM to the agent):
+    // the head hears "leaving" before the node goes.
+    check(&lab, lab.monitor(i, "sendkey ctrl-alt-delete"));
+    check(
+        &lab,
+        lab.wait_for(Duration::from_secs(60), "leaving", || {
+            count_events(&lab, mac, "→ leaving") >= 1
+        }),
+    );
+}
+
+#[test]
+#[ignore = "needs root, QEMU and built images: run `cargo xtask test`"]
+fn x86_64_direct_boot_registers() {
+    let mut lab = lab("direct64", "dhcp");
+    let mac = "52:54:00:77:01:01";
+    let initrd = node_initrd(&lab, "x86_64", mac);
+    let version =
+        std::fs::read_to_string(root().join("images/out/x86_64/current")).expect("current");
+    let kernel = root().join(format!("images/out/x86_64/{}/vmlinuz", version.trim()));
+    lab.boot_direct("qemu-system-x86_64", 256, &kernel, &initrd)
+        .unwrap_or_else(|e| panic!("{e}"));
+    check(&lab, lab.wait_state(mac, "healthy", BOOT_LIMIT));
+    let node = lab
+        .curl(&format!("/api/v1/nodes/{mac}"))
+        .unwrap_or_default();
+    assert!(
+        node["node"]["info"]["kernel"]
+            .as_str()
+            .unwrap_or("")
+            .ends_with("amd64"),
+        "{node}"
+    );
+}
+
+#[test]
+#[ignore = "needs root, QEMU, OVMF and built images: run `cargo xtask test`"]
+fn x64_uefi_boots_and_registers() {
+    let lab = boots_healthy("x64uefi", Profile::X64Uefi);
+    let mac = lab.pcs[0].mac.clone();
+    let node = lab
+        .curl(&format!("/api/v1/nodes/{mac}"))
+        .unwrap_or_default();
+    assert!(
+        node["node"]["info"]["kernel"]
+            .as_str()
+            .unwrap_or("")
+            .ends_with("amd64"),
+        "UEFI boots the x86_64 image: {node}"
+    );
 }

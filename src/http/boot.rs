@@ -142,12 +142,21 @@ async fn script(s: Shared, peer: SocketAddr, mac: &str, method: &'static str) ->
             let versions = (images.current(&image), images.current(&efi_image));
             match versions {
                 (Ok(bios_ver), Ok(efi_ver)) => {
+                    let tftp = tftp_base(base);
+                    let busids: Vec<String> = cfg
+                        .images
+                        .tftp_nics
+                        .iter()
+                        .filter_map(|id| crate::config::pci_busid(id))
+                        .collect();
                     let p = ScriptParams {
                         base,
                         mac: &mac,
                         name: &name,
                         method,
                         cmdline: &cfg.images.cmdline,
+                        tftp_base: &tftp,
+                        tftp_busids: &busids,
                     };
                     node_script(&p, (&image, &bios_ver), (&efi_image, &efi_ver))
                 }
@@ -175,17 +184,21 @@ pub struct ScriptParams<'a> {
     /// `pxe`, `floppy` or `usb`: reported by the agent.
     pub method: &'a str,
     pub cmdline: &'a str,
+    /// `tftp://<head>`: where cards listed in `tftp_busids` fetch kernel and initrd.
+    pub tftp_base: &'a str,
+    /// iPXE `busid` values of cards that use TFTP (see `images.tftp_nics`).
+    pub tftp_busids: &'a [String],
 }
 
 /// The iPXE script that boots a node: the default image on BIOS, the `efi_x64` one on UEFI.
 pub fn node_script(p: &ScriptParams, bios: (&str, &str), efi: (&str, &str)) -> String {
-    let section = |label: &str, (image, version): (&str, &str)| {
-        let mac_path = p.mac.replace(':', "-");
+    let mac_path = p.mac.replace(':', "-");
+    let section = |label: &str, files: &str, (image, version): (&str, &str)| {
         format!(
             ":{label}\n\
-             echo enlist: {name} boots {image} {version} from {base}\n\
-             kernel {base}/images/{image}/{version}/vmlinuz initrd=initrd enlist.head={base} enlist.node={name} enlist.boot={method} BOOTIF=01-${{netX/mac:hexhyp}} {cmdline} || goto failed\n\
-             initrd --name initrd {base}/boot/{mac_path}/{image}/{version}/initrd || goto failed\n\
+             echo enlist: {name} boots {image} {version} from {files}\n\
+             kernel {files}/images/{image}/{version}/vmlinuz initrd=initrd enlist.head={base} enlist.node={name} enlist.boot={method} BOOTIF=01-${{netX/mac:hexhyp}} {cmdline} || goto failed\n\
+             initrd --name initrd {files}/boot/{mac_path}/{image}/{version}/initrd || goto failed\n\
              boot || goto failed\n",
             name = p.name,
             method = p.method,
@@ -193,19 +206,37 @@ pub fn node_script(p: &ScriptParams, bios: (&str, &str), efi: (&str, &str)) -> S
             cmdline = p.cmdline,
         )
     };
+    let tftp_checks: String = p
+        .tftp_busids
+        .iter()
+        .map(|b| format!("iseq ${{netX/busid}} {b} && goto bios_tftp ||\n"))
+        .collect();
     format!(
         "#!ipxe\n\
+         echo enlist: network card ${{netX/busid}} (${{netX/chip}})\n\
          iseq ${{platform}} efi && goto efi ||\n\
+         {tftp_checks}\
          goto bios\n\
-         {}{}\
+         {}{}{}\
          :failed\n\
          echo enlist: boot failed; retrying in 10 s\n\
          sleep 10\n\
          chain --autofree {} || goto failed\n",
-        section("bios", bios),
-        section("efi", efi),
+        section("bios", p.base, bios),
+        section("bios_tftp", p.tftp_base, bios),
+        section("efi", p.base, efi),
         script_url(p.base, p.mac),
     )
+}
+
+/// `http://10.77.0.1:8080` -> `tftp://10.77.0.1`.
+fn tftp_base(http_base: &str) -> String {
+    let host = http_base
+        .trim_start_matches("http://")
+        .split(['/', ':'])
+        .next()
+        .unwrap_or_default();
+    format!("tftp://{host}")
 }
 
 fn local_disk_script() -> String {
@@ -376,6 +407,8 @@ mod tests {
             name: "lab-pc-10",
             method: "pxe",
             cmdline: "console=ttyS0",
+            tftp_base: "tftp://10.77.0.1",
+            tftp_busids: &["01:80:86:12:29".to_string()],
         };
         let s = node_script(&p, ("i586", "v1"), ("x86_64", "v2"));
         assert!(s.starts_with("#!ipxe\n"));
@@ -385,5 +418,11 @@ mod tests {
         ));
         assert!(s.contains("/images/x86_64/v2/vmlinuz"));
         assert!(s.contains("chain --autofree http://10.77.0.1:8080/boot/52-54-00-77-00-10.ipxe"));
+        assert!(s.contains("iseq ${netX/busid} 01:80:86:12:29 && goto bios_tftp ||"));
+        assert!(s.contains("kernel tftp://10.77.0.1/images/i586/v1/vmlinuz"));
+        assert!(s.contains(
+            "initrd --name initrd tftp://10.77.0.1/boot/52-54-00-77-00-10/i586/v1/initrd"
+        ));
+        assert_eq!(tftp_base("http://10.77.0.1:8080/"), "tftp://10.77.0.1");
     }
 }

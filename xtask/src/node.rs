@@ -19,6 +19,8 @@ pub enum NodeTask {
     Images,
     /// All of the above.
     All,
+    /// Show that the i586 agent has no SSE/SSE2 code outside glibc's run-time variants.
+    CheckSse,
 }
 
 pub fn run(t: NodeTask) -> anyhow::Result<()> {
@@ -26,6 +28,7 @@ pub fn run(t: NodeTask) -> anyhow::Result<()> {
         NodeTask::Fetch => fetch(),
         NodeTask::Agent => agent(),
         NodeTask::Images => images(),
+        NodeTask::CheckSse => check_sse(),
         NodeTask::All => {
             fetch()?;
             agent()?;
@@ -195,6 +198,77 @@ fn images() -> anyhow::Result<()> {
         sh(Command::new(enlist_bin())
             .current_dir(root())
             .args(["image", "build", r]))?;
+    }
+    Ok(())
+}
+
+/// Disassemble an unstripped i586 build of the agent and list every function that touches an
+/// SSE register. glibc's string functions have SSE2 variants that it only selects at run time on
+/// CPUs that have SSE2 (IFUNC); everything else, our code included, must have none.
+pub fn check_sse() -> anyhow::Result<()> {
+    let dir = "target/node-check";
+    sh(Command::new("cargo")
+        .current_dir(root())
+        .env("CARGO_TARGET_I586_UNKNOWN_LINUX_GNU_LINKER", "gcc")
+        .env("CARGO_PROFILE_NODE_STRIP", "false")
+        .env(
+            "RUSTFLAGS",
+            "-C target-cpu=pentium2 -C target-feature=+crt-static -C link-arg=-m32",
+        )
+        .args([
+            "build",
+            "--profile",
+            "node",
+            "--target",
+            "i586-unknown-linux-gnu",
+            "-p",
+            "enlist-agent",
+            "--target-dir",
+            dir,
+        ]))?;
+    let bin = root()
+        .join(dir)
+        .join("i586-unknown-linux-gnu/node/enlist-agent");
+    let asm = output(
+        Command::new("objdump")
+            .args(["-d", "--no-show-raw-insn"])
+            .arg(&bin),
+    )?;
+    let mut func = String::new();
+    let mut ours = std::collections::BTreeSet::new();
+    let mut glibc_variants = std::collections::BTreeSet::new();
+    for line in asm.lines() {
+        if let Some(name) = line
+            .strip_suffix(">:")
+            .and_then(|l| l.split_once(" <"))
+            .map(|(_, n)| n)
+        {
+            func = name.to_string();
+        } else if line.contains("%xmm") {
+            let variant = ["sse2", "ssse3", "sse4", "avx", "evex"]
+                .iter()
+                .any(|v| func.contains(v));
+            if variant {
+                glibc_variants.insert(func.clone());
+            } else {
+                ours.insert(func.clone());
+            }
+        }
+    }
+    println!("SSE register use in {}:", bin.display());
+    println!(
+        "  glibc run-time-selected variants (never run on a Pentium II): {}",
+        glibc_variants.len()
+    );
+    println!("  other functions: {}", ours.len());
+    for f in &ours {
+        println!("    {f}");
+    }
+    if !ours.is_empty() {
+        bail!(
+            "{} functions outside glibc's SSE variants use SSE registers",
+            ours.len()
+        );
     }
     Ok(())
 }

@@ -177,29 +177,6 @@ impl Lab {
         ip(&["-n", ns, "link", "add", "br0", "type", "bridge"])?;
         ip(&["-n", ns, "addr", "add", "10.77.0.1/24", "dev", "br0"])?;
         ip(&["-n", ns, "link", "set", "br0", "up"])?;
-        // QEMU's EtherExpress (i82557b) with iPXE loses its receive unit for good when more
-        // packets arrive than its 4 receive buffers hold while the emulated CPU is descheduled
-        // (TCG on a loaded host). Clamp TCP's congestion window on the lab subnet so no burst
-        // can exceed that; a real head serving period PCs can use the same route option
-        // (README, "Period network cards").
-        ip(&[
-            "-n",
-            ns,
-            "route",
-            "replace",
-            "10.77.0.0/24",
-            "dev",
-            "br0",
-            "proto",
-            "kernel",
-            "scope",
-            "link",
-            "src",
-            "10.77.0.1",
-            "cwnd",
-            "lock",
-            "3",
-        ])?;
         Ok(lab)
     }
 
@@ -227,7 +204,7 @@ impl Lab {
             cfg,
             "state_dir: {state}\nhttp:\n  listen: 0.0.0.0:8080\n  public_url: {HEAD_URL}\n\
              tftp:\n  listen: 0.0.0.0:69\ndhcp:\n  interfaces:\n    - name: br0\n      mode: {mode}\n{subnets}\
-             images:\n  dir: {images}\n  default: i586\n  cmdline: \"console=ttyS0,115200\"\n\
+             images:\n  dir: {images}\n  default: i586\n  efi_x64: x86_64\n  cmdline: \"console=ttyS0,115200\"\n\
              nodes:\n  heartbeat: 2s\n  lost_after: 20s\n{extra}",
             state = self.dir.join("state").display(),
             images = images_dir.display(),
@@ -436,6 +413,84 @@ impl Lab {
             qlog,
         });
         Ok(self.pcs.len() - 1)
+    }
+
+    /// Boot a PC straight into a kernel and initrd (`-kernel`/`-initrd`, no firmware boot):
+    /// `qemu` is `qemu-system-i386` (Pentium II) or `qemu-system-x86_64`.
+    pub fn boot_direct(
+        &mut self,
+        qemu: &str,
+        mem_mb: u32,
+        kernel: &Path,
+        initrd: &Path,
+    ) -> Result<usize, String> {
+        self.taps += 1;
+        let n = self.taps;
+        let tap = format!("tap{n}");
+        ip(&["-n", &self.ns, "tuntap", "add", "dev", &tap, "mode", "tap"])?;
+        ip(&["-n", &self.ns, "link", "set", &tap, "master", "br0"])?;
+        ip(&["-n", &self.ns, "link", "set", &tap, "up"])?;
+        let mac = format!("52:54:00:77:01:{n:02x}");
+        let name = format!("direct-{n}");
+        let serial = self.dir.join(format!("{name}.serial.log"));
+        let _ = std::fs::remove_file(&serial);
+        let mut cmd = self.exec(qemu);
+        if qemu.ends_with("i386") {
+            cmd.args(["-cpu", "pentium2"]);
+        }
+        cmd.args([
+            "-m",
+            &mem_mb.to_string(),
+            "-display",
+            "none",
+            "-serial",
+            &format!("file:{}", serial.display()),
+        ])
+        .args([
+            "-monitor",
+            &format!(
+                "unix:{},server,nowait",
+                self.dir.join(format!("{name}.monitor")).display()
+            ),
+        ])
+        .args([
+            "-netdev",
+            &format!("tap,id=n0,ifname={tap},script=no,downscript=no"),
+        ])
+        .args(["-device", &format!("e1000,netdev=n0,mac={mac}")])
+        .arg("-kernel")
+        .arg(kernel)
+        .arg("-initrd")
+        .arg(initrd)
+        .args(["-append", "console=ttyS0,115200"]);
+        let qlog = self.dir.join(format!("{name}.qemu.log"));
+        let argv: Vec<String> = std::iter::once(cmd.get_program())
+            .chain(cmd.get_args())
+            .map(|a| a.to_string_lossy().to_string())
+            .collect();
+        let child = spawn_logged(&argv, &qlog)?;
+        self.pcs.push(Pc {
+            name,
+            mac,
+            profile: Profile::X64Pxe,
+            serial,
+            child,
+            argv,
+            qlog,
+        });
+        Ok(self.pcs.len() - 1)
+    }
+
+    /// Send a QEMU monitor command (e.g. `sendkey ctrl-alt-delete`) to a PC.
+    pub fn monitor(&self, pc: usize, command: &str) -> Result<(), String> {
+        use std::io::Write;
+        let path = self.dir.join(format!("{}.monitor", self.pcs[pc].name));
+        let mut s = std::os::unix::net::UnixStream::connect(&path)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        s.write_all(format!("{command}\n").as_bytes())
+            .map_err(|e| e.to_string())?;
+        std::thread::sleep(Duration::from_millis(500));
+        Ok(())
     }
 
     /// Everything a failing test should print: head log and every serial console.
