@@ -20,7 +20,8 @@ try {
   await page.waitForSelector('#login:not([hidden])');
   await page.fill('#password', 'wrong password');
   await page.click('#login button');
-  await page.waitForFunction(() => document.querySelector('#message').textContent.includes('Login failed'));
+  // (Locators, not waitForFunction: the dashboard's CSP forbids eval, rightly.)
+  await page.locator('#message', { hasText: 'Login failed' }).waitFor();
   await page.fill('#password', password);
   await page.click('#login button');
   await page.waitForSelector('#logout:not([hidden])');

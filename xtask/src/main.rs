@@ -9,6 +9,7 @@
 //! | `demo`        | everything above, three PCs booting, dashboard on 127.0.0.1          |
 //! | `test`        | the whole test suite, e2e included (the README's test command)       |
 
+mod bench;
 mod demo;
 mod node;
 mod proxy;
@@ -48,6 +49,11 @@ enum Task {
         /// Local port for the dashboard.
         #[arg(long, default_value_t = 8080)]
         port: u16,
+    },
+    /// Benchmarks against reference servers (ratios measured in the same run).
+    Bench {
+        #[command(subcommand)]
+        what: bench::BenchTask,
     },
     /// Run every test: unit, integration and end-to-end (QEMU) tests.
     Test {
@@ -108,6 +114,7 @@ fn main() -> std::process::ExitCode {
         Task::Floppy => build_floppy(),
         Task::Lab { what } => demo::lab(what),
         Task::Demo { port } => demo::demo(port),
+        Task::Bench { what } => bench::run(what),
         Task::Test { args } => test(args),
     };
     match r {

@@ -1,0 +1,32 @@
+//! `cargo xtask bench ...`: enlist against reference servers measured in the same run on the
+//! same machine, reported as ratios (absolute times on shared machines mean little).
+
+mod dhcp;
+mod net;
+mod tftp;
+
+use clap::Subcommand;
+
+#[derive(Subcommand)]
+pub enum BenchTask {
+    /// TFTP: a 7 MB file to 1, 8 and 32 clients; enlist vs tftpd-hpa vs dnsmasq.
+    Tftp {
+        /// Client counts.
+        #[arg(long, value_delimiter = ',', default_value = "1,8,32")]
+        clients: Vec<usize>,
+    },
+    /// DHCP: Kea's perfdhcp, full DORA with durable leases; enlist vs dnsmasq.
+    Dhcp {
+        /// Simulated clients per run.
+        #[arg(long, value_delimiter = ',', default_value = "1000,10000")]
+        clients: Vec<u32>,
+    },
+}
+
+pub fn run(t: BenchTask) -> anyhow::Result<()> {
+    crate::build_head()?;
+    match t {
+        BenchTask::Tftp { clients } => tftp::run(&clients),
+        BenchTask::Dhcp { clients } => dhcp::run(&clients),
+    }
+}

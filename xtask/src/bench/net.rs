@@ -1,0 +1,73 @@
+//! Two namespaces joined by a veth pair: `<name>-srv` (10.79.0.1) and `<name>-cli` (10.79.0.2).
+
+use std::process::Command;
+
+use anyhow::anyhow;
+use enlist_lab::{run, Lab};
+
+pub struct Pair {
+    pub srv: String,
+    pub cli: String,
+}
+
+pub const SRV_IP: &str = "10.79.0.1";
+
+impl Pair {
+    pub fn new(name: &str) -> anyhow::Result<Pair> {
+        let (srv, cli) = (format!("{name}-srv"), format!("{name}-cli"));
+        Lab::cleanup(&srv);
+        Lab::cleanup(&cli);
+        let ip = |args: &[&str]| run(Command::new("ip").args(args)).map_err(|e| anyhow!(e));
+        ip(&["netns", "add", &srv])?;
+        ip(&["netns", "add", &cli])?;
+        ip(&[
+            "-n", &srv, "link", "add", "vsrv", "type", "veth", "peer", "name", "vcli", "netns",
+            &cli,
+        ])?;
+        ip(&["-n", &srv, "addr", "add", "10.79.0.1/16", "dev", "vsrv"])?;
+        ip(&["-n", &cli, "addr", "add", "10.79.0.2/16", "dev", "vcli"])?;
+        for (ns, dev) in [(&srv, "vsrv"), (&cli, "vcli")] {
+            ip(&["-n", ns, "link", "set", dev, "up"])?;
+            ip(&["-n", ns, "link", "set", "lo", "up"])?;
+        }
+        Ok(Pair { srv, cli })
+    }
+
+    pub fn exec(&self, ns: &str, program: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", ns, program]);
+        c
+    }
+
+    /// Kill everything running in the server namespace (between servers).
+    pub fn stop_servers(&self) {
+        if let Ok(pids) = run(Command::new("ip").args(["netns", "pids", &self.srv])) {
+            for pid in pids.split_whitespace() {
+                let _ = Command::new("kill").args(["-9", pid]).status();
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+}
+
+impl Drop for Pair {
+    fn drop(&mut self) {
+        Lab::cleanup(&self.srv);
+        Lab::cleanup(&self.cli);
+    }
+}
+
+/// Run `f` on a thread that has entered namespace `ns` (its sockets live there).
+pub fn in_netns<T: Send + 'static>(
+    ns: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> anyhow::Result<T> {
+    let path = format!("/var/run/netns/{ns}");
+    let file = std::fs::File::open(&path).map_err(|e| anyhow!("{path}: {e}"))?;
+    std::thread::spawn(move || {
+        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).map(|_| f())
+    })
+    .join()
+    .map_err(|_| anyhow!("benchmark thread panicked"))?
+    .map_err(|e| anyhow!("setns: {e}"))
+}
