@@ -34,7 +34,13 @@ struct Head {
 }
 
 fn head() -> Head {
-    let cfg = Arc::new(Config::parse(CONFIG, Path::new("test.yaml")).expect("config"));
+    head_with("")
+}
+
+/// A head whose config is CONFIG plus `extra` (more top-level sections).
+fn head_with(extra: &str) -> Head {
+    let text = format!("{CONFIG}{extra}");
+    let cfg = Arc::new(Config::parse(&text, Path::new("test.yaml")).expect("config"));
     let store = Store::memory().expect("db");
     let metrics = Arc::new(Metrics::new());
     let registry = Registry::new(cfg.clone(), store.clone(), metrics.clone()).expect("registry");
@@ -325,4 +331,75 @@ async fn metrics_are_prometheus_text() {
         .expect("req");
     let (_, body) = send(&h.app, om).await;
     assert!(body.ends_with("# EOF\n"), "OpenMetrics when asked for");
+}
+
+async fn register(h: &Head, mac: &str) -> (StatusCode, String) {
+    let (_, body) = send(
+        &h.app,
+        Request::get(paths::NONCE).body(Body::empty()).expect("req"),
+    )
+    .await;
+    let nonce = serde_json::from_str::<serde_json::Value>(&body).expect("json")["nonce"]
+        .as_str()
+        .expect("nonce")
+        .to_string();
+    let key = h.registry.keys().node_key(mac, 0);
+    let body = serde_json::to_string(&RegisterRequest {
+        info: Default::default(),
+    })
+    .expect("json");
+    send(&h.app, signed(paths::REGISTER, mac, &nonce, 0, &key, &body)).await
+}
+
+#[tokio::test]
+async fn approve_policy_keeps_new_nodes_pending_until_an_admin_approves() {
+    let h = head_with("nodes: { enrollment: approve }\n");
+    let mac = "52:54:00:00:00:0c";
+    let (status, body) = register(&h, mac).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(h.registry.find(mac).expect("node").state, "pending");
+    let req = Request::post(format!("/api/v1/nodes/{mac}/approve"))
+        .header("authorization", format!("Bearer {}", "t".repeat(64)))
+        .body(Body::empty())
+        .expect("req");
+    let (status, body) = send(&h.app, req).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(h.registry.find(mac).expect("node").state, "registered");
+}
+
+#[tokio::test]
+async fn known_macs_policy_refuses_strangers() {
+    let h = head_with("nodes: { enrollment: known-macs }\n");
+    let (status, _) = register(&h, "52:54:00:00:00:0d").await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, body) = send(
+        &h.app,
+        Request::get("/boot/52-54-00-00-00-0d.ipxe")
+            .body(Body::empty())
+            .expect("req"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(body.contains("not enlisted"), "{body}");
+}
+
+#[tokio::test]
+async fn released_node_gets_a_local_disk_script() {
+    let h = head();
+    let mac = "52:54:00:00:00:0e";
+    h.registry.boot_decision(mac, None).expect("node");
+    h.registry.release(mac).expect("release");
+    let (status, body) = send(
+        &h.app,
+        Request::get("/boot/52-54-00-00-00-0e.ipxe")
+            .body(Body::empty())
+            .expect("req"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        body.contains("sanboot --no-describe --drive 0x80"),
+        "{body}"
+    );
+    assert_eq!(h.registry.find(mac).expect("node").state, "gone");
 }

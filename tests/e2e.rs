@@ -153,11 +153,32 @@ fn head_killed_while_pc_boots_and_pc_still_joins() {
         .unwrap_or_else(|e| panic!("{e}"));
     let mac = lab.pcs[i].mac.clone();
     check(&lab, lab.wait_state(&mac, "booting", BOOT_LIMIT));
+    let before = lab
+        .curl(&format!("/api/v1/nodes/{mac}"))
+        .unwrap_or_default();
     lab.kill_head();
     std::thread::sleep(Duration::from_secs(3));
     let cfg = lab.dir.join("config.yaml");
     let r = lab.start_head(&enlist(), &cfg);
     check(&lab, r);
+    // Registry and history survived kill -9: every event from before is still there.
+    let after = lab
+        .curl(&format!("/api/v1/nodes/{mac}"))
+        .unwrap_or_default();
+    let ids = |v: &serde_json::Value| -> Vec<i64> {
+        v["events"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|e| e["id"].as_i64()).collect())
+            .unwrap_or_default()
+    };
+    assert!(!ids(&before).is_empty(), "{before}");
+    for id in ids(&before) {
+        assert!(
+            ids(&after).contains(&id),
+            "event {id} lost in the crash\nbefore {before}\nafter {after}"
+        );
+    }
+    assert_eq!(after["node"]["name"], before["node"]["name"]);
     check(&lab, lab.wait_state(&mac, "healthy", BOOT_LIMIT));
 }
 
@@ -365,4 +386,49 @@ fn x64_uefi_boots_and_registers() {
             .ends_with("amd64"),
         "UEFI boots the x86_64 image: {node}"
     );
+}
+
+#[test]
+#[ignore = "needs root, QEMU and built images: run `cargo xtask test`"]
+fn p2_floppy_with_rtl8139_boots_and_registers() {
+    let lab = boots_healthy("p2rtl", Profile::P2FloppyRtl8139);
+    let mac = lab.pcs[0].mac.clone();
+    let node = lab
+        .curl(&format!("/api/v1/nodes/{mac}"))
+        .unwrap_or_default();
+    assert_eq!(
+        node["node"]["info"]["nics"][0]["driver"], "8139too",
+        "{node}"
+    );
+}
+
+#[test]
+#[ignore = "needs root, QEMU and built images: run `cargo xtask test`"]
+fn p2_usb_iso_boots_and_registers() {
+    let mut lab = lab("p2usb", "dhcp");
+    let iso = root().join("images/out/enlist-usb.iso");
+    let i = lab
+        .boot(Profile::P2Usb, Some(&iso))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mac = lab.pcs[i].mac.clone();
+    check(&lab, lab.wait_state(&mac, "healthy", BOOT_LIMIT));
+}
+
+#[test]
+#[ignore = "needs root, QEMU and built images: run `cargo xtask test`"]
+fn floppy_pc_waits_for_a_head_that_is_down_and_joins_when_it_comes_up() {
+    // Addresses come from dnsmasq (proxy mode), so the floppy gets an address while the head
+    // is down, fails to reach it, says so and retries.
+    let mut lab = lab("floppywait", "proxy");
+    lab.kill_head();
+    let floppy = root().join("images/out/enlist-floppy.img");
+    let i = lab
+        .boot(Profile::P2Floppy, Some(&floppy))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mac = lab.pcs[i].mac.clone();
+    std::thread::sleep(Duration::from_secs(45));
+    let cfg = lab.dir.join("config.yaml");
+    let r = lab.start_head(&enlist(), &cfg);
+    check(&lab, r);
+    check(&lab, lab.wait_state(&mac, "healthy", BOOT_LIMIT));
 }

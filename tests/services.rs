@@ -50,6 +50,10 @@ struct Client {
 
 impl Client {
     fn new(lab: &Lab, name: &str, mac: &str) -> Client {
+        Client::on_bridge(lab, name, mac, "br0")
+    }
+
+    fn on_bridge(lab: &Lab, name: &str, mac: &str, bridge: &str) -> Client {
         let ns = format!("{}-{name}", lab.ns);
         let _ = Command::new("ip")
             .args(["netns", "del", &ns])
@@ -62,7 +66,7 @@ impl Client {
         ip(&[
             "-n", &lab.ns, "link", "add", &a, "type", "veth", "peer", "name", &b, "netns", &ns,
         ]);
-        ip(&["-n", &lab.ns, "link", "set", &a, "master", "br0", "up"]);
+        ip(&["-n", &lab.ns, "link", "set", &a, "master", bridge, "up"]);
         ip(&["-n", &ns, "link", "set", &b, "address", mac, "up"]);
         ip(&["-n", &ns, "link", "set", "lo", "up"]);
         Client { ns }
@@ -165,6 +169,35 @@ fn dhcp_clients_get_leases_that_survive_kill_9() {
         b1,
         "dhclient keeps its address after kill -9\n{}",
         lab.head_log()
+    );
+
+    // The metrics of all this pass Prometheus' own checker.
+    let metrics = run(lab
+        .exec("curl")
+        .args(["-sSf", "http://10.77.0.1:8080/metrics"]))
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        metrics.contains("enlist_dhcp_packets_total{type=\"discover\",outcome=\"reply\"}"),
+        "{metrics}"
+    );
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian package prometheus)");
+    {
+        use std::io::Write;
+        let mut stdin = promtool.stdin.take().expect("stdin");
+        stdin.write_all(metrics.as_bytes()).expect("write");
+    }
+    let out = promtool.wait_with_output().expect("promtool");
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}\n{metrics}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
     );
 }
 
@@ -383,5 +416,39 @@ fn tftp_serves_real_clients_and_refuses_escapes() {
     assert!(
         probe_quiet,
         "after a client ERROR the server must not retransmit the OACK"
+    );
+}
+
+#[test]
+#[ignore = "needs root: run `cargo xtask test`"]
+fn dhcp_does_not_answer_on_unconfigured_interfaces() {
+    let lab = services_lab("ifaces");
+    // br1 carries the head's address too, but is not in dhcp.interfaces.
+    let ip = |args: &[&str]| run(Command::new("ip").args(args)).unwrap_or_else(|e| panic!("{e}"));
+    ip(&["-n", &lab.ns, "link", "add", "br1", "type", "bridge"]);
+    ip(&["-n", &lab.ns, "addr", "add", "10.77.1.1/24", "dev", "br1"]);
+    ip(&["-n", &lab.ns, "link", "set", "br1", "up"]);
+    let c = Client::on_bridge(&lab, "x", "02:00:00:00:00:05", "br1");
+    let out = c
+        .exec("udhcpc")
+        .args([
+            "-i",
+            &c.iface(),
+            "-n",
+            "-q",
+            "-f",
+            "-t",
+            "3",
+            "-T",
+            "1",
+            "-s",
+            "/bin/true",
+        ])
+        .output()
+        .expect("udhcpc");
+    assert!(
+        !out.status.success(),
+        "a client on an unconfigured interface got an answer: {}",
+        String::from_utf8_lossy(&out.stderr)
     );
 }

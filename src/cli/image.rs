@@ -14,7 +14,10 @@ pub fn run(cmd: ImageCmd) -> anyhow::Result<()> {
     match cmd {
         ImageCmd::Build { recipe } => {
             let built = enlist::image::build::build(&recipe, &mut |l| eprintln!("{l}"))?;
-            println!("{}", enlist::image::build::size_report(&built.manifest));
+            println!(
+                "{}",
+                enlist::image::build::size_report(&built.manifest, built.max_bytes)
+            );
             println!("  published in     {}", built.dir.display());
             Ok(())
         }

@@ -45,16 +45,34 @@ pub fn router(state: Shared) -> Router {
         .with_state(state)
 }
 
+/// OpenMetrics when the scraper asks for it (Prometheus does), else the classic text format.
 async fn metrics(
     axum::extract::State(s): axum::extract::State<Shared>,
+    headers: axum::http::HeaderMap,
 ) -> impl axum::response::IntoResponse {
-    (
-        [(
-            axum::http::header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        s.metrics.render(),
-    )
+    use axum::http::header;
+    let wants_om = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.contains("application/openmetrics-text"))
+        .unwrap_or(false);
+    if wants_om {
+        (
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            s.metrics.render(),
+        )
+    } else {
+        (
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            s.metrics.render_prometheus(),
+        )
+    }
 }
 
 /// Serve on `listener` until `shutdown` turns true.

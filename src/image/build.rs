@@ -81,6 +81,8 @@ pub struct FileRecord {
 pub struct Built {
     pub manifest: Manifest,
     pub dir: PathBuf,
+    /// The recipe's size budget for vmlinuz + initrd, if it has one.
+    pub max_bytes: Option<u64>,
 }
 
 fn io_at(path: &Path) -> impl Fn(std::io::Error) -> BuildError + '_ {
@@ -504,11 +506,15 @@ pub fn build(recipe_path: &Path, log: &mut dyn FnMut(&str)) -> Result<Built, Bui
             ("manifest.json", &json),
         ],
     )?;
-    Ok(Built { manifest, dir })
+    Ok(Built {
+        manifest,
+        dir,
+        max_bytes: r.max_bytes,
+    })
 }
 
-/// Sizes as a table, next to the 8 MB budget of the original cluster.
-pub fn size_report(m: &Manifest) -> String {
+/// Sizes as a table, next to the recipe's budget (8 MB for the original cluster's PCs).
+pub fn size_report(m: &Manifest, budget: Option<u64>) -> String {
     let get = |n: &str| {
         m.files
             .iter()
@@ -534,13 +540,17 @@ pub fn size_report(m: &Manifest) -> String {
         2,
         format!("  initrd           {:>10} bytes  {:>6.2} MiB", i, mb(i)),
     );
+    let verdict = match budget {
+        Some(b) if k + i <= b => format!("  (budget {:.2} MiB: within)", mb(b)),
+        Some(b) => format!("  (budget {:.2} MiB: OVER)", mb(b)),
+        None => String::new(),
+    };
     out.insert(
         3,
         format!(
-            "  total            {:>10} bytes  {:>6.2} MiB  (budget 8 MiB: {})",
+            "  total            {:>10} bytes  {:>6.2} MiB{verdict}",
             k + i,
-            mb(k + i),
-            if k + i <= 8 << 20 { "within" } else { "OVER" }
+            mb(k + i)
         ),
     );
     out.insert(4, format!("  agent            {:>10} bytes", get("agent")));

@@ -92,8 +92,8 @@ impl Registry {
     }
 
     fn register_inner(&self, req: &Signed) -> Result<RegisterResponse, AgentError> {
-        let mac = enlist_api::normalize_mac(req.node)
-            .ok_or_else(|| AgentError::BadRequest("node is not a MAC".into()))?;
+        let mac =
+            enlist_api::normalize_mac(req.node).ok_or(AgentError::Unauthorized("bad-node"))?;
         let fresh = {
             let mut inner = self.inner();
             matches!(inner.nonces.remove(req.session), Some(exp) if exp > now())

@@ -25,8 +25,9 @@ impl Registry {
             row.ip = Some(ip.to_string());
             self.inner().ip_to_mac.insert(ip, client.mac.clone());
         }
-        // A PXE ROM's DHCP (not iPXE's second one) starts a new boot.
-        let new_boot = !client.ipxe
+        // A network-boot client's DHCP starts a new boot, unless one is under way (iPXE's DHCP
+        // after the ROM's). The node OS's own udhcpc is no PXE client and changes nothing.
+        let new_boot = client.is_pxe()
             && !matches!(row.state.as_str(), state::SEEN | state::BOOTING)
             && !row.released;
         if new_boot || row.first_dhcp.is_none() {

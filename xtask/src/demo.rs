@@ -26,6 +26,13 @@ pub enum LabTask {
         #[arg(long, default_value_t = 8080)]
         port: u16,
     },
+    /// Add a PC to a running lab (`lab up` in another terminal).
+    Boot {
+        #[arg(long, default_value = "enlist-lab")]
+        name: String,
+        /// p2-pxe, p2-floppy, p2-floppy-rtl8139, p2-usb, x64-pxe, x64-uefi.
+        profile: String,
+    },
     /// Remove a lab's processes and namespace (also after a crash).
     Down {
         #[arg(long, default_value = "enlist-lab")]
@@ -50,6 +57,22 @@ pub fn lab(t: LabTask) -> anyhow::Result<()> {
                 .map(|p| Profile::parse(p).ok_or_else(|| anyhow!("unknown profile {p:?}")))
                 .collect::<anyhow::Result<Vec<_>>>()?;
             run_lab(&name, &profiles, &mode, port)
+        }
+        LabTask::Boot { name, profile } => {
+            let p =
+                Profile::parse(&profile).ok_or_else(|| anyhow!("unknown profile {profile:?}"))?;
+            let mut lab = Lab::attach(&name, &lab_dir(&name))
+                .map_err(|e| anyhow!("lab {name} is not running? {e}"))?;
+            let i = lab.boot(p, Some(&disk_for(p))).map_err(|e| anyhow!(e))?;
+            println!(
+                "{} ({}) booting; console: {}",
+                lab.pcs[i].name,
+                lab.pcs[i].mac,
+                lab.pcs[i].serial.display()
+            );
+            // The PC keeps running with the lab; `lab down` (or Ctrl-C on `lab up`) removes it.
+            std::mem::forget(lab);
+            Ok(())
         }
         LabTask::Down { name } => {
             Lab::cleanup(&name);
@@ -98,9 +121,8 @@ fn run_lab(name: &str, profiles: &[Profile], mode: &str, port: u16) -> anyhow::R
     lab.start_head(&enlist_bin(), &config)
         .map_err(|e| anyhow!("{e}\n{}", lab.head_log()))?;
     crate::proxy::start(name, port, "10.77.0.1:8080")?;
-    let floppy = root().join("images/out/enlist-floppy.img");
     for p in profiles {
-        lab.boot(*p, Some(&floppy)).map_err(|e| anyhow!(e))?;
+        lab.boot(*p, Some(&disk_for(*p))).map_err(|e| anyhow!(e))?;
     }
     println!();
     println!(
@@ -138,6 +160,14 @@ fn run_lab(name: &str, profiles: &[Profile], mode: &str, port: u16) -> anyhow::R
     }
     drop(lab);
     Ok(())
+}
+
+/// The boot disk a profile needs (built by `cargo xtask floppy`).
+fn disk_for(p: Profile) -> PathBuf {
+    match p {
+        Profile::P2Usb => root().join("images/out/enlist-usb.iso"),
+        _ => root().join("images/out/enlist-floppy.img"),
+    }
 }
 
 /// Wait up to `timeout` for one of `sigs`.

@@ -86,12 +86,13 @@ fn run(client: Arc<Client>) {
                 ));
                 sysinfo::write_hosts(&resp.name, &resp.peers);
                 let session_ok = Arc::new(AtomicBool::new(true));
-                let poller = {
+                {
                     let (client, ok) = (client.clone(), session_ok.clone());
-                    std::thread::spawn(move || poll_commands(&client, &ok))
-                };
+                    // Not joined: it may sit in a 25 s long poll, and on shutdown init gives us
+                    // about a second. It ends by itself once the session is over.
+                    std::thread::spawn(move || poll_commands(&client, &ok));
+                }
                 heartbeat_loop(&client, hb_secs, &session_ok);
-                let _ = poller.join();
             }
             Err(f) => {
                 say(&format!("{f}; retrying in {backoff} s"));

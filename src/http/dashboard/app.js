@@ -40,7 +40,12 @@ function actionsFor(n) {
   if (!n.approved) list.push('approve');
   if (n.released) list.push('enlist'); else list.push('release', 'reboot');
   list.push('rename');
-  return list.map((a) => el('button', { textContent: a, onclick: () => act(n, a), dataset: { action: a, mac: n.mac } }));
+  return list.map((a) => {
+    const b = el('button', { textContent: a, onclick: () => act(n, a) });
+    b.dataset.action = a;
+    b.dataset.mac = n.mac;
+    return b;
+  });
 }
 
 async function act(n, action) {

@@ -51,6 +51,10 @@ pub enum Profile {
     P2Pxe,
     /// Pentium II, 64 MB, NE2000 PCI without a ROM, booting the enlist floppy.
     P2Floppy,
+    /// The same with a RealTek RTL8139 without a ROM.
+    P2FloppyRtl8139,
+    /// Pentium II, 64 MB, NE2000 PCI without a ROM, booting the enlist ISO (CD / USB image).
+    P2Usb,
     /// x86_64, e1000, BIOS PXE.
     X64Pxe,
     /// x86_64, e1000, OVMF UEFI network boot.
@@ -62,6 +66,8 @@ impl Profile {
         Some(match s {
             "p2-pxe" => Profile::P2Pxe,
             "p2-floppy" => Profile::P2Floppy,
+            "p2-floppy-rtl8139" => Profile::P2FloppyRtl8139,
+            "p2-usb" => Profile::P2Usb,
             "x64-pxe" => Profile::X64Pxe,
             "x64-uefi" => Profile::X64Uefi,
             _ => return None,
@@ -71,6 +77,8 @@ impl Profile {
         match self {
             Profile::P2Pxe => "p2-pxe",
             Profile::P2Floppy => "p2-floppy",
+            Profile::P2FloppyRtl8139 => "p2-floppy-rtl8139",
+            Profile::P2Usb => "p2-usb",
             Profile::X64Pxe => "x64-pxe",
             Profile::X64Uefi => "x64-uefi",
         }
@@ -178,6 +186,21 @@ impl Lab {
         ip(&["-n", ns, "addr", "add", "10.77.0.1/24", "dev", "br0"])?;
         ip(&["-n", ns, "link", "set", "br0", "up"])?;
         Ok(lab)
+    }
+
+    /// A handle on a lab that is already running (started by `cargo xtask lab up`), to add PCs.
+    /// Forget it (`std::mem::forget`) to leave the lab running when it goes out of scope.
+    pub fn attach(ns: &str, dir: &Path) -> Result<Lab, String> {
+        let links = ip(&["-n", ns, "-o", "link", "show"])?;
+        let taps = links.lines().filter(|l| l.contains(": tap")).count() as u32;
+        Ok(Lab {
+            ns: ns.into(),
+            dir: dir.into(),
+            head: None,
+            pcs: vec![],
+            taps,
+            extra: vec![],
+        })
     }
 
     /// `ip netns exec <ns> <program>`.
@@ -317,7 +340,7 @@ impl Lab {
         let _ = std::fs::remove_file(&serial);
         let netdev = format!("tap,id=n0,ifname={tap},script=no,downscript=no");
         let mut cmd = match profile {
-            Profile::P2Pxe | Profile::P2Floppy => {
+            Profile::P2Pxe | Profile::P2Floppy | Profile::P2FloppyRtl8139 | Profile::P2Usb => {
                 let mut c = self.exec("qemu-system-i386");
                 c.args(["-cpu", "pentium2"]);
                 c
@@ -349,8 +372,28 @@ impl Lab {
                     "n",
                 ]);
             }
-            Profile::P2Floppy => {
+            Profile::P2Floppy | Profile::P2FloppyRtl8139 => {
                 let f = floppy.ok_or("p2-floppy needs a floppy image")?;
+                let nic = if profile == Profile::P2Floppy {
+                    "ne2k_pci"
+                } else {
+                    "rtl8139"
+                };
+                cmd.args([
+                    "-m",
+                    "64",
+                    "-device",
+                    &format!("{nic},netdev=n0,mac={mac},romfile="),
+                ])
+                .args([
+                    "-drive",
+                    &format!("file={},if=floppy,format=raw,readonly=on", f.display()),
+                    "-boot",
+                    "a",
+                ]);
+            }
+            Profile::P2Usb => {
+                let f = floppy.ok_or("p2-usb needs the ISO image")?;
                 cmd.args([
                     "-m",
                     "64",
@@ -359,9 +402,9 @@ impl Lab {
                 ])
                 .args([
                     "-drive",
-                    &format!("file={},if=floppy,format=raw,readonly=on", f.display()),
+                    &format!("file={},media=cdrom,format=raw,readonly=on", f.display()),
                     "-boot",
-                    "a",
+                    "d",
                 ]);
             }
             Profile::X64Pxe => {
