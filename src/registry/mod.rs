@@ -255,13 +255,10 @@ impl Registry {
     }
 
     fn refresh_gauges(&self) -> Result<(), StoreError> {
-        let rows = self.store.nodes()?;
+        let counts = self.store.state_counts()?;
         for s in state::ALL {
-            let n = rows.iter().filter(|r| r.state == s).count();
-            self.metrics
-                .nodes
-                .get_or_create(&labels(&[("state", s)]))
-                .set(n as i64);
+            let n = counts.iter().find(|(k, _)| k == s).map(|(_, n)| *n).unwrap_or(0);
+            self.metrics.nodes.get_or_create(&labels(&[("state", s)])).set(n);
         }
         Ok(())
     }

@@ -15,7 +15,12 @@ impl Registry {
         client: &ClientInfo,
         ip: Option<Ipv4Addr>,
     ) -> Result<(), crate::store::StoreError> {
-        if !self.enrollable(&client.mac) {
+        if let Some(ip) = ip {
+            self.inner().ip_to_mac.insert(ip, client.mac.clone());
+        }
+        // Only network-boot clients become nodes; an ordinary DHCP client (or the node OS's own
+        // udhcpc) costs no database write here.
+        if !client.is_pxe() || !self.enrollable(&client.mac) {
             return Ok(());
         }
         let mut row = self.node_or_new(&client.mac)?;
