@@ -257,8 +257,15 @@ impl Registry {
     fn refresh_gauges(&self) -> Result<(), StoreError> {
         let counts = self.store.state_counts()?;
         for s in state::ALL {
-            let n = counts.iter().find(|(k, _)| k == s).map(|(_, n)| *n).unwrap_or(0);
-            self.metrics.nodes.get_or_create(&labels(&[("state", s)])).set(n);
+            let n = counts
+                .iter()
+                .find(|(k, _)| k == s)
+                .map(|(_, n)| *n)
+                .unwrap_or(0);
+            self.metrics
+                .nodes
+                .get_or_create(&labels(&[("state", s)]))
+                .set(n);
         }
         Ok(())
     }
