@@ -1,6 +1,7 @@
 //! `cargo xtask bench ...`: enlist against reference servers measured in the same run on the
 //! same machine, reported as ratios (absolute times on shared machines mean little).
 
+mod boot;
 mod dhcp;
 mod net;
 mod tftp;
@@ -9,6 +10,13 @@ use clap::Subcommand;
 
 #[derive(Subcommand)]
 pub enum BenchTask {
+    /// Boot storm: N p2-pxe PCs against enlist and against dnsmasq (DHCP + TFTP).
+    Boot {
+        #[arg(long, default_value_t = 1)]
+        nodes: usize,
+        #[arg(long, default_value_t = 1)]
+        runs: usize,
+    },
     /// TFTP: a 7 MB file to 1, 8 and 32 clients; enlist vs tftpd-hpa vs dnsmasq.
     Tftp {
         /// Client counts.
@@ -26,6 +34,7 @@ pub enum BenchTask {
 pub fn run(t: BenchTask) -> anyhow::Result<()> {
     crate::build_head()?;
     match t {
+        BenchTask::Boot { nodes, runs } => boot::run(nodes, runs),
         BenchTask::Tftp { clients } => tftp::run(&clients),
         BenchTask::Dhcp { clients } => dhcp::run(&clients),
     }

@@ -1,0 +1,128 @@
+//! Boot storm: N emulated Pentium II PCs (p2-pxe) power on at once, first against enlist, then
+//! against dnsmasq serving DHCP + TFTP (QEMU's iPXE ROM fetches a TFTP script, kernel and
+//! initrd). Both runs use the same kernel and per-node initrd, and the same head for the
+//! agents to register with, so the difference is the boot path.
+
+use std::time::{Duration, Instant};
+
+use anyhow::anyhow;
+use enlist_lab::{Lab, Profile};
+
+use crate::{enlist_bin, root};
+
+const LIMIT: Duration = Duration::from_secs(300);
+
+struct NodeTimes {
+    userland: Option<f64>,
+    registered: Option<f64>,
+}
+
+fn mac_of(n: usize) -> String {
+    format!("52:54:00:77:01:{n:02x}")
+}
+
+fn one_run(server: &str, nodes: usize) -> anyhow::Result<Vec<NodeTimes>> {
+    let ns = format!("bench-boot-{server}");
+    let dir = root().join("lab").join(&ns);
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut lab = Lab::new(&ns, &dir).map_err(|e| anyhow!(e))?;
+    let images = root().join("images/out");
+    let config = if server == "enlist" {
+        lab.write_config("dhcp", &images, "").map_err(|e| anyhow!(e))?
+    } else {
+        // The head only answers agents here; dnsmasq does DHCP and TFTP on the bridge.
+        let cfg = dir.join("config.yaml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "state_dir: {}\nhttp: {{ listen: 0.0.0.0:8080, public_url: http://10.77.0.1:8080 }}\n\
+                 tftp: {{ enabled: false }}\ndhcp: {{ interfaces: [{{ name: lo, mode: proxy }}] }}\n\
+                 images: {{ dir: {}, default: i586 }}\nnodes: {{ heartbeat: 2s }}\n",
+                dir.join("state").display(),
+                images.display()
+            ),
+        )?;
+        cfg
+    };
+    lab.start_head(&enlist_bin(), &config).map_err(|e| anyhow!(e))?;
+    if server == "dnsmasq" {
+        let version = std::fs::read_to_string(images.join("i586/current"))?.trim().to_string();
+        let tftp = dir.join("tftp");
+        std::fs::create_dir_all(&tftp)?;
+        std::fs::copy(images.join(format!("i586/{version}/vmlinuz")), tftp.join("vmlinuz"))?;
+        for n in 1..=nodes {
+            let mac = mac_of(n).replace(':', "-");
+            let url = format!("http://10.77.0.1:8080/boot/{mac}/i586/{version}/initrd");
+            let st = lab.exec("curl").args(["-sSf", "-o"]).arg(tftp.join(format!("{mac}.initrd"))).arg(&url).status()?;
+            anyhow::ensure!(st.success(), "fetching {url}");
+        }
+        std::fs::write(
+            tftp.join("boot.ipxe"),
+            "#!ipxe\nkernel tftp://10.77.0.1/vmlinuz initrd=initrd enlist.boot=pxe BOOTIF=01-${netX/mac:hexhyp} console=ttyS0,115200\n\
+             initrd --name initrd tftp://10.77.0.1/${netX/mac:hexhyp}.initrd\nboot\n",
+        )?;
+        let mut c = lab.exec("dnsmasq");
+        c.args(["--keep-in-foreground", "--port=0", "--interface=br0", "--bind-interfaces", "--no-ping"])
+            .args(["--dhcp-range=10.77.0.100,10.77.0.199,255.255.255.0,10m", "--enable-tftp", "--dhcp-boot=boot.ipxe"])
+            .arg(format!("--tftp-root={}", tftp.display()))
+            .arg(format!("--dhcp-leasefile={}", dir.join("dnsmasq.leases").display()))
+            .arg(format!("--pid-file={}", dir.join("dnsmasq.pid").display()));
+        lab.spawn(c).map_err(|e| anyhow!(e))?;
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    let start = Instant::now();
+    for _ in 0..nodes {
+        lab.boot(Profile::P2Pxe, None).map_err(|e| anyhow!(e))?;
+    }
+    let mut times: Vec<NodeTimes> = (0..nodes).map(|_| NodeTimes { userland: None, registered: None }).collect();
+    while start.elapsed() < LIMIT && times.iter().any(|t| t.registered.is_none()) {
+        for (i, t) in times.iter_mut().enumerate() {
+            if t.userland.is_none() && lab.pcs[i].serial_log().contains(" is up: ") {
+                t.userland = Some(start.elapsed().as_secs_f64());
+            }
+            if t.registered.is_none() {
+                let st = lab.node_state(&mac_of(i + 1));
+                if matches!(st.as_deref(), Some("registered") | Some("healthy")) {
+                    t.registered = Some(start.elapsed().as_secs_f64());
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    Ok(times)
+}
+
+fn fmt(v: Option<f64>) -> String {
+    v.map(|s| format!("{s:.1}")).unwrap_or_else(|| "FAIL".into())
+}
+
+pub fn run(nodes: usize, runs: usize) -> anyhow::Result<()> {
+    let mut summary = Vec::new();
+    for run in 1..=runs {
+        let mut all_up = Vec::new();
+        for server in ["enlist", "dnsmasq"] {
+            let times = one_run(server, nodes)?;
+            for (i, t) in times.iter().enumerate() {
+                println!("run {run} {server:<7} pc {}: userland {:>6} s, registered {:>6} s", i + 1, fmt(t.userland), fmt(t.registered));
+            }
+            let failed = times.iter().filter(|t| t.registered.is_none()).count();
+            let up = times.iter().filter_map(|t| t.registered).fold(0.0, f64::max);
+            all_up.push((server, up, failed));
+        }
+        let ratio = if all_up[1].1 > 0.0 { all_up[0].1 / all_up[1].1 } else { f64::NAN };
+        let line = format!(
+            "| {run} | {nodes} | {:.1} | {} | {:.1} | {} | {ratio:.2} |",
+            all_up[0].1, all_up[0].2, all_up[1].1, all_up[1].2
+        );
+        println!("{line}");
+        summary.push(line);
+    }
+    println!();
+    println!("Boot storm, p2-pxe PCs powered on together; all-up = last agent registered (s from power-on)");
+    println!("| run | PCs | enlist all-up | failed | dnsmasq all-up | failed | ratio |");
+    println!("|---|---|---|---|---|---|---|");
+    for l in summary {
+        println!("{l}");
+    }
+    Ok(())
+}
