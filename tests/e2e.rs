@@ -138,10 +138,20 @@ fn x64_pxe_boots_and_registers() {
 fn p2_floppy_boots_and_registers() {
     // The disk itself: exactly 1,474,560 bytes, a FAT12 file system mtools can read.
     let img = root().join("images/out/enlist-floppy.img");
-    assert_eq!(std::fs::metadata(&img).map(|m| m.len()).unwrap_or(0), 1_474_560);
-    let dir = std::process::Command::new("mdir").arg("-i").arg(&img).output().expect("mdir (mtools)");
+    assert_eq!(
+        std::fs::metadata(&img).map(|m| m.len()).unwrap_or(0),
+        1_474_560
+    );
+    let dir = std::process::Command::new("mdir")
+        .arg("-i")
+        .arg(&img)
+        .output()
+        .expect("mdir (mtools)");
     let listing = String::from_utf8_lossy(&dir.stdout).to_lowercase();
-    assert!(dir.status.success() && listing.contains("ipxe") && listing.contains("syslinux"), "{listing}");
+    assert!(
+        dir.status.success() && listing.contains("ipxe") && listing.contains("syslinux"),
+        "{listing}"
+    );
 
     let lab = boots_healthy("p2floppy", Profile::P2Floppy);
     let mac = lab.pcs[0].mac.clone();

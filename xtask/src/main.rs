@@ -131,6 +131,8 @@ fn main() -> std::process::ExitCode {
 fn test(args: Vec<String>) -> anyhow::Result<()> {
     setup::setup()?;
     node::run(node::NodeTask::All)?;
+    // The Pentium II agent has no SSE code outside glibc's run-time-selected variants.
+    node::check_sse()?;
     build_floppy()?;
     // The browser test's driver (playwright-core; the browser is Debian's chromium).
     sh(Command::new("npm")

@@ -28,7 +28,8 @@ fn one_run(server: &str, nodes: usize) -> anyhow::Result<Vec<NodeTimes>> {
     let mut lab = Lab::new(&ns, &dir).map_err(|e| anyhow!(e))?;
     let images = root().join("images/out");
     let config = if server == "enlist" {
-        lab.write_config("dhcp", &images, "").map_err(|e| anyhow!(e))?
+        lab.write_config("dhcp", &images, "")
+            .map_err(|e| anyhow!(e))?
     } else {
         // The head only answers agents here; dnsmasq does DHCP and TFTP on the bridge.
         let cfg = dir.join("config.yaml");
@@ -44,16 +45,27 @@ fn one_run(server: &str, nodes: usize) -> anyhow::Result<Vec<NodeTimes>> {
         )?;
         cfg
     };
-    lab.start_head(&enlist_bin(), &config).map_err(|e| anyhow!(e))?;
+    lab.start_head(&enlist_bin(), &config)
+        .map_err(|e| anyhow!(e))?;
     if server == "dnsmasq" {
-        let version = std::fs::read_to_string(images.join("i586/current"))?.trim().to_string();
+        let version = std::fs::read_to_string(images.join("i586/current"))?
+            .trim()
+            .to_string();
         let tftp = dir.join("tftp");
         std::fs::create_dir_all(&tftp)?;
-        std::fs::copy(images.join(format!("i586/{version}/vmlinuz")), tftp.join("vmlinuz"))?;
+        std::fs::copy(
+            images.join(format!("i586/{version}/vmlinuz")),
+            tftp.join("vmlinuz"),
+        )?;
         for n in 1..=nodes {
             let mac = mac_of(n).replace(':', "-");
             let url = format!("http://10.77.0.1:8080/boot/{mac}/i586/{version}/initrd");
-            let st = lab.exec("curl").args(["-sSf", "-o"]).arg(tftp.join(format!("{mac}.initrd"))).arg(&url).status()?;
+            let st = lab
+                .exec("curl")
+                .args(["-sSf", "-o"])
+                .arg(tftp.join(format!("{mac}.initrd")))
+                .arg(&url)
+                .status()?;
             anyhow::ensure!(st.success(), "fetching {url}");
         }
         std::fs::write(
@@ -62,11 +74,24 @@ fn one_run(server: &str, nodes: usize) -> anyhow::Result<Vec<NodeTimes>> {
              initrd --name initrd tftp://10.77.0.1/${netX/mac:hexhyp}.initrd\nboot\n",
         )?;
         let mut c = lab.exec("dnsmasq");
-        c.args(["--keep-in-foreground", "--port=0", "--interface=br0", "--bind-interfaces", "--no-ping"])
-            .args(["--dhcp-range=10.77.0.100,10.77.0.199,255.255.255.0,10m", "--enable-tftp", "--dhcp-boot=boot.ipxe"])
-            .arg(format!("--tftp-root={}", tftp.display()))
-            .arg(format!("--dhcp-leasefile={}", dir.join("dnsmasq.leases").display()))
-            .arg(format!("--pid-file={}", dir.join("dnsmasq.pid").display()));
+        c.args([
+            "--keep-in-foreground",
+            "--port=0",
+            "--interface=br0",
+            "--bind-interfaces",
+            "--no-ping",
+        ])
+        .args([
+            "--dhcp-range=10.77.0.100,10.77.0.199,255.255.255.0,10m",
+            "--enable-tftp",
+            "--dhcp-boot=boot.ipxe",
+        ])
+        .arg(format!("--tftp-root={}", tftp.display()))
+        .arg(format!(
+            "--dhcp-leasefile={}",
+            dir.join("dnsmasq.leases").display()
+        ))
+        .arg(format!("--pid-file={}", dir.join("dnsmasq.pid").display()));
         lab.spawn(c).map_err(|e| anyhow!(e))?;
         std::thread::sleep(Duration::from_secs(1));
     }
@@ -74,7 +99,12 @@ fn one_run(server: &str, nodes: usize) -> anyhow::Result<Vec<NodeTimes>> {
     for _ in 0..nodes {
         lab.boot(Profile::P2Pxe, None).map_err(|e| anyhow!(e))?;
     }
-    let mut times: Vec<NodeTimes> = (0..nodes).map(|_| NodeTimes { userland: None, registered: None }).collect();
+    let mut times: Vec<NodeTimes> = (0..nodes)
+        .map(|_| NodeTimes {
+            userland: None,
+            registered: None,
+        })
+        .collect();
     while start.elapsed() < LIMIT && times.iter().any(|t| t.registered.is_none()) {
         for (i, t) in times.iter_mut().enumerate() {
             if t.userland.is_none() && lab.pcs[i].serial_log().contains(" is up: ") {
@@ -93,7 +123,8 @@ fn one_run(server: &str, nodes: usize) -> anyhow::Result<Vec<NodeTimes>> {
 }
 
 fn fmt(v: Option<f64>) -> String {
-    v.map(|s| format!("{s:.1}")).unwrap_or_else(|| "FAIL".into())
+    v.map(|s| format!("{s:.1}"))
+        .unwrap_or_else(|| "FAIL".into())
 }
 
 pub fn run(nodes: usize, runs: usize) -> anyhow::Result<()> {
@@ -103,13 +134,25 @@ pub fn run(nodes: usize, runs: usize) -> anyhow::Result<()> {
         for server in ["enlist", "dnsmasq"] {
             let times = one_run(server, nodes)?;
             for (i, t) in times.iter().enumerate() {
-                println!("run {run} {server:<7} pc {}: userland {:>6} s, registered {:>6} s", i + 1, fmt(t.userland), fmt(t.registered));
+                println!(
+                    "run {run} {server:<7} pc {}: userland {:>6} s, registered {:>6} s",
+                    i + 1,
+                    fmt(t.userland),
+                    fmt(t.registered)
+                );
             }
             let failed = times.iter().filter(|t| t.registered.is_none()).count();
-            let up = times.iter().filter_map(|t| t.registered).fold(0.0, f64::max);
+            let up = times
+                .iter()
+                .filter_map(|t| t.registered)
+                .fold(0.0, f64::max);
             all_up.push((server, up, failed));
         }
-        let ratio = if all_up[1].1 > 0.0 { all_up[0].1 / all_up[1].1 } else { f64::NAN };
+        let ratio = if all_up[1].1 > 0.0 {
+            all_up[0].1 / all_up[1].1
+        } else {
+            f64::NAN
+        };
         let line = format!(
             "| {run} | {nodes} | {:.1} | {} | {:.1} | {} | {ratio:.2} |",
             all_up[0].1, all_up[0].2, all_up[1].1, all_up[1].2
