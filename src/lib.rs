@@ -9,6 +9,7 @@ pub mod dhcp;
 pub mod http;
 pub mod image;
 pub mod metrics;
+pub mod ndp;
 pub mod netif;
 pub mod registry;
 pub mod serve;

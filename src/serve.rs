@@ -57,6 +57,13 @@ pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>) -> anyhow::Result
         metrics.clone(),
         shutdown.clone(),
     ));
+    for ifc in &cfg.dhcp.interfaces {
+        tasks.spawn(crate::ndp::run(
+            ifc.name.clone(),
+            metrics.clone(),
+            shutdown.clone(),
+        ));
+    }
 
     if cfg.tftp.enabled {
         let socket = tftp::server::bind(cfg.tftp.listen)
