@@ -99,6 +99,12 @@ struct Live {
     last_seen: Option<Instant>,
     /// Commands not yet fetched by the agent (signed when delivered, with the session then current).
     commands: VecDeque<(u64, CommandKind)>,
+    /// Cached from the database on every save, so steady heartbeats need no database access:
+    /// the node's key epoch, and whether it is `healthy` already.
+    epoch: Option<i64>,
+    steady: bool,
+    /// The node's state as last saved.
+    state: Option<String>,
     notify: Arc<Notify>,
 }
 
@@ -113,6 +119,8 @@ struct Inner {
     ip_to_mac: HashMap<Ipv4Addr, String>,
     next_command: u64,
     peers_version: u64,
+    /// The first sweep after start looks at every node.
+    swept_once: bool,
 }
 
 pub struct Registry {
@@ -220,6 +228,13 @@ impl Registry {
 
     /// Persist a node change, publish it and its event to dashboards.
     fn save(&self, row: &NodeRow, event: Option<(&str, &str)>) -> Result<(), StoreError> {
+        {
+            let mut inner = self.inner();
+            let live = inner.live.entry(row.mac.clone()).or_default();
+            live.epoch = Some(row.key_epoch);
+            live.steady = row.state == state::HEALTHY;
+            live.state = Some(row.state.clone());
+        }
         let ev = self.store.save_node(row, event, now())?;
         if let Some(ev) = ev {
             tracing::info!(node = %row.name, mac = %row.mac, state = %row.state, "{}: {}", ev.kind, ev.detail);
@@ -481,14 +496,44 @@ impl Registry {
     pub fn sweep(&self) -> Result<(), StoreError> {
         let lost_after = self.cfg.nodes.lost_after;
         let gone_after = self.cfg.nodes.heartbeat * 2;
-        let startup_grace = self.started.elapsed() < lost_after;
-        for mut row in self.store.nodes()? {
+        if self.started.elapsed() < lost_after {
+            return Ok(());
+        }
+        // Once after start, every node (nothing is in memory yet); then only nodes whose cached
+        // state and silence call for a change, so a large registry costs no scan per second.
+        let macs: Vec<String> = {
+            let mut inner = self.inner();
+            if !inner.swept_once {
+                inner.swept_once = true;
+                drop(inner);
+                self.store.nodes()?.into_iter().map(|r| r.mac).collect()
+            } else {
+                inner
+                    .live
+                    .iter()
+                    .filter(|(_, l)| {
+                        let silent = l.last_seen.map(|t| t.elapsed()).unwrap_or(lost_after);
+                        match l.state.as_deref() {
+                            Some(state::REGISTERED | state::HEALTHY | state::PENDING) => {
+                                silent > lost_after
+                            }
+                            Some(state::LEAVING) => silent > gone_after,
+                            _ => false,
+                        }
+                    })
+                    .map(|(m, _)| m.clone())
+                    .collect()
+            }
+        };
+        for mac in macs {
+            let Some(mut row) = self.store.node(&mac)? else {
+                continue;
+            };
             let silent = {
                 let inner = self.inner();
                 match inner.live.get(&row.mac).and_then(|l| l.last_seen) {
                     Some(t) => t.elapsed(),
                     // Nothing heard since the head started: count from start.
-                    None if startup_grace => continue,
                     None => self.started.elapsed(),
                 }
             };

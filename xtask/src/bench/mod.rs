@@ -4,6 +4,7 @@
 mod boot;
 mod dhcp;
 mod net;
+mod scale;
 mod tftp;
 
 use clap::Subcommand;
@@ -16,6 +17,17 @@ pub enum BenchTask {
         nodes: usize,
         #[arg(long, default_value_t = 1)]
         runs: usize,
+    },
+    /// Scale: simulated agents registering, then heartbeating, against one head.
+    Scale {
+        #[arg(long, default_value_t = 10000)]
+        agents: usize,
+        /// Heartbeat interval, seconds.
+        #[arg(long, default_value_t = 10)]
+        interval: u64,
+        /// Length of the heartbeat phase, seconds.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
     },
     /// TFTP: a 7 MB file to 1, 8 and 32 clients; enlist vs tftpd-hpa vs dnsmasq.
     Tftp {
@@ -36,6 +48,11 @@ pub fn run(t: BenchTask) -> anyhow::Result<()> {
     match t {
         BenchTask::Boot { nodes, runs } => boot::run(nodes, runs),
         BenchTask::Tftp { clients } => tftp::run(&clients),
+        BenchTask::Scale {
+            agents,
+            interval,
+            seconds,
+        } => scale::run(agents, interval, seconds),
         BenchTask::Dhcp { clients } => dhcp::run(&clients),
     }
 }

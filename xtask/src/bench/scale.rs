@@ -1,0 +1,266 @@
+//! Scale: many simulated agents against one head. Each registers (nonce + signed request, as
+//! the real agent does, with its key derived from the head's secret in the head's database),
+//! then heartbeats every `interval` seconds. Reports registration time, the head's CPU and RSS
+//! during the steady heartbeat phase, and heartbeat latency percentiles.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Context};
+use enlist_api::{
+    headers, paths, Heartbeat, NodeKey, NonceResponse, RegisterRequest, RegisterResponse,
+    RequestAuth,
+};
+
+use super::net::in_netns;
+use crate::{enlist_bin, root};
+
+const URL: &str = "http://127.0.0.1:18090";
+
+struct Agent {
+    mac: String,
+    key: NodeKey,
+    session: String,
+    seq: u64,
+}
+
+fn post(
+    http: &ureq::Agent,
+    a: &mut Agent,
+    path: &str,
+    body: &[u8],
+    session: Option<&str>,
+) -> anyhow::Result<ureq::Response> {
+    let session = session
+        .map(str::to_string)
+        .unwrap_or_else(|| a.session.clone());
+    let seq = if path == paths::REGISTER {
+        0
+    } else {
+        a.seq += 1;
+        a.seq
+    };
+    let sig = RequestAuth {
+        method: "POST",
+        path,
+        node: &a.mac,
+        session: &session,
+        seq,
+    }
+    .sign(&a.key, body);
+    http.post(&format!("{URL}{path}"))
+        .set(headers::NODE, &a.mac)
+        .set(headers::SESSION, &session)
+        .set(headers::SEQ, &seq.to_string())
+        .set(headers::SIGNATURE, &sig)
+        .send_bytes(body)
+        .map_err(|e| anyhow!("{path}: {e}"))
+}
+
+fn register(http: &ureq::Agent, a: &mut Agent) -> anyhow::Result<()> {
+    let n: NonceResponse = http
+        .get(&format!("{URL}{}", paths::NONCE))
+        .call()?
+        .into_json()?;
+    let body = serde_json::to_vec(&RegisterRequest {
+        info: Default::default(),
+    })?;
+    let r: RegisterResponse = post(http, a, paths::REGISTER, &body, Some(&n.nonce))?.into_json()?;
+    a.session = r.session;
+    a.seq = 0;
+    Ok(())
+}
+
+fn proc_stat(pid: u32) -> (f64, u64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    let ticks: f64 = fields
+        .get(11)
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(0.0)
+        + fields
+            .get(12)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0);
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let rss_kb = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0);
+    (ticks / 100.0, rss_kb)
+}
+
+pub fn run(agents: usize, interval: u64, seconds: u64) -> anyhow::Result<()> {
+    let ns = "bench-scale";
+    enlist_lab::Lab::cleanup(ns);
+    let dir = root().join("lab").join(ns);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let ip = |args: &[&str]| {
+        enlist_lab::run(std::process::Command::new("ip").args(args)).map_err(|e| anyhow!(e))
+    };
+    ip(&["netns", "add", ns])?;
+    ip(&["-n", ns, "link", "set", "lo", "up"])?;
+    let cfg = dir.join("config.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "state_dir: {st}\nhttp: {{ listen: 127.0.0.1:18090, public_url: {URL} }}\ntftp: {{ enabled: false }}\n\
+             dhcp: {{ interfaces: [{{ name: lo, mode: proxy }}] }}\nimages: {{ dir: {st}, default: i586 }}\n\
+             nodes: {{ heartbeat: {interval}s, lost_after: {lost}s }}\n",
+            st = dir.display(),
+            lost = interval * 4
+        ),
+    )?;
+    let mut head = std::process::Command::new("ip")
+        .args(["netns", "exec", ns])
+        .arg(enlist_bin())
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .env("ENLIST_LOG", "warn")
+        .spawn()
+        .context("starting the head")?;
+    let pid = head.id();
+    std::thread::sleep(Duration::from_secs(1));
+    // Head pid inside `ip netns exec`: the child of `ip` execs enlist, so it is the same pid.
+    let store = enlist::store::Store::open(&dir.join("enlist.db"))?;
+    let keys = enlist::registry::Keys::load(&store)?;
+    let all: Vec<Agent> = (0..agents)
+        .map(|i| {
+            let mac = format!(
+                "02:00:{:02x}:{:02x}:{:02x}:{:02x}",
+                (i >> 24) & 255,
+                (i >> 16) & 255,
+                (i >> 8) & 255,
+                i & 255
+            );
+            let key = keys.node_key(&mac, 0);
+            Agent {
+                mac,
+                key,
+                session: String::new(),
+                seq: 0,
+            }
+        })
+        .collect();
+    let threads = 64.min(agents.max(1));
+    let per = agents.div_ceil(threads);
+    let groups: Vec<Vec<Agent>> = {
+        let mut it = all.into_iter();
+        (0..threads)
+            .map(|_| it.by_ref().take(per).collect())
+            .collect()
+    };
+    let latencies = Arc::new(Mutex::new(Vec::<f64>::new()));
+    let errors = Arc::new(AtomicUsize::new(0));
+    let registered = Arc::new(AtomicUsize::new(0));
+    let start = Instant::now();
+    let measure_from = Duration::from_secs(interval); // skip the first round (state changes)
+    let (lat, err, reg) = (latencies.clone(), errors.clone(), registered.clone());
+    let cpu_window = Arc::new(Mutex::new(None::<((f64, u64), Instant)>));
+    let cpu_w = cpu_window.clone();
+    let handle = std::thread::spawn(move || {
+        in_netns(ns, move || {
+            let hs: Vec<_> = groups
+                .into_iter()
+                .map(|mut group| {
+                    let (lat, err, reg) = (lat.clone(), err.clone(), reg.clone());
+                    std::thread::spawn(move || {
+                        let http = ureq::AgentBuilder::new()
+                            .timeout(Duration::from_secs(10))
+                            .build();
+                        for a in group.iter_mut() {
+                            if register(&http, a).is_err() {
+                                err.fetch_add(1, Ordering::Relaxed);
+                            }
+                            reg.fetch_add(1, Ordering::Relaxed);
+                        }
+                        let hb = serde_json::to_vec(&Heartbeat::default()).unwrap_or_default();
+                        let phase_start = Instant::now();
+                        let n = group.len().max(1) as u32;
+                        let mut round = 0u32;
+                        while phase_start.elapsed() < Duration::from_secs(seconds) {
+                            for (i, a) in group.iter_mut().enumerate() {
+                                // Spread each agent's heartbeat evenly over the interval.
+                                let due = Duration::from_secs(interval) * round
+                                    + Duration::from_secs(interval) * i as u32 / n;
+                                if let Some(wait) = due.checked_sub(phase_start.elapsed()) {
+                                    std::thread::sleep(wait);
+                                }
+                                let t = Instant::now();
+                                match post(&http, a, paths::HEARTBEAT, &hb, None) {
+                                    Ok(_) => {
+                                        if phase_start.elapsed() > measure_from {
+                                            lat.lock()
+                                                .map(|mut l| {
+                                                    l.push(t.elapsed().as_secs_f64() * 1000.0)
+                                                })
+                                                .ok();
+                                        }
+                                    }
+                                    Err(_) => {
+                                        err.fetch_add(1, Ordering::Relaxed);
+                                    }
+                                }
+                            }
+                            round += 1;
+                        }
+                    })
+                })
+                .collect();
+            for h in hs {
+                let _ = h.join();
+            }
+        })
+    });
+    // Registration phase.
+    while registered.load(Ordering::Relaxed) < agents && start.elapsed() < Duration::from_secs(1800)
+    {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let reg_secs = start.elapsed().as_secs_f64();
+    println!(
+        "{agents} agents registered in {reg_secs:.1} s ({:.0}/s)",
+        agents as f64 / reg_secs
+    );
+    std::thread::sleep(measure_from);
+    *cpu_w.lock().map_err(|_| anyhow!("lock"))? = Some((proc_stat(pid), Instant::now()));
+    let _ = handle.join();
+    let (cpu1, rss1) = proc_stat(pid);
+    let ((cpu0, _), t0) = cpu_window
+        .lock()
+        .map_err(|_| anyhow!("lock"))?
+        .unwrap_or(((0.0, 0), Instant::now()));
+    let window = t0.elapsed().as_secs_f64().max(0.001);
+    let _ = head.kill();
+    let _ = head.wait();
+    enlist_lab::Lab::cleanup(ns);
+    let mut l = latencies.lock().map_err(|_| anyhow!("lock"))?.clone();
+    l.sort_by(|a, b| a.total_cmp(b));
+    let pct = |p: f64| {
+        l.get(((l.len() as f64 * p) as usize).min(l.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(f64::NAN)
+    };
+    println!();
+    println!("Scale: {agents} simulated agents, heartbeat every {interval} s, steady phase {window:.0} s");
+    println!("| agents | heartbeats/s | head CPU (% of one core) | head RSS MB | p50 ms | p99 ms | errors |");
+    println!("|---|---|---|---|---|---|---|");
+    println!(
+        "| {agents} | {:.0} | {:.1} | {:.1} | {:.2} | {:.2} | {} |",
+        l.len() as f64 / window,
+        100.0 * (cpu1 - cpu0) / window,
+        rss1 as f64 / 1024.0,
+        pct(0.5),
+        pct(0.99),
+        errors.load(Ordering::Relaxed)
+    );
+    Ok(())
+}
