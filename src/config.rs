@@ -14,6 +14,14 @@ use serde::Deserialize;
 
 pub const DEFAULT_PATH: &str = "/etc/enlist/config.yaml";
 
+/// Line and column of a YAML error (0, 0 when the parser gives none), for messages that point
+/// at the spot in the file.
+pub(crate) fn yaml_position(e: &serde_norway::Error) -> (usize, usize) {
+    e.location()
+        .map(|l| (l.line(), l.column()))
+        .unwrap_or((0, 0))
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("{path}: cannot read: {source}")]
@@ -316,10 +324,7 @@ impl Config {
     /// Parse and validate config text; `path` is only used in error messages.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         let cfg: Config = serde_norway::from_str(text).map_err(|e| {
-            let (line, column) = e
-                .location()
-                .map(|l| (l.line(), l.column()))
-                .unwrap_or((0, 0));
+            let (line, column) = crate::config::yaml_position(&e);
             ConfigError::Parse {
                 path: path.to_path_buf(),
                 line,

@@ -25,7 +25,7 @@ fn lab(test: &str, mode: &str) -> Lab {
     let _ = std::fs::remove_dir_all(&dir);
     let mut lab = Lab::new(&ns, &dir).unwrap_or_else(|e| panic!("lab: {e}"));
     if mode == "proxy" {
-        let c = dnsmasq(&lab);
+        let c = lab.campus_dhcp();
         lab.spawn(c).unwrap_or_else(|e| panic!("{e}"));
     }
     let cfg = lab
@@ -34,24 +34,6 @@ fn lab(test: &str, mode: &str) -> Lab {
     lab.start_head(&enlist(), &cfg)
         .unwrap_or_else(|e| panic!("{e}\n{}", lab.head_log()));
     lab
-}
-
-fn dnsmasq(lab: &Lab) -> std::process::Command {
-    let mut c = lab.exec("dnsmasq");
-    c.args([
-        "--keep-in-foreground",
-        "--port=0",
-        "--interface=br0",
-        "--bind-interfaces",
-        "--dhcp-range=10.77.0.50,10.77.0.90,255.255.255.0,10m",
-        "--no-resolv",
-        "--no-hosts",
-    ])
-    .arg(format!(
-        "--dhcp-leasefile={}",
-        lab.dir.join("dnsmasq.leases").display()
-    ));
-    c
 }
 
 /// Run `f`; on failure panic with the lab's logs.
@@ -272,27 +254,29 @@ fn dashboard_in_a_browser_shows_a_pc_join_live_and_leave() {
     assert!(text.contains("gone; events"), "{text}");
 }
 
-/// The per-node initrd exactly as the head serves it (image initrd + this node's settings).
-fn node_initrd(lab: &Lab, image: &str, mac: &str) -> PathBuf {
+/// The published kernel of `image`, and the per-node initrd exactly as the head serves it
+/// (image initrd + this node's settings), for a `-kernel`/`-initrd` boot.
+fn direct_boot_files(lab: &Lab, image: &str, mac: &str) -> (PathBuf, PathBuf) {
     let version = std::fs::read_to_string(root().join(format!("images/out/{image}/current")))
         .expect("image built");
-    let out = lab
+    let version = version.trim();
+    let kernel = root().join(format!("images/out/{image}/{version}/vmlinuz"));
+    let initrd = lab
         .dir
         .join(format!("{image}-{}.initrd", mac.replace(':', "")));
     let url = format!(
-        "http://10.77.0.1:8080/boot/{}/{image}/{}/initrd",
-        mac.replace(':', "-"),
-        version.trim()
+        "http://10.77.0.1:8080/boot/{}/{image}/{version}/initrd",
+        mac.replace(':', "-")
     );
     let st = lab
         .exec("curl")
         .args(["-sSf", "-o"])
-        .arg(&out)
+        .arg(&initrd)
         .arg(&url)
         .status()
         .expect("curl");
     assert!(st.success(), "fetching {url}");
-    out
+    (kernel, initrd)
 }
 
 fn count_events(lab: &Lab, mac: &str, needle: &str) -> usize {
@@ -315,9 +299,7 @@ fn count_events(lab: &Lab, mac: &str, needle: &str) -> usize {
 fn pentium2_64mb_direct_boot_survives_head_outage_and_says_leaving() {
     let mut lab = lab("direct", "dhcp");
     let mac = "52:54:00:77:01:01";
-    let initrd = node_initrd(&lab, "i586", mac);
-    let version = std::fs::read_to_string(root().join("images/out/i586/current")).expect("current");
-    let kernel = root().join(format!("images/out/i586/{}/vmlinuz", version.trim()));
+    let (kernel, initrd) = direct_boot_files(&lab, "i586", mac);
     let i = lab
         .boot_direct("qemu-system-i386", 64, &kernel, &initrd)
         .unwrap_or_else(|e| panic!("{e}"));
@@ -369,10 +351,7 @@ fn pentium2_64mb_direct_boot_survives_head_outage_and_says_leaving() {
 fn x86_64_direct_boot_registers() {
     let mut lab = lab("direct64", "dhcp");
     let mac = "52:54:00:77:01:01";
-    let initrd = node_initrd(&lab, "x86_64", mac);
-    let version =
-        std::fs::read_to_string(root().join("images/out/x86_64/current")).expect("current");
-    let kernel = root().join(format!("images/out/x86_64/{}/vmlinuz", version.trim()));
+    let (kernel, initrd) = direct_boot_files(&lab, "x86_64", mac);
     lab.boot_direct("qemu-system-x86_64", 256, &kernel, &initrd)
         .unwrap_or_else(|e| panic!("{e}"));
     check(&lab, lab.wait_state(mac, "healthy", BOOT_LIMIT));

@@ -61,9 +61,8 @@ async fn login(State(s): State<Shared>, Json(req): Json<LoginRequest>) -> Respon
     }
 }
 
-async fn logout(State(s): State<Shared>, _admin: Admin, req: axum::extract::Request) -> Response {
-    let (parts, _) = req.into_parts();
-    if let Some(t) = session_cookie(&parts) {
+async fn logout(State(s): State<Shared>, _admin: Admin, headers: HeaderMap) -> Response {
+    if let Some(t) = session_cookie(&headers) {
         s.auth.logout(&t);
     }
     (
@@ -78,13 +77,7 @@ async fn logout(State(s): State<Shared>, _admin: Admin, req: axum::extract::Requ
 
 /// Who is looking: logged in or not, and the CSRF token to send with actions.
 async fn session(State(s): State<Shared>, headers: HeaderMap) -> Response {
-    let (parts, _) = axum::http::Request::builder()
-        .body(())
-        .map(|r| r.into_parts())
-        .unwrap_or_else(|_| axum::http::Request::new(()).into_parts());
-    let mut parts = parts;
-    parts.headers = headers;
-    let csrf = session_cookie(&parts).and_then(|t| s.auth.session_csrf(&t));
+    let csrf = session_cookie(&headers).and_then(|t| s.auth.session_csrf(&t));
     Json(serde_json::json!({
         "logged_in": csrf.is_some(),
         "csrf": csrf,

@@ -13,7 +13,7 @@ use argon2::password_hash::{
 use argon2::Argon2;
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
-use axum::http::{header, Method, StatusCode};
+use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::response::Response;
 
 use crate::metrics::labels;
@@ -173,9 +173,8 @@ mod subtle_eq {
     }
 }
 
-pub fn session_cookie(parts: &Parts) -> Option<String> {
-    parts
-        .headers
+pub fn session_cookie(headers: &HeaderMap) -> Option<String> {
+    headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
@@ -212,7 +211,7 @@ impl FromRequestParts<Shared> for Admin {
                 Err(deny(s, StatusCode::UNAUTHORIZED, "bad-token", parts))
             };
         }
-        let Some(token) = session_cookie(parts) else {
+        let Some(token) = session_cookie(&parts.headers) else {
             return Err(deny(s, StatusCode::UNAUTHORIZED, "login-required", parts));
         };
         let Some(csrf) = s.auth.session_csrf(&token) else {

@@ -66,10 +66,7 @@ impl Recipe {
             source,
         })?;
         let r: Recipe = serde_norway::from_str(&text).map_err(|e| {
-            let (line, column) = e
-                .location()
-                .map(|l| (l.line(), l.column()))
-                .unwrap_or((0, 0));
+            let (line, column) = crate::config::yaml_position(&e);
             RecipeError::Parse {
                 path: path.to_path_buf(),
                 line,

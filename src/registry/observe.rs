@@ -28,13 +28,10 @@ impl Registry {
         row.last_seen = Some(ts);
         if let Some(ip) = ip {
             row.ip = Some(ip.to_string());
-            self.inner().ip_to_mac.insert(ip, client.mac.clone());
         }
         // A network-boot client's DHCP starts a new boot, unless one is under way (iPXE's DHCP
-        // after the ROM's). The node OS's own udhcpc is no PXE client and changes nothing.
-        let new_boot = client.is_pxe()
-            && !matches!(row.state.as_str(), state::SEEN | state::BOOTING)
-            && !row.released;
+        // after the ROM's). The node OS's own udhcpc is no PXE client and never gets here.
+        let new_boot = !matches!(row.state.as_str(), state::SEEN | state::BOOTING) && !row.released;
         if new_boot || row.first_dhcp.is_none() {
             row.first_dhcp = Some(ts);
             row.boot_seconds = None;

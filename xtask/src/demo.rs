@@ -106,8 +106,7 @@ fn run_lab(name: &str, profiles: &[Profile], mode: &str, port: u16) -> anyhow::R
     let _ = std::fs::remove_dir_all(&dir);
     let mut lab = Lab::new(name, &dir).map_err(|e| anyhow!(e))?;
     if mode == "proxy" {
-        lab.spawn(dnsmasq_campus_dhcp(&lab))
-            .map_err(|e| anyhow!(e))?;
+        lab.spawn(lab.campus_dhcp()).map_err(|e| anyhow!(e))?;
     }
     let config = lab
         .write_config(mode, &root().join("images/out"), "")
@@ -182,29 +181,4 @@ fn wait_signal(sigs: &SigSet, timeout: Duration) -> nix::Result<Option<Signal>> 
         return Ok(None);
     }
     Ok(Signal::try_from(rc).ok())
-}
-
-/// dnsmasq as a "campus" DHCP server: addresses only, no DNS, no boot options.
-pub fn dnsmasq_campus_dhcp(lab: &Lab) -> Command {
-    let mut c = lab.exec("dnsmasq");
-    c.args([
-        "--keep-in-foreground",
-        "--port=0",
-        "--interface=br0",
-        "--bind-interfaces",
-        "--dhcp-range=10.77.0.50,10.77.0.90,255.255.255.0,10m",
-        "--dhcp-authoritative",
-        "--no-resolv",
-        "--no-hosts",
-        "--log-dhcp",
-    ])
-    .arg(format!(
-        "--dhcp-leasefile={}",
-        lab.dir.join("dnsmasq.leases").display()
-    ))
-    .arg(format!(
-        "--pid-file={}",
-        lab.dir.join("dnsmasq.pid").display()
-    ));
-    c
 }

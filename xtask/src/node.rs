@@ -145,38 +145,36 @@ pub fn agent_path(target: &str) -> PathBuf {
     root().join(format!("target/node/{target}/node/enlist-agent"))
 }
 
+/// `cargo build` of the agent for `target` with the size-tuned `node` profile, static so it
+/// needs no libc on the node. The i586 build targets the Pentium II (MMX, no SSE/SSE2).
+fn agent_build(target: &str, target_dir: &str) -> Command {
+    let mut c = Command::new("cargo");
+    c.current_dir(root())
+        .args([
+            "build",
+            "--profile",
+            "node",
+            "--target",
+            target,
+            "-p",
+            "enlist-agent",
+        ])
+        .args(["--target-dir", target_dir]);
+    if target.starts_with("i586") {
+        c.env("CARGO_TARGET_I586_UNKNOWN_LINUX_GNU_LINKER", "gcc")
+            .env(
+                "RUSTFLAGS",
+                "-C target-cpu=pentium2 -C target-feature=+crt-static -C link-arg=-m32",
+            );
+    } else {
+        c.env("RUSTFLAGS", "-C target-feature=+crt-static");
+    }
+    c
+}
+
 fn agent() -> anyhow::Result<()> {
-    // Pentium II: i586 with pentium2 features (MMX, no SSE/SSE2), static so it needs no libc.
-    sh(Command::new("cargo")
-        .current_dir(root())
-        .env("CARGO_TARGET_I586_UNKNOWN_LINUX_GNU_LINKER", "gcc")
-        .env(
-            "RUSTFLAGS",
-            "-C target-cpu=pentium2 -C target-feature=+crt-static -C link-arg=-m32",
-        )
-        .args([
-            "build",
-            "--profile",
-            "node",
-            "--target",
-            "i586-unknown-linux-gnu",
-            "-p",
-            "enlist-agent",
-        ])
-        .args(["--target-dir", "target/node"]))?;
-    sh(Command::new("cargo")
-        .current_dir(root())
-        .env("RUSTFLAGS", "-C target-feature=+crt-static")
-        .args([
-            "build",
-            "--profile",
-            "node",
-            "--target",
-            "x86_64-unknown-linux-gnu",
-            "-p",
-            "enlist-agent",
-        ])
-        .args(["--target-dir", "target/node"]))?;
+    sh(&mut agent_build("i586-unknown-linux-gnu", "target/node"))?;
+    sh(&mut agent_build("x86_64-unknown-linux-gnu", "target/node"))?;
     let i586 = agent_path("i586-unknown-linux-gnu");
     let v = output(
         Command::new("qemu-i386")
@@ -207,25 +205,7 @@ fn images() -> anyhow::Result<()> {
 /// CPUs that have SSE2 (IFUNC); everything else, our code included, must have none.
 pub fn check_sse() -> anyhow::Result<()> {
     let dir = "target/node-check";
-    sh(Command::new("cargo")
-        .current_dir(root())
-        .env("CARGO_TARGET_I586_UNKNOWN_LINUX_GNU_LINKER", "gcc")
-        .env("CARGO_PROFILE_NODE_STRIP", "false")
-        .env(
-            "RUSTFLAGS",
-            "-C target-cpu=pentium2 -C target-feature=+crt-static -C link-arg=-m32",
-        )
-        .args([
-            "build",
-            "--profile",
-            "node",
-            "--target",
-            "i586-unknown-linux-gnu",
-            "-p",
-            "enlist-agent",
-            "--target-dir",
-            dir,
-        ]))?;
+    sh(agent_build("i586-unknown-linux-gnu", dir).env("CARGO_PROFILE_NODE_STRIP", "false"))?;
     let bin = root()
         .join(dir)
         .join("i586-unknown-linux-gnu/node/enlist-agent");

@@ -104,7 +104,6 @@ fn ip(args: &[&str]) -> Result<String, String> {
 pub struct Pc {
     pub name: String,
     pub mac: String,
-    pub profile: Profile,
     pub serial: PathBuf,
     child: Child,
     /// The QEMU command line, to power the PC on again.
@@ -326,27 +325,24 @@ impl Lab {
         })
     }
 
-    /// Boot an emulated PC of `profile` on a new tap. `floppy` is the boot floppy for p2-floppy.
-    pub fn boot(&mut self, profile: Profile, floppy: Option<&Path>) -> Result<usize, String> {
+    /// A new tap on the bridge for the next PC: its number, tap name and MAC.
+    fn new_tap(&mut self) -> Result<(u32, String, String), String> {
         self.taps += 1;
         let n = self.taps;
         let tap = format!("tap{n}");
         ip(&["-n", &self.ns, "tuntap", "add", "dev", &tap, "mode", "tap"])?;
         ip(&["-n", &self.ns, "link", "set", &tap, "master", "br0"])?;
         ip(&["-n", &self.ns, "link", "set", &tap, "up"])?;
-        let mac = format!("52:54:00:77:01:{n:02x}");
-        let name = format!("{}-{n}", profile.name());
-        let serial = self.dir.join(format!("{name}.serial.log"));
-        let _ = std::fs::remove_file(&serial);
-        let netdev = format!("tap,id=n0,ifname={tap},script=no,downscript=no");
-        let mut cmd = match profile {
-            Profile::P2Pxe | Profile::P2Floppy | Profile::P2FloppyRtl8139 | Profile::P2Usb => {
-                let mut c = self.exec("qemu-system-i386");
-                c.args(["-cpu", "pentium2"]);
-                c
-            }
-            Profile::X64Pxe | Profile::X64Uefi => self.exec("qemu-system-x86_64"),
-        };
+        Ok((n, tap, format!("52:54:00:77:01:{n:02x}")))
+    }
+
+    /// The QEMU command line every lab PC shares: CPU, headless, serial log, monitor socket,
+    /// and its tap as `n0`.
+    fn qemu(&self, qemu: &str, name: &str, serial: &Path, tap: &str) -> Command {
+        let mut cmd = self.exec(qemu);
+        if qemu.ends_with("i386") {
+            cmd.args(["-cpu", "pentium2"]);
+        }
         cmd.args([
             "-display",
             "none",
@@ -360,7 +356,58 @@ impl Lab {
                 self.dir.join(format!("{name}.monitor")).display()
             ),
         ])
-        .args(["-netdev", &netdev]);
+        .args([
+            "-netdev",
+            &format!("tap,id=n0,ifname={tap},script=no,downscript=no"),
+        ]);
+        cmd
+    }
+
+    /// Start `cmd` as PC `name` (serial log `serial`) and keep it; returns its index.
+    fn launch(
+        &mut self,
+        cmd: Command,
+        name: String,
+        mac: String,
+        serial: PathBuf,
+    ) -> Result<usize, String> {
+        let qlog = self.dir.join(format!("{name}.qemu.log"));
+        let _ = std::fs::remove_file(&qlog);
+        let argv: Vec<String> = std::iter::once(cmd.get_program())
+            .chain(cmd.get_args())
+            .map(|a| a.to_string_lossy().to_string())
+            .collect();
+        let child = spawn_logged(&argv, &qlog)?;
+        self.pcs.push(Pc {
+            name,
+            mac,
+            serial,
+            child,
+            argv,
+            qlog,
+        });
+        Ok(self.pcs.len() - 1)
+    }
+
+    fn serial_for(&self, name: &str) -> PathBuf {
+        let serial = self.dir.join(format!("{name}.serial.log"));
+        let _ = std::fs::remove_file(&serial);
+        serial
+    }
+
+    /// Boot an emulated PC of `profile` on a new tap. `floppy` is the boot floppy for p2-floppy
+    /// (the ISO for p2-usb).
+    pub fn boot(&mut self, profile: Profile, floppy: Option<&Path>) -> Result<usize, String> {
+        let (n, tap, mac) = self.new_tap()?;
+        let name = format!("{}-{n}", profile.name());
+        let serial = self.serial_for(&name);
+        let qemu = match profile {
+            Profile::P2Pxe | Profile::P2Floppy | Profile::P2FloppyRtl8139 | Profile::P2Usb => {
+                "qemu-system-i386"
+            }
+            Profile::X64Pxe | Profile::X64Uefi => "qemu-system-x86_64",
+        };
+        let mut cmd = self.qemu(qemu, &name, &serial, &tap);
         match profile {
             Profile::P2Pxe => {
                 cmd.args([
@@ -439,23 +486,7 @@ impl Lab {
                 ]);
             }
         }
-        let qlog = self.dir.join(format!("{name}.qemu.log"));
-        let _ = std::fs::remove_file(&qlog);
-        let argv: Vec<String> = std::iter::once(cmd.get_program())
-            .chain(cmd.get_args())
-            .map(|a| a.to_string_lossy().to_string())
-            .collect();
-        let child = spawn_logged(&argv, &qlog)?;
-        self.pcs.push(Pc {
-            name,
-            mac,
-            profile,
-            serial,
-            child,
-            argv,
-            qlog,
-        });
-        Ok(self.pcs.len() - 1)
+        self.launch(cmd, name, mac, serial)
     }
 
     /// Boot a PC straight into a kernel and initrd (`-kernel`/`-initrd`, no firmware boot):
@@ -467,61 +498,48 @@ impl Lab {
         kernel: &Path,
         initrd: &Path,
     ) -> Result<usize, String> {
-        self.taps += 1;
-        let n = self.taps;
-        let tap = format!("tap{n}");
-        ip(&["-n", &self.ns, "tuntap", "add", "dev", &tap, "mode", "tap"])?;
-        ip(&["-n", &self.ns, "link", "set", &tap, "master", "br0"])?;
-        ip(&["-n", &self.ns, "link", "set", &tap, "up"])?;
-        let mac = format!("52:54:00:77:01:{n:02x}");
+        let (n, tap, mac) = self.new_tap()?;
         let name = format!("direct-{n}");
-        let serial = self.dir.join(format!("{name}.serial.log"));
-        let _ = std::fs::remove_file(&serial);
-        let mut cmd = self.exec(qemu);
-        if qemu.ends_with("i386") {
-            cmd.args(["-cpu", "pentium2"]);
-        }
+        let serial = self.serial_for(&name);
+        let mut cmd = self.qemu(qemu, &name, &serial, &tap);
         cmd.args([
             "-m",
             &mem_mb.to_string(),
-            "-display",
-            "none",
-            "-serial",
-            &format!("file:{}", serial.display()),
+            "-device",
+            &format!("e1000,netdev=n0,mac={mac}"),
         ])
-        .args([
-            "-monitor",
-            &format!(
-                "unix:{},server,nowait",
-                self.dir.join(format!("{name}.monitor")).display()
-            ),
-        ])
-        .args([
-            "-netdev",
-            &format!("tap,id=n0,ifname={tap},script=no,downscript=no"),
-        ])
-        .args(["-device", &format!("e1000,netdev=n0,mac={mac}")])
         .arg("-kernel")
         .arg(kernel)
         .arg("-initrd")
         .arg(initrd)
         .args(["-append", "console=ttyS0,115200"]);
-        let qlog = self.dir.join(format!("{name}.qemu.log"));
-        let argv: Vec<String> = std::iter::once(cmd.get_program())
-            .chain(cmd.get_args())
-            .map(|a| a.to_string_lossy().to_string())
-            .collect();
-        let child = spawn_logged(&argv, &qlog)?;
-        self.pcs.push(Pc {
-            name,
-            mac,
-            profile: Profile::X64Pxe,
-            serial,
-            child,
-            argv,
-            qlog,
-        });
-        Ok(self.pcs.len() - 1)
+        self.launch(cmd, name, mac, serial)
+    }
+
+    /// dnsmasq as a "campus" DHCP server on the bridge: addresses only (10.77.0.50-90), no DNS,
+    /// no boot options. Start it with [`Lab::spawn`].
+    pub fn campus_dhcp(&self) -> Command {
+        let mut c = self.exec("dnsmasq");
+        c.args([
+            "--keep-in-foreground",
+            "--port=0",
+            "--interface=br0",
+            "--bind-interfaces",
+            "--dhcp-range=10.77.0.50,10.77.0.90,255.255.255.0,10m",
+            "--dhcp-authoritative",
+            "--no-resolv",
+            "--no-hosts",
+            "--log-dhcp",
+        ])
+        .arg(format!(
+            "--dhcp-leasefile={}",
+            self.dir.join("dnsmasq.leases").display()
+        ))
+        .arg(format!(
+            "--pid-file={}",
+            self.dir.join("dnsmasq.pid").display()
+        ));
+        c
     }
 
     /// Send a QEMU monitor command (e.g. `sendkey ctrl-alt-delete`) to a PC.

@@ -7,7 +7,6 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 
 use super::net::{Pair, SRV_IP};
-use crate::enlist_bin;
 
 struct Result {
     rate: f64,
@@ -20,26 +19,17 @@ fn start(pair: &Pair, which: &str, dir: &std::path::Path) -> anyhow::Result<Chil
     let _ = std::fs::remove_dir_all(dir);
     std::fs::create_dir_all(dir)?;
     let child = match which {
-        "enlist" => {
-            let cfg = dir.join("enlist.yaml");
-            std::fs::write(
-                &cfg,
-                format!(
-                    "state_dir: {st}\nhttp: {{ listen: 127.0.0.1:18082, public_url: http://{SRV_IP}:18082 }}\n\
-                     tftp: {{ enabled: false }}\n\
-                     dhcp:\n  interfaces: [{{ name: vsrv, mode: dhcp }}]\n  subnets:\n\
-                     \x20   - {{ subnet: 10.79.0.0/16, pool: [10.79.1.0, 10.79.255.254], lease_time: 1h }}\n\
-                     images: {{ dir: {st}/images, default: i586 }}\n",
-                    st = dir.display()
-                ),
-            )?;
-            pair.exec(&pair.srv, &enlist_bin().display().to_string())
-                .args(["serve", "--config"])
-                .arg(&cfg)
-                .env("ENLIST_LOG", "warn")
-                .stderr(Stdio::null())
-                .spawn()?
-        }
+        "enlist" => pair.spawn_enlist(
+            &dir.join("enlist.yaml"),
+            &format!(
+                "state_dir: {st}\nhttp: {{ listen: 127.0.0.1:18082, public_url: http://{SRV_IP}:18082 }}\n\
+                 tftp: {{ enabled: false }}\n\
+                 dhcp:\n  interfaces: [{{ name: vsrv, mode: dhcp }}]\n  subnets:\n\
+                 \x20   - {{ subnet: 10.79.0.0/16, pool: [10.79.1.0, 10.79.255.254], lease_time: 1h }}\n\
+                 images: {{ dir: {st}/images, default: i586 }}\n",
+                st = dir.display()
+            ),
+        )?,
         "dnsmasq" => pair
             .exec(&pair.srv, "dnsmasq")
             .args([

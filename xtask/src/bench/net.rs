@@ -39,6 +39,22 @@ impl Pair {
         c
     }
 
+    /// Write `yaml` to `config` and start the enlist head in the server namespace, quietly.
+    pub fn spawn_enlist(
+        &self,
+        config: &std::path::Path,
+        yaml: &str,
+    ) -> anyhow::Result<std::process::Child> {
+        std::fs::write(config, yaml)?;
+        Ok(self
+            .exec(&self.srv, &crate::enlist_bin().display().to_string())
+            .args(["serve", "--config"])
+            .arg(config)
+            .env("ENLIST_LOG", "warn")
+            .stderr(std::process::Stdio::null())
+            .spawn()?)
+    }
+
     /// Kill everything running in the server namespace (between servers).
     pub fn stop_servers(&self) {
         if let Ok(pids) = run(Command::new("ip").args(["netns", "pids", &self.srv])) {

@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context};
 
 use super::net::{in_netns, Pair, SRV_IP};
-use crate::enlist_bin;
 
 const FILE_BYTES: usize = 7 * 1024 * 1024;
 
@@ -137,26 +136,17 @@ fn round(cli_ns: &str, clients: usize, blksize: u16, windowsize: u16) -> anyhow:
 
 fn start_server(pair: &Pair, which: &str, root: &Path) -> anyhow::Result<Child> {
     let child = match which {
-        "enlist" => {
-            let cfg = root.join("bench-enlist.yaml");
-            std::fs::write(
-                &cfg,
-                format!(
-                    "state_dir: {st}\nhttp: {{ listen: 127.0.0.1:18081, public_url: http://{SRV_IP}:18081 }}\n\
-                     tftp: {{ listen: {SRV_IP}:69, ipxe_dir: {r}, max_blksize: 1468, max_windowsize: 64 }}\n\
-                     dhcp: {{ interfaces: [{{ name: vsrv, mode: proxy }}] }}\n\
-                     images: {{ dir: {r}/images, default: i586 }}\n",
-                    st = root.join("state").display(),
-                    r = root.display()
-                ),
-            )?;
-            pair.exec(&pair.srv, &enlist_bin().display().to_string())
-                .args(["serve", "--config"])
-                .arg(&cfg)
-                .env("ENLIST_LOG", "warn")
-                .stderr(Stdio::null())
-                .spawn()?
-        }
+        "enlist" => pair.spawn_enlist(
+            &root.join("bench-enlist.yaml"),
+            &format!(
+                "state_dir: {st}\nhttp: {{ listen: 127.0.0.1:18081, public_url: http://{SRV_IP}:18081 }}\n\
+                 tftp: {{ listen: {SRV_IP}:69, ipxe_dir: {r}, max_blksize: 1468, max_windowsize: 64 }}\n\
+                 dhcp: {{ interfaces: [{{ name: vsrv, mode: proxy }}] }}\n\
+                 images: {{ dir: {r}/images, default: i586 }}\n",
+                st = root.join("state").display(),
+                r = root.display()
+            ),
+        )?,
         "tftpd-hpa" => pair
             .exec(&pair.srv, "in.tftpd")
             .args([
