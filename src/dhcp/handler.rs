@@ -11,7 +11,7 @@ use dhcproto::v4::{DhcpOption, Flags, Message, MessageType, Opcode};
 use ipnet::Ipv4Net;
 
 use crate::config::{Config, DhcpMode, SubnetConfig};
-use crate::store::{AllocateRequest, PoolRange, Store, StoreError};
+use crate::store::{AllocateRequest, LeaseBatch, PoolRange, Store, StoreError};
 
 use super::boot::{self, BootTarget};
 use super::client::{classify, ClientInfo};
@@ -35,6 +35,9 @@ pub struct NoObserver;
 impl BootObserver for NoObserver {
     fn dhcp_seen(&self, _: &ClientInfo, _: Option<Ipv4Addr>) {}
 }
+
+/// Clients to tell the observer about once the batch is committed.
+type Seen = Vec<(ClientInfo, Option<Ipv4Addr>)>;
 
 /// Where a packet arrived.
 #[derive(Debug, Clone)]
@@ -85,6 +88,50 @@ impl Handler {
 
     /// Handle one request. `now` is Unix seconds.
     pub fn handle(&self, at: &Arrival, msg: &Message, now: i64) -> Result<Outcome, StoreError> {
+        let mut out = self.handle_batch(&[(at.clone(), msg.clone())], now);
+        out.pop().unwrap_or(Ok(Outcome::Drop("empty-batch")))
+    }
+
+    /// Handle a burst of requests with one lease commit (see [`crate::store::LeaseBatch`]).
+    /// Outcomes come back in order. If the commit fails every request gets the error: none of
+    /// the replies may be sent. The observer hears about the clients after the commit.
+    pub fn handle_batch(
+        &self,
+        batch: &[(Arrival, Message)],
+        now: i64,
+    ) -> Vec<Result<Outcome, StoreError>> {
+        let mut seen = Vec::new();
+        let committed = self.store.lease_batch(|leases| {
+            batch
+                .iter()
+                .map(|(at, msg)| self.handle_one(leases, &mut seen, at, msg, now))
+                .collect::<Vec<_>>()
+        });
+        match committed {
+            Ok(outcomes) => {
+                for (client, ip) in &seen {
+                    self.observer.dhcp_seen(client, *ip);
+                }
+                outcomes
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                batch
+                    .iter()
+                    .map(|_| Err(StoreError::Commit(msg.clone())))
+                    .collect()
+            }
+        }
+    }
+
+    fn handle_one(
+        &self,
+        leases: &mut LeaseBatch,
+        seen: &mut Seen,
+        at: &Arrival,
+        msg: &Message,
+        now: i64,
+    ) -> Result<Outcome, StoreError> {
         if msg.opcode() != Opcode::BootRequest {
             return Ok(Outcome::Drop("not-a-request"));
         }
@@ -96,8 +143,8 @@ impl Handler {
             Err(super::client::ClientError::NoMessageType) => return Ok(Outcome::Drop("bootp")),
         };
         match at.mode {
-            DhcpMode::Dhcp => self.full(at, msg, &client, now),
-            DhcpMode::Proxy => Ok(self.proxy(at, msg, &client)),
+            DhcpMode::Dhcp => self.full(leases, seen, at, msg, &client, now),
+            DhcpMode::Proxy => Ok(self.proxy(seen, at, msg, &client)),
         }
     }
 
@@ -116,6 +163,8 @@ impl Handler {
 
     fn full(
         &self,
+        leases: &mut LeaseBatch,
+        seen: &mut Seen,
         at: &Arrival,
         msg: &Message,
         client: &ClientInfo,
@@ -138,7 +187,7 @@ impl Handler {
         let lease_secs = subnet.lease_time.as_secs() as i64;
         match client.msg_type {
             MessageType::Discover => {
-                let ip = self.store.allocate(&AllocateRequest {
+                let ip = leases.allocate(&AllocateRequest {
                     mac: &client.mac,
                     range,
                     reserved: reservation.map(|r| r.ip),
@@ -150,7 +199,7 @@ impl Handler {
                 let Some(ip) = ip else {
                     return Ok(Outcome::Drop("pool-exhausted"));
                 };
-                self.observer.dhcp_seen(client, Some(ip));
+                seen.push((client.clone(), Some(ip)));
                 let mut reply = self.base_reply(msg, MessageType::Offer, at.iface_addr);
                 reply.set_yiaddr(ip);
                 self.lease_options(
@@ -167,7 +216,7 @@ impl Handler {
                     if sid != at.iface_addr {
                         // The client chose another server's offer: forget ours.
                         if let Some(ip) = client.requested_ip {
-                            let _ = self.store.release(&client.mac, ip)?;
+                            let _ = leases.release(&client.mac, ip)?;
                         }
                         return Ok(Outcome::Drop("request-for-other-server"));
                     }
@@ -188,7 +237,7 @@ impl Handler {
                     }
                 };
                 if !allowed
-                    || !self.store.bind(
+                    || !leases.bind(
                         &client.mac,
                         ip,
                         now + lease_secs,
@@ -200,7 +249,7 @@ impl Handler {
                     nak.set_yiaddr(Ipv4Addr::UNSPECIFIED);
                     return Ok(self.addressed(nak, msg, true));
                 }
-                self.observer.dhcp_seen(client, Some(ip));
+                seen.push((client.clone(), Some(ip)));
                 let mut reply = self.base_reply(msg, MessageType::Ack, at.iface_addr);
                 reply.set_yiaddr(ip);
                 self.lease_options(
@@ -213,7 +262,7 @@ impl Handler {
                 Ok(self.addressed(reply, msg, false))
             }
             MessageType::Release => {
-                let released = self.store.release(&client.mac, msg.ciaddr())?;
+                let released = leases.release(&client.mac, msg.ciaddr())?;
                 Ok(Outcome::Drop(if released {
                     "released"
                 } else {
@@ -224,8 +273,7 @@ impl Handler {
                 let Some(ip) = client.requested_ip else {
                     return Ok(Outcome::Drop("decline-without-address"));
                 };
-                self.store
-                    .decline(&client.mac, ip, now + DECLINE_QUARANTINE_SECS)?;
+                leases.decline(&client.mac, ip, now + DECLINE_QUARANTINE_SECS)?;
                 tracing::warn!(mac = %client.mac, %ip, "client declined address (in use by another host); quarantined");
                 Ok(Outcome::Drop("declined"))
             }
@@ -240,7 +288,7 @@ impl Handler {
     }
 
     /// proxyDHCP (PXE spec 2.1): boot information only, never an address, PXE clients only.
-    fn proxy(&self, at: &Arrival, msg: &Message, client: &ClientInfo) -> Outcome {
+    fn proxy(&self, seen: &mut Seen, at: &Arrival, msg: &Message, client: &ClientInfo) -> Outcome {
         if !client.is_pxe() {
             return Outcome::Drop("proxy-not-pxe-client");
         }
@@ -268,7 +316,7 @@ impl Handler {
                 .opts_mut()
                 .insert(DhcpOption::ClientMachineIdentifier(id.clone()));
         }
-        self.observer.dhcp_seen(client, None);
+        seen.push((client.clone(), None));
         if at.port == SERVER_PORT {
             Outcome::Reply {
                 msg: Box::new(reply),

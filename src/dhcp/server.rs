@@ -41,6 +41,8 @@ fn bind_device_socket(iface: &str, port: u16) -> std::io::Result<UdpSocket> {
     let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
     s.set_reuse_address(true)?;
     s.set_broadcast(true)?;
+    // Best effort: the kernel caps it at net.core.rmem_max, which is fine.
+    let _ = s.set_recv_buffer_size(RECV_BUFFER);
     s.bind_device(Some(iface.as_bytes()))?;
     s.bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)).into())?;
     s.set_nonblocking(true)?;
@@ -101,88 +103,136 @@ pub async fn run(
     while tasks.join_next().await.is_some() {}
 }
 
+/// Most packets handled as one lease batch (one commit).
+const BATCH_MAX: usize = 256;
+/// Receive buffer: room for the burst that arrives while a batch is being committed.
+const RECV_BUFFER: usize = 4 << 20;
+
 async fn serve_socket(
     l: Listener,
     handler: Arc<Handler>,
     metrics: Arc<Metrics>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let socket = Arc::new(l.socket);
+    let socket = l.socket;
     let mut buf = vec![0u8; 1500];
     loop {
-        let (len, src) = tokio::select! {
-            r = socket.recv_from(&mut buf) => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::warn!(iface = %l.arrival.iface, "dhcp receive failed: {e}");
-                    continue;
-                }
-            },
+        // Wait for one packet, then take whatever else has queued up meanwhile (group commit:
+        // the burst that arrives during one commit is the next batch).
+        let first = tokio::select! {
+            r = socket.recv_from(&mut buf) => r,
             _ = shutdown.changed() => return,
         };
-        let SocketAddr::V4(src) = src else { continue };
-        let msg = match dhcproto::v4::Message::decode(&mut Decoder::new(&buf[..len])) {
-            Ok(m) => m,
-            Err(e) => {
-                tracing::debug!(iface = %l.arrival.iface, %src, len, "dhcp: dropping malformed packet: {e}");
-                metrics.dhcp_drop("malformed");
-                metrics
-                    .dhcp_packets
-                    .get_or_create(&labels(&[("type", "malformed"), ("outcome", "drop")]))
-                    .inc();
-                continue;
+        let mut batch = Vec::new();
+        let mut types = Vec::new();
+        let mut next = Some(first);
+        while let Some(received) = next.take() {
+            match received {
+                Ok((len, SocketAddr::V4(src))) => {
+                    if let Some(msg) = decode(&l.arrival.iface, &buf[..len], src, &metrics) {
+                        types.push(message_type(&msg));
+                        let mut arrival = l.arrival.clone();
+                        arrival.src = src;
+                        batch.push((arrival, msg));
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(iface = %l.arrival.iface, "dhcp receive failed: {e}"),
             }
-        };
-        let mtype = msg
-            .opts()
-            .msg_type()
-            .map(|t| format!("{t:?}").to_lowercase())
-            .unwrap_or_else(|| "none".into());
-        let mut arrival = l.arrival.clone();
-        arrival.src = src;
+            if batch.len() < BATCH_MAX {
+                next = match socket.try_recv_from(&mut buf) {
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => None,
+                    r => Some(r),
+                };
+            }
+        }
+        if batch.is_empty() {
+            continue;
+        }
         let h = handler.clone();
         let now = crate::store::now();
         let result = tokio::task::spawn_blocking(move || {
-            let outcome = h.handle(&arrival, &msg, now);
-            (outcome, msg)
+            let outcomes = h.handle_batch(&batch, now);
+            (outcomes, batch)
         })
         .await;
-        let (outcome, msg) = match result {
+        let (outcomes, batch) = match result {
             Ok(x) => x,
             Err(e) => {
                 tracing::error!("dhcp handler task failed: {e}");
                 continue;
             }
         };
-        match outcome {
-            Ok(Outcome::Reply { msg: reply, to }) => {
-                let mut out = Vec::with_capacity(576);
-                if let Err(e) = reply.encode(&mut Encoder::new(&mut out)) {
-                    tracing::error!("dhcp: cannot encode reply: {e}");
-                    continue;
-                }
-                tracing::debug!(iface = %l.arrival.iface, xid = msg.xid(), %to, "dhcp reply {:?}", reply.opts().msg_type());
-                if let Err(e) = socket.send_to(&out, SocketAddr::V4(to)).await {
-                    tracing::warn!(iface = %l.arrival.iface, %to, "dhcp send failed: {e}");
-                    metrics.dhcp_drop("send-failed");
-                }
-                metrics
-                    .dhcp_packets
-                    .get_or_create(&labels(&[("type", &mtype), ("outcome", "reply")]))
-                    .inc();
+        for ((outcome, (arrival, msg)), mtype) in outcomes.into_iter().zip(&batch).zip(&types) {
+            respond(&socket, &arrival.iface, outcome, msg, mtype, &metrics).await;
+        }
+    }
+}
+
+fn decode(
+    iface: &str,
+    bytes: &[u8],
+    src: SocketAddrV4,
+    metrics: &Metrics,
+) -> Option<dhcproto::v4::Message> {
+    match dhcproto::v4::Message::decode(&mut Decoder::new(bytes)) {
+        Ok(m) => Some(m),
+        Err(e) => {
+            tracing::debug!(%iface, %src, len = bytes.len(), "dhcp: dropping malformed packet: {e}");
+            metrics.dhcp_drop("malformed");
+            metrics
+                .dhcp_packets
+                .get_or_create(&labels(&[("type", "malformed"), ("outcome", "drop")]))
+                .inc();
+            None
+        }
+    }
+}
+
+fn message_type(msg: &dhcproto::v4::Message) -> String {
+    msg.opts()
+        .msg_type()
+        .map(|t| format!("{t:?}").to_lowercase())
+        .unwrap_or_else(|| "none".into())
+}
+
+async fn respond(
+    socket: &UdpSocket,
+    iface: &str,
+    outcome: Result<Outcome, crate::store::StoreError>,
+    msg: &dhcproto::v4::Message,
+    mtype: &str,
+    metrics: &Metrics,
+) {
+    match outcome {
+        Ok(Outcome::Reply { msg: reply, to }) => {
+            let mut out = Vec::with_capacity(576);
+            if let Err(e) = reply.encode(&mut Encoder::new(&mut out)) {
+                tracing::error!("dhcp: cannot encode reply: {e}");
+                metrics.dhcp_drop("encode-failed");
+                return;
             }
-            Ok(Outcome::Drop(reason)) => {
-                tracing::debug!(iface = %l.arrival.iface, %src, xid = msg.xid(), mac = ?msg.chaddr().get(..6), "dhcp {mtype}: no reply ({reason})");
-                metrics.dhcp_drop(reason);
-                metrics
-                    .dhcp_packets
-                    .get_or_create(&labels(&[("type", &mtype), ("outcome", "drop")]))
-                    .inc();
+            tracing::debug!(%iface, xid = msg.xid(), %to, "dhcp reply {:?}", reply.opts().msg_type());
+            if let Err(e) = socket.send_to(&out, SocketAddr::V4(to)).await {
+                tracing::warn!(%iface, %to, "dhcp send failed: {e}");
+                metrics.dhcp_drop("send-failed");
             }
-            Err(e) => {
-                tracing::error!(iface = %l.arrival.iface, "dhcp: lease database error, request dropped: {e}");
-                metrics.dhcp_drop("database-error");
-            }
+            metrics
+                .dhcp_packets
+                .get_or_create(&labels(&[("type", mtype), ("outcome", "reply")]))
+                .inc();
+        }
+        Ok(Outcome::Drop(reason)) => {
+            tracing::debug!(%iface, xid = msg.xid(), mac = ?msg.chaddr().get(..6), "dhcp {mtype}: no reply ({reason})");
+            metrics.dhcp_drop(reason);
+            metrics
+                .dhcp_packets
+                .get_or_create(&labels(&[("type", mtype), ("outcome", "drop")]))
+                .inc();
+        }
+        Err(e) => {
+            tracing::error!(%iface, xid = msg.xid(), "dhcp: lease database error, request dropped: {e}");
+            metrics.dhcp_drop("database-error");
         }
     }
 }

@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 use std::net::Ipv4Addr;
 
-use rusqlite::{params, OptionalExtension, Transaction};
+use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
 use super::{Store, StoreError};
 
@@ -56,7 +56,7 @@ impl PoolRange {
     }
 }
 
-fn row_for_ip(tx: &Transaction, ip: Ipv4Addr) -> rusqlite::Result<Option<Lease>> {
+fn row_for_ip(tx: &Connection, ip: Ipv4Addr) -> rusqlite::Result<Option<Lease>> {
     tx.query_row(
         "SELECT ip, mac, state, expires, hostname FROM leases WHERE ip = ?1",
         [u32::from(ip)],
@@ -86,7 +86,7 @@ fn usable_by(row: &Option<Lease>, mac: &str, now: i64) -> bool {
 }
 
 fn put(
-    tx: &Transaction,
+    tx: &Connection,
     ip: Ipv4Addr,
     mac: &str,
     state: LeaseState,
@@ -123,50 +123,65 @@ pub struct AllocateRequest<'a> {
     pub hold_secs: i64,
 }
 
-impl Store {
+/// Lease changes made together in one database transaction: the DHCP server handles a burst of
+/// packets as one batch and sends the replies only after the batch is committed, so one fsync
+/// covers many leases (group commit) and still no reply promises an address that is not on disk.
+///
+/// Each operation runs in its own savepoint: an error rolls back that operation alone.
+pub struct LeaseBatch<'c> {
+    tx: Transaction<'c>,
+}
+
+impl LeaseBatch<'_> {
+    fn op<T>(
+        &mut self,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+    ) -> Result<T, StoreError> {
+        let sp = self.tx.savepoint()?;
+        let v = f(&sp)?;
+        sp.commit()?;
+        Ok(v)
+    }
+
     /// Choose an address for a DISCOVER and hold it for the client. `None`: pool exhausted.
-    pub fn allocate(&self, req: &AllocateRequest) -> Result<Option<Ipv4Addr>, StoreError> {
-        self.with(|c| {
-            let tx = c.transaction()?;
-            let chosen = choose(&tx, req)?;
+    pub fn allocate(&mut self, req: &AllocateRequest) -> Result<Option<Ipv4Addr>, StoreError> {
+        self.op(|tx| {
+            let chosen = choose(tx, req)?;
             if let Some(ip) = chosen {
-                let row = row_for_ip(&tx, ip)?;
+                let row = row_for_ip(tx, ip)?;
                 // Keep a bound lease bound; only fresh addresses become `offered`.
                 let keep_bound = matches!(&row, Some(l) if l.mac == req.mac && l.state == LeaseState::Bound && l.expires > req.now);
                 if !keep_bound {
-                    put(&tx, ip, req.mac, LeaseState::Offered, req.now + req.hold_secs, None)?;
+                    put(tx, ip, req.mac, LeaseState::Offered, req.now + req.hold_secs, None)?;
                 }
             }
-            tx.commit()?;
             Ok(chosen)
         })
     }
 
     /// Bind `ip` to `mac` (REQUEST). Returns false if the address belongs to someone else.
     pub fn bind(
-        &self,
+        &mut self,
         mac: &str,
         ip: Ipv4Addr,
         expires: i64,
         hostname: Option<&str>,
         now: i64,
     ) -> Result<bool, StoreError> {
-        self.with(|c| {
-            let tx = c.transaction()?;
-            let row = row_for_ip(&tx, ip)?;
+        self.op(|tx| {
+            let row = row_for_ip(tx, ip)?;
             if !usable_by(&row, mac, now) {
                 return Ok(false);
             }
-            put(&tx, ip, mac, LeaseState::Bound, expires, hostname)?;
-            tx.commit()?;
+            put(tx, ip, mac, LeaseState::Bound, expires, hostname)?;
             Ok(true)
         })
     }
 
     /// The client gives its address back (RELEASE).
-    pub fn release(&self, mac: &str, ip: Ipv4Addr) -> Result<bool, StoreError> {
-        self.with(|c| {
-            let n = c.execute(
+    pub fn release(&mut self, mac: &str, ip: Ipv4Addr) -> Result<bool, StoreError> {
+        self.op(|tx| {
+            let n = tx.execute(
                 "DELETE FROM leases WHERE ip = ?1 AND mac = ?2 AND state != 'declined'",
                 params![u32::from(ip), mac],
             )?;
@@ -175,15 +190,54 @@ impl Store {
     }
 
     /// The client found the address in use (DECLINE): quarantine it until `until`.
-    pub fn decline(&self, mac: &str, ip: Ipv4Addr, until: i64) -> Result<(), StoreError> {
-        self.with(|c| {
-            c.execute(
+    pub fn decline(&mut self, mac: &str, ip: Ipv4Addr, until: i64) -> Result<(), StoreError> {
+        self.op(|tx| {
+            tx.execute(
                 "INSERT INTO leases(ip, mac, state, expires) VALUES (?1, ?2, 'declined', ?3)
                  ON CONFLICT(ip) DO UPDATE SET mac = excluded.mac, state = 'declined', expires = excluded.expires",
                 params![u32::from(ip), mac, until],
             )?;
             Ok(())
         })
+    }
+}
+
+impl Store {
+    /// Run `f` with a lease batch and commit it. If the commit fails nothing `f` did is
+    /// durable, and the error says so: the caller must not send the replies.
+    pub fn lease_batch<T>(&self, f: impl FnOnce(&mut LeaseBatch) -> T) -> Result<T, StoreError> {
+        self.with(|c| {
+            let mut batch = LeaseBatch {
+                tx: c.transaction()?,
+            };
+            let out = f(&mut batch);
+            batch.tx.commit()?;
+            Ok(out)
+        })
+    }
+
+    /// One-operation conveniences (tests, tools): each is its own transaction.
+    pub fn allocate(&self, req: &AllocateRequest) -> Result<Option<Ipv4Addr>, StoreError> {
+        self.lease_batch(|b| b.allocate(req))?
+    }
+
+    pub fn bind(
+        &self,
+        mac: &str,
+        ip: Ipv4Addr,
+        expires: i64,
+        hostname: Option<&str>,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        self.lease_batch(|b| b.bind(mac, ip, expires, hostname, now))?
+    }
+
+    pub fn release(&self, mac: &str, ip: Ipv4Addr) -> Result<bool, StoreError> {
+        self.lease_batch(|b| b.release(mac, ip))?
+    }
+
+    pub fn decline(&self, mac: &str, ip: Ipv4Addr, until: i64) -> Result<(), StoreError> {
+        self.lease_batch(|b| b.decline(mac, ip, until))?
     }
 
     /// The unexpired bound lease of `mac`, if any.
@@ -209,7 +263,7 @@ impl Store {
     }
 }
 
-fn choose(tx: &Transaction, req: &AllocateRequest) -> rusqlite::Result<Option<Ipv4Addr>> {
+fn choose(tx: &Connection, req: &AllocateRequest) -> rusqlite::Result<Option<Ipv4Addr>> {
     if let Some(ip) = req.reserved {
         let row = row_for_ip(tx, ip)?;
         // A reservation wins over a stale lease of another client, but not over a quarantine.
@@ -242,7 +296,24 @@ fn choose(tx: &Transaction, req: &AllocateRequest) -> rusqlite::Result<Option<Ip
             }
         }
     }
-    // 3. The first free address: never used, else the longest expired.
+    // 3. A never-used address above the highest one in the table: one index lookup, so a
+    //    large pool that is filling up costs the same per client as an empty one.
+    let highest: Option<u32> = tx.query_row(
+        "SELECT MAX(ip) FROM leases WHERE ip BETWEEN ?1 AND ?2",
+        params![u32::from(req.range.first), u32::from(req.range.last)],
+        |r| r.get(0),
+    )?;
+    let above = highest.map_or(Some(u32::from(req.range.first)), |h| h.checked_add(1));
+    if let Some(start) = above {
+        for n in start..=u32::from(req.range.last) {
+            let ip = Ipv4Addr::from(n);
+            if !req.excluded.contains(&ip) {
+                return Ok(Some(ip));
+            }
+        }
+    }
+    // 4. The pool is used up to its top: any free address below, never used (a gap left by a
+    //    release), else the longest expired.
     let mut taken = HashSet::new();
     {
         let mut st =
@@ -315,6 +386,31 @@ mod tests {
         assert_eq!(s.allocate(&req("d", &ex)).unwrap(), None, "pool exhausted");
         // The same client asking again gets the same address.
         assert_eq!(s.allocate(&req("a", &ex)).unwrap(), Some(a));
+    }
+
+    #[test]
+    fn one_batch_hands_out_distinct_addresses_and_a_released_gap_is_reused() {
+        let s = Store::memory().unwrap();
+        let ex = HashSet::new();
+        let (a, b, c) = s
+            .lease_batch(|batch| {
+                let a = batch.allocate(&req("a", &ex)).unwrap().unwrap();
+                let b = batch.allocate(&req("b", &ex)).unwrap().unwrap();
+                let c = batch.allocate(&req("c", &ex)).unwrap().unwrap();
+                (a, b, c)
+            })
+            .unwrap();
+        assert_eq!(
+            (a, b, c),
+            (
+                Ipv4Addr::new(10, 0, 0, 10),
+                Ipv4Addr::new(10, 0, 0, 11),
+                Ipv4Addr::new(10, 0, 0, 12)
+            )
+        );
+        // The middle one goes back; the pool is used to its top, so the gap is found.
+        assert!(s.release("b", b).unwrap());
+        assert_eq!(s.allocate(&req("d", &ex)).unwrap(), Some(b));
     }
 
     #[test]

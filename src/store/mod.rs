@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 
 use rusqlite::Connection;
 
-pub use leases::{AllocateRequest, Lease, LeaseState, PoolRange};
+pub use leases::{AllocateRequest, Lease, LeaseBatch, LeaseState, PoolRange};
 pub use nodes::{EventRow, NodeRow};
 
 #[derive(Debug, thiserror::Error)]
@@ -25,6 +25,8 @@ pub enum StoreError {
     },
     #[error("database: {0}")]
     Sql(#[from] rusqlite::Error),
+    #[error("database commit failed, nothing of the batch was saved: {0}")]
+    Commit(String),
     #[error("database task failed: {0}")]
     Join(String),
 }

@@ -61,7 +61,7 @@ fn field(text: &str, prefix: &str) -> Option<f64> {
         .and_then(|v| v.parse().ok())
 }
 
-fn perfdhcp(pair: &Pair, clients: u32) -> anyhow::Result<Result> {
+fn perfdhcp(pair: &Pair, clients: u32, rate: u32) -> anyhow::Result<Result> {
     let out = pair
         .exec(&pair.cli, "perfdhcp")
         .args([
@@ -69,7 +69,7 @@ fn perfdhcp(pair: &Pair, clients: u32) -> anyhow::Result<Result> {
             "-l",
             "vcli",
             "-r",
-            "5000",
+            &rate.to_string(),
             "-R",
             &clients.to_string(),
             "-p",
@@ -110,7 +110,7 @@ fn perfdhcp(pair: &Pair, clients: u32) -> anyhow::Result<Result> {
     })
 }
 
-pub fn run(client_counts: &[u32]) -> anyhow::Result<()> {
+pub fn run(client_counts: &[u32], rate: u32) -> anyhow::Result<()> {
     let pair = Pair::new("bench-dhcp")?;
     let base = crate::root().join("lab/bench-dhcp");
     let mut lines = Vec::new();
@@ -118,7 +118,7 @@ pub fn run(client_counts: &[u32]) -> anyhow::Result<()> {
         let mut res = Vec::new();
         for srv in ["enlist", "dnsmasq"] {
             let mut child = start(&pair, srv, &base.join(srv))?;
-            let r = perfdhcp(&pair, n);
+            let r = perfdhcp(&pair, n, rate);
             let _ = child.kill();
             let _ = child.wait();
             pair.stop_servers();
@@ -142,7 +142,7 @@ pub fn run(client_counts: &[u32]) -> anyhow::Result<()> {
         lines.push(line);
     }
     println!();
-    println!("DHCP 4-way exchanges/s (perfdhcp offering 5000 exchanges/s for 10 s, as a relay); drops of REQUEST-ACK; ratio = enlist / dnsmasq");
+    println!("DHCP 4-way exchanges/s (perfdhcp offering {rate} exchanges/s for 10 s, as a relay); drops of REQUEST-ACK; ratio = enlist / dnsmasq");
     println!("| clients | enlist ex/s | drops | avg ms | dnsmasq ex/s | drops | avg ms | ratio |");
     println!("|---|---|---|---|---|---|---|---|");
     for l in lines {
