@@ -334,6 +334,10 @@ async fn metrics_are_prometheus_text() {
 }
 
 async fn register(h: &Head, mac: &str) -> (StatusCode, String) {
+    register_from(h, mac, "").await
+}
+
+async fn register_from(h: &Head, mac: &str, ip: &str) -> (StatusCode, String) {
     let (_, body) = send(
         &h.app,
         Request::get(paths::NONCE).body(Body::empty()).expect("req"),
@@ -345,10 +349,51 @@ async fn register(h: &Head, mac: &str) -> (StatusCode, String) {
         .to_string();
     let key = h.registry.keys().node_key(mac, 0);
     let body = serde_json::to_string(&RegisterRequest {
-        info: Default::default(),
+        info: enlist_api::NodeInfo {
+            ip: ip.into(),
+            ..Default::default()
+        },
     })
     .expect("json");
     send(&h.app, signed(paths::REGISTER, mac, &nonce, 0, &key, &body)).await
+}
+
+#[tokio::test]
+async fn peers_follow_registrations_renames_and_leaving_and_survive_a_restart() {
+    let h = head();
+    let (a, b) = ("52:54:00:00:00:1a", "52:54:00:00:00:1b");
+    assert_eq!(register_from(&h, a, "10.77.0.101").await.0, StatusCode::OK);
+    let (status, body) = register_from(&h, b, "10.77.0.102").await;
+    assert_eq!(status, StatusCode::OK);
+    let resp: enlist_api::RegisterResponse = serde_json::from_str(&body).expect("json");
+    let ips: Vec<&str> = resp.peers.iter().map(|p| p.ip.as_str()).collect();
+    assert_eq!(
+        ips,
+        ["10.77.0.101", "10.77.0.102"],
+        "registration returns the peers"
+    );
+
+    let (v1, _) = h.registry.peers();
+    h.registry.rename(b, "render1").expect("rename");
+    let (v2, peers) = h.registry.peers();
+    assert!(v2 > v1, "a rename changes the peers version");
+    assert!(peers.iter().any(|p| p.name == "render1"));
+    h.registry.leaving(a, "reboot").expect("leaving");
+    let (v3, peers) = h.registry.peers();
+    assert!(v3 > v2, "a node leaving changes the peers version");
+    assert_eq!(peers.len(), 1, "{peers:?}");
+
+    // A new head on the same database knows the same peers and node counts.
+    let text = CONFIG.to_string();
+    let cfg = Arc::new(Config::parse(&text, Path::new("test.yaml")).expect("config"));
+    let metrics = Arc::new(Metrics::new());
+    let again = Registry::new(cfg, h.registry.store().clone(), metrics.clone()).expect("registry");
+    assert_eq!(again.peers().1, peers);
+    let text = metrics.render_prometheus();
+    assert!(
+        text.contains("enlist_nodes{state=\"registered\"} 1"),
+        "{text}"
+    );
 }
 
 #[tokio::test]

@@ -160,7 +160,7 @@ impl Registry {
             )
         };
         self.set_state(&mut row, new_state, &detail)?;
-        let (_, peers) = self.peers()?;
+        let (_, peers) = self.peers();
         Ok(RegisterResponse {
             session,
             name: row.name,
@@ -169,7 +169,8 @@ impl Registry {
         })
     }
 
-    /// Check a signed request; returns the node's MAC.
+    /// Check a signed request; returns the node's MAC. Memory and CPU only (the key epoch of
+    /// every node is cached), so it runs on the async threads.
     pub fn authenticate(&self, req: &Signed) -> Result<String, AgentError> {
         self.authenticate_inner(req).map_err(|e| self.refuse(e))
     }
@@ -183,11 +184,13 @@ impl Registry {
             Some(owner) if owner != mac => return Err(AgentError::Forbidden("other-node")),
             Some(_) => {}
         }
-        let cached = self.inner().live.get(&mac).and_then(|l| l.epoch);
-        let epoch = match cached {
-            Some(e) => e,
-            None => self.store.node(&mac)?.map(|r| r.key_epoch).unwrap_or(0),
-        };
+        // A session exists only after a registration saved the node, which cached its epoch.
+        let epoch = self
+            .inner()
+            .live
+            .get(&mac)
+            .and_then(|l| l.epoch)
+            .ok_or(AgentError::Unauthorized("unknown-node"))?;
         let key = self.keys.node_key(&mac, epoch);
         let auth = RequestAuth {
             method: req.method,
@@ -208,20 +211,22 @@ impl Registry {
         Ok(mac)
     }
 
+    /// Record a heartbeat in memory. `Some`: that is all it takes (the common case: a healthy
+    /// node and no dashboard watching for new load figures). `None`: [`Registry::heartbeat`]
+    /// has database work to do.
+    pub fn heartbeat_in_memory(&self, mac: &str, hb: &Heartbeat) -> Option<HeartbeatResponse> {
+        let mut inner = self.inner();
+        let live = inner.live.entry(mac.to_string()).or_default();
+        live.heartbeat = Some(hb.clone());
+        let steady = live.steady;
+        (steady && self.updates.receiver_count() == 0).then_some(HeartbeatResponse {
+            peers_version: inner.peers_version,
+        })
+    }
+
     pub fn heartbeat(&self, mac: &str, hb: Heartbeat) -> Result<HeartbeatResponse, AgentError> {
-        let (version, steady) = {
-            let mut inner = self.inner();
-            let live = inner.live.entry(mac.to_string()).or_default();
-            live.heartbeat = Some(hb.clone());
-            let steady = live.steady;
-            (inner.peers_version, steady)
-        };
-        // The common case: a healthy node's heartbeat touches only memory, unless a dashboard
-        // is watching and wants the new load figures.
-        if steady && self.updates.receiver_count() == 0 {
-            return Ok(HeartbeatResponse {
-                peers_version: version,
-            });
+        if let Some(done) = self.heartbeat_in_memory(mac, &hb) {
+            return Ok(done);
         }
         if let Some(mut row) = self.store.node(mac)? {
             match row.state.as_str() {
@@ -239,7 +244,7 @@ impl Registry {
             }
         }
         Ok(HeartbeatResponse {
-            peers_version: version,
+            peers_version: self.inner().peers_version,
         })
     }
 

@@ -15,7 +15,7 @@ mod keys;
 mod observe;
 mod overlay;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -118,9 +118,45 @@ struct Inner {
     /// IP → MAC, so TFTP fetches (which carry no MAC) can be tied to a node.
     ip_to_mac: HashMap<Ipv4Addr, String>,
     next_command: u64,
+    /// Enlisted nodes with an address (MAC → peer), kept in step with every save so that
+    /// neither registration nor a peers request reads the node table.
+    peers: BTreeMap<String, Peer>,
+    /// Changes exactly when `peers` does.
     peers_version: u64,
+    /// Nodes per state, for the `enlist_nodes` gauge, kept in step with every save.
+    counts: HashMap<String, i64>,
     /// The first sweep after start looks at every node.
     swept_once: bool,
+}
+
+impl Inner {
+    /// Take in a node row about to be saved: the per-node cache, state counts and peers.
+    fn remember(&mut self, row: &NodeRow) {
+        let live = self.live.entry(row.mac.clone()).or_default();
+        live.epoch = Some(row.key_epoch);
+        live.steady = row.state == state::HEALTHY;
+        let old = live.state.replace(row.state.clone());
+        if old.as_deref() != Some(row.state.as_str()) {
+            if let Some(old) = old {
+                *self.counts.entry(old).or_default() -= 1;
+            }
+            *self.counts.entry(row.state.clone()).or_default() += 1;
+        }
+        let peer = match (&row.ip, row.state.as_str()) {
+            (Some(ip), state::REGISTERED | state::HEALTHY) => Some(Peer {
+                name: row.name.clone(),
+                ip: ip.clone(),
+            }),
+            _ => None,
+        };
+        let changed = match peer {
+            Some(p) => self.peers.insert(row.mac.clone(), p.clone()) != Some(p),
+            None => self.peers.remove(&row.mac).is_some(),
+        };
+        if changed {
+            self.peers_version += 1;
+        }
+    }
 }
 
 pub struct Registry {
@@ -141,20 +177,24 @@ impl Registry {
     ) -> Result<Arc<Registry>, StoreError> {
         let keys = Keys::load(&store)?;
         let (updates, _) = broadcast::channel(1024);
+        let mut inner = Inner {
+            next_command: 1,
+            peers_version: 1,
+            ..Inner::default()
+        };
+        for row in store.nodes()? {
+            inner.remember(&row);
+        }
         let reg = Arc::new(Registry {
             cfg,
             store,
             metrics,
             keys,
-            inner: Mutex::new(Inner {
-                next_command: 1,
-                peers_version: 1,
-                ..Inner::default()
-            }),
+            inner: Mutex::new(inner),
             updates,
             started: Instant::now(),
         });
-        reg.refresh_gauges()?;
+        reg.refresh_gauges();
         Ok(reg)
     }
 
@@ -228,13 +268,7 @@ impl Registry {
 
     /// Persist a node change, publish it and its event to dashboards.
     fn save(&self, row: &NodeRow, event: Option<(&str, &str)>) -> Result<(), StoreError> {
-        {
-            let mut inner = self.inner();
-            let live = inner.live.entry(row.mac.clone()).or_default();
-            live.epoch = Some(row.key_epoch);
-            live.steady = row.state == state::HEALTHY;
-            live.state = Some(row.state.clone());
-        }
+        self.inner().remember(row);
         let ev = self.store.save_node(row, event, now())?;
         if let Some(ev) = ev {
             tracing::info!(node = %row.name, mac = %row.mac, state = %row.state, "{}: {}", ev.kind, ev.detail);
@@ -243,7 +277,7 @@ impl Registry {
         let _ = self
             .updates
             .send(Update::Node(Box::new(self.view(row.clone()))));
-        self.refresh_gauges()?;
+        self.refresh_gauges();
         Ok(())
     }
 
@@ -257,32 +291,21 @@ impl Registry {
                 format!("{old} → {new}: {detail}")
             };
             self.save(row, Some(("state", &text)))?;
-            if matches!(
-                new,
-                state::HEALTHY | state::GONE | state::LOST | state::LEAVING | state::RELEASED
-            ) {
-                self.inner().peers_version += 1;
-            }
         } else {
             self.save(row, None)?;
         }
         Ok(())
     }
 
-    fn refresh_gauges(&self) -> Result<(), StoreError> {
-        let counts = self.store.state_counts()?;
+    fn refresh_gauges(&self) {
+        let inner = self.inner();
         for s in state::ALL {
-            let n = counts
-                .iter()
-                .find(|(k, _)| k == s)
-                .map(|(_, n)| *n)
-                .unwrap_or(0);
+            let n = inner.counts.get(s).copied().unwrap_or(0);
             self.metrics
                 .nodes
                 .get_or_create(&labels(&[("state", s)]))
                 .set(n);
         }
-        Ok(())
     }
 
     /// A generated name for a new node: prefix + the last three MAC bytes, unique.
@@ -475,21 +498,13 @@ impl Registry {
         }
         let old = std::mem::replace(&mut row.name, name.to_string());
         self.save(&row, Some(("renamed", &format!("{old} → {name}"))))?;
-        self.inner().peers_version += 1;
         Ok(())
     }
 
     /// Enlisted nodes with an address, for /etc/hosts on every node.
-    pub fn peers(&self) -> Result<(u64, Vec<Peer>), StoreError> {
-        let version = self.inner().peers_version;
-        let peers = self
-            .store
-            .nodes()?
-            .into_iter()
-            .filter(|n| matches!(n.state.as_str(), state::REGISTERED | state::HEALTHY))
-            .filter_map(|n| n.ip.map(|ip| Peer { name: n.name, ip }))
-            .collect();
-        Ok((version, peers))
+    pub fn peers(&self) -> (u64, Vec<Peer>) {
+        let inner = self.inner();
+        (inner.peers_version, inner.peers.values().cloned().collect())
     }
 
     /// Mark nodes whose heartbeats stopped as lost, and nodes that left as gone. Run every second.

@@ -134,15 +134,6 @@ impl Store {
     }
 
     /// Whether another node already has `name`.
-    /// Number of nodes in each state.
-    pub fn state_counts(&self) -> Result<Vec<(String, i64)>, StoreError> {
-        self.with(|c| {
-            let mut st = c.prepare_cached("SELECT state, COUNT(*) FROM nodes GROUP BY state")?;
-            let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
-            rows.collect()
-        })
-    }
-
     pub fn name_taken(&self, name: &str, except_mac: &str) -> Result<bool, StoreError> {
         self.with(|c| {
             let n: i64 = c.query_row(
