@@ -257,26 +257,8 @@ fn dashboard_in_a_browser_shows_a_pc_join_live_and_leave() {
 /// The published kernel of `image`, and the per-node initrd exactly as the head serves it
 /// (image initrd + this node's settings), for a `-kernel`/`-initrd` boot.
 fn direct_boot_files(lab: &Lab, image: &str, mac: &str) -> (PathBuf, PathBuf) {
-    let version = std::fs::read_to_string(root().join(format!("images/out/{image}/current")))
-        .expect("image built");
-    let version = version.trim();
-    let kernel = root().join(format!("images/out/{image}/{version}/vmlinuz"));
-    let initrd = lab
-        .dir
-        .join(format!("{image}-{}.initrd", mac.replace(':', "")));
-    let url = format!(
-        "http://10.77.0.1:8080/boot/{}/{image}/{version}/initrd",
-        mac.replace(':', "-")
-    );
-    let st = lab
-        .exec("curl")
-        .args(["-sSf", "-o"])
-        .arg(&initrd)
-        .arg(&url)
-        .status()
-        .expect("curl");
-    assert!(st.success(), "fetching {url}");
-    (kernel, initrd)
+    lab.direct_boot_files(&root().join("images/out"), image, mac)
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn count_events(lab: &Lab, mac: &str, needle: &str) -> usize {

@@ -489,6 +489,40 @@ impl Lab {
         self.launch(cmd, name, mac, serial)
     }
 
+    /// The kernel of `image` in `images_dir` and the initrd the running head serves node `mac`
+    /// (image initrd + node overlay), saved in the lab directory: what [`Lab::boot_direct`]
+    /// needs to boot that node without firmware.
+    pub fn direct_boot_files(
+        &self,
+        images_dir: &Path,
+        image: &str,
+        mac: &str,
+    ) -> Result<(PathBuf, PathBuf), String> {
+        let current = images_dir.join(image).join("current");
+        let version = std::fs::read_to_string(&current)
+            .map_err(|e| format!("{}: {e} (run `cargo xtask node images`)", current.display()))?;
+        let version = version.trim();
+        let kernel = images_dir.join(format!("{image}/{version}/vmlinuz"));
+        let initrd = self
+            .dir
+            .join(format!("{image}-{}.initrd", mac.replace(':', "")));
+        let url = format!(
+            "{HEAD_URL}/boot/{}/{image}/{version}/initrd",
+            mac.replace(':', "-")
+        );
+        let st = self
+            .exec("curl")
+            .args(["-sSf", "-o"])
+            .arg(&initrd)
+            .arg(&url)
+            .status()
+            .map_err(|e| format!("curl: {e}"))?;
+        if !st.success() {
+            return Err(format!("fetching {url} failed"));
+        }
+        Ok((kernel, initrd))
+    }
+
     /// Boot a PC straight into a kernel and initrd (`-kernel`/`-initrd`, no firmware boot):
     /// `qemu` is `qemu-system-i386` (Pentium II) or `qemu-system-x86_64`.
     pub fn boot_direct(

@@ -3,6 +3,8 @@
 
 mod boot;
 mod dhcp;
+mod http_burst;
+mod image;
 mod net;
 mod scale;
 mod tftp;
@@ -18,7 +20,8 @@ pub enum BenchTask {
         #[arg(long, default_value_t = 1)]
         runs: usize,
     },
-    /// Scale: simulated agents registering, then heartbeating, against one head.
+    /// Scale: simulated agents registering, then heartbeating, against one head; then a burst
+    /// of nodes fetching their boot files over HTTP through a shaped link.
     Scale {
         #[arg(long, default_value_t = 10000)]
         agents: usize,
@@ -28,13 +31,24 @@ pub enum BenchTask {
         /// Length of the heartbeat phase, seconds.
         #[arg(long, default_value_t = 60)]
         seconds: u64,
+        /// Nodes booting over HTTP at once (0: skip).
+        #[arg(long, default_value_t = 100)]
+        boot_nodes: usize,
+        /// Rate of the head's link for the boot burst, Mbit/s.
+        #[arg(long, default_value_t = 1000)]
+        link_mbit: u32,
     },
     /// TFTP: a 7 MB file to 1, 8 and 32 clients; enlist vs tftpd-hpa vs dnsmasq.
     Tftp {
         /// Client counts.
         #[arg(long, value_delimiter = ',', default_value = "1,8,32")]
         clients: Vec<usize>,
+        /// Runs per configuration; each server's median is reported.
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
     },
+    /// Image size against the 8 MiB budget, and a 64 MB Pentium II's free memory after boot.
+    Image,
     /// DHCP: Kea's perfdhcp, full DORA with durable leases; enlist vs dnsmasq.
     Dhcp {
         /// Simulated clients per run.
@@ -50,12 +64,49 @@ pub fn run(t: BenchTask) -> anyhow::Result<()> {
     crate::build_head()?;
     match t {
         BenchTask::Boot { nodes, runs } => boot::run(nodes, runs),
-        BenchTask::Tftp { clients } => tftp::run(&clients),
+        BenchTask::Tftp { clients, runs } => tftp::run(&clients, runs),
         BenchTask::Scale {
             agents,
             interval,
             seconds,
-        } => scale::run(agents, interval, seconds),
+            boot_nodes,
+            link_mbit,
+        } => {
+            if agents > 0 {
+                scale::run(agents, interval, seconds)?;
+            }
+            if boot_nodes > 0 {
+                http_burst::run(boot_nodes, link_mbit)?;
+            }
+            Ok(())
+        }
+        BenchTask::Image => image::run(),
         BenchTask::Dhcp { clients, rate } => dhcp::run(&clients, rate),
     }
+}
+
+/// CPU seconds (user + system) and RSS in KiB of process `pid`.
+pub(crate) fn proc_stat(pid: u32) -> (f64, u64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    let ticks: f64 = fields
+        .get(11)
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(0.0)
+        + fields
+            .get(12)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0);
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let rss_kb = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0);
+    (ticks / 100.0, rss_kb)
 }

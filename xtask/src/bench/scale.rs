@@ -14,6 +14,7 @@ use enlist_api::{
 };
 
 use super::net::in_netns;
+use super::proc_stat;
 use crate::{enlist_bin, root};
 
 const URL: &str = "http://127.0.0.1:18090";
@@ -70,31 +71,6 @@ fn register(http: &ureq::Agent, a: &mut Agent) -> anyhow::Result<()> {
     a.session = r.session;
     a.seq = 0;
     Ok(())
-}
-
-fn proc_stat(pid: u32) -> (f64, u64) {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit(')')
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .collect();
-    let ticks: f64 = fields
-        .get(11)
-        .and_then(|v| v.parse::<f64>().ok())
-        .unwrap_or(0.0)
-        + fields
-            .get(12)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0);
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let rss_kb = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0);
-    (ticks / 100.0, rss_kb)
 }
 
 pub fn run(agents: usize, interval: u64, seconds: u64) -> anyhow::Result<()> {

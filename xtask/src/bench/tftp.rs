@@ -178,7 +178,13 @@ fn start_server(pair: &Pair, which: &str, root: &Path) -> anyhow::Result<Child> 
     Ok(child)
 }
 
-pub fn run(client_counts: &[usize]) -> anyhow::Result<()> {
+/// The median of `v` (NaN if empty).
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+pub fn run(client_counts: &[usize], runs: usize) -> anyhow::Result<()> {
     let root = crate::root().join("lab/bench-tftp");
     let _ = std::fs::remove_dir_all(&root);
     std::fs::create_dir_all(&root)?;
@@ -189,23 +195,27 @@ pub fn run(client_counts: &[usize]) -> anyhow::Result<()> {
     let mut table = Vec::new();
     for (bs, ws) in [(512u16, 1u16), (1468, 1), (1468, 16), (1468, 64)] {
         for &n in client_counts {
-            let mut rates = Vec::new();
-            for srv in servers {
-                let mut child =
-                    start_server(&pair, srv, &root).with_context(|| format!("starting {srv}"))?;
-                let r = round(&pair.cli, n, bs, ws);
-                let _ = child.kill();
-                let _ = child.wait();
-                pair.stop_servers();
-                let rate = match r {
-                    Ok(o) => o.bytes as f64 / o.secs / 1e6,
-                    Err(e) => {
-                        eprintln!("xtask bench: {srv} blksize {bs} windowsize {ws} x{n}: {e}");
-                        0.0
-                    }
-                };
-                rates.push(rate);
+            // Servers take turns within each run, so a noisy moment hits them alike; each
+            // server's figure is its median over the runs.
+            let mut samples = vec![Vec::new(); servers.len()];
+            for _ in 0..runs.max(1) {
+                for (i, srv) in servers.iter().enumerate() {
+                    let mut child = start_server(&pair, srv, &root)
+                        .with_context(|| format!("starting {srv}"))?;
+                    let r = round(&pair.cli, n, bs, ws);
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    pair.stop_servers();
+                    samples[i].push(match r {
+                        Ok(o) => o.bytes as f64 / o.secs / 1e6,
+                        Err(e) => {
+                            eprintln!("xtask bench: {srv} blksize {bs} windowsize {ws} x{n}: {e}");
+                            0.0
+                        }
+                    });
+                }
             }
+            let rates: Vec<f64> = samples.into_iter().map(median).collect();
             let best_ref = rates[1].max(rates[2]);
             let ratio = if best_ref > 0.0 {
                 rates[0] / best_ref
@@ -221,7 +231,7 @@ pub fn run(client_counts: &[usize]) -> anyhow::Result<()> {
         }
     }
     println!();
-    println!("TFTP, 7 MB file, MB/s over a veth pair (all clients together); ratio = enlist / best reference");
+    println!("TFTP, 7 MB file, MB/s over a veth pair (all clients together, median of {runs} runs); ratio = enlist / best reference");
     println!("| blksize | window | clients | enlist | tftpd-hpa | dnsmasq | ratio |");
     println!("|---|---|---|---|---|---|---|");
     for l in table {
