@@ -53,6 +53,15 @@ pub struct Blob {
 }
 
 impl Blob {
+    /// A blob of one piece of memory (tests, tools).
+    pub fn from_bytes(data: impl Into<Bytes>, kind: Kind) -> Blob {
+        Blob {
+            parts: vec![data.into()],
+            kind,
+            mac: None,
+        }
+    }
+
     pub fn len(&self) -> u64 {
         self.parts.iter().map(|p| p.len() as u64).sum()
     }

@@ -3,7 +3,6 @@
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::net::UdpSocket;
 use tokio::sync::watch;
@@ -199,9 +198,9 @@ enum Reply {
     Timeout,
 }
 
-async fn wait_reply(sock: &UdpSocket, wait: Duration) -> Reply {
+/// Wait until `deadline` for an ACK or an ERROR; anything else is skipped.
+async fn wait_reply(sock: &UdpSocket, deadline: tokio::time::Instant) -> Reply {
     let mut buf = [0u8; 600];
-    let deadline = tokio::time::Instant::now() + wait;
     loop {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         match timeout(left, sock.recv(&mut buf)).await {
@@ -231,7 +230,7 @@ async fn send_blob(
             if sock.send(&oack).await.is_err() {
                 return (End::SendFailed, 0);
             }
-            match wait_reply(sock, neg.timeout).await {
+            match wait_reply(sock, tokio::time::Instant::now() + neg.timeout).await {
                 Reply::Ack(0) => {
                     acked = true;
                     break;
@@ -268,9 +267,12 @@ async fn send_blob(
             sent += n as u64;
         }
         // Wait for an ACK that moves the window; ignore stale duplicates (no Sorcerer's
-        // Apprentice retransmits), retransmit from `base` on timeout.
+        // Apprentice retransmits), retransmit from `base` on timeout. The deadline is fixed
+        // when the window goes out: a client that keeps repeating its last ACK (iPXE does,
+        // with backoff) must not postpone our retransmission.
+        let deadline = tokio::time::Instant::now() + neg.timeout;
         loop {
-            match wait_reply(sock, neg.timeout).await {
+            match wait_reply(sock, deadline).await {
                 Reply::Ack(a) => {
                     // Map the 16-bit block number (it wraps) into [base-1, window_end].
                     let k = (base - 1..=window_end).rev().find(|k| *k as u16 == a);
@@ -295,4 +297,57 @@ async fn send_blob(
         }
     }
     (End::Complete, sent)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bootfiles::{Blob, Kind};
+    use std::time::{Duration, Instant};
+
+    #[tokio::test]
+    async fn a_client_repeating_its_last_ack_does_not_postpone_the_retransmission() {
+        let server = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        server.connect(client.local_addr().unwrap()).await.unwrap();
+        client.connect(server.local_addr().unwrap()).await.unwrap();
+        let neg = packet::Negotiated {
+            blksize: 512,
+            windowsize: 1,
+            timeout: Duration::from_millis(600),
+            ack: vec![],
+        };
+        let blob = Blob::from_bytes(vec![7u8; 1000], Kind::Other);
+        let task = tokio::spawn(async move { send_blob(&server, &blob, &neg).await });
+        let mut buf = [0u8; 600];
+        client.recv(&mut buf).await.unwrap();
+        assert_eq!(&buf[..4], &[0, 3, 0, 1], "DATA 1");
+        // Block 1 "was lost": repeat ACK 0 every 200 ms, as iPXE repeats its last ACK.
+        let start = Instant::now();
+        let again = loop {
+            assert!(
+                start.elapsed() < Duration::from_secs(3),
+                "block 1 never came again"
+            );
+            client.send(&[0, 4, 0, 0]).await.unwrap();
+            if let Ok(Ok(n)) =
+                tokio::time::timeout(Duration::from_millis(200), client.recv(&mut buf)).await
+            {
+                if buf[..4] == [0, 3, 0, 1] && n == 516 {
+                    break start.elapsed();
+                }
+            }
+        };
+        assert!(
+            again < Duration::from_millis(900),
+            "retransmitted after {again:?}: the repeated ACKs postponed the timeout"
+        );
+        // Finish: ACK 1, receive block 2 (488 bytes, the last), ACK 2.
+        client.send(&[0, 4, 0, 1]).await.unwrap();
+        let n = client.recv(&mut buf).await.unwrap();
+        assert_eq!((&buf[..4], n), (&[0u8, 3, 0, 2][..], 4 + 488));
+        client.send(&[0, 4, 0, 2]).await.unwrap();
+        let (end, _) = task.await.unwrap();
+        assert!(matches!(end, End::Complete));
+    }
 }
