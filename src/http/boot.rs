@@ -139,9 +139,13 @@ async fn script(s: Shared, peer: SocketAddr, mac: &str, method: &'static str) ->
         BootDecision::Boot { name, image } => {
             let efi_image = cfg.images.efi_x64.clone().unwrap_or_else(|| image.clone());
             let images = s.files.images();
-            let versions = (images.current(&image), images.current(&efi_image));
-            match versions {
-                (Ok(bios_ver), Ok(efi_ver)) => {
+            let with_cmdline = |name: &str| {
+                let version = images.current(name)?;
+                let cmdline = images.cmdline(name, &version)?;
+                Ok::<_, crate::image::store::ImageStoreError>((version, cmdline))
+            };
+            match (with_cmdline(&image), with_cmdline(&efi_image)) {
+                (Ok((bios_ver, bios_cmdline)), Ok((efi_ver, efi_cmdline))) => {
                     let tftp = tftp_base(base);
                     let busids: Vec<String> = cfg
                         .images
@@ -158,7 +162,19 @@ async fn script(s: Shared, peer: SocketAddr, mac: &str, method: &'static str) ->
                         tftp_base: &tftp,
                         tftp_busids: &busids,
                     };
-                    node_script(&p, (&image, &bios_ver), (&efi_image, &efi_ver))
+                    node_script(
+                        &p,
+                        &ScriptImage {
+                            name: &image,
+                            version: &bios_ver,
+                            cmdline: &bios_cmdline,
+                        },
+                        &ScriptImage {
+                            name: &efi_image,
+                            version: &efi_ver,
+                            cmdline: &efi_cmdline,
+                        },
+                    )
                 }
                 (Err(e), _) | (_, Err(e)) => {
                     tracing::warn!(%mac, "boot script: no image to boot: {e}");
@@ -183,6 +199,7 @@ pub struct ScriptParams<'a> {
     pub name: &'a str,
     /// `pxe`, `floppy` or `usb`: reported by the agent.
     pub method: &'a str,
+    /// The head's `images.cmdline`, after the image's own options.
     pub cmdline: &'a str,
     /// `tftp://<head>`: where cards listed in `tftp_busids` fetch kernel and initrd.
     pub tftp_base: &'a str,
@@ -190,10 +207,24 @@ pub struct ScriptParams<'a> {
     pub tftp_busids: &'a [String],
 }
 
+/// One published image version, as a script names it.
+pub struct ScriptImage<'a> {
+    pub name: &'a str,
+    pub version: &'a str,
+    /// The kernel options from the image's manifest.
+    pub cmdline: &'a str,
+}
+
 /// The iPXE script that boots a node: the default image on BIOS, the `efi_x64` one on UEFI.
-pub fn node_script(p: &ScriptParams, bios: (&str, &str), efi: (&str, &str)) -> String {
+pub fn node_script(p: &ScriptParams, bios: &ScriptImage, efi: &ScriptImage) -> String {
     let mac_path = p.mac.replace(':', "-");
-    let section = |label: &str, files: &str, (image, version): (&str, &str)| {
+    let section = |label: &str, files: &str, img: &ScriptImage| {
+        let cmdline = [img.cmdline, p.cmdline]
+            .iter()
+            .map(|s| s.trim())
+            .filter(|s| !s.is_empty())
+            .collect::<Vec<_>>()
+            .join(" ");
         format!(
             ":{label}\n\
              echo enlist: {name} boots {image} {version} from {files}\n\
@@ -203,7 +234,8 @@ pub fn node_script(p: &ScriptParams, bios: (&str, &str), efi: (&str, &str)) -> S
             name = p.name,
             method = p.method,
             base = p.base,
-            cmdline = p.cmdline,
+            image = img.name,
+            version = img.version,
         )
     };
     let tftp_checks: String = p
@@ -410,9 +442,23 @@ mod tests {
             tftp_base: "tftp://10.77.0.1",
             tftp_busids: &["01:80:86:12:29".to_string()],
         };
-        let s = node_script(&p, ("i586", "v1"), ("x86_64", "v2"));
+        let bios = ScriptImage {
+            name: "i586",
+            version: "v1",
+            cmdline: "cryptomgr.notests",
+        };
+        let efi = ScriptImage {
+            name: "x86_64",
+            version: "v2",
+            cmdline: "",
+        };
+        let s = node_script(&p, &bios, &efi);
         assert!(s.starts_with("#!ipxe\n"));
-        assert!(s.contains("kernel http://10.77.0.1:8080/images/i586/v1/vmlinuz initrd=initrd enlist.head=http://10.77.0.1:8080 enlist.node=lab-pc-10 enlist.boot=pxe BOOTIF=01-${netX/mac:hexhyp} console=ttyS0"));
+        assert!(s.contains("kernel http://10.77.0.1:8080/images/i586/v1/vmlinuz initrd=initrd enlist.head=http://10.77.0.1:8080 enlist.node=lab-pc-10 enlist.boot=pxe BOOTIF=01-${netX/mac:hexhyp} cryptomgr.notests console=ttyS0 || goto failed"));
+        assert!(
+            s.contains("BOOTIF=01-${netX/mac:hexhyp} console=ttyS0 || goto failed"),
+            "no stray space without image options: {s}"
+        );
         assert!(s.contains(
             "initrd --name initrd http://10.77.0.1:8080/boot/52-54-00-77-00-10/i586/v1/initrd"
         ));

@@ -60,6 +60,8 @@ pub struct Manifest {
     pub version: String,
     pub arch: String,
     pub kernel_version: String,
+    /// Kernel options from the recipe; the head puts them on every node's kernel line.
+    pub cmdline: String,
     pub packages: Vec<PackageRecord>,
     pub modules: Vec<String>,
     pub files: Vec<FileRecord>,
@@ -367,6 +369,11 @@ fn compress(data: &[u8], how: Compression) -> Result<Vec<u8>, BuildError> {
             e.write_all(data).map_err(BuildError::Compress)?;
             e.finish().map_err(BuildError::Compress)?
         }
+        Compression::Zstd => {
+            // One frame with the input size in its header, so the window (and the kernel's
+            // decoding workspace) is no larger than the initrd itself.
+            zstd::bulk::compress(data, 19).map_err(BuildError::Compress)?
+        }
     };
     while out.len() % 4 != 0 {
         out.push(0);
@@ -470,6 +477,7 @@ pub fn build(recipe_path: &Path, log: &mut dyn FnMut(&str)) -> Result<Built, Bui
         version: version.clone(),
         arch: r.arch.clone(),
         kernel_version: kernel.version.clone(),
+        cmdline: r.cmdline.clone(),
         packages,
         modules: order.clone(),
         files: vec![
@@ -588,5 +596,24 @@ mod tests {
             .read_to_end(&mut back)
             .unwrap();
         assert_eq!(back, data);
+    }
+
+    #[test]
+    fn zstd_output_declares_its_size_and_round_trips() {
+        let data: Vec<u8> = (0..50_000u32).map(|i| (i % 97) as u8).collect();
+        let out = compress(&data, Compression::Zstd).unwrap();
+        assert_eq!(out.len() % 4, 0);
+        assert_eq!(
+            zstd::zstd_safe::get_frame_content_size(&out).ok(),
+            Some(Some(data.len() as u64)),
+            "the kernel sizes its window from the frame header"
+        );
+        // The padding after the frame is zeros, which the kernel skips between archives.
+        let frame = zstd::zstd_safe::find_frame_compressed_size(&out).unwrap();
+        assert!(out[frame..].iter().all(|&b| b == 0));
+        assert_eq!(
+            zstd::bulk::decompress(&out[..frame], data.len()).unwrap(),
+            data
+        );
     }
 }

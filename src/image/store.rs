@@ -64,6 +64,28 @@ impl ImageStore {
         }
     }
 
+    /// The kernel options a version boots with (`cmdline` in its manifest.json; empty for
+    /// images built before manifests had one).
+    pub fn cmdline(&self, name: &str, version: &str) -> Result<String, ImageStoreError> {
+        #[derive(serde::Deserialize)]
+        struct Manifest {
+            #[serde(default)]
+            cmdline: String,
+        }
+        let path = self.file(name, version, "manifest.json")?;
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(String::new()),
+            Err(source) => return Err(ImageStoreError::Io { path, source }),
+        };
+        serde_json::from_str::<Manifest>(&text)
+            .map(|m| m.cmdline)
+            .map_err(|e| ImageStoreError::Io {
+                path,
+                source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+            })
+    }
+
     /// Path of one file of one version. Components are validated, so the result is inside `dir`.
     pub fn file(&self, name: &str, version: &str, file: &str) -> Result<PathBuf, ImageStoreError> {
         for c in [name, version, file] {

@@ -21,7 +21,7 @@ fn mac_of(n: usize) -> String {
     format!("52:54:00:77:01:{n:02x}")
 }
 
-fn one_run(server: &str, nodes: usize) -> anyhow::Result<Vec<NodeTimes>> {
+fn one_run(server: &str, nodes: usize, run: usize) -> anyhow::Result<Vec<NodeTimes>> {
     let ns = format!("bench-boot-{server}");
     let dir = root().join("lab").join(&ns);
     let _ = std::fs::remove_dir_all(&dir);
@@ -68,10 +68,17 @@ fn one_run(server: &str, nodes: usize) -> anyhow::Result<Vec<NodeTimes>> {
                 .status()?;
             anyhow::ensure!(st.success(), "fetching {url}");
         }
+        // The same kernel options as enlist's script: the image's own, then the lab's.
+        let manifest: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(
+            images.join(format!("i586/{version}/manifest.json")),
+        )?)?;
+        let image_cmdline = manifest["cmdline"].as_str().unwrap_or("");
         std::fs::write(
             tftp.join("boot.ipxe"),
-            "#!ipxe\nkernel tftp://10.77.0.1/vmlinuz initrd=initrd enlist.boot=pxe BOOTIF=01-${netX/mac:hexhyp} console=ttyS0,115200\n\
-             initrd --name initrd tftp://10.77.0.1/${netX/mac:hexhyp}.initrd\nboot\n",
+            format!(
+                "#!ipxe\nkernel tftp://10.77.0.1/vmlinuz initrd=initrd enlist.boot=pxe BOOTIF=01-${{netX/mac:hexhyp}} {image_cmdline} console=ttyS0,115200\n\
+                 initrd --name initrd tftp://10.77.0.1/${{netX/mac:hexhyp}}.initrd\nboot\n"
+            ),
         )?;
         let mut c = lab.exec("dnsmasq");
         c.args([
@@ -119,7 +126,41 @@ fn one_run(server: &str, nodes: usize) -> anyhow::Result<Vec<NodeTimes>> {
         }
         std::thread::sleep(Duration::from_millis(250));
     }
+    if times.iter().any(|t| t.registered.is_none()) {
+        keep_failure(&lab, &times, &format!("{server}-run{run}"));
+    }
     Ok(times)
+}
+
+/// A failed boot is worth a look: keep the head log, the serial consoles and a screenshot of
+/// each failed PC's screen (iPXE and the boot ROM print only there) under `lab/bench-boot-failures/`.
+fn keep_failure(lab: &Lab, times: &[NodeTimes], label: &str) {
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let dest = root()
+        .join("lab/bench-boot-failures")
+        .join(format!("{label}-{stamp}"));
+    if let Err(e) = std::fs::create_dir_all(&dest) {
+        eprintln!("xtask bench: {}: {e}", dest.display());
+        return;
+    }
+    for (i, t) in times.iter().enumerate() {
+        if t.registered.is_none() {
+            let shot = dest.join(format!("{}.ppm", lab.pcs[i].name));
+            let _ = lab.monitor(i, &format!("screendump {}", shot.display()));
+        }
+    }
+    if let Ok(entries) = std::fs::read_dir(&lab.dir) {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().to_string();
+            if name.ends_with(".log") {
+                let _ = std::fs::copy(e.path(), dest.join(&name));
+            }
+        }
+    }
+    eprintln!("xtask bench: failed boot kept in {}", dest.display());
 }
 
 fn fmt(v: Option<f64>) -> String {
@@ -129,10 +170,12 @@ fn fmt(v: Option<f64>) -> String {
 
 pub fn run(nodes: usize, runs: usize) -> anyhow::Result<()> {
     let mut summary = Vec::new();
+    let mut ratios = Vec::new();
+    let mut failures = [0, 0];
     for run in 1..=runs {
         let mut all_up = Vec::new();
         for server in ["enlist", "dnsmasq"] {
-            let times = one_run(server, nodes)?;
+            let times = one_run(server, nodes, run)?;
             for (i, t) in times.iter().enumerate() {
                 println!(
                     "run {run} {server:<7} pc {}: userland {:>6} s, registered {:>6} s",
@@ -153,6 +196,9 @@ pub fn run(nodes: usize, runs: usize) -> anyhow::Result<()> {
         } else {
             f64::NAN
         };
+        ratios.push(ratio);
+        failures[0] += all_up[0].2;
+        failures[1] += all_up[1].2;
         let line = format!(
             "| {run} | {nodes} | {:.1} | {} | {:.1} | {} | {ratio:.2} |",
             all_up[0].1, all_up[0].2, all_up[1].1, all_up[1].2
@@ -167,5 +213,17 @@ pub fn run(nodes: usize, runs: usize) -> anyhow::Result<()> {
     for l in summary {
         println!("{l}");
     }
+    if ratios.is_empty() {
+        return Ok(());
+    }
+    ratios.sort_by(|a, b| a.total_cmp(b));
+    println!();
+    println!(
+        "median ratio {:.2} (worst {:.2}); failed boots in {runs} runs of {nodes}: enlist {}, dnsmasq {}",
+        ratios[ratios.len() / 2],
+        ratios.last().copied().unwrap_or(f64::NAN),
+        failures[0],
+        failures[1]
+    );
     Ok(())
 }
