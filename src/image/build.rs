@@ -636,6 +636,41 @@ mod tests {
     }
 
     #[test]
+    fn alias_table_lists_pci_and_virtio_patterns_of_listed_drivers_only() {
+        let module = |rel: &str, depends: &[&str], aliases: &[&str]| ModuleFile {
+            rel: rel.into(),
+            depends: depends.iter().map(|s| s.to_string()).collect(),
+            aliases: aliases.iter().map(|s| s.to_string()).collect(),
+            data: None,
+        };
+        let k = Kernel {
+            version: "6.1".into(),
+            vmlinuz: vec![],
+            modules: HashMap::from([
+                (
+                    "mii".to_string(),
+                    module("kernel/mii.ko", &[], &["pci:v0000FFFFd*sv*sd*bc*sc*i*"]),
+                ),
+                (
+                    "e100".to_string(),
+                    module(
+                        "kernel/e100.ko",
+                        &["mii"],
+                        &["pci:v00008086d00001229sv*sd*bc*sc*i*", "of:N*T*Cfoo"],
+                    ),
+                ),
+            ]),
+            builtin: BTreeSet::new(),
+        };
+        let order = vec!["mii".to_string(), "e100".to_string()];
+        assert_eq!(
+            driver_aliases(&k, &order, &["e100".to_string()]),
+            "pci:v00008086d00001229sv*sd*bc*sc*i* kernel/e100.ko\n",
+            "dependencies are loaded through modules.dep, not matched themselves"
+        );
+    }
+
+    #[test]
     fn zstd_output_declares_its_size_and_round_trips() {
         let data: Vec<u8> = (0..50_000u32).map(|i| (i % 97) as u8).collect();
         let out = compress(&data, Compression::Zstd).unwrap();
