@@ -29,6 +29,8 @@ pub enum Kind {
     Ipxe,
     Kernel,
     Initrd,
+    /// A node's iPXE script (made by `bootscript`, not read from a file).
+    Script,
     Other,
 }
 
@@ -38,6 +40,7 @@ impl Kind {
             Kind::Ipxe => "ipxe",
             Kind::Kernel => "kernel",
             Kind::Initrd => "initrd",
+            Kind::Script => "script",
             Kind::Other => "other",
         }
     }

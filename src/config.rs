@@ -193,9 +193,9 @@ pub struct ImagesConfig {
     /// Extra kernel command line for every node.
     #[serde(default)]
     pub cmdline: String,
-    /// PCI ids (`vendor:device`) of network cards that fetch kernel and initrd by TFTP
-    /// (lockstep) instead of HTTP: iPXE's drivers for some period cards lose their receive ring
-    /// to TCP bursts. Default: the Intel EtherExpress Pro/100 (8086:1229).
+    /// PCI ids (`vendor:device`) of network cards whose iPXE fetches its script, kernel and
+    /// initrd by TFTP (lockstep) instead of HTTP: iPXE's drivers for some period cards lose
+    /// their receive ring to TCP. Default: the Intel EtherExpress Pro/100 (8086:1229).
     #[serde(default = "default_tftp_nics")]
     pub tftp_nics: Vec<String>,
 }

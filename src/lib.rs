@@ -4,6 +4,7 @@
 
 pub mod bootdisk;
 pub mod bootfiles;
+pub mod bootscript;
 pub mod config;
 pub mod dhcp;
 pub mod http;

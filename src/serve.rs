@@ -72,6 +72,7 @@ pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>) -> anyhow::Result
         tracing::info!(addr = %cfg.tftp.listen, "tftp listening");
         let ctx = Arc::new(tftp::server::TftpContext {
             files: files.clone(),
+            registry: registry.clone(),
             max_blksize: cfg.tftp.max_blksize,
             max_windowsize: cfg.tftp.max_windowsize,
             metrics: metrics.clone(),

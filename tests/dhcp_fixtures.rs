@@ -100,20 +100,27 @@ fn there_are_fixtures_from_every_client() {
 
 #[test]
 fn ipxe_clients_get_their_boot_script_url() {
-    for name in ["qemu-ipxe-rom-discover.bin", "ipxe-lkrn-discover.bin"] {
+    // QEMU's ROM runs on an EtherExpress Pro/100 (in images.tftp_nics by default): its script
+    // comes by TFTP, so that PC uses no TCP at all. ipxe.lkrn ran on an NE2000 (10ec:8029).
+    for (name, busid, script) in [
+        ("qemu-ipxe-rom-discover.bin", "8086:1229", "boot/{mac}.ipxe"),
+        (
+            "ipxe-lkrn-discover.bin",
+            "10ec:8029",
+            "http://10.77.0.1:8080/boot/{mac}.ipxe",
+        ),
+    ] {
         let m = fixture(name);
         let c = classify(&m).expect("classify");
         assert!(c.ipxe, "{name}: iPXE recognised");
+        assert_eq!(c.busid.as_deref(), Some(busid), "{name}: option 175.177");
         assert_eq!(c.firmware, Firmware::Bios, "{name}");
         let (h, at) = handler(DhcpMode::Dhcp);
         let r = reply(&h, &at, &m).unwrap_or_else(|| panic!("{name}: no OFFER"));
         assert_eq!(r.opts().msg_type(), Some(MessageType::Offer));
         let mac = c.mac.replace(':', "-");
-        assert_eq!(
-            boot_file(&r),
-            format!("http://10.77.0.1:8080/boot/{mac}.ipxe"),
-            "{name}"
-        );
+        assert_eq!(boot_file(&r), script.replace("{mac}", &mac), "{name}");
+        assert_eq!(r.siaddr(), at.iface_addr, "{name}: next-server");
         assert!(r.yiaddr().octets()[..3] == [10, 77, 0]);
     }
 }

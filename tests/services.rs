@@ -349,6 +349,21 @@ fn tftp_serves_real_clients_and_refuses_escapes() {
         String::from_utf8_lossy(&st.stderr)
     );
 
+    // A node's script by TFTP (for cards in images.tftp_nics): made for that MAC, not a file.
+    let st = c
+        .exec("curl")
+        .args(["-sS", "tftp://10.77.0.1/boot/52-54-00-77-09-09.ipxe"])
+        .output()
+        .expect("curl");
+    let script = String::from_utf8_lossy(&st.stdout);
+    assert!(
+        script.starts_with("#!ipxe\n")
+            && script
+                .contains("chain --autofree http://10.77.0.1:8080/boot/52-54-00-77-09-09.ipxe"),
+        "TFTP script: {script} {}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+
     // Escapes are refused with an error packet.
     for bad in ["../secret.txt", "/etc/passwd", "a/../../secret.txt"] {
         let st = c

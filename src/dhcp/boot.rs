@@ -1,9 +1,10 @@
 //! Which file a network-booting client gets, from what it says it is.
 //!
 //! The chain is always the same: a PXE ROM gets iPXE by TFTP; iPXE gets the HTTP URL of its
-//! node's boot script; the script (see `http::script`) decides what that node boots, including
-//! "boot from the local disk" for released nodes. Keeping every per-node decision in the script
-//! means DHCP, TFTP and the floppy all lead to one place.
+//! node's boot script (or, on a card listed in `images.tftp_nics`, its TFTP name); the script
+//! (see `crate::bootscript`) decides what that node boots, including "boot from the local disk"
+//! for released nodes. Keeping every per-node decision in the script means DHCP, TFTP and the
+//! floppy all lead to one place.
 
 use crate::config::BootFiles;
 
@@ -28,9 +29,24 @@ pub fn script_url(http_base: &str, mac: &str) -> String {
     )
 }
 
-pub fn select(client: &ClientInfo, files: &BootFiles, http_base: &str) -> BootTarget {
+/// `tftp_nics`: `vendor:device` ids of cards that must not use TCP (`images.tftp_nics`); iPXE
+/// on such a card gets its script by TFTP, as it gets everything else.
+pub fn select(
+    client: &ClientInfo,
+    files: &BootFiles,
+    http_base: &str,
+    tftp_nics: &[String],
+) -> BootTarget {
     if client.ipxe {
-        return BootTarget::Http(script_url(http_base, &client.mac));
+        let tftp_only = client
+            .busid
+            .as_deref()
+            .is_some_and(|b| tftp_nics.iter().any(|n| n.eq_ignore_ascii_case(b)));
+        return if tftp_only {
+            BootTarget::Tftp(crate::bootscript::tftp_path(&client.mac))
+        } else {
+            BootTarget::Http(script_url(http_base, &client.mac))
+        };
     }
     match client.firmware {
         Firmware::Bios => BootTarget::Tftp(files.bios.clone()),

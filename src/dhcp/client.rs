@@ -27,6 +27,8 @@ pub struct ClientInfo {
     pub firmware: Firmware,
     /// The client already runs iPXE (user class `iPXE` or option 175 present).
     pub ipxe: bool,
+    /// iPXE's network card, `vendor:device` in lowercase hex (option 175.177, PCI cards only).
+    pub busid: Option<String>,
     /// SMBIOS UUID from option 97, as text.
     pub uuid: Option<String>,
     pub hostname: Option<String>,
@@ -89,7 +91,12 @@ pub fn classify(msg: &Message) -> Result<ClientInfo, ClientError> {
         Some(DhcpOption::UserClass(v)) => contains(v, b"iPXE"),
         _ => false,
     };
-    let ipxe = user_class_ipxe || opts.get(OptionCode::Unknown(IPXE_ENCAP_OPTION)).is_some();
+    let ipxe_encap = match opts.get(OptionCode::Unknown(IPXE_ENCAP_OPTION)) {
+        Some(DhcpOption::Unknown(o)) => Some(o.data()),
+        _ => None,
+    };
+    let ipxe = user_class_ipxe || ipxe_encap.is_some();
+    let busid = ipxe_encap.and_then(pci_busid);
     let uuid = match opts.get(OptionCode::ClientMachineIdentifier) {
         // Type 0 followed by a 16-byte UUID (RFC 4578).
         Some(DhcpOption::ClientMachineIdentifier(v)) if v.len() == 17 && v[0] == 0 => {
@@ -114,12 +121,36 @@ pub fn classify(msg: &Message) -> Result<ClientInfo, ClientError> {
         msg_type,
         firmware,
         ipxe,
+        busid,
         uuid,
         hostname,
         requested_ip,
         server_id,
         vendor_class,
     })
+}
+
+/// iPXE's BUSID (sub-option 177 of option 175: bus type, vendor, device) of a PCI card, as
+/// `vendor:device`. Sub-options are code, length, value; a malformed list yields `None`.
+fn pci_busid(encap: &[u8]) -> Option<String> {
+    const BUSID: u8 = 177;
+    const BUS_TYPE_PCI: u8 = 1;
+    let mut rest = encap;
+    while let [code, len, tail @ ..] = rest {
+        let value = tail.get(..usize::from(*len))?;
+        if *code == BUSID {
+            return match value {
+                [BUS_TYPE_PCI, v0, v1, d0, d1] => Some(format!(
+                    "{:04x}:{:04x}",
+                    u16::from_be_bytes([*v0, *v1]),
+                    u16::from_be_bytes([*d0, *d1])
+                )),
+                _ => None,
+            };
+        }
+        rest = &tail[usize::from(*len)..];
+    }
+    None
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
@@ -136,4 +167,19 @@ fn format_uuid(b: &[u8]) -> String {
         &h[16..20],
         &h[20..32]
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pci_busid;
+
+    #[test]
+    fn reads_the_pci_busid_from_ipxe_options() {
+        // 175: [priority 1 byte] [busid 1 8086 1229] [bios drive].
+        let encap = [1, 1, 0, 177, 5, 1, 0x80, 0x86, 0x12, 0x29, 189, 1, 0x80];
+        assert_eq!(pci_busid(&encap).as_deref(), Some("8086:1229"));
+        assert_eq!(pci_busid(&[177, 5, 2, 0, 0, 0, 0]), None, "not a PCI bus");
+        assert_eq!(pci_busid(&[177, 9, 1]), None, "truncated");
+        assert_eq!(pci_busid(&[1, 1, 0]), None, "no busid");
+    }
 }

@@ -377,7 +377,12 @@ impl Handler {
 
     /// Add boot information; returns false if there is nothing to boot for this client.
     fn boot_options(&self, m: &mut Message, client: &ClientInfo, server: Ipv4Addr) -> bool {
-        let target = boot::select(client, &self.cfg.dhcp.boot_files, &self.cfg.http.public_url);
+        let target = boot::select(
+            client,
+            &self.cfg.dhcp.boot_files,
+            &self.cfg.http.public_url,
+            &self.cfg.images.tftp_nics,
+        );
         match target {
             BootTarget::None => return false,
             BootTarget::Tftp(file) => {

@@ -8,8 +8,10 @@ use tokio::net::UdpSocket;
 use tokio::sync::watch;
 use tokio::time::timeout;
 
-use crate::bootfiles::{BootFiles, FetchObserver, ResolveError};
+use crate::bootfiles::{Blob, BootFiles, FetchObserver, Kind, ResolveError};
+use crate::bootscript;
 use crate::metrics::{labels, Metrics};
+use crate::registry::Registry;
 
 use super::packet::{self, ErrorCode, Limits, Packet};
 
@@ -20,6 +22,8 @@ const HEADER_OVERHEAD: u32 = 32;
 
 pub struct TftpContext {
     pub files: Arc<BootFiles>,
+    /// For node scripts (`boot/<mac>.ipxe`): the boot decision.
+    pub registry: Arc<Registry>,
     pub max_blksize: u16,
     pub max_windowsize: u16,
     pub metrics: Arc<Metrics>,
@@ -138,24 +142,54 @@ async fn transfer(
             .await;
         return;
     }
-    let files = ctx.files.clone();
-    let path = file.clone();
-    let blob = match tokio::task::spawn_blocking(move || files.resolve(&path)).await {
-        Ok(Ok(b)) => b,
-        Ok(Err(e)) => {
-            tracing::debug!(%peer, file, "tftp: {e}");
-            refuse(e.reason());
-            let code = match e {
-                ResolveError::Refused { .. } => ErrorCode::AccessViolation,
-                ResolveError::NotFound(_) => ErrorCode::FileNotFound,
-                ResolveError::Io { .. } => ErrorCode::NotDefined,
-            };
-            let _ = sock.send(&packet::error(code, &e.to_string())).await;
-            return;
+    let blob = if let Some(mac) = bootscript::mac_of_tftp_path(&file) {
+        // A node script, for PCs whose cards should not use TCP (see `images.tftp_nics`).
+        let (reg, images) = (ctx.registry.clone(), ctx.files.images().clone());
+        let ip = match peer {
+            SocketAddr::V4(a) => Some(*a.ip()),
+            SocketAddr::V6(_) => None,
+        };
+        let rendered =
+            tokio::task::spawn_blocking(move || bootscript::render(&reg, &images, &mac, ip, "pxe"))
+                .await;
+        match rendered {
+            Ok(Ok(text)) => Blob::from_bytes(text.into_bytes(), Kind::Script),
+            Ok(Err(e)) => {
+                tracing::error!(%peer, file, "tftp: boot script: {e}");
+                refuse("registry-error");
+                let _ = sock
+                    .send(&packet::error(
+                        ErrorCode::NotDefined,
+                        "boot script unavailable",
+                    ))
+                    .await;
+                return;
+            }
+            Err(e) => {
+                tracing::error!("tftp: boot script task failed: {e}");
+                return;
+            }
         }
-        Err(e) => {
-            tracing::error!("tftp: resolve task failed: {e}");
-            return;
+    } else {
+        let files = ctx.files.clone();
+        let path = file.clone();
+        match tokio::task::spawn_blocking(move || files.resolve(&path)).await {
+            Ok(Ok(b)) => b,
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, file, "tftp: {e}");
+                refuse(e.reason());
+                let code = match e {
+                    ResolveError::Refused { .. } => ErrorCode::AccessViolation,
+                    ResolveError::NotFound(_) => ErrorCode::FileNotFound,
+                    ResolveError::Io { .. } => ErrorCode::NotDefined,
+                };
+                let _ = sock.send(&packet::error(code, &e.to_string())).await;
+                return;
+            }
+            Err(e) => {
+                tracing::error!("tftp: resolve task failed: {e}");
+                return;
+            }
         }
     };
     // Clamp the block size so a DATA packet fits the interface MTU unfragmented.
@@ -183,8 +217,11 @@ async fn transfer(
     match end {
         End::Complete => {
             tracing::info!(%peer, file, bytes = sent, "tftp: sent");
-            ctx.observer
-                .fetched(blob.mac.as_deref(), peer.ip(), blob.kind, &file);
+            // A script's fetch is recorded by the boot decision that made it.
+            if blob.kind != Kind::Script {
+                ctx.observer
+                    .fetched(blob.mac.as_deref(), peer.ip(), blob.kind, &file);
+            }
         }
         End::ClientError => tracing::debug!(%peer, file, "tftp: client ended the transfer"),
         _ => tracing::info!(%peer, file, bytes = sent, "tftp: transfer failed ({})", end.as_str()),
