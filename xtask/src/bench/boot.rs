@@ -217,10 +217,15 @@ pub fn run(nodes: usize, runs: usize) -> anyhow::Result<()> {
         return Ok(());
     }
     ratios.sort_by(|a, b| a.total_cmp(b));
+    let n = ratios.len();
+    let median = if n % 2 == 1 {
+        ratios[n / 2]
+    } else {
+        (ratios[n / 2 - 1] + ratios[n / 2]) / 2.0
+    };
     println!();
     println!(
-        "median ratio {:.2} (worst {:.2}); failed boots in {runs} runs of {nodes}: enlist {}, dnsmasq {}",
-        ratios[ratios.len() / 2],
+        "median ratio {median:.2} (worst {:.2}); failed boots in {runs} runs of {nodes}: enlist {}, dnsmasq {}",
         ratios.last().copied().unwrap_or(f64::NAN),
         failures[0],
         failures[1]
