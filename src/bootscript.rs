@@ -20,6 +20,13 @@ pub fn render(
 ) -> Result<String, RegistryError> {
     let cfg = reg.config();
     let base = cfg.http.public_url.trim_end_matches('/');
+    let tftp = tftp_base(base);
+    let busids: Vec<String> = cfg
+        .images
+        .tftp_nics
+        .iter()
+        .filter_map(|id| crate::config::pci_busid(id))
+        .collect();
     let decision = reg.boot_decision(mac, ip)?;
     Ok(match decision {
         BootDecision::LocalDisk => local_disk_script(),
@@ -33,13 +40,6 @@ pub fn render(
             };
             match (with_cmdline(&image), with_cmdline(&efi_image)) {
                 (Ok((bios_ver, bios_cmdline)), Ok((efi_ver, efi_cmdline))) => {
-                    let tftp = tftp_base(base);
-                    let busids: Vec<String> = cfg
-                        .images
-                        .tftp_nics
-                        .iter()
-                        .filter_map(|id| crate::config::pci_busid(id))
-                        .collect();
                     let p = ScriptParams {
                         base,
                         mac,
@@ -67,7 +67,7 @@ pub fn render(
                     tracing::warn!(%mac, "boot script: no image to boot: {e}");
                     retry_script(
                         &format!("no image published on the head ({e})"),
-                        &script_url(base, mac),
+                        &rechain(base, &tftp, mac, &busids),
                     )
                 }
             }
@@ -147,11 +147,27 @@ pub fn node_script(p: &ScriptParams, bios: &ScriptImage, efi: &ScriptImage) -> S
          :failed\n\
          echo enlist: boot failed; retrying in 10 s\n\
          sleep 10\n\
-         chain --autofree {} || goto failed\n",
+         {}",
         section("bios", p.base, bios),
         section("bios_tftp", p.tftp_base, bios),
         section("efi", p.base, efi),
-        script_url(p.base, p.mac),
+        rechain(p.base, p.tftp_base, p.mac, p.tftp_busids),
+    )
+}
+
+/// Fetch the node's script again, the way it came: by TFTP on the cards in `busids`, else
+/// by HTTP. Ends the script; a failure goes to `:failed` if the script has one.
+fn rechain(http_base: &str, tftp_base: &str, mac: &str, busids: &[String]) -> String {
+    let checks: String = busids
+        .iter()
+        .map(|b| format!("iseq ${{netX/busid}} {b} && goto rechain_tftp ||\n"))
+        .collect();
+    format!(
+        "{checks}chain --autofree {} || goto failed\n\
+         :rechain_tftp\n\
+         chain --autofree {tftp_base}/{} || goto failed\n",
+        script_url(http_base, mac),
+        tftp_path(mac),
     )
 }
 
@@ -182,12 +198,15 @@ fn not_enlisted_script(mac: &str) -> String {
     )
 }
 
-fn retry_script(why: &str, url: &str) -> String {
+/// Wait, then fetch the script again (`rechain`, which jumps to `:failed` on error: here
+/// that is the same wait again).
+fn retry_script(why: &str, rechain: &str) -> String {
     format!(
         "#!ipxe\n\
+         :failed\n\
          echo enlist: {why}; retrying in 30 s\n\
          sleep 30\n\
-         chain --autofree {url}\n"
+         {rechain}"
     )
 }
 
@@ -227,7 +246,16 @@ mod tests {
             "initrd --name initrd http://10.77.0.1:8080/boot/52-54-00-77-00-10/i586/v1/initrd"
         ));
         assert!(s.contains("/images/x86_64/v2/vmlinuz"));
-        assert!(s.contains("chain --autofree http://10.77.0.1:8080/boot/52-54-00-77-00-10.ipxe"));
+        assert!(s.contains(
+            "chain --autofree http://10.77.0.1:8080/boot/52-54-00-77-00-10.ipxe || goto failed"
+        ));
+        assert!(
+            s.contains("iseq ${netX/busid} 01:80:86:12:29 && goto rechain_tftp ||\n")
+                && s.contains(
+                    "chain --autofree tftp://10.77.0.1/boot/52-54-00-77-00-10.ipxe || goto failed"
+                ),
+            "a TFTP-only card fetches the script again by TFTP: {s}"
+        );
         assert!(s.contains("iseq ${netX/busid} 01:80:86:12:29 && goto bios_tftp ||"));
         assert!(s.contains("kernel tftp://10.77.0.1/images/i586/v1/vmlinuz"));
         assert!(s.contains(
