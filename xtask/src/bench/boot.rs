@@ -48,9 +48,9 @@ fn one_run(server: &str, nodes: usize, run: usize) -> anyhow::Result<Vec<NodeTim
     lab.start_head(&enlist_bin(), &config)
         .map_err(|e| anyhow!(e))?;
     if server == "dnsmasq" {
-        let version = std::fs::read_to_string(images.join("i586/current"))?
-            .trim()
-            .to_string();
+        // The head's own view of the published image: version and kernel options.
+        let store = enlist::image::store::ImageStore::new(&images);
+        let version = store.current("i586")?;
         let tftp = dir.join("tftp");
         std::fs::create_dir_all(&tftp)?;
         std::fs::copy(
@@ -69,10 +69,7 @@ fn one_run(server: &str, nodes: usize, run: usize) -> anyhow::Result<Vec<NodeTim
             anyhow::ensure!(st.success(), "fetching {url}");
         }
         // The same kernel options as enlist's script: the image's own, then the lab's.
-        let manifest: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(
-            images.join(format!("i586/{version}/manifest.json")),
-        )?)?;
-        let image_cmdline = manifest["cmdline"].as_str().unwrap_or("");
+        let image_cmdline = store.cmdline("i586", &version)?;
         std::fs::write(
             tftp.join("boot.ipxe"),
             format!(
