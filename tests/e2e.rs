@@ -53,6 +53,17 @@ fn boots_healthy(test: &str, profile: Profile) -> Lab {
         .unwrap_or_else(|e| panic!("{e}"));
     let mac = lab.pcs[i].mac.clone();
     check(&lab, lab.wait_state(&mac, "healthy", BOOT_LIMIT));
+    // Healthy after one heartbeat; a fault in the agent's loop shows a moment later.
+    std::thread::sleep(Duration::from_secs(3));
+    let faults = lab.pcs[i].node_os_faults();
+    check(
+        &lab,
+        if faults.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("node OS faults on the console: {faults:?}"))
+        },
+    );
     lab
 }
 

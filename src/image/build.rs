@@ -46,6 +46,13 @@ pub enum BuildError {
         needed_by: String,
         deb: PathBuf,
     },
+    #[error("{kernel}: a kernel image with its drivers built in has no modules; the recipe lists {modules:?}")]
+    ModulesWithoutPackage {
+        kernel: PathBuf,
+        modules: Vec<String>,
+    },
+    #[error("{path}: a kernel image's file name must be vmlinuz-<release>")]
+    KernelName { path: PathBuf },
     #[error("{path}: the agent binary is missing (run `cargo xtask node agent`)")]
     NoAgent { path: PathBuf },
     #[error("image is {size} bytes, over the recipe's max_bytes {max}")]
@@ -268,6 +275,23 @@ fn read_kernel(deb_path: &Path) -> Result<Kernel, BuildError> {
     })
 }
 
+/// A kernel image on its own (`vmlinuz-<release>`, from `cargo xtask node kernel`): its
+/// drivers are built in, so it comes with no modules.
+fn read_bare_kernel(path: &Path) -> Result<Kernel, BuildError> {
+    let version = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_prefix("vmlinuz-"))
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| BuildError::KernelName { path: path.into() })?;
+    Ok(Kernel {
+        version: version.to_string(),
+        vmlinuz: std::fs::read(path).map_err(io_at(path))?,
+        modules: HashMap::new(),
+        builtin: BTreeSet::new(),
+    })
+}
+
 /// The wanted modules and their dependencies, dependencies first.
 fn module_closure(k: &Kernel, wanted: &[String], deb: &Path) -> Result<Vec<String>, BuildError> {
     fn visit(
@@ -407,47 +431,28 @@ fn compress(data: &[u8], how: Compression) -> Result<Vec<u8>, BuildError> {
     Ok(out)
 }
 
-/// Build the image described by the recipe at `recipe_path` and publish it.
-pub fn build(recipe_path: &Path, log: &mut dyn FnMut(&str)) -> Result<Built, BuildError> {
-    let (r, base) = Recipe::load(recipe_path)?;
-    let pkg_dir = base.join(&r.packages);
-    let kernel_deb = find_package(&pkg_dir, &r.kernel)?;
-    let busybox_deb = find_package(&pkg_dir, &r.busybox)?;
-    log(&format!("kernel package  {}", kernel_deb.display()));
-    log(&format!("busybox package {}", busybox_deb.display()));
-
-    let kernel = read_kernel(&kernel_deb)?;
-    let order = module_closure(&kernel, &r.modules, &kernel_deb)?;
-    let busybox = read_busybox(&busybox_deb)?;
-    let agent_path = base.join(&r.agent);
-    let agent = std::fs::read(&agent_path).map_err(|_| BuildError::NoAgent {
-        path: agent_path.clone(),
-    })?;
-
-    // Fixed timestamps make the build reproducible: same inputs, same bytes, same version.
-    let mut a = Archive::new(0);
-    for d in [
-        "dev", "proc", "sys", "tmp", "run", "root", "etc", "bin", "sbin", "usr/bin", "usr/sbin",
-        "var/log",
-    ] {
-        a.dir(d).map_err(io_at(recipe_path))?;
-    }
-    a.file("bin/busybox", 0o755, &busybox)
-        .map_err(io_at(&busybox_deb))?;
-    a.file("sbin/enlist-agent", 0o755, &agent)
-        .map_err(io_at(&agent_path))?;
+/// The modules in `order` under /lib/modules/<release>/, with the tables init reads:
+/// `modules.dep`, `enlist.load-order` and `enlist.aliases`.
+fn add_modules(
+    a: &mut Archive,
+    kernel: &Kernel,
+    order: &[String],
+    listed: &[String],
+    kernel_deb: &Path,
+    recipe_path: &Path,
+) -> Result<(), BuildError> {
     let moddir = format!("lib/modules/{}", kernel.version);
     let mut dep_lines = String::new();
     let mut load_order = String::new();
-    for name in &order {
+    for name in order {
         let m = &kernel.modules[name];
         let data = m.data.as_ref().ok_or_else(|| BuildError::NoModule {
             module: format!("{name} (outside the folders the builder reads: {})", m.rel),
             needed_by: "a listed module".into(),
-            deb: kernel_deb.clone(),
+            deb: kernel_deb.to_path_buf(),
         })?;
         a.file(&format!("{moddir}/{}", m.rel), 0o644, data)
-            .map_err(io_at(&kernel_deb))?;
+            .map_err(io_at(kernel_deb))?;
         let deps: Vec<&str> = m
             .depends
             .iter()
@@ -473,13 +478,64 @@ pub fn build(recipe_path: &Path, log: &mut dyn FnMut(&str)) -> Result<Built, Bui
     // "<device pattern> <module>" for the drivers the recipe lists, in load order: init
     // matches the PC's PCI and virtio devices against it and loads only what it needs (a
     // dozen needless insmods cost a Pentium II about 2 s).
-    let aliases = driver_aliases(&kernel, &order, &r.modules);
+    let aliases = driver_aliases(kernel, order, listed);
     a.file(
         &format!("{moddir}/enlist.aliases"),
         0o644,
         aliases.as_bytes(),
     )
     .map_err(io_at(recipe_path))?;
+    Ok(())
+}
+
+/// Build the image described by the recipe at `recipe_path` and publish it.
+pub fn build(recipe_path: &Path, log: &mut dyn FnMut(&str)) -> Result<Built, BuildError> {
+    let (r, base) = Recipe::load(recipe_path)?;
+    let pkg_dir = base.join(&r.packages);
+    let kernel_file = find_package(&pkg_dir, &r.kernel)?;
+    let busybox_deb = find_package(&pkg_dir, &r.busybox)?;
+    log(&format!("kernel          {}", kernel_file.display()));
+    log(&format!("busybox package {}", busybox_deb.display()));
+
+    let kernel = if kernel_file.extension().is_some_and(|e| e == "deb") {
+        read_kernel(&kernel_file)?
+    } else if r.modules.is_empty() {
+        read_bare_kernel(&kernel_file)?
+    } else {
+        return Err(BuildError::ModulesWithoutPackage {
+            kernel: kernel_file,
+            modules: r.modules.clone(),
+        });
+    };
+    let order = module_closure(&kernel, &r.modules, &kernel_file)?;
+    let busybox = read_busybox(&busybox_deb)?;
+    let agent_path = base.join(&r.agent);
+    let agent = std::fs::read(&agent_path).map_err(|_| BuildError::NoAgent {
+        path: agent_path.clone(),
+    })?;
+
+    // Fixed timestamps make the build reproducible: same inputs, same bytes, same version.
+    let mut a = Archive::new(0);
+    for d in [
+        "dev", "proc", "sys", "tmp", "run", "root", "etc", "bin", "sbin", "usr/bin", "usr/sbin",
+        "var/log",
+    ] {
+        a.dir(d).map_err(io_at(recipe_path))?;
+    }
+    a.file("bin/busybox", 0o755, &busybox)
+        .map_err(io_at(&busybox_deb))?;
+    a.file("sbin/enlist-agent", 0o755, &agent)
+        .map_err(io_at(&agent_path))?;
+    if !order.is_empty() {
+        add_modules(
+            &mut a,
+            &kernel,
+            &order,
+            &r.modules,
+            &kernel_file,
+            recipe_path,
+        )?;
+    }
     for dir in &r.rootfs {
         add_tree(&mut a, &base.join(dir), "")?;
     }
@@ -496,7 +552,7 @@ pub fn build(recipe_path: &Path, log: &mut dyn FnMut(&str)) -> Result<Built, Bui
     h.update(&kernel.vmlinuz);
     h.update(&initrd);
     let version = hex::encode(&h.finalize()[..6]);
-    let packages = [&kernel_deb, &busybox_deb]
+    let packages = [&kernel_file, &busybox_deb]
         .iter()
         .map(|p| {
             let data = std::fs::read(p).map_err(io_at(p))?;
@@ -599,13 +655,68 @@ pub fn size_report(m: &Manifest, budget: Option<u64>) -> String {
         ),
     );
     out.insert(4, format!("  agent            {:>10} bytes", get("agent")));
-    out.insert(5, format!("  modules          {}", m.modules.join(" ")));
+    let modules = if m.modules.is_empty() {
+        "none (drivers built into the kernel)".to_string()
+    } else {
+        m.modules.join(" ")
+    };
+    out.insert(5, format!("  modules          {modules}"));
     out.into_values().collect::<Vec<_>>().join("\n")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A recipe in a fresh folder whose package folder holds `files` (contents irrelevant).
+    fn recipe_with(kernel: &str, modules: &str, files: &[&str]) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::create_dir(dir.path().join("pkgs")).expect("mkdir");
+        for f in files {
+            std::fs::write(dir.path().join("pkgs").join(f), b"MZ kernel").expect("write");
+        }
+        let recipe = dir.path().join("r.yaml");
+        std::fs::write(
+            &recipe,
+            format!(
+                "name: t\narch: i386\npackages: pkgs\nkernel: {kernel:?}\n\
+                 busybox: \"busybox-static_*.deb\"\nmodules: {modules}\nagent: agent\noutput: out\n"
+            ),
+        )
+        .expect("write recipe");
+        (dir, recipe)
+    }
+
+    #[test]
+    fn a_kernel_image_gives_its_release_from_the_file_name_and_no_modules() {
+        let (dir, _) = recipe_with("x", "[]", &["vmlinuz-6.1.176-enlist", "vmlinuz-"]);
+        let k = read_bare_kernel(&dir.path().join("pkgs/vmlinuz-6.1.176-enlist")).expect("read");
+        assert_eq!(k.version, "6.1.176-enlist");
+        assert_eq!(k.vmlinuz, b"MZ kernel");
+        assert!(k.modules.is_empty());
+        let err = read_bare_kernel(&dir.path().join("pkgs/vmlinuz-")).err();
+        assert!(
+            matches!(err, Some(BuildError::KernelName { .. })),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn modules_listed_for_a_kernel_image_are_refused_naming_the_kernel() {
+        let (_dir, recipe) = recipe_with(
+            "vmlinuz-*-enlist",
+            "[e100]",
+            &["vmlinuz-6.1.176-enlist", "busybox-static_1_i386.deb"],
+        );
+        let err = build(&recipe, &mut |_| {}).err().expect("must fail");
+        let text = err.to_string();
+        assert!(
+            matches!(err, BuildError::ModulesWithoutPackage { .. })
+                && text.contains("vmlinuz-6.1.176-enlist")
+                && text.contains("e100"),
+            "{text}"
+        );
+    }
 
     #[test]
     fn module_names() {

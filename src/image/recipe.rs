@@ -13,7 +13,9 @@ pub struct Recipe {
     pub arch: String,
     /// Folder holding the downloaded .deb files (relative to the recipe).
     pub packages: PathBuf,
-    /// Kernel package, as a file-name pattern with `*` (e.g. `linux-image-*-686-unsigned_*.deb`).
+    /// The kernel, as a file-name pattern with `*`: a Debian kernel package (`*.deb`; the
+    /// listed modules come from it) or a kernel image with its drivers built in
+    /// (`vmlinuz-<release>`, as `cargo xtask node kernel` makes; then list no modules).
     pub kernel: String,
     /// Busybox package pattern.
     pub busybox: String,

@@ -11,8 +11,10 @@ use crate::{build_head, enlist_bin, root, sh};
 
 #[derive(Subcommand, Clone, Copy)]
 pub enum NodeTask {
-    /// Download the kernel and busybox packages (i386 and amd64) and check their sha256.
+    /// Download the kernel source (i386), kernel (amd64) and busybox packages; check their sha256.
     Fetch,
+    /// Build the i586 node kernel from the kernel source package and `images/kernel/i586.config`.
+    Kernel,
     /// Cross-build the agent for i586 (Pentium II, no SSE2) and x86_64.
     Agent,
     /// Build the i586 and x86_64 images with `enlist image build`.
@@ -26,11 +28,13 @@ pub enum NodeTask {
 pub fn run(t: NodeTask) -> anyhow::Result<()> {
     match t {
         NodeTask::Fetch => fetch(),
+        NodeTask::Kernel => kernel(),
         NodeTask::Agent => agent(),
         NodeTask::Images => images(),
         NodeTask::CheckSse => check_sse(),
         NodeTask::All => {
             fetch()?;
+            kernel()?;
             agent()?;
             images()
         }
@@ -51,8 +55,8 @@ fn resolve_kernel(meta: &str, suffix: &str) -> anyhow::Result<String> {
     let dep = deps
         .lines()
         .filter_map(|l| l.trim().strip_prefix("Depends: "))
-        .find(|d| d.starts_with("linux-image-"))
-        .with_context(|| format!("apt-cache depends {meta}: no linux-image dependency"))?;
+        .find(|d| d.starts_with("linux-"))
+        .with_context(|| format!("apt-cache depends {meta}: no linux-* dependency"))?;
     let name = dep.split(':').next().unwrap_or(dep);
     Ok(format!("{name}{suffix}"))
 }
@@ -68,10 +72,11 @@ fn index_record(pkg: &str) -> anyhow::Result<(String, String)> {
     Ok((field("Version:")?, field("SHA256:")?))
 }
 
-fn fetch_into(dir: &Path, arch: &str, pkgs: &[String]) -> anyhow::Result<()> {
+/// Download `pkgs` (name, Debian architecture) into `dir` at the apt index's version.
+fn fetch_into(dir: &Path, pkgs: &[(String, &str)]) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir)?;
     let mut lock = String::new();
-    for pkg in pkgs {
+    for (pkg, arch) in pkgs {
         let full = format!("{pkg}:{arch}");
         let (version, sha) = index_record(&full)?;
         let base = pkg.as_str();
@@ -126,19 +131,145 @@ fn fetch_into(dir: &Path, arch: &str, pkgs: &[String]) -> anyhow::Result<()> {
 
 fn fetch() -> anyhow::Result<()> {
     let cache = root().join("images/cache");
-    let k686 = resolve_kernel("linux-image-686:i386", "-unsigned")?;
+    // The i586 kernel is built from source (`kernel()`); Debian's linux-source follows the
+    // same point releases, security fixes included, as its kernel packages.
+    let source = resolve_kernel("linux-source", "")?;
     fetch_into(
         &cache.join("i386"),
-        "i386",
-        &[k686, "busybox-static".into()],
+        &[(source, "all"), ("busybox-static".into(), "i386")],
     )?;
     let k64 = resolve_kernel("linux-image-amd64", "")?;
     fetch_into(
         &cache.join("amd64"),
-        "amd64",
-        &[k64, "busybox-static".into()],
+        &[(k64, "amd64"), ("busybox-static".into(), "amd64")],
     )?;
     Ok(())
+}
+
+/// Where the i586 kernel build puts its result: `vmlinuz-<release>` for the recipe's `kernel:`
+/// pattern, next to the packages it comes from.
+const KERNEL_DIR: &str = "images/cache/i386";
+const KERNEL_CONFIG: &str = "images/kernel/i586.config";
+
+/// Build the i586 node kernel: Debian's kernel source, `tinyconfig`, then the options in
+/// `images/kernel/i586.config`, drivers built in. Skipped when the source package, the options
+/// and the compiler are those of the last build (about 8 minutes on two cores).
+fn kernel() -> anyhow::Result<()> {
+    let cache = root().join(KERNEL_DIR);
+    let deb = std::fs::read_dir(&cache)
+        .with_context(|| format!("{}: run `cargo xtask node fetch`", cache.display()))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .find(|p| {
+            let n = p.file_name().unwrap_or_default().to_string_lossy();
+            n.starts_with("linux-source-") && n.ends_with(".deb")
+        })
+        .with_context(|| {
+            format!(
+                "{}: no linux-source package (run `cargo xtask node fetch`)",
+                cache.display()
+            )
+        })?;
+    let fragment_path = root().join(KERNEL_CONFIG);
+    let fragment = std::fs::read_to_string(&fragment_path)
+        .with_context(|| fragment_path.display().to_string())?;
+    let gcc = output(Command::new("gcc").arg("--version"))?;
+    let key = format!(
+        "{} {} {}\n",
+        deb.file_name().unwrap_or_default().to_string_lossy(),
+        hex::encode(Sha256::digest(&fragment)),
+        gcc.lines().next().unwrap_or_default()
+    );
+    let key_path = cache.join("vmlinuz.built-from");
+    let built = built_kernel(&cache)?;
+    if built.is_some() && std::fs::read_to_string(&key_path).ok().as_deref() == Some(&key) {
+        eprintln!("xtask: node kernel up to date ({})", key.trim());
+        return Ok(());
+    }
+
+    let src = root().join("target/node-kernel/linux");
+    if src.exists() {
+        std::fs::remove_dir_all(&src)?;
+    }
+    std::fs::create_dir_all(&src)?;
+    // The package holds the source as /usr/src/linux-source-X.Y.tar.xz.
+    sh(Command::new("bash").arg("-c").arg(format!(
+        "set -o pipefail; dpkg-deb --fsys-tarfile '{}' \
+           | tar -xO --wildcards './usr/src/linux-source-*.tar.xz' \
+           | tar -xJ -C '{}' --strip-components=1",
+        deb.display(),
+        src.display()
+    )))?;
+    let make = || {
+        let mut c = Command::new("make");
+        c.current_dir(&src)
+            .arg("ARCH=i386")
+            .arg("LOCALVERSION=-enlist")
+            // Reproducible: the same inputs give the same bytes, so the same image version.
+            .env("KBUILD_BUILD_USER", "enlist")
+            .env("KBUILD_BUILD_HOST", "enlist")
+            .env("KBUILD_BUILD_TIMESTAMP", "2004-01-01");
+        c
+    };
+    sh(make().arg("tinyconfig"))?;
+    sh(Command::new(src.join("scripts/kconfig/merge_config.sh"))
+        .current_dir(&src)
+        .env("ARCH", "i386")
+        .args(["-m", ".config"])
+        .arg(&fragment_path))?;
+    sh(make().arg("olddefconfig"))?;
+    let config = std::fs::read_to_string(src.join(".config"))?;
+    for (n, line) in fragment.lines().enumerate() {
+        let want = line.trim();
+        let Some(name) = want
+            .strip_prefix("# ")
+            .and_then(|l| l.strip_suffix(" is not set"))
+            .or_else(|| want.split_once('=').map(|(k, _)| k))
+        else {
+            continue;
+        };
+        let ok = if want.starts_with('#') {
+            !config.lines().any(|l| l.starts_with(&format!("{name}=")))
+        } else {
+            config.lines().any(|l| l == want)
+        };
+        if !ok {
+            bail!(
+                "{}:{}: `{want}` did not survive olddefconfig (an option it depends on is off)",
+                fragment_path.display(),
+                n + 1
+            );
+        }
+    }
+    let jobs = std::thread::available_parallelism().map_or(2, |n| n.get() + 1);
+    sh(make().arg(format!("-j{jobs}")).arg("bzImage"))?;
+    let release = output(make().args(["-s", "kernelrelease"]))?;
+    let release = release.trim();
+    if let Some(old) = built {
+        std::fs::remove_file(old)?;
+    }
+    let out = cache.join(format!("vmlinuz-{release}"));
+    std::fs::copy(src.join("arch/x86/boot/bzImage"), &out)?;
+    std::fs::write(&key_path, key)?;
+    eprintln!(
+        "xtask: {} ({} bytes)",
+        out.display(),
+        std::fs::metadata(&out)?.len()
+    );
+    Ok(())
+}
+
+/// The kernel a previous `kernel()` left in `dir`, if any.
+fn built_kernel(dir: &Path) -> anyhow::Result<Option<PathBuf>> {
+    Ok(std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .starts_with("vmlinuz-")
+        }))
 }
 
 pub fn agent_path(target: &str) -> PathBuf {

@@ -27,6 +27,12 @@ pub const APT_PACKAGES: &[&str] = &[
     "dosfstools",
     "xorriso",
     "gcc-multilib",
+    // the i586 node kernel's build (`cargo xtask node kernel`)
+    "make",
+    "flex",
+    "bison",
+    "bc",
+    "xz-utils",
     "qemu-user",
     "iproute2",
     "curl",
@@ -114,6 +120,16 @@ pub struct Pc {
 impl Pc {
     pub fn serial_log(&self) -> String {
         std::fs::read_to_string(&self.serial).unwrap_or_default()
+    }
+    /// Lines of the serial console that show the node OS failing even if the PC registered
+    /// (a panicking agent is restarted by init and registers again).
+    pub fn node_os_faults(&self) -> Vec<String> {
+        const SIGNS: [&str; 4] = ["panicked at", "Kernel panic", "Oops:", "segfault at"];
+        self.serial_log()
+            .lines()
+            .filter(|l| SIGNS.iter().any(|s| l.contains(s)))
+            .map(str::to_string)
+            .collect()
     }
     pub fn kill(&mut self) {
         let _ = self.child.kill();

@@ -123,6 +123,15 @@ fn one_run(server: &str, nodes: usize, run: usize) -> anyhow::Result<Vec<NodeTim
         }
         std::thread::sleep(Duration::from_millis(250));
     }
+    // A node that registered but whose agent or kernel then fails is a failed boot too.
+    std::thread::sleep(Duration::from_secs(2));
+    for (i, t) in times.iter_mut().enumerate() {
+        let faults = lab.pcs[i].node_os_faults();
+        if !faults.is_empty() {
+            eprintln!("xtask bench: pc {}: node OS faults: {faults:?}", i + 1);
+            t.registered = None;
+        }
+    }
     if times.iter().any(|t| t.registered.is_none()) {
         keep_failure(&lab, &times, &format!("{server}-run{run}"));
     }
