@@ -1,4 +1,4 @@
-//! Facts about local network interfaces: IPv4 address and MTU.
+//! Facts about local network interfaces (IPv4 address, MTU), and ARP entries for DHCP replies.
 
 use std::net::Ipv4Addr;
 
@@ -80,4 +80,56 @@ pub fn mtu_for_addr(addr: Ipv4Addr) -> Option<u32> {
         }
     }
     None
+}
+
+/// Put `ip` at `mac` into `iface`'s ARP table (as a complete, not permanent, entry: it ages out
+/// like any other), so a DHCP reply can go by unicast to a client that has no address yet and
+/// so cannot answer ARP (RFC 2131 4.1). `sock` is any IPv4 socket. Needs CAP_NET_ADMIN.
+///
+/// By hand: the SIOCSARP ioctl (what dnsmasq uses) is a dozen lines; no maintained crate wraps
+/// it, and a netlink crate would be a large dependency for one neighbour entry.
+pub fn set_arp_entry(
+    sock: &impl std::os::fd::AsRawFd,
+    iface: &str,
+    ip: Ipv4Addr,
+    mac: [u8; 6],
+) -> std::io::Result<()> {
+    // SAFETY: arpreq is plain old data; all-zero is a valid value.
+    let mut req: libc::arpreq = unsafe { std::mem::zeroed() };
+    let name = iface.as_bytes();
+    if name.len() >= req.arp_dev.len() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("interface name {iface:?} too long"),
+        ));
+    }
+    for (d, s) in req.arp_dev.iter_mut().zip(name) {
+        *d = *s as libc::c_char;
+    }
+    let pa = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: 0,
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(ip).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    // SAFETY: sockaddr_in and sockaddr have the same size; arp_pa is an IPv4 sockaddr here.
+    unsafe {
+        std::ptr::write_unaligned(
+            (&mut req.arp_pa as *mut libc::sockaddr).cast::<libc::sockaddr_in>(),
+            pa,
+        );
+    }
+    req.arp_ha.sa_family = libc::ARPHRD_ETHER;
+    for (d, s) in req.arp_ha.sa_data.iter_mut().zip(mac) {
+        *d = s as libc::c_char;
+    }
+    req.arp_flags = libc::ATF_COM;
+    // SAFETY: SIOCSARP reads one arpreq, which lives across the call.
+    let rc = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSARP, &req) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }

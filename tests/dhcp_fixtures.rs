@@ -197,6 +197,46 @@ fn requests_from_fixtures_are_acked_after_their_offer() {
 }
 
 #[test]
+fn offers_go_by_unicast_to_the_offered_address_unless_the_client_asks_for_broadcast() {
+    let mut unicast = 0;
+    for (name, bytes) in fixtures()
+        .into_iter()
+        .filter(|(n, _)| n.ends_with("-discover.bin"))
+    {
+        let disc = Message::decode(&mut Decoder::new(&bytes)).expect("decode");
+        let (h, at) = handler(DhcpMode::Dhcp);
+        let Outcome::Reply { msg, to, link } = h.handle(&at, &disc, 1_000_000).expect("handler")
+        else {
+            panic!("{name}: no offer");
+        };
+        if disc.flags().broadcast() {
+            assert_eq!(*to.ip(), Ipv4Addr::BROADCAST, "{name}");
+            assert_eq!(link, None, "{name}");
+        } else {
+            // RFC 2131 4.1: to yiaddr at chaddr; the sender puts that pairing in the ARP table.
+            assert_eq!(*to.ip(), msg.yiaddr(), "{name}");
+            assert_eq!(
+                link.as_ref().map(|m| &m[..]),
+                disc.chaddr().get(..6),
+                "{name}"
+            );
+            unicast += 1;
+        }
+        assert_eq!(to.port(), 68, "{name}");
+        // A broadcast request is answered by broadcast.
+        let mut asked = disc.clone();
+        asked.set_flags(dhcproto::v4::Flags::default().set_broadcast());
+        let Outcome::Reply { to, link, .. } = h.handle(&at, &asked, 1_000_000).expect("handler")
+        else {
+            panic!("{name}: no offer to the broadcast request");
+        };
+        assert_eq!((*to.ip(), link), (Ipv4Addr::BROADCAST, None), "{name}");
+    }
+    // iPXE (the boot ROMs) clears the broadcast flag on Ethernet.
+    assert!(unicast >= 2, "only {unicast} fixtures asked for unicast");
+}
+
+#[test]
 fn truncated_and_corrupted_packets_never_panic() {
     for (name, bytes) in fixtures() {
         let (h, at) = handler(DhcpMode::Dhcp);

@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::Arc;
 
-use dhcproto::v4::{DhcpOption, Flags, Message, MessageType, Opcode};
+use dhcproto::v4::{DhcpOption, Flags, HType, Message, MessageType, Opcode};
 use ipnet::Ipv4Net;
 
 use crate::config::{Config, DhcpMode, SubnetConfig};
@@ -53,7 +53,14 @@ pub struct Arrival {
 
 #[derive(Debug)]
 pub enum Outcome {
-    Reply { msg: Box<Message>, to: SocketAddrV4 },
+    Reply {
+        msg: Box<Message>,
+        to: SocketAddrV4,
+        /// Set when `to` is the address being offered to a client that has none yet and asked
+        /// for no broadcast (RFC 2131 4.1): its hardware address, which the sender puts in the
+        /// ARP table before sending (or, if it cannot, broadcasts instead).
+        link: Option<[u8; 6]>,
+    },
     Drop(&'static str),
 }
 
@@ -321,12 +328,14 @@ impl Handler {
             Outcome::Reply {
                 msg: Box::new(reply),
                 to: SocketAddrV4::new(Ipv4Addr::BROADCAST, CLIENT_PORT),
+                link: None,
             }
         } else {
             // Port 4011: the client has its address; answer where it asked from.
             Outcome::Reply {
                 msg: Box::new(reply),
                 to: at.src,
+                link: None,
             }
         }
     }
@@ -410,10 +419,12 @@ impl Handler {
         true
     }
 
-    /// Where a reply goes (RFC 2131 4.1): to the relay, to the client's address, or broadcast.
-    /// We broadcast rather than unicast to an address the client does not have yet, which
-    /// would need an ARP entry injected by hand; RFC 2131 allows it.
+    /// Where a reply goes (RFC 2131 4.1): to the relay, to the client's address, to the
+    /// address being offered at the client's hardware address (unless the client asked for a
+    /// broadcast), or broadcast. Unicast matters in boot storms: every broadcast lands in every
+    /// booting PC's receive ring, and the small rings of boot ROMs overflow.
     fn addressed(&self, mut reply: Message, req: &Message, nak: bool) -> Outcome {
+        let mut link = None;
         let to = if !req.giaddr().is_unspecified() {
             if nak {
                 reply.set_flags(Flags::default().set_broadcast());
@@ -421,12 +432,30 @@ impl Handler {
             SocketAddrV4::new(req.giaddr(), SERVER_PORT)
         } else if !nak && !req.ciaddr().is_unspecified() {
             SocketAddrV4::new(req.ciaddr(), CLIENT_PORT)
+        } else if let Some(mac) = unicast_link(req, &reply, nak) {
+            link = Some(mac);
+            SocketAddrV4::new(reply.yiaddr(), CLIENT_PORT)
         } else {
             SocketAddrV4::new(Ipv4Addr::BROADCAST, CLIENT_PORT)
         };
         Outcome::Reply {
             msg: Box::new(reply),
             to,
+            link,
         }
     }
+}
+
+/// The client's Ethernet address, if a reply may go to it by unicast although it has no
+/// address yet: not a NAK, an address offered, and no broadcast asked for.
+fn unicast_link(req: &Message, reply: &Message, nak: bool) -> Option<[u8; 6]> {
+    if nak
+        || req.flags().broadcast()
+        || reply.yiaddr().is_unspecified()
+        || req.htype() != HType::Eth
+        || req.hlen() != 6
+    {
+        return None;
+    }
+    req.chaddr().get(..6)?.try_into().ok()
 }

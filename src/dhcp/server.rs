@@ -205,13 +205,31 @@ async fn respond(
     metrics: &Metrics,
 ) {
     match outcome {
-        Ok(Outcome::Reply { msg: reply, to }) => {
+        Ok(Outcome::Reply {
+            msg: reply,
+            to,
+            link,
+        }) => {
             let mut out = Vec::with_capacity(576);
             if let Err(e) = reply.encode(&mut Encoder::new(&mut out)) {
                 tracing::error!("dhcp: cannot encode reply: {e}");
                 metrics.dhcp_drop("encode-failed");
                 return;
             }
+            // Unicast to a client without an address: the ARP table must know it first.
+            let to = match link {
+                Some(mac) => match crate::netif::set_arp_entry(socket, iface, *to.ip(), mac) {
+                    Ok(()) => to,
+                    Err(e) => {
+                        // Still answered, only by broadcast; say so once (e.g. no CAP_NET_ADMIN).
+                        static WARNED: std::sync::Once = std::sync::Once::new();
+                        WARNED.call_once(|| tracing::warn!(%iface, "dhcp: cannot add ARP entries ({e}); replying by broadcast, which boot ROMs handle worse in boot storms"));
+                        tracing::debug!(%iface, %to, "dhcp: no ARP entry for a unicast reply, broadcasting: {e}");
+                        SocketAddrV4::new(Ipv4Addr::BROADCAST, to.port())
+                    }
+                },
+                None => to,
+            };
             tracing::debug!(%iface, xid = msg.xid(), %to, "dhcp reply {:?}", reply.opts().msg_type());
             if let Err(e) = socket.send_to(&out, SocketAddr::V4(to)).await {
                 tracing::warn!(%iface, %to, "dhcp send failed: {e}");
