@@ -132,11 +132,7 @@ pub fn node_script(p: &ScriptParams, bios: &ScriptImage, efi: &ScriptImage) -> S
             version = img.version,
         )
     };
-    let tftp_checks: String = p
-        .tftp_busids
-        .iter()
-        .map(|b| format!("iseq ${{netX/busid}} {b} && goto bios_tftp ||\n"))
-        .collect();
+    let tftp_checks = goto_if_tftp_card(p.tftp_busids, "bios_tftp");
     format!(
         "#!ipxe\n\
          echo enlist: network card ${{netX/busid}} (${{netX/chip}})\n\
@@ -158,10 +154,7 @@ pub fn node_script(p: &ScriptParams, bios: &ScriptImage, efi: &ScriptImage) -> S
 /// Fetch the node's script again, the way it came: by TFTP on the cards in `busids`, else
 /// by HTTP. Ends the script; a failure goes to `:failed` if the script has one.
 fn rechain(http_base: &str, tftp_base: &str, mac: &str, busids: &[String]) -> String {
-    let checks: String = busids
-        .iter()
-        .map(|b| format!("iseq ${{netX/busid}} {b} && goto rechain_tftp ||\n"))
-        .collect();
+    let checks = goto_if_tftp_card(busids, "rechain_tftp");
     format!(
         "{checks}chain --autofree {} || goto failed\n\
          :rechain_tftp\n\
@@ -169,6 +162,15 @@ fn rechain(http_base: &str, tftp_base: &str, mac: &str, busids: &[String]) -> St
         script_url(http_base, mac),
         tftp_path(mac),
     )
+}
+
+/// Script lines that jump to `label` when the booting card is one of `busids` (the cards in
+/// `images.tftp_nics`, which must not use TCP).
+fn goto_if_tftp_card(busids: &[String], label: &str) -> String {
+    busids
+        .iter()
+        .map(|b| format!("iseq ${{netX/busid}} {b} && goto {label} ||\n"))
+        .collect()
 }
 
 /// `http://10.77.0.1:8080` -> `tftp://10.77.0.1`.

@@ -89,28 +89,14 @@ fn fetch_into(dir: &Path, pkgs: &[(String, &str)]) -> anyhow::Result<()> {
                 std::fs::remove_file(e.path())?;
             }
         }
-        let have = std::fs::read_dir(dir)?
-            .filter_map(|e| e.ok())
-            .map(|e| e.path())
-            .find(|p| {
-                p.file_name()
-                    .map(|n| n.to_string_lossy().starts_with(&format!("{base}_")))
-                    .unwrap_or(false)
-            });
-        let file = match have {
+        let is_pkg = |n: &str| n.starts_with(&format!("{base}_"));
+        let file = match file_in(dir, is_pkg)? {
             Some(f) => f,
             None => {
                 sh(Command::new("apt-get")
                     .current_dir(dir)
                     .args(["download", &format!("{full}={version}")]))?;
-                std::fs::read_dir(dir)?
-                    .filter_map(|e| e.ok())
-                    .map(|e| e.path())
-                    .find(|p| {
-                        p.file_name()
-                            .map(|n| n.to_string_lossy().starts_with(&format!("{base}_")))
-                            .unwrap_or(false)
-                    })
+                file_in(dir, is_pkg)?
                     .with_context(|| format!("apt-get download {full} left no file"))?
             }
         };
@@ -156,20 +142,16 @@ const KERNEL_CONFIG: &str = "images/kernel/i586.config";
 /// and the compiler are those of the last build (about 8 minutes on two cores).
 fn kernel() -> anyhow::Result<()> {
     let cache = root().join(KERNEL_DIR);
-    let deb = std::fs::read_dir(&cache)
-        .with_context(|| format!("{}: run `cargo xtask node fetch`", cache.display()))?
-        .filter_map(|e| e.ok())
-        .map(|e| e.path())
-        .find(|p| {
-            let n = p.file_name().unwrap_or_default().to_string_lossy();
-            n.starts_with("linux-source-") && n.ends_with(".deb")
-        })
-        .with_context(|| {
-            format!(
-                "{}: no linux-source package (run `cargo xtask node fetch`)",
-                cache.display()
-            )
-        })?;
+    let deb = file_in(&cache, |n| {
+        n.starts_with("linux-source-") && n.ends_with(".deb")
+    })
+    .with_context(|| format!("{}: run `cargo xtask node fetch`", cache.display()))?
+    .with_context(|| {
+        format!(
+            "{}: no linux-source package (run `cargo xtask node fetch`)",
+            cache.display()
+        )
+    })?;
     let fragment_path = root().join(KERNEL_CONFIG);
     let fragment = std::fs::read_to_string(&fragment_path)
         .with_context(|| fragment_path.display().to_string())?;
@@ -181,7 +163,7 @@ fn kernel() -> anyhow::Result<()> {
         gcc.lines().next().unwrap_or_default()
     );
     let key_path = cache.join("vmlinuz.built-from");
-    let built = built_kernel(&cache)?;
+    let built = file_in(&cache, |n| n.starts_with("vmlinuz-"))?;
     if built.is_some() && std::fs::read_to_string(&key_path).ok().as_deref() == Some(&key) {
         eprintln!("xtask: node kernel up to date ({})", key.trim());
         return Ok(());
@@ -259,17 +241,14 @@ fn kernel() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The kernel a previous `kernel()` left in `dir`, if any.
-fn built_kernel(dir: &Path) -> anyhow::Result<Option<PathBuf>> {
-    Ok(std::fs::read_dir(dir)?
-        .filter_map(|e| e.ok())
-        .map(|e| e.path())
-        .find(|p| {
-            p.file_name()
-                .unwrap_or_default()
-                .to_string_lossy()
-                .starts_with("vmlinuz-")
-        }))
+/// A file in `dir` whose name satisfies `wanted`, if any.
+fn file_in(dir: &Path, wanted: impl Fn(&str) -> bool) -> std::io::Result<Option<PathBuf>> {
+    for e in std::fs::read_dir(dir)?.flatten() {
+        if wanted(&e.file_name().to_string_lossy()) {
+            return Ok(Some(e.path()));
+        }
+    }
+    Ok(None)
 }
 
 pub fn agent_path(target: &str) -> PathBuf {

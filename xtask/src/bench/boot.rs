@@ -222,17 +222,11 @@ pub fn run(nodes: usize, runs: usize) -> anyhow::Result<()> {
     if ratios.is_empty() {
         return Ok(());
     }
-    ratios.sort_by(|a, b| a.total_cmp(b));
-    let n = ratios.len();
-    let median = if n % 2 == 1 {
-        ratios[n / 2]
-    } else {
-        (ratios[n / 2 - 1] + ratios[n / 2]) / 2.0
-    };
+    let worst = ratios.iter().copied().fold(f64::NAN, f64::max);
     println!();
     println!(
-        "median ratio {median:.2} (worst {:.2}); failed boots in {runs} runs of {nodes}: enlist {}, dnsmasq {}",
-        ratios.last().copied().unwrap_or(f64::NAN),
+        "median ratio {:.2} (worst {worst:.2}); failed boots in {runs} runs of {nodes}: enlist {}, dnsmasq {}",
+        super::median(ratios),
         failures[0],
         failures[1]
     );

@@ -110,3 +110,24 @@ pub(crate) fn proc_stat(pid: u32) -> (f64, u64) {
         .unwrap_or(0);
     (ticks / 100.0, rss_kb)
 }
+
+/// The median of `v`: the middle value, or the mean of the two middle ones (NaN if empty).
+pub(crate) fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    match n {
+        0 => f64::NAN,
+        _ if n % 2 == 1 => v[n / 2],
+        _ => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn median_of_odd_even_and_empty() {
+        assert_eq!(super::median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(super::median(vec![4.0, 1.0, 3.0, 2.0]), 2.5);
+        assert!(super::median(vec![]).is_nan());
+    }
+}

@@ -178,12 +178,6 @@ fn start_server(pair: &Pair, which: &str, root: &Path) -> anyhow::Result<Child> 
     Ok(child)
 }
 
-/// The median of `v` (NaN if empty).
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
-}
-
 pub fn run(client_counts: &[usize], runs: usize) -> anyhow::Result<()> {
     let root = crate::root().join("lab/bench-tftp");
     let _ = std::fs::remove_dir_all(&root);
@@ -215,7 +209,7 @@ pub fn run(client_counts: &[usize], runs: usize) -> anyhow::Result<()> {
                     });
                 }
             }
-            let rates: Vec<f64> = samples.into_iter().map(median).collect();
+            let rates: Vec<f64> = samples.into_iter().map(super::median).collect();
             let best_ref = rates[1].max(rates[2]);
             let ratio = if best_ref > 0.0 {
                 rates[0] / best_ref
