@@ -1,49 +1,38 @@
-//! The boot file namespace shared by TFTP and HTTP, so both serve exactly the same files and
-//! refuse exactly the same paths:
-//!
-//! | path                                     | content                                  |
-//! |------------------------------------------|------------------------------------------|
-//! | `<file>`                                 | an iPXE binary from `tftp.ipxe_dir`      |
-//! | `images/<name>/<version>/<file>`         | a published image file                   |
-//! | `boot/<mac>/<name>/<version>/initrd`     | that image's initrd + the node's overlay |
+//! The boot file namespace, served the same by TFTP and HTTP (see [`crate::bootpath`] for the
+//! paths): one [`BootFiles::resolve`] for both, so they serve exactly the same files and refuse
+//! exactly the same requests.
 //!
 //! Files are read once and kept in memory (images are a few MB and immutable once published),
-//! so 40 PCs booting at once share one copy.
+//! so 40 PCs booting at once share one copy. Per-node content (the script, the initrd overlay
+//! with the node's key) comes from [`NodeFiles`], which the registry's side provides.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use bytes::Bytes;
+use enlist_api::Mac;
 
-use crate::image::store::{valid_component, ImageStore};
+use crate::bootpath::{BootPath, Kind, PathRefused, Proto};
+use crate::image::store::ImageStore;
 
-/// Supplies the per-node part of the initrd (node name, head URL, credentials).
-pub trait NodeOverlay: Send + Sync {
-    fn overlay(&self, mac: &str) -> Result<Vec<u8>, String>;
+/// One request for a boot file.
+#[derive(Debug, Clone, Copy)]
+pub struct Request<'a> {
+    /// Relative path (TFTP file name; HTTP path without its leading `/`).
+    pub path: &'a str,
+    pub from: IpAddr,
+    pub proto: Proto,
+    /// How the PC came to iPXE (`pxe`, `floppy`, `usb`): put on the kernel line by the script.
+    pub method: &'a str,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    Ipxe,
-    Kernel,
-    Initrd,
-    /// A node's iPXE script (made by `bootscript`, not read from a file).
-    Script,
-    Other,
-}
-
-impl Kind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Kind::Ipxe => "ipxe",
-            Kind::Kernel => "kernel",
-            Kind::Initrd => "initrd",
-            Kind::Script => "script",
-            Kind::Other => "other",
-        }
-    }
+/// The per-node files: a node's script and its initrd overlay.
+pub trait NodeFiles: Send + Sync {
+    fn script(&self, mac: Mac, req: &Request) -> Result<String, ResolveError>;
+    fn overlay(&self, mac: Mac, token: &str, req: &Request) -> Result<Vec<u8>, ResolveError>;
 }
 
 /// File content as a list of shared chunks (an initrd plus a node overlay is two).
@@ -52,7 +41,7 @@ pub struct Blob {
     parts: Vec<Bytes>,
     pub kind: Kind,
     /// The node a per-node file belongs to.
-    pub mac: Option<String>,
+    pub mac: Option<Mac>,
 }
 
 impl Blob {
@@ -105,11 +94,14 @@ impl Blob {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum ResolveError {
     /// The path is not one we would ever serve (traversal, absolute, bad characters).
-    #[error("refused path {path:?}: {reason}")]
-    Refused { path: String, reason: &'static str },
+    #[error(transparent)]
+    Refused(#[from] PathRefused),
+    /// A real path this requester may not have (another node's initrd, a stale token).
+    #[error("{path}: {reason}")]
+    Forbidden { path: String, reason: &'static str },
     #[error("no such file: {0}")]
     NotFound(String),
     #[error("{path}: {message}")]
@@ -120,7 +112,8 @@ impl ResolveError {
     /// Short label for metrics.
     pub fn reason(&self) -> &'static str {
         match self {
-            ResolveError::Refused { reason, .. } => reason,
+            ResolveError::Refused(r) => r.reason,
+            ResolveError::Forbidden { reason, .. } => reason,
             ResolveError::NotFound(_) => "not-found",
             ResolveError::Io { .. } => "io-error",
         }
@@ -132,23 +125,16 @@ type CacheEntry = (SystemTime, u64, Bytes);
 pub struct BootFiles {
     ipxe_dir: PathBuf,
     images: ImageStore,
-    overlay: Arc<dyn NodeOverlay>,
+    nodes: Arc<dyn NodeFiles>,
     cache: Mutex<HashMap<PathBuf, CacheEntry>>,
 }
 
-fn refused(path: &str, reason: &'static str) -> ResolveError {
-    ResolveError::Refused {
-        path: path.into(),
-        reason,
-    }
-}
-
 impl BootFiles {
-    pub fn new(ipxe_dir: PathBuf, images: ImageStore, overlay: Arc<dyn NodeOverlay>) -> BootFiles {
+    pub fn new(ipxe_dir: PathBuf, images: ImageStore, nodes: Arc<dyn NodeFiles>) -> BootFiles {
         BootFiles {
             ipxe_dir,
             images,
-            overlay,
+            nodes,
             cache: Mutex::new(HashMap::new()),
         }
     }
@@ -157,72 +143,65 @@ impl BootFiles {
         &self.images
     }
 
-    /// Resolve a request path. Blocking (reads files): call from a blocking context.
-    pub fn resolve(&self, path: &str) -> Result<Blob, ResolveError> {
-        if path.starts_with('/') {
-            return Err(refused(path, "absolute-path"));
-        }
-        if path.contains('\\') || path.contains('\0') {
-            return Err(refused(path, "bad-character"));
-        }
-        let parts: Vec<&str> = path.split('/').collect();
-        if parts
-            .iter()
-            .any(|p| *p == ".." || *p == "." || p.is_empty())
-        {
-            return Err(refused(path, "path-traversal"));
-        }
-        match parts.as_slice() {
-            [file] => {
-                if !valid_component(file) {
-                    return Err(refused(path, "bad-name"));
-                }
-                let data = self.read_inside(&self.ipxe_dir, &self.ipxe_dir.join(file), path)?;
-                Ok(Blob {
-                    parts: vec![data],
-                    kind: Kind::Ipxe,
-                    mac: None,
-                })
+    /// Resolve a request. Blocking (reads files, may write the registry): call from a
+    /// blocking context.
+    pub fn resolve(&self, req: &Request) -> Result<Blob, ResolveError> {
+        let path = BootPath::parse(req.path)?;
+        let kind = path.kind();
+        let one = |data: Bytes| Blob {
+            parts: vec![data],
+            kind,
+            mac: path.mac(),
+        };
+        match &path {
+            BootPath::Ipxe(file) => {
+                let data = self.read_inside(&self.ipxe_dir, &self.ipxe_dir.join(file), req.path)?;
+                Ok(one(data))
             }
-            ["images", name, version, file] => {
-                let p = self
-                    .images
-                    .file(name, version, file)
-                    .map_err(|_| refused(path, "bad-name"))?;
-                let data = self.read_inside(self.images.dir(), &p, path)?;
-                let kind = match *file {
-                    "vmlinuz" => Kind::Kernel,
-                    "initrd" => Kind::Initrd,
-                    _ => Kind::Other,
-                };
-                Ok(Blob {
-                    parts: vec![data],
-                    kind,
-                    mac: None,
-                })
+            BootPath::ImageFile {
+                image,
+                version,
+                file,
+            } => {
+                let data = self.image_file(image, version, file, req.path)?;
+                Ok(one(data))
             }
-            ["boot", mac, name, version, "initrd"] => {
-                let mac = enlist_api::normalize_mac(mac).ok_or_else(|| refused(path, "bad-mac"))?;
-                let p = self
-                    .images
-                    .file(name, version, "initrd")
-                    .map_err(|_| refused(path, "bad-name"))?;
-                let base = self.read_inside(self.images.dir(), &p, path)?;
-                let overlay = self
-                    .overlay
-                    .overlay(&mac)
-                    .map_err(|message| ResolveError::Io {
-                        path: path.into(),
-                        message,
-                    })?;
+            BootPath::Script(mac) => {
+                let text = self.nodes.script(*mac, req)?;
+                Ok(one(Bytes::from(text)))
+            }
+            BootPath::NodeInitrd {
+                mac,
+                token,
+                image,
+                version,
+            } => {
+                // The token first: a stranger learns nothing, not even whether the image exists.
+                let overlay = self.nodes.overlay(*mac, token, req)?;
+                let base = self.image_file(image, version, "initrd", req.path)?;
                 Ok(Blob {
                     parts: vec![base, Bytes::from(overlay)],
-                    kind: Kind::Initrd,
-                    mac: Some(mac),
+                    kind,
+                    mac: Some(*mac),
                 })
             }
-            _ => Err(ResolveError::NotFound(path.into())),
         }
+    }
+
+    fn image_file(
+        &self,
+        image: &str,
+        version: &str,
+        file: &str,
+        shown: &str,
+    ) -> Result<Bytes, ResolveError> {
+        let p = self.images.file(image, version, file).map_err(|_| {
+            ResolveError::Refused(PathRefused {
+                path: shown.into(),
+                reason: "bad-name",
+            })
+        })?;
+        self.read_inside(self.images.dir(), &p, shown)
     }
 
     /// Read `file`, which must resolve (after symlinks) to a place inside `root`.
@@ -240,7 +219,10 @@ impl BootFiles {
         let root = root.canonicalize().map_err(io)?;
         let real = file.canonicalize().map_err(io)?;
         if !real.starts_with(&root) {
-            return Err(refused(shown, "symlink-escapes-root"));
+            return Err(ResolveError::Refused(PathRefused {
+                path: shown.into(),
+                reason: "symlink-escapes-root",
+            }));
         }
         let meta = std::fs::metadata(&real).map_err(io)?;
         if !meta.is_file() {
@@ -262,16 +244,28 @@ impl BootFiles {
 /// Told about every boot file a client fetched (the registry follows boots with it).
 pub trait FetchObserver: Send + Sync {
     /// `mac` is known for per-node paths; otherwise the observer maps `ip` to a node.
-    fn fetched(&self, mac: Option<&str>, ip: std::net::IpAddr, kind: Kind, path: &str);
+    fn fetched(&self, mac: Option<Mac>, ip: IpAddr, kind: Kind, path: &str, via: Proto);
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    const MAC: Mac = Mac([0x52, 0x54, 0, 0, 0, 1]);
+
+    /// Per-node files of a fake registry: the script names the MAC; the overlay needs token "t".
     struct Fixed;
-    impl NodeOverlay for Fixed {
-        fn overlay(&self, mac: &str) -> Result<Vec<u8>, String> {
+    impl NodeFiles for Fixed {
+        fn script(&self, mac: Mac, _: &Request) -> Result<String, ResolveError> {
+            Ok(format!("#!ipxe {mac}"))
+        }
+        fn overlay(&self, mac: Mac, token: &str, req: &Request) -> Result<Vec<u8>, ResolveError> {
+            if token != "t" {
+                return Err(ResolveError::Forbidden {
+                    path: req.path.into(),
+                    reason: "token-mismatch",
+                });
+            }
             Ok(format!("[{mac}]").into_bytes())
         }
     }
@@ -291,26 +285,47 @@ mod tests {
         (d, files)
     }
 
-    #[test]
-    fn serves_inside_roots() {
-        let (_d, f) = setup();
-        let b = f.resolve("undionly.kpxe").unwrap();
-        assert_eq!(b.kind, Kind::Ipxe);
-        assert_eq!(b.len(), 3);
-        let k = f.resolve("images/i586/v1/vmlinuz").unwrap();
-        assert_eq!(k.kind, Kind::Kernel);
+    fn get(f: &BootFiles, path: &str) -> Result<Blob, ResolveError> {
+        f.resolve(&Request {
+            path,
+            from: IpAddr::from([10, 77, 0, 100]),
+            proto: Proto::Tftp,
+            method: "pxe",
+        })
+    }
+
+    fn text(b: &Blob) -> String {
+        let mut buf = vec![0u8; b.len() as usize];
+        b.read_at(0, &mut buf);
+        String::from_utf8(buf).unwrap()
     }
 
     #[test]
-    fn node_initrd_is_image_plus_overlay() {
+    fn serves_inside_roots() {
         let (_d, f) = setup();
-        let b = f.resolve("boot/52-54-00-00-00-01/i586/v1/initrd").unwrap();
-        let mut buf = vec![0u8; b.len() as usize];
-        assert_eq!(b.read_at(0, &mut buf), buf.len());
-        assert_eq!(buf, b"INITRD[52:54:00:00:00:01]");
+        let b = get(&f, "undionly.kpxe").unwrap();
+        assert_eq!(b.kind, Kind::Ipxe);
+        assert_eq!(b.len(), 3);
+        let k = get(&f, "images/i586/v1/vmlinuz").unwrap();
+        assert_eq!(k.kind, Kind::Kernel);
+        let s = get(&f, "boot/52-54-00-00-00-01.ipxe").unwrap();
+        assert_eq!(
+            (s.kind, text(&s)),
+            (Kind::Script, "#!ipxe 52:54:00:00:00:01".into())
+        );
+    }
+
+    #[test]
+    fn node_initrd_is_image_plus_overlay_with_its_token_only() {
+        let (_d, f) = setup();
+        let b = get(&f, "boot/52-54-00-00-00-01/t/i586/v1/initrd").unwrap();
+        assert_eq!(text(&b), "INITRD[52:54:00:00:00:01]");
+        assert_eq!(b.mac, Some(MAC));
         let mut mid = [0u8; 4];
         assert_eq!(b.read_at(4, &mut mid), 4);
         assert_eq!(&mid, b"RD[5", "reads span both parts");
+        let e = get(&f, "boot/52-54-00-00-00-01/x/i586/v1/initrd").unwrap_err();
+        assert_eq!(e.reason(), "token-mismatch");
     }
 
     #[test]
@@ -319,14 +334,12 @@ mod tests {
         for (p, reason) in [
             ("../secret", "path-traversal"),
             ("/etc/passwd", "absolute-path"),
-            ("images/../../secret", "path-traversal"),
             ("link", "symlink-escapes-root"),
-            ("a\\b", "bad-character"),
-            ("images/i586/v1/../x", "path-traversal"),
+            ("images/i586/.v1/initrd", "bad-name"),
         ] {
-            let e = f.resolve(p).unwrap_err();
+            let e = get(&f, p).unwrap_err();
             assert_eq!(e.reason(), reason, "{p}");
         }
-        assert_eq!(f.resolve("missing.efi").unwrap_err().reason(), "not-found");
+        assert_eq!(get(&f, "missing.efi").unwrap_err().reason(), "not-found");
     }
 }

@@ -1,50 +1,100 @@
-//! The iPXE script a node gets: boot the node OS, boot the local disk (released), or not
-//! enlisted. One place, served over HTTP (`/boot/<mac>.ipxe`) and over TFTP
-//! (`boot/<mac>.ipxe`, for the cards in `images.tftp_nics`, which then use no TCP at all).
+//! The iPXE script a node gets: boot the node OS, boot the local disk (released), wait (for
+//! approval, or a minute), or not enlisted. One place, served by HTTP and TFTP through
+//! [`crate::bootfiles::BootFiles`] (TFTP for the cards in `images.tftp_nics`, which then use no
+//! TCP at all). [`NodeBoot`] is what gives `BootFiles` its per-node files.
 
-use std::net::Ipv4Addr;
+use std::sync::Arc;
 
-use crate::dhcp::boot::script_url;
+use enlist_api::Mac;
+
+use crate::bootfiles::{NodeFiles, Request, ResolveError};
+use crate::bootpath::{script_url, BootPath};
 use crate::image::store::ImageStore;
-use crate::registry::{BootDecision, Registry, RegistryError};
+use crate::registry::{BootDecision, OverlayError, Registry, RegistryError};
 
-/// The script for node `mac` (any notation the registry accepts), asking from `ip`. `method`
-/// (`pxe`, `floppy`, `usb`) goes on the kernel line for the agent to report. Blocking: the
-/// boot decision may write to the database.
+/// The registry's per-node files for [`crate::bootfiles::BootFiles`]: scripts and overlays.
+pub struct NodeBoot {
+    pub registry: Arc<Registry>,
+    pub images: ImageStore,
+}
+
+impl NodeFiles for NodeBoot {
+    fn script(&self, mac: Mac, req: &Request) -> Result<String, ResolveError> {
+        render(&self.registry, &self.images, mac, req).map_err(|e| {
+            tracing::error!(%mac, "boot script: {e}");
+            ResolveError::Io {
+                path: req.path.into(),
+                message: "boot script unavailable".into(),
+            }
+        })
+    }
+
+    fn overlay(&self, mac: Mac, token: &str, req: &Request) -> Result<Vec<u8>, ResolveError> {
+        self.registry
+            .overlay(mac, token, req.from)
+            .map_err(|e| match e {
+                OverlayError::Token(_) | OverlayError::UnknownNode(_) => ResolveError::Forbidden {
+                    path: req.path.into(),
+                    reason: e.reason(),
+                },
+                OverlayError::Build(_) | OverlayError::Store(_) => {
+                    tracing::error!(%mac, "initrd overlay: {e}");
+                    ResolveError::Io {
+                        path: req.path.into(),
+                        message: "node settings unavailable".into(),
+                    }
+                }
+            })
+    }
+}
+
+/// The script for node `mac` asking with `req`. Blocking: the boot decision may write to
+/// the database.
 pub fn render(
     reg: &Registry,
     images: &ImageStore,
-    mac: &str,
-    ip: Option<Ipv4Addr>,
-    method: &str,
+    mac: Mac,
+    req: &Request,
 ) -> Result<String, RegistryError> {
     let cfg = reg.config();
-    let base = cfg.http.public_url.trim_end_matches('/');
-    let tftp = tftp_base(base);
+    let base = cfg.http.public_url.base();
+    let tftp = cfg.http.public_url.tftp_base();
     let busids: Vec<String> = cfg
         .images
         .tftp_nics
         .iter()
-        .filter_map(|id| crate::config::pci_busid(id))
+        .map(|id| id.ipxe_busid())
         .collect();
-    let decision = reg.boot_decision(mac, ip)?;
-    Ok(match decision {
+    let again = rechain(base, &tftp, mac, &busids);
+    Ok(match reg.boot_decision(mac, req.from, req.proto)? {
         BootDecision::LocalDisk => local_disk_script(),
         BootDecision::NotEnlisted => not_enlisted_script(mac),
-        BootDecision::Boot { name, image } => {
-            let efi_image = cfg.images.efi_x64.clone().unwrap_or_else(|| image.clone());
+        BootDecision::AwaitingApproval { name } => retry_script(
+            &format!("{mac} waits for an admin to approve it (as {name})"),
+            &again,
+        ),
+        BootDecision::Retry(why) => retry_script(&why, &again),
+        BootDecision::Refused(reason) => retry_script(
+            &format!("this head will not boot {mac} from {} ({reason})", req.from),
+            &again,
+        ),
+        BootDecision::Boot { name, image, token } => {
             let with_cmdline = |name: &str| {
                 let version = images.current(name)?;
                 let cmdline = images.cmdline(name, &version)?;
                 Ok::<_, crate::image::store::ImageStoreError>((version, cmdline))
             };
-            match (with_cmdline(&image), with_cmdline(&efi_image)) {
+            match (
+                with_cmdline(image.as_str()),
+                with_cmdline(cfg.images.efi_x64.as_str()),
+            ) {
                 (Ok((bios_ver, bios_cmdline)), Ok((efi_ver, efi_cmdline))) => {
                     let p = ScriptParams {
                         base,
                         mac,
                         name: &name,
-                        method,
+                        token: &token,
+                        method: req.method,
                         cmdline: &cfg.images.cmdline,
                         tftp_base: &tftp,
                         tftp_busids: &busids,
@@ -52,12 +102,12 @@ pub fn render(
                     node_script(
                         &p,
                         &ScriptImage {
-                            name: &image,
+                            name: image.as_str(),
                             version: &bios_ver,
                             cmdline: &bios_cmdline,
                         },
                         &ScriptImage {
-                            name: &efi_image,
+                            name: cfg.images.efi_x64.as_str(),
                             version: &efi_ver,
                             cmdline: &efi_cmdline,
                         },
@@ -65,32 +115,19 @@ pub fn render(
                 }
                 (Err(e), _) | (_, Err(e)) => {
                     tracing::warn!(%mac, "boot script: no image to boot: {e}");
-                    retry_script(
-                        &format!("no image published on the head ({e})"),
-                        &rechain(base, &tftp, mac, &busids),
-                    )
+                    retry_script(&format!("no image published on the head ({e})"), &again)
                 }
             }
         }
     })
 }
 
-/// The TFTP name of a node's script (relative to the TFTP root).
-pub fn tftp_path(mac: &str) -> String {
-    format!("boot/{}.ipxe", mac.replace(':', "-"))
-}
-
-/// The MAC in a TFTP script name (`boot/52-54-00-77-01-01.ipxe`), if it is one.
-pub fn mac_of_tftp_path(path: &str) -> Option<String> {
-    let name = path.trim_start_matches('/').strip_prefix("boot/")?;
-    let mac = name.strip_suffix(".ipxe").filter(|m| !m.contains('/'))?;
-    enlist_api::normalize_mac(mac)
-}
-
 pub struct ScriptParams<'a> {
     pub base: &'a str,
-    pub mac: &'a str,
+    pub mac: Mac,
     pub name: &'a str,
+    /// This boot's token: the initrd (with the node key) is served only with it.
+    pub token: &'a str,
     /// `pxe`, `floppy` or `usb`: reported by the agent.
     pub method: &'a str,
     /// The head's `images.cmdline`, after the image's own options.
@@ -111,7 +148,6 @@ pub struct ScriptImage<'a> {
 
 /// The iPXE script that boots a node: the default image on BIOS, the `efi_x64` one on UEFI.
 pub fn node_script(p: &ScriptParams, bios: &ScriptImage, efi: &ScriptImage) -> String {
-    let mac_path = p.mac.replace(':', "-");
     let section = |label: &str, files: &str, img: &ScriptImage| {
         let cmdline = [img.cmdline, p.cmdline]
             .iter()
@@ -119,11 +155,22 @@ pub fn node_script(p: &ScriptParams, bios: &ScriptImage, efi: &ScriptImage) -> S
             .filter(|s| !s.is_empty())
             .collect::<Vec<_>>()
             .join(" ");
+        let kernel = BootPath::ImageFile {
+            image: img.name.into(),
+            version: img.version.into(),
+            file: "vmlinuz".into(),
+        };
+        let initrd = BootPath::NodeInitrd {
+            mac: p.mac,
+            token: p.token.into(),
+            image: img.name.into(),
+            version: img.version.into(),
+        };
         format!(
             ":{label}\n\
              echo enlist: {name} boots {image} {version} from {files}\n\
-             kernel {files}/images/{image}/{version}/vmlinuz initrd=initrd enlist.head={base} enlist.node={name} enlist.boot={method} BOOTIF=01-${{netX/mac:hexhyp}} {cmdline} || goto failed\n\
-             initrd --name initrd {files}/boot/{mac_path}/{image}/{version}/initrd || goto failed\n\
+             kernel {files}/{kernel} initrd=initrd enlist.head={base} enlist.node={name} enlist.boot={method} BOOTIF=01-${{netX/mac:hexhyp}} {cmdline} || goto failed\n\
+             initrd --name initrd {files}/{initrd} || goto failed\n\
              boot || goto failed\n",
             name = p.name,
             method = p.method,
@@ -153,14 +200,14 @@ pub fn node_script(p: &ScriptParams, bios: &ScriptImage, efi: &ScriptImage) -> S
 
 /// Fetch the node's script again, the way it came: by TFTP on the cards in `busids`, else
 /// by HTTP. Ends the script; a failure goes to `:failed` if the script has one.
-fn rechain(http_base: &str, tftp_base: &str, mac: &str, busids: &[String]) -> String {
+fn rechain(http_base: &str, tftp_base: &str, mac: Mac, busids: &[String]) -> String {
     let checks = goto_if_tftp_card(busids, "rechain_tftp");
     format!(
         "{checks}chain --autofree {} || goto failed\n\
          :rechain_tftp\n\
          chain --autofree {tftp_base}/{} || goto failed\n",
         script_url(http_base, mac),
-        tftp_path(mac),
+        BootPath::Script(mac),
     )
 }
 
@@ -173,16 +220,6 @@ fn goto_if_tftp_card(busids: &[String], label: &str) -> String {
         .collect()
 }
 
-/// `http://10.77.0.1:8080` -> `tftp://10.77.0.1`.
-fn tftp_base(http_base: &str) -> String {
-    let host = http_base
-        .trim_start_matches("http://")
-        .split(['/', ':'])
-        .next()
-        .unwrap_or_default();
-    format!("tftp://{host}")
-}
-
 fn local_disk_script() -> String {
     "#!ipxe\n\
      echo enlist: this PC is released; booting from its own disk\n\
@@ -191,7 +228,7 @@ fn local_disk_script() -> String {
         .into()
 }
 
-fn not_enlisted_script(mac: &str) -> String {
+fn not_enlisted_script(mac: Mac) -> String {
     format!(
         "#!ipxe\n\
          echo enlist: {mac} is not enlisted here (enrollment policy); booting from its own disk\n\
@@ -203,6 +240,11 @@ fn not_enlisted_script(mac: &str) -> String {
 /// Wait, then fetch the script again (`rechain`, which jumps to `:failed` on error: here
 /// that is the same wait again).
 fn retry_script(why: &str, rechain: &str) -> String {
+    // The reason goes on the PC's screen: one line, no iPXE expansions.
+    let why: String = why
+        .chars()
+        .map(|c| if c.is_control() || c == '$' { ' ' } else { c })
+        .collect();
     format!(
         "#!ipxe\n\
          :failed\n\
@@ -217,11 +259,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn script_names_kernel_initrd_and_cmdline() {
+    fn script_names_kernel_initrd_with_its_token_and_cmdline() {
+        let mac = Mac::parse("52:54:00:77:00:10").unwrap();
         let p = ScriptParams {
             base: "http://10.77.0.1:8080",
-            mac: "52:54:00:77:00:10",
+            mac,
             name: "lab-pc-10",
+            token: "t0k",
             method: "pxe",
             cmdline: "console=ttyS0",
             tftp_base: "tftp://10.77.0.1",
@@ -245,7 +289,7 @@ mod tests {
             "no stray space without image options: {s}"
         );
         assert!(s.contains(
-            "initrd --name initrd http://10.77.0.1:8080/boot/52-54-00-77-00-10/i586/v1/initrd"
+            "initrd --name initrd http://10.77.0.1:8080/boot/52-54-00-77-00-10/t0k/i586/v1/initrd"
         ));
         assert!(s.contains("/images/x86_64/v2/vmlinuz"));
         assert!(s.contains(
@@ -261,27 +305,18 @@ mod tests {
         assert!(s.contains("iseq ${netX/busid} 01:80:86:12:29 && goto bios_tftp ||"));
         assert!(s.contains("kernel tftp://10.77.0.1/images/i586/v1/vmlinuz"));
         assert!(s.contains(
-            "initrd --name initrd tftp://10.77.0.1/boot/52-54-00-77-00-10/i586/v1/initrd"
+            "initrd --name initrd tftp://10.77.0.1/boot/52-54-00-77-00-10/t0k/i586/v1/initrd"
         ));
-        assert_eq!(tftp_base("http://10.77.0.1:8080/"), "tftp://10.77.0.1");
     }
 
     #[test]
-    fn tftp_script_names_round_trip() {
+    fn a_reason_shown_on_screen_cannot_inject_script_lines() {
+        let s = retry_script("bad\nchain http://evil/${x}", "chain x\n");
         assert_eq!(
-            tftp_path("52:54:00:77:01:01"),
-            "boot/52-54-00-77-01-01.ipxe"
+            s.lines().filter(|l| l.starts_with("chain")).count(),
+            1,
+            "{s}"
         );
-        assert_eq!(
-            mac_of_tftp_path("boot/52-54-00-77-01-01.ipxe").as_deref(),
-            Some("52:54:00:77:01:01")
-        );
-        assert_eq!(
-            mac_of_tftp_path("/boot/52-54-00-77-01-01.ipxe").as_deref(),
-            Some("52:54:00:77:01:01")
-        );
-        assert_eq!(mac_of_tftp_path("boot/x/52-54-00-77-01-01.ipxe"), None);
-        assert_eq!(mac_of_tftp_path("boot/nonsense.ipxe"), None);
-        assert_eq!(mac_of_tftp_path("images/i586/v1/vmlinuz"), None);
+        assert!(!s.contains("${x}"), "{s}");
     }
 }

@@ -4,15 +4,17 @@
 
 pub mod bootdisk;
 pub mod bootfiles;
+pub mod bootpath;
 pub mod bootscript;
 pub mod config;
 pub mod dhcp;
+pub mod head;
 pub mod http;
 pub mod image;
+pub mod lifecycle;
 pub mod metrics;
 pub mod ndp;
 pub mod netif;
 pub mod registry;
-pub mod serve;
 pub mod store;
 pub mod tftp;

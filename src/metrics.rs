@@ -10,7 +10,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-type Labels = Vec<(&'static str, String)>;
+pub type Labels = Vec<(&'static str, String)>;
 
 pub struct Metrics {
     registry: Registry,
@@ -24,6 +24,9 @@ pub struct Metrics {
     pub http_bytes: Counter,
     pub http_refused: Family<Labels, Counter>,
     pub agent_refused: Family<Labels, Counter>,
+    /// Boot requests the registry would not answer with a boot (new-node limits, a node up at
+    /// another address, a stale token), by reason.
+    pub registry_refused: Family<Labels, Counter>,
     pub nodes: Family<Labels, Gauge>,
     /// Seconds from a node's first DHCP packet to its agent's registration.
     pub boot_duration: Histogram,
@@ -51,6 +54,7 @@ impl Metrics {
         let http_bytes = Counter::default();
         let http_refused = Family::<Labels, Counter>::default();
         let agent_refused = Family::<Labels, Counter>::default();
+        let registry_refused = Family::<Labels, Counter>::default();
         let nodes = Family::<Labels, Gauge>::default();
         let boot_duration = Histogram::new(
             [
@@ -99,6 +103,11 @@ impl Metrics {
             "Agent API requests refused, by reason",
             agent_refused.clone(),
         );
+        registry.register(
+            "registry_refused",
+            "Boot requests refused by the registry, by reason",
+            registry_refused.clone(),
+        );
         registry.register("nodes", "Nodes by state", nodes.clone());
         registry.register(
             "boot_duration_seconds",
@@ -116,9 +125,15 @@ impl Metrics {
             http_bytes,
             http_refused,
             agent_refused,
+            registry_refused,
             nodes,
             boot_duration,
         }
+    }
+
+    /// Count one refusal in `family` under `reason` (the caller logs it at debug).
+    pub fn refused(&self, family: &Family<Labels, Counter>, reason: &str) {
+        family.get_or_create(&labels(&[("reason", reason)])).inc();
     }
 
     pub fn dhcp_drop(&self, reason: &str) {

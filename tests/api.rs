@@ -1,75 +1,119 @@
-//! The head's HTTP API in-process: every state-changing endpoint of the OpenAPI document refuses
-//! unauthenticated and cross-node requests; an agent registers, heartbeats and gets commands.
+//! The head's HTTP API in-process, built by the same constructor as `enlist serve`: every
+//! secured endpoint of the OpenAPI document refuses unauthenticated requests; an agent gets its
+//! key only through a boot (or an admin), registers, heartbeats and gets signed commands and
+//! replies; policies hold.
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::connect_info::MockConnectInfo;
 use axum::http::{Request, StatusCode};
-use enlist::bootfiles::BootFiles;
 use enlist::config::Config;
-use enlist::http::{auth, router, AppState};
+use enlist::head::Head;
 use enlist::image::store::ImageStore;
-use enlist::metrics::Metrics;
-use enlist::registry::Registry;
+use enlist::lifecycle::NodeState;
 use enlist::store::Store;
-use enlist_api::{headers, paths, NodeKey, RegisterRequest, RequestAuth};
+use enlist_api::{headers, paths, Mac, NodeKey, RegisterRequest, ReplyAuth, RequestAuth};
 use http_body_util::BodyExt;
 use tower::ServiceExt;
 
-const CONFIG: &str = "
-state_dir: /nonexistent
-http: { listen: 127.0.0.1:0, public_url: http://10.77.0.1:8080 }
-dhcp:
-  interfaces: [{ name: lo, mode: dhcp }]
-  subnets: [{ subnet: 10.77.0.0/24, pool: [10.77.0.100, 10.77.0.199] }]
-images: { dir: /nonexistent, default: i586 }
-";
+/// Where the in-process requests come from.
+const PEER: [u8; 4] = [10, 77, 0, 100];
+const TOKEN: &str = "tttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttt";
 
-struct Head {
+struct TestHead {
     app: axum::Router,
-    registry: Arc<Registry>,
+    head: Head,
+    _dir: tempfile::TempDir,
 }
 
-fn head() -> Head {
+fn config(dir: &Path, extra: &str) -> Config {
+    let text = format!(
+        "state_dir: {d}\nhttp: {{ listen: 127.0.0.1:0, public_url: http://10.77.0.1:8080 }}\n\
+         dhcp:\n  interfaces: [{{ name: lo, mode: proxy }}]\n\
+         images: {{ dir: {d}/images, default: i586 }}\n{extra}",
+        d = dir.display()
+    );
+    Config::parse(&text, Path::new("test.yaml")).expect("config")
+}
+
+/// A head on an in-memory database with one published image, whose config is the base plus
+/// `extra` (more top-level sections).
+fn head_with(extra: &str) -> TestHead {
+    let dir = tempfile::tempdir().expect("tempdir");
+    ImageStore::new(dir.path().join("images"))
+        .publish("i586", "v1", &[("initrd", b"INITRD"), ("vmlinuz", b"K")])
+        .expect("publish");
+    let store = Store::memory().expect("db");
+    enlist::http::auth::set_password(&store, "correct horse").expect("password");
+    let head = Head::new(config(dir.path(), extra), store, TOKEN.into()).expect("head");
+    let app = head
+        .router()
+        .layer(MockConnectInfo(SocketAddr::from((PEER, 40000))));
+    TestHead {
+        app,
+        head,
+        _dir: dir,
+    }
+}
+
+fn head() -> TestHead {
     head_with("")
 }
 
-/// A head whose config is CONFIG plus `extra` (more top-level sections).
-fn head_with(extra: &str) -> Head {
-    let text = format!("{CONFIG}{extra}");
-    let cfg = Arc::new(Config::parse(&text, Path::new("test.yaml")).expect("config"));
-    let store = Store::memory().expect("db");
-    let metrics = Arc::new(Metrics::new());
-    let registry = Registry::new(cfg.clone(), store.clone(), metrics.clone()).expect("registry");
-    auth::set_password(&store, "correct horse").expect("password");
-    let files = Arc::new(BootFiles::new(
-        "/nonexistent".into(),
-        ImageStore::new("/nonexistent"),
-        registry.clone(),
-    ));
-    let state = Arc::new(AppState {
-        registry: registry.clone(),
-        files,
-        metrics,
-        auth: auth::Auth::new(store, "t".repeat(64), false),
-    });
-    let app = router(state).layer(MockConnectInfo(SocketAddr::from(([10, 77, 0, 100], 40000))));
-    Head { app, registry }
+async fn send(app: &axum::Router, req: Request<Body>) -> (StatusCode, String) {
+    let (status, _, body) = send_full(app, req).await;
+    (status, String::from_utf8_lossy(&body).to_string())
 }
 
-async fn send(app: &axum::Router, req: Request<Body>) -> (StatusCode, String) {
+async fn send_full(
+    app: &axum::Router,
+    req: Request<Body>,
+) -> (StatusCode, axum::http::HeaderMap, Vec<u8>) {
     let resp = app.clone().oneshot(req).await.expect("infallible");
     let status = resp.status();
+    let headers = resp.headers().clone();
     let body = resp
         .into_body()
         .collect()
         .await
-        .map(|b| b.to_bytes())
+        .map(|b| b.to_bytes().to_vec())
         .unwrap_or_default();
-    (status, String::from_utf8_lossy(&body).to_string())
+    (status, headers, body)
+}
+
+fn admin(method: &str, path: &str) -> Request<Body> {
+    Request::builder()
+        .method(method)
+        .uri(path)
+        .header("authorization", format!("Bearer {TOKEN}"))
+        .body(Body::empty())
+        .expect("req")
+}
+
+fn mac(s: &str) -> Mac {
+    Mac::parse(s).expect("mac")
+}
+
+/// The key in a node's initrd overlay (`key=` in node.conf).
+fn key_in(initrd: &[u8]) -> NodeKey {
+    let text = String::from_utf8_lossy(initrd);
+    let hex = text
+        .split("key=")
+        .nth(1)
+        .and_then(|t| t.get(..64))
+        .expect("key line");
+    NodeKey::from_hex(hex).expect("key")
+}
+
+/// Enlist `mac` as an admin booting it by hand would: its initrd from the admin API.
+async fn enlisted(h: &TestHead, m: &str) -> NodeKey {
+    let (status, _, body) =
+        send_full(&h.app, admin("GET", &format!("/api/v1/nodes/{m}/initrd"))).await;
+    assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+    assert!(body.starts_with(b"INITRD"), "image initrd first");
+    key_in(&body)
 }
 
 fn openapi_operations() -> Vec<(String, String, bool)> {
@@ -91,9 +135,7 @@ fn openapi_operations() -> Vec<(String, String, bool)> {
 #[tokio::test]
 async fn every_secured_endpoint_refuses_anonymous_requests() {
     let h = head();
-    h.registry
-        .boot_decision("52:54:00:00:00:01", None)
-        .expect("node");
+    enlisted(&h, "52:54:00:00:00:01").await;
     let ops = openapi_operations();
     assert!(ops.len() > 15, "the OpenAPI document lists the API");
     let mut checked = 0;
@@ -118,39 +160,29 @@ async fn every_secured_endpoint_refuses_anonymous_requests() {
     assert!(checked >= 15, "checked {checked} endpoints");
 }
 
+fn login(pw: &str) -> Request<Body> {
+    Request::post("/api/v1/login")
+        .header("content-type", "application/json")
+        .body(Body::from(format!("{{\"password\":\"{pw}\"}}")))
+        .expect("req")
+}
+
 #[tokio::test]
-async fn cookie_session_needs_csrf_token_for_actions() {
+async fn cookie_session_needs_csrf_token_and_ends_with_a_new_password() {
     let h = head();
-    h.registry
-        .boot_decision("52:54:00:00:00:01", None)
-        .expect("node");
-    let login = |pw: &str| {
-        Request::post("/api/v1/login")
-            .header("content-type", "application/json")
-            .body(Body::from(format!("{{\"password\":\"{pw}\"}}")))
-            .expect("req")
-    };
+    enlisted(&h, "52:54:00:00:00:01").await;
     assert_eq!(
         send(&h.app, login("wrong")).await.0,
         StatusCode::UNAUTHORIZED
     );
-    let resp = h
-        .app
-        .clone()
-        .oneshot(login("correct horse"))
-        .await
-        .expect("resp");
-    assert_eq!(resp.status(), StatusCode::OK);
-    let cookie = resp.headers()["set-cookie"]
-        .to_str()
-        .expect("cookie")
-        .to_string();
+    let (status, hdrs, body) = send_full(&h.app, login("correct horse")).await;
+    assert_eq!(status, StatusCode::OK);
+    let cookie = hdrs["set-cookie"].to_str().expect("cookie").to_string();
     assert!(
         cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
         "{cookie}"
     );
     let session = cookie.split(';').next().expect("kv").to_string();
-    let body = resp.into_body().collect().await.expect("body").to_bytes();
     let csrf = serde_json::from_slice::<serde_json::Value>(&body).expect("json")["csrf"]
         .as_str()
         .expect("csrf")
@@ -177,37 +209,55 @@ async fn cookie_session_needs_csrf_token_for_actions() {
     let (status, body) = send(&h.app, action(Some(&csrf))).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     // Reading needs the cookie too (public_read is off).
+    let anon = Request::get("/api/v1/nodes")
+        .body(Body::empty())
+        .expect("req");
+    assert_eq!(send(&h.app, anon).await.0, StatusCode::UNAUTHORIZED);
+
+    // A new password ends the session (within the head's 2 s cache of the hash).
+    enlist::http::auth::set_password(&h.head.store, "battery staple").expect("password");
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
     assert_eq!(
-        send(
-            &h.app,
-            Request::get("/api/v1/nodes")
-                .body(Body::empty())
-                .expect("req")
-        )
-        .await
-        .0,
+        send(&h.app, action(Some(&csrf))).await.0,
         StatusCode::UNAUTHORIZED
     );
 }
 
-fn signed(
-    path: &str,
-    mac: &str,
-    session: &str,
-    seq: u64,
-    key: &NodeKey,
-    body: &str,
-) -> Request<Body> {
+#[tokio::test]
+async fn logins_are_throttled_per_source() {
+    let h = head();
+    let mut codes = vec![];
+    for _ in 0..6 {
+        codes.push(send(&h.app, login("wrong")).await.0);
+    }
+    assert_eq!(
+        &codes[..3],
+        [StatusCode::UNAUTHORIZED; 3],
+        "a few free tries"
+    );
+    assert!(
+        codes[4..].contains(&StatusCode::TOO_MANY_REQUESTS),
+        "{codes:?}"
+    );
+    assert_eq!(
+        send(&h.app, login("correct horse")).await.0,
+        StatusCode::TOO_MANY_REQUESTS,
+        "even the right password waits its turn"
+    );
+}
+
+fn signed(path: &str, m: Mac, session: &str, seq: u64, key: &NodeKey, body: &str) -> Request<Body> {
+    let node = m.to_string();
     let sig = RequestAuth {
         method: "POST",
         path,
-        node: mac,
+        node: &node,
         session,
         seq,
     }
     .sign(key, body.as_bytes());
     Request::post(path)
-        .header(headers::NODE, mac)
+        .header(headers::NODE, node)
         .header(headers::SESSION, session)
         .header(headers::SEQ, seq.to_string())
         .header(headers::SIGNATURE, sig)
@@ -215,42 +265,77 @@ fn signed(
         .expect("req")
 }
 
+async fn nonce(app: &axum::Router) -> String {
+    let (_, body) = send(
+        app,
+        Request::get(paths::NONCE).body(Body::empty()).expect("req"),
+    )
+    .await;
+    serde_json::from_str::<serde_json::Value>(&body).expect("json")["nonce"]
+        .as_str()
+        .expect("nonce")
+        .to_string()
+}
+
+/// Register `m` with `key`; the reply's status, signature header and body.
+async fn register_with(
+    h: &TestHead,
+    m: Mac,
+    key: &NodeKey,
+    ip: &str,
+) -> (StatusCode, Option<String>, String, String) {
+    let n = nonce(&h.app).await;
+    let body = serde_json::to_string(&RegisterRequest {
+        info: enlist_api::NodeInfo {
+            ip: ip.into(),
+            ..Default::default()
+        },
+    })
+    .expect("json");
+    let (status, hdrs, body) =
+        send_full(&h.app, signed(paths::REGISTER, m, &n, 0, key, &body)).await;
+    let sig = hdrs
+        .get(headers::REPLY_SIGNATURE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    (status, sig, String::from_utf8_lossy(&body).to_string(), n)
+}
+
+async fn register(h: &TestHead, m: Mac, key: &NodeKey, ip: &str) -> (StatusCode, String) {
+    let (status, _, body, _) = register_with(h, m, key, ip).await;
+    (status, body)
+}
+
 #[tokio::test]
 async fn agents_authenticate_and_cannot_speak_for_other_nodes() {
     let h = head();
-    let (a, b) = ("52:54:00:00:00:0a", "52:54:00:00:00:0b");
-    let key_a = h.registry.keys().node_key(a, 0);
-    let key_b = h.registry.keys().node_key(b, 0);
-    h.registry.boot_decision(b, None).expect("node b");
+    let (a, b) = (mac("52:54:00:00:00:0a"), mac("52:54:00:00:00:0b"));
+    let key_a = enlisted(&h, "52:54:00:00:00:0a").await;
+    let key_b = enlisted(&h, "52:54:00:00:00:0b").await;
 
-    let nonce = |app: axum::Router| async move {
-        let (_, body) = send(
-            &app,
-            Request::get(paths::NONCE).body(Body::empty()).expect("req"),
-        )
-        .await;
-        serde_json::from_str::<serde_json::Value>(&body).expect("json")["nonce"]
-            .as_str()
-            .expect("nonce")
-            .to_string()
+    // Wrong key (b's key for a's MAC): refused.
+    assert_eq!(
+        register(&h, a, &key_b, "").await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    // Right key: registered, and the reply is signed for this request.
+    let (status, sig, body, n) = register_with(&h, a, &key_a, "").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let reply = ReplyAuth {
+        path: paths::REGISTER,
+        session: &n,
+        seq: 0,
     };
+    assert!(
+        reply.verify(&key_a, body.as_bytes(), sig.as_deref().unwrap_or("")),
+        "signed reply"
+    );
+    assert!(!reply.verify(&key_b, body.as_bytes(), sig.as_deref().unwrap_or("")));
+    // The nonce cannot be used twice.
     let reg_body = serde_json::to_string(&RegisterRequest {
         info: Default::default(),
     })
     .expect("json");
-
-    // Wrong key (b's key for a's MAC): refused.
-    let n = nonce(h.app.clone()).await;
-    assert_eq!(
-        send(&h.app, signed(paths::REGISTER, a, &n, 0, &key_b, &reg_body))
-            .await
-            .0,
-        StatusCode::UNAUTHORIZED
-    );
-    // Right key: registered. The nonce cannot be used twice.
-    let n = nonce(h.app.clone()).await;
-    let (status, body) = send(&h.app, signed(paths::REGISTER, a, &n, 0, &key_a, &reg_body)).await;
-    assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(
         send(&h.app, signed(paths::REGISTER, a, &n, 0, &key_a, &reg_body))
             .await
@@ -288,15 +373,30 @@ async fn agents_authenticate_and_cannot_speak_for_other_nodes() {
     let mut forged = signed(paths::HEARTBEAT, a, &session, 3, &key_a, hb);
     *forged.body_mut() = Body::from(hb.replace("0.5", "9.5"));
     assert_eq!(send(&h.app, forged).await.0, StatusCode::UNAUTHORIZED);
-    assert_eq!(h.registry.find(a).expect("a").state, "healthy");
+    // A load no PC has: refused, and the node unchanged.
+    let absurd = hb.replace("0.5", "1e39");
+    assert_eq!(
+        send(
+            &h.app,
+            signed(paths::HEARTBEAT, a, &session, 4, &key_a, &absurd)
+        )
+        .await
+        .0,
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(
+        h.head.registry.node(a).expect("a").state,
+        NodeState::Healthy
+    );
 
     // A queued command arrives at once, signed for this session.
-    h.registry
+    h.head
+        .registry
         .command(a, enlist_api::CommandKind::Reboot)
         .expect("command");
     let (status, body) = send(
         &h.app,
-        signed(paths::COMMANDS, a, &session, 4, &key_a, "{}"),
+        signed(paths::COMMANDS, a, &session, 5, &key_a, "{}"),
     )
     .await;
     assert_eq!(status, StatusCode::OK);
@@ -312,6 +412,18 @@ async fn agents_authenticate_and_cannot_speak_for_other_nodes() {
         &session,
         &cmds.commands[0]
     ));
+}
+
+#[tokio::test]
+async fn registration_of_a_node_the_head_never_booted_is_refused_and_creates_nothing() {
+    let h = head();
+    let stranger = mac("52:54:00:00:00:0f");
+    let key = h.head.registry.keys().node_key(stranger, 0);
+    assert_eq!(
+        register(&h, stranger, &key, "").await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    assert!(h.head.store.node(stranger).expect("db").is_none());
 }
 
 #[tokio::test]
@@ -333,37 +445,16 @@ async fn metrics_are_prometheus_text() {
     assert!(body.ends_with("# EOF\n"), "OpenMetrics when asked for");
 }
 
-async fn register(h: &Head, mac: &str) -> (StatusCode, String) {
-    register_from(h, mac, "").await
-}
-
-async fn register_from(h: &Head, mac: &str, ip: &str) -> (StatusCode, String) {
-    let (_, body) = send(
-        &h.app,
-        Request::get(paths::NONCE).body(Body::empty()).expect("req"),
-    )
-    .await;
-    let nonce = serde_json::from_str::<serde_json::Value>(&body).expect("json")["nonce"]
-        .as_str()
-        .expect("nonce")
-        .to_string();
-    let key = h.registry.keys().node_key(mac, 0);
-    let body = serde_json::to_string(&RegisterRequest {
-        info: enlist_api::NodeInfo {
-            ip: ip.into(),
-            ..Default::default()
-        },
-    })
-    .expect("json");
-    send(&h.app, signed(paths::REGISTER, mac, &nonce, 0, &key, &body)).await
-}
-
 #[tokio::test]
 async fn peers_follow_registrations_renames_and_leaving_and_survive_a_restart() {
     let h = head();
-    let (a, b) = ("52:54:00:00:00:1a", "52:54:00:00:00:1b");
-    assert_eq!(register_from(&h, a, "10.77.0.101").await.0, StatusCode::OK);
-    let (status, body) = register_from(&h, b, "10.77.0.102").await;
+    let (a, b) = (mac("52:54:00:00:00:1a"), mac("52:54:00:00:00:1b"));
+    let (ka, kb) = (
+        enlisted(&h, "52:54:00:00:00:1a").await,
+        enlisted(&h, "52:54:00:00:00:1b").await,
+    );
+    assert_eq!(register(&h, a, &ka, "10.77.0.101").await.0, StatusCode::OK);
+    let (status, body) = register(&h, b, &kb, "10.77.0.102").await;
     assert_eq!(status, StatusCode::OK);
     let resp: enlist_api::RegisterResponse = serde_json::from_str(&body).expect("json");
     let ips: Vec<&str> = resp.peers.iter().map(|p| p.ip.as_str()).collect();
@@ -373,23 +464,26 @@ async fn peers_follow_registrations_renames_and_leaving_and_survive_a_restart() 
         "registration returns the peers"
     );
 
-    let (v1, _) = h.registry.peers();
-    h.registry.rename(b, "render1").expect("rename");
-    let (v2, peers) = h.registry.peers();
+    let reg = &h.head.registry;
+    let (v1, _) = reg.peers();
+    reg.rename(b, "render1").expect("rename");
+    let (v2, peers) = reg.peers();
     assert!(v2 > v1, "a rename changes the peers version");
     assert!(peers.iter().any(|p| p.name == "render1"));
-    h.registry.leaving(a, "reboot").expect("leaving");
-    let (v3, peers) = h.registry.peers();
+    reg.leaving(a, "reboot").expect("leaving");
+    let (v3, peers) = reg.peers();
     assert!(v3 > v2, "a node leaving changes the peers version");
     assert_eq!(peers.len(), 1, "{peers:?}");
 
     // A new head on the same database knows the same peers and node counts.
-    let text = CONFIG.to_string();
-    let cfg = Arc::new(Config::parse(&text, Path::new("test.yaml")).expect("config"));
-    let metrics = Arc::new(Metrics::new());
-    let again = Registry::new(cfg, h.registry.store().clone(), metrics.clone()).expect("registry");
-    assert_eq!(again.peers().1, peers);
-    let text = metrics.render_prometheus();
+    let again = Head::new(
+        h.head.cfg.as_ref().clone(),
+        h.head.store.clone(),
+        TOKEN.into(),
+    )
+    .expect("head");
+    assert_eq!(again.registry.peers().1, peers);
+    let text = again.metrics.render_prometheus();
     assert!(
         text.contains("enlist_nodes{state=\"registered\"} 1"),
         "{text}"
@@ -397,26 +491,45 @@ async fn peers_follow_registrations_renames_and_leaving_and_survive_a_restart() 
 }
 
 #[tokio::test]
-async fn approve_policy_keeps_new_nodes_pending_until_an_admin_approves() {
+async fn approve_policy_keeps_new_pcs_pending_until_an_admin_approves() {
     let h = head_with("nodes: { enrollment: approve }\n");
-    let mac = "52:54:00:00:00:0c";
-    let (status, body) = register(&h, mac).await;
+    let (status, body) = send(
+        &h.app,
+        Request::get("/boot/52-54-00-00-00-0c.ipxe")
+            .body(Body::empty())
+            .expect("req"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(body.contains("waits for an admin to approve"), "{body}");
+    assert!(
+        !body.contains("initrd"),
+        "no initrd (no key) before approval: {body}"
+    );
+    let (_, list) = send(&h.app, admin("GET", "/api/v1/nodes")).await;
+    assert!(list.contains("\"pending\""), "{list}");
+    let (status, body) = send(
+        &h.app,
+        admin("POST", "/api/v1/nodes/52:54:00:00:00:0c/approve"),
+    )
+    .await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    assert_eq!(h.registry.find(mac).expect("node").state, "pending");
-    let req = Request::post(format!("/api/v1/nodes/{mac}/approve"))
-        .header("authorization", format!("Bearer {}", "t".repeat(64)))
-        .body(Body::empty())
-        .expect("req");
-    let (status, body) = send(&h.app, req).await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    assert_eq!(h.registry.find(mac).expect("node").state, "registered");
+    let (_, body) = send(
+        &h.app,
+        Request::get("/boot/52-54-00-00-00-0c.ipxe")
+            .body(Body::empty())
+            .expect("req"),
+    )
+    .await;
+    assert!(
+        body.contains("initrd --name initrd"),
+        "boots once approved: {body}"
+    );
 }
 
 #[tokio::test]
 async fn known_macs_policy_refuses_strangers() {
     let h = head_with("nodes: { enrollment: known-macs }\n");
-    let (status, _) = register(&h, "52:54:00:00:00:0d").await;
-    assert_eq!(status, StatusCode::FORBIDDEN);
     let (status, body) = send(
         &h.app,
         Request::get("/boot/52-54-00-00-00-0d.ipxe")
@@ -426,14 +539,20 @@ async fn known_macs_policy_refuses_strangers() {
     .await;
     assert_eq!(status, StatusCode::OK);
     assert!(body.contains("not enlisted"), "{body}");
+    assert!(h
+        .head
+        .store
+        .node(mac("52:54:00:00:00:0d"))
+        .expect("db")
+        .is_none());
 }
 
 #[tokio::test]
 async fn released_node_gets_a_local_disk_script() {
     let h = head();
-    let mac = "52:54:00:00:00:0e";
-    h.registry.boot_decision(mac, None).expect("node");
-    h.registry.release(mac).expect("release");
+    let m = mac("52:54:00:00:00:0e");
+    enlisted(&h, "52:54:00:00:00:0e").await;
+    h.head.registry.release(m).expect("release");
     let (status, body) = send(
         &h.app,
         Request::get("/boot/52-54-00-00-00-0e.ipxe")
@@ -446,5 +565,24 @@ async fn released_node_gets_a_local_disk_script() {
         body.contains("sanboot --no-describe --drive 0x80"),
         "{body}"
     );
-    assert_eq!(h.registry.find(mac).expect("node").state, "gone");
+    assert_eq!(
+        h.head.registry.node(m).expect("node").state,
+        NodeState::Gone
+    );
+}
+
+#[tokio::test]
+async fn the_dashboard_header_counts_are_public() {
+    let h = head();
+    enlisted(&h, "52:54:00:00:00:01").await;
+    let (status, body) = send(
+        &h.app,
+        Request::get("/api/v1/summary")
+            .body(Body::empty())
+            .expect("req"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(v["nodes"]["seen"], 1, "{body}");
 }

@@ -113,12 +113,16 @@ fn ipxe_clients_get_their_boot_script_url() {
         let m = fixture(name);
         let c = classify(&m).expect("classify");
         assert!(c.ipxe, "{name}: iPXE recognised");
-        assert_eq!(c.busid.as_deref(), Some(busid), "{name}: option 175.177");
+        assert_eq!(
+            c.busid.map(|b| b.to_string()).as_deref(),
+            Some(busid),
+            "{name}: option 175.177"
+        );
         assert_eq!(c.firmware, Firmware::Bios, "{name}");
         let (h, at) = handler(DhcpMode::Dhcp);
         let r = reply(&h, &at, &m).unwrap_or_else(|| panic!("{name}: no OFFER"));
         assert_eq!(r.opts().msg_type(), Some(MessageType::Offer));
-        let mac = c.mac.replace(':', "-");
+        let mac = c.mac.hyphenated();
         assert_eq!(boot_file(&r), script.replace("{mac}", &mac), "{name}");
         assert_eq!(r.siaddr(), at.iface_addr, "{name}: next-server");
         assert!(r.yiaddr().octets()[..3] == [10, 77, 0]);
@@ -236,22 +240,63 @@ fn offers_go_by_unicast_to_the_offered_address_unless_the_client_asks_for_broadc
     assert!(unicast >= 2, "only {unicast} fixtures asked for unicast");
 }
 
+/// What the handler made of a packet: no database error, and never a caught panic.
+fn outcome_of(h: &Handler, at: &Arrival, m: &Message, what: &str) -> Outcome {
+    let o = h
+        .handle(at, m, 1)
+        .unwrap_or_else(|e| panic!("{what}: database error {e}"));
+    assert!(
+        !matches!(o, Outcome::Drop("panic")),
+        "{what}: the handler panicked"
+    );
+    o
+}
+
 #[test]
-fn truncated_and_corrupted_packets_never_panic() {
+fn truncated_and_corrupted_packets_are_answered_or_dropped_never_panicked_on() {
+    let (mut replies, mut drops) = (0, 0);
     for (name, bytes) in fixtures() {
         let (h, at) = handler(DhcpMode::Dhcp);
-        for cut in 0..bytes.len() {
-            if let Ok(m) = Message::decode(&mut Decoder::new(&bytes[..cut])) {
-                let _ = h.handle(&at, &m, 1);
+        let variants = (0..bytes.len())
+            .map(|cut| (format!("{name} cut at {cut}"), bytes[..cut].to_vec()))
+            .chain((0..bytes.len()).step_by(7).map(|i| {
+                let mut b = bytes.clone();
+                b[i] ^= 0xff;
+                (format!("{name} byte {i} flipped"), b)
+            }));
+        for (what, b) in variants {
+            let Ok(m) = Message::decode(&mut Decoder::new(&b)) else {
+                continue;
+            };
+            match outcome_of(&h, &at, &m, &what) {
+                Outcome::Reply { msg, .. } => {
+                    // A reply is only ever made for a well-formed Ethernet request.
+                    assert_eq!((m.hlen(), msg.hlen()), (6, 6), "{what}");
+                    replies += 1;
+                }
+                Outcome::Drop(_) => drops += 1,
             }
         }
-        for i in (0..bytes.len()).step_by(7) {
-            let mut b = bytes.clone();
-            b[i] ^= 0xff;
-            if let Ok(m) = Message::decode(&mut Decoder::new(&b)) {
-                let _ = h.handle(&at, &m, 1);
-            }
-        }
-        let _ = name;
+    }
+    assert!(replies > 0 && drops > 0, "{replies} replies, {drops} drops");
+}
+
+#[test]
+fn impossible_hardware_lengths_are_dropped_before_chaddr_is_read() {
+    let (_, bytes) = fixtures()
+        .into_iter()
+        .find(|(n, _)| n == "udhcpc-discover.bin")
+        .expect("fixture");
+    for hlen in [0u8, 5, 7, 16, 17, 255] {
+        let mut b = bytes.clone();
+        b[2] = hlen; // op, htype, hlen: RFC 2131 section 2
+        let m = Message::decode(&mut Decoder::new(&b)).expect("decodes");
+        assert_eq!(m.hlen(), hlen);
+        let (h, at) = handler(DhcpMode::Dhcp);
+        let o = outcome_of(&h, &at, &m, &format!("hlen {hlen}"));
+        assert!(
+            matches!(o, Outcome::Drop("not-ethernet")),
+            "hlen {hlen}: {o:?}"
+        );
     }
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use dhcproto::v4::{DhcpOption, Flags, Message, MessageType, Opcode};
 use dhcproto::{Decodable, Decoder, Encodable, Encoder};
+use enlist_lab::host::{in_netns, Host};
 use enlist_lab::{run, Lab};
 
 fn root() -> PathBuf {
@@ -30,7 +31,7 @@ fn services_lab(test: &str) -> Lab {
          tftp: {{ listen: 0.0.0.0:69, ipxe_dir: {root}, max_blksize: 1468, max_windowsize: 64 }}\n\
          dhcp:\n  interfaces: [{{ name: br0, mode: dhcp }}]\n  subnets:\n\
          \x20   - {{ subnet: 10.77.0.0/24, pool: [10.77.0.100, 10.77.0.199], router: 10.77.0.1 }}\n\
-         \x20   - {{ subnet: 10.78.0.0/24, pool: [10.78.0.100, 10.78.0.150], router: 10.78.0.1 }}\n\
+         \x20   - {{ subnet: 10.78.0.0/24, pool: [10.78.0.100, 10.78.0.150], router: 10.78.0.1, relays: [10.78.0.1] }}\n\
          images: {{ dir: {dir}/images, default: i586 }}\n",
         state = dir.join("state").display(),
         root = tftp_root.display(),
@@ -43,111 +44,19 @@ fn services_lab(test: &str) -> Lab {
     lab
 }
 
-/// A client namespace joined to the lab bridge by a veth pair with the given MAC.
-struct Client {
-    ns: String,
-}
-
-impl Client {
-    fn new(lab: &Lab, name: &str, mac: &str) -> Client {
-        Client::on_bridge(lab, name, mac, "br0")
-    }
-
-    fn on_bridge(lab: &Lab, name: &str, mac: &str, bridge: &str) -> Client {
-        let ns = format!("{}-{name}", lab.ns);
-        let _ = Command::new("ip")
-            .args(["netns", "del", &ns])
-            .stderr(std::process::Stdio::null())
-            .status();
-        let ip =
-            |args: &[&str]| run(Command::new("ip").args(args)).unwrap_or_else(|e| panic!("{e}"));
-        ip(&["netns", "add", &ns]);
-        let (a, b) = (format!("v{name}h"), format!("v{name}c"));
-        ip(&[
-            "-n", &lab.ns, "link", "add", &a, "type", "veth", "peer", "name", &b, "netns", &ns,
-        ]);
-        ip(&["-n", &lab.ns, "link", "set", &a, "master", bridge, "up"]);
-        ip(&["-n", &ns, "link", "set", &b, "address", mac, "up"]);
-        ip(&["-n", &ns, "link", "set", "lo", "up"]);
-        Client { ns }
-    }
-    fn iface(&self) -> String {
-        format!("v{}c", self.ns.rsplit('-').next().unwrap_or(""))
-    }
-    fn exec(&self, program: &str) -> Command {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.ns, program]);
-        c
-    }
-    /// busybox udhcpc: DISCOVER..ACK; returns the leased address.
-    fn udhcpc(&self) -> String {
-        let out = self
-            .exec("udhcpc")
-            .args([
-                "-i",
-                &self.iface(),
-                "-n",
-                "-q",
-                "-f",
-                "-t",
-                "5",
-                "-T",
-                "2",
-                "-s",
-                "/bin/true",
-            ])
-            .output()
-            .expect("udhcpc");
-        let text = String::from_utf8_lossy(&out.stderr).to_string()
-            + &String::from_utf8_lossy(&out.stdout);
-        text.lines()
-            .find_map(|l| {
-                l.split("lease of ")
-                    .nth(1)
-                    .and_then(|r| r.split_whitespace().next())
-            })
-            .unwrap_or_else(|| panic!("udhcpc got no lease:\n{text}"))
-            .to_string()
-    }
-    /// ISC dhclient; returns the bound address.
-    fn dhclient(&self, dir: &std::path::Path) -> String {
-        let lf = dir.join(format!("{}.leases", self.ns));
-        let _ = std::fs::remove_file(&lf);
-        let out = self
-            .exec("dhclient")
-            .args(["-1", "-v", "-sf", "/bin/true", "-lf"])
-            .arg(&lf)
-            .arg("-pf")
-            .arg(dir.join(format!("{}.pid", self.ns)))
-            .arg(self.iface())
-            .output()
-            .expect("dhclient");
-        let text = String::from_utf8_lossy(&out.stderr).to_string();
-        text.lines()
-            .find_map(|l| {
-                l.split("bound to ")
-                    .nth(1)
-                    .and_then(|r| r.split_whitespace().next())
-            })
-            .unwrap_or_else(|| panic!("dhclient got no lease:\n{text}"))
-            .to_string()
-    }
-}
-
-impl Drop for Client {
-    fn drop(&mut self) {
-        Lab::cleanup(&self.ns);
-    }
+/// A client namespace on the lab bridge with the given MAC.
+fn client(lab: &Lab, name: &str, mac: &str) -> Host {
+    Host::new(lab, name, mac).unwrap_or_else(|e| panic!("{e}"))
 }
 
 #[test]
 #[ignore = "needs root: run `cargo xtask test`"]
 fn dhcp_clients_get_leases_that_survive_kill_9() {
     let mut lab = services_lab("dhcp");
-    let u = Client::new(&lab, "u", "02:00:00:00:00:01");
-    let d = Client::new(&lab, "d", "02:00:00:00:00:02");
-    let a1 = u.udhcpc();
-    let b1 = d.dhclient(&lab.dir);
+    let u = client(&lab, "u", "02:00:00:00:00:01");
+    let d = client(&lab, "d", "02:00:00:00:00:02");
+    let a1 = u.udhcpc(false).unwrap_or_else(|e| panic!("{e}"));
+    let b1 = d.dhclient(&lab.dir).unwrap_or_else(|e| panic!("{e}"));
     assert!(
         a1.starts_with("10.77.0.") && b1.starts_with("10.77.0."),
         "{a1} {b1}"
@@ -159,13 +68,13 @@ fn dhcp_clients_get_leases_that_survive_kill_9() {
     let r = lab.start_head(&root().join("target/release/enlist"), &cfg);
     assert!(r.is_ok(), "{r:?}\n{}", lab.head_log());
     assert_eq!(
-        u.udhcpc(),
+        u.udhcpc(false).unwrap_or_else(|e| panic!("{e}")),
         a1,
         "udhcpc keeps its address after kill -9\n{}",
         lab.head_log()
     );
     assert_eq!(
-        d.dhclient(&lab.dir),
+        d.dhclient(&lab.dir).unwrap_or_else(|e| panic!("{e}")),
         b1,
         "dhclient keeps its address after kill -9\n{}",
         lab.head_log()
@@ -201,22 +110,11 @@ fn dhcp_clients_get_leases_that_survive_kill_9() {
     );
 }
 
-fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let path = format!("/var/run/netns/{ns}");
-    std::thread::spawn(move || {
-        let file = std::fs::File::open(&path).expect("netns");
-        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
-        f()
-    })
-    .join()
-    .expect("thread")
-}
-
 #[test]
 #[ignore = "needs root: run `cargo xtask test`"]
 fn relayed_discover_gets_an_address_from_the_relays_subnet() {
     let lab = services_lab("relay");
-    let relay = Client::new(&lab, "r", "02:00:00:00:00:03");
+    let relay = client(&lab, "r", "02:00:00:00:00:03");
     let ip = |args: &[&str]| run(Command::new("ip").args(args)).unwrap_or_else(|e| panic!("{e}"));
     ip(&[
         "-n",
@@ -225,7 +123,7 @@ fn relayed_discover_gets_an_address_from_the_relays_subnet() {
         "add",
         "10.77.0.254/24",
         "dev",
-        &relay.iface(),
+        &relay.iface,
     ]);
     // The relay's second LAN (a veth pair inside its namespace: no dummy module needed).
     ip(&[
@@ -301,17 +199,9 @@ fn tftp_rrq(file: &str, opts: &[(&str, &str)]) -> Vec<u8> {
 #[ignore = "needs root: run `cargo xtask test`"]
 fn tftp_serves_real_clients_and_refuses_escapes() {
     let lab = services_lab("tftp");
-    let c = Client::new(&lab, "t", "02:00:00:00:00:04");
+    let c = client(&lab, "t", "02:00:00:00:00:04");
     let ip = |args: &[&str]| run(Command::new("ip").args(args)).unwrap_or_else(|e| panic!("{e}"));
-    ip(&[
-        "-n",
-        &c.ns,
-        "addr",
-        "add",
-        "10.77.0.50/24",
-        "dev",
-        &c.iface(),
-    ]);
+    ip(&["-n", &c.ns, "addr", "add", "10.77.0.50/24", "dev", &c.iface]);
     let want = std::fs::read(lab.dir.join("tftproot/big.bin")).expect("big");
 
     // tftp-hpa with blksize 1468 (its -B option is not universal: use the interactive command).
@@ -443,12 +333,13 @@ fn dhcp_does_not_answer_on_unconfigured_interfaces() {
     ip(&["-n", &lab.ns, "link", "add", "br1", "type", "bridge"]);
     ip(&["-n", &lab.ns, "addr", "add", "10.77.1.1/24", "dev", "br1"]);
     ip(&["-n", &lab.ns, "link", "set", "br1", "up"]);
-    let c = Client::on_bridge(&lab, "x", "02:00:00:00:00:05", "br1");
+    let c =
+        Host::on_bridge(&lab, "x", "02:00:00:00:00:05", "br1").unwrap_or_else(|e| panic!("{e}"));
     let out = c
         .exec("udhcpc")
         .args([
             "-i",
-            &c.iface(),
+            &c.iface,
             "-n",
             "-q",
             "-f",

@@ -10,11 +10,25 @@
 //!   sequence number that must grow, so a captured request cannot be replayed and one node's key
 //!   cannot speak for another MAC.
 //! * Commands sent by the head to a node carry a signature with the same key, so the agent only
-//!   obeys its own head.
+//!   obeys its own head; every reply of the head is signed too ([`ReplyAuth`]), and the agent
+//!   checks what a reply says ([`RegisterResponse::check`]) before it uses it.
+//! * Both sides check every body against the limits here before using it: a value that cannot
+//!   be right (a load of 1e39, a name with a newline) is refused, not shown or written.
 
-use hmac::{Hmac, Mac};
+mod mac;
+
+use hmac::{Hmac, Mac as _};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+
+pub use mac::{BadMac, Mac};
+
+/// Longest text field in an agent body (CPU model, kernel, NIC names).
+pub const MAX_TEXT: usize = 256;
+/// Longest command result message the head keeps; longer ones are cut.
+pub const MAX_RESULT_MESSAGE: usize = 4096;
+/// Largest agent request or reply body.
+pub const MAX_BODY: usize = 64 * 1024;
 
 /// HTTP paths of the agent API, relative to the head's base URL.
 pub mod paths {
@@ -33,6 +47,34 @@ pub mod headers {
     pub const SESSION: &str = "x-enlist-session";
     pub const SEQ: &str = "x-enlist-seq";
     pub const SIGNATURE: &str = "x-enlist-signature";
+    /// The head's signature on its reply (see [`crate::ReplyAuth`]).
+    pub const REPLY_SIGNATURE: &str = "x-enlist-reply-signature";
+}
+
+/// A host name label (RFC 1123): 1-63 letters, digits and `-`, not starting or ending with `-`.
+/// Node names go into every node's /etc/hosts and into Slurm, so nothing else is allowed.
+pub fn valid_host_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+fn short_text(what: &str, s: &str) -> Result<(), String> {
+    if s.len() > MAX_TEXT || s.chars().any(char::is_control) {
+        return Err(format!(
+            "{what}: longer than {MAX_TEXT} bytes or with control characters"
+        ));
+    }
+    Ok(())
+}
+
+fn ipv4_or_empty(what: &str, s: &str) -> Result<(), String> {
+    if !s.is_empty() && s.parse::<std::net::Ipv4Addr>().is_err() {
+        return Err(format!("{what}: {s:?} is not an IPv4 address"));
+    }
+    Ok(())
 }
 
 /// What the agent reports about its PC when it registers.
@@ -55,6 +97,38 @@ pub struct Nic {
     pub name: String,
     pub mac: String,
     pub driver: String,
+}
+
+impl NodeInfo {
+    /// Whether every field is within what a real PC reports.
+    pub fn check(&self) -> Result<(), String> {
+        for (what, v) in [
+            ("cpu_model", &self.cpu_model),
+            ("kernel", &self.kernel),
+            ("boot_method", &self.boot_method),
+        ] {
+            short_text(what, v)?;
+        }
+        ipv4_or_empty("ip", &self.ip)?;
+        if self.cpu_flags.len() > 512 {
+            return Err("cpu_flags: more than 512".into());
+        }
+        for f in &self.cpu_flags {
+            short_text("cpu_flags", f)?;
+        }
+        if self.nics.len() > 32 {
+            return Err("nics: more than 32".into());
+        }
+        for n in &self.nics {
+            short_text("nics.name", &n.name)?;
+            short_text("nics.mac", &n.mac)?;
+            short_text("nics.driver", &n.driver)?;
+        }
+        if self.cores > 65_536 || self.cpu_mhz > 1_000_000 || self.mem_total_kb > 1 << 40 {
+            return Err("cores, cpu_mhz or mem_total_kb out of range".into());
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -84,6 +158,28 @@ pub struct Heartbeat {
     pub uptime_secs: u64,
 }
 
+/// Largest load average believed (a PC with thousands of runnable tasks is still below it).
+pub const MAX_LOAD: f32 = 1.0e6;
+
+impl Heartbeat {
+    /// Whether the values are ones a real PC reports: finite, non-negative load averages.
+    pub fn check(&self) -> Result<(), String> {
+        for (what, v) in [
+            ("load1", self.load1),
+            ("load5", self.load5),
+            ("load15", self.load15),
+        ] {
+            if !v.is_finite() || !(0.0..=MAX_LOAD).contains(&v) {
+                return Err(format!("{what}: {v} is not a load average"));
+            }
+        }
+        if self.mem_free_kb > 1 << 40 {
+            return Err("mem_free_kb out of range".into());
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct HeartbeatResponse {
     /// Changes whenever the set of enlisted nodes changes; the agent refetches peers on change.
@@ -94,6 +190,57 @@ pub struct HeartbeatResponse {
 pub struct Peer {
     pub name: String,
     pub ip: String,
+}
+
+impl Peer {
+    pub fn check(&self) -> Result<(), String> {
+        if !valid_host_label(&self.name) {
+            return Err(format!("peer name {:?} is not a host name", self.name));
+        }
+        if self.ip.parse::<std::net::Ipv4Addr>().is_err() {
+            return Err(format!(
+                "peer {}: {:?} is not an IPv4 address",
+                self.name, self.ip
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Most peers a node lists (a reply with more is refused).
+pub const MAX_PEERS: usize = 100_000;
+
+fn check_peers(peers: &[Peer]) -> Result<(), String> {
+    if peers.len() > MAX_PEERS {
+        return Err(format!("more than {MAX_PEERS} peers"));
+    }
+    peers.iter().try_for_each(Peer::check)
+}
+
+impl RegisterResponse {
+    /// What the agent checks before using a registration reply: a name it may put in
+    /// /etc/hosts, a heartbeat period it can live with, well-formed peers.
+    pub fn check(&self) -> Result<(), String> {
+        if !valid_host_label(&self.name) {
+            return Err(format!("node name {:?} is not a host name", self.name));
+        }
+        if !(1..=300).contains(&self.heartbeat_secs) {
+            return Err(format!(
+                "heartbeat of {} s is out of range",
+                self.heartbeat_secs
+            ));
+        }
+        if self.session.len() != 32 || !self.session.bytes().all(|c| c.is_ascii_hexdigit()) {
+            return Err("session is not a session id".into());
+        }
+        check_peers(&self.peers)
+    }
+}
+
+impl PeersResponse {
+    pub fn check(&self) -> Result<(), String> {
+        check_peers(&self.peers)
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -144,6 +291,31 @@ pub struct CommandResult {
     pub message: String,
 }
 
+impl CommandResult {
+    /// The result as the head keeps it: the message cut to [`MAX_RESULT_MESSAGE`] bytes, and
+    /// control characters other than newline and tab replaced.
+    pub fn bounded_message(&self) -> String {
+        let mut end = self.message.len().min(MAX_RESULT_MESSAGE);
+        while !self.message.is_char_boundary(end) {
+            end -= 1;
+        }
+        let mut m: String = self.message[..end]
+            .chars()
+            .map(|c| {
+                if c.is_control() && c != '\n' && c != '\t' {
+                    '?'
+                } else {
+                    c
+                }
+            })
+            .collect();
+        if end < self.message.len() {
+            m.push_str(&format!(" [cut: {} bytes in all]", self.message.len()));
+        }
+        m
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Leaving {
     /// `reboot`, `poweroff`, `release`, `shutdown`.
@@ -186,7 +358,7 @@ impl NodeKey {
 
     fn mac(&self) -> HmacSha256 {
         // HMAC accepts keys of any length, so this cannot fail.
-        <HmacSha256 as Mac>::new_from_slice(&self.0).expect("HMAC takes any key length")
+        <HmacSha256 as hmac::Mac>::new_from_slice(&self.0).expect("HMAC takes any key length")
     }
 
     fn sign_parts(&self, parts: &[&[u8]]) -> String {
@@ -256,6 +428,40 @@ impl RequestAuth<'_> {
     }
 }
 
+/// The head's signature on a reply to an agent request: the request's path, session (the
+/// nonce for a registration) and sequence number, and the reply body. An agent on a network
+/// where anyone can answer in the head's place checks it before reading the reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplyAuth<'a> {
+    pub path: &'a str,
+    pub session: &'a str,
+    pub seq: u64,
+}
+
+impl ReplyAuth<'_> {
+    fn digest_parts(&self, body: &[u8]) -> [Vec<u8>; 5] {
+        [
+            b"enlist-reply-v1".to_vec(),
+            self.path.as_bytes().to_vec(),
+            self.session.as_bytes().to_vec(),
+            self.seq.to_string().into_bytes(),
+            hex::encode(Sha256::digest(body)).into_bytes(),
+        ]
+    }
+
+    pub fn sign(&self, key: &NodeKey, body: &[u8]) -> String {
+        let parts = self.digest_parts(body);
+        let refs: Vec<&[u8]> = parts.iter().map(|p| p.as_slice()).collect();
+        key.sign_parts(&refs)
+    }
+
+    pub fn verify(&self, key: &NodeKey, body: &[u8], signature: &str) -> bool {
+        let parts = self.digest_parts(body);
+        let refs: Vec<&[u8]> = parts.iter().map(|p| p.as_slice()).collect();
+        key.verify_parts(&refs, signature)
+    }
+}
+
 fn command_parts<'a>(session: &'a str, id: &'a str, kind: CommandKind) -> [&'a [u8]; 4] {
     [
         b"enlist-cmd-v1",
@@ -275,21 +481,6 @@ pub fn sign_command(key: &NodeKey, session: &str, id: u64, kind: CommandKind) ->
 pub fn verify_command(key: &NodeKey, session: &str, cmd: &Command) -> bool {
     let id = cmd.id.to_string();
     key.verify_parts(&command_parts(session, &id, cmd.kind), &cmd.signature)
-}
-
-/// Normalise a MAC address to lowercase colon form (`52:54:00:12:34:56`); accepts `-` or `:`
-/// separators or none. Returns `None` for anything that is not 6 bytes of hex.
-pub fn normalize_mac(s: &str) -> Option<String> {
-    let hexdigits: String = s
-        .chars()
-        .filter(|c| *c != ':' && *c != '-')
-        .collect::<String>()
-        .to_ascii_lowercase();
-    if hexdigits.len() != 12 || !hexdigits.chars().all(|c| c.is_ascii_hexdigit()) {
-        return None;
-    }
-    let pairs: Vec<&str> = (0..6).map(|i| &hexdigits[i * 2..i * 2 + 2]).collect();
-    Some(pairs.join(":"))
 }
 
 #[cfg(test)]
@@ -343,17 +534,79 @@ mod tests {
     }
 
     #[test]
-    fn mac_normalisation() {
-        assert_eq!(
-            normalize_mac("52-54-00-AB-cd-01").as_deref(),
-            Some("52:54:00:ab:cd:01")
+    fn replies_are_bound_to_their_request() {
+        let k = key(3);
+        let r = ReplyAuth {
+            path: paths::REGISTER,
+            session: "nonce",
+            seq: 0,
+        };
+        let sig = r.sign(&k, b"{}");
+        assert!(r.verify(&k, b"{}", &sig));
+        assert!(!r.verify(&k, b"{ }", &sig), "body is signed");
+        let other = ReplyAuth {
+            seq: 1,
+            ..r.clone()
+        };
+        assert!(!other.verify(&k, b"{}", &sig), "seq is signed");
+        let other = ReplyAuth {
+            path: paths::PEERS,
+            ..r
+        };
+        assert!(!other.verify(&k, b"{}", &sig), "path is signed");
+    }
+
+    #[test]
+    fn hostile_bodies_are_refused() {
+        let hb = Heartbeat {
+            load1: 1e39_f64 as f32,
+            ..Default::default()
+        };
+        assert!(hb.check().is_err(), "infinite load");
+        let hb = Heartbeat {
+            load5: f32::NAN,
+            ..Default::default()
+        };
+        assert!(hb.check().is_err());
+        assert!(Heartbeat::default().check().is_ok());
+        let resp = RegisterResponse {
+            session: "ab".repeat(16),
+            name: "a\n1.2.3.4 head".into(),
+            heartbeat_secs: 5,
+            peers: vec![],
+        };
+        assert!(resp.check().is_err(), "newline in the name");
+        let resp = RegisterResponse {
+            name: "node-1".into(),
+            heartbeat_secs: u32::MAX,
+            ..resp
+        };
+        assert!(resp.check().is_err(), "heartbeat period");
+        let resp = RegisterResponse {
+            heartbeat_secs: 5,
+            peers: vec![Peer {
+                name: "x".into(),
+                ip: "1.2.3.4\n5.6.7.8 head".into(),
+            }],
+            ..resp
+        };
+        assert!(resp.check().is_err(), "peer address");
+        let info = NodeInfo {
+            cpu_model: "x".repeat(MAX_TEXT + 1),
+            ..Default::default()
+        };
+        assert!(info.check().is_err());
+        let long = CommandResult {
+            id: 1,
+            ok: true,
+            message: "é".repeat(MAX_RESULT_MESSAGE),
+        };
+        let m = long.bounded_message();
+        assert!(
+            m.len() < MAX_RESULT_MESSAGE + 64 && m.contains("[cut: "),
+            "{}",
+            m.len()
         );
-        assert_eq!(
-            normalize_mac("525400abcd01").as_deref(),
-            Some("52:54:00:ab:cd:01")
-        );
-        assert_eq!(normalize_mac("52:54:00:ab:cd"), None);
-        assert_eq!(normalize_mac("zz:54:00:ab:cd:01"), None);
     }
 
     #[test]

@@ -23,7 +23,7 @@ pub fn run(config: &Path, cmd: AdminCmd) -> anyhow::Result<()> {
     match cmd {
         AdminCmd::SetPassword { random } => {
             let password = if random {
-                let p = enlist::registry::keys_token()[..16].to_string();
+                let p = enlist::registry::random_token()[..16].to_string();
                 println!("{p}");
                 p
             } else {

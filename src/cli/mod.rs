@@ -13,7 +13,7 @@ pub fn serve(config: &Path) -> anyhow::Result<()> {
     let cfg = enlist::config::Config::load(config)?;
     let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     rt.block_on(async {
-        let shutdown = enlist::serve::shutdown_on_signals()?;
-        enlist::serve::run(cfg, shutdown).await
+        let shutdown = enlist::head::shutdown_on_signals()?;
+        enlist::head::Head::open(cfg)?.run(shutdown).await
     })
 }

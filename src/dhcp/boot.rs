@@ -6,7 +6,8 @@
 //! for released nodes. Keeping every per-node decision in the script means DHCP, TFTP and the
 //! floppy all lead to one place.
 
-use crate::config::BootFiles;
+use crate::bootpath::{script_url, BootPath};
+use crate::config::{BootFiles, PciId};
 
 use super::client::{ClientInfo, Firmware};
 
@@ -20,32 +21,20 @@ pub enum BootTarget {
     None,
 }
 
-/// URL of a node's iPXE script, keyed by MAC so one head serves every node.
-pub fn script_url(http_base: &str, mac: &str) -> String {
-    format!(
-        "{}/boot/{}.ipxe",
-        http_base.trim_end_matches('/'),
-        mac.replace(':', "-")
-    )
-}
-
 /// `tftp_nics`: `vendor:device` ids of cards that must not use TCP (`images.tftp_nics`); iPXE
 /// on such a card gets its script by TFTP, as it gets everything else.
 pub fn select(
     client: &ClientInfo,
     files: &BootFiles,
     http_base: &str,
-    tftp_nics: &[String],
+    tftp_nics: &[PciId],
 ) -> BootTarget {
     if client.ipxe {
-        let tftp_only = client
-            .busid
-            .as_deref()
-            .is_some_and(|b| tftp_nics.iter().any(|n| n.eq_ignore_ascii_case(b)));
+        let tftp_only = client.busid.is_some_and(|b| tftp_nics.contains(&b));
         return if tftp_only {
-            BootTarget::Tftp(crate::bootscript::tftp_path(&client.mac))
+            BootTarget::Tftp(BootPath::Script(client.mac).to_string())
         } else {
-            BootTarget::Http(script_url(http_base, &client.mac))
+            BootTarget::Http(script_url(http_base, client.mac))
         };
     }
     match client.firmware {

@@ -2,7 +2,10 @@
 
 use std::net::Ipv4Addr;
 
-use dhcproto::v4::{DhcpOption, Message, MessageType, OptionCode};
+use dhcproto::v4::{DhcpOption, HType, Message, MessageType, OptionCode};
+use enlist_api::Mac;
+
+use crate::config::PciId;
 
 /// Firmware/boot-loader kinds we tell apart (RFC 4578 option 93, option 60, option 77/175).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,16 +24,13 @@ pub enum Firmware {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientInfo {
-    /// Lowercase colon form.
-    pub mac: String,
+    pub mac: Mac,
     pub msg_type: MessageType,
     pub firmware: Firmware,
     /// The client already runs iPXE (user class `iPXE` or option 175 present).
     pub ipxe: bool,
-    /// iPXE's network card, `vendor:device` in lowercase hex (option 175.177, PCI cards only).
-    pub busid: Option<String>,
-    /// SMBIOS UUID from option 97, as text.
-    pub uuid: Option<String>,
+    /// iPXE's network card (option 175.177, PCI cards only).
+    pub busid: Option<PciId>,
     pub hostname: Option<String>,
     pub requested_ip: Option<Ipv4Addr>,
     pub server_id: Option<Ipv4Addr>,
@@ -53,17 +53,19 @@ pub enum ClientError {
 
 const IPXE_ENCAP_OPTION: u8 = 175;
 
+/// The client's hardware address, if it is an Ethernet one. Safe on any packet: `hlen` is
+/// checked before `chaddr` is touched (dhcproto slices `chaddr` by `hlen`, which panics past 16).
+pub fn ethernet_mac(msg: &Message) -> Option<Mac> {
+    if msg.htype() != HType::Eth || msg.hlen() != 6 {
+        return None;
+    }
+    let bytes: [u8; 6] = msg.chaddr().get(..6)?.try_into().ok()?;
+    Some(Mac(bytes))
+}
+
 /// Read what matters about the client from a request.
 pub fn classify(msg: &Message) -> Result<ClientInfo, ClientError> {
-    let chaddr = msg.chaddr();
-    if chaddr.len() < 6 || msg.hlen() != 6 {
-        return Err(ClientError::NotEthernet);
-    }
-    let mac = chaddr[..6]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":");
+    let mac = ethernet_mac(msg).ok_or(ClientError::NotEthernet)?;
     let opts = msg.opts();
     let msg_type = opts.msg_type().ok_or(ClientError::NoMessageType)?;
     let vendor_class = match opts.get(OptionCode::ClassIdentifier) {
@@ -97,13 +99,6 @@ pub fn classify(msg: &Message) -> Result<ClientInfo, ClientError> {
     };
     let ipxe = user_class_ipxe || ipxe_encap.is_some();
     let busid = ipxe_encap.and_then(pci_busid);
-    let uuid = match opts.get(OptionCode::ClientMachineIdentifier) {
-        // Type 0 followed by a 16-byte UUID (RFC 4578).
-        Some(DhcpOption::ClientMachineIdentifier(v)) if v.len() == 17 && v[0] == 0 => {
-            Some(format_uuid(&v[1..]))
-        }
-        _ => None,
-    };
     let hostname = match opts.get(OptionCode::Hostname) {
         Some(DhcpOption::Hostname(h)) => Some(h.clone()),
         _ => None,
@@ -122,7 +117,6 @@ pub fn classify(msg: &Message) -> Result<ClientInfo, ClientError> {
         firmware,
         ipxe,
         busid,
-        uuid,
         hostname,
         requested_ip,
         server_id,
@@ -130,9 +124,9 @@ pub fn classify(msg: &Message) -> Result<ClientInfo, ClientError> {
     })
 }
 
-/// iPXE's BUSID (sub-option 177 of option 175: bus type, vendor, device) of a PCI card, as
-/// `vendor:device`. Sub-options are code, length, value; a malformed list yields `None`.
-fn pci_busid(encap: &[u8]) -> Option<String> {
+/// iPXE's BUSID (sub-option 177 of option 175: bus type, vendor, device) of a PCI card.
+/// Sub-options are code, length, value; a malformed list yields `None`.
+fn pci_busid(encap: &[u8]) -> Option<PciId> {
     const BUSID: u8 = 177;
     const BUS_TYPE_PCI: u8 = 1;
     let mut rest = encap;
@@ -140,11 +134,10 @@ fn pci_busid(encap: &[u8]) -> Option<String> {
         let value = tail.get(..usize::from(*len))?;
         if *code == BUSID {
             return match value {
-                [BUS_TYPE_PCI, v0, v1, d0, d1] => Some(format!(
-                    "{:04x}:{:04x}",
-                    u16::from_be_bytes([*v0, *v1]),
-                    u16::from_be_bytes([*d0, *d1])
-                )),
+                [BUS_TYPE_PCI, v0, v1, d0, d1] => Some(PciId {
+                    vendor: u16::from_be_bytes([*v0, *v1]),
+                    device: u16::from_be_bytes([*d0, *d1]),
+                }),
                 _ => None,
             };
         }
@@ -157,18 +150,6 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
 
-fn format_uuid(b: &[u8]) -> String {
-    let h = hex::encode(b);
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::pci_busid;
@@ -177,7 +158,10 @@ mod tests {
     fn reads_the_pci_busid_from_ipxe_options() {
         // 175: [priority 1 byte] [busid 1 8086 1229] [bios drive].
         let encap = [1, 1, 0, 177, 5, 1, 0x80, 0x86, 0x12, 0x29, 189, 1, 0x80];
-        assert_eq!(pci_busid(&encap).as_deref(), Some("8086:1229"));
+        assert_eq!(
+            pci_busid(&encap).map(|p| p.to_string()).as_deref(),
+            Some("8086:1229")
+        );
         assert_eq!(pci_busid(&[177, 5, 2, 0, 0, 0, 0]), None, "not a PCI bus");
         assert_eq!(pci_busid(&[177, 9, 1]), None, "truncated");
         assert_eq!(pci_busid(&[1, 1, 0]), None, "no busid");

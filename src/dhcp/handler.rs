@@ -1,13 +1,21 @@
 //! The DHCP pipeline: one request in, one reply (or a reasoned drop) out.
 //!
-//! No sockets here: [`Handler::handle`] takes a decoded message and where it arrived, and
-//! returns what to send where. That keeps RFC 2131 behaviour testable with captured packets.
+//! No sockets here: [`Handler::handle_batch`] takes decoded messages and where they arrived,
+//! writes their leases (one transaction) and returns what to send where. Its tests are the
+//! captured-packet fixtures in `tests/dhcp_fixtures.rs` and the hostile inputs in
+//! `tests/hostile.rs`.
+//!
+//! Every request is untrusted: `hlen` is checked before `chaddr` is read, relays must be listed
+//! (`subnets[].relays`), a DECLINE takes only the decliner's own address, and a panic while
+//! handling one packet costs that packet alone (caught, rolled back, counted).
 
 use std::collections::HashSet;
 use std::net::{Ipv4Addr, SocketAddrV4};
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
-use dhcproto::v4::{DhcpOption, Flags, HType, Message, MessageType, Opcode};
+use dhcproto::v4::{DhcpOption, Flags, Message, MessageType, Opcode};
 use ipnet::Ipv4Net;
 
 use crate::config::{Config, DhcpMode, SubnetConfig};
@@ -24,20 +32,24 @@ const DECLINE_QUARANTINE_SECS: i64 = 600;
 /// the reply, no boot server discovery.
 const PXE_VENDOR_OPTIONS: [u8; 4] = [6, 1, 8, 255];
 
+/// How often quarantines that have ended are removed.
+const PRUNE_EVERY_SECS: i64 = 60;
+
 /// Things the rest of the head wants to know about DHCP traffic (the node registry).
 pub trait BootObserver: Send + Sync {
-    /// A network-boot client spoke to us; `ip` is the address it was given, if any.
-    fn dhcp_seen(&self, client: &ClientInfo, ip: Option<Ipv4Addr>);
+    /// A network-boot client spoke to us; `ip` is the address it was given, if any; `via` is
+    /// its relay, or the address of the interface it reached us on.
+    fn dhcp_seen(&self, client: &ClientInfo, ip: Option<Ipv4Addr>, via: Ipv4Addr);
 }
 
 /// An observer that ignores everything (tests, `check-config`).
 pub struct NoObserver;
 impl BootObserver for NoObserver {
-    fn dhcp_seen(&self, _: &ClientInfo, _: Option<Ipv4Addr>) {}
+    fn dhcp_seen(&self, _: &ClientInfo, _: Option<Ipv4Addr>, _: Ipv4Addr) {}
 }
 
 /// Clients to tell the observer about once the batch is committed.
-type Seen = Vec<(ClientInfo, Option<Ipv4Addr>)>;
+type Seen = Vec<(ClientInfo, Option<Ipv4Addr>, Ipv4Addr)>;
 
 /// Where a packet arrived.
 #[derive(Debug, Clone)]
@@ -70,6 +82,16 @@ pub struct Handler {
     observer: Arc<dyn BootObserver>,
     /// Every reserved address, kept out of the dynamic pools.
     reserved: HashSet<Ipv4Addr>,
+    /// When ended quarantines were last removed (unix seconds).
+    pruned: AtomicI64,
+}
+
+/// What a request is answered from: its subnet, the client's reservation, the pool.
+struct Lease<'a> {
+    subnet: &'a SubnetConfig,
+    reservation: Option<&'a crate::config::Reservation>,
+    range: PoolRange,
+    secs: i64,
 }
 
 pub const CLIENT_PORT: u16 = 68;
@@ -90,6 +112,7 @@ impl Handler {
             store,
             observer,
             reserved,
+            pruned: AtomicI64::new(0),
         }
     }
 
@@ -108,16 +131,23 @@ impl Handler {
         now: i64,
     ) -> Vec<Result<Outcome, StoreError>> {
         let mut seen = Vec::new();
+        let prune = now - self.pruned.load(Ordering::Relaxed) >= PRUNE_EVERY_SECS;
         let committed = self.store.lease_batch(|leases| {
+            if prune {
+                self.pruned.store(now, Ordering::Relaxed);
+                if let Err(e) = leases.prune_declined(now) {
+                    tracing::warn!("dhcp: cannot remove ended quarantines: {e}");
+                }
+            }
             batch
                 .iter()
-                .map(|(at, msg)| self.handle_one(leases, &mut seen, at, msg, now))
+                .map(|(at, msg)| self.handle_guarded(leases, &mut seen, at, msg, now))
                 .collect::<Vec<_>>()
         });
         match committed {
             Ok(outcomes) => {
-                for (client, ip) in &seen {
-                    self.observer.dhcp_seen(client, *ip);
+                for (client, ip, via) in &seen {
+                    self.observer.dhcp_seen(client, *ip, *via);
                 }
                 outcomes
             }
@@ -129,6 +159,27 @@ impl Handler {
                     .collect()
             }
         }
+    }
+
+    /// One packet, with a panic (a bug, never expected) costing that packet alone: its lease
+    /// savepoint rolls back as the panic unwinds, the rest of the batch goes on.
+    fn handle_guarded(
+        &self,
+        leases: &mut LeaseBatch,
+        seen: &mut Seen,
+        at: &Arrival,
+        msg: &Message,
+        now: i64,
+    ) -> Result<Outcome, StoreError> {
+        let seen_before = seen.len();
+        let r = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            self.handle_one(leases, seen, at, msg, now)
+        }));
+        r.unwrap_or_else(|_| {
+            seen.truncate(seen_before);
+            tracing::error!(iface = %at.iface, xid = msg.xid(), "dhcp: handling a packet panicked; dropped it (a bug: please report it with the packet)");
+            Ok(Outcome::Drop("panic"))
+        })
     }
 
     fn handle_one(
@@ -155,17 +206,21 @@ impl Handler {
         }
     }
 
-    fn subnet_for(&self, at: &Arrival, msg: &Message) -> Option<&SubnetConfig> {
-        let anchor = if msg.giaddr().is_unspecified() {
-            at.iface_addr
-        } else {
-            msg.giaddr()
-        };
-        self.cfg
-            .dhcp
-            .subnets
+    /// The subnet a request is served from: the listed relay's (giaddr), or the receiving
+    /// interface's. A giaddr no subnet lists is refused: anyone can put one in a packet.
+    fn subnet_for(&self, at: &Arrival, msg: &Message) -> Result<&SubnetConfig, &'static str> {
+        let giaddr = msg.giaddr();
+        let subnets = &self.cfg.dhcp.subnets;
+        if giaddr.is_unspecified() {
+            return subnets
+                .iter()
+                .find(|s| s.subnet.contains(&at.iface_addr))
+                .ok_or("no-subnet-for-client");
+        }
+        subnets
             .iter()
-            .find(|s| s.subnet.contains(&anchor))
+            .find(|s| s.relays.contains(&giaddr))
+            .ok_or("unknown-relay")
     }
 
     fn full(
@@ -180,24 +235,26 @@ impl Handler {
         if at.port != SERVER_PORT {
             return Ok(Outcome::Drop("port-4011-in-dhcp-mode"));
         }
-        let Some(subnet) = self.subnet_for(at, msg) else {
-            return Ok(Outcome::Drop("no-subnet-for-client"));
+        let subnet = match self.subnet_for(at, msg) {
+            Ok(s) => s,
+            Err(reason) => return Ok(Outcome::Drop(reason)),
         };
-        let reservation = subnet
-            .reservations
-            .iter()
-            .find(|r| enlist_api::normalize_mac(&r.mac).as_deref() == Some(client.mac.as_str()));
-        let range = PoolRange {
-            first: subnet.pool[0],
-            last: subnet.pool[1],
+        let lease = Lease {
+            subnet,
+            reservation: subnet.reservations.iter().find(|r| r.mac == client.mac),
+            range: PoolRange {
+                first: subnet.pool[0],
+                last: subnet.pool[1],
+            },
+            secs: subnet.lease_time.as_secs() as i64,
         };
-        let lease_secs = subnet.lease_time.as_secs() as i64;
+        let via = relay_or(msg, at.iface_addr);
         match client.msg_type {
             MessageType::Discover => {
                 let ip = leases.allocate(&AllocateRequest {
-                    mac: &client.mac,
-                    range,
-                    reserved: reservation.map(|r| r.ip),
+                    mac: client.mac,
+                    range: lease.range,
+                    reserved: lease.reservation.map(|r| r.ip),
                     excluded: &self.reserved,
                     requested: client.requested_ip,
                     now,
@@ -206,84 +263,19 @@ impl Handler {
                 let Some(ip) = ip else {
                     return Ok(Outcome::Drop("pool-exhausted"));
                 };
-                seen.push((client.clone(), Some(ip)));
-                let mut reply = self.base_reply(msg, MessageType::Offer, at.iface_addr);
-                reply.set_yiaddr(ip);
-                self.lease_options(
-                    &mut reply,
-                    subnet,
-                    lease_secs,
-                    reservation.and_then(|r| r.name.as_deref()),
-                );
-                self.boot_options(&mut reply, client, at.iface_addr);
-                Ok(self.addressed(reply, msg, false))
+                seen.push((client.clone(), Some(ip), via));
+                Ok(self.lease_reply(msg, at, client, &lease, MessageType::Offer, ip))
             }
-            MessageType::Request => {
-                if let Some(sid) = client.server_id {
-                    if sid != at.iface_addr {
-                        // The client chose another server's offer: forget ours.
-                        if let Some(ip) = client.requested_ip {
-                            let _ = leases.release(&client.mac, ip)?;
-                        }
-                        return Ok(Outcome::Drop("request-for-other-server"));
-                    }
-                }
-                // SELECTING / INIT-REBOOT carry option 50; RENEWING / REBINDING use ciaddr.
-                let Some(ip) = client.requested_ip.or_else(|| {
-                    let c = msg.ciaddr();
-                    (!c.is_unspecified()).then_some(c)
-                }) else {
-                    return Ok(Outcome::Drop("request-without-address"));
-                };
-                let allowed = match reservation {
-                    Some(r) => r.ip == ip,
-                    None => {
-                        subnet.subnet.contains(&ip)
-                            && range.contains(ip)
-                            && !self.reserved.contains(&ip)
-                    }
-                };
-                if !allowed
-                    || !leases.bind(
-                        &client.mac,
-                        ip,
-                        now + lease_secs,
-                        client.hostname.as_deref(),
-                        now,
-                    )?
-                {
-                    let mut nak = self.base_reply(msg, MessageType::Nak, at.iface_addr);
-                    nak.set_yiaddr(Ipv4Addr::UNSPECIFIED);
-                    return Ok(self.addressed(nak, msg, true));
-                }
-                seen.push((client.clone(), Some(ip)));
-                let mut reply = self.base_reply(msg, MessageType::Ack, at.iface_addr);
-                reply.set_yiaddr(ip);
-                self.lease_options(
-                    &mut reply,
-                    subnet,
-                    lease_secs,
-                    reservation.and_then(|r| r.name.as_deref()),
-                );
-                self.boot_options(&mut reply, client, at.iface_addr);
-                Ok(self.addressed(reply, msg, false))
-            }
+            MessageType::Request => self.request(leases, seen, at, msg, client, &lease, now),
             MessageType::Release => {
-                let released = leases.release(&client.mac, msg.ciaddr())?;
+                let released = leases.release(client.mac, msg.ciaddr())?;
                 Ok(Outcome::Drop(if released {
                     "released"
                 } else {
                     "release-unknown-lease"
                 }))
             }
-            MessageType::Decline => {
-                let Some(ip) = client.requested_ip else {
-                    return Ok(Outcome::Drop("decline-without-address"));
-                };
-                leases.decline(&client.mac, ip, now + DECLINE_QUARANTINE_SECS)?;
-                tracing::warn!(mac = %client.mac, %ip, "client declined address (in use by another host); quarantined");
-                Ok(Outcome::Drop("declined"))
-            }
+            MessageType::Decline => self.decline(leases, at, client, &lease, now),
             MessageType::Inform => {
                 let mut reply = self.base_reply(msg, MessageType::Ack, at.iface_addr);
                 self.lease_options(&mut reply, subnet, 0, None);
@@ -292,6 +284,96 @@ impl Handler {
             }
             _ => Ok(Outcome::Drop("unexpected-message-type")),
         }
+    }
+
+    /// REQUEST: bind the address the client asks for (SELECTING / INIT-REBOOT name it in
+    /// option 50; RENEWING / REBINDING in ciaddr), or NAK.
+    #[allow(clippy::too_many_arguments)] // the request, where it came from, and its lease
+    fn request(
+        &self,
+        leases: &mut LeaseBatch,
+        seen: &mut Seen,
+        at: &Arrival,
+        msg: &Message,
+        client: &ClientInfo,
+        lease: &Lease,
+        now: i64,
+    ) -> Result<Outcome, StoreError> {
+        if let Some(sid) = client.server_id {
+            if sid != at.iface_addr {
+                // The client chose another server's offer: forget ours.
+                if let Some(ip) = client.requested_ip {
+                    let _ = leases.release(client.mac, ip)?;
+                }
+                return Ok(Outcome::Drop("request-for-other-server"));
+            }
+        }
+        let Some(ip) = client.requested_ip.or_else(|| {
+            let c = msg.ciaddr();
+            (!c.is_unspecified()).then_some(c)
+        }) else {
+            return Ok(Outcome::Drop("request-without-address"));
+        };
+        let allowed = match lease.reservation {
+            Some(r) => r.ip == ip,
+            None => {
+                lease.subnet.subnet.contains(&ip)
+                    && lease.range.contains(ip)
+                    && !self.reserved.contains(&ip)
+            }
+        };
+        let hostname = client.hostname.as_deref();
+        if !allowed || !leases.bind(client.mac, ip, now + lease.secs, hostname, now)? {
+            let mut nak = self.base_reply(msg, MessageType::Nak, at.iface_addr);
+            nak.set_yiaddr(Ipv4Addr::UNSPECIFIED);
+            return Ok(self.addressed(nak, msg, true));
+        }
+        seen.push((client.clone(), Some(ip), relay_or(msg, at.iface_addr)));
+        Ok(self.lease_reply(msg, at, client, lease, MessageType::Ack, ip))
+    }
+
+    /// DECLINE: the client found `ip` in use. Believed only when addressed to this server,
+    /// for an address of the pool that the decliner itself was offered or holds.
+    fn decline(
+        &self,
+        leases: &mut LeaseBatch,
+        at: &Arrival,
+        client: &ClientInfo,
+        lease: &Lease,
+        now: i64,
+    ) -> Result<Outcome, StoreError> {
+        if client.server_id != Some(at.iface_addr) {
+            return Ok(Outcome::Drop("decline-for-other-server"));
+        }
+        let Some(ip) = client.requested_ip else {
+            return Ok(Outcome::Drop("decline-without-address"));
+        };
+        if !lease.range.contains(ip) || self.reserved.contains(&ip) {
+            return Ok(Outcome::Drop("decline-outside-pool"));
+        }
+        if !leases.decline(client.mac, ip, now + DECLINE_QUARANTINE_SECS, now)? {
+            return Ok(Outcome::Drop("decline-not-holder"));
+        }
+        tracing::warn!(mac = %client.mac, %ip, "client declined address (in use by another host); quarantined");
+        Ok(Outcome::Drop("declined"))
+    }
+
+    /// An OFFER or ACK of `ip`: lease options, boot options, addressed per RFC 2131 4.1.
+    fn lease_reply(
+        &self,
+        msg: &Message,
+        at: &Arrival,
+        client: &ClientInfo,
+        lease: &Lease,
+        mtype: MessageType,
+        ip: Ipv4Addr,
+    ) -> Outcome {
+        let mut reply = self.base_reply(msg, mtype, at.iface_addr);
+        reply.set_yiaddr(ip);
+        let name = lease.reservation.and_then(|r| r.name.as_deref());
+        self.lease_options(&mut reply, lease.subnet, lease.secs, name);
+        self.boot_options(&mut reply, client, at.iface_addr);
+        self.addressed(reply, msg, false)
     }
 
     /// proxyDHCP (PXE spec 2.1): boot information only, never an address, PXE clients only.
@@ -323,7 +405,7 @@ impl Handler {
                 .opts_mut()
                 .insert(DhcpOption::ClientMachineIdentifier(id.clone()));
         }
-        seen.push((client.clone(), None));
+        seen.push((client.clone(), None, relay_or(msg, at.iface_addr)));
         if at.port == SERVER_PORT {
             Outcome::Reply {
                 msg: Box::new(reply),
@@ -389,7 +471,7 @@ impl Handler {
         let target = boot::select(
             client,
             &self.cfg.dhcp.boot_files,
-            &self.cfg.http.public_url,
+            self.cfg.http.public_url.base(),
             &self.cfg.images.tftp_nics,
         );
         match target {
@@ -446,16 +528,21 @@ impl Handler {
     }
 }
 
+/// The relay a request came through, else `iface` (where it reached us).
+fn relay_or(msg: &Message, iface: Ipv4Addr) -> Ipv4Addr {
+    let g = msg.giaddr();
+    if g.is_unspecified() {
+        iface
+    } else {
+        g
+    }
+}
+
 /// The client's Ethernet address, if a reply may go to it by unicast although it has no
 /// address yet: not a NAK, an address offered, and no broadcast asked for.
 fn unicast_link(req: &Message, reply: &Message, nak: bool) -> Option<[u8; 6]> {
-    if nak
-        || req.flags().broadcast()
-        || reply.yiaddr().is_unspecified()
-        || req.htype() != HType::Eth
-        || req.hlen() != 6
-    {
+    if nak || req.flags().broadcast() || reply.yiaddr().is_unspecified() {
         return None;
     }
-    req.chaddr().get(..6)?.try_into().ok()
+    super::client::ethernet_mac(req).map(|m| m.0)
 }

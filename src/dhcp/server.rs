@@ -176,6 +176,17 @@ fn decode(
     metrics: &Metrics,
 ) -> Option<dhcproto::v4::Message> {
     match dhcproto::v4::Message::decode(&mut Decoder::new(bytes)) {
+        // dhcproto slices chaddr by hlen: past 16 that panics, so such a packet (request or
+        // reply) goes no further than here.
+        Ok(m) if usize::from(m.hlen()) > 16 => {
+            tracing::debug!(%iface, %src, hlen = m.hlen(), "dhcp: dropping packet with impossible hlen");
+            metrics.dhcp_drop("bad-hlen");
+            metrics
+                .dhcp_packets
+                .get_or_create(&labels(&[("type", "malformed"), ("outcome", "drop")]))
+                .inc();
+            None
+        }
         Ok(m) => Some(m),
         Err(e) => {
             tracing::debug!(%iface, %src, len = bytes.len(), "dhcp: dropping malformed packet: {e}");
@@ -241,7 +252,8 @@ async fn respond(
                 .inc();
         }
         Ok(Outcome::Drop(reason)) => {
-            tracing::debug!(%iface, xid = msg.xid(), mac = ?msg.chaddr().get(..6), "dhcp {mtype}: no reply ({reason})");
+            let mac = super::client::ethernet_mac(msg);
+            tracing::debug!(%iface, xid = msg.xid(), mac = ?mac, "dhcp {mtype}: no reply ({reason})");
             metrics.dhcp_drop(reason);
             metrics
                 .dhcp_packets

@@ -1,8 +1,10 @@
 //! Admin API (JSON): login, nodes, events, actions, and the live stream the dashboard uses.
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -15,7 +17,7 @@ use tokio_stream::wrappers::BroadcastStream;
 
 use crate::registry::{RegistryError, Update};
 
-use super::auth::{session_cookie, Admin, Viewer, COOKIE};
+use super::auth::{session_cookie, Admin, Login, Viewer, COOKIE};
 use super::{error, Shared};
 
 pub fn routes() -> Router<Shared> {
@@ -25,9 +27,11 @@ pub fn routes() -> Router<Shared> {
         .route("/api/v1/session", get(session))
         .route("/api/v1/nodes", get(nodes))
         .route("/api/v1/nodes/{node}", get(node))
+        .route("/api/v1/nodes/{node}/initrd", get(initrd))
         .route("/api/v1/nodes/{node}/{action}", post(action))
         .route("/api/v1/events", get(events))
         .route("/api/v1/stream", get(stream))
+        .route("/api/v1/summary", get(summary))
 }
 
 #[derive(Deserialize)]
@@ -36,27 +40,44 @@ struct LoginRequest {
     password: String,
 }
 
-async fn login(State(s): State<Shared>, Json(req): Json<LoginRequest>) -> Response {
-    let store_auth = s.clone();
-    let r = tokio::task::spawn_blocking(move || store_auth.auth.login(&req.password)).await;
-    match r {
-        Ok(Ok(Some((token, csrf)))) => (
+async fn login(
+    State(s): State<Shared>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Json(req): Json<LoginRequest>,
+) -> Response {
+    match s.auth.login(req.password, peer.ip()).await {
+        Ok(Login::Ok(token, csrf)) => (
             [(
                 header::SET_COOKIE,
-                format!("{COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/; Max-Age=43200"),
+                format!(
+                    "{COOKIE}={token}; {}; Max-Age=43200",
+                    s.auth.cookie_attributes()
+                ),
             )],
             Json(serde_json::json!({ "csrf": csrf })),
         )
             .into_response(),
-        Ok(Ok(None)) => {
-            tracing::debug!("admin login refused: wrong password");
-            s.metrics
-                .http_refused
-                .get_or_create(&crate::metrics::labels(&[("reason", "bad-password")]))
-                .inc();
+        Ok(Login::Wrong) => {
+            tracing::debug!(%peer, "admin login refused: wrong password");
+            s.metrics.refused(&s.metrics.http_refused, "bad-password");
             error(StatusCode::UNAUTHORIZED, "wrong password")
         }
-        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Ok(Login::Throttled(wait)) => {
+            tracing::debug!(%peer, "admin login refused: throttled");
+            s.metrics
+                .refused(&s.metrics.http_refused, "login-throttled");
+            let mut r = error(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!(
+                    "too many login attempts; try again in {} s",
+                    wait.as_secs().max(1)
+                ),
+            );
+            if let Ok(v) = wait.as_secs().max(1).to_string().parse() {
+                r.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+            r
+        }
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
@@ -68,7 +89,7 @@ async fn logout(State(s): State<Shared>, _admin: Admin, headers: HeaderMap) -> R
     (
         [(
             header::SET_COOKIE,
-            format!("{COOKIE}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0"),
+            format!("{COOKIE}=; {}; Max-Age=0", s.auth.cookie_attributes()),
         )],
         StatusCode::NO_CONTENT,
     )
@@ -88,9 +109,12 @@ async fn session(State(s): State<Shared>, headers: HeaderMap) -> Response {
 
 fn registry_error(e: RegistryError) -> Response {
     match e {
-        RegistryError::UnknownNode(_) => error(StatusCode::NOT_FOUND, e.to_string()),
+        RegistryError::UnknownNode(_) | RegistryError::NotFound(_) => {
+            error(StatusCode::NOT_FOUND, e.to_string())
+        }
         RegistryError::NameTaken(_) => error(StatusCode::CONFLICT, e.to_string()),
         RegistryError::BadName(_) => error(StatusCode::BAD_REQUEST, e.to_string()),
+        RegistryError::Refused(_) => error(StatusCode::TOO_MANY_REQUESTS, e.to_string()),
         RegistryError::Store(_) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
@@ -116,8 +140,8 @@ async fn node(State(s): State<Shared>, _v: Viewer, Path(node): Path<String>) -> 
     let reg = s.registry.clone();
     let r = blocking(move || {
         let row = reg.find(&node)?;
-        let events = reg.store().events_of(&row.mac, 200)?;
-        Ok((reg.view(row), events))
+        let events = reg.store().events_of(row.mac, 200)?;
+        Ok((reg.view(&row), events))
     })
     .await;
     match r {
@@ -153,25 +177,25 @@ async fn action(
     let r = blocking(move || {
         let mac = reg.find(&node)?.mac;
         match action.as_str() {
-            "approve" => reg.approve(&mac)?,
-            "release" => reg.release(&mac)?,
-            "enlist" => reg.enlist(&mac)?,
+            "approve" => reg.approve(mac)?,
+            "release" => reg.release(mac)?,
+            "enlist" => reg.enlist(mac)?,
             "reboot" => {
-                reg.command(&mac, CommandKind::Reboot)?;
+                reg.command(mac, CommandKind::Reboot)?;
             }
             "power-off" => {
-                reg.command(&mac, CommandKind::PowerOff)?;
+                reg.command(mac, CommandKind::PowerOff)?;
             }
             "refresh-peers" => {
-                reg.command(&mac, CommandKind::RefreshPeers)?;
+                reg.command(mac, CommandKind::RefreshPeers)?;
             }
             "rename" => {
                 let name = body.name.unwrap_or_default();
-                reg.rename(&mac, &name)?;
+                reg.rename(mac, &name)?;
             }
             other => return Ok(Err(other.to_string())),
         }
-        Ok(Ok(reg.view(reg.find(&mac)?)))
+        Ok(Ok(reg.view(&reg.node(mac)?)))
     })
     .await;
     match r {
@@ -200,14 +224,88 @@ async fn events(State(s): State<Shared>, _v: Viewer, Query(q): Query<EventsQuery
     }
 }
 
-/// Server-sent events: every node change and registry event, as it happens.
-async fn stream(
+/// Nodes per state: what the dashboard's header shows, to anyone (counts are not secret).
+async fn summary(State(s): State<Shared>) -> Response {
+    let counts: std::collections::BTreeMap<&str, i64> = s
+        .registry
+        .counts()
+        .into_iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(st, n)| (st.as_str(), n))
+        .collect();
+    Json(serde_json::json!({ "nodes": counts })).into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InitrdQuery {
+    #[serde(default)]
+    image: Option<String>,
+}
+
+/// The initrd a node boots with (image initrd + its settings, with a new key), for an admin
+/// who boots a PC by hand (`-kernel`/`-initrd`, a USB stick) instead of by network.
+async fn initrd(
     State(s): State<Shared>,
-    _v: Viewer,
-) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    _a: Admin,
+    Path(node): Path<String>,
+    Query(q): Query<InitrdQuery>,
+) -> Response {
+    let Some(mac) = enlist_api::Mac::parse(&node) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("{node:?} is not a MAC address"),
+        );
+    };
+    let reg = s.registry.clone();
+    let images = s.files.images().clone();
+    let image = q.image;
+    let r = blocking(move || {
+        let image = image.unwrap_or_else(|| reg.config().image_for(mac).to_string());
+        let version = images
+            .current(&image)
+            .map_err(|e| RegistryError::NotFound(e.to_string()))?;
+        let path = images
+            .file(&image, &version, "initrd")
+            .map_err(|e| RegistryError::NotFound(e.to_string()))?;
+        let base = std::fs::read(&path)
+            .map_err(|e| RegistryError::NotFound(format!("{}: {e}", path.display())))?;
+        let overlay = reg.direct_overlay(mac)?;
+        Ok([base, overlay].concat())
+    })
+    .await;
+    match r {
+        Ok(bytes) => ([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response(),
+        Err(r) => r,
+    }
+}
+
+/// Counts an open dashboard stream while it lives.
+struct StreamSlot(Shared);
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        self.0.streams.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Server-sent events: every node change and registry event, as it happens. At most
+/// `http.max_streams` at once.
+async fn stream(State(s): State<Shared>, _v: Viewer) -> Response {
+    if s.streams.fetch_add(1, Ordering::Relaxed) >= s.max_streams {
+        s.streams.fetch_sub(1, Ordering::Relaxed);
+        s.metrics
+            .refused(&s.metrics.http_refused, "too-many-streams");
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many dashboards open; try again later",
+        );
+    }
+    let slot = StreamSlot(s.clone());
     let rx = s.registry.subscribe();
-    let stream = BroadcastStream::new(rx).filter_map(|m| async move {
-        match m {
+    let stream = BroadcastStream::new(rx).filter_map(move |m| {
+        let _held = &slot;
+        let out = match m {
             Ok(update) => {
                 let name = match &update {
                     Update::Node(_) => "node",
@@ -217,7 +315,12 @@ async fn stream(
             }
             // A slow dashboard missed updates: tell it to reload its snapshot.
             Err(_) => Some(Ok(Event::default().event("resync").data("{}"))),
-        }
+        };
+        async move { out }
     });
-    Sse::new(stream).keep_alive(KeepAlive::default())
+    let stream: std::pin::Pin<Box<dyn Stream<Item = Result<Event, Infallible>> + Send>> =
+        Box::pin(stream);
+    Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response()
 }

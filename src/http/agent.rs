@@ -1,19 +1,21 @@
-//! Agent API routes. Every request but `nonce` is signed (see `enlist_api`); the registry
-//! checks signatures, sessions and sequence numbers.
+//! Agent API routes. Every request but `nonce` is signed (see `enlist_api`) and checked by the
+//! [`Agent`] extractor before its handler runs; every reply is signed for the node, so an agent
+//! on an open network can tell the head's answers from anyone else's.
 
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::State;
-use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::extract::{FromRequest, Request, State};
+use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use enlist_api::{
-    headers as h, paths, CommandResult, CommandsResponse, Heartbeat, Leaving, NonceResponse,
-    PeersResponse,
+    headers as h, paths, CommandResult, CommandsResponse, Heartbeat, Leaving, Mac, NonceResponse,
+    PeersResponse, ReplyAuth,
 };
 use serde::de::DeserializeOwned;
+use serde::Serialize;
 
 use crate::registry::{AgentError, Signed};
 
@@ -47,50 +49,123 @@ fn agent_error(e: AgentError) -> Response {
     error(status, e.to_string())
 }
 
-fn header<'a>(headers: &'a HeaderMap, name: &str) -> &'a str {
-    headers
-        .get(name)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
+/// The signature headers and body of a request, before they are checked.
+struct Raw {
+    method: String,
+    path: String,
+    node: String,
+    session: String,
+    seq: u64,
+    signature: String,
+    body: Bytes,
 }
 
-fn signed<'a>(
-    method: &'a Method,
-    uri: &'a Uri,
-    headers: &'a HeaderMap,
-    body: &'a [u8],
-) -> Signed<'a> {
-    Signed {
-        method: method.as_str(),
-        path: uri.path(),
-        node: header(headers, h::NODE),
-        session: header(headers, h::SESSION),
-        seq: header(headers, h::SEQ).parse().unwrap_or(0),
-        signature: header(headers, h::SIGNATURE),
-        body,
+impl Raw {
+    async fn read(req: Request) -> Result<Raw, Response> {
+        let (parts, body) = req.into_parts();
+        let header = |name: &str| {
+            parts
+                .headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string()
+        };
+        let body = axum::body::to_bytes(body, enlist_api::MAX_BODY)
+            .await
+            .map_err(|_| agent_error(AgentError::BadRequest("body too large".into())))?;
+        Ok(Raw {
+            method: parts.method.as_str().to_string(),
+            path: parts.uri.path().to_string(),
+            node: header(h::NODE),
+            session: header(h::SESSION),
+            seq: header(h::SEQ).parse().unwrap_or(0),
+            signature: header(h::SIGNATURE),
+            body,
+        })
+    }
+
+    fn signed(&self) -> Signed<'_> {
+        Signed {
+            method: &self.method,
+            path: &self.path,
+            node: &self.node,
+            session: &self.session,
+            seq: self.seq,
+            signature: &self.signature,
+            body: &self.body,
+        }
     }
 }
 
-fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, AgentError> {
-    serde_json::from_slice(body).map_err(|e| AgentError::BadRequest(format!("body: {e}")))
+/// An authenticated agent request (signature, session and sequence number checked; memory
+/// and CPU only, so on the async threads).
+pub struct Agent {
+    pub mac: Mac,
+    raw: Raw,
 }
 
-/// Authenticate (memory and CPU only), then run `f`, which may use the database, on the
-/// blocking pool.
-async fn authed<T: Send + 'static>(
+impl FromRequest<Shared> for Agent {
+    type Rejection = Response;
+
+    async fn from_request(req: Request, s: &Shared) -> Result<Self, Self::Rejection> {
+        let raw = Raw::read(req).await?;
+        let mac = s
+            .registry
+            .authenticate(&raw.signed())
+            .map_err(agent_error)?;
+        Ok(Agent { mac, raw })
+    }
+}
+
+impl Agent {
+    fn body<T: DeserializeOwned>(&self) -> Result<T, AgentError> {
+        serde_json::from_slice(&self.raw.body)
+            .map_err(|e| AgentError::BadRequest(format!("body: {e}")))
+    }
+
+    /// A JSON reply signed for this node and request.
+    fn reply<T: Serialize>(&self, s: &Shared, value: &T) -> Response {
+        signed_reply(
+            s,
+            self.mac,
+            &self.raw.path,
+            &self.raw.session,
+            self.raw.seq,
+            value,
+        )
+    }
+}
+
+fn signed_reply<T: Serialize>(
     s: &Shared,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-    f: impl FnOnce(&crate::registry::Registry, String, &[u8]) -> Result<T, AgentError> + Send + 'static,
+    mac: Mac,
+    path: &str,
+    session: &str,
+    seq: u64,
+    value: &T,
+) -> Response {
+    let body = match serde_json::to_vec(value) {
+        Ok(b) => b,
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    };
+    let sig = ReplyAuth { path, session, seq }.sign(&s.registry.reply_key(mac), &body);
+    let mut resp = (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        body,
+    )
+        .into_response();
+    if let Ok(v) = HeaderValue::from_str(&sig) {
+        resp.headers_mut().insert(h::REPLY_SIGNATURE, v);
+    }
+    resp
+}
+
+/// Run `f` on the blocking pool (it may write the database).
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, AgentError> + Send + 'static,
 ) -> Result<T, Response> {
-    let mac = s
-        .registry
-        .authenticate(&signed(&method, &uri, &headers, &body))
-        .map_err(agent_error)?;
-    let reg = s.registry.clone();
-    tokio::task::spawn_blocking(move || f(&reg, mac, &body))
+    tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
         .map_err(agent_error)
@@ -102,133 +177,86 @@ async fn nonce(State(s): State<Shared>) -> Json<NonceResponse> {
     })
 }
 
-async fn register(
-    State(s): State<Shared>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
+async fn register(State(s): State<Shared>, req: Request) -> Response {
+    let raw = match Raw::read(req).await {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
     let reg = s.registry.clone();
-    let r =
-        tokio::task::spawn_blocking(move || reg.register(&signed(&method, &uri, &headers, &body)))
-            .await;
+    let (session, raw) = (raw.session.clone(), raw);
+    let r = tokio::task::spawn_blocking(move || reg.register(&raw.signed())).await;
     match r {
-        Ok(Ok(resp)) => Json(resp).into_response(),
+        Ok(Ok((mac, resp))) => signed_reply(&s, mac, paths::REGISTER, &session, 0, &resp),
         Ok(Err(e)) => agent_error(e),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
 
-async fn heartbeat(
-    State(s): State<Shared>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    // A steady node's heartbeat is answered from memory, without a trip to the blocking pool.
-    let fast = s
-        .registry
-        .authenticate(&signed(&method, &uri, &headers, &body))
-        .and_then(|mac| Ok((parse::<Heartbeat>(&body)?, mac)));
-    let (hb, mac) = match fast {
-        Ok(x) => x,
+async fn heartbeat(State(s): State<Shared>, a: Agent) -> Response {
+    let hb: Heartbeat = match a.body() {
+        Ok(hb) => hb,
         Err(e) => return agent_error(e),
     };
-    if let Some(r) = s.registry.heartbeat_in_memory(&mac, &hb) {
-        return Json(r).into_response();
+    // A steady node's heartbeat is answered from memory, without a trip to the blocking pool.
+    match s.registry.heartbeat_in_memory(a.mac, &hb) {
+        Ok(Some(r)) => return a.reply(&s, &r),
+        Ok(None) => {}
+        Err(e) => return agent_error(e),
     }
-    let reg = s.registry.clone();
-    match tokio::task::spawn_blocking(move || reg.heartbeat(&mac, hb)).await {
-        Ok(Ok(r)) => Json(r).into_response(),
-        Ok(Err(e)) => agent_error(e),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    let (reg, mac) = (s.registry.clone(), a.mac);
+    match blocking(move || reg.heartbeat(mac, &hb)).await {
+        Ok(r) => a.reply(&s, &r),
+        Err(r) => r,
     }
 }
 
 /// Long poll: answers as soon as a command is queued for this node, or after [`COMMAND_POLL`].
-async fn commands(
-    State(s): State<Shared>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let mac = match authed(&s, method, uri, headers, body, |_, mac, _| Ok(mac)).await {
-        Ok(m) => m,
-        Err(r) => return r,
-    };
+async fn commands(State(s): State<Shared>, a: Agent) -> Response {
     let deadline = tokio::time::Instant::now() + COMMAND_POLL;
     loop {
-        let (cmds, notify) = s.registry.take_commands(&mac);
+        let (cmds, notify) = s.registry.take_commands(a.mac);
         if !cmds.is_empty() {
-            return Json(CommandsResponse { commands: cmds }).into_response();
+            return a.reply(&s, &CommandsResponse { commands: cmds });
         }
         let notified = notify.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
         // Re-check after arming, so a command queued in between is not missed.
-        let (cmds, _) = s.registry.take_commands(&mac);
+        let (cmds, _) = s.registry.take_commands(a.mac);
         if !cmds.is_empty() {
-            return Json(CommandsResponse { commands: cmds }).into_response();
+            return a.reply(&s, &CommandsResponse { commands: cmds });
         }
         if tokio::time::timeout_at(deadline, notified).await.is_err() {
-            return Json(CommandsResponse { commands: vec![] }).into_response();
+            return a.reply(&s, &CommandsResponse { commands: vec![] });
         }
     }
 }
 
-async fn result(
-    State(s): State<Shared>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    match authed(&s, method, uri, headers, body, |reg, mac, body| {
-        let r: CommandResult = parse(body)?;
-        reg.command_result(&mac, &r)
-    })
-    .await
-    {
-        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+async fn result(State(s): State<Shared>, a: Agent) -> Response {
+    let r: CommandResult = match a.body() {
+        Ok(r) => r,
+        Err(e) => return agent_error(e),
+    };
+    let (reg, mac) = (s.registry.clone(), a.mac);
+    match blocking(move || reg.command_result(mac, &r)).await {
+        Ok(()) => a.reply(&s, &serde_json::Value::Null),
         Err(r) => r,
     }
 }
 
-async fn leaving(
-    State(s): State<Shared>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    match authed(&s, method, uri, headers, body, |reg, mac, body| {
-        let l: Leaving = parse(body)?;
-        reg.leaving(&mac, &l.reason)
-    })
-    .await
-    {
-        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+async fn leaving(State(s): State<Shared>, a: Agent) -> Response {
+    let l: Leaving = match a.body() {
+        Ok(l) => l,
+        Err(e) => return agent_error(e),
+    };
+    let (reg, mac) = (s.registry.clone(), a.mac);
+    match blocking(move || reg.leaving(mac, &l.reason)).await {
+        Ok(()) => a.reply(&s, &serde_json::Value::Null),
         Err(r) => r,
     }
 }
 
-async fn peers(
-    State(s): State<Shared>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    match authed(&s, method, uri, headers, body, |reg, _, _| {
-        let (version, peers) = reg.peers();
-        Ok(PeersResponse { version, peers })
-    })
-    .await
-    {
-        Ok(r) => Json(r).into_response(),
-        Err(r) => r,
-    }
+async fn peers(State(s): State<Shared>, a: Agent) -> Response {
+    let (version, peers) = s.registry.peers();
+    a.reply(&s, &PeersResponse { version, peers })
 }

@@ -1,8 +1,14 @@
 //! Admin authentication: a password (argon2 hash in the database) gives a browser session
-//! cookie (HttpOnly, SameSite=Strict) plus a CSRF token that every state-changing request must
-//! echo in `x-csrf-token`; the CLI uses a bearer token kept in a root-only file.
+//! cookie (HttpOnly, SameSite=Strict, Secure on the TLS listener) plus a CSRF token that every
+//! state-changing request must echo in `x-csrf-token`; the CLI uses a bearer token kept in a
+//! root-only file. Changing the password ends every session.
+//!
+//! Logins are throttled: per source address (after a few failures it must wait, doubling up to a
+//! minute) and for the head as a whole (one Argon2 hash at a time, a short queue, a rate), so a
+//! flood of guesses costs bounded memory and CPU and never starves the DHCP service.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -17,7 +23,7 @@ use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::response::Response;
 
 use crate::metrics::labels;
-use crate::registry::keys_token;
+use crate::registry::random_token as keys_token;
 use crate::store::{Store, StoreError};
 
 use super::{error, Shared};
@@ -45,13 +51,104 @@ pub enum AuthError {
 struct Session {
     csrf: String,
     expires: Instant,
+    /// The password hash it was opened with: a new password ends it.
+    hash: String,
+}
+
+/// Free failed logins per source before it has to wait.
+const FREE_FAILURES: u32 = 3;
+/// Longest wait imposed on a source.
+const MAX_WAIT: Duration = Duration::from_secs(60);
+/// Logins checked per second at most, for the whole head.
+const LOGINS_PER_SEC: u32 = 10;
+/// Logins waiting for the hasher at most; more are told to come back.
+const LOGIN_QUEUE: usize = 8;
+/// Sources whose failures are remembered at most.
+const SOURCES: usize = 4096;
+/// How long the password hash is cached between checks for a change.
+const HASH_CACHE: Duration = Duration::from_secs(2);
+
+/// What a login attempt came to.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Login {
+    /// Session token and CSRF token.
+    Ok(String, String),
+    Wrong,
+    /// Too many tries: come back after this long.
+    Throttled(Duration),
+}
+
+#[derive(Default)]
+struct Throttle {
+    /// Source → failures in a row and when it may try again.
+    sources: HashMap<IpAddr, (u32, Instant)>,
+    /// This second's logins, for the head-wide rate.
+    second: Option<(Instant, u32)>,
+}
+
+impl Throttle {
+    /// May `ip` try now? `Err(wait)` if not.
+    fn admit(&mut self, ip: IpAddr, now: Instant) -> Result<(), Duration> {
+        if let Some((_, until)) = self.sources.get(&ip) {
+            if *until > now {
+                return Err(*until - now);
+            }
+        }
+        match &mut self.second {
+            Some((start, n)) if now.duration_since(*start) < Duration::from_secs(1) => {
+                if *n >= LOGINS_PER_SEC {
+                    return Err(Duration::from_secs(1));
+                }
+                *n += 1;
+            }
+            _ => self.second = Some((now, 1)),
+        }
+        Ok(())
+    }
+
+    fn failed(&mut self, ip: IpAddr, now: Instant) {
+        if !self.sources.contains_key(&ip) && self.sources.len() >= SOURCES {
+            self.sources.retain(|_, (_, until)| *until > now);
+            if self.sources.len() >= SOURCES {
+                self.sources.clear();
+            }
+        }
+        let e = self.sources.entry(ip).or_insert((0, now));
+        e.0 += 1;
+        if e.0 > FREE_FAILURES {
+            let exp = (e.0 - FREE_FAILURES).min(6);
+            e.1 = now + Duration::from_secs(1 << exp).min(MAX_WAIT);
+        }
+    }
+
+    fn succeeded(&mut self, ip: IpAddr) {
+        self.sources.remove(&ip);
+    }
 }
 
 pub struct Auth {
     store: Store,
     api_token: String,
     public_read: bool,
+    /// Cookies get `Secure` (the admin listener has TLS).
+    secure: bool,
     sessions: Mutex<HashMap<String, Session>>,
+    throttle: Mutex<Throttle>,
+    /// One Argon2 hash at a time: each takes ~19 MiB and tens of ms.
+    hasher: tokio::sync::Semaphore,
+    /// Logins waiting for the hasher.
+    waiting: std::sync::atomic::AtomicUsize,
+    /// The stored hash, and when it was read.
+    hash: Mutex<Option<(Instant, Option<String>)>>,
+}
+
+/// Counts a login waiting for the hasher while it lives (also when the request is dropped).
+struct Waiting<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 pub fn set_password(store: &Store, password: &str) -> Result<(), AuthError> {
@@ -96,12 +193,17 @@ pub fn load_or_create_token(state_dir: &Path) -> Result<String, AuthError> {
 }
 
 impl Auth {
-    pub fn new(store: Store, api_token: String, public_read: bool) -> Auth {
+    pub fn new(store: Store, api_token: String, public_read: bool, secure: bool) -> Auth {
         Auth {
             store,
             api_token,
             public_read,
+            secure,
             sessions: Mutex::new(HashMap::new()),
+            throttle: Mutex::new(Throttle::default()),
+            hasher: tokio::sync::Semaphore::new(1),
+            waiting: std::sync::atomic::AtomicUsize::new(0),
+            hash: Mutex::new(None),
         }
     }
 
@@ -109,21 +211,61 @@ impl Auth {
         self.public_read
     }
 
-    /// Check the password; on success returns (session token, csrf token).
-    pub fn login(&self, password: &str) -> Result<Option<(String, String)>, StoreError> {
-        let Some(hash) = self.store.meta(PASSWORD_META_KEY)? else {
-            return Ok(None);
-        };
-        let Ok(parsed) = PasswordHash::new(&hash) else {
-            tracing::error!("stored admin password hash is unreadable; set it again with `enlist admin set-password`");
-            return Ok(None);
-        };
-        if Argon2::default()
-            .verify_password(password.as_bytes(), &parsed)
-            .is_err()
-        {
-            return Ok(None);
+    /// The attributes of the session cookie.
+    pub fn cookie_attributes(&self) -> &'static str {
+        if self.secure {
+            "HttpOnly; Secure; SameSite=Strict; Path=/"
+        } else {
+            "HttpOnly; SameSite=Strict; Path=/"
         }
+    }
+
+    /// The stored password hash, re-read at most every [`HASH_CACHE`].
+    fn current_hash(&self) -> Result<Option<String>, StoreError> {
+        let mut cached = self.hash.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((at, h)) = cached.as_ref() {
+            if at.elapsed() < HASH_CACHE {
+                return Ok(h.clone());
+            }
+        }
+        let h = self.store.meta(PASSWORD_META_KEY)?;
+        *cached = Some((Instant::now(), h.clone()));
+        Ok(h)
+    }
+
+    /// Check a password from `ip`, within the throttles. The hash runs on the blocking pool,
+    /// one at a time.
+    pub async fn login(&self, password: String, ip: IpAddr) -> Result<Login, AuthError> {
+        let now = Instant::now();
+        if let Err(wait) = self.throttle().admit(ip, now) {
+            return Ok(Login::Throttled(wait));
+        }
+        let queued = Waiting(&self.waiting);
+        if self
+            .waiting
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            >= LOGIN_QUEUE
+        {
+            return Ok(Login::Throttled(Duration::from_secs(1)));
+        }
+        let _permit = self
+            .hasher
+            .acquire()
+            .await
+            .map_err(|e| AuthError::Hash(e.to_string()))?;
+        drop(queued);
+        let Some(hash) = self.current_hash()? else {
+            return Ok(Login::Wrong);
+        };
+        let h = hash.clone();
+        let good = tokio::task::spawn_blocking(move || verify(&password, &h))
+            .await
+            .map_err(|e| AuthError::Hash(e.to_string()))?;
+        if !good {
+            self.throttle().failed(ip, Instant::now());
+            return Ok(Login::Wrong);
+        }
+        self.throttle().succeeded(ip);
         let (token, csrf) = (keys_token() + &keys_token(), keys_token());
         let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
@@ -133,9 +275,14 @@ impl Auth {
             Session {
                 csrf: csrf.clone(),
                 expires: now + SESSION_TTL,
+                hash,
             },
         );
-        Ok(Some((token, csrf)))
+        Ok(Login::Ok(token, csrf))
+    }
+
+    fn throttle(&self) -> std::sync::MutexGuard<'_, Throttle> {
+        self.throttle.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub fn logout(&self, token: &str) {
@@ -145,12 +292,13 @@ impl Auth {
             .remove(token);
     }
 
-    /// The CSRF token of a live session.
+    /// The CSRF token of a live session: not expired, and opened with the current password.
     pub fn session_csrf(&self, token: &str) -> Option<String> {
+        let current = self.current_hash().ok().flatten()?;
         let sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
         sessions
             .get(token)
-            .filter(|s| s.expires > Instant::now())
+            .filter(|s| s.expires > Instant::now() && s.hash == current)
             .map(|s| s.csrf.clone())
     }
 
@@ -161,6 +309,16 @@ impl Auth {
             .map(|t| eq(t.trim().as_bytes(), self.api_token.as_bytes()))
             .unwrap_or(false)
     }
+}
+
+fn verify(password: &str, hash: &str) -> bool {
+    let Ok(parsed) = PasswordHash::new(hash) else {
+        tracing::error!("stored admin password hash is unreadable; set it again with `enlist admin set-password`");
+        return false;
+    };
+    Argon2::default()
+        .verify_password(password.as_bytes(), &parsed)
+        .is_ok()
 }
 
 /// Constant-time comparison, so a token cannot be guessed byte by byte from response times.

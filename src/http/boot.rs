@@ -1,19 +1,22 @@
-//! iPXE boot scripts and boot files over HTTP (with Content-Length and Range).
+//! iPXE boot scripts and boot files over HTTP (with Content-Length and Range). What is served
+//! is [`crate::bootfiles::BootFiles::resolve`]'s decision, as for TFTP; this is only HTTP.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::routing::get;
 use axum::Router;
+use enlist_api::Mac;
 use serde::Deserialize;
 
-use crate::bootfiles::ResolveError;
-use crate::bootscript;
+use crate::bootfiles::{Blob, Request, ResolveError};
+use crate::bootpath::{BootPath, Kind, Proto};
 use crate::metrics::labels;
 
+use super::range::{self, Ranged};
 use super::{error, Shared};
 
 pub fn routes() -> Router<Shared> {
@@ -47,15 +50,20 @@ fn boot_method(via: Option<&str>) -> &'static str {
     }
 }
 
+/// `/boot.ipxe?mac=...`: what the boot floppy and older scripts ask for.
 async fn script_by_query(
     State(s): State<Shared>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Query(q): Query<MacQuery>,
+    headers: HeaderMap,
 ) -> Response {
-    script(s, peer, &q.mac, boot_method(q.via.as_deref())).await
+    let Some(mac) = Mac::parse(&q.mac) else {
+        return refuse(&s, peer, StatusCode::BAD_REQUEST, "bad-mac", "boot script");
+    };
+    let path = BootPath::Script(mac).to_string();
+    file(s, peer, path, boot_method(q.via.as_deref()), headers).await
 }
 
-/// `/boot/<mac>.ipxe` is a script; `/boot/<mac>/<image>/<version>/initrd` a per-node initrd.
 async fn boot_path(
     State(s): State<Shared>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -63,10 +71,14 @@ async fn boot_path(
     Query(q): Query<ViaQuery>,
     headers: HeaderMap,
 ) -> Response {
-    if let Some(mac) = path.strip_suffix(".ipxe").filter(|m| !m.contains('/')) {
-        return script(s, peer, mac, boot_method(q.via.as_deref())).await;
-    }
-    file(s, peer, format!("boot/{path}"), headers).await
+    file(
+        s,
+        peer,
+        format!("boot/{path}"),
+        boot_method(q.via.as_deref()),
+        headers,
+    )
+    .await
 }
 
 async fn ipxe_file(
@@ -75,7 +87,7 @@ async fn ipxe_file(
     Path(path): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    file(s, peer, path, headers).await
+    file(s, peer, path, "pxe", headers).await
 }
 
 async fn image_file(
@@ -84,7 +96,7 @@ async fn image_file(
     Path(path): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    file(s, peer, format!("images/{path}"), headers).await
+    file(s, peer, format!("images/{path}"), "pxe", headers).await
 }
 
 fn refuse(s: &Shared, peer: SocketAddr, status: StatusCode, reason: &str, what: &str) -> Response {
@@ -96,83 +108,40 @@ fn refuse(s: &Shared, peer: SocketAddr, status: StatusCode, reason: &str, what: 
     error(status, format!("{what}: {reason}"))
 }
 
-async fn script(s: Shared, peer: SocketAddr, mac: &str, method: &'static str) -> Response {
-    let Some(mac) = enlist_api::normalize_mac(mac) else {
-        return refuse(&s, peer, StatusCode::BAD_REQUEST, "bad-mac", "boot script");
-    };
-    let ip = match peer.ip() {
-        IpAddr::V4(v4) => Some(v4),
-        IpAddr::V6(_) => None,
-    };
-    let reg = s.registry.clone();
-    let images = s.files.images().clone();
-    let m = mac.clone();
-    let rendered =
-        tokio::task::spawn_blocking(move || bootscript::render(&reg, &images, &m, ip, method))
-            .await;
-    let text = match rendered {
-        Ok(Ok(t)) => t,
-        Ok(Err(e)) => {
-            tracing::error!(%mac, "boot script: {e}");
-            return refuse(
-                &s,
-                peer,
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "registry-error",
-                "boot script",
-            );
-        }
-        Err(e) => {
-            tracing::error!(%mac, "boot script task: {e}");
-            return refuse(
-                &s,
-                peer,
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                "boot script",
-            );
+fn refuse_resolve(s: &Shared, peer: SocketAddr, path: &str, e: &ResolveError) -> Response {
+    let status = match e {
+        ResolveError::Refused(_) | ResolveError::Forbidden { .. } => StatusCode::FORBIDDEN,
+        ResolveError::NotFound(_) => StatusCode::NOT_FOUND,
+        ResolveError::Io { .. } => {
+            tracing::warn!(%peer, "http: {e}");
+            StatusCode::INTERNAL_SERVER_ERROR
         }
     };
-    s.metrics
-        .http_transfers
-        .get_or_create(&labels(&[("kind", "script")]))
-        .inc();
-    ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response()
+    refuse(s, peer, status, e.reason(), path)
 }
 
-/// Parse a single `bytes=` range against a length. `None` means "serve it all".
-fn parse_range(value: &str, len: u64) -> Result<Option<(u64, u64)>, ()> {
-    let Some(spec) = value.trim().strip_prefix("bytes=") else {
-        return Ok(None);
-    };
-    if spec.contains(',') {
-        // Multipart ranges are never needed for boot files; serve the whole file.
-        return Ok(None);
-    }
-    let (a, b) = spec.split_once('-').ok_or(())?;
-    let (start, end) = match (a.trim(), b.trim()) {
-        ("", suffix) => {
-            let n: u64 = suffix.parse().map_err(|_| ())?;
-            (len.saturating_sub(n), len)
-        }
-        (a, "") => (a.parse().map_err(|_| ())?, len),
-        (a, b) => {
-            let a: u64 = a.parse().map_err(|_| ())?;
-            let b: u64 = b.parse().map_err(|_| ())?;
-            (a, b.saturating_add(1).min(len))
-        }
-    };
-    if start >= end || start >= len {
-        return Err(());
-    }
-    Ok(Some((start, end)))
-}
-
-async fn file(s: Shared, peer: SocketAddr, path: String, headers: HeaderMap) -> Response {
+/// Resolve `path` for `peer` and send it (or the part a Range header asks for).
+async fn file(
+    s: Shared,
+    peer: SocketAddr,
+    path: String,
+    method: &'static str,
+    headers: HeaderMap,
+) -> Response {
     let files = s.files.clone();
     let p = path.clone();
-    let blob = match tokio::task::spawn_blocking(move || files.resolve(&p)).await {
-        Ok(r) => r,
+    let resolved = tokio::task::spawn_blocking(move || {
+        files.resolve(&Request {
+            path: &p,
+            from: peer.ip(),
+            proto: Proto::Http,
+            method,
+        })
+    })
+    .await;
+    let blob = match resolved {
+        Ok(Ok(b)) => b,
+        Ok(Err(e)) => return refuse_resolve(&s, peer, &path, &e),
         Err(e) => {
             tracing::error!("http file task: {e}");
             return refuse(
@@ -184,93 +153,70 @@ async fn file(s: Shared, peer: SocketAddr, path: String, headers: HeaderMap) -> 
             );
         }
     };
-    let blob = match blob {
-        Ok(b) => b,
-        Err(e @ ResolveError::Refused { .. }) => {
-            return refuse(&s, peer, StatusCode::FORBIDDEN, e.reason(), &path)
-        }
-        Err(e @ ResolveError::NotFound(_)) => {
-            return refuse(&s, peer, StatusCode::NOT_FOUND, e.reason(), &path)
-        }
-        Err(e) => {
-            tracing::warn!(%peer, "http: {e}");
-            return refuse(
+    let len = blob.len();
+    let ranged = headers
+        .get(header::RANGE)
+        .and_then(|v| v.to_str().ok())
+        .map_or(Ranged::Whole, |v| range::parse(v, len));
+    let (start, end) = match ranged {
+        Ranged::Whole => (0, len),
+        Ranged::Part { start, end } => (start, end),
+        Ranged::Unsatisfiable => {
+            let mut r = refuse(
                 &s,
                 peer,
-                StatusCode::INTERNAL_SERVER_ERROR,
-                e.reason(),
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                "bad-range",
                 &path,
             );
+            if let Ok(v) = format!("bytes */{len}").parse() {
+                r.headers_mut().insert(header::CONTENT_RANGE, v);
+            }
+            return r;
         }
     };
-    let len = blob.len();
-    let range = match headers.get(header::RANGE).and_then(|v| v.to_str().ok()) {
-        Some(v) => match parse_range(v, len) {
-            Ok(r) => r,
-            Err(()) => {
-                let mut r = refuse(
-                    &s,
-                    peer,
-                    StatusCode::RANGE_NOT_SATISFIABLE,
-                    "bad-range",
-                    &path,
-                );
-                if let Ok(v) = format!("bytes */{len}").parse() {
-                    r.headers_mut().insert(header::CONTENT_RANGE, v);
-                }
-                return r;
-            }
-        },
-        None => None,
-    };
-    let (start, end) = range.unwrap_or((0, len));
     if start == 0 {
-        let (reg, mac, kind, p) = (
-            s.registry.clone(),
-            blob.mac.clone(),
-            blob.kind,
-            path.clone(),
-        );
-        // Registry writes hit the disk: keep them off the async workers, and off the transfer's path.
-        tokio::task::spawn_blocking(move || reg.fetched_http(mac.as_deref(), peer.ip(), kind, &p));
-        s.metrics
-            .http_transfers
-            .get_or_create(&labels(&[("kind", blob.kind.as_str())]))
-            .inc();
+        record(&s, peer, &blob, &path);
     }
     s.metrics.http_bytes.inc_by(end - start);
+    respond(&blob, start, end, matches!(ranged, Ranged::Part { .. }))
+}
+
+/// Count the transfer; tell the registry (off the transfer's path: it may write to disk).
+fn record(s: &Shared, peer: SocketAddr, blob: &Blob, path: &str) {
+    s.metrics
+        .http_transfers
+        .get_or_create(&labels(&[("kind", blob.kind.as_str())]))
+        .inc();
+    // A script's fetch is recorded by the boot decision that made it.
+    if blob.kind != Kind::Script {
+        let (reg, mac, kind, p) = (s.registry.clone(), blob.mac, blob.kind, path.to_string());
+        tokio::task::spawn_blocking(move || {
+            crate::bootfiles::FetchObserver::fetched(&*reg, mac, peer.ip(), kind, &p, Proto::Http)
+        });
+    }
+}
+
+fn respond(blob: &Blob, start: u64, end: u64, partial: bool) -> Response {
     let chunks = blob.slice(start, end);
     let body = Body::from_stream(futures_util::stream::iter(
         chunks.into_iter().map(Ok::<_, std::convert::Infallible>),
     ));
+    let ctype = if blob.kind == Kind::Script {
+        "text/plain; charset=utf-8"
+    } else {
+        "application/octet-stream"
+    };
     let mut resp = Response::builder()
-        .header(header::CONTENT_TYPE, "application/octet-stream")
+        .header(header::CONTENT_TYPE, ctype)
         .header(header::CONTENT_LENGTH, end - start)
         .header(header::ACCEPT_RANGES, "bytes");
-    if range.is_some() {
+    if partial {
         resp = resp.status(StatusCode::PARTIAL_CONTENT).header(
             header::CONTENT_RANGE,
-            format!("bytes {start}-{}/{len}", end - 1),
+            format!("bytes {start}-{}/{}", end - 1, blob.len()),
         );
     }
     resp.body(body)
         .unwrap_or_else(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ranges() {
-        assert_eq!(parse_range("bytes=0-99", 1000), Ok(Some((0, 100))));
-        assert_eq!(parse_range("bytes=900-", 1000), Ok(Some((900, 1000))));
-        assert_eq!(parse_range("bytes=-100", 1000), Ok(Some((900, 1000))));
-        assert_eq!(parse_range("bytes=990-5000", 1000), Ok(Some((990, 1000))));
-        assert_eq!(parse_range("bytes=1000-", 1000), Err(()));
-        assert_eq!(parse_range("bytes=5-2", 1000), Err(()));
-        assert_eq!(parse_range("bytes=a-b", 1000), Err(()));
-        assert_eq!(parse_range("bytes=0-1,5-6", 1000), Ok(None));
-        assert_eq!(parse_range("items=0-1", 1000), Ok(None));
-    }
 }

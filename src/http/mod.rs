@@ -4,22 +4,28 @@
 //! | module      | routes                                                              |
 //! |-------------|---------------------------------------------------------------------|
 //! | `boot`      | `/boot/<mac>.ipxe`, `/boot.ipxe?mac=`, `/ipxe/*`, `/images/*`, `/boot/*` |
-//! | `agent`     | `/api/v1/agent/*` (signed by node keys)                              |
+//! | `agent`     | `/api/v1/agent/*` (signed by node keys, replies signed too)          |
 //! | `admin`     | `/api/v1/login`, `/api/v1/nodes...`, `/api/v1/events`, `/api/v1/stream` |
 //! | `dashboard` | `/`, assets, `/api/v1/openapi.json`                                  |
+//!
+//! Nodes use the first two; admins the last two, on the same listener or (with `admin.listen`)
+//! on their own, with TLS. `listener` is the socket edge (caps, timeouts, TLS).
 
 mod admin;
 mod agent;
 pub mod auth;
 mod boot;
 mod dashboard;
+pub mod listener;
+pub mod range;
+pub mod tls;
 
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 
+use axum::extract::DefaultBodyLimit;
 use axum::routing::get;
 use axum::Router;
-use tokio::net::TcpListener;
-use tokio::sync::watch;
 
 use crate::bootfiles::BootFiles;
 use crate::metrics::Metrics;
@@ -31,10 +37,37 @@ pub struct AppState {
     pub files: Arc<BootFiles>,
     pub metrics: Arc<Metrics>,
     pub auth: auth::Auth,
+    /// Live dashboard streams at most (`http.max_streams`), and how many are open.
+    pub max_streams: usize,
+    pub streams: AtomicUsize,
 }
 
 pub type Shared = Arc<AppState>;
 
+/// Largest request body (agents send a few KB; admins less).
+const MAX_BODY: usize = enlist_api::MAX_BODY;
+
+/// What nodes use: boot files and the agent API.
+pub fn node_router(state: Shared) -> Router {
+    Router::new()
+        .merge(boot::routes())
+        .merge(agent::routes())
+        .route("/metrics", get(metrics))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(state)
+}
+
+/// What admins use: the dashboard and the admin API.
+pub fn admin_router(state: Shared) -> Router {
+    Router::new()
+        .merge(admin::routes())
+        .merge(dashboard::routes())
+        .route("/metrics", get(metrics))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(state)
+}
+
+/// Everything on one listener (no `admin.listen`).
 pub fn router(state: Shared) -> Router {
     Router::new()
         .merge(boot::routes())
@@ -42,6 +75,7 @@ pub fn router(state: Shared) -> Router {
         .merge(admin::routes())
         .merge(dashboard::routes())
         .route("/metrics", get(metrics))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
 }
 
@@ -75,31 +109,11 @@ async fn metrics(
     }
 }
 
-/// Serve on `listener` until `shutdown` turns true.
-pub async fn run(
-    listener: TcpListener,
-    state: Shared,
-    mut shutdown: watch::Receiver<bool>,
-) -> std::io::Result<()> {
-    use axum::serve::ListenerExt;
-    let app = router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tune_boot_socket(tcp) {
-            tracing::debug!("http: cannot tune socket: {e}");
-        }
-    });
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            let _ = shutdown.wait_for(|v| *v).await;
-        })
-        .await
-}
-
 /// Shape TCP for the NICs of period PCs. Their boot ROMs (iPXE on an EtherExpress or NE2000)
 /// have a handful of receive buffers and an emulated or slow CPU; a line-rate burst overflows
 /// them, and with a rate-probing congestion control (BBR) the losses repeat until the RTO
 /// backs off to tens of seconds. Loss-based Reno plus a pacing cap keeps downloads flowing.
-fn tune_boot_socket(tcp: &tokio::net::TcpStream) -> std::io::Result<()> {
+pub(crate) fn tune_boot_socket(tcp: &tokio::net::TcpStream) -> std::io::Result<()> {
     let sock = socket2::SockRef::from(tcp);
     sock.set_nodelay(true)?;
     // Bound the unacknowledged data to a few segments: what a boot ROM's receive ring holds.

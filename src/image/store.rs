@@ -26,15 +26,7 @@ pub struct ImageStore {
     dir: PathBuf,
 }
 
-/// A name or version component: letters, digits, `-`, `_`, `.` but not `..`.
-pub fn valid_component(s: &str) -> bool {
-    !s.is_empty()
-        && s != "."
-        && s != ".."
-        && s.len() <= 64
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-}
+pub use crate::bootpath::valid_component;
 
 impl ImageStore {
     pub fn new(dir: impl Into<PathBuf>) -> ImageStore {

@@ -1,20 +1,24 @@
 //! The agent side of the registry: nonces, registration, request authentication, heartbeats,
 //! commands and leaving. No HTTP here; `http::agent` maps these to routes and status codes.
+//!
+//! Order matters: a request is authenticated (signature over a nonce or session, sequence
+//! number) before its body is read, and nothing is written before both are good.
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use enlist_api::{
-    paths, Command, CommandResult, Heartbeat, HeartbeatResponse, NodeInfo, RegisterResponse,
-    RequestAuth,
+    paths, Command, CommandResult, Heartbeat, HeartbeatResponse, Mac, NodeInfo, NodeKey,
+    RegisterRequest, RegisterResponse, RequestAuth,
 };
 use tokio::sync::Notify;
 
-use crate::metrics::labels;
+use crate::bootpath::Proto;
+use crate::lifecycle::Event;
 use crate::store::{now, StoreError};
 
 use super::keys::token;
-use super::{state, Registry};
+use super::Registry;
 
 /// Registration nonces live this long.
 const NONCE_TTL_SECS: i64 = 60;
@@ -56,12 +60,14 @@ pub struct Signed<'a> {
     pub body: &'a [u8],
 }
 
+fn body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, AgentError> {
+    serde_json::from_slice(bytes).map_err(|e| AgentError::BadRequest(format!("body: {e}")))
+}
+
 impl Registry {
     fn refuse(&self, e: AgentError) -> AgentError {
         self.metrics
-            .agent_refused
-            .get_or_create(&labels(&[("reason", e.reason())]))
-            .inc();
+            .refused(&self.metrics.agent_refused, e.reason());
         e
     }
 
@@ -69,7 +75,9 @@ impl Registry {
         let n = token();
         let ts = now();
         let mut inner = self.inner();
-        inner.nonces.retain(|_, exp| *exp > ts);
+        if inner.nonces.len() >= MAX_NONCES {
+            inner.nonces.retain(|_, exp| *exp > ts);
+        }
         if inner.nonces.len() >= MAX_NONCES {
             if let Some(oldest) = inner
                 .nonces
@@ -84,16 +92,22 @@ impl Registry {
         n
     }
 
+    /// The key replies to this node are signed with: its current one.
+    pub fn reply_key(&self, mac: Mac) -> NodeKey {
+        let epoch = self.inner().live.get(&mac).map_or(0, |l| l.epoch);
+        self.keys.node_key(mac, epoch)
+    }
+
     /// Register an agent. The request is signed with the node key over a fresh nonce (sent as
-    /// the session header, sequence 0).
-    /// The body (a `RegisterRequest`) is only parsed once the signature is good.
-    pub fn register(&self, req: &Signed) -> Result<RegisterResponse, AgentError> {
+    /// the session header, sequence 0). Only a node the head knows (it got its key from a boot
+    /// script's initrd, or from an admin) can register; its body is read once the signature
+    /// is good. Blocking (database).
+    pub fn register(&self, req: &Signed) -> Result<(Mac, RegisterResponse), AgentError> {
         self.register_inner(req).map_err(|e| self.refuse(e))
     }
 
-    fn register_inner(&self, req: &Signed) -> Result<RegisterResponse, AgentError> {
-        let mac =
-            enlist_api::normalize_mac(req.node).ok_or(AgentError::Unauthorized("bad-node"))?;
+    fn register_inner(&self, req: &Signed) -> Result<(Mac, RegisterResponse), AgentError> {
+        let mac = Mac::parse(req.node).ok_or(AgentError::Unauthorized("bad-node"))?;
         let fresh = {
             let mut inner = self.inner();
             matches!(inner.nonces.remove(req.session), Some(exp) if exp > now())
@@ -101,15 +115,16 @@ impl Registry {
         if !fresh {
             return Err(AgentError::Unauthorized("unknown-nonce"));
         }
-        if !self.enrollable(&mac) {
-            return Err(AgentError::Forbidden("not-enrollable"));
-        }
-        let mut row = self.node_or_new(&mac)?;
-        let key = self.keys.node_key(&mac, row.key_epoch);
+        let mut row = self
+            .store
+            .node(mac)?
+            .ok_or(AgentError::Unauthorized("unknown-node"))?;
+        let key = self.keys.node_key(mac, row.key_epoch);
+        let mac_text = mac.to_string();
         let auth = RequestAuth {
             method: "POST",
             path: paths::REGISTER,
-            node: &mac,
+            node: &mac_text,
             session: req.session,
             seq: 0,
         };
@@ -119,91 +134,72 @@ impl Registry {
         {
             return Err(AgentError::Unauthorized("bad-signature"));
         }
-        let info: NodeInfo = serde_json::from_slice::<enlist_api::RegisterRequest>(req.body)
-            .map_err(|e| AgentError::BadRequest(format!("body: {e}")))?
-            .info;
+        if !row.approved || row.released {
+            return Err(AgentError::Forbidden("not-enlisted"));
+        }
+        let info: NodeInfo = body::<RegisterRequest>(req.body)?.info;
+        info.check().map_err(AgentError::BadRequest)?;
         let session = token();
-        {
-            let mut inner = self.inner();
-            let live = inner.live.entry(mac.clone()).or_default();
-            let old = live.session.replace(session.clone());
-            live.seq = 0;
-            live.seq_window = 0;
-            live.last_seen = Some(Instant::now());
-            if let Some(old) = old {
-                inner.sessions.remove(&old);
-            }
-            inner.sessions.insert(session.clone(), mac.clone());
-        }
-        let ts = now();
-        if matches!(row.state.as_str(), state::SEEN | state::BOOTING) {
-            if let Some(first) = row.first_dhcp {
-                let secs = (ts - first).max(0) as f64;
-                row.boot_seconds = Some(secs);
-                self.metrics.boot_duration.observe(secs);
-            }
-        }
-        if !info.ip.is_empty() {
-            row.ip = Some(info.ip.clone());
+        self.inner()
+            .open_session(mac, session.clone(), info.clone());
+        if let Ok(ip) = info.ip.parse() {
+            row.ip = Some(ip);
         }
         row.info = serde_json::to_string(&info).ok();
-        row.last_seen = Some(ts);
-        let (new_state, detail) = if row.approved {
-            (
-                state::REGISTERED,
-                format!("agent registered from {}", info.ip),
-            )
-        } else {
-            (
-                state::PENDING,
-                "agent registered; waiting for approval".to_string(),
-            )
-        };
-        self.set_state(&mut row, new_state, &detail)?;
+        row.last_seen = Some(now());
+        self.inner().trace(
+            mac,
+            "registered",
+            Proto::Agent,
+            format!("agent from {}", info.ip),
+        );
+        self.apply(
+            &mut row,
+            Event::Registered,
+            &format!("agent registered from {}", info.ip),
+        )?;
         let (_, peers) = self.peers();
-        Ok(RegisterResponse {
-            session,
-            name: row.name,
-            heartbeat_secs: self.cfg.nodes.heartbeat.as_secs().max(1) as u32,
-            peers,
-        })
+        Ok((
+            mac,
+            RegisterResponse {
+                session,
+                name: row.name,
+                heartbeat_secs: self.cfg.nodes.heartbeat.as_secs().clamp(1, 300) as u32,
+                peers,
+            },
+        ))
     }
 
     /// Check a signed request; returns the node's MAC. Memory and CPU only (the key epoch of
     /// every node is cached), so it runs on the async threads.
-    pub fn authenticate(&self, req: &Signed) -> Result<String, AgentError> {
+    pub fn authenticate(&self, req: &Signed) -> Result<Mac, AgentError> {
         self.authenticate_inner(req).map_err(|e| self.refuse(e))
     }
 
-    fn authenticate_inner(&self, req: &Signed) -> Result<String, AgentError> {
-        let mac =
-            enlist_api::normalize_mac(req.node).ok_or(AgentError::Unauthorized("bad-node"))?;
-        let owner = self.inner().sessions.get(req.session).cloned();
-        match owner {
+    fn authenticate_inner(&self, req: &Signed) -> Result<Mac, AgentError> {
+        let mac = Mac::parse(req.node).ok_or(AgentError::Unauthorized("bad-node"))?;
+        let mut inner = self.inner();
+        match inner.sessions.get(req.session) {
             None => return Err(AgentError::Unauthorized("unknown-session")),
-            Some(owner) if owner != mac => return Err(AgentError::Forbidden("other-node")),
+            Some(owner) if *owner != mac => return Err(AgentError::Forbidden("other-node")),
             Some(_) => {}
         }
-        // A session exists only after a registration saved the node, which cached its epoch.
-        let epoch = self
-            .inner()
+        let live = inner
             .live
-            .get(&mac)
-            .and_then(|l| l.epoch)
+            .get_mut(&mac)
             .ok_or(AgentError::Unauthorized("unknown-node"))?;
-        let key = self.keys.node_key(&mac, epoch);
+        let key = self.keys.node_key(mac, live.epoch);
+        let mac_text = mac.to_string();
         let auth = RequestAuth {
             method: req.method,
             path: req.path,
-            node: &mac,
+            node: &mac_text,
             session: req.session,
             seq: req.seq,
         };
         if !auth.verify(&key, req.body, req.signature) {
             return Err(AgentError::Unauthorized("bad-signature"));
         }
-        let mut inner = self.inner();
-        let live = inner.live.entry(mac.clone()).or_default();
         if !accept_seq(&mut live.seq, &mut live.seq_window, req.seq) {
             return Err(AgentError::Unauthorized("replayed"));
         }
@@ -211,36 +207,39 @@ impl Registry {
         Ok(mac)
     }
 
-    /// Record a heartbeat in memory. `Some`: that is all it takes (the common case: a healthy
-    /// node and no dashboard watching for new load figures). `None`: [`Registry::heartbeat`]
-    /// has database work to do.
-    pub fn heartbeat_in_memory(&self, mac: &str, hb: &Heartbeat) -> Option<HeartbeatResponse> {
+    /// Record a heartbeat in memory. `Ok(Some)`: that is all it takes (the common case: a
+    /// healthy node and no dashboard watching). `Ok(None)`: [`Registry::heartbeat`] has more
+    /// to do.
+    pub fn heartbeat_in_memory(
+        &self,
+        mac: Mac,
+        hb: &Heartbeat,
+    ) -> Result<Option<HeartbeatResponse>, AgentError> {
+        hb.check()
+            .map_err(|e| self.refuse(AgentError::BadRequest(e)))?;
         let mut inner = self.inner();
-        let live = inner.live.entry(mac.to_string()).or_default();
+        let version = inner.peers_version;
+        let live = inner.live.entry(mac).or_default();
         live.heartbeat = Some(hb.clone());
-        let steady = live.steady;
-        (steady && self.updates.receiver_count() == 0).then_some(HeartbeatResponse {
-            peers_version: inner.peers_version,
-        })
+        let steady = live.state == Some(crate::lifecycle::NodeState::Healthy);
+        Ok(
+            (steady && self.updates.receiver_count() == 0).then_some(HeartbeatResponse {
+                peers_version: version,
+            }),
+        )
     }
 
-    pub fn heartbeat(&self, mac: &str, hb: Heartbeat) -> Result<HeartbeatResponse, AgentError> {
-        if let Some(done) = self.heartbeat_in_memory(mac, &hb) {
-            return Ok(done);
-        }
+    /// The rest of a heartbeat: a state change (registered or lost → healthy), or a live
+    /// update for dashboards. Blocking (database).
+    pub fn heartbeat(&self, mac: Mac, hb: &Heartbeat) -> Result<HeartbeatResponse, AgentError> {
         if let Some(mut row) = self.store.node(mac)? {
-            match row.state.as_str() {
-                state::REGISTERED | state::LOST => {
-                    row.heartbeat = serde_json::to_string(&hb).ok();
-                    row.last_seen = Some(now());
-                    self.set_state(&mut row, state::HEALTHY, "heartbeats arriving")?;
-                }
-                _ => {
-                    // Heartbeats change often: publish them live, persist them only on state changes.
-                    let _ = self
-                        .updates
-                        .send(super::Update::Node(Box::new(self.view(row))));
-                }
+            let before = row.state;
+            row.heartbeat = serde_json::to_string(hb).ok();
+            row.last_seen = Some(now());
+            self.apply(&mut row, Event::Heartbeat, "heartbeats arriving")?;
+            if row.state == before {
+                // Steady heartbeats are only published live, not written.
+                self.publish(&row);
             }
         }
         Ok(HeartbeatResponse {
@@ -248,19 +247,12 @@ impl Registry {
         })
     }
 
-    /// Commands waiting for this node, signed for its current session, and the notifier to wait
-    /// on when there are none.
-    pub fn take_commands(&self, mac: &str) -> (Vec<Command>, Arc<Notify>) {
-        let epoch = self
-            .store
-            .node(mac)
-            .ok()
-            .flatten()
-            .map(|r| r.key_epoch)
-            .unwrap_or(0);
-        let key = self.keys.node_key(mac, epoch);
+    /// Commands waiting for this node, signed for its current session and key, and the
+    /// notifier to wait on when there are none. Memory only.
+    pub fn take_commands(&self, mac: Mac) -> (Vec<Command>, Arc<Notify>) {
         let mut inner = self.inner();
-        let live = inner.live.entry(mac.to_string()).or_default();
+        let live = inner.live.entry(mac).or_default();
+        let key = self.keys.node_key(mac, live.epoch);
         let session = live.session.clone().unwrap_or_default();
         let cmds = live
             .commands
@@ -274,27 +266,27 @@ impl Registry {
         (cmds, live.notify.clone())
     }
 
-    pub fn command_result(&self, mac: &str, r: &CommandResult) -> Result<(), AgentError> {
+    pub fn command_result(&self, mac: Mac, r: &CommandResult) -> Result<(), AgentError> {
         if let Some(row) = self.store.node(mac)? {
             let detail = format!(
                 "#{} {}: {}",
                 r.id,
                 if r.ok { "done" } else { "failed" },
-                r.message
+                r.bounded_message()
             );
             self.save(&row, Some(("command", &detail)))?;
         }
         Ok(())
     }
 
-    pub fn leaving(&self, mac: &str, reason: &str) -> Result<(), AgentError> {
+    pub fn leaving(&self, mac: Mac, reason: &str) -> Result<(), AgentError> {
         if let Some(mut row) = self.store.node(mac)? {
             let reason: String = reason
                 .chars()
                 .filter(|c| !c.is_control())
                 .take(64)
                 .collect();
-            self.set_state(&mut row, state::LEAVING, &reason)?;
+            self.apply(&mut row, Event::Leaving, &reason)?;
         }
         Ok(())
     }

@@ -1,7 +1,7 @@
 //! Per-node keys, derived from the head's secret so nothing per node has to be stored.
 
-use enlist_api::NodeKey;
-use hmac::{Hmac, Mac};
+use enlist_api::{Mac, NodeKey};
+use hmac::{Hmac, Mac as _};
 use rand::RngCore;
 use sha2::Sha256;
 
@@ -35,11 +35,11 @@ impl Keys {
     }
 
     /// The key of the node with this MAC; bumping `epoch` revokes the old one.
-    pub fn node_key(&self, mac: &str, epoch: i64) -> NodeKey {
-        let mut m =
-            <Hmac<Sha256> as Mac>::new_from_slice(&self.secret).expect("HMAC takes any key length");
+    pub fn node_key(&self, mac: Mac, epoch: i64) -> NodeKey {
+        let mut m = <Hmac<Sha256> as hmac::Mac>::new_from_slice(&self.secret)
+            .expect("HMAC takes any key length");
         m.update(b"enlist-node-key-v1\n");
-        m.update(mac.as_bytes());
+        m.update(mac.to_string().as_bytes());
         m.update(b"\n");
         m.update(epoch.to_string().as_bytes());
         NodeKey(m.finalize().into_bytes().into())

@@ -4,9 +4,10 @@
 use std::collections::HashSet;
 use std::net::Ipv4Addr;
 
+use enlist_api::Mac;
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
-use super::{Store, StoreError};
+use super::{mac_sql, Store, StoreError, Text};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LeaseState {
@@ -37,7 +38,7 @@ impl LeaseState {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lease {
     pub ip: Ipv4Addr,
-    pub mac: String,
+    pub mac: Mac,
     pub state: LeaseState,
     pub expires: i64,
     pub hostname: Option<String>,
@@ -69,7 +70,7 @@ fn lease_from_row(r: &rusqlite::Row) -> rusqlite::Result<Lease> {
     let state: String = r.get(2)?;
     Ok(Lease {
         ip: Ipv4Addr::from(r.get::<_, u32>(0)?),
-        mac: r.get(1)?,
+        mac: r.get::<_, Text<Mac>>(1)?.0,
         state: LeaseState::parse(&state),
         expires: r.get(3)?,
         hostname: r.get(4)?,
@@ -77,7 +78,7 @@ fn lease_from_row(r: &rusqlite::Row) -> rusqlite::Result<Lease> {
 }
 
 /// Whether `mac` may take `ip` given the row that holds it now.
-fn usable_by(row: &Option<Lease>, mac: &str, now: i64) -> bool {
+fn usable_by(row: &Option<Lease>, mac: Mac, now: i64) -> bool {
     match row {
         None => true,
         Some(l) if l.expires <= now => true,
@@ -88,7 +89,7 @@ fn usable_by(row: &Option<Lease>, mac: &str, now: i64) -> bool {
 fn put(
     tx: &Connection,
     ip: Ipv4Addr,
-    mac: &str,
+    mac: Mac,
     state: LeaseState,
     expires: i64,
     hostname: Option<&str>,
@@ -96,13 +97,19 @@ fn put(
     // A client holds one address: drop its other non-declined rows.
     tx.execute(
         "DELETE FROM leases WHERE mac = ?1 AND ip != ?2 AND state != 'declined'",
-        params![mac, u32::from(ip)],
+        params![mac_sql(&mac), u32::from(ip)],
     )?;
     tx.execute(
         "INSERT INTO leases(ip, mac, state, expires, hostname) VALUES (?1, ?2, ?3, ?4, ?5)
          ON CONFLICT(ip) DO UPDATE SET mac = excluded.mac, state = excluded.state,
            expires = excluded.expires, hostname = COALESCE(excluded.hostname, leases.hostname)",
-        params![u32::from(ip), mac, state.as_str(), expires, hostname],
+        params![
+            u32::from(ip),
+            mac_sql(&mac),
+            state.as_str(),
+            expires,
+            hostname
+        ],
     )?;
     Ok(())
 }
@@ -110,7 +117,7 @@ fn put(
 /// What a client asks for when it is offered an address.
 #[derive(Debug, Clone)]
 pub struct AllocateRequest<'a> {
-    pub mac: &'a str,
+    pub mac: Mac,
     pub range: PoolRange,
     /// The client's reservation, if it has one: always used.
     pub reserved: Option<Ipv4Addr>,
@@ -162,7 +169,7 @@ impl LeaseBatch<'_> {
     /// Bind `ip` to `mac` (REQUEST). Returns false if the address belongs to someone else.
     pub fn bind(
         &mut self,
-        mac: &str,
+        mac: Mac,
         ip: Ipv4Addr,
         expires: i64,
         hostname: Option<&str>,
@@ -179,25 +186,43 @@ impl LeaseBatch<'_> {
     }
 
     /// The client gives its address back (RELEASE).
-    pub fn release(&mut self, mac: &str, ip: Ipv4Addr) -> Result<bool, StoreError> {
+    pub fn release(&mut self, mac: Mac, ip: Ipv4Addr) -> Result<bool, StoreError> {
         self.op(|tx| {
             let n = tx.execute(
                 "DELETE FROM leases WHERE ip = ?1 AND mac = ?2 AND state != 'declined'",
-                params![u32::from(ip), mac],
+                params![u32::from(ip), mac_sql(&mac)],
             )?;
             Ok(n > 0)
         })
     }
 
-    /// The client found the address in use (DECLINE): quarantine it until `until`.
-    pub fn decline(&mut self, mac: &str, ip: Ipv4Addr, until: i64) -> Result<(), StoreError> {
+    /// The client found the address in use (DECLINE): quarantine it until `until`, but only if
+    /// it is this client's own unexpired offer or lease (anything else is a forgery: a stranger
+    /// declining another client's address would take it away). Returns whether it was taken.
+    pub fn decline(
+        &mut self,
+        mac: Mac,
+        ip: Ipv4Addr,
+        until: i64,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        self.op(|tx| {
+            let n = tx.execute(
+                "UPDATE leases SET state = 'declined', expires = ?3
+                 WHERE ip = ?1 AND mac = ?2 AND state IN ('offered', 'bound') AND expires > ?4",
+                params![u32::from(ip), mac_sql(&mac), until, now],
+            )?;
+            Ok(n > 0)
+        })
+    }
+
+    /// Forget quarantines that have ended (they are never reused as leases otherwise).
+    pub fn prune_declined(&mut self, now: i64) -> Result<usize, StoreError> {
         self.op(|tx| {
             tx.execute(
-                "INSERT INTO leases(ip, mac, state, expires) VALUES (?1, ?2, 'declined', ?3)
-                 ON CONFLICT(ip) DO UPDATE SET mac = excluded.mac, state = 'declined', expires = excluded.expires",
-                params![u32::from(ip), mac, until],
-            )?;
-            Ok(())
+                "DELETE FROM leases WHERE state = 'declined' AND expires <= ?1",
+                [now],
+            )
         })
     }
 }
@@ -223,7 +248,7 @@ impl Store {
 
     pub fn bind(
         &self,
-        mac: &str,
+        mac: Mac,
         ip: Ipv4Addr,
         expires: i64,
         hostname: Option<&str>,
@@ -232,33 +257,30 @@ impl Store {
         self.lease_batch(|b| b.bind(mac, ip, expires, hostname, now))?
     }
 
-    pub fn release(&self, mac: &str, ip: Ipv4Addr) -> Result<bool, StoreError> {
+    pub fn release(&self, mac: Mac, ip: Ipv4Addr) -> Result<bool, StoreError> {
         self.lease_batch(|b| b.release(mac, ip))?
     }
 
-    pub fn decline(&self, mac: &str, ip: Ipv4Addr, until: i64) -> Result<(), StoreError> {
-        self.lease_batch(|b| b.decline(mac, ip, until))?
+    pub fn decline(
+        &self,
+        mac: Mac,
+        ip: Ipv4Addr,
+        until: i64,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        self.lease_batch(|b| b.decline(mac, ip, until, now))?
     }
 
     /// The unexpired bound lease of `mac`, if any.
-    pub fn lease_of(&self, mac: &str, now: i64) -> Result<Option<Lease>, StoreError> {
+    pub fn lease_of(&self, mac: Mac, now: i64) -> Result<Option<Lease>, StoreError> {
         self.with(|c| {
             c.query_row(
                 "SELECT ip, mac, state, expires, hostname FROM leases
                  WHERE mac = ?1 AND state = 'bound' AND expires > ?2",
-                params![mac, now],
+                params![mac_sql(&mac), now],
                 lease_from_row,
             )
             .optional()
-        })
-    }
-
-    pub fn leases(&self) -> Result<Vec<Lease>, StoreError> {
-        self.with(|c| {
-            let mut st =
-                c.prepare("SELECT ip, mac, state, expires, hostname FROM leases ORDER BY ip")?;
-            let rows = st.query_map([], lease_from_row)?;
-            rows.collect()
         })
     }
 }
@@ -277,7 +299,7 @@ fn choose(tx: &Connection, req: &AllocateRequest) -> rusqlite::Result<Option<Ipv
             "SELECT ip FROM leases WHERE mac = ?1 AND state != 'declined' AND ip BETWEEN ?2 AND ?3
              ORDER BY expires DESC LIMIT 1",
             params![
-                req.mac,
+                mac_sql(&req.mac),
                 u32::from(req.range.first),
                 u32::from(req.range.last)
             ],
@@ -359,7 +381,11 @@ mod tests {
         }
     }
 
-    fn req<'a>(mac: &'a str, excluded: &'a HashSet<Ipv4Addr>) -> AllocateRequest<'a> {
+    fn m(n: u8) -> Mac {
+        Mac([2, 0, 0, 0, 0, n])
+    }
+
+    fn req(mac: Mac, excluded: &HashSet<Ipv4Addr>) -> AllocateRequest<'_> {
         AllocateRequest {
             mac,
             range: range(),
@@ -375,17 +401,17 @@ mod tests {
     fn distinct_clients_get_distinct_addresses_until_exhausted() {
         let s = Store::memory().unwrap();
         let ex = HashSet::new();
-        let a = s.allocate(&req("a", &ex)).unwrap().unwrap();
-        let b = s.allocate(&req("b", &ex)).unwrap().unwrap();
-        let c = s.allocate(&req("c", &ex)).unwrap().unwrap();
+        let a = s.allocate(&req(m(1), &ex)).unwrap().unwrap();
+        let b = s.allocate(&req(m(2), &ex)).unwrap().unwrap();
+        let c = s.allocate(&req(m(3), &ex)).unwrap().unwrap();
         assert_eq!(
             HashSet::from([a, b, c]).len(),
             3,
             "three clients, three addresses"
         );
-        assert_eq!(s.allocate(&req("d", &ex)).unwrap(), None, "pool exhausted");
+        assert_eq!(s.allocate(&req(m(4), &ex)).unwrap(), None, "pool exhausted");
         // The same client asking again gets the same address.
-        assert_eq!(s.allocate(&req("a", &ex)).unwrap(), Some(a));
+        assert_eq!(s.allocate(&req(m(1), &ex)).unwrap(), Some(a));
     }
 
     #[test]
@@ -394,9 +420,9 @@ mod tests {
         let ex = HashSet::new();
         let (a, b, c) = s
             .lease_batch(|batch| {
-                let a = batch.allocate(&req("a", &ex)).unwrap().unwrap();
-                let b = batch.allocate(&req("b", &ex)).unwrap().unwrap();
-                let c = batch.allocate(&req("c", &ex)).unwrap().unwrap();
+                let a = batch.allocate(&req(m(1), &ex)).unwrap().unwrap();
+                let b = batch.allocate(&req(m(2), &ex)).unwrap().unwrap();
+                let c = batch.allocate(&req(m(3), &ex)).unwrap().unwrap();
                 (a, b, c)
             })
             .unwrap();
@@ -409,36 +435,63 @@ mod tests {
             )
         );
         // The middle one goes back; the pool is used to its top, so the gap is found.
-        assert!(s.release("b", b).unwrap());
-        assert_eq!(s.allocate(&req("d", &ex)).unwrap(), Some(b));
+        assert!(s.release(m(2), b).unwrap());
+        assert_eq!(s.allocate(&req(m(4), &ex)).unwrap(), Some(b));
     }
 
     #[test]
     fn bind_refuses_an_address_held_by_another_client() {
         let s = Store::memory().unwrap();
         let ip = Ipv4Addr::new(10, 0, 0, 10);
-        assert!(s.bind("a", ip, 5000, None, 1000).unwrap());
-        assert!(!s.bind("b", ip, 5000, None, 1000).unwrap());
+        assert!(s.bind(m(1), ip, 5000, None, 1000).unwrap());
+        assert!(!s.bind(m(2), ip, 5000, None, 1000).unwrap());
         // After expiry it is free again.
-        assert!(s.bind("b", ip, 9000, None, 6000).unwrap());
+        assert!(s.bind(m(2), ip, 9000, None, 6000).unwrap());
     }
 
     #[test]
     fn declined_address_is_quarantined() {
         let s = Store::memory().unwrap();
         let ex = HashSet::new();
-        let a = s.allocate(&req("a", &ex)).unwrap().unwrap();
-        s.decline("a", a, 2000).unwrap();
-        let again = s.allocate(&req("a", &ex)).unwrap().unwrap();
+        let a = s.allocate(&req(m(1), &ex)).unwrap().unwrap();
+        assert!(s.decline(m(1), a, 2000, 1000).unwrap());
+        let again = s.allocate(&req(m(1), &ex)).unwrap().unwrap();
         assert_ne!(again, a, "a declined address is not offered again");
-        assert!(!s.bind("b", a, 5000, None, 1000).unwrap());
+        assert!(!s.bind(m(2), a, 5000, None, 1000).unwrap());
+        // Once the quarantine is over, pruning removes the row and the address is free.
+        assert_eq!(
+            s.lease_batch(|b| b.prune_declined(2000)).unwrap().unwrap(),
+            1
+        );
+        assert!(s.bind(m(2), a, 5000, None, 2000).unwrap());
+    }
+
+    #[test]
+    fn only_the_holder_may_decline_an_address() {
+        let s = Store::memory().unwrap();
+        let ip = Ipv4Addr::new(10, 0, 0, 10);
+        assert!(s.bind(m(1), ip, 5000, None, 1000).unwrap());
+        assert!(
+            !s.decline(m(2), ip, 9000, 1000).unwrap(),
+            "another client's lease"
+        );
+        assert!(
+            !s.decline(m(2), Ipv4Addr::new(10, 0, 0, 11), 9000, 1000)
+                .unwrap(),
+            "a free address"
+        );
+        assert_eq!(
+            s.lease_of(m(1), 1000).unwrap().map(|l| l.ip),
+            Some(ip),
+            "still bound"
+        );
     }
 
     #[test]
     fn reserved_addresses_are_not_pooled() {
         let s = Store::memory().unwrap();
         let ex = HashSet::from([Ipv4Addr::new(10, 0, 0, 10)]);
-        let a = s.allocate(&req("a", &ex)).unwrap().unwrap();
+        let a = s.allocate(&req(m(1), &ex)).unwrap().unwrap();
         assert_eq!(a, Ipv4Addr::new(10, 0, 0, 11));
     }
 
@@ -449,10 +502,10 @@ mod tests {
         let ip = Ipv4Addr::new(10, 0, 0, 11);
         {
             let s = Store::open(&path).unwrap();
-            assert!(s.bind("a", ip, i64::MAX, Some("pc"), 1000).unwrap());
+            assert!(s.bind(m(1), ip, i64::MAX, Some("pc"), 1000).unwrap());
         }
         let s = Store::open(&path).unwrap();
-        let l = s.lease_of("a", 1000).unwrap().unwrap();
+        let l = s.lease_of(m(1), 1000).unwrap().unwrap();
         assert_eq!(l.ip, ip);
         assert_eq!(l.hostname.as_deref(), Some("pc"));
     }

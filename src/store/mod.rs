@@ -11,7 +11,13 @@ mod nodes;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
+use std::net::Ipv4Addr;
+
+use enlist_api::Mac;
+use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSql, ToSqlOutput, ValueRef};
 use rusqlite::Connection;
+
+use crate::lifecycle::NodeState;
 
 pub use leases::{AllocateRequest, Lease, LeaseBatch, LeaseState, PoolRange};
 pub use nodes::{EventRow, NodeRow};
@@ -163,6 +169,43 @@ impl Store {
                 .optional()
         })
     }
+}
+
+/// Values stored as text: MACs in colon form, states by name, addresses dotted. A value that
+/// does not parse is reported as a conversion error naming it, never guessed.
+pub(super) struct Text<T>(pub T);
+
+fn from_text<T>(v: ValueRef<'_>, parse: impl FnOnce(&str) -> Option<T>) -> FromSqlResult<T> {
+    let s = v.as_str()?;
+    parse(s).ok_or_else(|| FromSqlError::Other(format!("unreadable value {s:?}").into()))
+}
+
+impl FromSql for Text<Mac> {
+    fn column_result(v: ValueRef<'_>) -> FromSqlResult<Self> {
+        from_text(v, Mac::parse).map(Text)
+    }
+}
+
+impl FromSql for Text<NodeState> {
+    fn column_result(v: ValueRef<'_>) -> FromSqlResult<Self> {
+        from_text(v, NodeState::parse).map(Text)
+    }
+}
+
+impl FromSql for Text<Ipv4Addr> {
+    fn column_result(v: ValueRef<'_>) -> FromSqlResult<Self> {
+        from_text(v, |s| s.parse().ok()).map(Text)
+    }
+}
+
+impl ToSql for Text<&Mac> {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(ToSqlOutput::from(self.0.to_string()))
+    }
+}
+
+pub(super) fn mac_sql(m: &Mac) -> Text<&Mac> {
+    Text(m)
 }
 
 /// Seconds since the Unix epoch.

@@ -1,20 +1,25 @@
 //! Node rows and their bounded event history.
 
+use std::net::Ipv4Addr;
+
+use enlist_api::Mac;
 use rusqlite::{params, OptionalExtension};
 use serde::Serialize;
 
-use super::{Store, StoreError};
+use crate::lifecycle::NodeState;
+
+use super::{mac_sql, Store, StoreError, Text};
 
 /// Events kept per node; older ones are pruned as new ones arrive.
 pub const EVENTS_PER_NODE: i64 = 200;
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct NodeRow {
-    pub mac: String,
+    pub mac: Mac,
     pub name: String,
     pub group: String,
-    pub state: String,
-    pub ip: Option<String>,
+    pub state: NodeState,
+    pub ip: Option<Ipv4Addr>,
     /// JSON of `enlist_api::NodeInfo`, once the agent registered.
     pub info: Option<String>,
     /// JSON of the last `enlist_api::Heartbeat`.
@@ -33,7 +38,7 @@ pub struct NodeRow {
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct EventRow {
     pub id: i64,
-    pub mac: String,
+    pub mac: Mac,
     pub ts: i64,
     pub kind: String,
     pub detail: String,
@@ -43,11 +48,11 @@ const NODE_COLS: &str = "mac, name, grp, state, ip, info, heartbeat, last_seen, 
 
 fn node_from_row(r: &rusqlite::Row) -> rusqlite::Result<NodeRow> {
     Ok(NodeRow {
-        mac: r.get(0)?,
+        mac: r.get::<_, Text<Mac>>(0)?.0,
         name: r.get(1)?,
         group: r.get(2)?,
-        state: r.get(3)?,
-        ip: r.get(4)?,
+        state: r.get::<_, Text<NodeState>>(3)?.0,
+        ip: r.get::<_, Option<Text<Ipv4Addr>>>(4)?.map(|t| t.0),
         info: r.get(5)?,
         heartbeat: r.get(6)?,
         last_seen: r.get(7)?,
@@ -63,7 +68,7 @@ fn node_from_row(r: &rusqlite::Row) -> rusqlite::Result<NodeRow> {
 fn event_from_row(r: &rusqlite::Row) -> rusqlite::Result<EventRow> {
     Ok(EventRow {
         id: r.get(0)?,
-        mac: r.get(1)?,
+        mac: r.get::<_, Text<Mac>>(1)?.0,
         ts: r.get(2)?,
         kind: r.get(3)?,
         detail: r.get(4)?,
@@ -79,11 +84,11 @@ impl Store {
         })
     }
 
-    pub fn node(&self, mac: &str) -> Result<Option<NodeRow>, StoreError> {
+    pub fn node(&self, mac: Mac) -> Result<Option<NodeRow>, StoreError> {
         self.with(|c| {
             c.query_row(
                 &format!("SELECT {NODE_COLS} FROM nodes WHERE mac = ?1"),
-                [mac],
+                [mac_sql(&mac)],
                 node_from_row,
             )
             .optional()
@@ -108,23 +113,24 @@ impl Store {
                        released=excluded.released, approved=excluded.approved"
                 ),
                 params![
-                    n.mac, n.name, n.group, n.state, n.ip, n.info, n.heartbeat, n.last_seen,
-                    n.first_dhcp, n.boot_seconds, n.key_epoch, n.released, n.approved, n.created
+                    mac_sql(&n.mac), n.name, n.group, n.state.as_str(), n.ip.map(|i| i.to_string()),
+                    n.info, n.heartbeat, n.last_seen, n.first_dhcp, n.boot_seconds, n.key_epoch,
+                    n.released, n.approved, n.created
                 ],
             )?;
             let ev = match event {
                 Some((kind, detail)) => {
                     tx.execute(
                         "INSERT INTO events(mac, ts, kind, detail) VALUES (?1, ?2, ?3, ?4)",
-                        params![n.mac, ts, kind, detail],
+                        params![mac_sql(&n.mac), ts, kind, detail],
                     )?;
                     let id = tx.last_insert_rowid();
                     tx.execute(
                         "DELETE FROM events WHERE mac = ?1 AND id <= ?2 - ?3
                            AND id NOT IN (SELECT id FROM events WHERE mac = ?1 ORDER BY id DESC LIMIT ?3)",
-                        params![n.mac, id, EVENTS_PER_NODE],
+                        params![mac_sql(&n.mac), id, EVENTS_PER_NODE],
                     )?;
-                    Some(EventRow { id, mac: n.mac.clone(), ts, kind: kind.into(), detail: detail.into() })
+                    Some(EventRow { id, mac: n.mac, ts, kind: kind.into(), detail: detail.into() })
                 }
                 None => None,
             };
@@ -133,24 +139,47 @@ impl Store {
         })
     }
 
+    /// Write many new node rows in one transaction (tools: a benchmark's simulated nodes, a
+    /// restore). Rows that exist are left as they are.
+    pub fn insert_nodes(&self, rows: &[NodeRow]) -> Result<usize, StoreError> {
+        self.with(|c| {
+            let tx = c.transaction()?;
+            let mut n = 0;
+            {
+                let mut st = tx.prepare(&format!(
+                    "INSERT OR IGNORE INTO nodes({NODE_COLS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14)"
+                ))?;
+                for r in rows {
+                    n += st.execute(params![
+                        mac_sql(&r.mac), r.name, r.group, r.state.as_str(), r.ip.map(|i| i.to_string()),
+                        r.info, r.heartbeat, r.last_seen, r.first_dhcp, r.boot_seconds, r.key_epoch,
+                        r.released, r.approved, r.created
+                    ])?;
+                }
+            }
+            tx.commit()?;
+            Ok(n)
+        })
+    }
+
     /// Whether another node already has `name`.
-    pub fn name_taken(&self, name: &str, except_mac: &str) -> Result<bool, StoreError> {
+    pub fn name_taken(&self, name: &str, except_mac: Mac) -> Result<bool, StoreError> {
         self.with(|c| {
             let n: i64 = c.query_row(
                 "SELECT COUNT(*) FROM nodes WHERE name = ?1 AND mac != ?2",
-                params![name, except_mac],
+                params![name, mac_sql(&except_mac)],
                 |r| r.get(0),
             )?;
             Ok(n > 0)
         })
     }
 
-    pub fn events_of(&self, mac: &str, limit: i64) -> Result<Vec<EventRow>, StoreError> {
+    pub fn events_of(&self, mac: Mac, limit: i64) -> Result<Vec<EventRow>, StoreError> {
         self.with(|c| {
             let mut st = c.prepare(
                 "SELECT id, mac, ts, kind, detail FROM events WHERE mac = ?1 ORDER BY id DESC LIMIT ?2",
             )?;
-            let rows = st.query_map(params![mac, limit], event_from_row)?;
+            let rows = st.query_map(params![mac_sql(&mac), limit], event_from_row)?;
             rows.collect()
         })
     }
@@ -170,12 +199,16 @@ impl Store {
 mod tests {
     use super::*;
 
-    fn node(mac: &str) -> NodeRow {
+    fn mac(n: u8) -> Mac {
+        Mac([2, 0, 0, 0, 0, n])
+    }
+
+    fn node(n: u8) -> NodeRow {
         NodeRow {
-            mac: mac.into(),
-            name: format!("n-{mac}"),
+            mac: mac(n),
+            name: format!("n-{n}"),
             group: "g".into(),
-            state: "seen".into(),
+            state: NodeState::Seen,
             ip: None,
             info: None,
             heartbeat: None,
@@ -192,30 +225,41 @@ mod tests {
     #[test]
     fn event_history_is_bounded_per_node() {
         let s = Store::memory().unwrap();
-        let n = node("a");
+        let n = node(1);
         for i in 0..(EVENTS_PER_NODE + 50) {
             s.save_node(&n, Some(("tick", &i.to_string())), i).unwrap();
         }
-        s.save_node(&node("b"), Some(("other", "")), 0).unwrap();
-        let evs = s.events_of("a", 1000).unwrap();
+        s.save_node(&node(2), Some(("other", "")), 0).unwrap();
+        let evs = s.events_of(mac(1), 1000).unwrap();
         assert_eq!(evs.len() as i64, EVENTS_PER_NODE);
         assert_eq!(
             evs[0].detail,
             (EVENTS_PER_NODE + 49).to_string(),
             "newest first"
         );
-        assert_eq!(s.events_of("b", 1000).unwrap().len(), 1);
+        assert_eq!(s.events_of(mac(2), 1000).unwrap().len(), 1);
     }
 
     #[test]
     fn node_round_trip() {
         let s = Store::memory().unwrap();
-        let mut n = node("a");
-        n.ip = Some("10.0.0.1".into());
+        let mut n = node(1);
+        n.ip = Some(Ipv4Addr::new(10, 0, 0, 1));
         n.released = true;
+        n.state = NodeState::Healthy;
         s.save_node(&n, None, 0).unwrap();
-        assert_eq!(s.node("a").unwrap(), Some(n));
-        assert!(s.name_taken("n-a", "b").unwrap());
-        assert!(!s.name_taken("n-a", "a").unwrap());
+        assert_eq!(s.node(mac(1)).unwrap(), Some(n));
+        assert!(s.name_taken("n-1", mac(2)).unwrap());
+        assert!(!s.name_taken("n-1", mac(1)).unwrap());
+    }
+
+    #[test]
+    fn an_unreadable_stored_state_is_an_error_naming_it() {
+        let s = Store::memory().unwrap();
+        s.save_node(&node(1), None, 0).unwrap();
+        s.with(|c| c.execute("UPDATE nodes SET state = 'bogus'", []))
+            .unwrap();
+        let err = s.node(mac(1)).unwrap_err().to_string();
+        assert!(err.contains("\"bogus\""), "{err}");
     }
 }

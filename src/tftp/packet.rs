@@ -159,7 +159,13 @@ pub struct Negotiated {
 pub struct Limits {
     pub max_blksize: u16,
     pub max_windowsize: u16,
+    /// Largest retransmission timeout granted; a larger request is left out of the OACK.
+    pub max_timeout: Duration,
 }
+
+/// Smallest block size granted. RFC 2348 allows 8, but a 7 MB initrd in 8-byte blocks is
+/// 900,000 round trips: a client asking for less than the RFC 1350 default gets the default.
+pub const MIN_BLKSIZE: u32 = 512;
 
 pub const DEFAULT_BLKSIZE: usize = 512;
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -177,7 +183,7 @@ pub fn negotiate(options: &[(String, String)], file_size: u64, limits: &Limits) 
         match k.as_str() {
             "blksize" => {
                 if let Ok(req) = v.parse::<u32>() {
-                    if (8..=65464).contains(&req) {
+                    if (MIN_BLKSIZE..=65464).contains(&req) {
                         let granted = req.min(limits.max_blksize as u32);
                         n.blksize = granted as usize;
                         n.ack.push(("blksize", granted.to_string()));
@@ -195,7 +201,8 @@ pub fn negotiate(options: &[(String, String)], file_size: u64, limits: &Limits) 
             }
             "timeout" => {
                 if let Ok(secs) = v.parse::<u64>() {
-                    if (1..=255).contains(&secs) {
+                    if (1..=255).contains(&secs) && Duration::from_secs(secs) <= limits.max_timeout
+                    {
                         n.timeout = Duration::from_secs(secs);
                         n.ack.push(("timeout", secs.to_string()));
                     }
@@ -264,6 +271,7 @@ mod tests {
         let limits = Limits {
             max_blksize: 1468,
             max_windowsize: 16,
+            max_timeout: Duration::from_secs(5),
         };
         let opts = vec![
             ("blksize".to_string(), "65464".to_string()),
@@ -292,11 +300,24 @@ mod tests {
         let limits = Limits {
             max_blksize: 1468,
             max_windowsize: 16,
+            max_timeout: Duration::from_secs(5),
         };
         let opts = vec![
             ("blksize".to_string(), "4".to_string()),
             ("timeout".to_string(), "0".to_string()),
         ];
         assert!(negotiate(&opts, 1, &limits).ack.is_empty());
+        // Hostile but legal: tiny blocks, a 255 s timeout, a huge window.
+        let opts = vec![
+            ("blksize".to_string(), "8".to_string()),
+            ("timeout".to_string(), "255".to_string()),
+            ("windowsize".to_string(), "65535".to_string()),
+        ];
+        let n = negotiate(&opts, 7_000_000, &limits);
+        assert_eq!(
+            (n.blksize, n.timeout, n.windowsize),
+            (512, DEFAULT_TIMEOUT, 16)
+        );
+        assert_eq!(n.ack, vec![("windowsize", "16".into())]);
     }
 }

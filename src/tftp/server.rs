@@ -1,17 +1,20 @@
 //! TFTP server I/O: the well-known port takes requests; each transfer gets its own socket (its
-//! own TID, RFC 1350) and task.
+//! own TID, RFC 1350) and task. Transfers are capped in all and per client address, so a flood
+//! of spoofed requests costs a bounded number of sockets; what is served, and refused, is
+//! [`BootFiles::resolve`]'s decision, as for HTTP.
 
-use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Mutex};
 
 use tokio::net::UdpSocket;
 use tokio::sync::watch;
 use tokio::time::timeout;
 
-use crate::bootfiles::{Blob, BootFiles, FetchObserver, Kind, ResolveError};
-use crate::bootscript;
+use crate::bootfiles::{Blob, BootFiles, FetchObserver, Request, ResolveError};
+use crate::bootpath::{Kind, Proto};
+use crate::config::TftpConfig;
 use crate::metrics::{labels, Metrics};
-use crate::registry::Registry;
 
 use super::packet::{self, ErrorCode, Limits, Packet};
 
@@ -22,12 +25,67 @@ const HEADER_OVERHEAD: u32 = 32;
 
 pub struct TftpContext {
     pub files: Arc<BootFiles>,
-    /// For node scripts (`boot/<mac>.ipxe`): the boot decision.
-    pub registry: Arc<Registry>,
-    pub max_blksize: u16,
-    pub max_windowsize: u16,
+    pub limits: TftpConfig,
     pub metrics: Arc<Metrics>,
     pub observer: Arc<dyn FetchObserver>,
+    /// Open transfers per client address (their sum is the total).
+    pub open: Mutex<HashMap<IpAddr, usize>>,
+}
+
+impl TftpContext {
+    pub fn new(
+        files: Arc<BootFiles>,
+        limits: TftpConfig,
+        metrics: Arc<Metrics>,
+        observer: Arc<dyn FetchObserver>,
+    ) -> TftpContext {
+        TftpContext {
+            files,
+            limits,
+            metrics,
+            observer,
+            open: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn refused(&self, reason: &str) {
+        self.metrics.refused(&self.metrics.tftp_refused, reason);
+    }
+
+    /// Take a transfer slot for `ip`, or say which cap is full.
+    fn slot(self: &Arc<Self>, ip: IpAddr) -> Result<Slot, &'static str> {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        if open.values().sum::<usize>() >= self.limits.max_transfers {
+            return Err("too-many-transfers");
+        }
+        let n = open.entry(ip).or_default();
+        if *n >= self.limits.max_transfers_per_client {
+            return Err("too-many-transfers-from-client");
+        }
+        *n += 1;
+        Ok(Slot {
+            ctx: self.clone(),
+            ip,
+        })
+    }
+}
+
+/// A transfer slot, given back when the transfer ends however it ends.
+struct Slot {
+    ctx: Arc<TftpContext>,
+    ip: IpAddr,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut open = self.ctx.open.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = open.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.ip);
+            }
+        }
+    }
 }
 
 pub async fn bind(addr: SocketAddr) -> std::io::Result<UdpSocket> {
@@ -50,18 +108,24 @@ pub async fn run(socket: UdpSocket, ctx: Arc<TftpContext>, mut shutdown: watch::
                 file,
                 mode,
                 options,
-            }) => {
-                let ctx = ctx.clone();
-                tokio::spawn(async move {
-                    transfer(ctx, peer, file, mode, options).await;
-                });
-            }
+            }) => match ctx.slot(peer.ip()) {
+                Ok(slot) => {
+                    let ctx = ctx.clone();
+                    tokio::spawn(async move {
+                        transfer(&ctx, peer, &file, &mode, &options).await;
+                        drop(slot);
+                    });
+                }
+                Err(reason) => {
+                    // Silence, not an error packet: a flood of spoofed requests gets nothing
+                    // to reflect at its victims. A real client retries.
+                    tracing::debug!(%peer, file, "tftp: request refused: {reason}");
+                    ctx.refused(reason);
+                }
+            },
             Ok(Packet::Wrq { file }) => {
                 tracing::debug!(%peer, file, "tftp: write request refused");
-                ctx.metrics
-                    .tftp_refused
-                    .get_or_create(&labels(&[("reason", "write-request")]))
-                    .inc();
+                ctx.refused("write-request");
                 let _ = socket
                     .send_to(
                         &packet::error(ErrorCode::AccessViolation, "this server is read-only"),
@@ -71,17 +135,11 @@ pub async fn run(socket: UdpSocket, ctx: Arc<TftpContext>, mut shutdown: watch::
             }
             Ok(other) => {
                 tracing::debug!(%peer, "tftp: unexpected packet on the request port: {other:?}");
-                ctx.metrics
-                    .tftp_refused
-                    .get_or_create(&labels(&[("reason", "unexpected-packet")]))
-                    .inc();
+                ctx.refused("unexpected-packet");
             }
             Err(e) => {
                 tracing::debug!(%peer, len, "tftp: dropping malformed packet: {e}");
-                ctx.metrics
-                    .tftp_refused
-                    .get_or_create(&labels(&[("reason", "malformed")]))
-                    .inc();
+                ctx.refused("malformed");
             }
         }
     }
@@ -107,33 +165,20 @@ impl End {
     }
 }
 
+/// One read request, start to end, on its own socket.
 async fn transfer(
-    ctx: Arc<TftpContext>,
+    ctx: &TftpContext,
     peer: SocketAddr,
-    file: String,
-    mode: String,
-    options: Vec<(String, String)>,
+    file: &str,
+    mode: &str,
+    options: &[(String, String)],
 ) {
-    let sock = match UdpSocket::bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0))).await {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!("tftp: cannot open transfer socket: {e}");
-            return;
-        }
-    };
-    if let Err(e) = sock.connect(peer).await {
-        tracing::warn!(%peer, "tftp: cannot reach client: {e}");
+    let Some(sock) = transfer_socket(peer).await else {
         return;
-    }
-    let refuse = |reason: &'static str| {
-        ctx.metrics
-            .tftp_refused
-            .get_or_create(&labels(&[("reason", reason)]))
-            .inc();
     };
     if mode != "octet" {
         tracing::debug!(%peer, file, mode, "tftp: refused non-octet mode");
-        refuse("mode");
+        ctx.refused("mode");
         let _ = sock
             .send(&packet::error(
                 ErrorCode::IllegalOperation,
@@ -142,71 +187,15 @@ async fn transfer(
             .await;
         return;
     }
-    let blob = if let Some(mac) = bootscript::mac_of_tftp_path(&file) {
-        // A node script, for PCs whose cards should not use TCP (see `images.tftp_nics`).
-        let (reg, images) = (ctx.registry.clone(), ctx.files.images().clone());
-        let ip = match peer {
-            SocketAddr::V4(a) => Some(*a.ip()),
-            SocketAddr::V6(_) => None,
-        };
-        let rendered =
-            tokio::task::spawn_blocking(move || bootscript::render(&reg, &images, &mac, ip, "pxe"))
-                .await;
-        match rendered {
-            Ok(Ok(text)) => Blob::from_bytes(text.into_bytes(), Kind::Script),
-            Ok(Err(e)) => {
-                tracing::error!(%peer, file, "tftp: boot script: {e}");
-                refuse("registry-error");
-                let _ = sock
-                    .send(&packet::error(
-                        ErrorCode::NotDefined,
-                        "boot script unavailable",
-                    ))
-                    .await;
-                return;
-            }
-            Err(e) => {
-                tracing::error!("tftp: boot script task failed: {e}");
-                return;
-            }
-        }
-    } else {
-        let files = ctx.files.clone();
-        let path = file.clone();
-        match tokio::task::spawn_blocking(move || files.resolve(&path)).await {
-            Ok(Ok(b)) => b,
-            Ok(Err(e)) => {
-                tracing::debug!(%peer, file, "tftp: {e}");
-                refuse(e.reason());
-                let code = match e {
-                    ResolveError::Refused { .. } => ErrorCode::AccessViolation,
-                    ResolveError::NotFound(_) => ErrorCode::FileNotFound,
-                    ResolveError::Io { .. } => ErrorCode::NotDefined,
-                };
-                let _ = sock.send(&packet::error(code, &e.to_string())).await;
-                return;
-            }
-            Err(e) => {
-                tracing::error!("tftp: resolve task failed: {e}");
-                return;
-            }
-        }
+    let Some(blob) = resolve(ctx, &sock, peer, file).await else {
+        return;
     };
-    // Clamp the block size so a DATA packet fits the interface MTU unfragmented.
-    let local_ip = match sock.local_addr() {
-        Ok(SocketAddr::V4(a)) => Some(*a.ip()),
-        _ => None,
-    };
-    let mtu = local_ip
-        .and_then(crate::netif::mtu_for_addr)
-        .unwrap_or(1500);
     let limits = Limits {
-        max_blksize: ctx
-            .max_blksize
-            .min(mtu.saturating_sub(HEADER_OVERHEAD).clamp(512, 65464) as u16),
-        max_windowsize: ctx.max_windowsize,
+        max_blksize: ctx.limits.max_blksize.min(mtu_blksize(&sock)),
+        max_windowsize: ctx.limits.max_windowsize,
+        max_timeout: ctx.limits.max_timeout,
     };
-    let neg = packet::negotiate(&options, blob.len(), &limits);
+    let neg = packet::negotiate(options, blob.len(), &limits);
     tracing::debug!(%peer, file, blksize = neg.blksize, window = neg.windowsize, size = blob.len(), "tftp: transfer starts");
     let (end, sent) = send_blob(&sock, &blob, &neg).await;
     ctx.metrics
@@ -220,12 +209,78 @@ async fn transfer(
             // A script's fetch is recorded by the boot decision that made it.
             if blob.kind != Kind::Script {
                 ctx.observer
-                    .fetched(blob.mac.as_deref(), peer.ip(), blob.kind, &file);
+                    .fetched(blob.mac, peer.ip(), blob.kind, file, Proto::Tftp);
             }
         }
         End::ClientError => tracing::debug!(%peer, file, "tftp: client ended the transfer"),
         _ => tracing::info!(%peer, file, bytes = sent, "tftp: transfer failed ({})", end.as_str()),
     }
+}
+
+/// A socket of its own for a transfer (its TID), connected to the client.
+async fn transfer_socket(peer: SocketAddr) -> Option<UdpSocket> {
+    let sock = match UdpSocket::bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0))).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!("tftp: cannot open transfer socket: {e}");
+            return None;
+        }
+    };
+    if let Err(e) = sock.connect(peer).await {
+        tracing::warn!(%peer, "tftp: cannot reach client: {e}");
+        return None;
+    }
+    Some(sock)
+}
+
+/// The file, or an error packet sent (and counted) and `None`.
+async fn resolve(
+    ctx: &TftpContext,
+    sock: &UdpSocket,
+    peer: SocketAddr,
+    file: &str,
+) -> Option<Blob> {
+    let files = ctx.files.clone();
+    let path = file.to_string();
+    let from = peer.ip();
+    let resolved = tokio::task::spawn_blocking(move || {
+        files.resolve(&Request {
+            path: &path,
+            from,
+            proto: Proto::Tftp,
+            method: "pxe",
+        })
+    })
+    .await;
+    let e = match resolved {
+        Ok(Ok(b)) => return Some(b),
+        Ok(Err(e)) => e,
+        Err(e) => {
+            tracing::error!("tftp: resolve task failed: {e}");
+            return None;
+        }
+    };
+    tracing::debug!(%peer, file, "tftp: {e}");
+    ctx.refused(e.reason());
+    let code = match e {
+        ResolveError::Refused(_) | ResolveError::Forbidden { .. } => ErrorCode::AccessViolation,
+        ResolveError::NotFound(_) => ErrorCode::FileNotFound,
+        ResolveError::Io { .. } => ErrorCode::NotDefined,
+    };
+    let _ = sock.send(&packet::error(code, &e.to_string())).await;
+    None
+}
+
+/// The largest block that fits the interface MTU unfragmented.
+fn mtu_blksize(sock: &UdpSocket) -> u16 {
+    let local_ip = match sock.local_addr() {
+        Ok(SocketAddr::V4(a)) => Some(*a.ip()),
+        _ => None,
+    };
+    let mtu = local_ip
+        .and_then(crate::netif::mtu_for_addr)
+        .unwrap_or(1500);
+    mtu.saturating_sub(HEADER_OVERHEAD).clamp(512, 65464) as u16
 }
 
 /// What arrived from the client while we waited.
@@ -339,7 +394,8 @@ async fn send_blob(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bootfiles::{Blob, Kind};
+    use crate::bootfiles::Blob;
+    use crate::bootpath::Kind;
     use std::time::{Duration, Instant};
 
     #[tokio::test]

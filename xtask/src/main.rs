@@ -151,6 +151,8 @@ fn test(args: Vec<String>) -> anyhow::Result<()> {
             "--test",
             "services",
             "--test",
+            "hostile",
+            "--test",
             "e2e",
             "--",
             "--ignored",

@@ -1,11 +1,18 @@
-//! Signed requests to the head.
+//! Signed requests to the head, and signed replies from it.
+//!
+//! The network between node and head is plain HTTP that anyone on it may answer, so a reply is
+//! used only when it carries the head's signature for this very request (its path, session and
+//! sequence number), and only after what it says has been checked (a name fit for /etc/hosts,
+//! a heartbeat period within reason, well-formed peers).
 
+use std::io::Read;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
 use enlist_api::{
-    headers, paths, Command, NonceResponse, RegisterRequest, RegisterResponse, RequestAuth,
+    headers, paths, Command, NonceResponse, RegisterRequest, RegisterResponse, ReplyAuth,
+    RequestAuth,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -19,6 +26,8 @@ pub enum Failure {
     Unauthorized(String),
     /// The head answered with another error.
     Refused(u16, String),
+    /// An answer without the head's signature, or one that says something impossible.
+    Forged(String),
     /// No answer at all.
     Unreachable(String),
 }
@@ -28,6 +37,7 @@ impl std::fmt::Display for Failure {
         match self {
             Failure::Unauthorized(m) => write!(f, "head refused our credentials: {m}"),
             Failure::Refused(c, m) => write!(f, "head answered HTTP {c}: {m}"),
+            Failure::Forged(m) => write!(f, "ignored a reply the head did not sign: {m}"),
             Failure::Unreachable(m) => write!(f, "head not reachable: {m}"),
         }
     }
@@ -38,6 +48,8 @@ pub struct Client {
     name: Mutex<String>,
     session: Mutex<String>,
     seq: AtomicU64,
+    /// The highest command id run in this session (ids grow; a repeated one is a replay).
+    last_command: AtomicU64,
     http: ureq::Agent,
     long_http: ureq::Agent,
 }
@@ -58,6 +70,7 @@ impl Client {
             name: Mutex::new(name),
             session: Mutex::new(String::new()),
             seq: AtomicU64::new(0),
+            last_command: AtomicU64::new(0),
             http: agent(Duration::from_secs(15)),
             long_http: agent(Duration::from_secs(40)),
         }
@@ -79,6 +92,7 @@ impl Client {
         self.session.lock().map(|s| s.clone()).unwrap_or_default()
     }
 
+    /// Send a signed request; the reply body once its signature is good.
     fn send(
         &self,
         agent: &ureq::Agent,
@@ -86,42 +100,64 @@ impl Client {
         session: &str,
         seq: u64,
         body: &[u8],
-    ) -> Result<ureq::Response, Failure> {
+    ) -> Result<Vec<u8>, Failure> {
+        let node = self.conf.mac.to_string();
         let auth = RequestAuth {
             method: "POST",
             path,
-            node: &self.conf.mac,
+            node: &node,
             session,
             seq,
         };
         let sig = auth.sign(&self.conf.key, body);
         let url = format!("{}{path}", self.conf.head);
-        match agent
+        let resp = match agent
             .post(&url)
             .set("content-type", "application/json")
-            .set(headers::NODE, &self.conf.mac)
+            .set(headers::NODE, &node)
             .set(headers::SESSION, session)
             .set(headers::SEQ, &seq.to_string())
             .set(headers::SIGNATURE, &sig)
             .send_bytes(body)
         {
-            Ok(r) => Ok(r),
+            Ok(r) => r,
             Err(ureq::Error::Status(401, r)) => {
-                Err(Failure::Unauthorized(r.into_string().unwrap_or_default()))
+                return Err(Failure::Unauthorized(short(
+                    r.into_string().unwrap_or_default(),
+                )))
             }
             Err(ureq::Error::Status(code, r)) => {
-                Err(Failure::Refused(code, r.into_string().unwrap_or_default()))
+                return Err(Failure::Refused(
+                    code,
+                    short(r.into_string().unwrap_or_default()),
+                ))
             }
-            Err(e) => Err(Failure::Unreachable(format!("{}: {e}", self.conf.head))),
+            Err(e) => return Err(Failure::Unreachable(format!("{}: {e}", self.conf.head))),
+        };
+        let signature = resp
+            .header(headers::REPLY_SIGNATURE)
+            .unwrap_or("")
+            .to_string();
+        let mut bytes = Vec::new();
+        resp.into_reader()
+            .take(enlist_api::MAX_BODY as u64 + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|e| Failure::Unreachable(format!("{}: {e}", self.conf.head)))?;
+        if bytes.len() > enlist_api::MAX_BODY {
+            return Err(Failure::Forged(format!(
+                "{path}: reply larger than {} bytes",
+                enlist_api::MAX_BODY
+            )));
         }
+        let reply = ReplyAuth { path, session, seq };
+        if !reply.verify(&self.conf.key, &bytes, &signature) {
+            return Err(Failure::Forged(format!("{path}: bad or missing signature")));
+        }
+        Ok(bytes)
     }
 
-    fn json<R: DeserializeOwned>(r: ureq::Response) -> Result<R, Failure> {
-        if r.status() == 204 {
-            return serde_json::from_str("null").map_err(|e| Failure::Refused(204, e.to_string()));
-        }
-        r.into_json()
-            .map_err(|e| Failure::Refused(200, format!("bad JSON: {e}")))
+    fn json<R: DeserializeOwned>(bytes: &[u8]) -> Result<R, Failure> {
+        serde_json::from_slice(bytes).map_err(|e| Failure::Forged(format!("bad JSON: {e}")))
     }
 
     pub fn register(&self) -> Result<RegisterResponse, Failure> {
@@ -131,16 +167,20 @@ impl Client {
                 .into_json()
                 .map_err(|e| Failure::Refused(200, e.to_string()))?,
             Err(ureq::Error::Status(code, r)) => {
-                return Err(Failure::Refused(code, r.into_string().unwrap_or_default()))
+                return Err(Failure::Refused(
+                    code,
+                    short(r.into_string().unwrap_or_default()),
+                ))
             }
             Err(e) => return Err(Failure::Unreachable(format!("{}: {e}", self.conf.head))),
         };
         let body = serde_json::to_vec(&RegisterRequest {
-            info: sysinfo::node_info(&self.conf.mac),
+            info: sysinfo::node_info(&self.conf.mac.to_string()),
         })
         .map_err(|e| Failure::Refused(0, e.to_string()))?;
         let resp: RegisterResponse =
-            Self::json(self.send(&self.http, paths::REGISTER, &nonce.nonce, 0, &body)?)?;
+            Self::json(&self.send(&self.http, paths::REGISTER, &nonce.nonce, 0, &body)?)?;
+        resp.check().map_err(Failure::Forged)?;
         if let Ok(mut s) = self.session.lock() {
             *s = resp.session.clone();
         }
@@ -148,6 +188,7 @@ impl Client {
             *n = resp.name.clone();
         }
         self.seq.store(0, Ordering::SeqCst);
+        self.last_command.store(0, Ordering::SeqCst);
         Ok(resp)
     }
 
@@ -176,10 +217,25 @@ impl Client {
     ) -> Result<R, Failure> {
         let body = serde_json::to_vec(body).map_err(|e| Failure::Refused(0, e.to_string()))?;
         let seq = self.seq.fetch_add(1, Ordering::SeqCst) + 1;
-        Self::json(self.send(agent, path, &self.session(), seq, &body)?)
+        Self::json(&self.send(agent, path, &self.session(), seq, &body)?)
     }
 
-    pub fn verify_command(&self, cmd: &Command) -> bool {
-        enlist_api::verify_command(&self.conf.key, &self.session(), cmd)
+    /// Whether to run `cmd`: signed by the head for this session, and not run before (ids
+    /// grow within a session, so an old one sent again is a replay).
+    pub fn accept_command(&self, cmd: &Command) -> Result<(), &'static str> {
+        if !enlist_api::verify_command(&self.conf.key, &self.session(), cmd) {
+            return Err("bad signature");
+        }
+        let last = self.last_command.fetch_max(cmd.id, Ordering::SeqCst);
+        if cmd.id <= last {
+            return Err("already run (replayed)");
+        }
+        Ok(())
     }
+}
+
+/// An error body as one short line for the console.
+fn short(s: String) -> String {
+    let line: String = s.chars().filter(|c| !c.is_control()).take(200).collect();
+    line
 }

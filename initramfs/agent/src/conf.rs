@@ -1,13 +1,13 @@
 //! The node's settings, written by the head into the per-node part of the initrd.
 
-use enlist_api::NodeKey;
+use enlist_api::{Mac, NodeKey};
 
 pub const DEFAULT_PATH: &str = "/etc/enlist/node.conf";
 
 pub struct Conf {
     pub head: String,
     pub name: String,
-    pub mac: String,
+    pub mac: Mac,
     pub key: NodeKey,
 }
 
@@ -25,7 +25,7 @@ pub fn parse(text: &str) -> Result<Conf, String> {
             .map(|(_, v)| v.trim().to_string())
             .ok_or_else(|| format!("no {k}= line"))
     };
-    let mac = enlist_api::normalize_mac(&get("mac")?).ok_or("mac= is not a MAC address")?;
+    let mac = Mac::parse(&get("mac")?).ok_or("mac= is not a MAC address")?;
     let key = NodeKey::from_hex(&get("key")?).map_err(|e| e.to_string())?;
     Ok(Conf {
         head: get("head")?.trim_end_matches('/').to_string(),
@@ -45,7 +45,7 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(c.head, "http://10.77.0.1:8080");
-        assert_eq!(c.mac, "52:54:00:00:00:01");
+        assert_eq!(c.mac.to_string(), "52:54:00:00:00:01");
         assert!(super::parse("head=x\nname=n\nmac=zz\nkey=00").is_err());
     }
 }

@@ -125,11 +125,13 @@ fn heartbeat_loop(client: &Client, secs: u64, session_ok: &AtomicBool) {
                     say("head reachable again");
                 }
                 if r.peers_version != peers_version {
-                    if let Ok(p) =
-                        client.post::<_, PeersResponse>(paths::PEERS, &serde_json::json!({}))
-                    {
-                        sysinfo::write_hosts(&client.name(), &p.peers);
-                        peers_version = r.peers_version;
+                    match client.post::<_, PeersResponse>(paths::PEERS, &serde_json::json!({})) {
+                        Ok(p) if p.check().is_ok() => {
+                            sysinfo::write_hosts(&client.name(), &p.peers);
+                            peers_version = r.peers_version;
+                        }
+                        Ok(p) => say(&format!("ignoring a peer list: {}", p.check().unwrap_err())),
+                        Err(f) => say(&f.to_string()),
                     }
                 }
             }
@@ -173,11 +175,8 @@ fn poll_commands(client: &Client, session_ok: &AtomicBool) {
             }
         };
         for cmd in resp.commands {
-            if !client.verify_command(&cmd) {
-                say(&format!(
-                    "ignoring command #{} with a bad signature",
-                    cmd.id
-                ));
+            if let Err(why) = client.accept_command(&cmd) {
+                say(&format!("ignoring command #{}: {why}", cmd.id));
                 continue;
             }
             execute(client, cmd.id, cmd.kind);
@@ -222,10 +221,13 @@ fn execute(client: &Client, id: u64, kind: CommandKind) {
         CommandKind::PowerOff => leave_and("poweroff", "poweroff"),
         CommandKind::RefreshPeers => {
             match client.post::<_, PeersResponse>(paths::PEERS, &serde_json::json!({})) {
-                Ok(p) => {
-                    sysinfo::write_hosts(&client.name(), &p.peers);
-                    report(true, &format!("{} peers", p.peers.len()));
-                }
+                Ok(p) => match p.check() {
+                    Ok(()) => {
+                        sysinfo::write_hosts(&client.name(), &p.peers);
+                        report(true, &format!("{} peers", p.peers.len()));
+                    }
+                    Err(e) => report(false, &e),
+                },
                 Err(f) => report(false, &f.to_string()),
             }
         }

@@ -4,6 +4,8 @@
 const nodes = new Map();   // mac -> node view
 let csrf = null;           // set when logged in
 let loggedIn = false;
+let publicRead = false;    // the head lets anyone read the node list
+let summaryTimer = null;   // polls the counters while logged out
 
 const $ = (sel) => document.querySelector(sel);
 const el = (tag, props = {}, ...children) => {
@@ -33,6 +35,14 @@ function ago(secs) {
 }
 
 function time(ts) { return new Date(ts * 1000).toLocaleTimeString(); }
+
+// A number as text, or '-' for anything that is not a finite number: the dashboard shows
+// whatever the head sends and must survive any value.
+function num(v, digits) {
+  return typeof v === 'number' && Number.isFinite(v) ? v.toFixed(digits) : '-';
+}
+function mb(kb) { return typeof kb === 'number' && Number.isFinite(kb) && kb > 0 ? Math.round(kb / 1024) + ' MB' : '-'; }
+function text(v) { return v === null || v === undefined ? '-' : String(v); }
 
 function actionsFor(n) {
   if (!loggedIn) return [];
@@ -68,12 +78,9 @@ function render() {
   const tbody = $('#nodes tbody');
   tbody.replaceChildren();
   const sorted = [...nodes.values()].sort((a, b) => a.name.localeCompare(b.name, undefined, { numeric: true }));
-  const count = { up: 0, booting: 0, pending: 0, lost: 0 };
+  const byState = {};
   for (const n of sorted) {
-    if (n.state === 'healthy' || n.state === 'registered') count.up++;
-    if (n.state === 'seen' || n.state === 'booting') count.booting++;
-    if (n.state === 'pending') count.pending++;
-    if (n.state === 'lost') count.lost++;
+    byState[n.state] = (byState[n.state] || 0) + 1;
     const info = n.info || {};
     const hb = n.heartbeat || {};
     const tr = el('tr', { id: 'node-' + n.mac.replaceAll(':', '') },
@@ -81,16 +88,33 @@ function render() {
       el('td', {}, el('span', { className: 'state s-' + n.state, textContent: n.state })),
       el('td', { className: 'wide', textContent: n.mac }),
       el('td', { textContent: n.ip || '-' }),
-      el('td', { className: 'wide', textContent: info.cpu_model ? info.cpu_model + (info.cpu_mhz ? ' @' + info.cpu_mhz + ' MHz' : '') : '-' }),
-      el('td', { className: 'wide', textContent: info.mem_total_kb ? Math.round(info.mem_total_kb / 1024) + ' MB' : '-' }),
-      el('td', { textContent: hb.load1 !== undefined ? hb.load1.toFixed(2) : '-' }),
+      el('td', { className: 'wide', textContent: info.cpu_model ? text(info.cpu_model) + (info.cpu_mhz ? ' @' + num(info.cpu_mhz, 0) + ' MHz' : '') : '-' }),
+      el('td', { className: 'wide', textContent: mb(info.mem_total_kb) }),
+      el('td', { textContent: num(hb.load1, 2) }),
       el('td', { className: 'wide', textContent: ago(n.silent_secs) }),
-      el('td', { className: 'wide timeline', textContent: n.boot_seconds ? n.boot_seconds.toFixed(0) + ' s to join' : '' }),
+      el('td', { className: 'wide timeline', textContent: num(n.boot_seconds, 0) === '-' ? '' : num(n.boot_seconds, 0) + ' s to join' }),
       el('td', {}, ...actionsFor(n)));
     tbody.append(tr);
   }
-  for (const k of Object.keys(count)) $('#c-' + k).textContent = count[k];
+  if (loggedIn || publicRead) counters(byState);
   renderDetail();
+}
+
+// The header's counters from nodes per state (every state the head knows of).
+function counters(byState) {
+  const sum = (...states) => states.reduce((t, s) => t + (byState[s] || 0), 0);
+  $('#c-up').textContent = sum('healthy', 'registered');
+  $('#c-booting').textContent = sum('seen', 'booting', 'stuck');
+  $('#c-pending').textContent = sum('pending');
+  $('#c-lost').textContent = sum('lost');
+}
+
+// Logged out (and no public read): the counts alone, which are not secret.
+async function summary() {
+  try {
+    const s = await api('GET', '/api/v1/summary');
+    counters(s.nodes || {});
+  } catch (e) { /* the head is away; the counters keep their last values */ }
 }
 
 function addEvent(list, ev, max) {
@@ -111,11 +135,11 @@ async function renderDetail() {
   $('#d-name').textContent = n.name;
   const info = n.info || {}, hb = n.heartbeat || {};
   const facts = [
-    ['State', n.state], ['MAC', n.mac], ['IP', n.ip || '-'], ['Group', n.group],
-    ['CPU', info.cpu_model || '-'], ['Cores', info.cores || '-'], ['RAM', info.mem_total_kb ? Math.round(info.mem_total_kb / 1024) + ' MB' : '-'],
-    ['Free RAM', hb.mem_free_kb ? Math.round(hb.mem_free_kb / 1024) + ' MB' : '-'], ['Kernel', info.kernel || '-'],
-    ['Booted by', info.boot_method || '-'], ['NICs', (info.nics || []).map((x) => x.name + ' ' + x.mac + ' ' + x.driver).join(', ') || '-'],
-    ['Boot took', n.boot_seconds ? n.boot_seconds.toFixed(1) + ' s' : '-'], ['Uptime', hb.uptime_secs ? hb.uptime_secs + ' s' : '-'],
+    ['State', text(n.state)], ['MAC', text(n.mac)], ['IP', text(n.ip)], ['Group', text(n.group)],
+    ['CPU', text(info.cpu_model)], ['Cores', num(info.cores, 0)], ['RAM', mb(info.mem_total_kb)],
+    ['Free RAM', mb(hb.mem_free_kb)], ['Kernel', text(info.kernel)],
+    ['Booted by', text(info.boot_method)], ['NICs', (Array.isArray(info.nics) ? info.nics : []).map((x) => text(x.name) + ' ' + text(x.mac) + ' ' + text(x.driver)).join(', ') || '-'],
+    ['Boot took', num(n.boot_seconds, 1) === '-' ? '-' : num(n.boot_seconds, 1) + ' s'], ['Uptime', num(hb.uptime_secs, 0) === '-' ? '-' : num(hb.uptime_secs, 0) + ' s'],
     ['Released', n.released ? 'yes (boots from its own disk)' : 'no'], ['Approved', n.approved ? 'yes' : 'no'],
   ];
   $('#d-facts').replaceChildren(...facts.flatMap(([k, v]) => [el('dt', { textContent: k }), el('dd', { textContent: String(v) })]));
@@ -158,14 +182,18 @@ function live() {
 async function session() {
   const s = await api('GET', '/api/v1/session');
   loggedIn = s.logged_in;
+  publicRead = s.public_read;
   csrf = s.csrf;
   $('#login').hidden = loggedIn;
   $('#logout').hidden = !loggedIn;
+  if (summaryTimer) { clearInterval(summaryTimer); summaryTimer = null; }
   if (loggedIn || s.public_read) {
     await snapshot();
     live();
   } else {
     message('Log in to see the nodes.');
+    await summary();
+    summaryTimer = setInterval(summary, 5000);
   }
 }
 

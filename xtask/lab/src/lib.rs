@@ -5,6 +5,8 @@
 //! fails; `Lab::cleanup(name)` removes the leftovers of a run that crashed. All traffic stays
 //! inside the namespace.
 
+pub mod host;
+
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -280,6 +282,22 @@ impl Lab {
         }
     }
 
+    /// The head's process id (`ip netns exec` execs it, so it is the child's).
+    pub fn head_pid(&self) -> Option<u32> {
+        self.head.as_ref().map(|h| h.id())
+    }
+
+    /// One sample of the head's `/metrics` (0 when absent): `name{labels}` as printed.
+    pub fn metric(&self, series: &str) -> f64 {
+        let text = run(self
+            .exec("curl")
+            .args(["-sS", "-m", "10", &format!("{HEAD_URL}/metrics")]))
+        .unwrap_or_default();
+        text.lines()
+            .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
+            .unwrap_or(0.0)
+    }
+
     pub fn head_log(&self) -> String {
         std::fs::read_to_string(self.dir.join("head.log")).unwrap_or_default()
     }
@@ -505,9 +523,10 @@ impl Lab {
         self.launch(cmd, name, mac, serial)
     }
 
-    /// The kernel of `image` in `images_dir` and the initrd the running head serves node `mac`
-    /// (image initrd + node overlay), saved in the lab directory: what [`Lab::boot_direct`]
-    /// needs to boot that node without firmware.
+    /// The kernel of `image` in `images_dir` and the initrd the running head gives node `mac`
+    /// (image initrd + node overlay with a new key), from the admin API as an admin booting a
+    /// PC by hand would get it, saved in the lab directory: what [`Lab::boot_direct`] needs to
+    /// boot that node without firmware.
     pub fn direct_boot_files(
         &self,
         images_dir: &Path,
@@ -517,18 +536,20 @@ impl Lab {
         let current = images_dir.join(image).join("current");
         let version = std::fs::read_to_string(&current)
             .map_err(|e| format!("{}: {e} (run `cargo xtask node images`)", current.display()))?;
-        let version = version.trim();
-        let kernel = images_dir.join(format!("{image}/{version}/vmlinuz"));
+        let kernel = images_dir.join(format!("{image}/{}/vmlinuz", version.trim()));
         let initrd = self
             .dir
             .join(format!("{image}-{}.initrd", mac.replace(':', "")));
-        let url = format!(
-            "{HEAD_URL}/boot/{}/{image}/{version}/initrd",
-            mac.replace(':', "-")
-        );
+        let token = std::fs::read_to_string(self.dir.join("state/admin.token")).unwrap_or_default();
+        let url = format!("{HEAD_URL}/api/v1/nodes/{mac}/initrd?image={image}");
         let st = self
             .exec("curl")
-            .args(["-sSf", "-o"])
+            .args([
+                "-sSf",
+                "-H",
+                &format!("Authorization: Bearer {}", token.trim()),
+                "-o",
+            ])
             .arg(&initrd)
             .arg(&url)
             .status()

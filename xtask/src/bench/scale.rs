@@ -95,6 +95,44 @@ pub fn run(agents: usize, interval: u64, seconds: u64) -> anyhow::Result<()> {
             lost = interval * 4
         ),
     )?;
+    // The simulated nodes exist before the head starts, as if each had booted (a node is
+    // known from its boot before its agent may register), with key epoch 0.
+    let store = enlist::store::Store::open(&dir.join("enlist.db"))?;
+    let keys = enlist::registry::Keys::load(&store)?;
+    let macs: Vec<enlist_api::Mac> = (0..agents)
+        .map(|i| {
+            enlist_api::Mac([
+                2,
+                0,
+                (i >> 24) as u8,
+                (i >> 16) as u8,
+                (i >> 8) as u8,
+                i as u8,
+            ])
+        })
+        .collect();
+    let now = enlist::store::now();
+    let rows: Vec<enlist::store::NodeRow> = macs
+        .iter()
+        .map(|m| enlist::store::NodeRow {
+            mac: *m,
+            name: format!("sim-{}", m.hyphenated()),
+            group: "default".into(),
+            state: enlist::lifecycle::NodeState::Booting,
+            ip: None,
+            info: None,
+            heartbeat: None,
+            last_seen: Some(now),
+            first_dhcp: Some(now),
+            boot_seconds: None,
+            key_epoch: 0,
+            released: false,
+            approved: true,
+            created: now,
+        })
+        .collect();
+    store.insert_nodes(&rows)?;
+    drop(store);
     let mut head = std::process::Command::new("ip")
         .args(["netns", "exec", ns])
         .arg(enlist_bin())
@@ -105,25 +143,13 @@ pub fn run(agents: usize, interval: u64, seconds: u64) -> anyhow::Result<()> {
         .context("starting the head")?;
     let pid = head.id();
     std::thread::sleep(Duration::from_secs(1));
-    // Head pid inside `ip netns exec`: the child of `ip` execs enlist, so it is the same pid.
-    let store = enlist::store::Store::open(&dir.join("enlist.db"))?;
-    let keys = enlist::registry::Keys::load(&store)?;
-    let all: Vec<Agent> = (0..agents)
-        .map(|i| {
-            let mac = format!(
-                "02:00:{:02x}:{:02x}:{:02x}:{:02x}",
-                (i >> 24) & 255,
-                (i >> 16) & 255,
-                (i >> 8) & 255,
-                i & 255
-            );
-            let key = keys.node_key(&mac, 0);
-            Agent {
-                mac,
-                key,
-                session: String::new(),
-                seq: 0,
-            }
+    let all: Vec<Agent> = macs
+        .iter()
+        .map(|m| Agent {
+            mac: m.to_string(),
+            key: keys.node_key(*m, 0),
+            session: String::new(),
+            seq: 0,
         })
         .collect();
     let threads = 64.min(agents.max(1));

@@ -1,0 +1,297 @@
+//! The head's configuration: one YAML file, read once at start.
+//!
+//! Two layers, as in dora and Firecracker: [`wire`] is the file as written (serde, unknown keys
+//! refused), and [`Config`] the checked, typed configuration built from it section by section
+//! with `TryFrom` (MACs, PCI ids, URL, image and node names parsed once). Every error names the
+//! file, line and column: serde's own, or the key path of a check, located by [`locate`].
+
+mod locate;
+mod sections;
+mod values;
+pub mod wire;
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use enlist_api::Mac;
+use ipnet::Ipv4Net;
+
+pub use values::{valid_host_label, ImageName, PciId, PublicUrl};
+pub use wire::{DhcpMode, Enrollment};
+
+use locate::Positions;
+
+pub const DEFAULT_PATH: &str = "/etc/enlist/config.yaml";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: cannot read: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}:{column}: {message}")]
+    Parse {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    #[error("{path}:{line}:{column}: {key}: {message}")]
+    Invalid {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        key: String,
+        message: String,
+    },
+}
+
+/// A check that failed: the key path at fault and why. Sections return these; [`Config`]
+/// places them in the file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invalid {
+    pub key: String,
+    pub message: String,
+}
+
+impl Invalid {
+    pub fn new(key: impl Into<String>, message: impl Into<String>) -> Invalid {
+        Invalid {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+
+    /// The same error one level down: `subnets[0]` + `.pool`.
+    fn under(self, prefix: &str) -> Invalid {
+        let key = if self.key.starts_with('[') {
+            format!("{prefix}{}", self.key)
+        } else {
+            format!("{prefix}.{}", self.key)
+        };
+        Invalid { key, ..self }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub state_dir: PathBuf,
+    pub http: HttpConfig,
+    pub tftp: TftpConfig,
+    pub dhcp: DhcpConfig,
+    pub images: ImagesConfig,
+    pub nodes: NodesConfig,
+    pub admin: AdminConfig,
+    /// Every reservation of every subnet, by MAC.
+    reservations: HashMap<Mac, Reservation>,
+    /// Where the config came from, to place later errors (e.g. an image not yet built).
+    source: Source,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Source {
+    path: PathBuf,
+    positions: Positions,
+}
+
+#[derive(Debug, Clone)]
+pub struct HttpConfig {
+    pub listen: SocketAddr,
+    pub public_url: PublicUrl,
+    pub max_connections: usize,
+    pub max_connections_per_client: usize,
+    pub header_timeout: Duration,
+    pub max_streams: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct TftpConfig {
+    pub enabled: bool,
+    pub listen: SocketAddr,
+    pub ipxe_dir: PathBuf,
+    /// Largest block size granted; also clamped to the interface MTU.
+    pub max_blksize: u16,
+    pub max_windowsize: u16,
+    pub max_transfers: usize,
+    pub max_transfers_per_client: usize,
+    pub max_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct DhcpConfig {
+    pub interfaces: Vec<InterfaceConfig>,
+    pub subnets: Vec<SubnetConfig>,
+    pub boot_files: BootFiles,
+}
+
+#[derive(Debug, Clone)]
+pub struct InterfaceConfig {
+    pub name: String,
+    pub mode: DhcpMode,
+}
+
+#[derive(Debug, Clone)]
+pub struct SubnetConfig {
+    pub subnet: Ipv4Net,
+    /// First and last address handed out, inclusive.
+    pub pool: [Ipv4Addr; 2],
+    pub router: Option<Ipv4Addr>,
+    pub dns: Vec<Ipv4Addr>,
+    pub domain: Option<String>,
+    pub lease_time: Duration,
+    /// Relays (giaddr) whose requests are served from this subnet; others are dropped.
+    pub relays: Vec<Ipv4Addr>,
+    pub reservations: Vec<Reservation>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reservation {
+    pub mac: Mac,
+    pub ip: Ipv4Addr,
+    pub name: Option<String>,
+    /// Image to boot instead of `images.default`.
+    pub image: Option<ImageName>,
+}
+
+#[derive(Debug, Clone)]
+pub struct BootFiles {
+    pub bios: String,
+    pub efi_x64: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct ImagesConfig {
+    pub dir: PathBuf,
+    pub default: ImageName,
+    /// Image for UEFI x86_64 clients (`default` if unset).
+    pub efi_x64: ImageName,
+    pub cmdline: String,
+    /// Cards whose iPXE uses TFTP only (script, kernel, initrd).
+    pub tftp_nics: Vec<PciId>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NodesConfig {
+    pub enrollment: Enrollment,
+    pub name_prefix: String,
+    pub group: String,
+    pub heartbeat: Duration,
+    pub lost_after: Duration,
+    pub stuck_after: Duration,
+    pub boot_token_ttl: Duration,
+    pub new_burst: u32,
+    pub new_per_minute: u32,
+    pub max_nodes: usize,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct AdminConfig {
+    pub public_read: bool,
+    /// A separate listener for the dashboard and admin API, with TLS.
+    pub listen: Option<SocketAddr>,
+    /// Certificate and key (PEM) for `listen`; `None`: a self-signed pair in the state folder.
+    pub tls: Option<(PathBuf, PathBuf)>,
+}
+
+impl Config {
+    /// Read, parse and check a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// Parse and check config text; `path` is only used in error messages.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let file: wire::File = serde_norway::from_str(text).map_err(|e| {
+            let (line, column) = yaml_position(&e);
+            ConfigError::Parse {
+                path: path.to_path_buf(),
+                line,
+                column,
+                message: e.to_string(),
+            }
+        })?;
+        let source = Source {
+            path: path.to_path_buf(),
+            positions: Positions::of(text),
+        };
+        match Config::try_from(file) {
+            Ok(mut cfg) => {
+                cfg.source = source;
+                Ok(cfg)
+            }
+            Err(invalid) => Err(source.place(invalid)),
+        }
+    }
+
+    /// Place a check that failed after loading (e.g. against the image store) in the file.
+    pub fn error_at(&self, invalid: Invalid) -> ConfigError {
+        self.source.place(invalid)
+    }
+
+    pub fn reservation_for(&self, mac: Mac) -> Option<&Reservation> {
+        self.reservations.get(&mac)
+    }
+
+    /// The image a node boots on BIOS: its reservation's, else `images.default`.
+    pub fn image_for(&self, mac: Mac) -> &ImageName {
+        self.reservation_for(mac)
+            .and_then(|r| r.image.as_ref())
+            .unwrap_or(&self.images.default)
+    }
+
+    /// The subnet this head leases addresses from that holds `ip`, if any (mode `dhcp`).
+    pub fn leased_subnet(&self, ip: IpAddr) -> Option<&SubnetConfig> {
+        let IpAddr::V4(v4) = ip else { return None };
+        self.dhcp.subnets.iter().find(|s| s.subnet.contains(&v4))
+    }
+
+    /// Every image name the config refers to, with its key path.
+    pub fn image_names(&self) -> Vec<(String, &ImageName)> {
+        let mut v = vec![
+            ("images.default".to_string(), &self.images.default),
+            ("images.efi_x64".to_string(), &self.images.efi_x64),
+        ];
+        for (i, s) in self.dhcp.subnets.iter().enumerate() {
+            for (j, r) in s.reservations.iter().enumerate() {
+                if let Some(img) = &r.image {
+                    v.push((format!("dhcp.subnets[{i}].reservations[{j}].image"), img));
+                }
+            }
+        }
+        v
+    }
+
+    pub fn database_path(&self) -> PathBuf {
+        self.state_dir.join("enlist.db")
+    }
+}
+
+impl Source {
+    fn place(&self, invalid: Invalid) -> ConfigError {
+        let (line, column) = self.positions.find(&invalid.key).unwrap_or((0, 0));
+        ConfigError::Invalid {
+            path: self.path.clone(),
+            line,
+            column,
+            key: invalid.key,
+            message: invalid.message,
+        }
+    }
+}
+
+/// Line and column of a YAML error (0, 0 when the parser gives none).
+pub(crate) fn yaml_position(e: &serde_norway::Error) -> (usize, usize) {
+    e.location()
+        .map(|l| (l.line(), l.column()))
+        .unwrap_or((0, 0))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,393 @@
+//! `wire` -> `Config`, one section at a time. Each conversion checks what its values mean and
+//! names the key at fault; the keys are relative to the section and prefixed on the way up.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use enlist_api::Mac;
+
+use super::values::{valid_host_label, ImageName, PciId, PublicUrl};
+use super::wire;
+use super::*;
+
+type Checked<T> = Result<T, Invalid>;
+
+impl TryFrom<wire::File> for Config {
+    type Error = Invalid;
+
+    fn try_from(f: wire::File) -> Checked<Config> {
+        let http = HttpConfig::try_from(f.http).map_err(|e| e.under("http"))?;
+        let tftp = TftpConfig::try_from(f.tftp).map_err(|e| e.under("tftp"))?;
+        let dhcp = DhcpConfig::try_from(f.dhcp).map_err(|e| e.under("dhcp"))?;
+        let images = ImagesConfig::try_from(f.images).map_err(|e| e.under("images"))?;
+        let nodes = NodesConfig::try_from(f.nodes).map_err(|e| e.under("nodes"))?;
+        let admin = AdminConfig::try_from(f.admin).map_err(|e| e.under("admin"))?;
+        let reservations = dhcp
+            .subnets
+            .iter()
+            .flat_map(|s| s.reservations.iter().map(|r| (r.mac, r.clone())))
+            .collect();
+        Ok(Config {
+            state_dir: f.state_dir,
+            http,
+            tftp,
+            dhcp,
+            images,
+            nodes,
+            admin,
+            reservations,
+            source: Source::default(),
+        })
+    }
+}
+
+fn at_least(key: &str, value: usize, min: usize) -> Checked<()> {
+    if value < min {
+        return Err(Invalid::new(key, format!("must be at least {min}")));
+    }
+    Ok(())
+}
+
+impl TryFrom<wire::Http> for HttpConfig {
+    type Error = Invalid;
+
+    fn try_from(h: wire::Http) -> Checked<HttpConfig> {
+        let public_url =
+            PublicUrl::parse(&h.public_url).map_err(|m| Invalid::new("public_url", m))?;
+        at_least("max_connections", h.max_connections, 16)?;
+        at_least(
+            "max_connections_per_client",
+            h.max_connections_per_client,
+            2,
+        )?;
+        at_least("max_streams", h.max_streams, 1)?;
+        if h.header_timeout < Duration::from_secs(1) {
+            return Err(Invalid::new("header_timeout", "must be at least 1s"));
+        }
+        Ok(HttpConfig {
+            listen: h.listen,
+            public_url,
+            max_connections: h.max_connections,
+            max_connections_per_client: h.max_connections_per_client,
+            header_timeout: h.header_timeout,
+            max_streams: h.max_streams,
+        })
+    }
+}
+
+impl TryFrom<wire::Tftp> for TftpConfig {
+    type Error = Invalid;
+
+    fn try_from(t: wire::Tftp) -> Checked<TftpConfig> {
+        if !(512..=65464).contains(&t.max_blksize) {
+            return Err(Invalid::new("max_blksize", "must be between 512 and 65464"));
+        }
+        if t.max_windowsize == 0 {
+            return Err(Invalid::new("max_windowsize", "must be at least 1"));
+        }
+        at_least("max_transfers", t.max_transfers, 1)?;
+        at_least("max_transfers_per_client", t.max_transfers_per_client, 1)?;
+        if !(Duration::from_secs(1)..=Duration::from_secs(255)).contains(&t.max_timeout) {
+            return Err(Invalid::new("max_timeout", "must be between 1s and 255s"));
+        }
+        Ok(TftpConfig {
+            enabled: t.enabled,
+            listen: t.listen,
+            ipxe_dir: t.ipxe_dir,
+            max_blksize: t.max_blksize,
+            max_windowsize: t.max_windowsize,
+            max_transfers: t.max_transfers,
+            max_transfers_per_client: t.max_transfers_per_client,
+            max_timeout: t.max_timeout,
+        })
+    }
+}
+
+impl TryFrom<wire::Dhcp> for DhcpConfig {
+    type Error = Invalid;
+
+    fn try_from(d: wire::Dhcp) -> Checked<DhcpConfig> {
+        if d.interfaces.is_empty() {
+            return Err(Invalid::new(
+                "interfaces",
+                "name at least one interface to serve",
+            ));
+        }
+        let mut names = HashSet::new();
+        for (i, ifc) in d.interfaces.iter().enumerate() {
+            if !names.insert(&ifc.name) {
+                return Err(Invalid::new(
+                    format!("interfaces[{i}].name"),
+                    format!("interface {:?} is listed twice", ifc.name),
+                ));
+            }
+        }
+        if d.interfaces.iter().any(|i| i.mode == DhcpMode::Dhcp) && d.subnets.is_empty() {
+            return Err(Invalid::new(
+                "subnets",
+                "an interface in mode dhcp needs at least one subnet with a pool",
+            ));
+        }
+        let mut subnets = Vec::new();
+        for (i, s) in d.subnets.into_iter().enumerate() {
+            subnets.push(SubnetConfig::try_from(s).map_err(|e| e.under(&format!("subnets[{i}]")))?);
+        }
+        no_overlaps(&subnets)?;
+        unique_reservations(&subnets)?;
+        Ok(DhcpConfig {
+            interfaces: d
+                .interfaces
+                .into_iter()
+                .map(|i| InterfaceConfig {
+                    name: i.name,
+                    mode: i.mode,
+                })
+                .collect(),
+            subnets,
+            boot_files: BootFiles {
+                bios: d.boot_files.bios,
+                efi_x64: d.boot_files.efi_x64,
+            },
+        })
+    }
+}
+
+fn no_overlaps(subnets: &[SubnetConfig]) -> Checked<()> {
+    for (i, a) in subnets.iter().enumerate() {
+        for b in subnets.iter().skip(i + 1) {
+            if a.subnet.contains(&b.subnet.network()) || b.subnet.contains(&a.subnet.network()) {
+                return Err(Invalid::new(
+                    format!("subnets[{i}].subnet"),
+                    format!("{} overlaps {}", a.subnet, b.subnet),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn unique_reservations(subnets: &[SubnetConfig]) -> Checked<()> {
+    let mut macs: HashMap<Mac, ()> = HashMap::new();
+    let mut ips = HashSet::new();
+    let mut names = HashSet::new();
+    for (i, s) in subnets.iter().enumerate() {
+        for (j, r) in s.reservations.iter().enumerate() {
+            let key = format!("subnets[{i}].reservations[{j}]");
+            if macs.insert(r.mac, ()).is_some() {
+                return Err(Invalid::new(
+                    format!("{key}.mac"),
+                    format!("{} is reserved twice", r.mac),
+                ));
+            }
+            if !ips.insert(r.ip) {
+                return Err(Invalid::new(
+                    format!("{key}.ip"),
+                    format!("{} is reserved twice", r.ip),
+                ));
+            }
+            if let Some(n) = &r.name {
+                if !names.insert(n.clone()) {
+                    return Err(Invalid::new(
+                        format!("{key}.name"),
+                        format!("{n:?} is used twice"),
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+impl TryFrom<wire::Subnet> for SubnetConfig {
+    type Error = Invalid;
+
+    fn try_from(s: wire::Subnet) -> Checked<SubnetConfig> {
+        let [first, last] = s.pool;
+        if !s.subnet.contains(&first) || !s.subnet.contains(&last) {
+            return Err(Invalid::new(
+                "pool",
+                format!("{first}-{last} is not inside {}", s.subnet),
+            ));
+        }
+        if u32::from(first) > u32::from(last) {
+            return Err(Invalid::new(
+                "pool",
+                format!("first address {first} is after last {last}"),
+            ));
+        }
+        if s.lease_time < Duration::from_secs(60) {
+            return Err(Invalid::new("lease_time", "must be at least 1m"));
+        }
+        for (i, r) in s.relays.iter().enumerate() {
+            if !s.subnet.contains(r) {
+                return Err(Invalid::new(
+                    format!("relays[{i}]"),
+                    format!("{r} is not inside {}: a relay forwards with its address on the clients' subnet", s.subnet),
+                ));
+            }
+        }
+        let mut reservations = Vec::new();
+        for (j, r) in s.reservations.into_iter().enumerate() {
+            let r = reservation(r).map_err(|e| e.under(&format!("reservations[{j}]")))?;
+            if !s.subnet.contains(&r.ip) {
+                return Err(Invalid::new(
+                    format!("reservations[{j}].ip"),
+                    format!("{} is not inside {}", r.ip, s.subnet),
+                ));
+            }
+            reservations.push(r);
+        }
+        Ok(SubnetConfig {
+            subnet: s.subnet,
+            pool: s.pool,
+            router: s.router,
+            dns: s.dns,
+            domain: s.domain,
+            lease_time: s.lease_time,
+            relays: s.relays,
+            reservations,
+        })
+    }
+}
+
+fn reservation(r: wire::Reservation) -> Checked<Reservation> {
+    let mac = r
+        .mac
+        .parse::<Mac>()
+        .map_err(|e| Invalid::new("mac", e.to_string()))?;
+    if let Some(n) = &r.name {
+        if !valid_host_label(n) {
+            return Err(Invalid::new(
+                "name",
+                format!("{n:?} is not a host name: use 1-63 letters, digits and '-'"),
+            ));
+        }
+    }
+    let image = r
+        .image
+        .as_deref()
+        .map(image_name)
+        .transpose()
+        .map_err(|m| Invalid::new("image", m))?;
+    Ok(Reservation {
+        mac,
+        ip: r.ip,
+        name: r.name,
+        image,
+    })
+}
+
+fn image_name(s: &str) -> Result<ImageName, String> {
+    ImageName::parse(s)
+        .ok_or_else(|| format!("{s:?} is not an image name: use letters, digits, '.', '_' and '-'"))
+}
+
+impl TryFrom<wire::Images> for ImagesConfig {
+    type Error = Invalid;
+
+    fn try_from(i: wire::Images) -> Checked<ImagesConfig> {
+        let default = image_name(&i.default).map_err(|m| Invalid::new("default", m))?;
+        let efi_x64 = match i.efi_x64.as_deref() {
+            Some(e) => image_name(e).map_err(|m| Invalid::new("efi_x64", m))?,
+            None => default.clone(),
+        };
+        let mut tftp_nics = Vec::new();
+        for (n, id) in i.tftp_nics.iter().enumerate() {
+            tftp_nics.push(PciId::parse(id).ok_or_else(|| {
+                Invalid::new(
+                    format!("tftp_nics[{n}]"),
+                    format!("{id:?} is not a PCI id like 8086:1229"),
+                )
+            })?);
+        }
+        if i.cmdline.contains(['\n', '\r']) {
+            return Err(Invalid::new("cmdline", "must be one line"));
+        }
+        Ok(ImagesConfig {
+            dir: i.dir,
+            default,
+            efi_x64,
+            cmdline: i.cmdline,
+            tftp_nics,
+        })
+    }
+}
+
+impl TryFrom<wire::Nodes> for NodesConfig {
+    type Error = Invalid;
+
+    fn try_from(n: wire::Nodes) -> Checked<NodesConfig> {
+        // Generated names are the prefix and six hex digits (plus "-N" if taken).
+        let sample = format!("{}0a1b2c-99", n.name_prefix);
+        if !valid_host_label(&sample) {
+            return Err(Invalid::new(
+                "name_prefix",
+                format!(
+                    "{:?} does not make host names: use up to 50 letters, digits and '-'",
+                    n.name_prefix
+                ),
+            ));
+        }
+        if n.group.is_empty()
+            || !n
+                .group
+                .bytes()
+                .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
+        {
+            return Err(Invalid::new(
+                "group",
+                format!("{:?}: use letters, digits, '-' and '_'", n.group),
+            ));
+        }
+        if n.heartbeat < Duration::from_secs(1) || n.heartbeat > Duration::from_secs(300) {
+            return Err(Invalid::new("heartbeat", "must be between 1s and 5m"));
+        }
+        if n.lost_after <= n.heartbeat * 2 {
+            return Err(Invalid::new(
+                "lost_after",
+                "must be more than two heartbeats",
+            ));
+        }
+        if n.boot_token_ttl < Duration::from_secs(30) {
+            return Err(Invalid::new(
+                "boot_token_ttl",
+                "must be at least 30s (a slow PC downloads for a while)",
+            ));
+        }
+        at_least("max_nodes", n.max_nodes, 1)?;
+        at_least("new_burst", n.new_burst as usize, 1)?;
+        Ok(NodesConfig {
+            enrollment: n.enrollment,
+            name_prefix: n.name_prefix,
+            group: n.group,
+            heartbeat: n.heartbeat,
+            lost_after: n.lost_after,
+            stuck_after: n.stuck_after,
+            boot_token_ttl: n.boot_token_ttl,
+            new_burst: n.new_burst,
+            new_per_minute: n.new_per_minute,
+            max_nodes: n.max_nodes,
+        })
+    }
+}
+
+impl TryFrom<wire::Admin> for AdminConfig {
+    type Error = Invalid;
+
+    fn try_from(a: wire::Admin) -> Checked<AdminConfig> {
+        let tls = match (a.tls_cert, a.tls_key) {
+            (Some(c), Some(k)) => Some((c, k)),
+            (None, None) => None,
+            (Some(_), None) => return Err(Invalid::new("tls_cert", "tls_key is needed too")),
+            (None, Some(_)) => return Err(Invalid::new("tls_key", "tls_cert is needed too")),
+        };
+        if tls.is_some() && a.listen.is_none() {
+            return Err(Invalid::new("tls_cert", "only used with admin.listen"));
+        }
+        Ok(AdminConfig {
+            public_read: a.public_read,
+            listen: a.listen,
+            tls,
+        })
+    }
+}

@@ -1,0 +1,147 @@
+use std::path::Path;
+use std::time::Duration;
+
+use super::*;
+
+const GOOD: &str = include_str!("../../config.example.yaml");
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    Config::parse(text, Path::new("test.yaml"))
+}
+
+/// The 1-based line of the first line of `GOOD` containing `needle`.
+fn line_of(text: &str, needle: &str) -> usize {
+    text.lines()
+        .position(|l| l.contains(needle))
+        .unwrap_or_else(|| panic!("{needle:?} not in the example"))
+        + 1
+}
+
+#[test]
+fn example_config_is_valid_and_typed() {
+    let cfg = parse(GOOD).expect("config.example.yaml must be valid");
+    assert_eq!(cfg.dhcp.interfaces[0].mode, DhcpMode::Dhcp);
+    assert_eq!(cfg.dhcp.subnets[0].lease_time, Duration::from_secs(3600));
+    assert_eq!(cfg.http.public_url.base(), "http://10.77.0.1:8080");
+    assert_eq!(
+        cfg.images.tftp_nics,
+        vec![PciId::parse("8086:1229").unwrap()]
+    );
+    let mac = Mac::parse("52-54-00-77-00-10").unwrap();
+    assert_eq!(
+        cfg.reservation_for(mac).and_then(|r| r.name.as_deref()),
+        Some("lab-pc-10")
+    );
+}
+
+#[test]
+fn unknown_key_names_line_and_column() {
+    let text = GOOD.replace("state_dir:", "stat_dir:");
+    let err = parse(&text).unwrap_err().to_string();
+    let line = line_of(GOOD, "state_dir:");
+    assert!(err.starts_with(&format!("test.yaml:{line}:1:")), "{err}");
+    assert!(err.contains("stat_dir"), "{err}");
+}
+
+#[test]
+fn bad_value_is_named() {
+    let text = GOOD.replace("subnet: 10.77.0.0/24", "subnet: 10.77.0.0/33");
+    assert!(matches!(
+        parse(&text).unwrap_err(),
+        ConfigError::Parse { line, .. } if line > 0
+    ));
+}
+
+/// A value that parses as YAML but means nothing: the error names file, line, column and key.
+fn located(from: &str, to: &str, key: &str, anchor: &str) {
+    let text = GOOD.replacen(from, to, 1);
+    let err = parse(&text).unwrap_err();
+    let ConfigError::Invalid {
+        line,
+        column,
+        key: k,
+        ..
+    } = &err
+    else {
+        panic!("{from} -> {to}: {err}");
+    };
+    assert_eq!(k, key, "{err}");
+    assert_eq!(*line, line_of(&text, anchor), "{err}");
+    assert!(*column > 1, "{err}");
+    assert!(
+        err.to_string()
+            .starts_with(&format!("test.yaml:{line}:{column}: {key}: ")),
+        "{err}"
+    );
+}
+
+#[test]
+fn semantic_errors_name_file_line_and_column() {
+    located(
+        "\"52:54:00:77:00:10\"",
+        "\"52:54:00:77:00\"",
+        "dhcp.subnets[0].reservations[0].mac",
+        "52:54:00:77:00\"",
+    );
+    located(
+        "[\"8086:1229\"]",
+        "[\"8086:12x9\"]",
+        "images.tftp_nics[0]",
+        "8086:12x9",
+    );
+    located(
+        "http://10.77.0.1:8080",
+        "https://10.77.0.1:8080",
+        "http.public_url",
+        "https://",
+    );
+    located(
+        "default: i586",
+        "default: ../i586",
+        "images.default",
+        "../i586",
+    );
+    located(
+        "10.77.0.199",
+        "10.78.0.199",
+        "dhcp.subnets[0].pool",
+        "10.78.0.199",
+    );
+    located(
+        "name: lab-pc-10",
+        "name: \"lab pc\"",
+        "dhcp.subnets[0].reservations[0].name",
+        "lab pc",
+    );
+}
+
+#[test]
+fn flow_style_configs_are_located_too() {
+    let text = "http: { listen: 127.0.0.1:1, public_url: ftp://x }\ndhcp: { interfaces: [{ name: lo, mode: proxy }] }\nimages: { dir: /x, default: i586 }\n";
+    let err = parse(text).unwrap_err().to_string();
+    assert!(
+        err.starts_with("test.yaml:1:42: http.public_url: "),
+        "{err}"
+    );
+}
+
+#[test]
+fn admin_tls_needs_both_files_and_a_listener() {
+    let base = "http: { listen: 127.0.0.1:1, public_url: http://10.0.0.1 }\ndhcp: { interfaces: [{ name: lo, mode: proxy }] }\nimages: { dir: /x, default: i586 }\n";
+    let err = parse(&format!("{base}admin: {{ tls_cert: /c }}\n"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("admin.tls_cert: tls_key is needed too"),
+        "{err}"
+    );
+    let err = parse(&format!("{base}admin: {{ tls_cert: /c, tls_key: /k }}\n"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("only used with admin.listen"), "{err}");
+    let ok = parse(&format!(
+        "{base}admin: {{ listen: 127.0.0.1:8443, tls_cert: /c, tls_key: /k }}\n"
+    ))
+    .unwrap();
+    assert!(ok.admin.tls.is_some());
+}

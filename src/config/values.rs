@@ -1,0 +1,162 @@
+//! The checked values a config holds: each is parsed once, here, and is valid wherever it goes.
+
+use std::fmt;
+use std::net::IpAddr;
+
+/// A PCI device id, `vendor:device` (`8086:1229`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PciId {
+    pub vendor: u16,
+    pub device: u16,
+}
+
+impl PciId {
+    pub fn parse(s: &str) -> Option<PciId> {
+        let (v, d) = s.split_once(':')?;
+        let hex4 = |x: &str| {
+            (x.len() == 4 && x.bytes().all(|c| c.is_ascii_hexdigit()))
+                .then(|| u16::from_str_radix(x, 16).ok())
+                .flatten()
+        };
+        Some(PciId {
+            vendor: hex4(v)?,
+            device: hex4(d)?,
+        })
+    }
+
+    /// iPXE's `${netX/busid}` of this card on a PCI bus: `01:80:86:12:29`.
+    pub fn ipxe_busid(&self) -> String {
+        let [v0, v1] = self.vendor.to_be_bytes();
+        let [d0, d1] = self.device.to_be_bytes();
+        format!("01:{v0:02x}:{v1:02x}:{d0:02x}:{d1:02x}")
+    }
+}
+
+impl fmt::Display for PciId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:04x}:{:04x}", self.vendor, self.device)
+    }
+}
+
+/// A name usable as an image (and a path component): see [`crate::bootpath::valid_component`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ImageName(String);
+
+impl ImageName {
+    pub fn parse(s: &str) -> Option<ImageName> {
+        crate::bootpath::valid_component(s).then(|| ImageName(s.to_string()))
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for ImageName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+pub use enlist_api::valid_host_label;
+
+/// The head's base URL as nodes see it: `http://<host>[:<port>]`, without a trailing slash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublicUrl {
+    base: String,
+    host: String,
+}
+
+impl PublicUrl {
+    /// Accepts `http://HOST[:PORT][/]` where HOST is an IPv4 address or a host name (nodes
+    /// resolve no names while booting, so an address is what works; a name is allowed for
+    /// sites whose DHCP hands out a resolver).
+    pub fn parse(s: &str) -> Result<PublicUrl, String> {
+        let rest = s
+            .strip_prefix("http://")
+            .ok_or_else(|| format!("{s:?} must start with http:// (nodes speak plain HTTP)"))?;
+        let hostport = rest.strip_suffix('/').unwrap_or(rest);
+        if hostport.contains('/') || hostport.contains('?') || hostport.contains('#') {
+            return Err(format!(
+                "{s:?} must be only http://HOST[:PORT], without a path"
+            ));
+        }
+        let (host, port) = match hostport.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (hostport, None),
+        };
+        if let Some(p) = port {
+            if p.parse::<u16>().map_or(true, |p| p == 0) {
+                return Err(format!("{s:?}: port {p:?} is not a port number"));
+            }
+        }
+        let host_ok = host.parse::<IpAddr>().is_ok_and(|ip| ip.is_ipv4())
+            || (host.split('.').all(valid_host_label) && !host.is_empty());
+        if !host_ok {
+            return Err(format!(
+                "{s:?}: {host:?} is not an IPv4 address or host name"
+            ));
+        }
+        Ok(PublicUrl {
+            base: format!("http://{hostport}"),
+            host: host.to_string(),
+        })
+    }
+
+    /// `http://10.77.0.1:8080`.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// `10.77.0.1`.
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// `tftp://10.77.0.1`: where TFTP-only cards fetch their files.
+    pub fn tftp_base(&self) -> String {
+        format!("tftp://{}", self.host)
+    }
+}
+
+impl fmt::Display for PublicUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.base)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pci_ids() {
+        let id = PciId::parse("8086:1229").unwrap();
+        assert_eq!(id.to_string(), "8086:1229");
+        assert_eq!(id.ipxe_busid(), "01:80:86:12:29");
+        assert_eq!(PciId::parse("8086:12299"), None);
+        assert_eq!(PciId::parse("80861229"), None);
+        assert_eq!(PciId::parse("zz86:1229"), None);
+        assert_eq!(PciId::parse("+086:1229"), None);
+    }
+
+    #[test]
+    fn public_urls() {
+        let u = PublicUrl::parse("http://10.77.0.1:8080/").unwrap();
+        assert_eq!(u.base(), "http://10.77.0.1:8080");
+        assert_eq!(u.tftp_base(), "tftp://10.77.0.1");
+        assert!(PublicUrl::parse("https://10.77.0.1").is_err());
+        assert!(PublicUrl::parse("http://10.77.0.1:8080/x").is_err());
+        assert!(PublicUrl::parse("http://10.77.0.1:99999").is_err());
+        assert!(PublicUrl::parse("http://").is_err());
+        assert!(PublicUrl::parse("http://head.lab:80").is_ok());
+        assert!(PublicUrl::parse("http://a b").is_err());
+    }
+
+    #[test]
+    fn host_labels() {
+        assert!(valid_host_label("node-0a1b2c"));
+        for bad in ["", "-a", "a-", "a.b", "a\n1.2.3.4", &"a".repeat(64)] {
+            assert!(!valid_host_label(bad), "{bad:?}");
+        }
+    }
+}

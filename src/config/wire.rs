@@ -1,0 +1,330 @@
+//! The config file as written: serde structs that deny unknown keys (a typo is an error that
+//! names its line, not a setting silently ignored). Plain values only; [`super::Config`] is
+//! built from this by `TryFrom`, which checks what the values mean.
+//!
+//! Each field's comment is what `config.example.yaml` says of it.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ipnet::Ipv4Net;
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct File {
+    /// Database (leases, nodes, events), the head's secret and its generated files.
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+    pub http: Http,
+    #[serde(default)]
+    pub tftp: Tftp,
+    pub dhcp: Dhcp,
+    pub images: Images,
+    #[serde(default)]
+    pub nodes: Nodes,
+    #[serde(default)]
+    pub admin: Admin,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Http {
+    /// Boot scripts, kernel and initrd, the agent API (and the dashboard, unless admin.listen).
+    pub listen: SocketAddr,
+    /// How nodes reach this head: `http://<IP>[:port]`.
+    pub public_url: String,
+    /// Open connections at most (boot downloads, agents, dashboards).
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Open connections at most from one address.
+    #[serde(default = "default_max_connections_per_client")]
+    pub max_connections_per_client: usize,
+    /// A client must send its request headers within this time.
+    #[serde(with = "humantime_serde", default = "default_header_timeout")]
+    pub header_timeout: Duration,
+    /// Live dashboard streams at most.
+    #[serde(default = "default_max_streams")]
+    pub max_streams: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tftp {
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    #[serde(default = "default_tftp_listen")]
+    pub listen: SocketAddr,
+    /// The iPXE binaries (Debian package `ipxe`).
+    #[serde(default = "default_ipxe_dir")]
+    pub ipxe_dir: PathBuf,
+    #[serde(default = "default_max_blksize")]
+    pub max_blksize: u16,
+    #[serde(default = "default_max_windowsize")]
+    pub max_windowsize: u16,
+    /// Transfers at once at most, and from one address.
+    #[serde(default = "default_max_transfers")]
+    pub max_transfers: usize,
+    #[serde(default = "default_max_transfers_per_client")]
+    pub max_transfers_per_client: usize,
+    /// Largest retransmission timeout a client may ask for (RFC 2349 allows 255 s).
+    #[serde(with = "humantime_serde", default = "default_max_timeout")]
+    pub max_timeout: Duration,
+}
+
+impl Default for Tftp {
+    fn default() -> Self {
+        Tftp {
+            enabled: true,
+            listen: default_tftp_listen(),
+            ipxe_dir: default_ipxe_dir(),
+            max_blksize: default_max_blksize(),
+            max_windowsize: default_max_windowsize(),
+            max_transfers: default_max_transfers(),
+            max_transfers_per_client: default_max_transfers_per_client(),
+            max_timeout: default_max_timeout(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Dhcp {
+    pub interfaces: Vec<Interface>,
+    #[serde(default)]
+    pub subnets: Vec<Subnet>,
+    #[serde(default)]
+    pub boot_files: BootFiles,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DhcpMode {
+    /// Full DHCP server for an isolated cluster network.
+    Dhcp,
+    /// proxyDHCP beside an existing DHCP server: boot information for PXE clients only.
+    Proxy,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Interface {
+    pub name: String,
+    pub mode: DhcpMode,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Subnet {
+    pub subnet: Ipv4Net,
+    pub pool: [Ipv4Addr; 2],
+    #[serde(default)]
+    pub router: Option<Ipv4Addr>,
+    #[serde(default)]
+    pub dns: Vec<Ipv4Addr>,
+    #[serde(default)]
+    pub domain: Option<String>,
+    #[serde(with = "humantime_serde", default = "default_lease_time")]
+    pub lease_time: Duration,
+    /// DHCP relays (their giaddr) allowed to forward requests for this subnet.
+    #[serde(default)]
+    pub relays: Vec<Ipv4Addr>,
+    #[serde(default)]
+    pub reservations: Vec<Reservation>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Reservation {
+    pub mac: String,
+    pub ip: Ipv4Addr,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub image: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BootFiles {
+    #[serde(default = "default_bios_file")]
+    pub bios: String,
+    #[serde(default = "default_efi_file")]
+    pub efi_x64: String,
+}
+
+impl Default for BootFiles {
+    fn default() -> Self {
+        BootFiles {
+            bios: default_bios_file(),
+            efi_x64: default_efi_file(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Images {
+    pub dir: PathBuf,
+    pub default: String,
+    #[serde(default)]
+    pub efi_x64: Option<String>,
+    #[serde(default)]
+    pub cmdline: String,
+    #[serde(default = "default_tftp_nics")]
+    pub tftp_nics: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Enrollment {
+    /// Any PC that boots is enlisted.
+    #[default]
+    Open,
+    /// Only MACs with a reservation are enlisted.
+    KnownMacs,
+    /// New PCs wait as `pending` until an admin approves them.
+    Approve,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Nodes {
+    #[serde(default)]
+    pub enrollment: Enrollment,
+    #[serde(default = "default_name_prefix")]
+    pub name_prefix: String,
+    #[serde(default = "default_group")]
+    pub group: String,
+    #[serde(with = "humantime_serde", default = "default_heartbeat")]
+    pub heartbeat: Duration,
+    #[serde(with = "humantime_serde", default = "default_lost_after")]
+    pub lost_after: Duration,
+    /// A PC that fetched the node OS and has not registered after this long is `stuck`.
+    #[serde(with = "humantime_serde", default = "default_stuck_after")]
+    pub stuck_after: Duration,
+    /// How long the initrd link in a boot script works.
+    #[serde(with = "humantime_serde", default = "default_boot_token_ttl")]
+    pub boot_token_ttl: Duration,
+    /// New nodes from one address: this many at once, then `new_per_minute`.
+    #[serde(default = "default_new_burst")]
+    pub new_burst: u32,
+    #[serde(default = "default_new_per_minute")]
+    pub new_per_minute: u32,
+    /// Nodes in the registry at most.
+    #[serde(default = "default_max_nodes")]
+    pub max_nodes: usize,
+}
+
+impl Default for Nodes {
+    fn default() -> Self {
+        Nodes {
+            enrollment: Enrollment::default(),
+            name_prefix: default_name_prefix(),
+            group: default_group(),
+            heartbeat: default_heartbeat(),
+            lost_after: default_lost_after(),
+            stuck_after: default_stuck_after(),
+            boot_token_ttl: default_boot_token_ttl(),
+            new_burst: default_new_burst(),
+            new_per_minute: default_new_per_minute(),
+            max_nodes: default_max_nodes(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Admin {
+    /// Anyone may view the dashboard and the read-only API without logging in.
+    #[serde(default)]
+    pub public_read: bool,
+    /// Serve the dashboard and admin API here (with TLS) instead of on http.listen.
+    #[serde(default)]
+    pub listen: Option<SocketAddr>,
+    /// PEM certificate and key for admin.listen; without them a self-signed pair is made.
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
+}
+
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("/var/lib/enlist")
+}
+fn default_true() -> bool {
+    true
+}
+fn default_max_connections() -> usize {
+    1024
+}
+fn default_max_connections_per_client() -> usize {
+    32
+}
+fn default_header_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_max_streams() -> usize {
+    64
+}
+fn default_tftp_listen() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 69))
+}
+fn default_ipxe_dir() -> PathBuf {
+    PathBuf::from("/usr/lib/ipxe")
+}
+fn default_max_blksize() -> u16 {
+    1468
+}
+fn default_max_windowsize() -> u16 {
+    64
+}
+fn default_max_transfers() -> usize {
+    512
+}
+fn default_max_transfers_per_client() -> usize {
+    8
+}
+fn default_max_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_lease_time() -> Duration {
+    Duration::from_secs(3600)
+}
+fn default_bios_file() -> String {
+    "undionly.kpxe".into()
+}
+fn default_efi_file() -> String {
+    "snponly.efi".into()
+}
+fn default_tftp_nics() -> Vec<String> {
+    vec!["8086:1229".into()]
+}
+fn default_name_prefix() -> String {
+    "node-".into()
+}
+fn default_group() -> String {
+    "default".into()
+}
+fn default_heartbeat() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_lost_after() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_stuck_after() -> Duration {
+    Duration::from_secs(120)
+}
+fn default_boot_token_ttl() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_new_burst() -> u32 {
+    256
+}
+fn default_new_per_minute() -> u32 {
+    120
+}
+fn default_max_nodes() -> usize {
+    10_000
+}

@@ -1,0 +1,267 @@
+//! The head: every part wired together once, by [`Head::new`], for `enlist serve` and for the
+//! tests alike; [`Head::run`] binds the sockets and serves until shutdown.
+
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use tokio::sync::watch;
+
+use crate::bootfiles::BootFiles;
+use crate::bootscript::NodeBoot;
+use crate::config::Config;
+use crate::dhcp;
+use crate::http::{self, auth, listener, AppState, Shared};
+use crate::image::store::ImageStore;
+use crate::metrics::Metrics;
+use crate::registry::Registry;
+use crate::store::Store;
+use crate::tftp;
+
+/// The parts of a running head.
+pub struct Head {
+    pub cfg: Arc<Config>,
+    pub store: Store,
+    pub metrics: Arc<Metrics>,
+    pub registry: Arc<Registry>,
+    pub files: Arc<BootFiles>,
+    /// What the HTTP handlers share.
+    pub state: Shared,
+}
+
+impl Head {
+    /// Open the state folder and database of `cfg` and wire the head up.
+    pub fn open(cfg: Config) -> anyhow::Result<Head> {
+        std::fs::create_dir_all(&cfg.state_dir)
+            .with_context(|| format!("cannot create state_dir {}", cfg.state_dir.display()))?;
+        let store = Store::open(&cfg.database_path())?;
+        let token = auth::load_or_create_token(&cfg.state_dir)?;
+        Head::new(cfg, store, token)
+    }
+
+    /// Wire a head up on `store`, with `api_token` as the CLI's bearer token.
+    pub fn new(cfg: Config, store: Store, api_token: String) -> anyhow::Result<Head> {
+        let cfg = Arc::new(cfg);
+        let metrics = Arc::new(Metrics::new());
+        let registry = Registry::new(cfg.clone(), store.clone(), metrics.clone())?;
+        let images = ImageStore::new(&cfg.images.dir);
+        let nodes = Arc::new(NodeBoot {
+            registry: registry.clone(),
+            images: images.clone(),
+        });
+        let files = Arc::new(BootFiles::new(cfg.tftp.ipxe_dir.clone(), images, nodes));
+        let secure = cfg.admin.listen.is_some();
+        let state = Arc::new(AppState {
+            registry: registry.clone(),
+            files: files.clone(),
+            metrics: metrics.clone(),
+            auth: auth::Auth::new(store.clone(), api_token, cfg.admin.public_read, secure),
+            max_streams: cfg.http.max_streams,
+            streams: AtomicUsize::new(0),
+        });
+        Ok(Head {
+            cfg,
+            store,
+            metrics,
+            registry,
+            files,
+            state,
+        })
+    }
+
+    /// Every route on one router (what `http.listen` serves without `admin.listen`).
+    pub fn router(&self) -> axum::Router {
+        http::router(self.state.clone())
+    }
+
+    /// Bind every socket, then serve until `shutdown` turns true. Fails naming the socket or
+    /// interface that could not be had.
+    pub async fn run(self, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+        self.warn_about_setup();
+        let mut tasks = tokio::task::JoinSet::new();
+        self.spawn_dhcp(&mut tasks, &shutdown)?;
+        self.spawn_tftp(&mut tasks, &shutdown).await?;
+        self.spawn_http(&mut tasks, &shutdown).await?;
+        self.spawn_sweeper(&mut tasks, &shutdown);
+        tracing::info!("enlist head is up");
+        while tasks.join_next().await.is_some() {}
+        Ok(())
+    }
+
+    fn warn_about_setup(&self) {
+        match auth::has_password(&self.store) {
+            Ok(false) => tracing::warn!("no admin password is set: the dashboard is read-only until you run `enlist admin set-password`"),
+            Ok(true) => {}
+            Err(e) => tracing::warn!("cannot read the admin password: {e}"),
+        }
+        for (key, image) in self.cfg.image_names() {
+            match self.files.images().current(image.as_str()) {
+                Ok(v) => tracing::info!(image = %image, version = %v, "image ready"),
+                Err(e) => tracing::warn!("{key}: {e}; nodes will wait and retry until it is built"),
+            }
+        }
+        if self.cfg.admin.listen.is_none() {
+            tracing::warn!("the dashboard and admin API share http.listen with the nodes, in clear; set admin.listen to give them their own TLS listener");
+        }
+    }
+
+    fn spawn_dhcp(
+        &self,
+        tasks: &mut tokio::task::JoinSet<()>,
+        shutdown: &watch::Receiver<bool>,
+    ) -> anyhow::Result<()> {
+        let listeners = dhcp::server::bind(&self.cfg.dhcp.interfaces)?;
+        let handler = Arc::new(dhcp::handler::Handler::new(
+            self.cfg.clone(),
+            self.store.clone(),
+            self.registry.clone(),
+        ));
+        tasks.spawn(dhcp::server::run(
+            listeners,
+            handler,
+            self.metrics.clone(),
+            shutdown.clone(),
+        ));
+        for ifc in &self.cfg.dhcp.interfaces {
+            tasks.spawn(crate::ndp::run(
+                ifc.name.clone(),
+                self.metrics.clone(),
+                shutdown.clone(),
+            ));
+        }
+        Ok(())
+    }
+
+    async fn spawn_tftp(
+        &self,
+        tasks: &mut tokio::task::JoinSet<()>,
+        shutdown: &watch::Receiver<bool>,
+    ) -> anyhow::Result<()> {
+        if !self.cfg.tftp.enabled {
+            return Ok(());
+        }
+        let socket = tftp::server::bind(self.cfg.tftp.listen)
+            .await
+            .with_context(|| format!("tftp: cannot bind {}", self.cfg.tftp.listen))?;
+        tracing::info!(addr = %self.cfg.tftp.listen, "tftp listening");
+        let ctx = Arc::new(tftp::server::TftpContext::new(
+            self.files.clone(),
+            self.cfg.tftp.clone(),
+            self.metrics.clone(),
+            self.registry.clone(),
+        ));
+        tasks.spawn(tftp::server::run(socket, ctx, shutdown.clone()));
+        Ok(())
+    }
+
+    async fn spawn_http(
+        &self,
+        tasks: &mut tokio::task::JoinSet<()>,
+        shutdown: &watch::Receiver<bool>,
+    ) -> anyhow::Result<()> {
+        let h = &self.cfg.http;
+        let limits = listener::Limits {
+            max_connections: h.max_connections,
+            max_connections_per_client: h.max_connections_per_client,
+            header_timeout: h.header_timeout,
+        };
+        let nodes = tokio::net::TcpListener::bind(h.listen)
+            .await
+            .with_context(|| format!("http: cannot bind {}", h.listen))?;
+        tracing::info!(addr = %h.listen, public_url = %h.public_url, "http listening");
+        let node_app = match self.cfg.admin.listen {
+            Some(_) => http::node_router(self.state.clone()),
+            None => http::router(self.state.clone()),
+        };
+        let edge = listener::Edge {
+            limits,
+            tls: None,
+            shape: true,
+        };
+        tasks.spawn(serve_logged(
+            nodes,
+            node_app,
+            edge,
+            self.metrics.clone(),
+            shutdown.clone(),
+        ));
+        if let Some(addr) = self.cfg.admin.listen {
+            let (cert, key) =
+                http::tls::cert_files(self.cfg.admin.tls.as_ref(), &self.cfg.state_dir, addr.ip())?;
+            let tls = http::tls::acceptor(&cert, &key)?;
+            let admin = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("admin.listen: cannot bind {addr}"))?;
+            tracing::info!(%addr, cert = %cert.display(), "admin https listening");
+            let edge = listener::Edge {
+                limits,
+                tls: Some(tls),
+                shape: false,
+            };
+            let app = http::admin_router(self.state.clone());
+            tasks.spawn(serve_logged(
+                admin,
+                app,
+                edge,
+                self.metrics.clone(),
+                shutdown.clone(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Let the clock act on the registry once a second (lost, gone, stuck).
+    fn spawn_sweeper(
+        &self,
+        tasks: &mut tokio::task::JoinSet<()>,
+        shutdown: &watch::Receiver<bool>,
+    ) {
+        let registry = self.registry.clone();
+        let mut shutdown = shutdown.clone();
+        tasks.spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = shutdown.wait_for(|v| *v) => return,
+                }
+                let reg = registry.clone();
+                match tokio::task::spawn_blocking(move || reg.sweep(Instant::now())).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => tracing::error!("registry sweep: {e}"),
+                    Err(e) => tracing::error!("registry sweep task: {e}"),
+                }
+            }
+        });
+    }
+}
+
+async fn serve_logged(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    edge: listener::Edge,
+    metrics: Arc<Metrics>,
+    shutdown: watch::Receiver<bool>,
+) {
+    if let Err(e) = listener::serve(listener, app, edge, metrics, shutdown).await {
+        tracing::error!("http server failed: {e}");
+    }
+}
+
+/// A watch channel that turns true on SIGINT or SIGTERM.
+pub fn shutdown_on_signals() -> anyhow::Result<watch::Receiver<bool>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (tx, rx) = watch::channel(false);
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        tracing::info!("shutting down");
+        let _ = tx.send(true);
+    });
+    Ok(rx)
+}

@@ -1,0 +1,336 @@
+//! The boot side of the registry: what a PC's boot script says, the per-node part of its initrd
+//! (which carries the node key), and following a boot through DHCP and file fetches.
+//!
+//! All of it answers requests nobody signed, so: an alive node is never changed here (the
+//! state machine ignores such events for it), no node is created beyond the admission limits,
+//! and the node key goes only to the address that fetched the script, with its token.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::Instant;
+
+use enlist_api::Mac;
+
+use crate::bootfiles::FetchObserver;
+use crate::bootpath::{Kind, Proto};
+use crate::config::{DhcpMode, Enrollment, ImageName};
+use crate::dhcp::client::ClientInfo;
+use crate::dhcp::handler::BootObserver;
+use crate::image::cpio::Archive;
+use crate::lifecycle::Event;
+use crate::store::{now, NodeRow, StoreError};
+
+use super::tokens::TokenRefused;
+use super::{random_token, Registry, RegistryError};
+
+/// Where the node OS finds its settings (read by `init` and the agent).
+pub const NODE_CONF: &str = "etc/enlist/node.conf";
+
+/// What a node's boot script does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BootDecision {
+    /// Boot the node OS; the initrd link carries `token`.
+    Boot {
+        name: String,
+        image: ImageName,
+        token: String,
+    },
+    /// Released: boot the PC's own disk.
+    LocalDisk,
+    /// The enrollment policy does not enlist this PC.
+    NotEnlisted,
+    /// Enrollment `approve`: shown as pending until an admin approves it; the PC retries.
+    AwaitingApproval { name: String },
+    /// Not now (shown on the PC's screen); the PC retries.
+    Retry(String),
+    /// A request this head will not answer with a boot (the metrics label says why).
+    Refused(&'static str),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OverlayError {
+    #[error("{0}")]
+    Token(#[from] TokenRefused),
+    #[error("no node {0}")]
+    UnknownNode(Mac),
+    #[error("node settings: {0}")]
+    Build(std::io::Error),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl OverlayError {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            OverlayError::Token(t) => t.reason(),
+            OverlayError::UnknownNode(_) => "unknown-node",
+            OverlayError::Build(_) => "overlay-error",
+            OverlayError::Store(_) => "database-error",
+        }
+    }
+}
+
+impl Registry {
+    /// Decide what the boot script of `mac`, asked for from `from`, does. Blocking (database).
+    pub fn boot_decision(
+        &self,
+        mac: Mac,
+        from: IpAddr,
+        via: Proto,
+    ) -> Result<BootDecision, RegistryError> {
+        let known = self.store.node(mac)?;
+        let reserved = self.cfg.reservation_for(mac).is_some();
+        if known.is_none() && !reserved {
+            match self.cfg.nodes.enrollment {
+                Enrollment::KnownMacs => return Ok(BootDecision::NotEnlisted),
+                Enrollment::Approve => return self.await_approval(mac, from),
+                Enrollment::Open => {}
+            }
+        }
+        let mut row = match known {
+            Some(r) => r,
+            None => match self.node_or_new(mac, from) {
+                Ok(Some(r)) => r,
+                Ok(None) => return Ok(BootDecision::NotEnlisted),
+                Err(RegistryError::Refused(e)) => return Ok(BootDecision::Retry(e.to_string())),
+                Err(e) => return Err(e),
+            },
+        };
+        if !row.approved {
+            return Ok(BootDecision::AwaitingApproval { name: row.name });
+        }
+        if row.released {
+            self.touch(mac);
+            self.apply(
+                &mut row,
+                Event::LocalDiskAnswered,
+                "answered with local disk boot",
+            )?;
+            return Ok(BootDecision::LocalDisk);
+        }
+        if let Some(reason) = self.foreign_address(&row, from)? {
+            tracing::debug!(%mac, %from, "boot script refused: {reason}");
+            self.metrics.refused(&self.metrics.registry_refused, reason);
+            return Ok(BootDecision::Refused(reason));
+        }
+        let token = random_token();
+        {
+            let mut inner = self.inner();
+            inner.tokens.issue(mac, from, token.clone(), Instant::now());
+            inner.remember_boot_ip(from, mac, Instant::now());
+            inner.trace(mac, "script", via, format!("from {from}"));
+            inner.touch(mac, Instant::now());
+        }
+        if let (IpAddr::V4(v4), false) = (from, row.state.is_alive()) {
+            if row.ip != Some(v4) {
+                row.ip = Some(v4);
+                self.save(&row, None)?;
+            }
+        }
+        self.apply(&mut row, Event::Fetched, "fetched its boot script")?;
+        Ok(BootDecision::Boot {
+            name: row.name,
+            image: self.cfg.image_for(mac).clone(),
+            token,
+        })
+    }
+
+    /// Enrollment `approve`: remember the PC (in memory only) until an admin approves it.
+    fn await_approval(&self, mac: Mac, from: IpAddr) -> Result<BootDecision, RegistryError> {
+        let mut row = self.new_row(mac, false)?;
+        row.state = crate::lifecycle::NodeState::Pending;
+        row.ip = match from {
+            IpAddr::V4(v4) => Some(v4),
+            IpAddr::V6(_) => None,
+        };
+        let name = row.name.clone();
+        self.inner().add_candidate(row, Instant::now());
+        Ok(BootDecision::AwaitingApproval { name })
+    }
+
+    /// Why `from` may not boot node `row`, if it may not: in a subnet this head leases, the
+    /// address must be the one leased to the node's MAC; and a node whose agent is up answers
+    /// only from its own address (anyone else asking is not that PC).
+    fn foreign_address(
+        &self,
+        row: &NodeRow,
+        from: IpAddr,
+    ) -> Result<Option<&'static str>, StoreError> {
+        let leases_here = self
+            .cfg
+            .dhcp
+            .interfaces
+            .iter()
+            .any(|i| i.mode == DhcpMode::Dhcp);
+        if leases_here && self.cfg.leased_subnet(from).is_some() {
+            let lease = self.store.lease_of(row.mac, now())?;
+            if lease.map(|l| IpAddr::V4(l.ip)) != Some(from) {
+                return Ok(Some("not-the-leased-address"));
+            }
+        }
+        if row.state.is_alive() && row.ip.map(IpAddr::V4) != Some(from) {
+            return Ok(Some("node-up-elsewhere"));
+        }
+        Ok(None)
+    }
+
+    /// The per-node part of the initrd for the holder of a boot token: `node.conf` with the
+    /// node's key. The first download of a token gives the node a new key (its epoch goes up,
+    /// so a key from an earlier boot is worthless); later downloads with the same token (a
+    /// retry) get the same bytes.
+    pub fn overlay(&self, mac: Mac, token: &str, from: IpAddr) -> Result<Vec<u8>, OverlayError> {
+        let _one_at_a_time = self.overlay_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let epoch = self
+            .inner()
+            .tokens
+            .check(mac, token, from, Instant::now())?
+            .epoch;
+        let mut row = self
+            .store
+            .node(mac)?
+            .ok_or(OverlayError::UnknownNode(mac))?;
+        let epoch = match epoch {
+            Some(e) => e,
+            None => {
+                row.key_epoch += 1;
+                self.save(
+                    &row,
+                    Some((
+                        "key",
+                        &format!("new node key for this boot, sent to {from}"),
+                    )),
+                )?;
+                let mut inner = self.inner();
+                if let Ok(t) = inner.tokens.check(mac, token, from, Instant::now()) {
+                    t.epoch = Some(row.key_epoch);
+                }
+                row.key_epoch
+            }
+        };
+        self.node_overlay(&row, epoch).map_err(OverlayError::Build)
+    }
+
+    /// The overlay for an admin who boots a PC by hand (`-kernel`/`-initrd`, a USB stick): a
+    /// new key, and a node created if needed. Only for an authenticated admin.
+    pub fn direct_overlay(&self, mac: Mac) -> Result<Vec<u8>, RegistryError> {
+        let _one_at_a_time = self.overlay_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let mut row = match self.store.node(mac)? {
+            Some(r) => r,
+            None => self.new_row(mac, true)?,
+        };
+        row.key_epoch += 1;
+        row.approved = true;
+        self.save(
+            &row,
+            Some(("key", "new node key issued to an admin for a direct boot")),
+        )?;
+        self.node_overlay(&row, row.key_epoch)
+            .map_err(|e| RegistryError::Store(StoreError::Join(e.to_string())))
+    }
+
+    fn node_overlay(&self, row: &NodeRow, epoch: i64) -> std::io::Result<Vec<u8>> {
+        let key = self.keys.node_key(row.mac, epoch);
+        let conf = format!(
+            "head={}\nname={}\nmac={}\nkey={}\n",
+            self.cfg.http.public_url.base(),
+            row.name,
+            row.mac,
+            key.to_hex()
+        );
+        // mtime 0: the same token gives the same bytes, so a ranged retry fits together.
+        let mut a = Archive::new(0);
+        a.file(NODE_CONF, 0o600, conf.as_bytes())?;
+        a.finish()
+    }
+
+    fn on_dhcp(
+        &self,
+        client: &ClientInfo,
+        ip: Option<Ipv4Addr>,
+        via: Ipv4Addr,
+    ) -> Result<(), RegistryError> {
+        // Only network-boot clients become nodes; an ordinary DHCP client (or the node OS's own
+        // udhcpc) costs nothing here.
+        if !client.is_pxe() {
+            return Ok(());
+        }
+        let mac = client.mac;
+        let known = self.store.node(mac)?;
+        let reserved = self.cfg.reservation_for(mac).is_some();
+        if known.is_none() && !reserved && self.cfg.nodes.enrollment != Enrollment::Open {
+            return Ok(());
+        }
+        let mut row = match known {
+            Some(r) => r,
+            None => match self.node_or_new(mac, IpAddr::V4(via)) {
+                Ok(Some(r)) => r,
+                Ok(None) | Err(RegistryError::Refused(_)) => return Ok(()),
+                Err(e) => return Err(e),
+            },
+        };
+        let what = if client.ipxe { "iPXE" } else { "PXE ROM" };
+        {
+            let mut inner = self.inner();
+            if !client.ipxe {
+                // A ROM's DHCP starts a boot; the trace is memory only, so an alive node's may
+                // be restarted even though its state is not.
+                inner.new_boot(mac);
+            }
+            if let Some(ip) = ip {
+                inner.remember_boot_ip(IpAddr::V4(ip), mac, Instant::now());
+            }
+            let detail = ip
+                .map(|i| format!("{what}, {i}"))
+                .unwrap_or_else(|| what.to_string());
+            inner.trace(mac, "dhcp", Proto::Dhcp, detail);
+            inner.touch(mac, Instant::now());
+        }
+        if !row.state.is_alive() && !row.released && ip.is_some() && row.ip != ip {
+            row.ip = ip;
+            self.save(&row, None)?;
+        }
+        self.apply(&mut row, Event::PxeDhcp, &format!("DHCP from {what}"))?;
+        Ok(())
+    }
+
+    fn on_fetch(
+        &self,
+        mac: Option<Mac>,
+        ip: IpAddr,
+        kind: Kind,
+        path: &str,
+        via: Proto,
+    ) -> Result<(), StoreError> {
+        let Some(mac) = mac.or_else(|| self.inner().mac_at(ip)) else {
+            return Ok(());
+        };
+        let Some(mut row) = self.store.node(mac)? else {
+            return Ok(());
+        };
+        {
+            let mut inner = self.inner();
+            inner.trace(mac, kind.as_str(), via, path.to_string());
+            inner.touch(mac, Instant::now());
+        }
+        self.apply(
+            &mut row,
+            Event::Fetched,
+            &format!("fetched {}", kind.as_str()),
+        )
+    }
+}
+
+impl BootObserver for Registry {
+    fn dhcp_seen(&self, client: &ClientInfo, ip: Option<Ipv4Addr>, via: Ipv4Addr) {
+        if let Err(e) = self.on_dhcp(client, ip, via) {
+            tracing::error!(mac = %client.mac, "registry: cannot record DHCP: {e}");
+        }
+    }
+}
+
+impl FetchObserver for Registry {
+    fn fetched(&self, mac: Option<Mac>, ip: IpAddr, kind: Kind, path: &str, via: Proto) {
+        if let Err(e) = self.on_fetch(mac, ip, kind, path, via) {
+            tracing::error!(%ip, "registry: cannot record fetch of {path}: {e}");
+        }
+    }
+}

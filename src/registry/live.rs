@@ -1,0 +1,302 @@
+//! What the registry keeps in memory: per node (session, sequence window, last heartbeat,
+//! commands, the boot trace) and across nodes (nonces, sessions, tokens, peers, counts).
+//! Everything here is rebuilt from the database at start or from the agents' next requests.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use enlist_api::{CommandKind, Heartbeat, Mac, NodeInfo, Peer};
+use serde::Serialize;
+use tokio::sync::Notify;
+
+use crate::bootpath::Proto;
+use crate::config::Config;
+use crate::lifecycle::{self, Event, Facts, Limits, NodeState};
+use crate::store::NodeRow;
+
+use super::admission::{Admission, AdmissionLimits};
+use super::tokens::BootTokens;
+use super::view::NodeView;
+
+/// Steps kept per boot trace (a boot has about ten).
+const TRACE_STEPS: usize = 40;
+/// Addresses of PXE clients remembered, to follow the fetches of their boots.
+const BOOT_IPS: usize = 8192;
+/// Live boot tokens at most.
+const TOKENS: usize = 8192;
+/// PCs waiting for approval at most (enrollment `approve`); the oldest is forgotten first.
+const CANDIDATES: usize = 1024;
+/// An approval candidate not heard from for this long is forgotten (it retries while waiting).
+const CANDIDATE_TTL: Duration = Duration::from_secs(600);
+
+/// One step of a boot, for the node's timeline.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BootStep {
+    /// Unix time in milliseconds.
+    pub at_ms: i64,
+    /// `dhcp`, `ipxe`, `script`, `kernel`, `initrd`, `registered`, ...
+    pub step: String,
+    pub via: Proto,
+    pub detail: String,
+}
+
+/// The in-memory part of a node.
+#[derive(Default)]
+pub(super) struct Live {
+    pub session: Option<String>,
+    /// Highest request sequence number seen in this session, and a bitmap of the 64 below it
+    /// (an anti-replay window, as IPsec's: the agent's threads may overtake each other).
+    pub seq: u64,
+    pub seq_window: u64,
+    pub heartbeat: Option<Heartbeat>,
+    pub info: Option<NodeInfo>,
+    pub last_seen: Option<Instant>,
+    /// Commands not yet fetched by the agent (signed when delivered).
+    pub commands: VecDeque<(u64, CommandKind)>,
+    /// From the database on every save, so requests authenticate without it.
+    pub epoch: i64,
+    pub state: Option<NodeState>,
+    pub notify: Arc<Notify>,
+    /// This boot's steps, oldest first.
+    pub trace: Vec<BootStep>,
+    /// Kernel or initrd fetched in this boot.
+    pub os_fetched: bool,
+    /// When this boot began (unix seconds): its first PXE DHCP, or its first file.
+    pub boot_started: Option<i64>,
+}
+
+/// A PC waiting for an admin's approval: shown, never stored.
+pub(super) struct Candidate {
+    pub row: NodeRow,
+    pub seen: Instant,
+}
+
+pub(super) struct Inner {
+    pub live: HashMap<Mac, Live>,
+    /// Registration nonces: nonce → expiry (unix seconds).
+    pub nonces: HashMap<String, i64>,
+    /// Agent session → MAC.
+    pub sessions: HashMap<String, Mac>,
+    pub tokens: BootTokens,
+    pub admission: Admission,
+    pub candidates: HashMap<Mac, Candidate>,
+    /// PXE clients' addresses (from DHCP), to follow the fetches of a boot (TFTP carries no MAC).
+    pub boot_ips: HashMap<IpAddr, (Mac, Instant)>,
+    pub next_command: u64,
+    /// Enlisted nodes with an address (MAC → peer), kept in step with every save.
+    pub peers: BTreeMap<Mac, Peer>,
+    /// Changes exactly when `peers` does.
+    pub peers_version: u64,
+    /// Nodes per state, kept in step with every save.
+    pub counts: HashMap<NodeState, i64>,
+    /// The first sweep after start looks at every node.
+    pub swept_once: bool,
+}
+
+impl Inner {
+    pub fn new(cfg: &Config) -> Inner {
+        let n = &cfg.nodes;
+        Inner {
+            live: HashMap::new(),
+            nonces: HashMap::new(),
+            sessions: HashMap::new(),
+            tokens: BootTokens::new(n.boot_token_ttl, TOKENS),
+            admission: Admission::new(AdmissionLimits {
+                per_minute: n.new_per_minute,
+                burst: n.new_burst,
+                max_nodes: n.max_nodes,
+            }),
+            candidates: HashMap::new(),
+            boot_ips: HashMap::new(),
+            next_command: 1,
+            peers: BTreeMap::new(),
+            peers_version: 1,
+            counts: HashMap::new(),
+            swept_once: false,
+        }
+    }
+
+    /// Take in a node row about to be saved: the per-node cache, state counts and peers.
+    pub fn remember(&mut self, row: &NodeRow) {
+        let live = self.live.entry(row.mac).or_default();
+        live.epoch = row.key_epoch;
+        if live.info.is_none() {
+            live.info = row
+                .info
+                .as_deref()
+                .and_then(|s| serde_json::from_str(s).ok());
+        }
+        let old = live.state.replace(row.state);
+        if old != Some(row.state) {
+            if let Some(old) = old {
+                *self.counts.entry(old).or_default() -= 1;
+            }
+            *self.counts.entry(row.state).or_default() += 1;
+        }
+        let peer = match row.ip {
+            Some(ip) if row.state.is_peer() => Some(Peer {
+                name: row.name.clone(),
+                ip: ip.to_string(),
+            }),
+            _ => None,
+        };
+        let changed = match peer {
+            Some(p) => self.peers.insert(row.mac, p.clone()) != Some(p),
+            None => self.peers.remove(&row.mac).is_some(),
+        };
+        if changed {
+            self.peers_version += 1;
+        }
+    }
+
+    pub fn view(&self, row: &NodeRow) -> NodeView {
+        NodeView::new(
+            row,
+            self.live.get(&row.mac),
+            self.candidates.contains_key(&row.mac),
+        )
+    }
+
+    pub fn online(&self, mac: Mac) -> bool {
+        self.live.get(&mac).is_some_and(|l| l.session.is_some())
+    }
+
+    pub fn os_fetched(&self, mac: Mac) -> bool {
+        self.live.get(&mac).is_some_and(|l| l.os_fetched)
+    }
+
+    /// A new agent session for `mac`, replacing its old one.
+    pub fn open_session(&mut self, mac: Mac, session: String, info: NodeInfo) {
+        let live = self.live.entry(mac).or_default();
+        let old = live.session.replace(session.clone());
+        live.seq = 0;
+        live.seq_window = 0;
+        live.last_seen = Some(Instant::now());
+        live.info = Some(info);
+        if let Some(old) = old {
+            self.sessions.remove(&old);
+        }
+        self.sessions.insert(session, mac);
+    }
+
+    pub fn end_session(&mut self, mac: Mac) {
+        if let Some(s) = self.live.get_mut(&mac).and_then(|l| l.session.take()) {
+            self.sessions.remove(&s);
+        }
+    }
+
+    pub fn new_boot(&mut self, mac: Mac) {
+        let live = self.live.entry(mac).or_default();
+        live.trace.clear();
+        live.os_fetched = false;
+        live.boot_started = Some(crate::store::now());
+    }
+
+    pub fn touch(&mut self, mac: Mac, at: Instant) {
+        self.live.entry(mac).or_default().last_seen = Some(at);
+    }
+
+    /// Add a step to the node's boot trace (bounded).
+    pub fn trace(&mut self, mac: Mac, step: &str, via: Proto, detail: String) {
+        let live = self.live.entry(mac).or_default();
+        if matches!(step, "kernel" | "initrd") {
+            live.os_fetched = true;
+        }
+        if live.trace.len() >= TRACE_STEPS {
+            live.trace.remove(0);
+        }
+        live.trace.push(BootStep {
+            at_ms: now_ms(),
+            step: step.to_string(),
+            via,
+            detail,
+        });
+    }
+
+    pub fn remember_boot_ip(&mut self, ip: IpAddr, mac: Mac, at: Instant) {
+        if !self.boot_ips.contains_key(&ip) && self.boot_ips.len() >= BOOT_IPS {
+            if let Some(oldest) = self
+                .boot_ips
+                .iter()
+                .min_by_key(|(_, (_, t))| *t)
+                .map(|(i, _)| *i)
+            {
+                self.boot_ips.remove(&oldest);
+            }
+        }
+        self.boot_ips.insert(ip, (mac, at));
+    }
+
+    /// Which node is booting at `ip`: the one its boot token was issued to, else its DHCP.
+    pub fn mac_at(&self, ip: IpAddr) -> Option<Mac> {
+        self.tokens
+            .mac_at(ip)
+            .or_else(|| self.boot_ips.get(&ip).map(|(m, _)| *m))
+    }
+
+    pub fn add_candidate(&mut self, row: NodeRow, at: Instant) {
+        if !self.candidates.contains_key(&row.mac) && self.candidates.len() >= CANDIDATES {
+            if let Some(oldest) = self
+                .candidates
+                .iter()
+                .min_by_key(|(_, c)| c.seen)
+                .map(|(m, _)| *m)
+            {
+                self.candidates.remove(&oldest);
+            }
+        }
+        let mac = row.mac;
+        self.candidates
+            .entry(mac)
+            .and_modify(|c| c.seen = at)
+            .or_insert(Candidate { row, seen: at });
+    }
+
+    pub fn queue_command(&mut self, mac: Mac, kind: CommandKind) -> u64 {
+        let id = self.next_command;
+        self.next_command += 1;
+        let live = self.live.entry(mac).or_default();
+        live.commands.push_back((id, kind));
+        live.notify.notify_waiters();
+        id
+    }
+
+    /// Nodes the clock has something to say about now, with how long each has been silent.
+    pub fn due(&mut self, now: Instant, started: Instant, limits: &Limits) -> Vec<(Mac, Duration)> {
+        let first = !std::mem::replace(&mut self.swept_once, true);
+        self.live
+            .iter()
+            .filter_map(|(mac, l)| {
+                let state = l.state?;
+                let silent = now.saturating_duration_since(l.last_seen.unwrap_or(started));
+                let facts = Facts {
+                    released: false,
+                    os_fetched: l.os_fetched,
+                };
+                let step = lifecycle::next(state, facts, Event::Tick { silent }, limits);
+                (first || step.to.is_some_and(|to| to != state)).then_some((*mac, silent))
+            })
+            .collect()
+    }
+
+    /// Forget what has expired: nonces, tokens, approval candidates, old boot addresses.
+    pub fn prune(&mut self, now: Instant) {
+        let ts = crate::store::now();
+        self.nonces.retain(|_, exp| *exp > ts);
+        self.tokens.prune(now);
+        self.candidates
+            .retain(|_, c| now.saturating_duration_since(c.seen) < CANDIDATE_TTL);
+        self.boot_ips
+            .retain(|_, (_, t)| now.saturating_duration_since(*t) < Duration::from_secs(3600));
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

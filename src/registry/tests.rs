@@ -1,0 +1,373 @@
+//! The registry as the rest of the head uses it: boots, tokens, registrations, the clock
+//! (injected: `sweep` takes the time), and the rules that keep strangers out.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use enlist_api::{paths, Mac, NodeKey, RegisterRequest, RequestAuth};
+
+use super::*;
+use crate::bootpath::Proto;
+use crate::config::Config;
+use crate::dhcp::client::{ClientInfo, Firmware};
+use crate::dhcp::handler::BootObserver;
+use crate::metrics::Metrics;
+use crate::store::Store;
+
+const A: Mac = Mac([0x52, 0x54, 0, 0, 0, 0x0a]);
+const B: Mac = Mac([0x52, 0x54, 0, 0, 0, 0x0b]);
+
+fn ip(n: u8) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(10, 77, 0, n))
+}
+
+/// A registry on an in-memory database; `mode` is the DHCP mode of its one interface.
+fn registry_with(mode: &str, nodes: &str) -> Arc<Registry> {
+    let subnets = if mode == "dhcp" {
+        "  subnets: [{ subnet: 10.77.0.0/24, pool: [10.77.0.100, 10.77.0.199] }]\n"
+    } else {
+        ""
+    };
+    let text = format!(
+        "http: {{ listen: 127.0.0.1:0, public_url: http://10.77.0.1:8080 }}\n\
+         dhcp:\n  interfaces: [{{ name: lo, mode: {mode} }}]\n{subnets}\
+         images: {{ dir: /nonexistent, default: i586 }}\n\
+         nodes: {{ heartbeat: 2s, lost_after: 10s, stuck_after: 60s{nodes} }}\n"
+    );
+    let cfg = Arc::new(Config::parse(&text, Path::new("test.yaml")).expect("config"));
+    Registry::new(cfg, Store::memory().expect("db"), Arc::new(Metrics::new())).expect("registry")
+}
+
+fn registry() -> Arc<Registry> {
+    registry_with("proxy", "")
+}
+
+fn state(r: &Registry, mac: Mac) -> NodeState {
+    r.node(mac).expect("node").state
+}
+
+/// The PC's script from `from`; its token if it may boot.
+fn script(r: &Registry, mac: Mac, from: IpAddr) -> Result<String, BootDecision> {
+    match r.boot_decision(mac, from, Proto::Http).expect("decision") {
+        BootDecision::Boot { token, .. } => Ok(token),
+        other => Err(other),
+    }
+}
+
+/// The node key in an overlay (the `key=` line of node.conf).
+fn key_in(overlay: &[u8]) -> NodeKey {
+    let text = String::from_utf8_lossy(overlay);
+    let hex = text
+        .split("key=")
+        .nth(1)
+        .and_then(|t| t.get(..64))
+        .expect("key line");
+    NodeKey::from_hex(hex).expect("key")
+}
+
+/// Register `mac` with `key` as its agent would; the session on success.
+fn register(r: &Registry, mac: Mac, key: &NodeKey, from: IpAddr) -> Result<String, AgentError> {
+    let nonce = r.nonce();
+    let body = serde_json::to_vec(&RegisterRequest {
+        info: enlist_api::NodeInfo {
+            ip: from.to_string(),
+            ..Default::default()
+        },
+    })
+    .expect("json");
+    let node = mac.to_string();
+    let signature = RequestAuth {
+        method: "POST",
+        path: paths::REGISTER,
+        node: &node,
+        session: &nonce,
+        seq: 0,
+    }
+    .sign(key, &body);
+    r.register(&Signed {
+        method: "POST",
+        path: paths::REGISTER,
+        node: &node,
+        session: &nonce,
+        seq: 0,
+        signature: &signature,
+        body: &body,
+    })
+    .map(|(_, resp)| resp.session)
+}
+
+/// Boot `mac` from `from` to `registered`: script, initrd overlay, registration.
+fn boot(r: &Registry, mac: Mac, from: IpAddr) -> NodeKey {
+    let token = script(r, mac, from).expect("a boot script");
+    let key = key_in(&r.overlay(mac, &token, from).expect("overlay"));
+    register(r, mac, &key, from).expect("registered");
+    key
+}
+
+fn pxe(mac: Mac) -> ClientInfo {
+    ClientInfo {
+        mac,
+        msg_type: dhcproto::v4::MessageType::Discover,
+        firmware: Firmware::Bios,
+        ipxe: false,
+        busid: None,
+        hostname: None,
+        requested_ip: None,
+        server_id: None,
+        vendor_class: Some("PXEClient".into()),
+    }
+}
+
+#[test]
+fn a_pc_boots_from_dhcp_to_registered() {
+    let r = registry();
+    r.dhcp_seen(
+        &pxe(A),
+        Some(Ipv4Addr::new(10, 77, 0, 100)),
+        Ipv4Addr::new(10, 77, 0, 1),
+    );
+    assert_eq!(state(&r, A), NodeState::Seen);
+    let token = script(&r, A, ip(100)).expect("boots");
+    assert_eq!(state(&r, A), NodeState::Booting);
+    let overlay = r.overlay(A, &token, ip(100)).expect("overlay");
+    assert_eq!(
+        r.overlay(A, &token, ip(100)).expect("again"),
+        overlay,
+        "a retried download gets the same bytes (and the same key)"
+    );
+    let key = key_in(&overlay);
+    register(&r, A, &key, ip(100)).expect("registered");
+    let row = r.node(A).expect("node");
+    assert_eq!(row.state, NodeState::Registered);
+    assert_eq!(row.ip, Some(Ipv4Addr::new(10, 77, 0, 100)));
+    assert!(row.boot_seconds.is_some());
+    let steps: Vec<String> = r.view(&row).boot.iter().map(|s| s.step.clone()).collect();
+    assert_eq!(steps, ["dhcp", "script", "registered"]);
+    assert!(
+        r.overlay(A, &token, ip(100)).is_err(),
+        "the token ends when the node registers"
+    );
+}
+
+#[test]
+fn the_initrd_goes_only_to_the_address_that_fetched_the_script() {
+    let r = registry();
+    let token = script(&r, A, ip(100)).expect("boots");
+    let e = r.overlay(A, &token, ip(66)).unwrap_err();
+    assert_eq!(e.reason(), "token-wrong-address");
+    assert_eq!(
+        r.overlay(A, "guess", ip(100)).unwrap_err().reason(),
+        "token-mismatch"
+    );
+    assert_eq!(
+        r.overlay(B, &token, ip(100)).unwrap_err().reason(),
+        "token-unknown"
+    );
+}
+
+#[test]
+fn every_boot_gets_a_new_key_and_the_old_one_stops_working() {
+    let r = registry();
+    let old = boot(&r, A, ip(100));
+    r.leaving(A, "reboot").expect("leaving");
+    let new = boot(&r, A, ip(100));
+    assert_ne!(old, new);
+    assert!(
+        matches!(
+            register(&r, A, &old, ip(100)),
+            Err(AgentError::Unauthorized("bad-signature"))
+        ),
+        "last boot's key is worthless"
+    );
+}
+
+#[test]
+fn strangers_cannot_change_an_alive_node_or_get_its_key() {
+    let r = registry();
+    boot(&r, A, ip(100));
+    let before = r.node(A).expect("node");
+    // Its script asked for from a third address; a spoofed DHCP; a file fetch.
+    assert_eq!(
+        script(&r, A, ip(66)).unwrap_err(),
+        BootDecision::Refused("node-up-elsewhere")
+    );
+    r.dhcp_seen(
+        &pxe(A),
+        Some(Ipv4Addr::new(10, 77, 0, 66)),
+        Ipv4Addr::new(10, 77, 0, 1),
+    );
+    crate::bootfiles::FetchObserver::fetched(
+        &*r,
+        Some(A),
+        ip(66),
+        crate::bootpath::Kind::Kernel,
+        "x",
+        Proto::Tftp,
+    );
+    let after = r.node(A).expect("node");
+    assert_eq!(after.state, before.state);
+    assert_eq!(after.ip, before.ip);
+    assert_eq!(after.key_epoch, before.key_epoch);
+    // A reboot of the PC itself (same address) is a new boot with a new key.
+    assert!(script(&r, A, ip(100)).is_ok());
+}
+
+#[test]
+fn in_dhcp_mode_the_script_needs_the_address_leased_to_the_mac() {
+    let r = registry_with("dhcp", "");
+    assert_eq!(
+        script(&r, A, ip(100)).unwrap_err(),
+        BootDecision::Refused("not-the-leased-address")
+    );
+    let leased = Ipv4Addr::new(10, 77, 0, 100);
+    assert!(r
+        .store()
+        .bind(
+            A,
+            leased,
+            crate::store::now() + 600,
+            None,
+            crate::store::now()
+        )
+        .expect("bind"));
+    assert!(script(&r, A, IpAddr::V4(leased)).is_ok());
+    assert_eq!(
+        script(&r, A, ip(101)).unwrap_err(),
+        BootDecision::Refused("not-the-leased-address"),
+        "another address of the subnet"
+    );
+}
+
+#[test]
+fn registration_needs_a_known_node_and_writes_nothing_before_the_signature() {
+    let r = registry();
+    let made_up = r.keys().node_key(B, 0);
+    assert!(matches!(
+        register(&r, B, &made_up, ip(5)),
+        Err(AgentError::Unauthorized("unknown-node"))
+    ));
+    assert!(r.store().node(B).expect("db").is_none(), "nothing created");
+}
+
+#[test]
+fn the_clock_marks_lost_gone_and_stuck() {
+    let r = registry();
+    boot(&r, A, ip(100));
+    let now = Instant::now();
+    r.sweep(now + Duration::from_secs(5)).expect("sweep");
+    assert_eq!(
+        state(&r, A),
+        NodeState::Registered,
+        "not silent long enough"
+    );
+    r.sweep(now + Duration::from_secs(11)).expect("sweep");
+    assert_eq!(state(&r, A), NodeState::Lost);
+
+    // A PC that fetched its OS and never registered is stuck.
+    let token = script(&r, B, ip(101)).expect("boots");
+    r.overlay(B, &token, ip(101)).expect("overlay");
+    crate::bootfiles::FetchObserver::fetched(
+        &*r,
+        Some(B),
+        ip(101),
+        crate::bootpath::Kind::Initrd,
+        "initrd",
+        Proto::Http,
+    );
+    r.sweep(Instant::now() + Duration::from_secs(30))
+        .expect("sweep");
+    assert_eq!(state(&r, B), NodeState::Booting);
+    r.sweep(Instant::now() + Duration::from_secs(61))
+        .expect("sweep");
+    assert_eq!(state(&r, B), NodeState::Stuck);
+}
+
+#[test]
+fn leaving_then_silence_is_gone() {
+    let r = registry();
+    boot(&r, A, ip(100));
+    r.leaving(A, "reboot").expect("leaving");
+    assert_eq!(state(&r, A), NodeState::Leaving);
+    r.sweep(Instant::now() + Duration::from_secs(11))
+        .expect("sweep");
+    assert_eq!(state(&r, A), NodeState::Gone);
+}
+
+#[test]
+fn known_macs_creates_nothing_for_strangers() {
+    let r = registry_with("proxy", ", enrollment: known-macs");
+    assert_eq!(
+        script(&r, A, ip(100)).unwrap_err(),
+        BootDecision::NotEnlisted
+    );
+    r.dhcp_seen(&pxe(A), None, Ipv4Addr::new(10, 77, 0, 1));
+    assert!(r.store().node(A).expect("db").is_none());
+    assert!(r.views().expect("views").is_empty());
+}
+
+#[test]
+fn approve_mode_shows_strangers_as_pending_and_stores_nothing_until_approved() {
+    let r = registry_with("proxy", ", enrollment: approve");
+    assert!(matches!(
+        script(&r, A, ip(100)),
+        Err(BootDecision::AwaitingApproval { .. })
+    ));
+    assert!(r.store().node(A).expect("db").is_none(), "nothing stored");
+    let views = r.views().expect("views");
+    assert_eq!(
+        (views.len(), views[0].state, views[0].candidate),
+        (1, NodeState::Pending, true)
+    );
+    r.approve(A).expect("approve");
+    assert!(r.store().node(A).expect("db").is_some());
+    boot(&r, A, ip(100));
+    assert_eq!(state(&r, A), NodeState::Registered);
+}
+
+#[test]
+fn new_nodes_from_one_source_are_rate_limited() {
+    let r = registry_with("proxy", ", new_burst: 2, new_per_minute: 1");
+    assert!(script(&r, Mac([2, 0, 0, 0, 0, 1]), ip(50)).is_ok());
+    assert!(script(&r, Mac([2, 0, 0, 0, 0, 2]), ip(50)).is_ok());
+    let third = Mac([2, 0, 0, 0, 0, 3]);
+    assert!(matches!(
+        script(&r, third, ip(50)),
+        Err(BootDecision::Retry(_))
+    ));
+    assert!(r.store().node(third).expect("db").is_none());
+    assert!(
+        script(&r, third, ip(51)).is_ok(),
+        "another source has its own allowance"
+    );
+}
+
+#[test]
+fn release_while_offline_revokes_the_key() {
+    let r = registry();
+    boot(&r, A, ip(100));
+    let epoch = r.node(A).expect("node").key_epoch;
+    r.sweep(Instant::now() + Duration::from_secs(11))
+        .expect("sweep");
+    r.release(A).expect("release");
+    let row = r.node(A).expect("node");
+    assert_eq!((row.state, row.released), (NodeState::Released, true));
+    assert!(row.key_epoch > epoch);
+    assert_eq!(script(&r, A, ip(100)).unwrap_err(), BootDecision::LocalDisk);
+    assert_eq!(state(&r, A), NodeState::Gone);
+}
+
+#[test]
+fn heartbeats_out_of_range_are_refused() {
+    let r = registry();
+    boot(&r, A, ip(100));
+    let hb = enlist_api::Heartbeat {
+        load1: f32::INFINITY,
+        ..Default::default()
+    };
+    assert!(matches!(
+        r.heartbeat_in_memory(A, &hb),
+        Err(AgentError::BadRequest(_))
+    ));
+}

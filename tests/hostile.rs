@@ -1,0 +1,983 @@
+//! The hostile-input catalogue: every input from the "hostile networks" review, sent at a real
+//! head in a private network namespace, with the outcome asserted: a refusal or silence, a
+//! counter, no state change, and the service still answering a real client afterwards. It
+//! must keep passing; a new attack found becomes a case here.
+//!
+//! Root and the built head are needed (`cargo xtask test` runs them); one namespace per test.
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use dhcproto::v4::{DhcpOption, Flags, Message, MessageType, Opcode};
+use dhcproto::{Decodable, Decoder, Encodable, Encoder};
+use enlist_api::{headers, paths, Mac, NodeKey, RegisterRequest, RequestAuth};
+use enlist_lab::host::Host;
+use enlist_lab::{run, Lab, HEAD_URL};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A reserved MAC and its address (config below).
+const RESERVED: (&str, Ipv4Addr) = ("02:00:00:00:00:99", Ipv4Addr::new(10, 77, 0, 10));
+
+/// A head in dhcp mode on the lab bridge, with small fake images, an iPXE folder holding a
+/// symlink that points out of it, an image's half-published folder, a reservation, and short
+/// timeouts so slow attacks end within a test.
+fn hostile_lab(test: &str) -> Lab {
+    let ns = format!("hostile-{test}-{}", std::process::id() % 10000);
+    let dir = root().join("lab").join(&ns);
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut lab = Lab::new(&ns, &dir).unwrap_or_else(|e| panic!("lab: {e}"));
+    let ipxe = dir.join("ipxe");
+    std::fs::create_dir_all(&ipxe).expect("ipxe dir");
+    let big: Vec<u8> = (0..2 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(ipxe.join("undionly.kpxe"), &big).expect("ipxe file");
+    std::fs::write(dir.join("secret.txt"), "outside the root").expect("secret");
+    std::os::unix::fs::symlink(dir.join("secret.txt"), ipxe.join("escape")).expect("symlink");
+    let images = enlist::image::store::ImageStore::new(dir.join("images"));
+    images
+        .publish(
+            "i586",
+            "v1",
+            &[("initrd", b"INITRD-BASE"), ("vmlinuz", &big)],
+        )
+        .expect("publish");
+    let tmp = dir.join("images/i586/.v2.tmp");
+    std::fs::create_dir_all(&tmp).expect("tmp");
+    std::fs::write(tmp.join("initrd"), "half published").expect("tmp initrd");
+    let cfg = format!(
+        "state_dir: {d}/state\n\
+         http: {{ listen: 0.0.0.0:8080, public_url: {HEAD_URL}, header_timeout: 2s, max_connections_per_client: 32 }}\n\
+         tftp: {{ listen: 0.0.0.0:69, ipxe_dir: {d}/ipxe }}\n\
+         dhcp:\n  interfaces: [{{ name: br0, mode: dhcp }}]\n  subnets:\n\
+         \x20   - subnet: 10.77.0.0/24\n      pool: [10.77.0.100, 10.77.0.199]\n      router: 10.77.0.1\n\
+         \x20     reservations: [{{ mac: \"{rmac}\", ip: {rip} }}]\n\
+         images: {{ dir: {d}/images, default: i586 }}\n\
+         nodes: {{ heartbeat: 2s, lost_after: 20s }}\n",
+        d = dir.display(),
+        rmac = RESERVED.0,
+        rip = RESERVED.1,
+    );
+    let path = dir.join("config.yaml");
+    std::fs::write(&path, cfg).expect("config");
+    lab.start_head(&root().join("target/release/enlist"), &path)
+        .unwrap_or_else(|e| panic!("{e}\n{}", lab.head_log()));
+    lab
+}
+
+fn host(lab: &Lab, name: &str, mac: &str) -> Host {
+    Host::new(lab, name, mac).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Fail with the head's log.
+fn check(lab: &Lab, ok: bool, what: &str) {
+    assert!(ok, "{what}\n==== head log ====\n{}", lab.head_log());
+}
+
+/// The head still serves a real DHCP client (a fresh one, so it needs a new lease).
+fn still_serves_dhcp(lab: &Lab) {
+    let c = host(lab, "real", "02:00:00:00:00:77");
+    let got = c.udhcpc(false);
+    check(
+        lab,
+        got.is_ok(),
+        &format!("a real DHCP client after the attack: {got:?}"),
+    );
+}
+
+/// The head's open file descriptors.
+fn head_fds(lab: &Lab) -> usize {
+    let pid = lab.head_pid().expect("head running");
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// The head's resident memory in kB.
+fn head_rss_kb(lab: &Lab) -> u64 {
+    let pid = lab.head_pid().expect("head running");
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+// ---- DHCP ----
+
+fn discover(mac: [u8; 6]) -> Message {
+    let mut m = Message::default();
+    m.set_opcode(Opcode::BootRequest)
+        .set_xid(u32::from_be_bytes([mac[2], mac[3], mac[4], mac[5]]))
+        .set_flags(Flags::default().set_broadcast())
+        .set_chaddr(&mac);
+    m.opts_mut()
+        .insert(DhcpOption::MessageType(MessageType::Discover));
+    m
+}
+
+fn encode(m: &Message) -> Vec<u8> {
+    let mut out = Vec::new();
+    m.encode(&mut Encoder::new(&mut out)).expect("encode");
+    out
+}
+
+/// Send raw DHCP packets from `h` (no address yet: bound to its interface, port 68) and
+/// collect whatever replies arrive within `wait`.
+fn dhcp_exchange(h: &Host, packets: Vec<Vec<u8>>, wait: Duration) -> Vec<Message> {
+    let iface = h.iface.clone();
+    h.within(move || {
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None)
+            .expect("socket");
+        s.set_reuse_address(true).expect("reuse");
+        s.set_broadcast(true).expect("broadcast");
+        s.bind_device(Some(iface.as_bytes())).expect("bind device");
+        s.bind(&SocketAddr::from(([0, 0, 0, 0], 68)).into())
+            .expect("bind 68");
+        let sock: UdpSocket = s.into();
+        for p in &packets {
+            sock.send_to(p, "255.255.255.255:67").expect("send");
+        }
+        sock.set_read_timeout(Some(Duration::from_millis(200)))
+            .expect("timeout");
+        let start = Instant::now();
+        let mut got = vec![];
+        let mut buf = [0u8; 1500];
+        while start.elapsed() < wait {
+            if let Ok((n, _)) = sock.recv_from(&mut buf) {
+                if let Ok(m) = Message::decode(&mut Decoder::new(&buf[..n])) {
+                    if m.opcode() == Opcode::BootReply {
+                        got.push(m);
+                    }
+                }
+            }
+        }
+        got
+    })
+}
+
+#[test]
+#[ignore = "needs root: run `cargo xtask test`"]
+fn dhcp_packets_with_impossible_hlen_are_dropped_and_the_service_goes_on() {
+    let lab = hostile_lab("hlen");
+    let x = host(&lab, "x", "02:00:00:00:00:01");
+    let mut packets = vec![];
+    for (op, hlen) in [(1u8, 17u8), (1, 255), (2, 17), (2, 255)] {
+        let mut b = encode(&discover([2, 0, 0, 0, 0, 1]));
+        b[0] = op; // BOOTREQUEST or BOOTREPLY
+        b[2] = hlen;
+        // Several in one burst, with a good DISCOVER among them: the batch must not fail.
+        packets.push(b);
+    }
+    packets.push(encode(&discover([2, 0, 0, 0, 0, 2])));
+    let before = lab.metric("enlist_dhcp_dropped_total{reason=\"bad-hlen\"}");
+    let replies = dhcp_exchange(&x, packets, Duration::from_secs(2));
+    check(
+        &lab,
+        replies
+            .iter()
+            .any(|r| r.xid() == discover([2, 0, 0, 0, 0, 2]).xid()),
+        "the good DISCOVER in the same burst is answered",
+    );
+    let dropped = lab.metric("enlist_dhcp_dropped_total{reason=\"bad-hlen\"}") - before;
+    check(
+        &lab,
+        dropped == 4.0,
+        &format!("4 bad-hlen drops counted, got {dropped}"),
+    );
+    still_serves_dhcp(&lab);
+}
+
+fn decline(mac: [u8; 6], ip: Ipv4Addr, server: Ipv4Addr) -> Vec<u8> {
+    let mut m = discover(mac);
+    m.opts_mut()
+        .insert(DhcpOption::MessageType(MessageType::Decline));
+    m.opts_mut().insert(DhcpOption::RequestedIpAddress(ip));
+    m.opts_mut().insert(DhcpOption::ServerIdentifier(server));
+    encode(&m)
+}
+
+#[test]
+#[ignore = "needs root: run `cargo xtask test`"]
+fn declines_of_addresses_the_decliner_does_not_hold_change_nothing() {
+    let lab = hostile_lab("decline");
+    let victim = host(&lab, "v", "02:00:00:00:00:0a");
+    let ip: Ipv4Addr = victim
+        .udhcpc(false)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .parse()
+        .expect("ip");
+    let x = host(&lab, "x", "02:00:00:00:00:0b");
+    let head = Ipv4Addr::new(10, 77, 0, 1);
+    let attacks = vec![
+        decline([2, 0, 0, 0, 0, 0x0b], ip, head), // another MAC's lease
+        decline([2, 0, 0, 0, 0, 0x0b], RESERVED.1, head), // a reservation
+        decline([2, 0, 0, 0, 0, 0x0b], Ipv4Addr::new(10, 77, 0, 250), head), // outside the pools
+        decline([2, 0, 0, 0, 0, 0x0b], Ipv4Addr::new(10, 99, 0, 5), head), // another network
+    ];
+    let replies = dhcp_exchange(&x, attacks, Duration::from_secs(1));
+    check(&lab, replies.is_empty(), "a DECLINE gets no reply");
+    let refused = lab.metric("enlist_dhcp_dropped_total{reason=\"decline-not-holder\"}")
+        + lab.metric("enlist_dhcp_dropped_total{reason=\"decline-outside-pool\"}");
+    check(
+        &lab,
+        refused == 4.0,
+        &format!("4 declines refused and counted, got {refused}"),
+    );
+    check(
+        &lab,
+        lab.metric("enlist_dhcp_dropped_total{reason=\"declined\"}") == 0.0,
+        "nothing quarantined",
+    );
+    // The victim keeps its address.
+    let again = victim.udhcpc(false).unwrap_or_else(|e| panic!("{e}"));
+    check(
+        &lab,
+        again == ip.to_string(),
+        &format!("victim kept {ip}, got {again}"),
+    );
+}
+
+#[test]
+#[ignore = "needs root: run `cargo xtask test`"]
+fn a_discover_through_an_unlisted_relay_is_dropped() {
+    let lab = hostile_lab("relay");
+    let x = host(&lab, "x", "02:00:00:00:00:0c");
+    let mut m = discover([2, 0, 0, 0, 0, 0x0c]);
+    m.set_giaddr(Ipv4Addr::new(10, 77, 0, 66));
+    let replies = dhcp_exchange(&x, vec![encode(&m)], Duration::from_secs(1));
+    check(&lab, replies.is_empty(), "no OFFER for a foreign giaddr");
+    check(
+        &lab,
+        lab.metric("enlist_dhcp_dropped_total{reason=\"unknown-relay\"}") == 1.0,
+        "counted as unknown-relay",
+    );
+    still_serves_dhcp(&lab);
+}
+
+// ---- boot files, scripts and the agent API over HTTP ----
+
+/// A PC's agent as the head sees it: what it booted with.
+struct Node {
+    mac: Mac,
+    key: NodeKey,
+    session: String,
+    seq: u64,
+}
+
+/// GET `url` from inside `h`: status and body.
+fn get(h: &Host, url: String, range: Option<&'static str>) -> (u16, Vec<u8>) {
+    h.within(move || {
+        let agent = ureq::AgentBuilder::new()
+            .timeout(Duration::from_secs(10))
+            .build();
+        let mut req = agent.get(&url);
+        if let Some(r) = range {
+            req = req.set("range", r);
+        }
+        let resp = match req.call() {
+            Ok(r) => r,
+            Err(ureq::Error::Status(_, r)) => r,
+            Err(e) => panic!("{url}: {e}"),
+        };
+        let status = resp.status();
+        let mut body = vec![];
+        let _ = resp.into_reader().take(16 << 20).read_to_end(&mut body);
+        (status, body)
+    })
+}
+
+fn script_url(mac: Mac) -> String {
+    format!("{HEAD_URL}/boot/{}.ipxe", mac.hyphenated())
+}
+
+/// The `initrd --name initrd http://...` URL of a script.
+fn initrd_url(script: &str) -> Option<String> {
+    script
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("initrd --name initrd "))
+        .filter(|u| u.starts_with("http://"))
+        .and_then(|u| u.split_whitespace().next())
+        .map(str::to_string)
+}
+
+fn key_in(overlay: &[u8]) -> Option<NodeKey> {
+    let text = String::from_utf8_lossy(overlay);
+    let hex = text.split("key=").nth(1)?.get(..64)?;
+    NodeKey::from_hex(hex).ok()
+}
+
+/// POST a signed agent request from inside `h`: status and body.
+fn post(h: &Host, n: &mut Node, path: &'static str, body: Vec<u8>) -> (u16, String) {
+    let node = n.mac.to_string();
+    let seq = if path == paths::REGISTER {
+        0
+    } else {
+        n.seq + 1
+    };
+    if path != paths::REGISTER {
+        n.seq = seq;
+    }
+    let session = n.session.clone();
+    let sig = RequestAuth {
+        method: "POST",
+        path,
+        node: &node,
+        session: &session,
+        seq,
+    }
+    .sign(&n.key, &body);
+    h.within(move || {
+        let agent = ureq::AgentBuilder::new()
+            .timeout(Duration::from_secs(10))
+            .build();
+        let r = agent
+            .post(&format!("{HEAD_URL}{path}"))
+            .set(headers::NODE, &node)
+            .set(headers::SESSION, &session)
+            .set(headers::SEQ, &seq.to_string())
+            .set(headers::SIGNATURE, &sig)
+            .send_bytes(&body);
+        match r {
+            Ok(r) => (r.status(), r.into_string().unwrap_or_default()),
+            Err(ureq::Error::Status(c, r)) => (c, r.into_string().unwrap_or_default()),
+            Err(e) => (0, e.to_string()),
+        }
+    })
+}
+
+/// Boot `h` as a PC would (its script and initrd, from its own leased address) and register
+/// its agent.
+fn boot_and_register(lab: &Lab, h: &Host, mac: Mac) -> Node {
+    let ip = h.udhcpc(true).unwrap_or_else(|e| panic!("{e}"));
+    let (st, script) = get(h, script_url(mac), None);
+    let script = String::from_utf8_lossy(&script).to_string();
+    check(lab, st == 200, &format!("script: {st} {script}"));
+    let url = initrd_url(&script).unwrap_or_else(|| panic!("no initrd in {script}"));
+    let (st, initrd) = get(h, url, None);
+    check(lab, st == 200, &format!("own initrd: {st}"));
+    let key = key_in(&initrd).expect("key in the overlay");
+    let nonce: serde_json::Value =
+        serde_json::from_slice(&get(h, format!("{HEAD_URL}{}", paths::NONCE), None).1)
+            .expect("nonce");
+    let mut n = Node {
+        mac,
+        key,
+        session: nonce["nonce"].as_str().unwrap_or_default().to_string(),
+        seq: 0,
+    };
+    let body = serde_json::to_vec(&RegisterRequest {
+        info: enlist_api::NodeInfo {
+            ip,
+            ..Default::default()
+        },
+    })
+    .expect("json");
+    let (st, reply) = post(h, &mut n, paths::REGISTER, body);
+    check(lab, st == 200, &format!("register: {st} {reply}"));
+    let v: serde_json::Value = serde_json::from_str(&reply).expect("json");
+    n.session = v["session"].as_str().unwrap_or_default().to_string();
+    let hb = br#"{"load1":0.1,"load5":0,"load15":0,"mem_free_kb":1000,"uptime_secs":3}"#.to_vec();
+    let (st, _) = post(h, &mut n, paths::HEARTBEAT, hb);
+    check(lab, st == 200, "heartbeat");
+    check(
+        lab,
+        lab.node_state(&mac.to_string()).as_deref() == Some("healthy"),
+        "healthy",
+    );
+    n
+}
+
+#[test]
+#[ignore = "needs root: run `cargo xtask test`"]
+fn a_nodes_key_and_boot_script_are_for_no_one_else() {
+    let lab = hostile_lab("keys");
+    let a_mac = Mac::parse("02:00:00:00:01:0a").expect("mac");
+    let a = host(&lab, "a", "02:00:00:00:01:0a");
+    let x = host(&lab, "x", "02:00:00:00:01:0b");
+    x.udhcpc(true).unwrap_or_else(|e| panic!("{e}"));
+
+    // A boots; the attacker asks for A's initrd (the URL seen on the wire) from its address.
+    a.udhcpc(true).unwrap_or_else(|e| panic!("{e}"));
+    let (_, script) = get(&a, script_url(a_mac), None);
+    let url = initrd_url(&String::from_utf8_lossy(&script)).expect("initrd url");
+    let (st, body) = get(&x, url.clone(), None);
+    check(
+        &lab,
+        st == 403 && key_in(&body).is_none(),
+        &format!("third address gets A's initrd: {st}"),
+    );
+    check(
+        &lab,
+        lab.metric("enlist_http_refused_total{reason=\"token-wrong-address\"}") == 1.0,
+        "counted",
+    );
+    // A stale or made-up token is no better.
+    let forged = url.replace(
+        url.split('/').nth(5).unwrap_or("x"),
+        "00000000000000000000000000000000",
+    );
+    check(&lab, get(&a, forged, None).0 == 403, "made-up token");
+
+    // A registers and is healthy; then its script is asked for by the attacker.
+    drop(a);
+    let a = host(&lab, "a2", "02:00:00:00:01:0a");
+    let _node = boot_and_register(&lab, &a, a_mac);
+    let before = lab.curl(&format!("/api/v1/nodes/{a_mac}")).expect("node");
+    let (st, script) = get(&x, script_url(a_mac), None);
+    let script = String::from_utf8_lossy(&script).to_string();
+    check(
+        &lab,
+        st == 200 && initrd_url(&script).is_none(),
+        &format!("no boot for a stranger: {script}"),
+    );
+    let after = lab.curl(&format!("/api/v1/nodes/{a_mac}")).expect("node");
+    check(
+        &lab,
+        after["node"]["state"] == "healthy" && after["node"]["ip"] == before["node"]["ip"],
+        &format!("healthy node unchanged: {after}"),
+    );
+    check(
+        &lab,
+        lab.metric("enlist_registry_refused_total{reason=\"not-the-leased-address\"}") >= 1.0,
+        "counted",
+    );
+
+    // A spoofed PXE DISCOVER for A's MAC changes nothing either.
+    let mut d = discover(a_mac.0);
+    d.opts_mut().insert(DhcpOption::ClassIdentifier(
+        b"PXEClient:Arch:00000".to_vec(),
+    ));
+    dhcp_exchange(&x, vec![encode(&d)], Duration::from_secs(1));
+    let again = lab.curl(&format!("/api/v1/nodes/{a_mac}")).expect("node");
+    check(
+        &lab,
+        again["node"]["state"] == "healthy",
+        &format!("after a spoofed DISCOVER: {again}"),
+    );
+}
+
+#[test]
+#[ignore = "needs root: run `cargo xtask test`"]
+fn registration_with_a_bad_signature_creates_nothing() {
+    let lab = hostile_lab("register");
+    let x = host(&lab, "x", "02:00:00:00:02:0b");
+    x.udhcpc(true).unwrap_or_else(|e| panic!("{e}"));
+    let nonce: serde_json::Value =
+        serde_json::from_slice(&get(&x, format!("{HEAD_URL}{}", paths::NONCE), None).1)
+            .expect("nonce");
+    let stranger = Mac::parse("02:00:00:00:02:55").expect("mac");
+    let mut n = Node {
+        mac: stranger,
+        key: NodeKey([7; 32]),
+        session: nonce["nonce"].as_str().unwrap_or_default().to_string(),
+        seq: 0,
+    };
+    let (st, _) = post(&x, &mut n, paths::REGISTER, b"{\"info\":{}}".to_vec());
+    check(&lab, st == 401, &format!("refused: {st}"));
+    check(
+        &lab,
+        lab.curl(&format!("/api/v1/nodes/{stranger}")).is_err(),
+        "no node created",
+    );
+}
+
+#[test]
+#[ignore = "needs root: run `cargo xtask test`"]
+fn absurd_heartbeats_and_huge_results_are_refused() {
+    let lab = hostile_lab("agentbodies");
+    let mac = Mac::parse("02:00:00:00:03:0a").expect("mac");
+    let a = host(&lab, "a", "02:00:00:00:03:0a");
+    let mut n = boot_and_register(&lab, &a, mac);
+    let hb = br#"{"load1":1e39,"load5":0,"load15":0,"mem_free_kb":1,"uptime_secs":1}"#.to_vec();
+    let (st, body) = post(&a, &mut n, paths::HEARTBEAT, hb);
+    check(&lab, st == 400, &format!("load 1e39: {st} {body}"));
+    let huge = serde_json::to_vec(&enlist_api::CommandResult {
+        id: 1,
+        ok: true,
+        message: "x".repeat(2 << 20),
+    })
+    .expect("json");
+    let (st, _) = post(&a, &mut n, paths::RESULT, huge);
+    check(&lab, st == 400, &format!("2 MB result: {st}"));
+    // The dashboard's data stays well-formed: no null where a number belongs.
+    let nodes = lab.curl("/api/v1/nodes").expect("nodes");
+    let load = &nodes["nodes"][0]["heartbeat"]["load1"];
+    check(
+        &lab,
+        load.as_f64().is_some_and(f64::is_finite),
+        &format!("load shown: {load}"),
+    );
+    check(
+        &lab,
+        lab.node_state(&mac.to_string()).as_deref() == Some("healthy"),
+        "still healthy",
+    );
+}
+
+#[test]
+#[ignore = "needs root: run `cargo xtask test`"]
+fn ranges_and_paths_that_escape_or_overflow_are_refused() {
+    let lab = hostile_lab("paths");
+    let x = host(&lab, "x", "02:00:00:00:04:0b");
+    x.udhcpc(true).unwrap_or_else(|e| panic!("{e}"));
+    let file = format!("{HEAD_URL}/images/i586/v1/vmlinuz");
+    for bad in ["bytes=-0", "bytes=5-2", "bytes=18446744073709551616-"] {
+        let (st, _) = get(&x, file.clone(), Some(bad));
+        check(&lab, st == 416, &format!("Range {bad}: {st}"));
+    }
+    let (st, body) = get(&x, file.clone(), Some("bytes=0-1,5-6"));
+    check(
+        &lab,
+        st == 200 && body.len() == 2 << 20,
+        &format!("several ranges: whole file, got {st} {}", body.len()),
+    );
+    // Paths, sent as is (curl --path-as-is keeps the encoded dots).
+    for path in [
+        "/ipxe/%2e%2e/secret.txt",
+        "/ipxe/..%2fsecret.txt",
+        "/ipxe/a%00b",
+        "/images/i586/.v2.tmp/initrd",
+        "/images/i586/v1/%2e%2e/%2e%2e/%2e%2e/secret.txt",
+        "/ipxe/escape",
+    ] {
+        let out = run(x
+            .exec("curl")
+            .args([
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "--path-as-is",
+            ])
+            .arg(format!("{HEAD_URL}{path}")))
+        .unwrap_or_default();
+        check(
+            &lab,
+            out == "403" || out == "404",
+            &format!("{path}: HTTP {out}"),
+        );
+    }
+    for path in ["escape", "../secret.txt", "images/i586/.v2.tmp/initrd"] {
+        let st = x
+            .exec("curl")
+            .args([
+                "-sS",
+                "-o",
+                "/dev/null",
+                &format!("tftp://10.77.0.1/{path}"),
+            ])
+            .status()
+            .expect("curl");
+        check(&lab, !st.success(), &format!("TFTP {path} refused"));
+    }
+}
+
+// ---- exhaustion ----
+
+fn rrq(file: &str, opts: &[(&str, &str)]) -> Vec<u8> {
+    let mut v = vec![0, 1];
+    for s in [file, "octet"]
+        .into_iter()
+        .chain(opts.iter().flat_map(|(k, v)| [*k, *v]))
+    {
+        v.extend_from_slice(s.as_bytes());
+        v.push(0);
+    }
+    v
+}
+
+/// Raise this process's file limit (a test that opens a thousand sockets).
+fn raise_nofile() {
+    let lim = libc::rlimit {
+        rlim_cur: 16384,
+        rlim_max: 16384,
+    };
+    // SAFETY: setrlimit with a valid struct; failure only leaves the old limit.
+    unsafe {
+        libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+    }
+}
+
+#[test]
+#[ignore = "needs root: run `cargo xtask test`"]
+fn tftp_floods_and_hostile_options_cost_bounded_resources() {
+    raise_nofile();
+    let lab = hostile_lab("tftp");
+    let x = host(&lab, "x", "02:00:00:00:05:0b");
+    x.address("10.77.0.66/24").expect("address");
+    let fds_before = head_fds(&lab);
+    // 2,000 requests asking for a 255 s timeout, from 200 source ports, never acknowledged.
+    x.within(|| {
+        let socks: Vec<UdpSocket> = (0..200)
+            .map(|_| UdpSocket::bind("10.77.0.66:0").expect("bind"))
+            .collect();
+        let p = rrq("undionly.kpxe", &[("timeout", "255"), ("blksize", "1468")]);
+        for round in 0..10 {
+            for s in &socks {
+                let _ = s.send_to(&p, "10.77.0.1:69");
+            }
+            if round % 2 == 1 {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    });
+    let fds_during = head_fds(&lab);
+    check(
+        &lab,
+        fds_during <= fds_before + 16,
+        &format!("open files {fds_before} -> {fds_during} during the flood"),
+    );
+    let refused =
+        lab.metric("enlist_tftp_refused_total{reason=\"too-many-transfers-from-client\"}");
+    check(
+        &lab,
+        refused >= 1900.0,
+        &format!("capped per client: {refused} refused"),
+    );
+
+    // Meanwhile a real client, from another address, gets its file by TFTP and HTTP.
+    let c = host(&lab, "c", "02:00:00:00:05:0c");
+    c.udhcpc(true).unwrap_or_else(|e| panic!("{e}"));
+    let st = c
+        .exec("curl")
+        .args(["-sS", "-o", "/dev/null", "tftp://10.77.0.1/undionly.kpxe"])
+        .status()
+        .expect("curl");
+    check(
+        &lab,
+        st.success(),
+        "a real TFTP client is served during the flood",
+    );
+    check(
+        &lab,
+        get(&c, format!("{HEAD_URL}/api/v1/summary"), None).0 == 200,
+        "HTTP answers",
+    );
+
+    // Hostile options: 8-byte blocks are not granted (512 is), a huge window is clamped.
+    let oack = c.within(|| {
+        let s = UdpSocket::bind("0.0.0.0:0").expect("bind");
+        s.set_read_timeout(Some(Duration::from_secs(2)))
+            .expect("timeout");
+        s.send_to(
+            &rrq(
+                "undionly.kpxe",
+                &[("blksize", "8"), ("windowsize", "65535"), ("tsize", "0")],
+            ),
+            "10.77.0.1:69",
+        )
+        .expect("send");
+        let mut buf = [0u8; 1500];
+        let (n, from) = s.recv_from(&mut buf).expect("OACK");
+        let _ = s.send_to(&[0, 5, 0, 0, b'x', 0], from); // ERROR: done
+        buf[..n].to_vec()
+    });
+    let text: Vec<String> = oack[2..]
+        .split(|b| *b == 0)
+        .map(|s| String::from_utf8_lossy(s).to_string())
+        .collect();
+    check(&lab, oack[..2] == [0, 6], &format!("an OACK: {text:?}"));
+    check(
+        &lab,
+        !text.contains(&"blksize".to_string()),
+        &format!("blksize 8 not granted: {text:?}"),
+    );
+    let win = text
+        .iter()
+        .position(|t| t == "windowsize")
+        .and_then(|i| text.get(i + 1))
+        .cloned();
+    check(
+        &lab,
+        win.as_deref() == Some("64"),
+        &format!("windowsize clamped to 64: {text:?}"),
+    );
+}
+
+#[test]
+#[ignore = "needs root: run `cargo xtask test`"]
+fn a_flood_of_wrong_logins_is_throttled_and_does_not_delay_dhcp() {
+    let lab = hostile_lab("logins");
+    let set = Command::new(root().join("target/release/enlist"))
+        .args(["admin", "set-password", "--random", "--config"])
+        .arg(lab.dir.join("config.yaml"))
+        .output()
+        .expect("set-password");
+    assert!(set.status.success());
+    let x = host(&lab, "x", "02:00:00:00:06:0b");
+    x.udhcpc(true).unwrap_or_else(|e| panic!("{e}"));
+    let rss_before = head_rss_kb(&lab);
+    let flood = std::thread::spawn({
+        let ns = x.ns.clone();
+        move || {
+            enlist_lab::host::in_netns(&ns, || {
+                let threads: Vec<_> = (0..200)
+                    .map(|i| {
+                        std::thread::spawn(move || {
+                            let r = ureq::post(&format!("{HEAD_URL}/api/v1/login"))
+                                .timeout(Duration::from_secs(30))
+                                .send_json(serde_json::json!({ "password": format!("guess-{i}") }));
+                            match r {
+                                Ok(r) => r.status(),
+                                Err(ureq::Error::Status(c, _)) => c,
+                                Err(_) => 0,
+                            }
+                        })
+                    })
+                    .collect();
+                threads
+                    .into_iter()
+                    .map(|t| t.join().unwrap_or(0))
+                    .collect::<Vec<u16>>()
+            })
+        }
+    });
+    // While the flood runs, a new PC asks for an address.
+    std::thread::sleep(Duration::from_millis(200));
+    let started = Instant::now();
+    let real = host(&lab, "r", "02:00:00:00:06:0c");
+    let lease = real.udhcpc(false);
+    let dhcp_time = started.elapsed();
+    let rss_during = head_rss_kb(&lab);
+    let codes = flood.join().expect("flood");
+    check(
+        &lab,
+        lease.is_ok(),
+        &format!("DHCP during the flood: {lease:?}"),
+    );
+    check(
+        &lab,
+        dhcp_time < Duration::from_secs(5),
+        &format!("DHCP took {dhcp_time:?} during the flood"),
+    );
+    check(
+        &lab,
+        codes.iter().all(|c| *c == 401 || *c == 429),
+        &format!("codes {codes:?}"),
+    );
+    let throttled = codes.iter().filter(|c| **c == 429).count();
+    check(
+        &lab,
+        throttled >= 150,
+        &format!("{throttled} of 200 throttled"),
+    );
+    check(
+        &lab,
+        rss_during < rss_before + 64 * 1024,
+        &format!("head RSS {rss_before} kB -> {rss_during} kB"),
+    );
+}
+
+#[test]
+#[ignore = "needs root: run `cargo xtask test`"]
+fn a_slowloris_of_a_thousand_connections_does_not_stop_http() {
+    raise_nofile();
+    let lab = hostile_lab("slowloris");
+    let x = host(&lab, "x", "02:00:00:00:07:0b");
+    x.udhcpc(true).unwrap_or_else(|e| panic!("{e}"));
+    let fds_before = head_fds(&lab);
+    let (held, refused) = x.within(|| {
+        let mut conns = vec![];
+        for _ in 0..1000 {
+            if let Ok(mut s) = TcpStream::connect_timeout(
+                &"10.77.0.1:8080".parse().expect("addr"),
+                Duration::from_secs(2),
+            ) {
+                let _ = s.write_all(b"GET / HTTP/1.1\r\nHost: 10.77.0.1\r\nX-Slow: ");
+                conns.push(s);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        // How many did the head close at once (over its per-client cap)?
+        let mut closed = 0;
+        for s in &mut conns {
+            s.set_read_timeout(Some(Duration::from_millis(5))).ok();
+            let mut b = [0u8; 16];
+            if matches!(s.read(&mut b), Ok(0)) {
+                closed += 1;
+            }
+        }
+        (conns, closed)
+    });
+    let fds_during = head_fds(&lab);
+    check(
+        &lab,
+        refused >= 900,
+        &format!("{refused} of 1000 closed at once (cap 32 per client)"),
+    );
+    check(
+        &lab,
+        fds_during <= fds_before + 48,
+        &format!("open files {fds_before} -> {fds_during}"),
+    );
+    // A real client is served meanwhile.
+    let c = host(&lab, "c", "02:00:00:00:07:0c");
+    c.udhcpc(true).unwrap_or_else(|e| panic!("{e}"));
+    check(
+        &lab,
+        get(&c, format!("{HEAD_URL}/api/v1/summary"), None).0 == 200,
+        "real client served",
+    );
+    // Past header_timeout (2 s) the slow ones are gone too.
+    std::thread::sleep(Duration::from_secs(3));
+    let still_open = x.within(move || {
+        let mut held = held;
+        let mut open = 0;
+        for s in &mut held {
+            s.set_read_timeout(Some(Duration::from_millis(5))).ok();
+            let mut b = [0u8; 256];
+            match s.read(&mut b) {
+                Ok(0) => {}
+                Ok(_) => {} // a 408 on its way out is also an end
+                Err(_) => open += 1,
+            }
+        }
+        open
+    });
+    check(
+        &lab,
+        still_open == 0,
+        &format!("{still_open} slow connections still open after the timeout"),
+    );
+    check(
+        &lab,
+        head_fds(&lab) <= fds_before + 8,
+        "their files are closed",
+    );
+}
+
+// ---- the agent's side: replies it must not believe ----
+
+/// A fake head on loopback that answers the agent's registration with `name`, signed with
+/// `key` (or with a wrong key), and records what it saw.
+fn fake_head(key: NodeKey, name: &'static str, sign: bool) -> (u16, std::thread::JoinHandle<()>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    listener.set_nonblocking(false).expect("blocking");
+    let t = std::thread::spawn(move || {
+        let deadline = Instant::now() + Duration::from_secs(8);
+        listener.set_nonblocking(true).expect("nb");
+        while Instant::now() < deadline {
+            let Ok((mut s, _)) = listener.accept() else {
+                std::thread::sleep(Duration::from_millis(20));
+                continue;
+            };
+            s.set_nonblocking(false).ok();
+            s.set_read_timeout(Some(Duration::from_secs(2))).ok();
+            let mut req = vec![0u8; 65536];
+            let n = s.read(&mut req).unwrap_or(0);
+            let text = String::from_utf8_lossy(&req[..n]).to_string();
+            let (body, sig) = if text.starts_with(&format!("GET {}", paths::NONCE)) {
+                (br#"{"nonce":"n1"}"#.to_vec(), String::new())
+            } else {
+                let reply = serde_json::to_vec(&enlist_api::RegisterResponse {
+                    session: "ab".repeat(16),
+                    name: name.into(),
+                    heartbeat_secs: 5,
+                    peers: vec![enlist_api::Peer {
+                        name: "evil".into(),
+                        ip: "1.2.3.4".into(),
+                    }],
+                })
+                .expect("json");
+                let signer = if sign { key.clone() } else { NodeKey([9; 32]) };
+                let sig = enlist_api::ReplyAuth {
+                    path: paths::REGISTER,
+                    session: "n1",
+                    seq: 0,
+                }
+                .sign(&signer, &reply);
+                (reply, sig)
+            };
+            let head = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{}: {sig}\r\nconnection: close\r\n\r\n",
+                body.len(),
+                headers::REPLY_SIGNATURE
+            );
+            let _ = s.write_all(head.as_bytes());
+            let _ = s.write_all(&body);
+        }
+    });
+    (port, t)
+}
+
+/// Run the real agent (x86_64 build) against a fake head for a few seconds, with /etc/hosts
+/// replaced by a file of this test's (a private mount namespace). What it wrote there and
+/// what it said.
+fn agent_against(name: &'static str, sign: bool) -> (String, String) {
+    let agent = root().join("target/node/x86_64-unknown-linux-gnu/node/enlist-agent");
+    assert!(
+        agent.exists(),
+        "{} (run `cargo xtask node agent`)",
+        agent.display()
+    );
+    let key = NodeKey([5; 32]);
+    let (port, server) = fake_head(key.clone(), name, sign);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let conf = dir.path().join("node.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "head=http://127.0.0.1:{port}\nname=victim\nmac=02:00:00:00:08:01\nkey={}\n",
+            key.to_hex()
+        ),
+    )
+    .expect("conf");
+    let hosts = dir.path().join("hosts");
+    std::fs::write(&hosts, "127.0.0.1\tlocalhost\n").expect("hosts");
+    let mut child = Command::new("unshare")
+        .args([
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            "mount --bind \"$1\" /etc/hosts && exec \"$2\" --conf \"$3\"",
+            "_",
+        ])
+        .arg(&hosts)
+        .arg(&agent)
+        .arg(&conf)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("unshare");
+    std::thread::sleep(Duration::from_secs(4));
+    let _ = child.kill();
+    let out = child.wait_with_output().expect("agent");
+    let _ = server.join();
+    (
+        std::fs::read_to_string(&hosts).unwrap_or_default(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+#[test]
+#[ignore = "needs root and the built agent: run `cargo xtask test`"]
+fn the_agent_believes_no_reply_that_is_unsigned_or_impossible() {
+    let (hosts, said) = agent_against("a\n1.2.3.4 head", true);
+    assert!(
+        !hosts.contains("1.2.3.4"),
+        "hosts written from a forged name:\n{hosts}\n{said}"
+    );
+    assert!(said.contains("is not a host name"), "{said}");
+    let (hosts, said) = agent_against("fine-name", false);
+    assert!(
+        !hosts.contains("1.2.3.4"),
+        "hosts written from an unsigned reply:\n{hosts}\n{said}"
+    );
+    assert!(said.contains("bad or missing signature"), "{said}");
+    // The control: the same reply, signed and sane, is believed.
+    let (hosts, said) = agent_against("fine-name", true);
+    assert!(
+        hosts.contains("1.2.3.4\tevil"),
+        "a good reply is used:\n{hosts}\n{said}"
+    );
+}
