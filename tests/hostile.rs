@@ -73,9 +73,14 @@ fn host(lab: &Lab, name: &str, mac: &str) -> Host {
     Host::new(lab, name, mac).unwrap_or_else(|e| panic!("{e}"))
 }
 
-/// Fail with the head's log.
+/// Fail with the end of the head's log (its debug lines say what it refused and why).
 fn check(lab: &Lab, ok: bool, what: &str) {
-    assert!(ok, "{what}\n==== head log ====\n{}", lab.head_log());
+    if !ok {
+        let log = lab.head_log();
+        let lines: Vec<&str> = log.lines().collect();
+        let tail = lines[lines.len().saturating_sub(40)..].join("\n");
+        panic!("{what}\n==== head log (end) ====\n{tail}");
+    }
 }
 
 /// The head still serves a real DHCP client (a fresh one, so it needs a new lease).
@@ -424,9 +429,7 @@ fn a_nodes_key_and_boot_script_are_for_no_one_else() {
     );
     check(&lab, get(&a, forged, None).0 == 403, "made-up token");
 
-    // A registers and is healthy; then its script is asked for by the attacker.
-    drop(a);
-    let a = host(&lab, "a2", "02:00:00:00:01:0a");
+    // A boots again, registers and is healthy; then its script is asked for by the attacker.
     let _node = boot_and_register(&lab, &a, a_mac);
     let before = lab.curl(&format!("/api/v1/nodes/{a_mac}")).expect("node");
     let (st, script) = get(&x, script_url(a_mac), None);
@@ -504,7 +507,19 @@ fn absurd_heartbeats_and_huge_results_are_refused() {
     })
     .expect("json");
     let (st, _) = post(&a, &mut n, paths::RESULT, huge);
-    check(&lab, st == 400, &format!("2 MB result: {st}"));
+    // 413, or the connection cut while the client was still sending: either way not taken.
+    check(&lab, st == 413 || st == 0, &format!("2 MB result: {st}"));
+    check(
+        &lab,
+        lab.metric("enlist_agent_refused_total{reason=\"body-too-large\"}") == 1.0,
+        "counted",
+    );
+    let events = lab.curl(&format!("/api/v1/nodes/{mac}")).expect("node")["events"].to_string();
+    check(
+        &lab,
+        events.len() < 64 * 1024,
+        "nothing of it in the events",
+    );
     // The dashboard's data stays well-formed: no null where a number belongs.
     let nodes = lab.curl("/api/v1/nodes").expect("nodes");
     let load = &nodes["nodes"][0]["heartbeat"]["load1"];
@@ -758,16 +773,18 @@ fn a_flood_of_wrong_logins_is_throttled_and_does_not_delay_dhcp() {
         dhcp_time < Duration::from_secs(5),
         &format!("DHCP took {dhcp_time:?} during the flood"),
     );
+    // 0: refused at the door (over the per-client connection cap); 429: throttled; 401: the
+    // few that were hashed at all.
     check(
         &lab,
-        codes.iter().all(|c| *c == 401 || *c == 429),
+        codes.iter().all(|c| matches!(c, 0 | 401 | 429)),
         &format!("codes {codes:?}"),
     );
-    let throttled = codes.iter().filter(|c| **c == 429).count();
+    let hashed = codes.iter().filter(|c| **c == 401).count();
     check(
         &lab,
-        throttled >= 150,
-        &format!("{throttled} of 200 throttled"),
+        hashed <= 25,
+        &format!("{hashed} of 200 hashed: {codes:?}"),
     );
     check(
         &lab,
@@ -784,34 +801,38 @@ fn a_slowloris_of_a_thousand_connections_does_not_stop_http() {
     let x = host(&lab, "x", "02:00:00:00:07:0b");
     x.udhcpc(true).unwrap_or_else(|e| panic!("{e}"));
     let fds_before = head_fds(&lab);
-    let (held, refused) = x.within(|| {
+    let (held, open) = x.within(|| {
         let mut conns = vec![];
         for _ in 0..1000 {
-            if let Ok(mut s) = TcpStream::connect_timeout(
-                &"10.77.0.1:8080".parse().expect("addr"),
-                Duration::from_secs(2),
-            ) {
+            let addr = "10.77.0.1:8080".parse().expect("addr");
+            if let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(500)) {
                 let _ = s.write_all(b"GET / HTTP/1.1\r\nHost: 10.77.0.1\r\nX-Slow: ");
                 conns.push(s);
             }
         }
         std::thread::sleep(Duration::from_millis(500));
-        // How many did the head close at once (over its per-client cap)?
-        let mut closed = 0;
+        // Still open: a read that waits, rather than seeing the head's close (a FIN, or a
+        // reset since the head drops the connection with the request unread).
+        let mut open = 0;
         for s in &mut conns {
             s.set_read_timeout(Some(Duration::from_millis(5))).ok();
             let mut b = [0u8; 16];
-            if matches!(s.read(&mut b), Ok(0)) {
-                closed += 1;
+            if let Err(e) = s.read(&mut b) {
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) {
+                    open += 1;
+                }
             }
         }
-        (conns, closed)
+        (conns, open)
     });
     let fds_during = head_fds(&lab);
     check(
         &lab,
-        refused >= 900,
-        &format!("{refused} of 1000 closed at once (cap 32 per client)"),
+        open <= 32,
+        &format!("{open} slow connections held open (cap 32 per client)"),
     );
     check(
         &lab,
@@ -834,10 +855,13 @@ fn a_slowloris_of_a_thousand_connections_does_not_stop_http() {
         for s in &mut held {
             s.set_read_timeout(Some(Duration::from_millis(5))).ok();
             let mut b = [0u8; 256];
-            match s.read(&mut b) {
-                Ok(0) => {}
-                Ok(_) => {} // a 408 on its way out is also an end
-                Err(_) => open += 1,
+            if let Err(e) = s.read(&mut b) {
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) {
+                    open += 1;
+                }
             }
         }
         open
@@ -931,7 +955,10 @@ fn agent_against(name: &'static str, sign: bool) -> (String, String) {
         ),
     )
     .expect("conf");
-    let hosts = dir.path().join("hosts");
+    // The agent replaces /etc/hosts by rename, so a whole folder stands in for /etc.
+    let etc = dir.path().join("etc");
+    std::fs::create_dir_all(&etc).expect("etc");
+    let hosts = etc.join("hosts");
     std::fs::write(&hosts, "127.0.0.1\tlocalhost\n").expect("hosts");
     let mut child = Command::new("unshare")
         .args([
@@ -940,10 +967,10 @@ fn agent_against(name: &'static str, sign: bool) -> (String, String) {
             "private",
             "sh",
             "-c",
-            "mount --bind \"$1\" /etc/hosts && exec \"$2\" --conf \"$3\"",
+            "mount --bind \"$1\" /etc && exec \"$2\" --conf \"$3\"",
             "_",
         ])
-        .arg(&hosts)
+        .arg(&etc)
         .arg(&agent)
         .arg(&conf)
         .stderr(std::process::Stdio::piped())
@@ -953,9 +980,19 @@ fn agent_against(name: &'static str, sign: bool) -> (String, String) {
     let _ = child.kill();
     let out = child.wait_with_output().expect("agent");
     let _ = server.join();
+    let listing: Vec<String> = std::fs::read_dir(&etc)
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().to_string())
+                .collect()
+        })
+        .unwrap_or_default();
     (
         std::fs::read_to_string(&hosts).unwrap_or_default(),
-        String::from_utf8_lossy(&out.stderr).to_string(),
+        format!(
+            "{}\n(etc: {listing:?})",
+            String::from_utf8_lossy(&out.stderr)
+        ),
     )
 }
 

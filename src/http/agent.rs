@@ -38,6 +38,7 @@ pub fn routes() -> Router<Shared> {
 fn agent_error(e: AgentError) -> Response {
     let status = match &e {
         AgentError::BadRequest(_) => StatusCode::BAD_REQUEST,
+        AgentError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         AgentError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
         AgentError::Forbidden(_) => StatusCode::FORBIDDEN,
         AgentError::Store(err) => {
@@ -61,7 +62,7 @@ struct Raw {
 }
 
 impl Raw {
-    async fn read(req: Request) -> Result<Raw, Response> {
+    async fn read(req: Request, s: &Shared) -> Result<Raw, Response> {
         let (parts, body) = req.into_parts();
         let header = |name: &str| {
             parts
@@ -73,7 +74,11 @@ impl Raw {
         };
         let body = axum::body::to_bytes(body, enlist_api::MAX_BODY)
             .await
-            .map_err(|_| agent_error(AgentError::BadRequest("body too large".into())))?;
+            .map_err(|_| {
+                let e = AgentError::TooLarge;
+                s.metrics.refused(&s.metrics.agent_refused, e.reason());
+                agent_error(e)
+            })?;
         Ok(Raw {
             method: parts.method.as_str().to_string(),
             path: parts.uri.path().to_string(),
@@ -109,7 +114,7 @@ impl FromRequest<Shared> for Agent {
     type Rejection = Response;
 
     async fn from_request(req: Request, s: &Shared) -> Result<Self, Self::Rejection> {
-        let raw = Raw::read(req).await?;
+        let raw = Raw::read(req, s).await?;
         let mac = s
             .registry
             .authenticate(&raw.signed())
@@ -178,7 +183,7 @@ async fn nonce(State(s): State<Shared>) -> Json<NonceResponse> {
 }
 
 async fn register(State(s): State<Shared>, req: Request) -> Response {
-    let raw = match Raw::read(req).await {
+    let raw = match Raw::read(req, &s).await {
         Ok(r) => r,
         Err(r) => return r,
     };

@@ -29,6 +29,8 @@ const MAX_NONCES: usize = 20_000;
 pub enum AgentError {
     #[error("bad request: {0}")]
     BadRequest(String),
+    #[error("request body larger than {} bytes", enlist_api::MAX_BODY)]
+    TooLarge,
     /// Missing, unknown, forged or replayed credentials.
     #[error("unauthorized: {0}")]
     Unauthorized(&'static str),
@@ -43,6 +45,7 @@ impl AgentError {
     pub fn reason(&self) -> &'static str {
         match self {
             AgentError::BadRequest(_) => "bad-request",
+            AgentError::TooLarge => "body-too-large",
             AgentError::Unauthorized(r) | AgentError::Forbidden(r) => r,
             AgentError::Store(_) => "database-error",
         }

@@ -88,8 +88,21 @@ impl Drop for Slot {
     }
 }
 
+/// Receive buffer of the request socket: room for a storm of requests (or a flood, of which
+/// all but the per-client cap are then refused and counted rather than lost unseen).
+const REQUEST_BUFFER: usize = 1 << 20;
+
 pub async fn bind(addr: SocketAddr) -> std::io::Result<UdpSocket> {
-    UdpSocket::bind(addr).await
+    let s = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )?;
+    // Best effort: the kernel caps it at net.core.rmem_max.
+    let _ = s.set_recv_buffer_size(REQUEST_BUFFER);
+    s.bind(&addr.into())?;
+    s.set_nonblocking(true)?;
+    UdpSocket::from_std(s.into())
 }
 
 /// Serve requests arriving on `socket` until `shutdown` turns true.
