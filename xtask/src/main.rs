@@ -8,9 +8,11 @@
 //! | `lab ...`     | a QEMU lab: head in a namespace, emulated PCs on taps                |
 //! | `demo`        | everything above, three PCs booting, dashboard on 127.0.0.1          |
 //! | `test`        | the whole test suite, e2e included (the README's test command)       |
+//! | `fuzz`        | the fuzz targets in fuzz/ for a while each (nightly + cargo-fuzz)     |
 
 mod bench;
 mod demo;
+mod fuzz;
 mod node;
 mod proxy;
 mod setup;
@@ -55,6 +57,8 @@ enum Task {
         #[command(subcommand)]
         what: bench::BenchTask,
     },
+    /// Run the fuzz targets (installs nightly and cargo-fuzz when missing).
+    Fuzz(fuzz::FuzzArgs),
     /// Run every test: unit, integration and end-to-end (QEMU) tests.
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
@@ -115,6 +119,7 @@ fn main() -> std::process::ExitCode {
         Task::Lab { what } => demo::lab(what),
         Task::Demo { port } => demo::demo(port),
         Task::Bench { what } => bench::run(what),
+        Task::Fuzz(args) => fuzz::run(args),
         Task::Test { args } => test(args),
     };
     match r {

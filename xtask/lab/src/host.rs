@@ -51,17 +51,19 @@ impl Host {
     }
 
     /// busybox udhcpc: DISCOVER..ACK; returns the leased address. With `configure`, the
-    /// address is put on the interface (Debian's udhcpc script), so the host can use it.
+    /// address and route are put on the interface (by [`ADDRESS_SCRIPT`], which touches
+    /// nothing else: Debian's script would rewrite the machine's own /etc/resolv.conf, which a
+    /// network namespace shares).
     pub fn udhcpc(&self, configure: bool) -> Result<String, String> {
         let script = if configure {
-            "/etc/udhcpc/default.script"
+            address_script()?
         } else {
-            "/bin/true"
+            "/bin/true".into()
         };
         let out = self
             .exec("udhcpc")
             .args(["-i", &self.iface, "-n", "-q", "-f", "-t", "5", "-T", "2"])
-            .args(["-s", script])
+            .args(["-s", &script])
             .output()
             .map_err(|e| format!("udhcpc: {e}"))?;
         let text = String::from_utf8_lossy(&out.stderr).to_string()
@@ -105,6 +107,26 @@ impl Drop for Host {
     fn drop(&mut self) {
         Lab::cleanup(&self.ns);
     }
+}
+
+/// A udhcpc script that sets the address and default route, and nothing else.
+pub const ADDRESS_SCRIPT: &str = "#!/bin/sh\n\
+case \"$1\" in\n\
+  bound|renew)\n\
+    ip addr flush dev \"$interface\"\n\
+    ip addr add \"$ip/${mask:-24}\" dev \"$interface\"\n\
+    [ -n \"$router\" ] && ip route replace default via \"${router%% *}\" dev \"$interface\"\n\
+    ;;\n\
+esac\n\
+exit 0\n";
+
+fn address_script() -> Result<String, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = std::env::temp_dir().join("enlist-lab-udhcpc-address.sh");
+    std::fs::write(&path, ADDRESS_SCRIPT).map_err(|e| format!("{}: {e}", path.display()))?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(path.display().to_string())
 }
 
 /// Run `f` on a thread inside network namespace `ns`.

@@ -1,0 +1,33 @@
+//! Agent API bodies, both ways: what the head reads from agents and what the agent reads from
+//! the head, through serde and the checks. No panic; a body that passes its check is sane.
+#![no_main]
+
+use enlist_api::{
+    CommandResult, CommandsResponse, Heartbeat, Leaving, PeersResponse, RegisterRequest,
+    RegisterResponse, MAX_RESULT_MESSAGE,
+};
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    if let Ok(r) = serde_json::from_slice::<RegisterRequest>(data) {
+        let _ = r.info.check();
+    }
+    if let Ok(h) = serde_json::from_slice::<Heartbeat>(data) {
+        if h.check().is_ok() {
+            assert!(h.load1.is_finite() && h.load5.is_finite() && h.load15.is_finite());
+        }
+    }
+    if let Ok(r) = serde_json::from_slice::<CommandResult>(data) {
+        assert!(r.bounded_message().len() <= MAX_RESULT_MESSAGE + 64);
+    }
+    let _ = serde_json::from_slice::<Leaving>(data);
+    let _ = serde_json::from_slice::<CommandsResponse>(data);
+    if let Ok(r) = serde_json::from_slice::<RegisterResponse>(data) {
+        if r.check().is_ok() {
+            assert!(!r.name.contains(['\n', '\r', ' ', '\t']));
+        }
+    }
+    if let Ok(p) = serde_json::from_slice::<PeersResponse>(data) {
+        let _ = p.check();
+    }
+});
