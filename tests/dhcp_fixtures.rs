@@ -300,3 +300,23 @@ fn impossible_hardware_lengths_are_dropped_before_chaddr_is_read() {
         );
     }
 }
+
+/// Inputs the fuzzer crashed on (`cargo xtask fuzz`), kept as `*.crash` beside the captures:
+/// each goes through the server's decoder without taking the socket task down.
+#[test]
+fn inputs_the_fuzzer_found_are_dropped_not_panicked_on() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/dhcp");
+    let mut n = 0;
+    for e in std::fs::read_dir(&dir).expect("fixtures") {
+        let p = e.expect("entry").path();
+        if p.extension().is_some_and(|x| x == "crash") {
+            let bytes = std::fs::read(&p).expect("read");
+            if let Ok(m) = enlist::dhcp::server::decode_packet(&bytes) {
+                let (h, at) = handler(DhcpMode::Dhcp);
+                outcome_of(&h, &at, &m, &p.display().to_string());
+            }
+            n += 1;
+        }
+    }
+    assert!(n >= 1, "the crash inputs are in {}", dir.display());
+}

@@ -169,28 +169,32 @@ async fn serve_socket(
     }
 }
 
+/// Decode one datagram, or say why it is dropped. A panic in the decoder (dhcproto has
+/// `debug_assert`s on option lengths, which a fuzzer found) costs this packet alone; a packet
+/// whose `hlen` is past 16 goes no further (dhcproto slices `chaddr` by `hlen`). Pure: the
+/// fuzz target calls it too.
+pub fn decode_packet(bytes: &[u8]) -> Result<dhcproto::v4::Message, &'static str> {
+    let decoded =
+        std::panic::catch_unwind(|| dhcproto::v4::Message::decode(&mut Decoder::new(bytes)));
+    match decoded {
+        Err(_) => Err("decoder-panic"),
+        Ok(Err(_)) => Err("malformed"),
+        Ok(Ok(m)) if usize::from(m.hlen()) > 16 => Err("bad-hlen"),
+        Ok(Ok(m)) => Ok(m),
+    }
+}
+
 fn decode(
     iface: &str,
     bytes: &[u8],
     src: SocketAddrV4,
     metrics: &Metrics,
 ) -> Option<dhcproto::v4::Message> {
-    match dhcproto::v4::Message::decode(&mut Decoder::new(bytes)) {
-        // dhcproto slices chaddr by hlen: past 16 that panics, so such a packet (request or
-        // reply) goes no further than here.
-        Ok(m) if usize::from(m.hlen()) > 16 => {
-            tracing::debug!(%iface, %src, hlen = m.hlen(), "dhcp: dropping packet with impossible hlen");
-            metrics.dhcp_drop("bad-hlen");
-            metrics
-                .dhcp_packets
-                .get_or_create(&labels(&[("type", "malformed"), ("outcome", "drop")]))
-                .inc();
-            None
-        }
+    match decode_packet(bytes) {
         Ok(m) => Some(m),
-        Err(e) => {
-            tracing::debug!(%iface, %src, len = bytes.len(), "dhcp: dropping malformed packet: {e}");
-            metrics.dhcp_drop("malformed");
+        Err(reason) => {
+            tracing::debug!(%iface, %src, len = bytes.len(), "dhcp: dropping packet ({reason})");
+            metrics.dhcp_drop(reason);
             metrics
                 .dhcp_packets
                 .get_or_create(&labels(&[("type", "malformed"), ("outcome", "drop")]))

@@ -140,9 +140,12 @@ fn run_target(target: &str, seconds: u64) -> anyhow::Result<Stats> {
     let corpus = fuzz.join("corpus").join(target);
     seed(&corpus, target)?;
     eprintln!("xtask: fuzzing {target} for {seconds} s");
+    // -O: the release build the head runs (dhcproto's debug_asserts are not in it), with
+    // overflow checks on, so arithmetic that would wrap is found too.
     let out = Command::new("cargo")
         .current_dir(&fuzz)
-        .args(["+nightly", "fuzz", "run", target])
+        .env("CARGO_PROFILE_RELEASE_OVERFLOW_CHECKS", "true")
+        .args(["+nightly", "fuzz", "run", "-O", target])
         .arg(&corpus)
         .args([
             "--",

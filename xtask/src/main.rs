@@ -131,6 +131,9 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+/// Seconds each fuzz target runs in `cargo xtask test`.
+const FUZZ_SMOKE_SECS: u64 = 20;
+
 /// The README's test command: set up, build the node artefacts, then every test including the
 /// ignored-by-default e2e tests (they need root, QEMU and the built images).
 fn test(args: Vec<String>) -> anyhow::Result<()> {
@@ -143,6 +146,11 @@ fn test(args: Vec<String>) -> anyhow::Result<()> {
     sh(Command::new("npm")
         .current_dir(root().join("tests/browser"))
         .args(["install", "--no-audit", "--no-fund", "--loglevel=error"]))?;
+    // Every fuzz target for a short while (the long runs: `cargo xtask fuzz`, SECURITY.md).
+    fuzz::run(fuzz::FuzzArgs {
+        seconds: FUZZ_SMOKE_SECS,
+        targets: vec![],
+    })?;
     // Unit and in-process tests.
     sh(Command::new("cargo")
         .current_dir(root())
