@@ -12,8 +12,63 @@ use prometheus_client::registry::Registry;
 
 pub type Labels = Vec<(&'static str, String)>;
 
+/// A budget for debug lines about dropped packets and refused requests: each is logged, up to
+/// `per_sec` a second; past that they are only counted, and one line a second says how many
+/// were not logged. Under a flood the log (and the CPU that writes it) stays bounded, while
+/// the metrics count everything.
+pub struct LogBudget {
+    per_sec: u64,
+    /// The current second (since `start`) and lines logged in it, packed: second << 32 | n.
+    window: std::sync::atomic::AtomicU64,
+    suppressed: std::sync::atomic::AtomicU64,
+    start: std::time::Instant,
+}
+
+impl LogBudget {
+    pub fn new(per_sec: u64) -> LogBudget {
+        LogBudget {
+            per_sec,
+            window: std::sync::atomic::AtomicU64::new(0),
+            suppressed: std::sync::atomic::AtomicU64::new(0),
+            start: std::time::Instant::now(),
+        }
+    }
+
+    /// Whether to log this one. Says how many went unlogged in the previous second, if any.
+    pub fn allow(&self, what: &str) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        let second = self.start.elapsed().as_secs();
+        let w = self.window.load(Relaxed);
+        let (wsec, n) = (w >> 32, w & 0xffff_ffff);
+        if wsec != second {
+            if self
+                .window
+                .compare_exchange(w, (second << 32) | 1, Relaxed, Relaxed)
+                .is_ok()
+            {
+                let missed = self.suppressed.swap(0, Relaxed);
+                if missed > 0 {
+                    tracing::debug!(
+                        "{what}: {missed} more not logged in the last second (see the metrics)"
+                    );
+                }
+                return true;
+            }
+            return self.allow(what);
+        }
+        if n < self.per_sec {
+            self.window.fetch_add(1, Relaxed);
+            return true;
+        }
+        self.suppressed.fetch_add(1, Relaxed);
+        false
+    }
+}
+
 pub struct Metrics {
     registry: Registry,
+    /// Debug lines about drops and refusals, per second at most (see [`LogBudget`]).
+    pub drop_log: LogBudget,
     /// DHCP packets by message type and outcome (`reply`, `drop`, ...).
     pub dhcp_packets: Family<Labels, Counter>,
     pub dhcp_dropped: Family<Labels, Counter>,
@@ -31,6 +86,9 @@ pub struct Metrics {
     /// Seconds from a node's first DHCP packet to its agent's registration.
     pub boot_duration: Histogram,
 }
+
+/// Debug lines about drops and refusals logged per second at most.
+const DROP_LOG_PER_SEC: u64 = 200;
 
 pub fn labels(pairs: &[(&'static str, &str)]) -> Labels {
     pairs.iter().map(|(k, v)| (*k, v.to_string())).collect()
@@ -116,6 +174,7 @@ impl Metrics {
         );
         Metrics {
             registry,
+            drop_log: LogBudget::new(DROP_LOG_PER_SEC),
             dhcp_packets,
             dhcp_dropped,
             tftp_transfers,
@@ -184,6 +243,14 @@ fn openmetrics_to_prometheus(om: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_log_budget_lets_through_its_share_a_second() {
+        let b = LogBudget::new(3);
+        let allowed = (0..100).filter(|_| b.allow("test")).count();
+        assert_eq!(allowed, 3);
+        assert_eq!(b.suppressed.load(std::sync::atomic::Ordering::Relaxed), 97);
+    }
 
     #[test]
     fn prometheus_text_names_counters_with_total() {

@@ -320,3 +320,35 @@ fn inputs_the_fuzzer_found_are_dropped_not_panicked_on() {
     }
     assert!(n >= 1, "the crash inputs are in {}", dir.display());
 }
+
+/// DHCP starvation: DISCOVERs from thousands of made-up MACs do not take the pool (offers are
+/// held in memory, and only up to half the pool); a real client is still offered an address
+/// and its REQUEST is acknowledged. Nothing of the flood is written.
+#[test]
+fn a_flood_of_made_up_macs_does_not_starve_the_pool() {
+    let (h, at) = handler(DhcpMode::Dhcp);
+    let template = fixture("udhcpc-discover.bin");
+    for i in 0..5000u32 {
+        let mut m = template.clone();
+        let b = i.to_be_bytes();
+        m.set_chaddr(&[0x02, 0xee, b[0], b[1], b[2], b[3]]);
+        m.set_xid(i);
+        outcome_of(&h, &at, &m, "flood");
+    }
+    let real = fixture("dhclient-discover.bin");
+    let Outcome::Reply { msg: offer, .. } = outcome_of(&h, &at, &real, "real DISCOVER") else {
+        panic!("the real client got no OFFER after the flood");
+    };
+    let mut req = real.clone();
+    req.opts_mut()
+        .insert(DhcpOption::MessageType(MessageType::Request));
+    req.opts_mut()
+        .insert(DhcpOption::RequestedIpAddress(offer.yiaddr()));
+    req.opts_mut()
+        .insert(DhcpOption::ServerIdentifier(at.iface_addr));
+    let Outcome::Reply { msg: ack, .. } = outcome_of(&h, &at, &req, "real REQUEST") else {
+        panic!("no reply to the real REQUEST");
+    };
+    assert_eq!(ack.opts().msg_type(), Some(MessageType::Ack));
+    assert_eq!(ack.yiaddr(), offer.yiaddr());
+}

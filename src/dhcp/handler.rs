@@ -13,19 +13,24 @@ use std::collections::HashSet;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use dhcproto::v4::{DhcpOption, Flags, Message, MessageType, Opcode};
 use ipnet::Ipv4Net;
 
 use crate::config::{Config, DhcpMode, SubnetConfig};
-use crate::store::{AllocateRequest, LeaseBatch, PoolRange, Store, StoreError};
+use crate::store::{LeaseBatch, OfferRequest, PoolRange, Store, StoreError};
+
+use super::holds::OfferHolds;
 
 use super::boot::{self, BootTarget};
 use super::client::{classify, ClientInfo};
 
-/// How long an offered address is held for the client that was offered it.
+/// How long an offered address is held (in memory) for the client that was offered it.
 const OFFER_HOLD_SECS: i64 = 60;
+/// Offers held at most, whatever the pools: beyond this a DISCOVER is answered without a
+/// hold (see `holds`), so a flood of made-up MACs costs bounded memory and scanning.
+const MAX_HOLDS: usize = 4096;
 /// How long a declined address stays out of the pool.
 const DECLINE_QUARANTINE_SECS: i64 = 600;
 /// PXE vendor option 43, sub-option 6 (PXE_DISCOVERY_CONTROL) = 8: use the boot file name in
@@ -84,6 +89,8 @@ pub struct Handler {
     reserved: HashSet<Ipv4Addr>,
     /// When ended quarantines were last removed (unix seconds).
     pruned: AtomicI64,
+    /// Addresses offered and not yet requested, in memory (offers are not leases).
+    holds: Mutex<OfferHolds>,
 }
 
 /// What a request is answered from: its subnet, the client's reservation, the pool.
@@ -107,12 +114,22 @@ impl Handler {
             .iter()
             .flat_map(|s| s.reservations.iter().map(|r| r.ip))
             .collect();
+        // Half of the addresses can be held at once (up to MAX_HOLDS): under a flood of
+        // DISCOVERs the other half is still offered to whoever asks, without a hold.
+        let pool: u64 = cfg
+            .dhcp
+            .subnets
+            .iter()
+            .map(|s| u64::from(u32::from(s.pool[1]) - u32::from(s.pool[0])) + 1)
+            .sum();
+        let cap = ((pool / 2) as usize).clamp(1, MAX_HOLDS);
         Handler {
             cfg,
             store,
             observer,
             reserved,
             pruned: AtomicI64::new(0),
+            holds: Mutex::new(OfferHolds::new(cap)),
         }
     }
 
@@ -251,16 +268,7 @@ impl Handler {
         let via = relay_or(msg, at.iface_addr);
         match client.msg_type {
             MessageType::Discover => {
-                let ip = leases.allocate(&AllocateRequest {
-                    mac: client.mac,
-                    range: lease.range,
-                    reserved: lease.reservation.map(|r| r.ip),
-                    excluded: &self.reserved,
-                    requested: client.requested_ip,
-                    now,
-                    hold_secs: OFFER_HOLD_SECS,
-                })?;
-                let Some(ip) = ip else {
+                let Some(ip) = self.offer(leases, client, &lease, now)? else {
                     return Ok(Outcome::Drop("pool-exhausted"));
                 };
                 seen.push((client.clone(), Some(ip), via));
@@ -268,6 +276,7 @@ impl Handler {
             }
             MessageType::Request => self.request(leases, seen, at, msg, client, &lease, now),
             MessageType::Release => {
+                self.holds().release(client.mac);
                 let released = leases.release(client.mac, msg.ciaddr())?;
                 Ok(Outcome::Drop(if released {
                     "released"
@@ -286,6 +295,37 @@ impl Handler {
         }
     }
 
+    fn holds(&self) -> std::sync::MutexGuard<'_, OfferHolds> {
+        self.holds.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The address to offer a DISCOVER, held for the client (if the cap allows) so clients
+    /// booting together get different ones. Reads the leases, writes nothing.
+    fn offer(
+        &self,
+        leases: &mut LeaseBatch,
+        client: &ClientInfo,
+        lease: &Lease,
+        now: i64,
+    ) -> Result<Option<Ipv4Addr>, StoreError> {
+        let mut holds = self.holds();
+        let mac = client.mac;
+        let unavailable =
+            |ip: Ipv4Addr| self.reserved.contains(&ip) || holds.held_for_other(ip, mac, now);
+        let ip = leases.choose_offer(&OfferRequest {
+            mac,
+            range: lease.range,
+            reserved: lease.reservation.map(|r| r.ip),
+            unavailable: &unavailable,
+            requested: client.requested_ip,
+            now,
+        })?;
+        if let Some(ip) = ip {
+            holds.hold(mac, ip, now + OFFER_HOLD_SECS, now);
+        }
+        Ok(ip)
+    }
+
     /// REQUEST: bind the address the client asks for (SELECTING / INIT-REBOOT name it in
     /// option 50; RENEWING / REBINDING in ciaddr), or NAK.
     #[allow(clippy::too_many_arguments)] // the request, where it came from, and its lease
@@ -302,9 +342,7 @@ impl Handler {
         if let Some(sid) = client.server_id {
             if sid != at.iface_addr {
                 // The client chose another server's offer: forget ours.
-                if let Some(ip) = client.requested_ip {
-                    let _ = leases.release(client.mac, ip)?;
-                }
+                self.holds().release(client.mac);
                 return Ok(Outcome::Drop("request-for-other-server"));
             }
         }
@@ -327,6 +365,11 @@ impl Handler {
             let mut nak = self.base_reply(msg, MessageType::Nak, at.iface_addr);
             nak.set_yiaddr(Ipv4Addr::UNSPECIFIED);
             return Ok(self.addressed(nak, msg, true));
+        }
+        {
+            let mut holds = self.holds();
+            holds.release(client.mac);
+            holds.taken(ip);
         }
         seen.push((client.clone(), Some(ip), relay_or(msg, at.iface_addr)));
         Ok(self.lease_reply(msg, at, client, lease, MessageType::Ack, ip))
@@ -351,9 +394,11 @@ impl Handler {
         if !lease.range.contains(ip) || self.reserved.contains(&ip) {
             return Ok(Outcome::Drop("decline-outside-pool"));
         }
-        if !leases.decline(client.mac, ip, now + DECLINE_QUARANTINE_SECS, now)? {
+        let offered = self.holds().held_for(client.mac, now) == Some(ip);
+        if !leases.decline(client.mac, ip, offered, now + DECLINE_QUARANTINE_SECS, now)? {
             return Ok(Outcome::Drop("decline-not-holder"));
         }
+        self.holds().release(client.mac);
         tracing::warn!(mac = %client.mac, %ip, "client declined address (in use by another host); quarantined");
         Ok(Outcome::Drop("declined"))
     }

@@ -5,4 +5,5 @@
 pub mod boot;
 pub mod client;
 pub mod handler;
+pub mod holds;
 pub mod server;

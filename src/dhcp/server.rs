@@ -193,7 +193,9 @@ fn decode(
     match decode_packet(bytes) {
         Ok(m) => Some(m),
         Err(reason) => {
-            tracing::debug!(%iface, %src, len = bytes.len(), "dhcp: dropping packet ({reason})");
+            if metrics.drop_log.allow("dhcp drops") {
+                tracing::debug!(%iface, %src, len = bytes.len(), "dhcp: dropping packet ({reason})");
+            }
             metrics.dhcp_drop(reason);
             metrics
                 .dhcp_packets
@@ -245,7 +247,9 @@ async fn respond(
                 },
                 None => to,
             };
-            tracing::debug!(%iface, xid = msg.xid(), %to, "dhcp reply {:?}", reply.opts().msg_type());
+            if metrics.drop_log.allow("dhcp replies") {
+                tracing::debug!(%iface, xid = msg.xid(), %to, "dhcp reply {:?}", reply.opts().msg_type());
+            }
             if let Err(e) = socket.send_to(&out, SocketAddr::V4(to)).await {
                 tracing::warn!(%iface, %to, "dhcp send failed: {e}");
                 metrics.dhcp_drop("send-failed");
@@ -256,8 +260,10 @@ async fn respond(
                 .inc();
         }
         Ok(Outcome::Drop(reason)) => {
-            let mac = super::client::ethernet_mac(msg);
-            tracing::debug!(%iface, xid = msg.xid(), mac = ?mac, "dhcp {mtype}: no reply ({reason})");
+            if metrics.drop_log.allow("dhcp drops") {
+                let mac = super::client::ethernet_mac(msg);
+                tracing::debug!(%iface, xid = msg.xid(), mac = ?mac, "dhcp {mtype}: no reply ({reason})");
+            }
             metrics.dhcp_drop(reason);
             metrics
                 .dhcp_packets

@@ -104,7 +104,9 @@ pub async fn serve(
         let slot = match open.take(peer.ip(), &edge.limits) {
             Ok(s) => s,
             Err(reason) => {
-                tracing::debug!(%peer, "http: connection refused: {reason}");
+                if metrics.drop_log.allow("http refusals") {
+                    tracing::debug!(%peer, "http: connection refused: {reason}");
+                }
                 metrics.refused(&metrics.http_refused, reason);
                 drop(stream);
                 continue;

@@ -115,19 +115,17 @@ fn put(
 }
 
 /// What a client asks for when it is offered an address.
-#[derive(Debug, Clone)]
-pub struct AllocateRequest<'a> {
+pub struct OfferRequest<'a> {
     pub mac: Mac,
     pub range: PoolRange,
-    /// The client's reservation, if it has one: always used.
+    /// The client's reservation, if it has one: always offered.
     pub reserved: Option<Ipv4Addr>,
-    /// Reserved addresses of other clients, never handed out from the pool.
-    pub excluded: &'a HashSet<Ipv4Addr>,
+    /// Addresses this client may not be offered besides leased ones: other clients'
+    /// reservations, and offers held for other clients (which live in memory, not here).
+    pub unavailable: &'a dyn Fn(Ipv4Addr) -> bool,
     /// Option 50, if the client asked for an address.
     pub requested: Option<Ipv4Addr>,
     pub now: i64,
-    /// How long an offered address is held for this client.
-    pub hold_secs: i64,
 }
 
 /// Lease changes made together in one database transaction: the DHCP server handles a burst of
@@ -150,20 +148,10 @@ impl LeaseBatch<'_> {
         Ok(v)
     }
 
-    /// Choose an address for a DISCOVER and hold it for the client. `None`: pool exhausted.
-    pub fn allocate(&mut self, req: &AllocateRequest) -> Result<Option<Ipv4Addr>, StoreError> {
-        self.op(|tx| {
-            let chosen = choose(tx, req)?;
-            if let Some(ip) = chosen {
-                let row = row_for_ip(tx, ip)?;
-                // Keep a bound lease bound; only fresh addresses become `offered`.
-                let keep_bound = matches!(&row, Some(l) if l.mac == req.mac && l.state == LeaseState::Bound && l.expires > req.now);
-                if !keep_bound {
-                    put(tx, ip, req.mac, LeaseState::Offered, req.now + req.hold_secs, None)?;
-                }
-            }
-            Ok(chosen)
-        })
+    /// Choose an address to offer for a DISCOVER. Reads only: an offer is not a lease (the
+    /// caller holds it in memory), so a DISCOVER costs no write. `None`: pool exhausted.
+    pub fn choose_offer(&mut self, req: &OfferRequest) -> Result<Option<Ipv4Addr>, StoreError> {
+        Ok(choose(&self.tx, req)?)
     }
 
     /// Bind `ip` to `mac` (REQUEST). Returns false if the address belongs to someone else.
@@ -197,21 +185,33 @@ impl LeaseBatch<'_> {
     }
 
     /// The client found the address in use (DECLINE): quarantine it until `until`, but only if
-    /// it is this client's own unexpired offer or lease (anything else is a forgery: a stranger
-    /// declining another client's address would take it away). Returns whether it was taken.
+    /// it is this client's own: its unexpired lease, or (`offered`, which the caller checked
+    /// against its offer holds) the address it was just offered. Anything else is a forgery: a
+    /// stranger declining another client's address would take it away. Returns whether it was
+    /// quarantined.
     pub fn decline(
         &mut self,
         mac: Mac,
         ip: Ipv4Addr,
+        offered: bool,
         until: i64,
         now: i64,
     ) -> Result<bool, StoreError> {
         self.op(|tx| {
-            let n = tx.execute(
-                "UPDATE leases SET state = 'declined', expires = ?3
-                 WHERE ip = ?1 AND mac = ?2 AND state IN ('offered', 'bound') AND expires > ?4",
-                params![u32::from(ip), mac_sql(&mac), until, now],
-            )?;
+            let n = if offered {
+                tx.execute(
+                    "INSERT INTO leases(ip, mac, state, expires) VALUES (?1, ?2, 'declined', ?3)
+                     ON CONFLICT(ip) DO UPDATE SET mac = excluded.mac, state = 'declined', expires = excluded.expires
+                     WHERE leases.expires <= ?4 OR leases.mac = excluded.mac",
+                    params![u32::from(ip), mac_sql(&mac), until, now],
+                )?
+            } else {
+                tx.execute(
+                    "UPDATE leases SET state = 'declined', expires = ?3
+                     WHERE ip = ?1 AND mac = ?2 AND state IN ('offered', 'bound') AND expires > ?4",
+                    params![u32::from(ip), mac_sql(&mac), until, now],
+                )?
+            };
             Ok(n > 0)
         })
     }
@@ -242,8 +242,8 @@ impl Store {
     }
 
     /// One-operation conveniences (tests, tools): each is its own transaction.
-    pub fn allocate(&self, req: &AllocateRequest) -> Result<Option<Ipv4Addr>, StoreError> {
-        self.lease_batch(|b| b.allocate(req))?
+    pub fn choose_offer(&self, req: &OfferRequest) -> Result<Option<Ipv4Addr>, StoreError> {
+        self.lease_batch(|b| b.choose_offer(req))?
     }
 
     pub fn bind(
@@ -268,7 +268,7 @@ impl Store {
         until: i64,
         now: i64,
     ) -> Result<bool, StoreError> {
-        self.lease_batch(|b| b.decline(mac, ip, until, now))?
+        self.lease_batch(|b| b.decline(mac, ip, false, until, now))?
     }
 
     /// The unexpired bound lease of `mac`, if any.
@@ -285,7 +285,7 @@ impl Store {
     }
 }
 
-fn choose(tx: &Connection, req: &AllocateRequest) -> rusqlite::Result<Option<Ipv4Addr>> {
+fn choose(tx: &Connection, req: &OfferRequest) -> rusqlite::Result<Option<Ipv4Addr>> {
     if let Some(ip) = req.reserved {
         let row = row_for_ip(tx, ip)?;
         // A reservation wins over a stale lease of another client, but not over a quarantine.
@@ -311,7 +311,7 @@ fn choose(tx: &Connection, req: &AllocateRequest) -> rusqlite::Result<Option<Ipv
     }
     // 2. The address it asked for, if free.
     if let Some(ip) = req.requested {
-        if req.range.contains(ip) && !req.excluded.contains(&ip) {
+        if req.range.contains(ip) && !(req.unavailable)(ip) {
             let row = row_for_ip(tx, ip)?;
             if usable_by(&row, req.mac, req.now) {
                 return Ok(Some(ip));
@@ -329,7 +329,7 @@ fn choose(tx: &Connection, req: &AllocateRequest) -> rusqlite::Result<Option<Ipv
     if let Some(start) = above {
         for n in start..=u32::from(req.range.last) {
             let ip = Ipv4Addr::from(n);
-            if !req.excluded.contains(&ip) {
+            if !(req.unavailable)(ip) {
                 return Ok(Some(ip));
             }
         }
@@ -355,7 +355,7 @@ fn choose(tx: &Connection, req: &AllocateRequest) -> rusqlite::Result<Option<Ipv
     let mut expired_candidate = None;
     for n in u32::from(req.range.first)..=u32::from(req.range.last) {
         let ip = Ipv4Addr::from(n);
-        if taken.contains(&n) || req.excluded.contains(&ip) {
+        if taken.contains(&n) || (req.unavailable)(ip) {
             continue;
         }
         match row_for_ip(tx, ip)? {
@@ -385,45 +385,59 @@ mod tests {
         Mac([2, 0, 0, 0, 0, n])
     }
 
-    fn req(mac: Mac, excluded: &HashSet<Ipv4Addr>) -> AllocateRequest<'_> {
-        AllocateRequest {
+    fn req(mac: Mac, unavailable: &dyn Fn(Ipv4Addr) -> bool) -> OfferRequest<'_> {
+        OfferRequest {
             mac,
             range: range(),
             reserved: None,
-            excluded,
+            unavailable,
             requested: None,
             now: 1000,
-            hold_secs: 60,
         }
+    }
+
+    /// Offer and bind at once (what a client's DISCOVER and REQUEST come to).
+    fn lease(s: &Store, mac: Mac, ex: &dyn Fn(Ipv4Addr) -> bool) -> Option<Ipv4Addr> {
+        let ip = s.choose_offer(&req(mac, ex)).unwrap()?;
+        assert!(s.bind(mac, ip, 5000, None, 1000).unwrap());
+        Some(ip)
     }
 
     #[test]
     fn distinct_clients_get_distinct_addresses_until_exhausted() {
         let s = Store::memory().unwrap();
-        let ex = HashSet::new();
-        let a = s.allocate(&req(m(1), &ex)).unwrap().unwrap();
-        let b = s.allocate(&req(m(2), &ex)).unwrap().unwrap();
-        let c = s.allocate(&req(m(3), &ex)).unwrap().unwrap();
+        let ex: HashSet<Ipv4Addr> = HashSet::new();
+        let ex = |ip: Ipv4Addr| ex.contains(&ip);
+        let a = lease(&s, m(1), &ex).unwrap();
+        let b = lease(&s, m(2), &ex).unwrap();
+        let c = lease(&s, m(3), &ex).unwrap();
         assert_eq!(
             HashSet::from([a, b, c]).len(),
             3,
             "three clients, three addresses"
         );
-        assert_eq!(s.allocate(&req(m(4), &ex)).unwrap(), None, "pool exhausted");
+        assert_eq!(
+            s.choose_offer(&req(m(4), &ex)).unwrap(),
+            None,
+            "pool exhausted"
+        );
         // The same client asking again gets the same address.
-        assert_eq!(s.allocate(&req(m(1), &ex)).unwrap(), Some(a));
+        assert_eq!(s.choose_offer(&req(m(1), &ex)).unwrap(), Some(a));
     }
 
     #[test]
     fn one_batch_hands_out_distinct_addresses_and_a_released_gap_is_reused() {
         let s = Store::memory().unwrap();
-        let ex = HashSet::new();
+        let ex: HashSet<Ipv4Addr> = HashSet::new();
+        let ex = |ip: Ipv4Addr| ex.contains(&ip);
         let (a, b, c) = s
             .lease_batch(|batch| {
-                let a = batch.allocate(&req(m(1), &ex)).unwrap().unwrap();
-                let b = batch.allocate(&req(m(2), &ex)).unwrap().unwrap();
-                let c = batch.allocate(&req(m(3), &ex)).unwrap().unwrap();
-                (a, b, c)
+                let mut one = |mac| {
+                    let ip = batch.choose_offer(&req(mac, &ex)).unwrap().unwrap();
+                    assert!(batch.bind(mac, ip, 5000, None, 1000).unwrap());
+                    ip
+                };
+                (one(m(1)), one(m(2)), one(m(3)))
             })
             .unwrap();
         assert_eq!(
@@ -436,7 +450,7 @@ mod tests {
         );
         // The middle one goes back; the pool is used to its top, so the gap is found.
         assert!(s.release(m(2), b).unwrap());
-        assert_eq!(s.allocate(&req(m(4), &ex)).unwrap(), Some(b));
+        assert_eq!(s.choose_offer(&req(m(4), &ex)).unwrap(), Some(b));
     }
 
     #[test]
@@ -452,10 +466,11 @@ mod tests {
     #[test]
     fn declined_address_is_quarantined() {
         let s = Store::memory().unwrap();
-        let ex = HashSet::new();
-        let a = s.allocate(&req(m(1), &ex)).unwrap().unwrap();
+        let ex: HashSet<Ipv4Addr> = HashSet::new();
+        let ex = |ip: Ipv4Addr| ex.contains(&ip);
+        let a = lease(&s, m(1), &ex).unwrap();
         assert!(s.decline(m(1), a, 2000, 1000).unwrap());
-        let again = s.allocate(&req(m(1), &ex)).unwrap().unwrap();
+        let again = s.choose_offer(&req(m(1), &ex)).unwrap().unwrap();
         assert_ne!(again, a, "a declined address is not offered again");
         assert!(!s.bind(m(2), a, 5000, None, 1000).unwrap());
         // Once the quarantine is over, pruning removes the row and the address is free.
@@ -491,8 +506,23 @@ mod tests {
     fn reserved_addresses_are_not_pooled() {
         let s = Store::memory().unwrap();
         let ex = HashSet::from([Ipv4Addr::new(10, 0, 0, 10)]);
-        let a = s.allocate(&req(m(1), &ex)).unwrap().unwrap();
+        let ex = |ip: Ipv4Addr| ex.contains(&ip);
+        let a = s.choose_offer(&req(m(1), &ex)).unwrap().unwrap();
         assert_eq!(a, Ipv4Addr::new(10, 0, 0, 11));
+    }
+
+    #[test]
+    fn an_offer_writes_nothing() {
+        let s = Store::memory().unwrap();
+        let ex: HashSet<Ipv4Addr> = HashSet::new();
+        let ex = |ip: Ipv4Addr| ex.contains(&ip);
+        let a = s.choose_offer(&req(m(1), &ex)).unwrap().unwrap();
+        assert_eq!(
+            s.choose_offer(&req(m(2), &ex)).unwrap(),
+            Some(a),
+            "not held by the store"
+        );
+        assert_eq!(s.lease_of(m(1), 1000).unwrap(), None);
     }
 
     #[test]

@@ -19,7 +19,7 @@ use rusqlite::Connection;
 
 use crate::lifecycle::NodeState;
 
-pub use leases::{AllocateRequest, Lease, LeaseBatch, LeaseState, PoolRange};
+pub use leases::{Lease, LeaseBatch, LeaseState, OfferRequest, PoolRange};
 pub use nodes::{EventRow, NodeRow};
 
 #[derive(Debug, thiserror::Error)]

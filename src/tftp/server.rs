@@ -132,7 +132,9 @@ pub async fn run(socket: UdpSocket, ctx: Arc<TftpContext>, mut shutdown: watch::
                 Err(reason) => {
                     // Silence, not an error packet: a flood of spoofed requests gets nothing
                     // to reflect at its victims. A real client retries.
-                    tracing::debug!(%peer, file, "tftp: request refused: {reason}");
+                    if ctx.metrics.drop_log.allow("tftp refusals") {
+                        tracing::debug!(%peer, file, "tftp: request refused: {reason}");
+                    }
                     ctx.refused(reason);
                 }
             },
@@ -151,7 +153,9 @@ pub async fn run(socket: UdpSocket, ctx: Arc<TftpContext>, mut shutdown: watch::
                 ctx.refused("unexpected-packet");
             }
             Err(e) => {
-                tracing::debug!(%peer, len, "tftp: dropping malformed packet: {e}");
+                if ctx.metrics.drop_log.allow("tftp refusals") {
+                    tracing::debug!(%peer, len, "tftp: dropping malformed packet: {e}");
+                }
                 ctx.refused("malformed");
             }
         }

@@ -48,6 +48,9 @@ pub const APT_PACKAGES: &[&str] = &[
     "chromium",
     "tftpd-hpa",
     "kea-admin",
+    // the second DHCP reference of `bench dhcp`, and packet timing in its hostile run
+    "kea-dhcp4-server",
+    "tcpdump",
 ];
 
 /// Installed only when the command is missing (a newer Node.js may come from elsewhere).

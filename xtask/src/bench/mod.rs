@@ -3,6 +3,7 @@
 
 mod boot;
 mod dhcp;
+mod dhcp_hostile;
 mod http_burst;
 mod image;
 mod net;
@@ -57,6 +58,26 @@ pub enum BenchTask {
         /// Exchanges per second perfdhcp offers (above the 5,000/s goal, so the goal can show).
         #[arg(long, default_value_t = 8000)]
         rate: u32,
+        /// Instead: a Pentium II booting by PXE while the head is flooded (quiet, 10k spoofed
+        /// DISCOVERs/s, 10k malformed packets/s).
+        #[arg(long)]
+        hostile: bool,
+        /// The hostile runs to make.
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "quiet,discovers,malformed"
+        )]
+        floods: Vec<String>,
+        /// Flood packets per second.
+        #[arg(long, default_value_t = 10_000)]
+        flood_rate: u64,
+        /// The PC that boots: p2-pxe (Pentium II, EtherExpress) or x64-pxe (e1000).
+        #[arg(long, default_value = "p2-pxe")]
+        pc: String,
+        /// How long the PC has to come up, seconds.
+        #[arg(long, default_value_t = 300)]
+        limit: u64,
     },
 }
 
@@ -81,7 +102,23 @@ pub fn run(t: BenchTask) -> anyhow::Result<()> {
             Ok(())
         }
         BenchTask::Image => image::run(),
-        BenchTask::Dhcp { clients, rate } => dhcp::run(&clients, rate),
+        BenchTask::Dhcp {
+            hostile: true,
+            floods,
+            flood_rate,
+            pc,
+            limit,
+            ..
+        } => dhcp_hostile::run(
+            &floods,
+            dhcp_hostile::Setup {
+                profile: enlist_lab::Profile::parse(&pc)
+                    .ok_or_else(|| anyhow::anyhow!("unknown PC profile {pc:?}"))?,
+                per_sec: flood_rate,
+                limit: std::time::Duration::from_secs(limit),
+            },
+        ),
+        BenchTask::Dhcp { clients, rate, .. } => dhcp::run(&clients, rate),
     }
 }
 
