@@ -66,7 +66,7 @@ pub enum BenchTask {
         #[arg(
             long,
             value_delimiter = ',',
-            default_value = "quiet,discovers,malformed"
+            default_value = "quiet,discovers,malformed,noise"
         )]
         floods: Vec<String>,
         /// Flood packets per second.
