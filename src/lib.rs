@@ -2,6 +2,8 @@
 //!
 //! See ARCHITECTURE.md for the map of these modules and how a boot flows through them.
 
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
 pub mod bootdisk;
 pub mod bootfiles;
 pub mod bootpath;

@@ -87,6 +87,15 @@ pub struct Metrics {
     pub boot_duration: Histogram,
 }
 
+/// Register `metric` under `name` and hand it back (a clone shares the same value).
+fn add<M>(registry: &mut Registry, name: &str, help: &str, metric: M) -> M
+where
+    M: prometheus_client::registry::Metric + Clone,
+{
+    registry.register(name, help, metric.clone());
+    metric
+}
+
 /// Debug lines about drops and refusals logged per second at most.
 const DROP_LOG_PER_SEC: u64 = 200;
 
@@ -102,91 +111,81 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Metrics {
-        let mut registry = Registry::with_prefix("enlist");
-        let dhcp_packets = Family::<Labels, Counter>::default();
-        let dhcp_dropped = Family::<Labels, Counter>::default();
-        let tftp_transfers = Family::<Labels, Counter>::default();
-        let tftp_bytes = Counter::default();
-        let tftp_refused = Family::<Labels, Counter>::default();
-        let http_transfers = Family::<Labels, Counter>::default();
-        let http_bytes = Counter::default();
-        let http_refused = Family::<Labels, Counter>::default();
-        let agent_refused = Family::<Labels, Counter>::default();
-        let registry_refused = Family::<Labels, Counter>::default();
-        let nodes = Family::<Labels, Gauge>::default();
-        let boot_duration = Histogram::new(
-            [
-                5.0, 10.0, 15.0, 20.0, 30.0, 45.0, 60.0, 90.0, 120.0, 180.0, 300.0,
-            ]
-            .into_iter(),
-        );
-        registry.register(
-            "dhcp_packets",
-            "DHCP packets received, by message type and outcome",
-            dhcp_packets.clone(),
-        );
-        registry.register(
-            "dhcp_dropped",
-            "DHCP packets dropped, by reason",
-            dhcp_dropped.clone(),
-        );
-        registry.register(
-            "tftp_transfers",
-            "TFTP transfers, by outcome",
-            tftp_transfers.clone(),
-        );
-        registry.register("tftp_sent_bytes", "Bytes sent by TFTP", tftp_bytes.clone());
-        registry.register(
-            "tftp_refused",
-            "TFTP requests refused, by reason",
-            tftp_refused.clone(),
-        );
-        registry.register(
-            "http_transfers",
-            "Boot files served over HTTP, by kind",
-            http_transfers.clone(),
-        );
-        registry.register(
-            "http_sent_bytes",
-            "Boot file bytes sent over HTTP",
-            http_bytes.clone(),
-        );
-        registry.register(
-            "http_refused",
-            "HTTP requests refused, by reason",
-            http_refused.clone(),
-        );
-        registry.register(
-            "agent_refused",
-            "Agent API requests refused, by reason",
-            agent_refused.clone(),
-        );
-        registry.register(
-            "registry_refused",
-            "Boot requests refused by the registry, by reason",
-            registry_refused.clone(),
-        );
-        registry.register("nodes", "Nodes by state", nodes.clone());
-        registry.register(
-            "boot_duration_seconds",
-            "Time from first DHCP packet to agent registered",
-            boot_duration.clone(),
-        );
+        let mut r = Registry::with_prefix("enlist");
+        let boot_buckets = [
+            5.0, 10.0, 15.0, 20.0, 30.0, 45.0, 60.0, 90.0, 120.0, 180.0, 300.0,
+        ];
+        // Fields are filled in order, each registered as it is made; `registry` moves last.
         Metrics {
-            registry,
             drop_log: LogBudget::new(DROP_LOG_PER_SEC),
-            dhcp_packets,
-            dhcp_dropped,
-            tftp_transfers,
-            tftp_bytes,
-            tftp_refused,
-            http_transfers,
-            http_bytes,
-            http_refused,
-            agent_refused,
-            registry_refused,
-            nodes,
-            boot_duration,
+            dhcp_packets: add(
+                &mut r,
+                "dhcp_packets",
+                "DHCP packets received, by message type and outcome",
+                Family::default(),
+            ),
+            dhcp_dropped: add(
+                &mut r,
+                "dhcp_dropped",
+                "DHCP packets dropped, by reason",
+                Family::default(),
+            ),
+            tftp_transfers: add(
+                &mut r,
+                "tftp_transfers",
+                "TFTP transfers, by outcome",
+                Family::default(),
+            ),
+            tftp_bytes: add(
+                &mut r,
+                "tftp_sent_bytes",
+                "Bytes sent by TFTP",
+                Counter::default(),
+            ),
+            tftp_refused: add(
+                &mut r,
+                "tftp_refused",
+                "TFTP requests refused, by reason",
+                Family::default(),
+            ),
+            http_transfers: add(
+                &mut r,
+                "http_transfers",
+                "Boot files served over HTTP, by kind",
+                Family::default(),
+            ),
+            http_bytes: add(
+                &mut r,
+                "http_sent_bytes",
+                "Boot file bytes sent over HTTP",
+                Counter::default(),
+            ),
+            http_refused: add(
+                &mut r,
+                "http_refused",
+                "HTTP requests refused, by reason",
+                Family::default(),
+            ),
+            agent_refused: add(
+                &mut r,
+                "agent_refused",
+                "Agent API requests refused, by reason",
+                Family::default(),
+            ),
+            registry_refused: add(
+                &mut r,
+                "registry_refused",
+                "Boot requests refused by the registry, by reason",
+                Family::default(),
+            ),
+            nodes: add(&mut r, "nodes", "Nodes by state", Family::default()),
+            boot_duration: add(
+                &mut r,
+                "boot_duration_seconds",
+                "Time from first DHCP packet to agent registered",
+                Histogram::new(boot_buckets.into_iter()),
+            ),
+            registry: r,
         }
     }
 

@@ -88,6 +88,7 @@ pub fn mtu_for_addr(addr: Ipv4Addr) -> Option<u32> {
 ///
 /// By hand: the SIOCSARP ioctl (what dnsmasq uses) is a dozen lines; no maintained crate wraps
 /// it, and a netlink crate would be a large dependency for one neighbour entry.
+#[allow(unsafe_code)] // the SIOCSARP ioctl and its C struct
 pub fn set_arp_entry(
     sock: &impl std::os::fd::AsRawFd,
     iface: &str,

@@ -3,6 +3,8 @@
 //! key only through a boot (or an admin), registers, heartbeats and gets signed commands and
 //! replies; policies hold.
 
+#![allow(clippy::unwrap_used)] // tests unwrap what they set up
+
 use std::net::SocketAddr;
 use std::path::Path;
 

@@ -2,6 +2,8 @@
 //! iPXE (the boot floppy's ipxe.lkrn), busybox udhcpc (the node OS) and ISC dhclient.
 //! `tests/fixtures/dhcp/capture.sh` recaptures them (see the README there).
 
+#![allow(clippy::unwrap_used)] // tests unwrap what they set up
+
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::Path;
 use std::sync::Arc;

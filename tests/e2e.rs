@@ -5,6 +5,8 @@
 //! Each test has its own namespace, a wall-clock limit, and prints the head log and every serial
 //! console when it fails; the lab is torn down in `Drop` either way.
 
+#![allow(clippy::unwrap_used)] // tests unwrap what they set up
+
 use std::path::PathBuf;
 use std::time::Duration;
 

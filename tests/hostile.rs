@@ -5,6 +5,8 @@
 //!
 //! Root and the built head are needed (`cargo xtask test` runs them); one namespace per test.
 
+#![allow(clippy::unwrap_used)] // tests unwrap what they set up
+
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
 use std::path::PathBuf;
@@ -609,6 +611,7 @@ fn rrq(file: &str, opts: &[(&str, &str)]) -> Vec<u8> {
 }
 
 /// Raise this process's file limit (a test that opens a thousand sockets).
+#[allow(unsafe_code)] // setrlimit
 fn raise_nofile() {
     let lim = libc::rlimit {
         rlim_cur: 16384,

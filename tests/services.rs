@@ -1,6 +1,8 @@
 //! The head's DHCP and TFTP services against real clients (busybox udhcpc, ISC dhclient,
 //! tftp-hpa, curl) in a private network namespace. Needs root: run by `cargo xtask test`.
 
+#![allow(clippy::unwrap_used)] // tests unwrap what they set up
+
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::path::PathBuf;
 use std::process::Command;

@@ -113,6 +113,7 @@ async fn metrics(
 /// have a handful of receive buffers and an emulated or slow CPU; a line-rate burst overflows
 /// them, and with a rate-probing congestion control (BBR) the losses repeat until the RTO
 /// backs off to tens of seconds. Loss-based Reno plus a pacing cap keeps downloads flowing.
+#[allow(unsafe_code)] // setsockopt(SO_MAX_PACING_RATE): no safe wrapper in socket2
 pub(crate) fn tune_boot_socket(tcp: &tokio::net::TcpStream) -> std::io::Result<()> {
     let sock = socket2::SockRef::from(tcp);
     sock.set_nodelay(true)?;

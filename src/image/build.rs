@@ -59,6 +59,8 @@ pub enum BuildError {
     TooBig { size: u64, max: u64 },
     #[error("compressing the initrd: {0}")]
     Compress(std::io::Error),
+    #[error("writing the manifest: {0}")]
+    Manifest(serde_json::Error),
 }
 
 #[derive(Debug, Serialize)]
@@ -488,71 +490,144 @@ fn add_modules(
     Ok(())
 }
 
+/// What a recipe names, read from the packages and files it points at.
+struct Inputs {
+    recipe: Recipe,
+    /// The recipe's folder: its paths are relative to it.
+    base: PathBuf,
+    recipe_path: PathBuf,
+    kernel_file: PathBuf,
+    kernel: Kernel,
+    /// Modules to put in, dependencies first.
+    order: Vec<String>,
+    busybox_deb: PathBuf,
+    busybox: Vec<u8>,
+    agent_path: PathBuf,
+    agent: Vec<u8>,
+}
+
+/// The initrd, before and after compression.
+struct Assembled {
+    cpio: Vec<u8>,
+    initrd: Vec<u8>,
+}
+
 /// Build the image described by the recipe at `recipe_path` and publish it.
 pub fn build(recipe_path: &Path, log: &mut dyn FnMut(&str)) -> Result<Built, BuildError> {
-    let (r, base) = Recipe::load(recipe_path)?;
-    let pkg_dir = base.join(&r.packages);
-    let kernel_file = find_package(&pkg_dir, &r.kernel)?;
-    let busybox_deb = find_package(&pkg_dir, &r.busybox)?;
+    let inputs = read_inputs(recipe_path, log)?;
+    let assembled = assemble(&inputs)?;
+    let total = (inputs.kernel.vmlinuz.len() + assembled.initrd.len()) as u64;
+    if let Some(max) = inputs.recipe.max_bytes {
+        if total > max {
+            return Err(BuildError::TooBig { size: total, max });
+        }
+    }
+    let manifest = describe(&inputs, &assembled)?;
+    let json = serde_json::to_vec_pretty(&manifest).map_err(BuildError::Manifest)?;
+    let r = &inputs.recipe;
+    let store = ImageStore::new(inputs.base.join(&r.output));
+    let dir = store.publish(
+        &r.name,
+        &manifest.version,
+        &[
+            ("vmlinuz", &inputs.kernel.vmlinuz),
+            ("initrd", &assembled.initrd),
+            ("manifest.json", &json),
+        ],
+    )?;
+    Ok(Built {
+        manifest,
+        dir,
+        max_bytes: r.max_bytes,
+    })
+}
+
+/// Load the recipe and read its kernel (with the modules it lists), busybox and agent.
+fn read_inputs(recipe_path: &Path, log: &mut dyn FnMut(&str)) -> Result<Inputs, BuildError> {
+    let (recipe, base) = Recipe::load(recipe_path)?;
+    let pkg_dir = base.join(&recipe.packages);
+    let kernel_file = find_package(&pkg_dir, &recipe.kernel)?;
+    let busybox_deb = find_package(&pkg_dir, &recipe.busybox)?;
     log(&format!("kernel          {}", kernel_file.display()));
     log(&format!("busybox package {}", busybox_deb.display()));
-
     let kernel = if kernel_file.extension().is_some_and(|e| e == "deb") {
         read_kernel(&kernel_file)?
-    } else if r.modules.is_empty() {
+    } else if recipe.modules.is_empty() {
         read_bare_kernel(&kernel_file)?
     } else {
         return Err(BuildError::ModulesWithoutPackage {
             kernel: kernel_file,
-            modules: r.modules.clone(),
+            modules: recipe.modules.clone(),
         });
     };
-    let order = module_closure(&kernel, &r.modules, &kernel_file)?;
+    let order = module_closure(&kernel, &recipe.modules, &kernel_file)?;
     let busybox = read_busybox(&busybox_deb)?;
-    let agent_path = base.join(&r.agent);
+    let agent_path = base.join(&recipe.agent);
     let agent = std::fs::read(&agent_path).map_err(|_| BuildError::NoAgent {
         path: agent_path.clone(),
     })?;
+    Ok(Inputs {
+        recipe,
+        base,
+        recipe_path: recipe_path.to_path_buf(),
+        kernel_file,
+        kernel,
+        order,
+        busybox_deb,
+        busybox,
+        agent_path,
+        agent,
+    })
+}
 
+/// The initrd: the folders init expects, busybox, the agent, the modules and the rootfs trees.
+fn assemble(i: &Inputs) -> Result<Assembled, BuildError> {
     // Fixed timestamps make the build reproducible: same inputs, same bytes, same version.
     let mut a = Archive::new(0);
     for d in [
         "dev", "proc", "sys", "tmp", "run", "root", "etc", "bin", "sbin", "usr/bin", "usr/sbin",
         "var/log",
     ] {
-        a.dir(d).map_err(io_at(recipe_path))?;
+        a.dir(d).map_err(io_at(&i.recipe_path))?;
     }
-    a.file("bin/busybox", 0o755, &busybox)
-        .map_err(io_at(&busybox_deb))?;
-    a.file("sbin/enlist-agent", 0o755, &agent)
-        .map_err(io_at(&agent_path))?;
-    if !order.is_empty() {
+    a.file("bin/busybox", 0o755, &i.busybox)
+        .map_err(io_at(&i.busybox_deb))?;
+    a.file("sbin/enlist-agent", 0o755, &i.agent)
+        .map_err(io_at(&i.agent_path))?;
+    if !i.order.is_empty() {
         add_modules(
             &mut a,
-            &kernel,
-            &order,
-            &r.modules,
-            &kernel_file,
-            recipe_path,
+            &i.kernel,
+            &i.order,
+            &i.recipe.modules,
+            &i.kernel_file,
+            &i.recipe_path,
         )?;
     }
-    for dir in &r.rootfs {
-        add_tree(&mut a, &base.join(dir), "")?;
+    for dir in &i.recipe.rootfs {
+        add_tree(&mut a, &i.base.join(dir), "")?;
     }
-    let cpio = a.finish().map_err(io_at(recipe_path))?;
-    let initrd = compress(&cpio, r.compression)?;
+    let cpio = a.finish().map_err(io_at(&i.recipe_path))?;
+    let initrd = compress(&cpio, i.recipe.compression)?;
+    Ok(Assembled { cpio, initrd })
+}
 
-    let total = (kernel.vmlinuz.len() + initrd.len()) as u64;
-    if let Some(max) = r.max_bytes {
-        if total > max {
-            return Err(BuildError::TooBig { size: total, max });
-        }
+fn file_record(name: &str, data: &[u8]) -> FileRecord {
+    FileRecord {
+        name: name.into(),
+        bytes: data.len() as u64,
+        sha256: sha256_hex(data),
     }
+}
+
+/// The manifest: what went in (packages by hash, modules) and what came out. The version is
+/// the hash of kernel and initrd, so the same inputs give the same version.
+fn describe(i: &Inputs, a: &Assembled) -> Result<Manifest, BuildError> {
     let mut h = Sha256::new();
-    h.update(&kernel.vmlinuz);
-    h.update(&initrd);
+    h.update(&i.kernel.vmlinuz);
+    h.update(&a.initrd);
     let version = hex::encode(&h.finalize()[..6]);
-    let packages = [&kernel_file, &busybox_deb]
+    let packages = [&i.kernel_file, &i.busybox_deb]
         .iter()
         .map(|p| {
             let data = std::fs::read(p).map_err(io_at(p))?;
@@ -565,52 +640,21 @@ pub fn build(recipe_path: &Path, log: &mut dyn FnMut(&str)) -> Result<Built, Bui
             })
         })
         .collect::<Result<Vec<_>, BuildError>>()?;
-    let manifest = Manifest {
+    let r = &i.recipe;
+    Ok(Manifest {
         name: r.name.clone(),
-        version: version.clone(),
+        version,
         arch: r.arch.clone(),
-        kernel_version: kernel.version.clone(),
+        kernel_version: i.kernel.version.clone(),
         cmdline: r.cmdline.clone(),
         packages,
-        modules: order.clone(),
+        modules: i.order.clone(),
         files: vec![
-            FileRecord {
-                name: "vmlinuz".into(),
-                bytes: kernel.vmlinuz.len() as u64,
-                sha256: sha256_hex(&kernel.vmlinuz),
-            },
-            FileRecord {
-                name: "initrd".into(),
-                bytes: initrd.len() as u64,
-                sha256: sha256_hex(&initrd),
-            },
-            FileRecord {
-                name: "agent".into(),
-                bytes: agent.len() as u64,
-                sha256: sha256_hex(&agent),
-            },
-            FileRecord {
-                name: "initrd (uncompressed cpio)".into(),
-                bytes: cpio.len() as u64,
-                sha256: sha256_hex(&cpio),
-            },
+            file_record("vmlinuz", &i.kernel.vmlinuz),
+            file_record("initrd", &a.initrd),
+            file_record("agent", &i.agent),
+            file_record("initrd (uncompressed cpio)", &a.cpio),
         ],
-    };
-    let json = serde_json::to_vec_pretty(&manifest).map_err(|e| BuildError::Compress(e.into()))?;
-    let store = ImageStore::new(base.join(&r.output));
-    let dir = store.publish(
-        &r.name,
-        &version,
-        &[
-            ("vmlinuz", &kernel.vmlinuz),
-            ("initrd", &initrd),
-            ("manifest.json", &json),
-        ],
-    )?;
-    Ok(Built {
-        manifest,
-        dir,
-        max_bytes: r.max_bytes,
     })
 }
 

@@ -285,6 +285,8 @@ impl Store {
     }
 }
 
+/// The address to offer, in order of preference: the client's reservation, the address it
+/// has, the one it asked for, a never-used one, a free one left in the pool.
 fn choose(tx: &Connection, req: &OfferRequest) -> rusqlite::Result<Option<Ipv4Addr>> {
     if let Some(ip) = req.reserved {
         let row = row_for_ip(tx, ip)?;
@@ -293,8 +295,26 @@ fn choose(tx: &Connection, req: &OfferRequest) -> rusqlite::Result<Option<Ipv4Ad
             matches!(&row, Some(l) if l.state == LeaseState::Declined && l.expires > req.now);
         return Ok(if quarantined { None } else { Some(ip) });
     }
-    // 1. The address this client already has in this range.
-    let current: Option<u32> = tx
+    if let Some(ip) = current_address(tx, req)? {
+        return Ok(Some(ip));
+    }
+    if let Some(ip) = req.requested {
+        if req.range.contains(ip) && !(req.unavailable)(ip) {
+            let row = row_for_ip(tx, ip)?;
+            if usable_by(&row, req.mac, req.now) {
+                return Ok(Some(ip));
+            }
+        }
+    }
+    if let Some(ip) = never_used(tx, req)? {
+        return Ok(Some(ip));
+    }
+    free_in_pool(tx, req)
+}
+
+/// The address this client already has in the range.
+fn current_address(tx: &Connection, req: &OfferRequest) -> rusqlite::Result<Option<Ipv4Addr>> {
+    let ip: Option<u32> = tx
         .query_row(
             "SELECT ip FROM leases WHERE mac = ?1 AND state != 'declined' AND ip BETWEEN ?2 AND ?3
              ORDER BY expires DESC LIMIT 1",
@@ -306,36 +326,28 @@ fn choose(tx: &Connection, req: &OfferRequest) -> rusqlite::Result<Option<Ipv4Ad
             |r| r.get(0),
         )
         .optional()?;
-    if let Some(ip) = current {
-        return Ok(Some(Ipv4Addr::from(ip)));
-    }
-    // 2. The address it asked for, if free.
-    if let Some(ip) = req.requested {
-        if req.range.contains(ip) && !(req.unavailable)(ip) {
-            let row = row_for_ip(tx, ip)?;
-            if usable_by(&row, req.mac, req.now) {
-                return Ok(Some(ip));
-            }
-        }
-    }
-    // 3. A never-used address above the highest one in the table: one index lookup, so a
-    //    large pool that is filling up costs the same per client as an empty one.
+    Ok(ip.map(Ipv4Addr::from))
+}
+
+/// A never-used address above the highest one in the table: one index lookup, so a large pool
+/// that is filling up costs the same per client as an empty one.
+fn never_used(tx: &Connection, req: &OfferRequest) -> rusqlite::Result<Option<Ipv4Addr>> {
     let highest: Option<u32> = tx.query_row(
         "SELECT MAX(ip) FROM leases WHERE ip BETWEEN ?1 AND ?2",
         params![u32::from(req.range.first), u32::from(req.range.last)],
         |r| r.get(0),
     )?;
     let above = highest.map_or(Some(u32::from(req.range.first)), |h| h.checked_add(1));
-    if let Some(start) = above {
-        for n in start..=u32::from(req.range.last) {
-            let ip = Ipv4Addr::from(n);
-            if !(req.unavailable)(ip) {
-                return Ok(Some(ip));
-            }
-        }
-    }
-    // 4. The pool is used up to its top: any free address below, never used (a gap left by a
-    //    release), else the longest expired.
+    Ok(above.and_then(|start| {
+        (start..=u32::from(req.range.last))
+            .map(Ipv4Addr::from)
+            .find(|ip| !(req.unavailable)(*ip))
+    }))
+}
+
+/// The pool is used up to its top: any free address below, never used (a gap left by a
+/// release), else the one expired longest ago.
+fn free_in_pool(tx: &Connection, req: &OfferRequest) -> rusqlite::Result<Option<Ipv4Addr>> {
     let mut taken = HashSet::new();
     {
         let mut st =

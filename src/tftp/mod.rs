@@ -5,4 +5,5 @@
 //! which PXE ROMs send after every tsize probe.
 
 pub mod packet;
+pub mod sender;
 pub mod server;

@@ -6,9 +6,10 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::net::UdpSocket;
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 use tokio::time::timeout;
 
 use crate::bootfiles::{Blob, BootFiles, FetchObserver, Request, ResolveError};
@@ -17,9 +18,10 @@ use crate::config::TftpConfig;
 use crate::metrics::{labels, Metrics};
 
 use super::packet::{self, ErrorCode, Limits, Packet};
+use super::sender::{Rto, Sender, Step};
 
-/// How many times a block (or OACK) is sent before the transfer is abandoned.
-const MAX_TRIES: u32 = 6;
+/// How long a client may be silent (no ACK moving the transfer) before it is abandoned.
+const GIVE_UP: Duration = Duration::from_secs(10);
 /// IPv4 (20) + UDP (8) + TFTP (4) headers.
 const HEADER_OVERHEAD: u32 = 32;
 
@@ -30,6 +32,9 @@ pub struct TftpContext {
     pub observer: Arc<dyn FetchObserver>,
     /// Open transfers per client address (their sum is the total).
     pub open: Mutex<HashMap<IpAddr, usize>>,
+    /// Transfers in progress by client address and port, told when their client sends its
+    /// request again (it did not hear us yet): not a new transfer.
+    active: Mutex<HashMap<SocketAddr, Arc<Notify>>>,
 }
 
 impl TftpContext {
@@ -45,7 +50,17 @@ impl TftpContext {
             metrics,
             observer,
             open: Mutex::new(HashMap::new()),
+            active: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The transfer in progress for `peer`, if any.
+    fn in_progress(&self, peer: SocketAddr) -> Option<Arc<Notify>> {
+        self.active
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&peer)
+            .cloned()
     }
 
     fn refused(&self, reason: &str) {
@@ -66,6 +81,7 @@ impl TftpContext {
         Ok(Slot {
             ctx: self.clone(),
             ip,
+            peer: None,
         })
     }
 }
@@ -74,10 +90,33 @@ impl TftpContext {
 struct Slot {
     ctx: Arc<TftpContext>,
     ip: IpAddr,
+    /// Set once the transfer is known by its client's address and port.
+    peer: Option<SocketAddr>,
+}
+
+impl Slot {
+    /// Register the transfer for `peer`; a repeated request from there notifies it.
+    fn activate(&mut self, peer: SocketAddr) -> Arc<Notify> {
+        let n = Arc::new(Notify::new());
+        self.ctx
+            .active
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(peer, n.clone());
+        self.peer = Some(peer);
+        n
+    }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
+        if let Some(peer) = self.peer {
+            self.ctx
+                .active
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&peer);
+        }
         let mut open = self.ctx.open.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(n) = open.get_mut(&self.ip) {
             *n -= 1;
@@ -117,15 +156,23 @@ pub async fn run(socket: UdpSocket, ctx: Arc<TftpContext>, mut shutdown: watch::
             _ = shutdown.changed() => return,
         };
         match packet::parse(&buf[..len]) {
+            Ok(Packet::Rrq { .. }) if ctx.in_progress(peer).is_some() => {
+                // The client's own retransmission: the transfer answers it at once.
+                if let Some(n) = ctx.in_progress(peer) {
+                    n.notify_one();
+                }
+                ctx.refused("repeated-request");
+            }
             Ok(Packet::Rrq {
                 file,
                 mode,
                 options,
             }) => match ctx.slot(peer.ip()) {
-                Ok(slot) => {
+                Ok(mut slot) => {
                     let ctx = ctx.clone();
+                    let repeated = slot.activate(peer);
                     tokio::spawn(async move {
-                        transfer(&ctx, peer, &file, &mode, &options).await;
+                        transfer(&ctx, peer, &file, &mode, &options, &repeated).await;
                         drop(slot);
                     });
                 }
@@ -189,6 +236,7 @@ async fn transfer(
     file: &str,
     mode: &str,
     options: &[(String, String)],
+    repeated: &Notify,
 ) {
     let Some(sock) = transfer_socket(peer).await else {
         return;
@@ -214,7 +262,7 @@ async fn transfer(
     };
     let neg = packet::negotiate(options, blob.len(), &limits);
     tracing::debug!(%peer, file, blksize = neg.blksize, window = neg.windowsize, size = blob.len(), "tftp: transfer starts");
-    let (end, sent) = send_blob(&sock, &blob, &neg).await;
+    let (end, sent) = send_blob(&sock, &blob, &neg, repeated).await;
     ctx.metrics
         .tftp_transfers
         .get_or_create(&labels(&[("outcome", end.as_str())]))
@@ -325,98 +373,131 @@ async fn wait_reply(sock: &UdpSocket, deadline: tokio::time::Instant) -> Reply {
     }
 }
 
-/// Send the whole blob with the negotiated options. Returns how it ended and bytes sent.
+/// Send the whole blob with the negotiated options: the OACK first if there is one, then the
+/// blocks as [`Sender`] says. Returns how it ended and the bytes sent.
 async fn send_blob(
     sock: &UdpSocket,
-    blob: &crate::bootfiles::Blob,
+    blob: &Blob,
     neg: &packet::Negotiated,
+    repeated: &Notify,
 ) -> (End, u64) {
-    let mut sent: u64 = 0;
+    // The client's negotiated timeout is the longest we wait; the measured round trip sets
+    // how long we actually do.
+    let mut rto = Rto::new(neg.timeout, neg.timeout);
     if !neg.ack.is_empty() {
-        let oack = packet::oack(&neg.ack);
-        let mut acked = false;
-        for _ in 0..MAX_TRIES {
-            if sock.send(&oack).await.is_err() {
-                return (End::SendFailed, 0);
-            }
-            match wait_reply(sock, tokio::time::Instant::now() + neg.timeout).await {
-                Reply::Ack(0) => {
-                    acked = true;
-                    break;
-                }
-                Reply::Ack(_) | Reply::Timeout => continue,
-                // PXE ROMs probe tsize this way and abort with error 8: stop at once.
-                Reply::ClientError => return (End::ClientError, 0),
-            }
-        }
-        if !acked {
-            return (End::TimedOut, 0);
+        if let Err(end) = send_oack(sock, neg, &mut rto, repeated).await {
+            return (end, 0);
         }
     }
-    let bs = neg.blksize as u64;
-    let len = blob.len();
-    // Blocks are numbered from 1; the last one is shorter than blksize (possibly empty).
-    let last = len / bs + 1;
-    let mut base: u64 = 1;
-    let mut tries = 0;
+    let now = tokio::time::Instant::now().into_std();
+    let mut s = Sender::new(
+        blob.len(),
+        neg.blksize as u64,
+        neg.windowsize,
+        rto,
+        GIVE_UP,
+        now,
+    );
+    let mut step = s.start(now);
+    let mut sent = 0;
     let mut pkt = vec![0u8; 4 + neg.blksize];
-    while base <= last {
-        let window_end = (base + neg.windowsize as u64 - 1).min(last);
-        for k in base..=window_end {
-            let off = (k - 1) * bs;
-            packet::data_header(&mut pkt, k as u16);
-            let n = if off < len {
-                blob.read_at(off, &mut pkt[4..])
-            } else {
-                0
-            };
-            if sock.send(&pkt[..4 + n]).await.is_err() {
-                return (End::SendFailed, sent);
+    loop {
+        match step {
+            Step::Send { first, last } => {
+                for k in first..=last {
+                    match send_block(sock, blob, neg.blksize, k, &mut pkt).await {
+                        Ok(n) => sent += n,
+                        Err(()) => return (End::SendFailed, sent),
+                    }
+                }
             }
-            sent += n as u64;
+            Step::Wait => {}
+            Step::Done => return (End::Complete, sent),
+            Step::GiveUp => return (End::TimedOut, sent),
         }
-        // Wait for an ACK that moves the window; ignore stale duplicates (no Sorcerer's
-        // Apprentice retransmits), retransmit from `base` on timeout. The deadline is fixed
-        // when the window goes out: a client that keeps repeating its last ACK (iPXE does,
-        // with backoff) must not postpone our retransmission.
-        let deadline = tokio::time::Instant::now() + neg.timeout;
-        loop {
-            match wait_reply(sock, deadline).await {
-                Reply::Ack(a) => {
-                    // Map the 16-bit block number (it wraps) into [base-1, window_end].
-                    let k = (base - 1..=window_end).rev().find(|k| *k as u16 == a);
-                    match k {
-                        Some(k) if k >= base => {
-                            base = k + 1;
-                            tries = 0;
-                            break;
-                        }
-                        _ => continue,
-                    }
+        let deadline = s
+            .deadline()
+            .map_or_else(tokio::time::Instant::now, tokio::time::Instant::from_std);
+        step = tokio::select! {
+            r = wait_reply(sock, deadline) => {
+                let now = tokio::time::Instant::now().into_std();
+                match r {
+                    Reply::Ack(a) => s.on_ack(a, now),
+                    Reply::Timeout => s.on_timeout(now),
+                    Reply::ClientError => return (End::ClientError, sent),
                 }
-                Reply::ClientError => return (End::ClientError, sent),
-                Reply::Timeout => {
-                    tries += 1;
-                    if tries >= MAX_TRIES {
-                        return (End::TimedOut, sent);
-                    }
-                    break;
+            }
+            _ = repeated.notified() => s.on_repeated_request(tokio::time::Instant::now().into_std()),
+        };
+    }
+}
+
+/// Block `k` (from 1) of `blob`; returns the data bytes sent.
+async fn send_block(
+    sock: &UdpSocket,
+    blob: &Blob,
+    blksize: usize,
+    k: u64,
+    pkt: &mut [u8],
+) -> Result<u64, ()> {
+    let off = (k - 1) * blksize as u64;
+    packet::data_header(pkt, k as u16);
+    let n = if off < blob.len() {
+        blob.read_at(off, &mut pkt[4..4 + blksize])
+    } else {
+        0
+    };
+    sock.send(&pkt[..4 + n]).await.map_err(|_| ())?;
+    Ok(n as u64)
+}
+
+/// Send the OACK until the client acknowledges it (ACK 0), timing the round trip.
+async fn send_oack(
+    sock: &UdpSocket,
+    neg: &packet::Negotiated,
+    rto: &mut Rto,
+    repeated: &Notify,
+) -> Result<(), End> {
+    let oack = packet::oack(&neg.ack);
+    let start = tokio::time::Instant::now();
+    let mut sent_once = true;
+    loop {
+        let sent_at = tokio::time::Instant::now();
+        sock.send(&oack).await.map_err(|_| End::SendFailed)?;
+        let deadline = sent_at + rto.timeout();
+        let answered = tokio::select! {
+            r = wait_reply(sock, deadline) => r,
+            _ = repeated.notified() => Reply::Timeout,
+        };
+        match answered {
+            Reply::Ack(0) => {
+                if sent_once {
+                    rto.sample(sent_at.elapsed());
                 }
+                return Ok(());
+            }
+            // PXE ROMs probe tsize this way and abort with error 8: stop at once.
+            Reply::ClientError => return Err(End::ClientError),
+            Reply::Ack(_) | Reply::Timeout => {
+                if start.elapsed() >= GIVE_UP {
+                    return Err(End::TimedOut);
+                }
+                rto.back_off();
+                sent_once = false;
             }
         }
     }
-    (End::Complete, sent)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bootfiles::Blob;
     use crate::bootpath::Kind;
-    use std::time::{Duration, Instant};
 
+    /// The retransmission rules are tested exactly in `sender`; this is the socket loop: a
+    /// lockstep client loses block 2 once and repeats its ACKs, and still gets the file whole.
     #[tokio::test]
-    async fn a_client_repeating_its_last_ack_does_not_postpone_the_retransmission() {
+    async fn a_lost_block_and_repeated_acks_still_deliver_the_file_intact() {
         let server = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         server.connect(client.local_addr().unwrap()).await.unwrap();
@@ -424,40 +505,37 @@ mod tests {
         let neg = packet::Negotiated {
             blksize: 512,
             windowsize: 1,
-            timeout: Duration::from_millis(600),
+            timeout: Duration::from_secs(1),
             ack: vec![],
         };
-        let blob = Blob::from_bytes(vec![7u8; 1000], Kind::Other);
-        let task = tokio::spawn(async move { send_blob(&server, &blob, &neg).await });
+        let data: Vec<u8> = (0..2000u32).map(|i| (i % 251) as u8).collect();
+        let blob = Blob::from_bytes(data.clone(), Kind::Other);
+        let repeated = Arc::new(Notify::new());
+        let r = repeated.clone();
+        let task = tokio::spawn(async move { send_blob(&server, &blob, &neg, &r).await });
+        let mut got = Vec::new();
         let mut buf = [0u8; 600];
-        client.recv(&mut buf).await.unwrap();
-        assert_eq!(&buf[..4], &[0, 3, 0, 1], "DATA 1");
-        // Block 1 "was lost": repeat ACK 0 every 200 ms, as iPXE repeats its last ACK.
-        let start = Instant::now();
-        let again = loop {
-            assert!(
-                start.elapsed() < Duration::from_secs(3),
-                "block 1 never came again"
-            );
-            client.send(&[0, 4, 0, 0]).await.unwrap();
-            if let Ok(Ok(n)) =
-                tokio::time::timeout(Duration::from_millis(200), client.recv(&mut buf)).await
-            {
-                if buf[..4] == [0, 3, 0, 1] && n == 516 {
-                    break start.elapsed();
-                }
+        let mut dropped = false;
+        loop {
+            let n = client.recv(&mut buf).await.unwrap();
+            let block = u16::from_be_bytes([buf[2], buf[3]]);
+            if block == 2 && !dropped {
+                // Lost on the cable; the client repeats its last ACK, twice.
+                dropped = true;
+                client.send(&[0, 4, 0, 1]).await.unwrap();
+                client.send(&[0, 4, 0, 1]).await.unwrap();
+                continue;
             }
-        };
-        assert!(
-            again < Duration::from_millis(900),
-            "retransmitted after {again:?}: the repeated ACKs postponed the timeout"
-        );
-        // Finish: ACK 1, receive block 2 (488 bytes, the last), ACK 2.
-        client.send(&[0, 4, 0, 1]).await.unwrap();
-        let n = client.recv(&mut buf).await.unwrap();
-        assert_eq!((&buf[..4], n), (&[0u8, 3, 0, 2][..], 4 + 488));
-        client.send(&[0, 4, 0, 2]).await.unwrap();
+            if usize::from(block) == got.len() / 512 + 1 {
+                got.extend_from_slice(&buf[4..n]);
+            }
+            client.send(&[0, 4, buf[2], buf[3]]).await.unwrap();
+            if n < 516 {
+                break;
+            }
+        }
         let (end, _) = task.await.unwrap();
-        assert!(matches!(end, End::Complete));
+        assert_eq!(end, End::Complete);
+        assert_eq!(got, data);
     }
 }

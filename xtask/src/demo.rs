@@ -170,6 +170,7 @@ fn disk_for(p: Profile) -> PathBuf {
 }
 
 /// Wait up to `timeout` for one of `sigs`.
+#[allow(unsafe_code)] // sigtimedwait: nix 0.29 has no safe wrapper
 fn wait_signal(sigs: &SigSet, timeout: Duration) -> nix::Result<Option<Signal>> {
     let ts = nix::sys::time::TimeSpec::from_duration(timeout);
     // SAFETY: sigtimedwait with valid pointers; siginfo is written by the kernel.

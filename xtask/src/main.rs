@@ -8,9 +8,13 @@
 //! | `lab ...`     | a QEMU lab: head in a namespace, emulated PCs on taps                |
 //! | `demo`        | everything above, three PCs booting, dashboard on 127.0.0.1          |
 //! | `test`        | the whole test suite, e2e included (the README's test command)       |
+//! | `check`       | the structure: no import cycle in src/, no long function without reason |
 //! | `fuzz`        | the fuzz targets in fuzz/ for a while each (nightly + cargo-fuzz)     |
 
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
 mod bench;
+mod check;
 mod demo;
 mod fuzz;
 mod node;
@@ -57,6 +61,8 @@ enum Task {
         #[command(subcommand)]
         what: bench::BenchTask,
     },
+    /// Check the structure: no import cycle among src/ modules, no overlong function.
+    Check,
     /// Run the fuzz targets (installs nightly and cargo-fuzz when missing).
     Fuzz(fuzz::FuzzArgs),
     /// Run every test: unit, integration and end-to-end (QEMU) tests.
@@ -119,6 +125,7 @@ fn main() -> std::process::ExitCode {
         Task::Lab { what } => demo::lab(what),
         Task::Demo { port } => demo::demo(port),
         Task::Bench { what } => bench::run(what),
+        Task::Check => check::run(),
         Task::Fuzz(args) => fuzz::run(args),
         Task::Test { args } => test(args),
     };
@@ -137,6 +144,7 @@ const FUZZ_SMOKE_SECS: u64 = 20;
 /// The README's test command: set up, build the node artefacts, then every test including the
 /// ignored-by-default e2e tests (they need root, QEMU and the built images).
 fn test(args: Vec<String>) -> anyhow::Result<()> {
+    check::run()?;
     setup::setup()?;
     node::run(node::NodeTask::All)?;
     // The Pentium II agent has no SSE code outside glibc's run-time-selected variants.

@@ -7,6 +7,8 @@
 //! Plain HTTP with a blocking client and std threads: small, and fine on a Pentium II without
 //! SSE2 (no TLS: `ring` needs SSE2; requests are signed instead, see `enlist_api`).
 
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
 mod client;
 mod conf;
 mod sysinfo;
@@ -32,6 +34,7 @@ fn say(msg: &str) {
     eprintln!("enlist-agent: {msg}");
 }
 
+#[allow(unsafe_code)] // installing a signal handler
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.iter().any(|a| a == "--version" || a == "-V") {
@@ -125,12 +128,15 @@ fn heartbeat_loop(client: &Client, secs: u64, session_ok: &AtomicBool) {
                     say("head reachable again");
                 }
                 if r.peers_version != peers_version {
-                    match client.post::<_, PeersResponse>(paths::PEERS, &serde_json::json!({})) {
-                        Ok(p) if p.check().is_ok() => {
+                    match client
+                        .post::<_, PeersResponse>(paths::PEERS, &serde_json::json!({}))
+                        .map(|p| (p.check(), p))
+                    {
+                        Ok((Ok(()), p)) => {
                             sysinfo::write_hosts(&client.name(), &p.peers);
                             peers_version = r.peers_version;
                         }
-                        Ok(p) => say(&format!("ignoring a peer list: {}", p.check().unwrap_err())),
+                        Ok((Err(why), _)) => say(&format!("ignoring a peer list: {why}")),
                         Err(f) => say(&f.to_string()),
                     }
                 }

@@ -5,6 +5,8 @@
 //! fails; `Lab::cleanup(name)` removes the leftovers of a run that crashed. All traffic stays
 //! inside the namespace.
 
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
 pub mod host;
 
 use std::fmt::Write as _;
