@@ -135,7 +135,7 @@ pub struct Auth {
     sessions: Mutex<HashMap<String, Session>>,
     throttle: Mutex<Throttle>,
     /// One Argon2 hash at a time: each takes ~19 MiB and tens of ms.
-    hasher: tokio::sync::Semaphore,
+    hasher: HashThread,
     /// Logins waiting for the hasher.
     waiting: std::sync::atomic::AtomicUsize,
     /// The stored hash, and when it was read.
@@ -201,7 +201,7 @@ impl Auth {
             secure,
             sessions: Mutex::new(HashMap::new()),
             throttle: Mutex::new(Throttle::default()),
-            hasher: tokio::sync::Semaphore::new(1),
+            hasher: HashThread::start(),
             waiting: std::sync::atomic::AtomicUsize::new(0),
             hash: Mutex::new(None),
         }
@@ -240,7 +240,7 @@ impl Auth {
         if let Err(wait) = self.throttle().admit(ip, now) {
             return Ok(Login::Throttled(wait));
         }
-        let queued = Waiting(&self.waiting);
+        let _queued = Waiting(&self.waiting);
         if self
             .waiting
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
@@ -248,19 +248,10 @@ impl Auth {
         {
             return Ok(Login::Throttled(Duration::from_secs(1)));
         }
-        let _permit = self
-            .hasher
-            .acquire()
-            .await
-            .map_err(|e| AuthError::Hash(e.to_string()))?;
-        drop(queued);
         let Some(hash) = self.current_hash()? else {
             return Ok(Login::Wrong);
         };
-        let h = hash.clone();
-        let good = tokio::task::spawn_blocking(move || verify(&password, &h))
-            .await
-            .map_err(|e| AuthError::Hash(e.to_string()))?;
+        let good = self.hasher.verify(password, hash.clone()).await?;
         if !good {
             self.throttle().failed(ip, Instant::now());
             return Ok(Login::Wrong);
@@ -308,6 +299,39 @@ impl Auth {
             .strip_prefix("Bearer ")
             .map(|t| eq(t.trim().as_bytes(), self.api_token.as_bytes()))
             .unwrap_or(false)
+    }
+}
+
+/// The thread that checks passwords, one at a time. One thread, so Argon2's 19 MiB of working
+/// memory is reused from one malloc arena: hashes on the blocking pool's threads left a copy in
+/// each thread's arena, and a login flood grew the head by over 100 MiB.
+struct HashThread {
+    jobs: std::sync::mpsc::Sender<(String, String, tokio::sync::oneshot::Sender<bool>)>,
+}
+
+impl HashThread {
+    fn start() -> HashThread {
+        let (jobs, rx) =
+            std::sync::mpsc::channel::<(String, String, tokio::sync::oneshot::Sender<bool>)>();
+        let spawned = std::thread::Builder::new()
+            .name("argon2".into())
+            .spawn(move || {
+                for (password, hash, reply) in rx {
+                    let _ = reply.send(verify(&password, &hash));
+                }
+            });
+        if let Err(e) = spawned {
+            // Logins then fail with an error naming the cause (below); nothing else is affected.
+            tracing::error!("cannot start the password-checking thread: {e}");
+        }
+        HashThread { jobs }
+    }
+
+    async fn verify(&self, password: String, hash: String) -> Result<bool, AuthError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let gone = || AuthError::Hash("the password-checking thread is not running".into());
+        self.jobs.send((password, hash, tx)).map_err(|_| gone())?;
+        rx.await.map_err(|_| gone())
     }
 }
 
