@@ -59,6 +59,12 @@ pub enum BuildError {
     TooBig { size: u64, max: u64 },
     #[error("compressing the initrd: {0}")]
     Compress(std::io::Error),
+    #[error("jobs runtime: no file in its packages matches {pattern:?} (jobs.files)")]
+    BundleFile { pattern: String },
+    #[error("jobs runtime: {needed_by} needs {library}, which none of jobs.packages has: add its package (and fetch it with `cargo xtask node fetch`)")]
+    BundleLibrary { library: String, needed_by: String },
+    #[error("jobs runtime: mksquashfs: {detail}")]
+    Squashfs { detail: String },
     #[error("writing the manifest: {0}")]
     Manifest(serde_json::Error),
 }
@@ -74,7 +80,24 @@ pub struct Manifest {
     pub packages: Vec<PackageRecord>,
     pub modules: Vec<String>,
     pub files: Vec<FileRecord>,
+    /// The jobs' runtime bundle, when the recipe has a `jobs:` section.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bundle: Option<BundleRecord>,
 }
+
+/// The jobs' runtime bundle of an image: the head offers `file` to the image's nodes.
+#[derive(Debug, Serialize)]
+pub struct BundleRecord {
+    pub file: String,
+    pub bytes: u64,
+    pub sha256: String,
+    pub packages: Vec<PackageRecord>,
+    /// What is in it (programs, plugins, libraries, loader).
+    pub contents: Vec<String>,
+}
+
+/// The bundle's file name beside vmlinuz and initrd.
+pub const BUNDLE_FILE: &str = "jobs-runtime.sqfs";
 
 #[derive(Debug, Serialize)]
 pub struct PackageRecord {
@@ -107,7 +130,7 @@ fn sha256_hex(data: &[u8]) -> String {
     hex::encode(Sha256::digest(data))
 }
 
-fn find_package(dir: &Path, pattern: &str) -> Result<PathBuf, BuildError> {
+pub(super) fn find_package(dir: &Path, pattern: &str) -> Result<PathBuf, BuildError> {
     let mut found = Vec::new();
     for e in std::fs::read_dir(dir).map_err(io_at(dir))? {
         let e = e.map_err(io_at(dir))?;
@@ -143,7 +166,11 @@ fn module_name(path: &str) -> Option<String> {
 
 /// Module directories whose contents we keep in memory while reading the kernel package: NIC
 /// drivers and the library code they depend on. Dependencies outside these are reported.
-const MODULE_DIRS: [&str; 10] = [
+const MODULE_DIRS: [&str; 13] = [
+    // The jobs: the runtime bundle (a squashfs on a loop device) and the NFSv4 home.
+    "kernel/fs/",
+    "kernel/drivers/block/",
+    "kernel/security/",
     "kernel/drivers/i2c/",
     "kernel/drivers/hwmon/",
     "kernel/drivers/net/",
@@ -216,7 +243,7 @@ fn read_kernel(deb_path: &Path) -> Result<Kernel, BuildError> {
     let mut modules = HashMap::new();
     let mut builtin = BTreeSet::new();
     deb::for_each_file(deb_path, |path, entry| {
-        let Entry::File(r) = entry else {
+        let Entry::File { data: r, .. } = entry else {
             return Ok(true);
         };
         if let Some(v) = path.strip_prefix("boot/vmlinuz-") {
@@ -348,7 +375,8 @@ fn driver_aliases(k: &Kernel, order: &[String], listed: &[String]) -> String {
 fn read_busybox(deb_path: &Path) -> Result<Vec<u8>, BuildError> {
     let mut found = None;
     deb::for_each_file(deb_path, |path, entry| {
-        if let (true, Entry::File(r)) = (path == "bin/busybox" || path == "usr/bin/busybox", entry)
+        if let (true, Entry::File { data: r, .. }) =
+            (path == "bin/busybox" || path == "usr/bin/busybox", entry)
         {
             let mut b = Vec::new();
             r.read_to_end(&mut b)?;
@@ -504,6 +532,8 @@ struct Inputs {
     busybox: Vec<u8>,
     agent_path: PathBuf,
     agent: Vec<u8>,
+    /// The jobs' runtime, when the recipe has a `jobs:` section.
+    bundle: Option<super::bundle::Bundle>,
 }
 
 /// The initrd, before and after compression.
@@ -526,15 +556,15 @@ pub fn build(recipe_path: &Path, log: &mut dyn FnMut(&str)) -> Result<Built, Bui
     let json = serde_json::to_vec_pretty(&manifest).map_err(BuildError::Manifest)?;
     let r = &inputs.recipe;
     let store = ImageStore::new(inputs.base.join(&r.output));
-    let dir = store.publish(
-        &r.name,
-        &manifest.version,
-        &[
-            ("vmlinuz", &inputs.kernel.vmlinuz),
-            ("initrd", &assembled.initrd),
-            ("manifest.json", &json),
-        ],
-    )?;
+    let mut files: Vec<(&str, &[u8])> = vec![
+        ("vmlinuz", &inputs.kernel.vmlinuz),
+        ("initrd", &assembled.initrd),
+        ("manifest.json", &json),
+    ];
+    if let Some(b) = &inputs.bundle {
+        files.push((BUNDLE_FILE, &b.squashfs));
+    }
+    let dir = store.publish(&r.name, &manifest.version, &files)?;
     Ok(Built {
         manifest,
         dir,
@@ -566,6 +596,10 @@ fn read_inputs(recipe_path: &Path, log: &mut dyn FnMut(&str)) -> Result<Inputs, 
     let agent = std::fs::read(&agent_path).map_err(|_| BuildError::NoAgent {
         path: agent_path.clone(),
     })?;
+    let bundle = match &recipe.jobs {
+        Some(spec) => Some(super::bundle::build(&pkg_dir, spec, log)?),
+        None => None,
+    };
     Ok(Inputs {
         recipe,
         base,
@@ -577,6 +611,7 @@ fn read_inputs(recipe_path: &Path, log: &mut dyn FnMut(&str)) -> Result<Inputs, 
         busybox,
         agent_path,
         agent,
+        bundle,
     })
 }
 
@@ -626,20 +661,21 @@ fn describe(i: &Inputs, a: &Assembled) -> Result<Manifest, BuildError> {
     let mut h = Sha256::new();
     h.update(&i.kernel.vmlinuz);
     h.update(&a.initrd);
+    if let Some(b) = &i.bundle {
+        h.update(&b.squashfs);
+    }
     let version = hex::encode(&h.finalize()[..6]);
-    let packages = [&i.kernel_file, &i.busybox_deb]
-        .iter()
-        .map(|p| {
-            let data = std::fs::read(p).map_err(io_at(p))?;
-            Ok(PackageRecord {
-                file: p
-                    .file_name()
-                    .map(|f| f.to_string_lossy().to_string())
-                    .unwrap_or_default(),
-                sha256: sha256_hex(&data),
-            })
-        })
-        .collect::<Result<Vec<_>, BuildError>>()?;
+    let packages = package_records(&[&i.kernel_file, &i.busybox_deb])?;
+    let bundle = match &i.bundle {
+        Some(b) => Some(BundleRecord {
+            file: BUNDLE_FILE.into(),
+            bytes: b.squashfs.len() as u64,
+            sha256: sha256_hex(&b.squashfs),
+            packages: package_records(&b.packages.iter().collect::<Vec<_>>())?,
+            contents: b.files.clone(),
+        }),
+        None => None,
+    };
     let r = &i.recipe;
     Ok(Manifest {
         name: r.name.clone(),
@@ -655,7 +691,25 @@ fn describe(i: &Inputs, a: &Assembled) -> Result<Manifest, BuildError> {
             file_record("agent", &i.agent),
             file_record("initrd (uncompressed cpio)", &a.cpio),
         ],
+        bundle,
     })
+}
+
+/// The packages that went in, by file name and hash.
+fn package_records(paths: &[&PathBuf]) -> Result<Vec<PackageRecord>, BuildError> {
+    paths
+        .iter()
+        .map(|p| {
+            let data = std::fs::read(p).map_err(io_at(p))?;
+            Ok(PackageRecord {
+                file: p
+                    .file_name()
+                    .map(|f| f.to_string_lossy().to_string())
+                    .unwrap_or_default(),
+                sha256: sha256_hex(&data),
+            })
+        })
+        .collect()
 }
 
 /// Sizes as a table, next to the recipe's budget (8 MB for the original cluster's PCs).
@@ -705,6 +759,16 @@ pub fn size_report(m: &Manifest, budget: Option<u64>) -> String {
         m.modules.join(" ")
     };
     out.insert(5, format!("  modules          {modules}"));
+    if let Some(b) = &m.bundle {
+        out.insert(
+            6,
+            format!(
+                "  jobs runtime     {:>10} bytes  {:>6.2} MiB (downloaded when a node joins the scheduler)",
+                b.bytes,
+                mb(b.bytes)
+            ),
+        );
+    }
     out.into_values().collect::<Vec<_>>().join("\n")
 }
 

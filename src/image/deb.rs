@@ -53,8 +53,12 @@ pub fn for_each_file(
             let path = entry.path().map_err(io)?.to_string_lossy().to_string();
             let path = path.trim_start_matches("./").to_string();
             let kind = entry.header().entry_type();
+            let mode = entry.header().mode().unwrap_or(0o644) & 0o7777;
             let e = if kind.is_file() {
-                Entry::File(&mut entry)
+                Entry::File {
+                    data: &mut entry,
+                    mode,
+                }
             } else if kind.is_symlink() {
                 let target = entry
                     .link_name()
@@ -77,6 +81,10 @@ pub fn for_each_file(
 }
 
 pub enum Entry<'a> {
-    File(&'a mut dyn Read),
+    /// A regular file: its contents and permission bits.
+    File {
+        data: &'a mut dyn Read,
+        mode: u32,
+    },
     Symlink(String),
 }

@@ -2,7 +2,9 @@
 //! store the boot services read them from.
 
 pub mod build;
+pub mod bundle;
 pub mod cpio;
 pub mod deb;
+mod elf;
 pub mod recipe;
 pub mod store;

@@ -36,6 +36,10 @@ pub struct Recipe {
     /// Fail the build if vmlinuz + initrd exceed this many bytes.
     #[serde(default)]
     pub max_bytes: Option<u64>,
+    /// The jobs' runtime (slurmd, munged, plugins, libraries), built beside the image for
+    /// the nodes to download when they join the scheduler; no `jobs:`, no jobs on this image.
+    #[serde(default)]
+    pub jobs: Option<super::bundle::JobsRuntime>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, Default, PartialEq, Eq)]

@@ -78,6 +78,39 @@ impl ImageStore {
             })
     }
 
+    /// The jobs' runtime bundle built beside a version, if it has one: its file name, sha256
+    /// and size, from the manifest (`bundle`).
+    pub fn bundle(
+        &self,
+        name: &str,
+        version: &str,
+    ) -> Result<Option<(String, String, u64)>, ImageStoreError> {
+        #[derive(serde::Deserialize)]
+        struct Manifest {
+            #[serde(default)]
+            bundle: Option<Bundle>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Bundle {
+            file: String,
+            sha256: String,
+            bytes: u64,
+        }
+        let path = self.file(name, version, "manifest.json")?;
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => return Err(ImageStoreError::Io { path, source }),
+        };
+        let m: Manifest = serde_json::from_str(&text).map_err(|e| ImageStoreError::Io {
+            path: path.clone(),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+        })?;
+        Ok(m.bundle
+            .filter(|b| valid_component(&b.file))
+            .map(|b| (b.file, b.sha256, b.bytes)))
+    }
+
     /// Path of one file of one version. Components are validated, so the result is inside `dir`.
     pub fn file(&self, name: &str, version: &str, file: &str) -> Result<PathBuf, ImageStoreError> {
         for c in [name, version, file] {

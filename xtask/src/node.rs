@@ -120,16 +120,32 @@ fn fetch() -> anyhow::Result<()> {
     // The i586 kernel is built from source (`kernel()`); Debian's linux-source follows the
     // same point releases, security fixes included, as its kernel packages.
     let source = resolve_kernel("linux-source", "")?;
-    fetch_into(
-        &cache.join("i386"),
-        &[(source, "all"), ("busybox-static".into(), "i386")],
-    )?;
+    let mut i386 = vec![(source, "all"), ("busybox-static".into(), "i386")];
+    i386.extend(jobs_packages("i586", "i386")?);
+    fetch_into(&cache.join("i386"), &i386)?;
     let k64 = resolve_kernel("linux-image-amd64", "")?;
-    fetch_into(
-        &cache.join("amd64"),
-        &[(k64, "amd64"), ("busybox-static".into(), "amd64")],
-    )?;
+    let mut amd64 = vec![(k64, "amd64"), ("busybox-static".into(), "amd64")];
+    amd64.extend(jobs_packages("x86_64", "amd64")?);
+    fetch_into(&cache.join("amd64"), &amd64)?;
     Ok(())
+}
+
+/// The packages of an image's jobs runtime, named by its recipe's `jobs.packages` patterns
+/// (`slurmd_*_i386.deb` is the package `slurmd`).
+fn jobs_packages(image: &str, arch: &'static str) -> anyhow::Result<Vec<(String, &'static str)>> {
+    let path = root().join(format!("images/{image}.yaml"));
+    let (recipe, _) = enlist::image::recipe::Recipe::load(&path)?;
+    let patterns = recipe.jobs.map(|j| j.packages).unwrap_or_default();
+    patterns
+        .iter()
+        .map(|p| match p.split_once('_') {
+            Some((name, _)) if !name.contains('*') => Ok((name.to_string(), arch)),
+            _ => bail!(
+                "{}: jobs.packages: {p:?} should be <package>_*.deb",
+                path.display()
+            ),
+        })
+        .collect()
 }
 
 /// Where the i586 kernel build puts its result: `vmlinuz-<release>` for the recipe's `kernel:`
@@ -358,6 +374,44 @@ pub fn check_sse() -> anyhow::Result<()> {
         bail!(
             "{} functions outside glibc's SSE variants use SSE registers",
             ours.len()
+        );
+    }
+    check_runtime_on_pentium2()
+}
+
+/// The i586 image's Slurm runtime (Debian's i386 slurmd and munged, with their libraries and
+/// loader from the bundle) starts on an emulated Pentium II: no instruction it lacks on the
+/// way in. The jobs tests run them for real on `-cpu pentium2` PCs.
+fn check_runtime_on_pentium2() -> anyhow::Result<()> {
+    let images = root().join("images/out/i586");
+    let version = std::fs::read_to_string(images.join("current"))
+        .context("no i586 image: run `cargo xtask node images`")?;
+    let bundle = images.join(version.trim()).join("jobs-runtime.sqfs");
+    let dir = root().join("target/node-check/runtime");
+    let _ = std::fs::remove_dir_all(&dir);
+    sh(Command::new("unsquashfs")
+        .args(["-q", "-no-progress", "-d"])
+        .arg(&dir)
+        .arg(&bundle))?;
+    let libs = [
+        "lib/i386-linux-gnu",
+        "usr/lib/i386-linux-gnu",
+        "usr/lib/i386-linux-gnu/slurm-wlm",
+    ]
+    .map(|l| dir.join(l).display().to_string())
+    .join(":");
+    for (program, arg) in [("usr/sbin/slurmd", "-V"), ("usr/sbin/munged", "--version")] {
+        let out = output(
+            Command::new("qemu-i386")
+                .args(["-cpu", "pentium2", "-L"])
+                .arg(&dir)
+                .args(["-E", &format!("LD_LIBRARY_PATH={libs}")])
+                .arg(dir.join(program))
+                .arg(arg),
+        )?;
+        println!(
+            "  {program} {arg} on qemu-i386 -cpu pentium2: {}",
+            out.trim()
         );
     }
     Ok(())
