@@ -32,7 +32,14 @@ pub struct Request<'a> {
 /// The per-node files: a node's script and its initrd overlay.
 pub trait NodeFiles: Send + Sync {
     fn script(&self, mac: Mac, req: &Request) -> Result<String, ResolveError>;
-    fn overlay(&self, mac: Mac, token: &str, req: &Request) -> Result<Vec<u8>, ResolveError>;
+    /// The overlay of `mac`'s initrd of image `image` version `version`.
+    fn overlay(
+        &self,
+        mac: Mac,
+        token: &str,
+        image: (&str, &str),
+        req: &Request,
+    ) -> Result<Vec<u8>, ResolveError>;
 }
 
 /// File content as a list of shared chunks (an initrd plus a node overlay is two).
@@ -177,7 +184,7 @@ impl BootFiles {
                 version,
             } => {
                 // The token first: a stranger learns nothing, not even whether the image exists.
-                let overlay = self.nodes.overlay(*mac, token, req)?;
+                let overlay = self.nodes.overlay(*mac, token, (image, version), req)?;
                 let base = self.image_file(image, version, "initrd", req.path)?;
                 Ok(Blob {
                     parts: vec![base, Bytes::from(overlay)],
@@ -259,7 +266,13 @@ mod tests {
         fn script(&self, mac: Mac, _: &Request) -> Result<String, ResolveError> {
             Ok(format!("#!ipxe {mac}"))
         }
-        fn overlay(&self, mac: Mac, token: &str, req: &Request) -> Result<Vec<u8>, ResolveError> {
+        fn overlay(
+            &self,
+            mac: Mac,
+            token: &str,
+            _: (&str, &str),
+            req: &Request,
+        ) -> Result<Vec<u8>, ResolveError> {
             if token != "t" {
                 return Err(ResolveError::Forbidden {
                     path: req.path.into(),

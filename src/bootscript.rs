@@ -29,9 +29,15 @@ impl NodeFiles for NodeBoot {
         })
     }
 
-    fn overlay(&self, mac: Mac, token: &str, req: &Request) -> Result<Vec<u8>, ResolveError> {
+    fn overlay(
+        &self,
+        mac: Mac,
+        token: &str,
+        image: (&str, &str),
+        req: &Request,
+    ) -> Result<Vec<u8>, ResolveError> {
         self.registry
-            .overlay(mac, token, req.from)
+            .overlay(mac, token, req.from, image)
             .map_err(|e| match e {
                 OverlayError::Token(_) | OverlayError::UnknownNode(_) => ResolveError::Forbidden {
                     path: req.path.into(),

@@ -14,6 +14,7 @@ use crate::config::Config;
 use crate::dhcp;
 use crate::http::{self, auth, listener, AppState, Shared};
 use crate::image::store::ImageStore;
+use crate::jobs::Jobs;
 use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::store::Store;
@@ -28,6 +29,8 @@ pub struct Head {
     pub files: Arc<BootFiles>,
     /// What the HTTP handlers share.
     pub state: Shared,
+    /// Jobs through Slurm, when on.
+    pub jobs: Option<Arc<Jobs>>,
 }
 
 impl Head {
@@ -50,7 +53,12 @@ impl Head {
             registry: registry.clone(),
             images: images.clone(),
         });
-        let files = Arc::new(BootFiles::new(cfg.tftp.ipxe_dir.clone(), images, nodes));
+        let files = Arc::new(BootFiles::new(
+            cfg.tftp.ipxe_dir.clone(),
+            images.clone(),
+            nodes,
+        ));
+        let jobs = Jobs::new(cfg.clone(), registry.clone(), images)?;
         let secure = cfg.admin.listen.is_some();
         let state = Arc::new(AppState {
             registry: registry.clone(),
@@ -59,6 +67,7 @@ impl Head {
             auth: auth::Auth::new(store.clone(), api_token, cfg.admin.public_read, secure),
             max_streams: cfg.http.max_streams,
             streams: AtomicUsize::new(0),
+            jobs: jobs.clone(),
         });
         Ok(Head {
             cfg,
@@ -67,6 +76,7 @@ impl Head {
             registry,
             files,
             state,
+            jobs,
         })
     }
 
@@ -80,6 +90,10 @@ impl Head {
     pub async fn run(self, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
         self.warn_about_setup();
         let mut tasks = tokio::task::JoinSet::new();
+        if let Some(jobs) = &self.jobs {
+            jobs.spawn(&mut tasks, &shutdown);
+            tracing::info!(slurm_conf = %jobs.slurm_conf().display(), "jobs on: Slurm tools on this head use SLURM_CONF={}", jobs.slurm_conf().display());
+        }
         self.spawn_dhcp(&mut tasks, &shutdown)?;
         self.spawn_tftp(&mut tasks, &shutdown).await?;
         self.spawn_http(&mut tasks, &shutdown).await?;

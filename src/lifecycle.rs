@@ -10,6 +10,7 @@
 //!                │             stuck                          lost ◄────────────┘
 //!                │                                             │ heartbeat: healthy again
 //!   leaving ─────┘ (its next boot)    agent says leaving: any alive state ──► leaving
+//!   registered/healthy ── released with jobs on ──► draining ── (jobs done, agent leaves) ──► leaving
 //!   gone ◄── leaving, silent for gone_after; or a released PC answered "boot local disk"
 //! ```
 //!
@@ -37,6 +38,9 @@ pub enum NodeState {
     Registered,
     /// Heartbeats arrive.
     Healthy,
+    /// Released while it runs jobs: the scheduler gives it no more, and it leaves when they end
+    /// (or at the deadline, when they are requeued).
+    Draining,
     /// The agent said it is going (reboot, power-off, release).
     Leaving,
     /// Left, or handed back to its own disk.
@@ -48,13 +52,14 @@ pub enum NodeState {
 }
 
 impl NodeState {
-    pub const ALL: [NodeState; 10] = [
+    pub const ALL: [NodeState; 11] = [
         NodeState::Seen,
         NodeState::Booting,
         NodeState::Stuck,
         NodeState::Pending,
         NodeState::Registered,
         NodeState::Healthy,
+        NodeState::Draining,
         NodeState::Leaving,
         NodeState::Gone,
         NodeState::Lost,
@@ -69,6 +74,7 @@ impl NodeState {
             NodeState::Pending => "pending",
             NodeState::Registered => "registered",
             NodeState::Healthy => "healthy",
+            NodeState::Draining => "draining",
             NodeState::Leaving => "leaving",
             NodeState::Gone => "gone",
             NodeState::Lost => "lost",
@@ -84,13 +90,16 @@ impl NodeState {
     pub fn is_alive(self) -> bool {
         matches!(
             self,
-            NodeState::Pending | NodeState::Registered | NodeState::Healthy
+            NodeState::Pending | NodeState::Registered | NodeState::Healthy | NodeState::Draining
         )
     }
 
     /// Listed in every node's /etc/hosts (and counted "up" on the dashboard).
     pub fn is_peer(self) -> bool {
-        matches!(self, NodeState::Registered | NodeState::Healthy)
+        matches!(
+            self,
+            NodeState::Registered | NodeState::Healthy | NodeState::Draining
+        )
     }
 
     /// On its way up: the dashboard counts these as booting.
@@ -127,13 +136,15 @@ pub enum Event {
     Approved,
     /// An admin released it while no agent was online.
     ReleasedOffline,
+    /// An admin released it while it runs jobs: the scheduler drains it first.
+    DrainStarted,
     /// The clock: `silent` since the last sign of life.
     Tick { silent: Duration },
 }
 
 impl Event {
     /// One of each kind, for exhaustive tests (`Tick` with a zero silence).
-    pub const KINDS: [Event; 9] = [
+    pub const KINDS: [Event; 10] = [
         Event::PxeDhcp,
         Event::Fetched,
         Event::LocalDiskAnswered,
@@ -142,6 +153,7 @@ impl Event {
         Event::Leaving,
         Event::Approved,
         Event::ReleasedOffline,
+        Event::DrainStarted,
         Event::Tick {
             silent: Duration::ZERO,
         },
@@ -249,6 +261,10 @@ pub fn next(state: NodeState, facts: Facts, event: Event, limits: &Limits) -> St
             S::Registered | S::Lost => Step::to(S::Healthy),
             _ => Step::STAY,
         },
+        Event::DrainStarted => match state {
+            S::Registered | S::Healthy => Step::to(S::Draining),
+            _ => Step::STAY,
+        },
         Event::Leaving => match state {
             S::Leaving => Step::STAY,
             _ => Step::to(S::Leaving).with(|e| e.revoke_key = facts.released),
@@ -303,154 +319,27 @@ mod tests {
             Event::Leaving => "leaving",
             Event::Approved => "approve",
             Event::ReleasedOffline => "release",
+            Event::DrainStarted => "drain",
             Event::Tick { .. } => "tick",
         }
     }
 
     /// Every state x every event kind: the next state (`-` for unchanged). Ticks here are
     /// silent for longer than every limit; the shorter ones are tested below.
-    const TABLE: [(S, [&str; 9]); 10] = [
-        //  state            dhcp   fetch  local  register     heartbeat  leaving    approve       release     tick
-        (
-            S::Seen,
-            [
-                "-",
-                "booting",
-                "gone",
-                "registered",
-                "-",
-                "leaving",
-                "-",
-                "released",
-                "-",
-            ],
-        ),
-        (
-            S::Booting,
-            [
-                "-",
-                "-",
-                "gone",
-                "registered",
-                "-",
-                "leaving",
-                "-",
-                "released",
-                "stuck",
-            ],
-        ),
-        (
-            S::Stuck,
-            [
-                "seen",
-                "booting",
-                "gone",
-                "registered",
-                "-",
-                "leaving",
-                "-",
-                "released",
-                "-",
-            ],
-        ),
-        (
-            S::Pending,
-            [
-                "-",
-                "-",
-                "-",
-                "registered",
-                "-",
-                "leaving",
-                "registered",
-                "released",
-                "lost",
-            ],
-        ),
-        (
-            S::Registered,
-            [
-                "-",
-                "-",
-                "-",
-                "registered",
-                "healthy",
-                "leaving",
-                "-",
-                "released",
-                "lost",
-            ],
-        ),
-        (
-            S::Healthy,
-            [
-                "-",
-                "-",
-                "-",
-                "registered",
-                "-",
-                "leaving",
-                "-",
-                "released",
-                "lost",
-            ],
-        ),
-        (
-            S::Leaving,
-            [
-                "seen",
-                "booting",
-                "gone",
-                "registered",
-                "-",
-                "-",
-                "-",
-                "released",
-                "gone",
-            ],
-        ),
-        (
-            S::Gone,
-            [
-                "seen",
-                "booting",
-                "-",
-                "registered",
-                "-",
-                "leaving",
-                "-",
-                "released",
-                "-",
-            ],
-        ),
-        (
-            S::Lost,
-            [
-                "seen",
-                "booting",
-                "gone",
-                "registered",
-                "healthy",
-                "leaving",
-                "-",
-                "released",
-                "-",
-            ],
-        ),
-        (
-            S::Released,
-            [
-                "seen",
-                "booting",
-                "gone",
-                "registered",
-                "-",
-                "leaving",
-                "-",
-                "-",
-                "-",
-            ],
-        ),
+    #[rustfmt::skip]
+    const TABLE: [(S, [&str; 10]); 11] = [
+        //                dhcp    fetch      local   register      heartbeat  leaving    approve       release     drain       tick
+        (S::Seen,       ["-",    "booting", "gone", "registered", "-",       "leaving", "-",          "released", "-",        "-"]),
+        (S::Booting,    ["-",    "-",       "gone", "registered", "-",       "leaving", "-",          "released", "-",        "stuck"]),
+        (S::Stuck,      ["seen", "booting", "gone", "registered", "-",       "leaving", "-",          "released", "-",        "-"]),
+        (S::Pending,    ["-",    "-",       "-",    "registered", "-",       "leaving", "registered", "released", "-",        "lost"]),
+        (S::Registered, ["-",    "-",       "-",    "registered", "healthy", "leaving", "-",          "released", "draining", "lost"]),
+        (S::Healthy,    ["-",    "-",       "-",    "registered", "-",       "leaving", "-",          "released", "draining", "lost"]),
+        (S::Draining,   ["-",    "-",       "-",    "registered", "-",       "leaving", "-",          "released", "-",        "lost"]),
+        (S::Leaving,    ["seen", "booting", "gone", "registered", "-",       "-",       "-",          "released", "-",        "gone"]),
+        (S::Gone,       ["seen", "booting", "-",    "registered", "-",       "leaving", "-",          "released", "-",        "-"]),
+        (S::Lost,       ["seen", "booting", "gone", "registered", "healthy", "leaving", "-",          "released", "-",        "-"]),
+        (S::Released,   ["seen", "booting", "gone", "registered", "-",       "leaving", "-",          "-",        "-",        "-"]),
     ];
 
     #[test]
@@ -461,6 +350,11 @@ mod tests {
         };
         let long = Duration::from_secs(3600);
         for (state, row) in TABLE {
+            assert_eq!(
+                row.len(),
+                Event::KINDS.len(),
+                "{state}: one column per event kind"
+            );
             for (event, want) in Event::KINDS.into_iter().zip(row) {
                 let event = match event {
                     Event::Tick { .. } => Event::Tick { silent: long },

@@ -66,7 +66,12 @@ fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("enlist: {e:#}");
-            std::process::ExitCode::FAILURE
+            // A configuration the head cannot run with: EX_CONFIG, which the systemd unit does
+            // not restart on (RestartPreventExitStatus=78), so it is not a crash loop.
+            let config = e.chain().any(|c| {
+                c.is::<enlist::config::ConfigError>() || c.is::<enlist::jobs::JobsError>()
+            });
+            std::process::ExitCode::from(if config { 78 } else { 1 })
         }
     }
 }
@@ -74,12 +79,7 @@ fn main() -> std::process::ExitCode {
 fn run(args: Args) -> anyhow::Result<()> {
     match args.cmd {
         Cmd::Serve => cli::serve(&args.config),
-        Cmd::CheckConfig { file } => {
-            let path = file.unwrap_or(args.config);
-            enlist::config::Config::load(&path)?;
-            println!("{}: ok", path.display());
-            Ok(())
-        }
+        Cmd::CheckConfig { file } => cli::check_config(&file.unwrap_or(args.config)),
         Cmd::Image { cmd } => cli::image::run(cmd),
         Cmd::Floppy(a) => cli::floppy::floppy(&args.config, a),
         Cmd::Usb(a) => cli::floppy::usb(&args.config, a),

@@ -18,6 +18,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 mod mac;
+pub mod seal;
 
 use hmac::{Hmac, Mac as _};
 use serde::{Deserialize, Serialize};
@@ -41,6 +42,8 @@ pub mod paths {
     pub const RESULT: &str = "/api/v1/agent/result";
     pub const LEAVING: &str = "/api/v1/agent/leaving";
     pub const PEERS: &str = "/api/v1/agent/peers";
+    pub const JOBS: &str = "/api/v1/agent/jobs";
+    pub const STATUS: &str = "/api/v1/agent/status";
 }
 
 /// Request headers that carry the signature.
@@ -428,6 +431,133 @@ impl RequestAuth<'_> {
         let refs: Vec<&[u8]> = parts.iter().map(|p| p.as_slice()).collect();
         key.verify_parts(&refs, signature)
     }
+}
+
+/// What a node asks to join the scheduler: its image (the runtime bundle is built beside it).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct JobsRequest {
+    pub image: String,
+    pub version: String,
+}
+
+/// How a node joins the scheduler, from the head (signed; the munge key sealed for the node).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct JobsDescriptor {
+    pub enabled: bool,
+    /// `host:port` of slurmctld (`slurmd --conf-server`).
+    pub controller: String,
+    /// The munge socket named in slurm.conf (the head's path): the node links it to its own.
+    pub munge_socket: String,
+    pub munge_key: Option<seal::Sealed>,
+    /// The Slurm runtime (slurmd, slurmstepd, munged, their plugins and libraries).
+    pub bundle: Option<BundleRef>,
+    /// The shared home, mounted at the same path as on the head.
+    pub home: Option<HomeMount>,
+    /// Who jobs run as, besides root: every node knows them.
+    pub users: Vec<UserEntry>,
+    /// The Slurm feature every enlisted node has (its arch is added).
+    pub feature: String,
+    /// Memory the node keeps for itself, MB (the rest is offered to jobs).
+    pub mem_reserve_mb: u64,
+    /// The head's clock (munge refuses credentials from skewed clocks).
+    pub now_unix: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct BundleRef {
+    pub url: String,
+    pub sha256: String,
+    pub bytes: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct HomeMount {
+    /// The NFSv4 server's address.
+    pub server: String,
+    /// The path, the same on the head and the nodes.
+    pub path: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct UserEntry {
+    pub name: String,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// A clean absolute path: no `..`, no control characters, at most [`MAX_TEXT`] bytes.
+fn clean_path(what: &str, p: &str) -> Result<(), String> {
+    if !p.starts_with('/')
+        || p.split('/').any(|c| c == "..")
+        || p.chars().any(char::is_control)
+        || p.len() > MAX_TEXT
+    {
+        return Err(format!("{what}: {p:?} is not a clean absolute path"));
+    }
+    Ok(())
+}
+
+impl JobsDescriptor {
+    /// What the agent checks before acting on it (it runs as root).
+    pub fn check(&self) -> Result<(), String> {
+        if !self.enabled {
+            return Ok(());
+        }
+        let (host, port) = self
+            .controller
+            .rsplit_once(':')
+            .ok_or_else(|| format!("controller {:?} is not host:port", self.controller))?;
+        if host.is_empty()
+            || port.parse::<u16>().is_err()
+            || host.chars().any(|c| c.is_control() || c == ' ')
+        {
+            return Err(format!("controller {:?} is not host:port", self.controller));
+        }
+        clean_path("munge_socket", &self.munge_socket)?;
+        if let Some(b) = &self.bundle {
+            if !b.url.starts_with("http://") || b.url.chars().any(|c| c.is_control() || c == ' ') {
+                return Err(format!("bundle url {:?}", b.url));
+            }
+            if b.sha256.len() != 64 || !b.sha256.bytes().all(|c| c.is_ascii_hexdigit()) {
+                return Err("bundle sha256 is not 64 hex digits".into());
+            }
+        }
+        if let Some(h) = &self.home {
+            clean_path("home", &h.path)?;
+            if h.server.parse::<std::net::Ipv4Addr>().is_err() {
+                return Err(format!("home server {:?} is not an IPv4 address", h.server));
+            }
+        }
+        for u in &self.users {
+            let ok = !u.name.is_empty()
+                && u.name.len() <= 32
+                && u.name.bytes().all(|c| {
+                    c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'_' || c == b'-'
+                });
+            if !ok || u.uid == 0 {
+                return Err(format!("user {:?}", u.name));
+            }
+        }
+        if !self
+            .feature
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'-')
+            || self.feature.is_empty()
+        {
+            return Err(format!("feature {:?}", self.feature));
+        }
+        Ok(())
+    }
+}
+
+/// What the agent says of its part in the jobs (shown on the node and in its events).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct NodeStatus {
+    /// `starting`, `ready`, `failed`, `off`.
+    pub jobs: String,
+    /// Why, when it failed (one line).
+    #[serde(default)]
+    pub detail: String,
 }
 
 /// The head's signature on a reply to an agent request: the request's path, session (the

@@ -19,7 +19,7 @@ use enlist_api::Mac;
 use ipnet::Ipv4Net;
 
 pub use values::{valid_host_label, ImageName, PciId, PublicUrl};
-pub use wire::{DhcpMode, Enrollment};
+pub use wire::{DhcpMode, Enrollment, HomeServer};
 
 use locate::Positions;
 
@@ -85,6 +85,7 @@ pub struct Config {
     pub images: ImagesConfig,
     pub nodes: NodesConfig,
     pub admin: AdminConfig,
+    pub jobs: JobsConfig,
     /// Every reservation of every subnet, by MAC.
     reservations: HashMap<Mac, Reservation>,
     /// Where the config came from, to place later errors (e.g. an image not yet built).
@@ -194,6 +195,46 @@ pub struct AdminConfig {
     pub listen: Option<SocketAddr>,
     /// Certificate and key (PEM) for `listen`; `None`: a self-signed pair in the state folder.
     pub tls: Option<(PathBuf, PathBuf)>,
+}
+
+/// Jobs through Slurm (`jobs:`).
+#[derive(Debug, Clone)]
+pub struct JobsConfig {
+    pub enabled: bool,
+    pub controller: Controller,
+    pub cluster_name: String,
+    pub partition: String,
+    pub feature: String,
+    pub def_mem_per_cpu_mb: u64,
+    pub mem_reserve_mb: u64,
+    pub release_deadline: Duration,
+    pub node_timeout: Duration,
+    pub home_server: HomeServer,
+    /// The shared home on the head, mounted at the same path on every node.
+    pub home: PathBuf,
+    /// `None`: the head's own accounts with UID >= 1000, read at start.
+    pub users: Option<Vec<JobUser>>,
+}
+
+/// Which slurmctld the nodes join.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Controller {
+    /// enlist starts and supervises munged and slurmctld, on `port`.
+    Managed { port: u16 },
+    /// The site's own.
+    External {
+        host: String,
+        port: u16,
+        slurm_conf: PathBuf,
+        munge_key: PathBuf,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobUser {
+    pub name: String,
+    pub uid: u32,
+    pub gid: u32,
 }
 
 impl Config {

@@ -22,6 +22,7 @@ impl TryFrom<wire::File> for Config {
         let images = ImagesConfig::try_from(f.images).map_err(|e| e.under("images"))?;
         let nodes = NodesConfig::try_from(f.nodes).map_err(|e| e.under("nodes"))?;
         let admin = AdminConfig::try_from(f.admin).map_err(|e| e.under("admin"))?;
+        let jobs = jobs(f.jobs, &f.state_dir).map_err(|e| e.under("jobs"))?;
         let reservations = dhcp
             .subnets
             .iter()
@@ -35,6 +36,7 @@ impl TryFrom<wire::File> for Config {
             images,
             nodes,
             admin,
+            jobs,
             reservations,
             source: Source::default(),
         })
@@ -390,4 +392,104 @@ impl TryFrom<wire::Admin> for AdminConfig {
             tls,
         })
     }
+}
+
+fn jobs(j: wire::Jobs, state_dir: &std::path::Path) -> Checked<JobsConfig> {
+    let name_ok = |s: &str| {
+        !s.is_empty()
+            && s.len() <= 40
+            && s.bytes()
+                .all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'-')
+    };
+    for (key, v) in [
+        ("cluster_name", &j.cluster_name),
+        ("partition", &j.partition),
+        ("feature", &j.feature),
+    ] {
+        if !name_ok(v) {
+            return Err(Invalid::new(
+                key,
+                format!("{v:?}: use letters, digits, '-' and '_'"),
+            ));
+        }
+    }
+    if j.port == 0 || j.port == u16::MAX {
+        return Err(Invalid::new(
+            "port",
+            "must be a port with the next one free for slurmd",
+        ));
+    }
+    if j.def_mem_per_cpu == 0 {
+        return Err(Invalid::new("def_mem_per_cpu", "must be at least 1 (MB)"));
+    }
+    if j.node_timeout < Duration::from_secs(10) {
+        return Err(Invalid::new("node_timeout", "must be at least 10s"));
+    }
+    let controller = match j.external {
+        None => Controller::Managed { port: j.port },
+        Some(e) => {
+            if e.host.is_empty() {
+                return Err(Invalid::new("external.host", "name slurmctld's host"));
+            }
+            Controller::External {
+                host: e.host,
+                port: e.port,
+                slurm_conf: e.slurm_conf,
+                munge_key: e.munge_key,
+            }
+        }
+    };
+    let home = j.home.path.unwrap_or_else(|| state_dir.join("home"));
+    if !home.is_absolute() {
+        return Err(Invalid::new(
+            "home.path",
+            "must be an absolute path (nodes mount it there)",
+        ));
+    }
+    let users = match j.users {
+        None => None,
+        Some(list) => {
+            let mut out = vec![];
+            for (i, u) in list.into_iter().enumerate() {
+                let ok = !u.name.is_empty()
+                    && u.name.len() <= 32
+                    && u.name.bytes().all(|c| {
+                        c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'_' || c == b'-'
+                    })
+                    && !u.name.starts_with('-');
+                if !ok {
+                    return Err(Invalid::new(
+                        format!("users[{i}].name"),
+                        format!("{:?} is not a user name", u.name),
+                    ));
+                }
+                if u.uid == 0 {
+                    return Err(Invalid::new(
+                        format!("users[{i}].uid"),
+                        "root is always known; list the other users",
+                    ));
+                }
+                out.push(JobUser {
+                    name: u.name,
+                    uid: u.uid,
+                    gid: u.gid,
+                });
+            }
+            Some(out)
+        }
+    };
+    Ok(JobsConfig {
+        enabled: j.enabled,
+        controller,
+        cluster_name: j.cluster_name,
+        partition: j.partition,
+        feature: j.feature,
+        def_mem_per_cpu_mb: j.def_mem_per_cpu,
+        mem_reserve_mb: j.mem_reserve,
+        release_deadline: j.release_deadline,
+        node_timeout: j.node_timeout,
+        home_server: j.home.server,
+        home,
+        users,
+    })
 }

@@ -26,6 +26,8 @@ pub struct File {
     pub nodes: Nodes,
     #[serde(default)]
     pub admin: Admin,
+    #[serde(default)]
+    pub jobs: Jobs,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -248,6 +250,134 @@ pub struct Admin {
     pub tls_cert: Option<PathBuf>,
     #[serde(default)]
     pub tls_key: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Jobs {
+    /// Run jobs on the nodes through Slurm.
+    #[serde(default)]
+    pub enabled: bool,
+    /// Use an existing slurmctld instead of starting one (enlist then only adds and removes
+    /// nodes).
+    #[serde(default)]
+    pub external: Option<ExternalSlurm>,
+    #[serde(default = "default_cluster_name")]
+    pub cluster_name: String,
+    #[serde(default = "default_partition")]
+    pub partition: String,
+    /// Every enlisted node has this Slurm feature; the partition is the nodes with it.
+    #[serde(default = "default_feature")]
+    pub feature: String,
+    /// slurmctld's port (slurmd listens on the next one).
+    #[serde(default = "default_slurm_port")]
+    pub port: u16,
+    /// Memory a job gets per CPU unless it asks, MB.
+    #[serde(default = "default_mem_per_cpu")]
+    pub def_mem_per_cpu: u64,
+    /// Memory a node keeps for its OS, munged and slurmd, MB: the rest is offered to jobs.
+    #[serde(default = "default_mem_reserve")]
+    pub mem_reserve: u64,
+    /// How long releasing a node waits for its jobs before requeueing them.
+    #[serde(with = "humantime_serde", default = "default_release_deadline")]
+    pub release_deadline: Duration,
+    /// A node silent this long is down for Slurm, and its jobs requeued.
+    #[serde(with = "humantime_serde", default = "default_node_timeout")]
+    pub node_timeout: Duration,
+    #[serde(default)]
+    pub home: Home,
+    /// The users jobs run as: known to every node. Default: the head's accounts with UID >= 1000.
+    #[serde(default)]
+    pub users: Option<Vec<JobUser>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExternalSlurm {
+    /// Where nodes reach slurmctld (`--conf-server`).
+    pub host: String,
+    #[serde(default = "default_slurm_port")]
+    pub port: u16,
+    /// The site's slurm.conf, for scontrol (drain, delete).
+    pub slurm_conf: PathBuf,
+    /// The site's munge key, handed to enlisted nodes.
+    pub munge_key: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum HomeServer {
+    /// The kernel's NFS server where the head's kernel has one, else NFS-Ganesha.
+    #[default]
+    Auto,
+    Kernel,
+    Ganesha,
+    /// No shared home.
+    None,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Home {
+    #[serde(default)]
+    pub server: HomeServer,
+    /// The shared folder on the head; nodes mount it at the same path. Default:
+    /// `<state_dir>/home`.
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobUser {
+    pub name: String,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl Default for Jobs {
+    fn default() -> Self {
+        Jobs {
+            enabled: false,
+            external: None,
+            cluster_name: default_cluster_name(),
+            partition: default_partition(),
+            feature: default_feature(),
+            port: default_slurm_port(),
+            def_mem_per_cpu: default_mem_per_cpu(),
+            mem_reserve: default_mem_reserve(),
+            release_deadline: default_release_deadline(),
+            node_timeout: default_node_timeout(),
+            home: Home::default(),
+            users: None,
+        }
+    }
+}
+
+fn default_cluster_name() -> String {
+    "enlist".into()
+}
+fn default_partition() -> String {
+    "enlist".into()
+}
+fn default_feature() -> String {
+    "enlist".into()
+}
+fn default_slurm_port() -> u16 {
+    6817
+}
+fn default_mem_per_cpu() -> u64 {
+    // The PCs of the original cluster have 32-128 MB; a job that needs more asks (--mem).
+    16
+}
+fn default_mem_reserve() -> u64 {
+    16
+}
+fn default_release_deadline() -> Duration {
+    Duration::from_secs(600)
+}
+fn default_node_timeout() -> Duration {
+    Duration::from_secs(60)
 }
 
 fn default_state_dir() -> PathBuf {

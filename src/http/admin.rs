@@ -174,11 +174,23 @@ async fn action(
         }
     };
     let reg = s.registry.clone();
+    let jobs = s.jobs.clone();
     let r = blocking(move || {
         let mac = reg.find(&node)?.mac;
         match action.as_str() {
             "approve" => reg.approve(mac)?,
-            "release" => reg.release(mac)?,
+            // With jobs on, the scheduler drains the node first (in the background: it may
+            // wait for its jobs); the view answered is the node draining.
+            "release" => match jobs {
+                Some(jobs) => {
+                    tokio::runtime::Handle::current().spawn(async move {
+                        if let Err(e) = jobs.release(mac).await {
+                            tracing::error!(%mac, "release: {e}");
+                        }
+                    });
+                }
+                None => reg.release(mac)?,
+            },
             "enlist" => reg.enlist(mac)?,
             "reboot" => {
                 reg.command(mac, CommandKind::Reboot)?;
@@ -233,7 +245,11 @@ async fn summary(State(s): State<Shared>) -> Response {
         .filter(|(_, n)| *n > 0)
         .map(|(st, n)| (st.as_str(), n))
         .collect();
-    Json(serde_json::json!({ "nodes": counts })).into_response()
+    Json(serde_json::json!({
+        "nodes": counts,
+        "jobs": s.jobs.as_ref().map(|_| s.registry.sched_totals()),
+    }))
+    .into_response()
 }
 
 #[derive(Deserialize)]
@@ -270,7 +286,7 @@ async fn initrd(
             .map_err(|e| RegistryError::NotFound(e.to_string()))?;
         let base = std::fs::read(&path)
             .map_err(|e| RegistryError::NotFound(format!("{}: {e}", path.display())))?;
-        let overlay = reg.direct_overlay(mac)?;
+        let overlay = reg.direct_overlay(mac, (&image, &version))?;
         Ok([base, overlay].concat())
     })
     .await;

@@ -11,8 +11,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use enlist_api::{
-    headers as h, paths, CommandResult, CommandsResponse, Heartbeat, Leaving, Mac, NonceResponse,
-    PeersResponse, ReplyAuth,
+    headers as h, paths, CommandResult, CommandsResponse, Heartbeat, JobsDescriptor, JobsRequest,
+    Leaving, Mac, NodeStatus, NonceResponse, PeersResponse, ReplyAuth,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -33,6 +33,8 @@ pub fn routes() -> Router<Shared> {
         .route(paths::RESULT, post(result))
         .route(paths::LEAVING, post(leaving))
         .route(paths::PEERS, post(peers))
+        .route(paths::JOBS, post(jobs))
+        .route(paths::STATUS, post(status))
 }
 
 fn agent_error(e: AgentError) -> Response {
@@ -258,6 +260,51 @@ async fn leaving(State(s): State<Shared>, a: Agent) -> Response {
     match blocking(move || reg.leaving(mac, &l.reason)).await {
         Ok(()) => a.reply(&s, &serde_json::Value::Null),
         Err(r) => r,
+    }
+}
+
+/// How this node joins the scheduler (off when jobs are off); its munge key sealed for it.
+async fn jobs(State(s): State<Shared>, a: Agent) -> Response {
+    let req: JobsRequest = match a.body() {
+        Ok(r) => r,
+        Err(e) => return agent_error(e),
+    };
+    let off = || JobsDescriptor {
+        enabled: false,
+        controller: String::new(),
+        munge_socket: String::new(),
+        munge_key: None,
+        bundle: None,
+        home: None,
+        users: vec![],
+        feature: String::new(),
+        mem_reserve_mb: 0,
+        now_unix: crate::store::now(),
+    };
+    let descriptor = match &s.jobs {
+        None => off(),
+        // Only a node that may be in the cluster gets the key (not one being released).
+        Some(jobs) => match s.registry.node(a.mac) {
+            Ok(row) if row.state.is_alive() && !row.released => jobs.descriptor(a.mac, &req),
+            Ok(_) => off(),
+            Err(e) => return agent_error(AgentError::BadRequest(e.to_string())),
+        },
+    };
+    a.reply(&s, &descriptor)
+}
+
+/// What the agent says of its part in the jobs.
+async fn status(State(s): State<Shared>, a: Agent) -> Response {
+    let st: NodeStatus = match a.body() {
+        Ok(r) => r,
+        Err(e) => return agent_error(e),
+    };
+    let (reg, mac) = (s.registry.clone(), a.mac);
+    let r = tokio::task::spawn_blocking(move || reg.jobs_status(mac, &st)).await;
+    match r {
+        Ok(Ok(())) => a.reply(&s, &serde_json::Value::Null),
+        Ok(Err(e)) => agent_error(AgentError::BadRequest(e.to_string())),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
 

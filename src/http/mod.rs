@@ -40,6 +40,8 @@ pub struct AppState {
     /// Live dashboard streams at most (`http.max_streams`), and how many are open.
     pub max_streams: usize,
     pub streams: AtomicUsize,
+    /// Jobs through Slurm, when `jobs.enabled`.
+    pub jobs: Option<Arc<crate::jobs::Jobs>>,
 }
 
 pub type Shared = Arc<AppState>;

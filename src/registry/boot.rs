@@ -177,7 +177,13 @@ impl Registry {
     /// node's key. The first download of a token gives the node a new key (its epoch goes up,
     /// so a key from an earlier boot is worthless); later downloads with the same token (a
     /// retry) get the same bytes.
-    pub fn overlay(&self, mac: Mac, token: &str, from: IpAddr) -> Result<Vec<u8>, OverlayError> {
+    pub fn overlay(
+        &self,
+        mac: Mac,
+        token: &str,
+        from: IpAddr,
+        image: (&str, &str),
+    ) -> Result<Vec<u8>, OverlayError> {
         let _one_at_a_time = self.overlay_lock.lock().unwrap_or_else(|p| p.into_inner());
         let epoch = self
             .inner()
@@ -206,12 +212,13 @@ impl Registry {
                 row.key_epoch
             }
         };
-        self.node_overlay(&row, epoch).map_err(OverlayError::Build)
+        self.node_overlay(&row, epoch, image)
+            .map_err(OverlayError::Build)
     }
 
     /// The overlay for an admin who boots a PC by hand (`-kernel`/`-initrd`, a USB stick): a
     /// new key, and a node created if needed. Only for an authenticated admin.
-    pub fn direct_overlay(&self, mac: Mac) -> Result<Vec<u8>, RegistryError> {
+    pub fn direct_overlay(&self, mac: Mac, image: (&str, &str)) -> Result<Vec<u8>, RegistryError> {
         let _one_at_a_time = self.overlay_lock.lock().unwrap_or_else(|p| p.into_inner());
         let mut row = match self.store.node(mac)? {
             Some(r) => r,
@@ -223,14 +230,21 @@ impl Registry {
             &row,
             Some(("key", "new node key issued to an admin for a direct boot")),
         )?;
-        self.node_overlay(&row, row.key_epoch)
+        self.node_overlay(&row, row.key_epoch, image)
             .map_err(|e| RegistryError::Store(StoreError::Join(e.to_string())))
     }
 
-    fn node_overlay(&self, row: &NodeRow, epoch: i64) -> std::io::Result<Vec<u8>> {
+    /// `node.conf` in a cpio: the head, the node's name, MAC and key, and the image it boots
+    /// (whose runtime bundle it fetches when it joins the jobs).
+    fn node_overlay(
+        &self,
+        row: &NodeRow,
+        epoch: i64,
+        (image, version): (&str, &str),
+    ) -> std::io::Result<Vec<u8>> {
         let key = self.keys.node_key(row.mac, epoch);
         let conf = format!(
-            "head={}\nname={}\nmac={}\nkey={}\n",
+            "head={}\nname={}\nmac={}\nkey={}\nimage={image}\nversion={version}\n",
             self.cfg.http.public_url.base(),
             row.name,
             row.mac,

@@ -18,7 +18,7 @@ use crate::store::NodeRow;
 
 use super::admission::{Admission, AdmissionLimits};
 use super::tokens::BootTokens;
-use super::view::NodeView;
+use super::view::{NodeView, SchedInfo};
 
 /// Steps kept per boot trace (a boot has about ten).
 const TRACE_STEPS: usize = 40;
@@ -65,6 +65,8 @@ pub(super) struct Live {
     pub os_fetched: bool,
     /// When this boot began (unix seconds): its first PXE DHCP, or its first file.
     pub boot_started: Option<i64>,
+    /// What the agent last said of its part in the jobs.
+    pub jobs: Option<String>,
 }
 
 /// A PC waiting for an admin's approval: shown, never stored.
@@ -93,6 +95,8 @@ pub(super) struct Inner {
     pub counts: HashMap<NodeState, i64>,
     /// The first sweep after start looks at every node.
     pub swept_once: bool,
+    /// The scheduler's view of the nodes, by node name (jobs on).
+    pub sched: HashMap<String, SchedInfo>,
 }
 
 impl Inner {
@@ -115,6 +119,7 @@ impl Inner {
             peers_version: 1,
             counts: HashMap::new(),
             swept_once: false,
+            sched: HashMap::new(),
         }
     }
 
@@ -156,6 +161,7 @@ impl Inner {
             row,
             self.live.get(&row.mac),
             self.candidates.contains_key(&row.mac),
+            self.sched.get(&row.name).cloned(),
         )
     }
 

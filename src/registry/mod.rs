@@ -38,7 +38,7 @@ pub use boot::{BootDecision, OverlayError};
 pub use keys::{token as random_token, Keys};
 pub use live::BootStep;
 pub use tokens::TokenRefused;
-pub use view::NodeView;
+pub use view::{NodeView, SchedInfo, SchedTotals};
 
 use live::Inner;
 
@@ -419,6 +419,106 @@ impl Registry {
             self.apply(&mut row, Event::Tick { silent }, &why)?;
         }
         self.inner().prune(now);
+        Ok(())
+    }
+
+    /// The scheduler's view of every node, from the jobs' poll: kept, and the nodes whose
+    /// view changed are published to dashboards.
+    pub fn set_sched(&self, sched: HashMap<String, SchedInfo>) {
+        let changed: Vec<String> = {
+            let mut inner = self.inner();
+            let changed = sched
+                .iter()
+                .filter(|(n, v)| inner.sched.get(*n) != Some(v))
+                .map(|(n, _)| n.clone())
+                .chain(
+                    inner
+                        .sched
+                        .keys()
+                        .filter(|n| !sched.contains_key(*n))
+                        .cloned(),
+                )
+                .collect();
+            inner.sched = sched;
+            changed
+        };
+        if changed.is_empty() || self.updates.receiver_count() == 0 {
+            return;
+        }
+        let Ok(rows) = self.store.nodes() else { return };
+        for row in rows.iter().filter(|r| changed.contains(&r.name)) {
+            self.publish(row);
+        }
+    }
+
+    /// The scheduler's view of the node called `name`.
+    pub fn sched_of(&self, name: &str) -> Option<SchedInfo> {
+        self.inner().sched.get(name).cloned()
+    }
+
+    /// CPUs and memory (MB) the scheduler has, in all and free, over the nodes it can use.
+    pub fn sched_totals(&self) -> SchedTotals {
+        let inner = self.inner();
+        let mut t = SchedTotals::default();
+        for s in inner.sched.values() {
+            if !matches!(s.state.as_str(), "idle" | "mixed" | "allocated") {
+                continue;
+            }
+            t.nodes += 1;
+            t.cpus += s.cpus;
+            t.cpus_free += s.cpus.saturating_sub(s.cpus_alloc);
+            t.mem_mb += s.mem_mb;
+            t.mem_free_mb += s.mem_mb.saturating_sub(s.mem_alloc_mb);
+            t.jobs += s.jobs;
+        }
+        t
+    }
+
+    /// A release waits for the node's jobs: it is draining.
+    pub fn drain_started(
+        &self,
+        mac: Mac,
+        deadline: std::time::Duration,
+    ) -> Result<(), RegistryError> {
+        let mut row = self.node(mac)?;
+        let why = format!(
+            "released; the scheduler gives it no more jobs, and it leaves when its jobs end (or in {} s, requeueing them)",
+            deadline.as_secs()
+        );
+        self.apply(&mut row, Event::DrainStarted, &why)?;
+        Ok(())
+    }
+
+    /// An event in the node's history (from the head's own services: jobs, schedules).
+    pub fn note(&self, mac: Mac, kind: &str, detail: &str) -> Result<(), RegistryError> {
+        let row = self.node(mac)?;
+        self.save(&row, Some((kind, detail)))?;
+        Ok(())
+    }
+
+    /// What the agent says of its part in the jobs; a change is an event.
+    pub fn jobs_status(
+        &self,
+        mac: Mac,
+        status: &enlist_api::NodeStatus,
+    ) -> Result<(), RegistryError> {
+        let text = if status.detail.is_empty() {
+            status.jobs.clone()
+        } else {
+            format!("{}: {}", status.jobs, status.detail)
+        };
+        let text: String = text.chars().filter(|c| !c.is_control()).take(300).collect();
+        let old = self
+            .inner()
+            .live
+            .entry(mac)
+            .or_default()
+            .jobs
+            .replace(text.clone());
+        let row = self.node(mac)?;
+        if old.as_deref() != Some(text.as_str()) {
+            self.save(&row, Some(("jobs", &text)))?;
+        }
         Ok(())
     }
 

@@ -16,6 +16,9 @@ use crate::dhcp::handler::BootObserver;
 use crate::metrics::Metrics;
 use crate::store::Store;
 
+/// The image the tests' nodes boot.
+const IMG: (&str, &str) = ("i586", "v1");
+
 const A: Mac = Mac([0x52, 0x54, 0, 0, 0, 0x0a]);
 const B: Mac = Mac([0x52, 0x54, 0, 0, 0, 0x0b]);
 
@@ -101,7 +104,7 @@ fn register(r: &Registry, mac: Mac, key: &NodeKey, from: IpAddr) -> Result<Strin
 /// Boot `mac` from `from` to `registered`: script, initrd overlay, registration.
 fn boot(r: &Registry, mac: Mac, from: IpAddr) -> NodeKey {
     let token = script(r, mac, from).expect("a boot script");
-    let key = key_in(&r.overlay(mac, &token, from).expect("overlay"));
+    let key = key_in(&r.overlay(mac, &token, from, IMG).expect("overlay"));
     register(r, mac, &key, from).expect("registered");
     key
 }
@@ -131,9 +134,9 @@ fn a_pc_boots_from_dhcp_to_registered() {
     assert_eq!(state(&r, A), NodeState::Seen);
     let token = script(&r, A, ip(100)).expect("boots");
     assert_eq!(state(&r, A), NodeState::Booting);
-    let overlay = r.overlay(A, &token, ip(100)).expect("overlay");
+    let overlay = r.overlay(A, &token, ip(100), IMG).expect("overlay");
     assert_eq!(
-        r.overlay(A, &token, ip(100)).expect("again"),
+        r.overlay(A, &token, ip(100), IMG).expect("again"),
         overlay,
         "a retried download gets the same bytes (and the same key)"
     );
@@ -146,7 +149,7 @@ fn a_pc_boots_from_dhcp_to_registered() {
     let steps: Vec<String> = r.view(&row).boot.iter().map(|s| s.step.clone()).collect();
     assert_eq!(steps, ["dhcp", "script", "registered"]);
     assert!(
-        r.overlay(A, &token, ip(100)).is_err(),
+        r.overlay(A, &token, ip(100), IMG).is_err(),
         "the token ends when the node registers"
     );
 }
@@ -155,14 +158,14 @@ fn a_pc_boots_from_dhcp_to_registered() {
 fn the_initrd_goes_only_to_the_address_that_fetched_the_script() {
     let r = registry();
     let token = script(&r, A, ip(100)).expect("boots");
-    let e = r.overlay(A, &token, ip(66)).unwrap_err();
+    let e = r.overlay(A, &token, ip(66), IMG).unwrap_err();
     assert_eq!(e.reason(), "token-wrong-address");
     assert_eq!(
-        r.overlay(A, "guess", ip(100)).unwrap_err().reason(),
+        r.overlay(A, "guess", ip(100), IMG).unwrap_err().reason(),
         "token-mismatch"
     );
     assert_eq!(
-        r.overlay(B, &token, ip(100)).unwrap_err().reason(),
+        r.overlay(B, &token, ip(100), IMG).unwrap_err().reason(),
         "token-unknown"
     );
 }
@@ -267,7 +270,7 @@ fn the_clock_marks_lost_gone_and_stuck() {
 
     // A PC that fetched its OS and never registered is stuck.
     let token = script(&r, B, ip(101)).expect("boots");
-    r.overlay(B, &token, ip(101)).expect("overlay");
+    r.overlay(B, &token, ip(101), IMG).expect("overlay");
     crate::bootfiles::FetchObserver::fetched(
         &*r,
         Some(B),

@@ -35,10 +35,45 @@ pub struct NodeView {
     /// The steps of its current (or last) boot, oldest first.
     pub boot: Vec<BootStep>,
     pub created: i64,
+    /// What the scheduler says of it (jobs on).
+    pub sched: Option<SchedInfo>,
+    /// What its agent says of its part in the jobs: `starting`, `ready`, `failed: ...`.
+    pub jobs: Option<String>,
+}
+
+/// A node as the scheduler (Slurm) sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SchedInfo {
+    /// `idle`, `mixed`, `allocated`, `draining`, `drained`, `down`, ...
+    pub state: String,
+    pub cpus: u32,
+    pub cpus_alloc: u32,
+    pub mem_mb: u64,
+    pub mem_alloc_mb: u64,
+    /// Jobs running on it.
+    pub jobs: u32,
+}
+
+/// The cluster as the scheduler sees it: the nodes in service (idle, mixed, allocated) and
+/// what they offer to jobs.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct SchedTotals {
+    pub nodes: u32,
+    pub cpus: u32,
+    pub cpus_free: u32,
+    pub mem_mb: u64,
+    pub mem_free_mb: u64,
+    /// Jobs running.
+    pub jobs: u32,
 }
 
 impl NodeView {
-    pub(super) fn new(row: &NodeRow, live: Option<&Live>, candidate: bool) -> NodeView {
+    pub(super) fn new(
+        row: &NodeRow,
+        live: Option<&Live>,
+        candidate: bool,
+        sched: Option<SchedInfo>,
+    ) -> NodeView {
         let info = live.and_then(|l| l.info.clone()).or_else(|| {
             row.info
                 .as_deref()
@@ -70,6 +105,8 @@ impl NodeView {
             boot_seconds: row.boot_seconds,
             boot: live.map(|l| l.trace.clone()).unwrap_or_default(),
             created: row.created,
+            sched,
+            jobs: live.and_then(|l| l.jobs.clone()),
         }
     }
 }

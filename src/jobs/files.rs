@@ -1,0 +1,255 @@
+//! The files the scheduler and the file server run from, written by the head: slurm.conf and
+//! cgroup.conf for slurmctld (served to the nodes by configless Slurm), and ganesha.conf for
+//! the shared home. Pure: text from settings, tested here.
+
+use std::fmt::Write as _;
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::time::Duration;
+
+use ipnet::Ipv4Net;
+
+/// What slurm.conf is made of.
+#[derive(Debug, Clone)]
+pub struct SlurmSettings<'a> {
+    pub cluster: &'a str,
+    /// The head's host name (slurmctld checks it is its own) and the address nodes reach.
+    pub host: &'a str,
+    pub addr: Ipv4Addr,
+    pub port: u16,
+    pub munge_socket: &'a Path,
+    /// slurmctld's state, pid and log, on the head.
+    pub state_dir: &'a Path,
+    /// Enlisted nodes carry this feature; the default partition is every node with it.
+    pub feature: &'a str,
+    pub partition: &'a str,
+    pub def_mem_per_cpu_mb: u64,
+    /// A node silent this long is down for Slurm (its jobs are requeued).
+    pub node_timeout: Duration,
+    pub max_nodes: usize,
+}
+
+/// Where slurmd keeps its files on a node (RAM: the node OS has no disk).
+pub const NODE_SPOOL: &str = "/var/spool/slurmd";
+pub const NODE_LOG: &str = "/var/log/slurmd.log";
+
+/// slurm.conf for a cluster of dynamic nodes (slurmd -Z) fetched configless.
+pub fn slurm_conf(s: &SlurmSettings) -> String {
+    let mut c = String::from("# Written by enlist at every start; edits are lost.\n");
+    let mut line = |k: &str, v: &dyn std::fmt::Display| {
+        let _ = writeln!(c, "{k}={v}");
+    };
+    line("ClusterName", &s.cluster);
+    line("SlurmctldHost", &format!("{}({})", s.host, s.addr));
+    line("SlurmctldPort", &s.port);
+    line("SlurmdPort", &(s.port + 1));
+    line("AuthType", &"auth/munge");
+    line("AuthInfo", &format!("socket={}", s.munge_socket.display()));
+    line("CredType", &"cred/munge");
+    line("SlurmUser", &"root");
+    line("SlurmdUser", &"root");
+    line("StateSaveLocation", &s.state_dir.join("state").display());
+    line(
+        "SlurmctldPidFile",
+        &s.state_dir.join("slurmctld.pid").display(),
+    );
+    line(
+        "SlurmctldLogFile",
+        &s.state_dir.join("slurmctld.log").display(),
+    );
+    line("SlurmdSpoolDir", &NODE_SPOOL);
+    line("SlurmdLogFile", &NODE_LOG);
+    line("SlurmdPidFile", &"/run/slurmd.pid");
+    // Nodes fetch this file from slurmctld; they add and remove themselves (slurmd -Z).
+    line("SlurmctldParameters", &"enable_configless");
+    line("MaxNodeCount", &s.max_nodes);
+    // 22.05 asks for a tree width above the node count with dynamic nodes: no forwarding
+    // through nodes slurmctld does not know in advance.
+    line("TreeWidth", &65533);
+    line("SelectType", &"select/cons_tres");
+    line("SelectTypeParameters", &"CR_Core_Memory");
+    // Without a default, one job takes all of a node's memory.
+    line("DefMemPerCPU", &s.def_mem_per_cpu_mb);
+    // A node that was down (a PC rebooted) is back in service when it registers.
+    line("ReturnToService", &2);
+    line("SlurmdTimeout", &s.node_timeout.as_secs().max(10));
+    line("JobRequeue", &1);
+    // The node OS has no cgroup controllers to spare: processes are tracked by parentage.
+    line("ProctrackType", &"proctrack/linuxproc");
+    line("TaskPlugin", &"task/none");
+    line("JobAcctGatherType", &"jobacct_gather/none");
+    line("MpiDefault", &"none");
+    line("SwitchType", &"switch/none");
+    line("SchedulerType", &"sched/backfill");
+    line("MailProg", &"/bin/true");
+    line("Nodeset", &format!("enlisted Feature={}", s.feature));
+    line(
+        "PartitionName",
+        &format!(
+            "{} Nodes=enlisted Default=YES MaxTime=INFINITE State=UP",
+            s.partition
+        ),
+    );
+    c
+}
+
+/// Where munged listens, per a slurm.conf (`AuthInfo=...socket=<path>...`); munge's own
+/// default when it does not say.
+pub fn munge_socket_in(slurm_conf: &str) -> String {
+    slurm_conf
+        .lines()
+        .map(|l| l.split('#').next().unwrap_or("").trim())
+        .filter_map(|l| l.split_once('='))
+        .filter(|(k, _)| k.trim().eq_ignore_ascii_case("AuthInfo"))
+        .flat_map(|(_, v)| v.split(','))
+        .filter_map(|opt| opt.trim().strip_prefix("socket="))
+        .next_back()
+        .unwrap_or("/run/munge/munge.socket.2")
+        .to_string()
+}
+
+/// cgroup.conf: slurmd 22.05 loads a cgroup plugin whatever the other settings; v1 with
+/// nothing constrained needs only the mount point.
+pub fn cgroup_conf() -> String {
+    "# Written by enlist\nCgroupPlugin=cgroup/v1\nCgroupAutomount=no\nConstrainCores=no\nConstrainRAMSpace=no\nConstrainDevices=no\n".into()
+}
+
+/// What ganesha.conf is made of.
+#[derive(Debug, Clone)]
+pub struct HomeExport<'a> {
+    pub path: &'a Path,
+    /// The address Ganesha listens on (the head's on the lab network).
+    pub bind: Ipv4Addr,
+    pub clients: &'a [Ipv4Net],
+    /// Ganesha's NFSv4 client state (recovery) folder.
+    pub recovery: &'a Path,
+}
+
+/// ganesha.conf: NFSv4 over TCP only (no portmapper, no lock manager), the home folder at
+/// its own path in the pseudo file system, for the lab subnets.
+pub fn ganesha_conf(h: &HomeExport) -> String {
+    let clients: Vec<String> = h.clients.iter().map(|n| n.to_string()).collect();
+    format!(
+        r#"# Written by enlist at every start; edits are lost.
+NFS_CORE_PARAM {{
+    Protocols = 4;
+    NFS_Port = 2049;
+    Enable_NLM = false;
+    Enable_RQUOTA = false;
+    Bind_addr = {bind};
+}}
+NFSV4 {{
+    # No grace period: the only clients are nodes, which mount again when they boot.
+    Graceless = true;
+    Lease_Lifetime = 20;
+    RecoveryBackend = fs;
+    RecoveryRoot = {recovery};
+    Only_Numeric_Owners = true;
+}}
+EXPORT_DEFAULTS {{ Access_Type = NONE; }}
+EXPORT {{
+    Export_Id = 1;
+    Path = {path};
+    Pseudo = {path};
+    Protocols = 4;
+    Transports = TCP;
+    SecType = sys;
+    Squash = No_Root_Squash;
+    CLIENT {{ Clients = {clients}; Access_Type = RW; }}
+    FSAL {{ Name = VFS; }}
+}}
+LOG {{ Default_Log_Level = WARN; }}
+"#,
+        bind = h.bind,
+        recovery = h.recovery.display(),
+        path = h.path.display(),
+        clients = clients.join(", "),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    fn settings<'a>(state: &'a Path, munge: &'a Path) -> SlurmSettings<'a> {
+        SlurmSettings {
+            cluster: "enlist",
+            host: "vm",
+            addr: Ipv4Addr::new(10, 77, 0, 1),
+            port: 6817,
+            munge_socket: munge,
+            state_dir: state,
+            feature: "enlist",
+            partition: "enlist",
+            def_mem_per_cpu_mb: 128,
+            node_timeout: Duration::from_secs(30),
+            max_nodes: 1024,
+        }
+    }
+
+    /// `Key=Value` lines of a generated file.
+    fn value<'a>(text: &'a str, key: &str) -> Option<&'a str> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{key}=")))
+    }
+
+    #[test]
+    fn slurm_conf_is_configless_dynamic_and_accounts_memory() {
+        let (state, munge) = (
+            PathBuf::from("/s"),
+            PathBuf::from("/s/munge/munge.socket.2"),
+        );
+        let c = slurm_conf(&settings(&state, &munge));
+        assert_eq!(value(&c, "SlurmctldHost"), Some("vm(10.77.0.1)"));
+        assert_eq!(value(&c, "SlurmctldParameters"), Some("enable_configless"));
+        assert_eq!(value(&c, "SelectTypeParameters"), Some("CR_Core_Memory"));
+        assert_eq!(value(&c, "DefMemPerCPU"), Some("128"));
+        assert_eq!(value(&c, "ReturnToService"), Some("2"));
+        assert_eq!(value(&c, "TreeWidth"), Some("65533"));
+        assert_eq!(value(&c, "Nodeset"), Some("enlisted Feature=enlist"));
+        assert!(
+            value(&c, "PartitionName").is_some_and(|p| p.contains("Nodes=enlisted Default=YES"))
+        );
+        assert_eq!(
+            value(&c, "AuthInfo"),
+            Some("socket=/s/munge/munge.socket.2")
+        );
+        assert_eq!(value(&c, "StateSaveLocation"), Some("/s/state"));
+        // No key twice (Slurm would take the last, silently).
+        let mut keys: Vec<&str> = c
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| l.split('=').next())
+            .collect();
+        let n = keys.len();
+        keys.sort();
+        keys.dedup();
+        assert_eq!(keys.len(), n);
+    }
+
+    #[test]
+    fn the_munge_socket_is_read_from_a_sites_slurm_conf() {
+        let conf = "ClusterName=x\n# AuthInfo=socket=/commented\nAuthInfo=cred_expire=30,socket=/var/run/m/s.2\n";
+        assert_eq!(munge_socket_in(conf), "/var/run/m/s.2");
+        assert_eq!(
+            munge_socket_in("ClusterName=x\n"),
+            "/run/munge/munge.socket.2"
+        );
+    }
+
+    #[test]
+    fn ganesha_exports_the_home_to_the_lab_subnets_only() {
+        let nets: Vec<Ipv4Net> = vec!["10.77.0.0/24".parse().unwrap()];
+        let c = ganesha_conf(&HomeExport {
+            path: Path::new("/var/lib/enlist/home"),
+            bind: Ipv4Addr::new(10, 77, 0, 1),
+            clients: &nets,
+            recovery: Path::new("/var/lib/enlist/ganesha"),
+        });
+        assert!(c.contains("Clients = 10.77.0.0/24;"), "{c}");
+        assert!(c.contains("Path = /var/lib/enlist/home;"));
+        assert!(c.contains("Access_Type = NONE"), "nobody else");
+        assert!(c.contains("Protocols = 4;"));
+    }
+}

@@ -1,0 +1,185 @@
+//! The shared home: a folder on the head that every node mounts at the same path over NFSv4,
+//! so a job's input and output are where its user submitted it. Served by the kernel's NFS
+//! server where the head's kernel has one, else by NFS-Ganesha (userspace); and the users jobs
+//! run as, who must exist on every node.
+
+use std::net::Ipv4Addr;
+use std::path::Path;
+
+use ipnet::Ipv4Net;
+
+use crate::config::{Config, HomeServer, JobUser};
+
+use super::supervise::Daemon;
+use super::{files, find, io, JobsError};
+
+/// Which NFS server serves the home.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NfsServer {
+    /// The kernel's (nfs-kernel-server, run by the site; enlist writes the export).
+    Kernel,
+    /// NFS-Ganesha with its VFS backend, a child of the head.
+    Ganesha,
+}
+
+/// Whether the kernel's NFS server is running (nfs-server.service started its threads).
+fn kernel_nfsd_running() -> bool {
+    std::fs::read_to_string("/proc/fs/nfsd/threads")
+        .ok()
+        .and_then(|t| t.trim().parse::<u32>().ok())
+        .is_some_and(|n| n > 0)
+}
+
+/// The server for `wanted`, checking what it needs is installed. `None`: no shared home.
+/// `auto` is NFS-Ganesha, which the head runs itself; the kernel's server is the site's
+/// service (`systemctl enable --now nfs-server`), used when asked for or when Ganesha is not
+/// installed.
+pub fn choose(wanted: HomeServer) -> Result<Option<NfsServer>, JobsError> {
+    let ganesha = || find("ganesha.nfsd", "nfs-ganesha nfs-ganesha-vfs");
+    match wanted {
+        HomeServer::None => Ok(None),
+        HomeServer::Kernel => {
+            find("exportfs", "nfs-kernel-server")?;
+            Ok(Some(NfsServer::Kernel))
+        }
+        HomeServer::Ganesha => {
+            ganesha()?;
+            Ok(Some(NfsServer::Ganesha))
+        }
+        HomeServer::Auto if ganesha().is_ok() => Ok(Some(NfsServer::Ganesha)),
+        HomeServer::Auto => {
+            find("exportfs", "nfs-kernel-server").map_err(|_| JobsError::Missing {
+                program: "an NFS server for the shared home (ganesha.nfsd or exportfs)",
+                package: "nfs-ganesha nfs-ganesha-vfs",
+            })?;
+            Ok(Some(NfsServer::Kernel))
+        }
+    }
+}
+
+/// The networks the home is exported to: the DHCP subnets, else the served interfaces' own.
+fn clients(cfg: &Config) -> Vec<Ipv4Net> {
+    let mut nets: Vec<Ipv4Net> = cfg.dhcp.subnets.iter().map(|s| s.subnet).collect();
+    if nets.is_empty() {
+        nets = cfg
+            .dhcp
+            .interfaces
+            .iter()
+            .filter_map(|i| crate::netif::lookup(&i.name).ok())
+            .map(|i| i.net.trunc())
+            .collect();
+    }
+    nets
+}
+
+/// Make the home folder and start serving it: Ganesha as a supervised child (returned), or
+/// the kernel's server configured now.
+pub fn serve(
+    server: NfsServer,
+    cfg: &Config,
+    ganesha_dir: &Path,
+    bind: Ipv4Addr,
+) -> Result<Vec<Daemon>, JobsError> {
+    let home = &cfg.jobs.home;
+    std::fs::create_dir_all(home).map_err(io(home))?;
+    let nets = clients(cfg);
+    match server {
+        NfsServer::Ganesha => {
+            let recovery = ganesha_dir.join("recovery");
+            std::fs::create_dir_all(&recovery).map_err(io(&recovery))?;
+            let conf_path = ganesha_dir.join("ganesha.conf");
+            let conf = files::ganesha_conf(&files::HomeExport {
+                path: home,
+                bind,
+                clients: &nets,
+                recovery: &recovery,
+            });
+            std::fs::write(&conf_path, conf).map_err(io(&conf_path))?;
+            let p = |x: &Path| x.display().to_string();
+            Ok(vec![Daemon {
+                name: "ganesha.nfsd",
+                program: find("ganesha.nfsd", "nfs-ganesha nfs-ganesha-vfs")?,
+                args: vec![
+                    "-F".into(),
+                    "-f".into(),
+                    p(&conf_path),
+                    "-L".into(),
+                    p(&ganesha_dir.join("ganesha.log")),
+                    "-p".into(),
+                    p(&ganesha_dir.join("ganesha.pid")),
+                ],
+                env: vec![],
+                log: ganesha_dir.join("ganesha.out"),
+            }])
+        }
+        NfsServer::Kernel => {
+            let exports = Path::new("/etc/exports.d/enlist.exports");
+            let opts: Vec<String> = nets
+                .iter()
+                .map(|n| format!("{n}(rw,sync,no_subtree_check,no_root_squash)"))
+                .collect();
+            if let Some(dir) = exports.parent() {
+                std::fs::create_dir_all(dir).map_err(io(dir))?;
+            }
+            let text = format!(
+                "# Written by enlist at every start\n{} {}\n",
+                home.display(),
+                opts.join(" ")
+            );
+            std::fs::write(exports, text).map_err(io(exports))?;
+            let exportfs = find("exportfs", "nfs-kernel-server")?;
+            let st = std::process::Command::new(&exportfs)
+                .arg("-ra")
+                .status()
+                .map_err(io(&exportfs))?;
+            if !st.success() {
+                tracing::warn!(
+                    "jobs: exportfs -ra exited with {st}; check {}",
+                    exports.display()
+                );
+            }
+            if !kernel_nfsd_running() {
+                tracing::warn!("jobs: the kernel's NFS server is not running, so nodes cannot mount the shared home: systemctl enable --now nfs-server");
+            }
+            Ok(vec![])
+        }
+    }
+}
+
+/// The head's accounts with UID >= 1000 (not `nobody`), from a passwd file.
+pub fn local_users(passwd: &Path) -> Vec<JobUser> {
+    std::fs::read_to_string(passwd)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            let (uid, gid) = (f.get(2)?.parse().ok()?, f.get(3)?.parse().ok()?);
+            let name = f.first()?.to_string();
+            ((1000..60000).contains(&uid) && !name.is_empty()).then_some(JobUser { name, uid, gid })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn job_users_are_the_human_accounts() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("passwd");
+        std::fs::write(
+            &p,
+            "root:x:0:0:root:/root:/bin/bash\nalice:x:1000:1000::/home/alice:/bin/sh\nnobody:x:65534:65534::/:/usr/sbin/nologin\nbroken\n",
+        )
+        .unwrap();
+        assert_eq!(
+            local_users(&p),
+            vec![JobUser {
+                name: "alice".into(),
+                uid: 1000,
+                gid: 1000
+            }]
+        );
+    }
+}

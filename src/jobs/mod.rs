@@ -1,0 +1,509 @@
+//! Jobs on the enlisted nodes, through Slurm: the head writes the scheduler's files, runs and
+//! supervises munged, slurmctld and the shared home's NFS server (or uses the site's own
+//! slurmctld), tells each registered node how to join (its munge key sealed for it), follows
+//! the nodes' scheduler state for the dashboard, and takes a node out of the scheduler before
+//! it leaves: drained on release (its jobs finish, or are requeued at the deadline), deleted
+//! when lost.
+//!
+//! | module      | what                                                                   |
+//! |-------------|------------------------------------------------------------------------|
+//! | `files`     | slurm.conf, cgroup.conf, ganesha.conf (pure)                           |
+//! | `slurm`     | scontrol and squeue: state, drain, requeue, delete                     |
+//! | `supervise` | the daemons as children, restarted when they die                       |
+//! | `home`      | the shared home: which NFS server, and the users jobs run as           |
+
+pub mod files;
+mod home;
+pub mod slurm;
+pub mod supervise;
+
+use std::net::Ipv4Addr;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use enlist_api::{BundleRef, HomeMount, JobsDescriptor, JobsRequest, Mac, UserEntry};
+use tokio::sync::watch;
+
+use crate::config::{Config, Controller, JobUser};
+use crate::image::store::ImageStore;
+use crate::lifecycle::NodeState;
+use crate::registry::{Registry, RegistryError, Update};
+
+pub use home::NfsServer;
+use slurm::{Slurm, SlurmError};
+use supervise::{Daemon, DaemonState};
+
+#[derive(Debug, thiserror::Error)]
+pub enum JobsError {
+    #[error("jobs are on (jobs.enabled) but {program} is not installed: apt install {package}")]
+    Missing {
+        program: &'static str,
+        package: &'static str,
+    },
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    BadFile { path: PathBuf, message: String },
+    #[error(transparent)]
+    Slurm(#[from] SlurmError),
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+}
+
+fn io(path: &Path) -> impl Fn(std::io::Error) -> JobsError + '_ {
+    move |source| JobsError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// How often the nodes' scheduler state is read.
+const POLL: Duration = Duration::from_secs(5);
+/// The munge key's length (munge's own `mungekey` makes 1024 bytes).
+const MUNGE_KEY_BYTES: usize = 1024;
+
+/// Where the jobs' files live in the state folder.
+#[derive(Debug, Clone)]
+struct Paths {
+    slurm_dir: PathBuf,
+    slurm_conf: PathBuf,
+    munge_dir: PathBuf,
+    munge_key: PathBuf,
+    /// The socket's folder: readable by all (job users' tools on the head talk to munged).
+    munge_run: PathBuf,
+    munge_socket: PathBuf,
+    ganesha_dir: PathBuf,
+}
+
+impl Paths {
+    fn new(state_dir: &Path) -> Paths {
+        let slurm_dir = state_dir.join("slurm");
+        let munge_dir = state_dir.join("munge");
+        let munge_run = state_dir.join("munge-run");
+        Paths {
+            slurm_conf: slurm_dir.join("slurm.conf"),
+            slurm_dir,
+            munge_key: munge_dir.join("munge.key"),
+            munge_dir,
+            munge_socket: munge_run.join("munge.socket.2"),
+            munge_run,
+            ganesha_dir: state_dir.join("ganesha"),
+        }
+    }
+}
+
+/// A program the jobs need, and the Debian package that has it.
+fn find(program: &'static str, package: &'static str) -> Result<PathBuf, JobsError> {
+    let path = std::env::var("PATH").unwrap_or_default();
+    let dirs: Vec<PathBuf> = path
+        .split(':')
+        .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"])
+        .map(PathBuf::from)
+        .collect();
+    dirs.iter()
+        .map(|d| d.join(program))
+        .find(|p| p.is_file())
+        .ok_or(JobsError::Missing { program, package })
+}
+
+/// Problems that stop the jobs from starting (for `enlist check-config`), empty if none.
+pub fn preflight(cfg: &Config) -> Vec<JobsError> {
+    if !cfg.jobs.enabled {
+        return vec![];
+    }
+    let mut need = vec![("scontrol", "slurm-client"), ("squeue", "slurm-client")];
+    if matches!(cfg.jobs.controller, Controller::Managed { .. }) {
+        need.extend([("munged", "munge"), ("slurmctld", "slurmctld")]);
+    }
+    let mut problems: Vec<JobsError> = need
+        .into_iter()
+        .filter_map(|(p, pkg)| find(p, pkg).err())
+        .collect();
+    if let Err(e) = home::choose(cfg.jobs.home_server) {
+        problems.push(e);
+    }
+    if let Controller::External {
+        munge_key,
+        slurm_conf,
+        ..
+    } = &cfg.jobs.controller
+    {
+        for p in [munge_key, slurm_conf] {
+            if let Err(source) = std::fs::metadata(p) {
+                problems.push(JobsError::Io {
+                    path: p.clone(),
+                    source,
+                });
+            }
+        }
+    }
+    problems
+}
+
+pub struct Jobs {
+    cfg: Arc<Config>,
+    registry: Arc<Registry>,
+    images: ImageStore,
+    slurm: Slurm,
+    munge_key: Vec<u8>,
+    /// Where munged listens, per slurm.conf: the nodes' munged listens there too.
+    munge_socket: String,
+    users: Vec<JobUser>,
+    nfs: Option<NfsServer>,
+    daemons: Vec<(Daemon, Arc<DaemonState>)>,
+}
+
+impl Jobs {
+    /// Prepare the jobs of `cfg` (None when they are off): check the programs, make the munge
+    /// key once, write the scheduler's and the file server's files.
+    pub fn new(
+        cfg: Arc<Config>,
+        registry: Arc<Registry>,
+        images: ImageStore,
+    ) -> Result<Option<Arc<Jobs>>, JobsError> {
+        if !cfg.jobs.enabled {
+            return Ok(None);
+        }
+        if let Some(e) = preflight(&cfg).into_iter().next() {
+            return Err(e);
+        }
+        let paths = Paths::new(&cfg.state_dir);
+        let users = match &cfg.jobs.users {
+            Some(u) => u.clone(),
+            None => home::local_users(Path::new("/etc/passwd")),
+        };
+        let nfs = home::choose(cfg.jobs.home_server)?;
+        let (slurm_conf, munge_key, mut daemons) = match &cfg.jobs.controller {
+            Controller::Managed { port } => {
+                let key = managed_files(&cfg, &paths, *port)?;
+                (paths.slurm_conf.clone(), key, managed_daemons(&paths)?)
+            }
+            Controller::External {
+                slurm_conf,
+                munge_key,
+                ..
+            } => (
+                slurm_conf.clone(),
+                std::fs::read(munge_key).map_err(io(munge_key))?,
+                vec![],
+            ),
+        };
+        if let Some(server) = nfs {
+            let bind = head_ipv4(&cfg);
+            daemons.extend(home::serve(server, &cfg, &paths.ganesha_dir, bind)?);
+        }
+        let munge_socket = match &cfg.jobs.controller {
+            Controller::Managed { .. } => paths.munge_socket.display().to_string(),
+            Controller::External { slurm_conf, .. } => files::munge_socket_in(
+                &std::fs::read_to_string(slurm_conf).map_err(io(slurm_conf))?,
+            ),
+        };
+        Ok(Some(Arc::new(Jobs {
+            munge_socket,
+            slurm: Slurm { slurm_conf },
+            cfg,
+            registry,
+            images,
+            munge_key,
+            users,
+            nfs,
+            daemons: daemons
+                .into_iter()
+                .map(|d| (d, Arc::new(DaemonState::default())))
+                .collect(),
+        })))
+    }
+
+    /// The slurm.conf the head's Slurm tools use (`SLURM_CONF`).
+    pub fn slurm_conf(&self) -> &Path {
+        &self.slurm.slurm_conf
+    }
+
+    /// Start the daemons, the scheduler polling and the follower of node changes.
+    pub fn spawn(
+        self: &Arc<Self>,
+        tasks: &mut tokio::task::JoinSet<()>,
+        shutdown: &watch::Receiver<bool>,
+    ) {
+        for (d, state) in &self.daemons {
+            tasks.spawn(supervise::supervise(
+                d.clone(),
+                state.clone(),
+                shutdown.clone(),
+            ));
+        }
+        tasks.spawn(self.clone().poll(shutdown.clone()));
+        tasks.spawn(self.clone().follow(shutdown.clone()));
+    }
+
+    /// How node `mac` (booted from `req`'s image) joins the scheduler. Its munge key is sealed
+    /// with its own key.
+    pub fn descriptor(&self, mac: Mac, req: &JobsRequest) -> JobsDescriptor {
+        let host = self.cfg.http.public_url.host();
+        let controller = match &self.cfg.jobs.controller {
+            Controller::Managed { port } => format!("{host}:{port}"),
+            Controller::External { host, port, .. } => format!("{host}:{port}"),
+        };
+        let mut nonce = [0u8; 16];
+        rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut nonce);
+        let key = self.registry.reply_key(mac);
+        JobsDescriptor {
+            enabled: true,
+            controller,
+            munge_socket: self.munge_socket.clone(),
+            munge_key: Some(enlist_api::seal::seal(
+                &key,
+                "munge-key",
+                nonce,
+                &self.munge_key,
+            )),
+            bundle: self.bundle(req),
+            home: self.nfs.map(|_| HomeMount {
+                server: head_ipv4(&self.cfg).to_string(),
+                path: self.cfg.jobs.home.display().to_string(),
+            }),
+            users: self
+                .users
+                .iter()
+                .map(|u| UserEntry {
+                    name: u.name.clone(),
+                    uid: u.uid,
+                    gid: u.gid,
+                })
+                .collect(),
+            feature: self.cfg.jobs.feature.clone(),
+            mem_reserve_mb: self.cfg.jobs.mem_reserve_mb,
+            now_unix: crate::store::now(),
+        }
+    }
+
+    /// The runtime bundle built beside the node's image, if there is one.
+    fn bundle(&self, req: &JobsRequest) -> Option<BundleRef> {
+        let (name, version) = (req.image.as_str(), req.version.as_str());
+        let (file, sha256, bytes) = self.images.bundle(name, version).ok()??;
+        Some(BundleRef {
+            url: format!(
+                "{}/images/{name}/{version}/{file}",
+                self.cfg.http.public_url.base()
+            ),
+            sha256,
+            bytes,
+        })
+    }
+
+    /// Read the scheduler's state of every node, every few seconds, for the dashboard.
+    async fn poll(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let mut warned = false;
+        loop {
+            match self.slurm.nodes().await {
+                Ok(nodes) => {
+                    warned = false;
+                    let reg = self.registry.clone();
+                    // It may read the node table to publish changes: off the async threads.
+                    let _ = tokio::task::spawn_blocking(move || reg.set_sched(nodes)).await;
+                }
+                // slurmctld starting or restarting: say so once, keep the last view.
+                Err(e) if !warned => {
+                    warned = true;
+                    tracing::warn!("jobs: cannot read the scheduler's nodes: {e}");
+                }
+                Err(_) => {}
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(POLL) => {}
+                _ = shutdown.wait_for(|v| *v) => return,
+            }
+        }
+    }
+
+    /// Take lost nodes out of the scheduler (it has marked them down and requeued their jobs).
+    async fn follow(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let mut updates = self.registry.subscribe();
+        loop {
+            let update = tokio::select! {
+                u = updates.recv() => u,
+                _ = shutdown.wait_for(|v| *v) => return,
+            };
+            match update {
+                Ok(Update::Node(v)) if v.state == NodeState::Lost => {
+                    let (jobs, name) = (self.clone(), v.name.clone());
+                    tokio::spawn(async move { jobs.forget(&name).await });
+                }
+                Ok(_) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    }
+
+    /// Delete a node from the scheduler, trying for a while: slurmctld refuses while it still
+    /// counts jobs there (it requeues them once it has marked the node down).
+    async fn forget(&self, name: &str) {
+        let until = Instant::now() + self.cfg.jobs.node_timeout * 3;
+        loop {
+            match self.slurm.delete(name).await {
+                Ok(()) => {
+                    tracing::info!(node = name, "jobs: node deleted from the scheduler");
+                    return;
+                }
+                Err(e) if Instant::now() > until => {
+                    tracing::warn!(
+                        node = name,
+                        "jobs: cannot delete the node from the scheduler: {e}"
+                    );
+                    return;
+                }
+                Err(_) => tokio::time::sleep(Duration::from_secs(5)).await,
+            }
+        }
+    }
+
+    /// Release a node: drain it in the scheduler, wait for its jobs (requeue them at the
+    /// deadline), delete it from the scheduler, then hand the PC back (the agent reboots it to
+    /// its own disk). A node the scheduler does not know is released at once.
+    pub async fn release(self: Arc<Self>, mac: Mac) -> Result<(), JobsError> {
+        let row = self.registry.node(mac)?;
+        let known = self.registry.sched_of(&row.name).is_some();
+        if !known || !row.state.is_alive() {
+            return Ok(self.registry.release(mac)?);
+        }
+        let deadline = self.cfg.jobs.release_deadline;
+        self.registry.drain_started(mac, deadline)?;
+        self.slurm.drain(&row.name, "released by enlist").await?;
+        let until = Instant::now() + deadline;
+        loop {
+            let jobs = self.slurm.jobs_on(&row.name).await?;
+            if jobs.is_empty() {
+                break;
+            }
+            if Instant::now() >= until {
+                self.registry.note(
+                    mac,
+                    "jobs",
+                    &format!("deadline reached: requeueing {}", jobs.join(",")),
+                )?;
+                self.slurm.requeue(&jobs).await?;
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                continue;
+            }
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+        self.forget(&row.name).await;
+        Ok(self.registry.release(mac)?)
+    }
+}
+
+/// The head's IPv4 address on the lab network (the public URL's host).
+fn head_ipv4(cfg: &Config) -> Ipv4Addr {
+    cfg.http
+        .public_url
+        .host()
+        .parse()
+        .unwrap_or(Ipv4Addr::UNSPECIFIED)
+}
+
+/// The munge key (made once, 0400) and slurm.conf/cgroup.conf for the managed controller.
+fn managed_files(cfg: &Config, paths: &Paths, port: u16) -> Result<Vec<u8>, JobsError> {
+    for (dir, mode) in [
+        (&paths.munge_dir, 0o700),
+        (&paths.munge_run, 0o755),
+        (&paths.slurm_dir, 0o755),
+    ] {
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode)).map_err(io(dir))?;
+    }
+    let state = paths.slurm_dir.join("state");
+    std::fs::create_dir_all(&state).map_err(io(&state))?;
+    let key = munge_key(&paths.munge_key)?;
+    let host = hostname();
+    let conf = files::slurm_conf(&files::SlurmSettings {
+        cluster: &cfg.jobs.cluster_name,
+        host: &host,
+        addr: head_ipv4(cfg),
+        port,
+        munge_socket: &paths.munge_socket,
+        state_dir: &paths.slurm_dir,
+        feature: &cfg.jobs.feature,
+        partition: &cfg.jobs.partition,
+        def_mem_per_cpu_mb: cfg.jobs.def_mem_per_cpu_mb,
+        node_timeout: cfg.jobs.node_timeout,
+        max_nodes: cfg.nodes.max_nodes,
+    });
+    std::fs::write(&paths.slurm_conf, conf).map_err(io(&paths.slurm_conf))?;
+    let cgroup = paths.slurm_dir.join("cgroup.conf");
+    std::fs::write(&cgroup, files::cgroup_conf()).map_err(io(&cgroup))?;
+    Ok(key)
+}
+
+/// The munge key: read, or made now (1024 random bytes, mode 0400) and kept.
+fn munge_key(path: &Path) -> Result<Vec<u8>, JobsError> {
+    match std::fs::read(path) {
+        Ok(k) if k.len() >= 32 => return Ok(k),
+        Ok(_) => {
+            return Err(JobsError::BadFile {
+                path: path.to_path_buf(),
+                message: "the munge key is shorter than 32 bytes; delete it to have a new one made"
+                    .into(),
+            })
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io(path)(e)),
+    }
+    let mut key = vec![0u8; MUNGE_KEY_BYTES];
+    rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut key);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o400)
+        .open(path)
+        .map_err(io(path))?;
+    std::io::Write::write_all(&mut f, &key).map_err(io(path))?;
+    tracing::info!(path = %path.display(), "jobs: made the munge key");
+    Ok(key)
+}
+
+fn hostname() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .map(|h| h.split('.').next().unwrap_or("").to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+/// munged and slurmctld, in the foreground, with their files in the state folder.
+fn managed_daemons(paths: &Paths) -> Result<Vec<Daemon>, JobsError> {
+    let munged = find("munged", "munge")?;
+    let slurmctld = find("slurmctld", "slurmctld")?;
+    let p = |x: &Path| x.display().to_string();
+    Ok(vec![
+        Daemon {
+            name: "munged",
+            program: munged,
+            args: vec![
+                "--foreground".into(),
+                // It runs as root here, which munged only does when told to.
+                "--force".into(),
+                format!("--socket={}", p(&paths.munge_socket)),
+                format!("--key-file={}", p(&paths.munge_key)),
+                format!("--pid-file={}", p(&paths.munge_dir.join("munged.pid"))),
+                format!("--seed-file={}", p(&paths.munge_dir.join("munged.seed"))),
+                format!("--log-file={}", p(&paths.munge_dir.join("munged.log"))),
+            ],
+            env: vec![],
+            log: paths.munge_dir.join("munged.out"),
+        },
+        Daemon {
+            name: "slurmctld",
+            program: slurmctld,
+            args: vec!["-D".into(), "-f".into(), p(&paths.slurm_conf)],
+            env: vec![("SLURM_CONF".into(), p(&paths.slurm_conf))],
+            log: paths.slurm_dir.join("slurmctld.out"),
+        },
+    ])
+}

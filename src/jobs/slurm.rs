@@ -1,0 +1,191 @@
+//! Talking to slurmctld with Slurm's own tools (scontrol, squeue), as an admin would: read the
+//! nodes' scheduler state, drain, requeue, delete. Parsing is pure and tested; each command has
+//! a timeout, and a failure says which command and what Slurm answered.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub use crate::registry::SchedInfo as SchedNode;
+
+/// How long one Slurm command may take.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(15);
+
+#[derive(Debug, thiserror::Error)]
+pub enum SlurmError {
+    #[error("{command}: {message}")]
+    Failed { command: String, message: String },
+    #[error("{command}: no answer within {}s", COMMAND_TIMEOUT.as_secs())]
+    Timeout { command: String },
+}
+
+/// Slurm's state word (`IDLE+DRAIN`, `ALLOCATED+DYNAMIC_NORM`, `DOWN*`) as one plain word.
+pub fn plain_state(s: &str) -> String {
+    let mut parts = s.split('+');
+    let base = parts
+        .next()
+        .unwrap_or("")
+        .trim_end_matches(['*', '~', '#', '!', '%', '$', '@', '^', '-'])
+        .to_lowercase();
+    let flags: Vec<&str> = parts.collect();
+    if flags.contains(&"DRAIN") {
+        return if base == "idle" || base == "down" {
+            "drained".into()
+        } else {
+            "draining".into()
+        };
+    }
+    if s.contains('*') || flags.contains(&"NOT_RESPONDING") {
+        return "down".into();
+    }
+    base
+}
+
+/// `Key=value` of one `scontrol show node -o` line (values with spaces, like OS=, are cut at the
+/// first space; none of the keys read here has one).
+fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    line.split(' ')
+        .find_map(|t| t.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
+}
+
+/// Nodes from `scontrol show node -o` (one line each).
+pub fn parse_nodes(text: &str) -> HashMap<String, SchedNode> {
+    text.lines()
+        .filter_map(|l| {
+            let name = field(l, "NodeName")?.to_string();
+            let num = |k: &str| field(l, k).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+            Some((
+                name,
+                SchedNode {
+                    state: plain_state(field(l, "State").unwrap_or("")),
+                    cpus: num("CPUTot") as u32,
+                    cpus_alloc: num("CPUAlloc") as u32,
+                    mem_mb: num("RealMemory"),
+                    mem_alloc_mb: num("AllocMem"),
+                    jobs: 0,
+                },
+            ))
+        })
+        .collect()
+}
+
+/// Running jobs per node, from `squeue -h -t R -o %N` (one host list per job).
+pub fn jobs_per_node(text: &str) -> HashMap<String, u32> {
+    let mut out = HashMap::new();
+    for line in text.lines() {
+        for n in crate::hostlist::expand(line.trim()).unwrap_or_default() {
+            *out.entry(n).or_default() += 1;
+        }
+    }
+    out
+}
+
+/// The Slurm tools of one cluster (the one `slurm_conf` describes).
+#[derive(Debug, Clone)]
+pub struct Slurm {
+    pub slurm_conf: PathBuf,
+}
+
+impl Slurm {
+    async fn run(&self, program: &str, args: &[&str]) -> Result<String, SlurmError> {
+        let command = format!("{program} {}", args.join(" "));
+        let out = tokio::process::Command::new(program)
+            .args(args)
+            .env("SLURM_CONF", &self.slurm_conf)
+            .kill_on_drop(true)
+            .output();
+        let out = match tokio::time::timeout(COMMAND_TIMEOUT, out).await {
+            Err(_) => return Err(SlurmError::Timeout { command }),
+            Ok(Err(e)) => {
+                return Err(SlurmError::Failed {
+                    command,
+                    message: e.to_string(),
+                })
+            }
+            Ok(Ok(o)) => o,
+        };
+        if !out.status.success() {
+            let message = String::from_utf8_lossy(&out.stderr).trim().to_string();
+            return Err(SlurmError::Failed { command, message });
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).to_string())
+    }
+
+    /// Every node slurmctld knows, with its running jobs counted.
+    pub async fn nodes(&self) -> Result<HashMap<String, SchedNode>, SlurmError> {
+        let mut nodes = parse_nodes(&self.run("scontrol", &["show", "node", "-o"]).await?);
+        let jobs = jobs_per_node(&self.run("squeue", &["-h", "-t", "R", "-o", "%N"]).await?);
+        for (name, n) in &mut nodes {
+            n.jobs = jobs.get(name).copied().unwrap_or(0);
+        }
+        Ok(nodes)
+    }
+
+    pub async fn drain(&self, node: &str, reason: &str) -> Result<(), SlurmError> {
+        let (n, r) = (format!("nodename={node}"), format!("reason={reason}"));
+        self.run("scontrol", &["update", &n, "state=drain", &r])
+            .await
+            .map(|_| ())
+    }
+
+    /// Ids of the jobs running on `node`.
+    pub async fn jobs_on(&self, node: &str) -> Result<Vec<String>, SlurmError> {
+        let out = self.run("squeue", &["-h", "-w", node, "-o", "%i"]).await?;
+        Ok(out.split_whitespace().map(str::to_string).collect())
+    }
+
+    pub async fn requeue(&self, jobs: &[String]) -> Result<(), SlurmError> {
+        if jobs.is_empty() {
+            return Ok(());
+        }
+        self.run("scontrol", &["requeue", &jobs.join(",")])
+            .await
+            .map(|_| ())
+    }
+
+    pub async fn delete(&self, node: &str) -> Result<(), SlurmError> {
+        let n = format!("nodename={node}");
+        self.run("scontrol", &["delete", &n]).await.map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SHOW: &str = "NodeName=node-770101 Arch=i686 CoresPerSocket=1 CPUAlloc=1 CPUEfctv=1 CPUTot=1 CPULoad=0.00 AvailableFeatures=enlist,i686 ActiveFeatures=enlist,i686 Gres=(null) NodeAddr=10.77.0.100 NodeHostName=node-770101 Version=22.05.8 OS=Linux 6.1.0 #1 SMP RealMemory=36 AllocMem=32 FreeMem=30 Sockets=1 Boards=1 State=ALLOCATED+DYNAMIC_NORM ThreadsPerCore=1
+NodeName=node-770102 Arch=x86_64 CoresPerSocket=2 CPUAlloc=0 CPUTot=2 RealMemory=480 AllocMem=0 State=IDLE+DRAIN+DYNAMIC_NORM ThreadsPerCore=1
+";
+
+    #[test]
+    fn reads_nodes_and_their_jobs() {
+        let mut n = parse_nodes(SHOW);
+        let jobs = jobs_per_node("node-770101\nnode-[770101-770102]\n");
+        for (name, node) in &mut n {
+            node.jobs = jobs.get(name).copied().unwrap_or(0);
+        }
+        let a = &n["node-770101"];
+        assert_eq!(
+            (
+                a.state.as_str(),
+                a.cpus,
+                a.cpus_alloc,
+                a.mem_mb,
+                a.mem_alloc_mb,
+                a.jobs
+            ),
+            ("allocated", 1, 1, 36, 32, 2)
+        );
+        assert_eq!(n["node-770102"].state, "drained");
+    }
+
+    #[test]
+    fn state_words() {
+        assert_eq!(plain_state("IDLE+DYNAMIC_NORM"), "idle");
+        assert_eq!(plain_state("MIXED"), "mixed");
+        assert_eq!(plain_state("ALLOCATED+DRAIN"), "draining");
+        assert_eq!(plain_state("IDLE+DRAIN"), "drained");
+        assert_eq!(plain_state("DOWN*+DYNAMIC_NORM"), "down");
+        assert_eq!(plain_state("IDLE*"), "down");
+    }
+}
