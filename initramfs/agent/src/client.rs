@@ -80,6 +80,38 @@ impl Client {
         &self.conf.head
     }
 
+    /// The image and version this PC booted, from its settings.
+    pub fn image(&self) -> Option<(String, String)> {
+        self.conf.image.clone()
+    }
+
+    /// A secret the head sealed for this node alone (with its key), for `context`.
+    pub fn open_sealed(
+        &self,
+        sealed: Option<&enlist_api::seal::Sealed>,
+        context: &str,
+    ) -> Result<Vec<u8>, String> {
+        let s = sealed.ok_or_else(|| format!("the head sent no {context}"))?;
+        enlist_api::seal::open(&self.conf.key, context, s).map_err(|e| {
+            format!(
+                "the {context} the head sent does not open with our key: {}",
+                e.0
+            )
+        })
+    }
+
+    /// A plain GET (a file whose hash the head signed elsewhere), as a reader.
+    pub fn get(&self, url: &str) -> Result<impl Read + Send, Failure> {
+        match self.long_http.get(url).call() {
+            Ok(r) => Ok(r.into_reader()),
+            Err(ureq::Error::Status(code, r)) => Err(Failure::Refused(
+                code,
+                short(r.into_string().unwrap_or_default()),
+            )),
+            Err(e) => Err(Failure::Unreachable(format!("{url}: {e}"))),
+        }
+    }
+
     /// The node's name as the head last told it (an admin may rename it).
     pub fn name(&self) -> String {
         self.name

@@ -9,6 +9,9 @@ pub struct Conf {
     pub name: String,
     pub mac: Mac,
     pub key: NodeKey,
+    /// The image and version the PC booted (its jobs runtime is built beside it); absent in
+    /// settings from heads before the jobs.
+    pub image: Option<(String, String)>,
 }
 
 pub fn load(path: &str) -> Result<Conf, String> {
@@ -27,11 +30,16 @@ pub fn parse(text: &str) -> Result<Conf, String> {
     };
     let mac = Mac::parse(&get("mac")?).ok_or("mac= is not a MAC address")?;
     let key = NodeKey::from_hex(&get("key")?).map_err(|e| e.to_string())?;
+    let image = match (get("image"), get("version")) {
+        (Ok(i), Ok(v)) if !i.is_empty() && !v.is_empty() => Some((i, v)),
+        _ => None,
+    };
     Ok(Conf {
         head: get("head")?.trim_end_matches('/').to_string(),
         name: get("name")?,
         mac,
         key,
+        image,
     })
 }
 

@@ -11,6 +11,7 @@
 
 mod client;
 mod conf;
+mod jobs;
 mod sysinfo;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -23,13 +24,13 @@ use enlist_api::{
 
 use client::{Client, Failure};
 
-static STOP: AtomicBool = AtomicBool::new(false);
+pub(crate) static STOP: AtomicBool = AtomicBool::new(false);
 
 extern "C" fn on_term(_: libc::c_int) {
     STOP.store(true, Ordering::SeqCst);
 }
 
-fn say(msg: &str) {
+pub(crate) fn say(msg: &str) {
     // The console is the lab tech's only view: one plain line per event.
     eprintln!("enlist-agent: {msg}");
 }
@@ -64,7 +65,7 @@ fn main() {
     run(client);
 }
 
-fn sleep_unless_stopped(d: Duration) {
+pub(crate) fn sleep_unless_stopped(d: Duration) {
     let step = Duration::from_millis(200);
     let mut left = d;
     while !STOP.load(Ordering::SeqCst) && !left.is_zero() {
@@ -88,6 +89,7 @@ fn run(client: Arc<Client>) {
                     resp.name
                 ));
                 sysinfo::write_hosts(&resp.name, &resp.peers);
+                jobs::start_once(&client);
                 let session_ok = Arc::new(AtomicBool::new(true));
                 {
                     let (client, ok) = (client.clone(), session_ok.clone());

@@ -1,0 +1,316 @@
+//! munged and slurmd on the node: their arguments, starting them (after stopping any a
+//! previous agent left), and keeping them running.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use enlist_api::JobsDescriptor;
+
+use super::system::{MUNGE_DIR, MUNGE_KEY};
+use crate::client::Client;
+use crate::{say, sleep_unless_stopped, STOP};
+
+/// slurmd's pid file (slurm.conf's SlurmdPidFile, written by the head).
+const SLURMD_PID: &str = "/run/slurmd.pid";
+const MUNGED_PID: &str = "/run/munge/munged.pid";
+/// slurmd's log (slurm.conf's SlurmdLogFile): its last lines explain a failure.
+const SLURMD_LOG: &str = "/var/log/slurmd.log";
+
+/// A daemon this agent runs.
+struct Daemon {
+    name: &'static str,
+    program: &'static str,
+    args: Vec<String>,
+    /// Where its own messages go (with --foreground they are on stderr).
+    log: &'static str,
+    child: Option<Child>,
+    started: Instant,
+    /// How long to wait before the next restart; doubles up to a minute.
+    backoff: Duration,
+    retry_at: Option<Instant>,
+}
+
+pub struct Running {
+    daemons: Vec<Daemon>,
+    ready: bool,
+}
+
+/// slurmd's arguments: a dynamic node (`-Z`) that fetches slurm.conf from slurmctld, with the
+/// memory it may give to jobs and the enlisted feature plus its arch.
+pub fn slurmd_args(
+    node: &str,
+    controller: &str,
+    real_memory_mb: u64,
+    features: &str,
+) -> Vec<String> {
+    [
+        "-D",
+        "-Z",
+        "-N",
+        node,
+        "--conf-server",
+        controller,
+        "--conf",
+        &format!("RealMemory={real_memory_mb} Feature={features}"),
+    ]
+    .map(str::to_string)
+    .to_vec()
+}
+
+pub fn munged_args(socket: &str) -> Vec<String> {
+    [
+        "--foreground".to_string(),
+        // The node OS has only root; munged runs as root only when told to.
+        "--force".into(),
+        format!("--socket={socket}"),
+        format!("--key-file={MUNGE_KEY}"),
+        format!("--pid-file={MUNGED_PID}"),
+        format!("--seed-file={MUNGE_DIR}/munged.seed"),
+        format!("--log-file={MUNGE_DIR}/munged.log"),
+    ]
+    .to_vec()
+}
+
+/// Memory for jobs, MB: what is available now (the runtime mounted, before the daemons) less
+/// what the node keeps for itself.
+pub fn job_memory_mb(meminfo: &str, reserve_mb: u64) -> u64 {
+    let available_kb = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemAvailable:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0);
+    (available_kb / 1024).saturating_sub(reserve_mb).max(1)
+}
+
+fn arch() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/arch")
+        .map(|a| a.trim().to_string())
+        .ok()
+        .filter(|a| !a.is_empty() && a.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_'))
+        .unwrap_or_else(|| "x86".into())
+}
+
+pub fn start(d: &JobsDescriptor, node: &str) -> Result<Running, String> {
+    stop_previous("munged", MUNGED_PID);
+    stop_previous("slurmd", SLURMD_PID);
+    for dir in ["/var/spool/slurmd", "/var/log"] {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{dir}: {e}"))?;
+    }
+    if let Some(parent) = Path::new(&d.munge_socket).parent() {
+        std::fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
+    }
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let memory = job_memory_mb(&meminfo, d.mem_reserve_mb);
+    let features = format!("{},{}", d.feature, arch());
+    let mut r = Running {
+        daemons: vec![
+            Daemon::new(
+                "munged",
+                "/usr/sbin/munged",
+                munged_args(&d.munge_socket),
+                "/run/munge/munged.out",
+            ),
+            Daemon::new(
+                "slurmd",
+                "/usr/sbin/slurmd",
+                slurmd_args(node, &d.controller, memory, &features),
+                "/run/enlist/slurmd.out",
+            ),
+        ],
+        ready: false,
+    };
+    r.daemons[0].spawn()?;
+    wait_for(Path::new(&d.munge_socket), Duration::from_secs(15)).map_err(|()| {
+        format!(
+            "munged did not open its socket: {}",
+            last_line(r.daemons[0].log)
+        )
+    })?;
+    link_default_socket(&d.munge_socket)?;
+    r.daemons[1].spawn()?;
+    say(&format!(
+        "jobs: munged and slurmd started ({memory} MB for jobs, features {features})"
+    ));
+    Ok(r)
+}
+
+impl Daemon {
+    fn new(
+        name: &'static str,
+        program: &'static str,
+        args: Vec<String>,
+        log: &'static str,
+    ) -> Daemon {
+        Daemon {
+            name,
+            program,
+            args,
+            log,
+            child: None,
+            started: Instant::now(),
+            backoff: Duration::from_secs(5),
+            retry_at: None,
+        }
+    }
+
+    fn spawn(&mut self) -> Result<(), String> {
+        let log = std::fs::File::create(self.log).map_err(|e| format!("{}: {e}", self.log))?;
+        let err = log.try_clone().map_err(|e| format!("{}: {e}", self.log))?;
+        let child = Command::new(self.program)
+            .args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(err)
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", self.program))?;
+        self.child = Some(child);
+        self.started = Instant::now();
+        Ok(())
+    }
+
+    /// Why it stopped, if it did.
+    fn exited(&mut self) -> Option<String> {
+        let child = self.child.as_mut()?;
+        let status = child.try_wait().ok()??;
+        self.child = None;
+        // Its own output first (an error before it opened its log), then slurmd's log file.
+        let mut last = last_line(self.log);
+        if last == NO_LOG && self.name == "slurmd" {
+            last = last_line(SLURMD_LOG);
+        }
+        Some(format!("{} exited ({status}): {last}", self.name))
+    }
+}
+
+impl Running {
+    /// Keep the daemons running until the agent stops: a daemon that exits is started again
+    /// after a pause that doubles (to a minute) while it keeps failing within a minute.
+    pub fn supervise(&mut self, client: &Client) {
+        while !STOP.load(Ordering::SeqCst) {
+            for i in 0..self.daemons.len() {
+                self.check(client, i);
+            }
+            let slurmd = &self.daemons[1];
+            if !self.ready
+                && slurmd.child.is_some()
+                && slurmd.started.elapsed() > Duration::from_secs(5)
+            {
+                self.ready = true;
+                super::report(client, "ready", "");
+            }
+            sleep_unless_stopped(Duration::from_secs(2));
+        }
+    }
+
+    fn check(&mut self, client: &Client, i: usize) {
+        let d = &mut self.daemons[i];
+        if let Some(why) = d.exited() {
+            say(&format!("jobs: {why}"));
+            super::report(client, "failed", &why);
+            self.ready = false;
+            if d.started.elapsed() > Duration::from_secs(60) {
+                d.backoff = Duration::from_secs(5);
+            }
+            d.retry_at = Some(Instant::now() + d.backoff);
+            d.backoff = (d.backoff * 2).min(Duration::from_secs(60));
+        }
+        if d.retry_at.is_some_and(|t| Instant::now() >= t) {
+            d.retry_at = None;
+            if let Err(e) = d.spawn() {
+                say(&format!("jobs: {e}"));
+                d.retry_at = Some(Instant::now() + d.backoff);
+            }
+        }
+    }
+}
+
+/// munge's default socket path, linked to the one slurm.conf names: slurmd fetches slurm.conf
+/// from slurmctld (configless) before it knows that path, authenticating through the default.
+fn link_default_socket(socket: &str) -> Result<(), String> {
+    const DEFAULT: &str = "/run/munge/munge.socket.2";
+    if socket == DEFAULT {
+        return Ok(());
+    }
+    let _ = std::fs::remove_file(DEFAULT);
+    std::os::unix::fs::symlink(socket, DEFAULT).map_err(|e| format!("{DEFAULT}: {e}"))
+}
+
+/// Stop a daemon an earlier agent started (init restarts the agent; the daemons outlive it).
+fn stop_previous(name: &str, pid_file: &str) {
+    let Some(pid) = std::fs::read_to_string(pid_file)
+        .ok()
+        .and_then(|p| p.trim().parse::<i32>().ok())
+        .filter(|p| *p > 1)
+    else {
+        return;
+    };
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+    if !comm.trim().starts_with(name) {
+        return;
+    }
+    let _ = Command::new("/bin/busybox")
+        .args(["kill", &pid.to_string()])
+        .status();
+    for _ in 0..50 {
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = Command::new("/bin/busybox")
+        .args(["kill", "-9", &pid.to_string()])
+        .status();
+}
+
+fn wait_for(path: &Path, limit: Duration) -> Result<(), ()> {
+    let until = Instant::now() + limit;
+    while Instant::now() < until {
+        if path.exists() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Err(())
+}
+
+const NO_LOG: &str = "(no log)";
+
+/// The last lines of a log that say something (errors last), for a one-line report.
+fn last_line(path: &str) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    if lines.is_empty() {
+        return NO_LOG.into();
+    }
+    let tail = lines[lines.len().saturating_sub(3)..].join(" | ");
+    tail.chars().take(300).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slurmd_joins_as_a_dynamic_node_with_its_memory_and_features() {
+        let a = slurmd_args("node-770101", "10.77.0.1:6817", 40, "enlist,i686");
+        assert_eq!(
+            a.join(" "),
+            "-D -Z -N node-770101 --conf-server 10.77.0.1:6817 --conf RealMemory=40 Feature=enlist,i686"
+        );
+    }
+
+    #[test]
+    fn job_memory_is_what_is_available_less_the_reserve() {
+        let m = "MemTotal:  61000 kB\nMemFree: 50000 kB\nMemAvailable:   51200 kB\n";
+        assert_eq!(job_memory_mb(m, 16), 34);
+        assert_eq!(
+            job_memory_mb(m, 100),
+            1,
+            "never zero: slurmd refuses RealMemory=0"
+        );
+        assert_eq!(job_memory_mb("", 16), 1);
+    }
+}

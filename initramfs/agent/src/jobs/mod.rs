@@ -1,0 +1,99 @@
+//! The node's part in the jobs: ask the head how to join the scheduler, then prepare the node
+//! (clock, munge key, the Slurm runtime, the job users, the shared home) and run munged and
+//! slurmd, restarting them when they die, and say how it goes (`/api/v1/agent/status`).
+//!
+//! | module    | what                                                                 |
+//! |-----------|----------------------------------------------------------------------|
+//! | `runtime` | download, check and mount the runtime bundle; link it into `/`       |
+//! | `system`  | clock, kernel modules, accounts, munge key, the shared home          |
+//! | `daemons` | munged and slurmd: their arguments, start and supervision            |
+//!
+//! Everything here is redone safely when init restarts the agent: a mounted bundle or home is
+//! kept, daemons a previous agent started are stopped and started again.
+
+mod daemons;
+mod runtime;
+mod system;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use enlist_api::{paths, JobsDescriptor, JobsRequest, NodeStatus};
+
+use crate::client::Client;
+use crate::{say, sleep_unless_stopped, STOP};
+
+static STARTED: AtomicBool = AtomicBool::new(false);
+
+/// Start the jobs thread, once per agent (on the first registration).
+pub fn start_once(client: &Arc<Client>) {
+    if STARTED.swap(true, Ordering::SeqCst) {
+        return;
+    }
+    let client = client.clone();
+    std::thread::spawn(move || run(&client));
+}
+
+/// Tell the head how the jobs go on this node (shown with the node; failures in its events).
+fn report(client: &Client, jobs: &str, detail: &str) {
+    let st = NodeStatus {
+        jobs: jobs.into(),
+        detail: detail
+            .chars()
+            .filter(|c| !c.is_control())
+            .take(300)
+            .collect(),
+    };
+    if let Err(f) = client.post::<_, serde_json::Value>(paths::STATUS, &st) {
+        say(&format!("jobs: could not report {jobs:?} to the head: {f}"));
+    }
+}
+
+fn run(client: &Client) {
+    let Some((image, version)) = client.image() else {
+        say("jobs: this node's settings name no image (a head without jobs booted it)");
+        return;
+    };
+    let request = JobsRequest { image, version };
+    let mut backoff = 5;
+    while !STOP.load(Ordering::SeqCst) {
+        match client.post::<_, JobsDescriptor>(paths::JOBS, &request) {
+            Ok(d) if !d.enabled => {
+                report(client, "off", "");
+                return;
+            }
+            Ok(d) => match d.check().and_then(|()| join(client, &d)) {
+                Ok(mut running) => {
+                    running.supervise(client);
+                    return;
+                }
+                Err(why) => {
+                    say(&format!("jobs: {why}; trying again in {backoff} s"));
+                    report(client, "failed", &why);
+                }
+            },
+            Err(f) => say(&format!("jobs: cannot get the head's jobs settings: {f}")),
+        }
+        sleep_unless_stopped(Duration::from_secs(backoff));
+        backoff = (backoff * 2).min(300);
+    }
+}
+
+/// Prepare the node and start the daemons.
+fn join(client: &Client, d: &JobsDescriptor) -> Result<daemons::Running, String> {
+    report(client, "starting", "");
+    system::set_clock(d.now_unix)?;
+    system::load_modules(&["loop", "squashfs", "nfsv4"]);
+    let key = client.open_sealed(d.munge_key.as_ref(), "munge-key")?;
+    system::write_munge_key(&key)?;
+    let bundle = d.bundle.as_ref().ok_or(
+        "the head has no Slurm runtime for this image (rebuild the image with a jobs: section)",
+    )?;
+    runtime::install(client, bundle)?;
+    system::write_accounts(&d.users)?;
+    if let Some(home) = &d.home {
+        system::mount_home(home)?;
+    }
+    daemons::start(d, &client.name())
+}
