@@ -175,6 +175,8 @@ fn test(args: Vec<String>) -> anyhow::Result<()> {
             "hostile",
             "--test",
             "e2e",
+            "--test",
+            "jobs",
             "--",
             "--ignored",
             "--test-threads=1",

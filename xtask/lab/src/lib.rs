@@ -17,6 +17,11 @@ use std::time::{Duration, Instant};
 pub const HEAD_IP: &str = "10.77.0.1";
 pub const HEAD_URL: &str = "http://10.77.0.1:8080";
 
+/// The head config's jobs section in the lab (the demo, the jobs tests): the head runs munged,
+/// slurmctld and NFS-Ganesha (the kernel's NFS server is the host's, outside the lab's
+/// network namespace); short timeouts so a lost node is seen within the test.
+pub const JOBS_CONFIG: &str = "jobs:\n  enabled: true\n  node_timeout: 30s\n  release_deadline: 60s\n  home:\n    server: ganesha\n";
+
 /// apt packages the lab, the image build and the tests need: the one list, used by
 /// `cargo xtask setup` (and so by the README's commands).
 pub const APT_PACKAGES: &[&str] = &[
@@ -53,6 +58,15 @@ pub const APT_PACKAGES: &[&str] = &[
     // the second DHCP reference of `bench dhcp`, and packet timing in its hostile run
     "kea-dhcp4-server",
     "tcpdump",
+    // the jobs: the head's Slurm controller and tools, munge, the runtime bundle's packer, and
+    // the shared home's file servers (the kernel's, and NFS-Ganesha where the kernel has none)
+    "slurmctld",
+    "slurm-client",
+    "munge",
+    "squashfs-tools",
+    "nfs-kernel-server",
+    "nfs-ganesha",
+    "nfs-ganesha-vfs",
 ];
 
 /// Installed only when the command is missing (a newer Node.js may come from elsewhere).
@@ -563,6 +577,24 @@ impl Lab {
             return Err(format!("fetching {url} failed"));
         }
         Ok((kernel, initrd))
+    }
+
+    /// Boot a PC straight into `image` of `images_dir` as its next PC (its initrd carries a key
+    /// the head issues for the MAC it will have): `qemu-system-i386` is a Pentium II.
+    pub fn boot_image_direct(
+        &mut self,
+        images_dir: &Path,
+        image: &str,
+        qemu: &str,
+        mem_mb: u32,
+    ) -> Result<usize, String> {
+        let mac = format!("52:54:00:77:01:{:02x}", self.taps + 1);
+        let (kernel, initrd) = self.direct_boot_files(images_dir, image, &mac)?;
+        let i = self.boot_direct(qemu, mem_mb, &kernel, &initrd)?;
+        if self.pcs[i].mac != mac {
+            return Err(format!("PC {i} got MAC {}, not {mac}", self.pcs[i].mac));
+        }
+        Ok(i)
     }
 
     /// Boot a PC straight into a kernel and initrd (`-kernel`/`-initrd`, no firmware boot):

@@ -1,0 +1,277 @@
+//! Jobs end to end: emulated PCs boot, join the head's Slurm cluster by themselves, run jobs
+//! submitted with Slurm's own tools on the head, share the head's home folder over NFSv4, and
+//! leave the scheduler when released (their jobs finished or requeued) or lost.
+//!
+//! The head runs the real slurmctld, munged and NFS-Ganesha from Debian's packages; the nodes
+//! run Debian's slurmd and munged from the image's runtime bundle. Root, QEMU and the built
+//! images are needed, so these are `#[ignore]`d for a plain `cargo test`; `cargo xtask test`
+//! runs them.
+
+#![allow(clippy::unwrap_used)] // tests unwrap what they set up
+
+use std::path::PathBuf;
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use enlist_lab::{Lab, JOBS_CONFIG};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+const BOOT_LIMIT: Duration = Duration::from_secs(400);
+
+/// A lab whose head runs jobs.
+fn jobs_lab(test: &str) -> Lab {
+    let ns = format!("jobs-{test}-{}", std::process::id() % 10000);
+    let dir = root().join("lab").join(&ns);
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut lab = Lab::new(&ns, &dir).unwrap_or_else(|e| panic!("lab: {e}"));
+    let cfg = lab
+        .write_config("dhcp", &root().join("images/out"), JOBS_CONFIG)
+        .unwrap_or_else(|e| panic!("{e}"));
+    lab.start_head(&root().join("target/release/enlist"), &cfg)
+        .unwrap_or_else(|e| panic!("{e}\n{}", lab.head_log()));
+    lab
+}
+
+/// A Slurm tool run on the head, as its admin would (in the head's network namespace).
+fn slurm(lab: &Lab, program: &str, args: &[&str]) -> Output {
+    lab.exec(program)
+        .args(args)
+        .env("SLURM_CONF", lab.dir.join("state/slurm/slurm.conf"))
+        .output()
+        .unwrap_or_else(|e| panic!("{program}: {e}"))
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// Fail with the lab's logs and the head's Slurm logs.
+fn fail(lab: &Lab, what: &str) -> ! {
+    let read = |p: &str| std::fs::read_to_string(lab.dir.join(p)).unwrap_or_default();
+    let tail = |s: String| {
+        let l: Vec<&str> = s.lines().collect();
+        l[l.len().saturating_sub(30)..].join("\n")
+    };
+    panic!(
+        "{what}\n==== slurmctld.log ====\n{}\n==== sinfo ====\n{}\n{}",
+        tail(read("state/slurm/slurmctld.log")),
+        text(&slurm(lab, "sinfo", &["-N", "-l"])),
+        lab.report()
+    );
+}
+
+/// The node's name on the head (its Slurm node name).
+fn node_name(lab: &Lab, mac: &str) -> String {
+    let node = lab
+        .curl(&format!("/api/v1/nodes/{mac}"))
+        .unwrap_or_default();
+    node["node"]["name"].as_str().unwrap_or("").to_string()
+}
+
+/// Wait until `sinfo` lists `n` idle enlisted nodes.
+fn wait_idle(lab: &Lab, n: usize, limit: Duration) {
+    let until = Instant::now() + limit;
+    loop {
+        let o = slurm(lab, "sinfo", &["-h", "-N", "-t", "idle", "-o", "%N"]);
+        let idle = String::from_utf8_lossy(&o.stdout).lines().count();
+        if idle >= n {
+            return;
+        }
+        if Instant::now() > until {
+            fail(
+                lab,
+                &format!("{idle} of {n} nodes idle in Slurm after {limit:?}"),
+            );
+        }
+        std::thread::sleep(Duration::from_secs(3));
+    }
+}
+
+/// Boot `image` straight into a new PC of the lab (no firmware: the quickest boot).
+fn boot(lab: &mut Lab, image: &str, qemu: &str, mem_mb: u32) -> String {
+    let i = lab
+        .boot_image_direct(&root().join("images/out"), image, qemu, mem_mb)
+        .unwrap_or_else(|e| panic!("{e}"));
+    lab.pcs[i].mac.clone()
+}
+
+fn wait_healthy(lab: &Lab, macs: &[String]) {
+    for mac in macs {
+        if let Err(e) = lab.wait_state(mac, "healthy", BOOT_LIMIT) {
+            fail(lab, &e);
+        }
+    }
+}
+
+/// Run a Slurm tool; fail the test with the logs if it fails.
+fn must(lab: &Lab, program: &str, args: &[&str]) -> String {
+    let o = slurm(lab, program, args);
+    if !o.status.success() {
+        fail(lab, &format!("{program} {}: {}", args.join(" "), text(&o)));
+    }
+    String::from_utf8_lossy(&o.stdout).to_string()
+}
+
+/// Wait until slurmctld has written its job state after `since`.
+fn wait_saved(lab: &Lab, since: std::time::SystemTime) {
+    let file = lab.dir.join("state/slurm/state/job_state");
+    let until = Instant::now() + Duration::from_secs(30);
+    while std::fs::metadata(&file)
+        .and_then(|m| m.modified())
+        .map_or(true, |t| t <= since)
+    {
+        if Instant::now() > until {
+            fail(lab, "slurmctld did not save its job state within 30 s");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Wait until `squeue` shows no job left.
+fn wait_queue_empty(lab: &Lab, limit: Duration) {
+    let until = Instant::now() + limit;
+    while !must(lab, "squeue", &["-h"]).trim().is_empty() {
+        if Instant::now() > until {
+            fail(lab, &format!("jobs still queued after {limit:?}"));
+        }
+        std::thread::sleep(Duration::from_secs(2));
+    }
+}
+
+#[test]
+#[ignore = "needs root, QEMU, Slurm and built images: run `cargo xtask test`"]
+fn three_pcs_join_slurm_run_an_array_in_the_shared_home_and_survive_a_slurmctld_crash() {
+    let mut lab = jobs_lab("three");
+    let macs = vec![
+        boot(&mut lab, "i586", "qemu-system-i386", 64),
+        boot(&mut lab, "x86_64", "qemu-system-x86_64", 256),
+        boot(&mut lab, "i586", "qemu-system-i386", 128),
+    ];
+    wait_healthy(&lab, &macs);
+    wait_idle(&lab, 3, Duration::from_secs(240));
+    let names: Vec<String> = macs.iter().map(|m| node_name(&lab, m)).collect();
+
+    // One step on each node.
+    let out = must(&lab, "srun", &["-N3", "hostname"]);
+    let mut got: Vec<&str> = out.lines().map(str::trim).collect();
+    got.sort();
+    let mut want: Vec<&str> = names.iter().map(String::as_str).collect();
+    want.sort();
+    assert_eq!(got, want, "srun -N3 hostname");
+
+    // The original cluster's calibration job as an array; each task writes into the home.
+    let home = lab.dir.join("state/home");
+    let script = home.join("calibrate.sh");
+    std::fs::write(
+        &script,
+        "#!/bin/sh\nawk 'BEGIN { for (i = 0; i < 200000; i++) s += i; print s }' > calib-$SLURM_ARRAY_TASK_ID.out\nhostname >> calib-$SLURM_ARRAY_TASK_ID.out\n",
+    )
+    .unwrap();
+    let chdir = format!("--chdir={}", home.display());
+    must(
+        &lab,
+        "sbatch",
+        &[
+            "--array=1-6",
+            &chdir,
+            "-o",
+            "/dev/null",
+            &script.display().to_string(),
+        ],
+    );
+    wait_queue_empty(&lab, Duration::from_secs(300));
+    let mut ran_on = std::collections::BTreeSet::new();
+    for t in 1..=6 {
+        let f = home.join(format!("calib-{t}.out"));
+        let text = std::fs::read_to_string(&f).unwrap_or_default();
+        let mut lines = text.lines();
+        assert_eq!(
+            lines.next(),
+            Some("19999900000"),
+            "{}: {text:?}",
+            f.display()
+        );
+        ran_on.insert(lines.next().unwrap_or("").to_string());
+    }
+    assert!(
+        ran_on.len() >= 2,
+        "the array spread over the nodes: {ran_on:?}"
+    );
+
+    // The dashboard's view: each node's scheduler state, the cluster's totals.
+    let summary = lab.curl("/api/v1/summary").unwrap_or_default();
+    assert_eq!(summary["jobs"]["nodes"], 3, "{summary}");
+
+    // slurmctld dies: the head starts it again; the nodes stay; a queued job survives.
+    // (once slurmctld has saved it: Slurm saves its state a moment after a change, and a job
+    // submitted in that moment is lost by any crash, which is Slurm's contract, not ours.)
+    let submitted = std::time::SystemTime::now();
+    must(
+        &lab,
+        "sbatch",
+        &[
+            "--begin=now+20",
+            &chdir,
+            "-o",
+            "/dev/null",
+            "--wrap",
+            "hostname > after-crash.out",
+        ],
+    );
+    wait_saved(&lab, submitted);
+    let pid =
+        std::fs::read_to_string(lab.dir.join("state/slurm/slurmctld.pid")).unwrap_or_default();
+    let killed = std::process::Command::new("kill")
+        .args(["-9", pid.trim()])
+        .status()
+        .unwrap();
+    assert!(killed.success(), "kill slurmctld {pid:?}");
+    wait_idle(&lab, 3, Duration::from_secs(120));
+    wait_queue_empty(&lab, Duration::from_secs(180));
+    let after = std::fs::read_to_string(home.join("after-crash.out")).unwrap_or_default();
+    assert!(
+        names.contains(&after.trim().to_string()),
+        "the queued job ran: {after:?}"
+    );
+}
+#[test]
+#[ignore = "needs root, QEMU, Slurm and built images: run `cargo xtask test`"]
+fn an_x64_pc_joins_slurm_and_runs_a_job_in_the_shared_home() {
+    let mut lab = jobs_lab("x64");
+    let mac = "52:54:00:77:01:01".to_string();
+    let (kernel, initrd) = lab
+        .direct_boot_files(&root().join("images/out"), "x86_64", &mac)
+        .unwrap_or_else(|e| panic!("{e}"));
+    lab.boot_direct("qemu-system-x86_64", 256, &kernel, &initrd)
+        .unwrap_or_else(|e| panic!("{e}"));
+    if let Err(e) = lab.wait_state(&mac, "healthy", BOOT_LIMIT) {
+        fail(&lab, &e);
+    }
+    wait_idle(&lab, 1, Duration::from_secs(180));
+    let home = lab.dir.join("state/home");
+    let out = slurm(
+        &lab,
+        "srun",
+        &[
+            "-N1",
+            "--chdir",
+            &home.display().to_string(),
+            "sh",
+            "-c",
+            "hostname > from-the-node.txt && cat /proc/sys/kernel/arch",
+        ],
+    );
+    if !out.status.success() {
+        fail(&lab, &format!("srun: {}", text(&out)));
+    }
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "x86_64");
+    let written = std::fs::read_to_string(home.join("from-the-node.txt")).unwrap_or_default();
+    assert_eq!(written.trim(), node_name(&lab, &mac));
+}
