@@ -97,22 +97,39 @@ impl Paths {
     }
 }
 
-/// A program the jobs need, and the Debian package that has it.
-fn find(program: &'static str, package: &'static str) -> Result<PathBuf, JobsError> {
+/// Where programs are looked for: `PATH`, then the sbin folders a root shell has (a service's
+/// PATH may lack them).
+fn program_dirs() -> Vec<PathBuf> {
     let path = std::env::var("PATH").unwrap_or_default();
-    let dirs: Vec<PathBuf> = path
-        .split(':')
+    path.split(':')
+        .filter(|d| !d.is_empty())
         .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"])
         .map(PathBuf::from)
-        .collect();
+        .collect()
+}
+
+/// A program the jobs need, and the Debian package that has it.
+fn find_in(
+    dirs: &[PathBuf],
+    program: &'static str,
+    package: &'static str,
+) -> Result<PathBuf, JobsError> {
     dirs.iter()
         .map(|d| d.join(program))
         .find(|p| p.is_file())
         .ok_or(JobsError::Missing { program, package })
 }
 
+fn find(program: &'static str, package: &'static str) -> Result<PathBuf, JobsError> {
+    find_in(&program_dirs(), program, package)
+}
+
 /// Problems that stop the jobs from starting (for `enlist check-config`), empty if none.
 pub fn preflight(cfg: &Config) -> Vec<JobsError> {
+    preflight_in(cfg, &program_dirs())
+}
+
+fn preflight_in(cfg: &Config, dirs: &[PathBuf]) -> Vec<JobsError> {
     if !cfg.jobs.enabled {
         return vec![];
     }
@@ -122,7 +139,7 @@ pub fn preflight(cfg: &Config) -> Vec<JobsError> {
     }
     let mut problems: Vec<JobsError> = need
         .into_iter()
-        .filter_map(|(p, pkg)| find(p, pkg).err())
+        .filter_map(|(p, pkg)| find_in(dirs, p, pkg).err())
         .collect();
     if let Err(e) = home::choose(cfg.jobs.home_server) {
         problems.push(e);
@@ -156,6 +173,9 @@ pub struct Jobs {
     users: Vec<JobUser>,
     nfs: Option<NfsServer>,
     daemons: Vec<(Daemon, Arc<DaemonState>)>,
+    /// Nodes being deleted from the scheduler now: one attempt loop per node, however many
+    /// updates say it is lost.
+    forgetting: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl Jobs {
@@ -216,6 +236,7 @@ impl Jobs {
                 .into_iter()
                 .map(|d| (d, Arc::new(DaemonState::default())))
                 .collect(),
+            forgetting: Default::default(),
         })))
     }
 
@@ -344,6 +365,20 @@ impl Jobs {
     /// Delete a node from the scheduler, trying for a while: slurmctld refuses while it still
     /// counts jobs there (it requeues them once it has marked the node down).
     async fn forget(&self, name: &str) {
+        let first = self
+            .forgetting
+            .lock()
+            .is_ok_and(|mut f| f.insert(name.to_string()));
+        if !first {
+            return;
+        }
+        self.forget_now(name).await;
+        if let Ok(mut f) = self.forgetting.lock() {
+            f.remove(name);
+        }
+    }
+
+    async fn forget_now(&self, name: &str) {
         let until = Instant::now() + self.cfg.jobs.node_timeout * 3;
         loop {
             match self.slurm.delete(name).await {
@@ -506,4 +541,49 @@ fn managed_daemons(paths: &Paths) -> Result<Vec<Daemon>, JobsError> {
             log: paths.slurm_dir.join("slurmctld.out"),
         },
     ])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(jobs: &str) -> Config {
+        let text = format!(
+            "state_dir: /tmp/enlist-test\nhttp:\n  listen: 0.0.0.0:8080\n  public_url: http://10.77.0.1:8080\n\
+             dhcp:\n  interfaces:\n    - name: br0\n      mode: proxy\nimages:\n  dir: /tmp\n  default: i586\n{jobs}"
+        );
+        Config::parse(&text, Path::new("test.yaml")).expect("config")
+    }
+
+    #[test]
+    fn a_head_without_slurm_is_told_which_packages_to_install() {
+        let cfg = config("jobs:\n  enabled: true\n  home:\n    server: none\n");
+        let empty = std::env::temp_dir().join(format!("enlist-nobin-{}", std::process::id()));
+        std::fs::create_dir_all(&empty).expect("dir");
+        let problems: Vec<String> = preflight_in(&cfg, std::slice::from_ref(&empty))
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert!(
+            problems.contains(
+                &"jobs are on (jobs.enabled) but slurmctld is not installed: apt install slurmctld"
+                    .to_string()
+            ),
+            "{problems:?}"
+        );
+        assert!(problems
+            .iter()
+            .any(|p| p.contains("munged") && p.contains("apt install munge")));
+        assert!(problems
+            .iter()
+            .any(|p| p.contains("scontrol") && p.contains("apt install slurm-client")));
+
+        // With the programs there, nothing is wrong; with jobs off, nothing is looked for.
+        for p in ["scontrol", "squeue", "munged", "slurmctld"] {
+            std::fs::write(empty.join(p), "").expect("file");
+        }
+        assert!(preflight_in(&cfg, std::slice::from_ref(&empty)).is_empty());
+        assert!(preflight_in(&config(""), &[]).is_empty());
+        let _ = std::fs::remove_dir_all(&empty);
+    }
 }

@@ -69,6 +69,11 @@ pub fn parse_nodes(text: &str) -> HashMap<String, SchedNode> {
         .collect()
 }
 
+/// scontrol's answer for a node it has no record of (22.05: "Invalid node name specified").
+fn unknown_node(message: &str) -> bool {
+    message.contains("Invalid node name")
+}
+
 /// Running jobs per node, from `squeue -h -t R -o %N` (one host list per job).
 pub fn jobs_per_node(text: &str) -> HashMap<String, u32> {
     let mut out = HashMap::new();
@@ -143,15 +148,28 @@ impl Slurm {
             .map(|_| ())
     }
 
+    /// Delete a node; one the scheduler does not know (deleted already) is done.
     pub async fn delete(&self, node: &str) -> Result<(), SlurmError> {
         let n = format!("nodename={node}");
-        self.run("scontrol", &["delete", &n]).await.map(|_| ())
+        match self.run("scontrol", &["delete", &n]).await {
+            Err(SlurmError::Failed { message, .. }) if unknown_node(&message) => Ok(()),
+            other => other.map(|_| ()),
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn deleting_a_node_slurm_no_longer_knows_is_done_but_a_busy_one_is_not() {
+        // scontrol 22.05's stderr, captured in the lab.
+        let gone = "scontrol: error: failed to delete nodes node-770199\ndelete_node nodename=node-770199: Invalid node name specified";
+        assert!(unknown_node(gone));
+        let busy = "scontrol: error: failed to delete nodes node-770101\ndelete_node nodename=node-770101: Requested nodes are busy";
+        assert!(!unknown_node(busy));
+    }
 
     const SHOW: &str = "NodeName=node-770101 Arch=i686 CoresPerSocket=1 CPUAlloc=1 CPUEfctv=1 CPUTot=1 CPULoad=0.00 AvailableFeatures=enlist,i686 ActiveFeatures=enlist,i686 Gres=(null) NodeAddr=10.77.0.100 NodeHostName=node-770101 Version=22.05.8 OS=Linux 6.1.0 #1 SMP RealMemory=36 AllocMem=32 FreeMem=30 Sockets=1 Boards=1 State=ALLOCATED+DYNAMIC_NORM ThreadsPerCore=1
 NodeName=node-770102 Arch=x86_64 CoresPerSocket=2 CPUAlloc=0 CPUTot=2 RealMemory=480 AllocMem=0 State=IDLE+DRAIN+DYNAMIC_NORM ThreadsPerCore=1
