@@ -16,9 +16,10 @@ use crate::config::{DhcpMode, Enrollment, ImageName};
 use crate::dhcp::client::ClientInfo;
 use crate::dhcp::handler::BootObserver;
 use crate::image::cpio::Archive;
-use crate::lifecycle::Event;
+use crate::lifecycle::{Event, NodeState};
 use crate::store::{now, NodeRow, StoreError};
 
+use super::live::LOCAL_DISK_EVENT_EVERY;
 use super::tokens::TokenRefused;
 use super::{random_token, Registry, RegistryError};
 
@@ -100,11 +101,7 @@ impl Registry {
         }
         if row.released {
             self.touch(mac);
-            self.apply(
-                &mut row,
-                Event::LocalDiskAnswered,
-                "answered with local disk boot",
-            )?;
+            self.local_disk_answered(&mut row, from, via)?;
             return Ok(BootDecision::LocalDisk);
         }
         if let Some(reason) = self.foreign_address(&row, from)? {
@@ -135,6 +132,37 @@ impl Registry {
     }
 
     /// Enrollment `approve`: remember the PC (in memory only) until an admin approves it.
+    /// A released PC asked what to boot and was sent to its own disk: it becomes `gone`, and
+    /// its history says so (again at most every [`LOCAL_DISK_EVENT_EVERY`]: each morning's
+    /// boot shows, a flood of forged requests does not write the database).
+    fn local_disk_answered(
+        &self,
+        row: &mut NodeRow,
+        from: IpAddr,
+        via: Proto,
+    ) -> Result<(), RegistryError> {
+        const WHY: &str = "answered with local disk boot";
+        let mac = row.mac;
+        let noted = {
+            let mut inner = self.inner();
+            inner.trace(mac, "script", via, format!("local disk, from {from}"));
+            let live = inner.live.entry(mac).or_default();
+            let due = live
+                .local_disk_noted
+                .is_none_or(|t| t.elapsed() >= LOCAL_DISK_EVENT_EVERY);
+            if due {
+                live.local_disk_noted = Some(Instant::now());
+            }
+            !due
+        };
+        if row.state != NodeState::Gone {
+            self.apply(row, Event::LocalDiskAnswered, WHY)?;
+        } else if !noted {
+            self.save(row, Some(("boot", WHY)))?;
+        }
+        Ok(())
+    }
+
     fn await_approval(&self, mac: Mac, from: IpAddr) -> Result<BootDecision, RegistryError> {
         let mut row = self.new_row(mac, false)?;
         row.state = crate::lifecycle::NodeState::Pending;

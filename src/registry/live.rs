@@ -67,7 +67,14 @@ pub(super) struct Live {
     pub boot_started: Option<i64>,
     /// What the agent last said of its part in the jobs.
     pub jobs: Option<String>,
+    /// When a released PC was last recorded as sent to its own disk (once per
+    /// [`LOCAL_DISK_EVENT_EVERY`]: its boot script is unauthenticated, so it must not write
+    /// the history on every request).
+    pub local_disk_noted: Option<Instant>,
 }
+
+/// How often a released PC's local disk answer goes into its history at most.
+pub(super) const LOCAL_DISK_EVENT_EVERY: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// A PC waiting for an admin's approval: shown, never stored.
 pub(super) struct Candidate {

@@ -362,6 +362,37 @@ fn release_while_offline_revokes_the_key() {
 }
 
 #[test]
+fn a_gone_pc_sent_to_its_disk_shows_in_its_history_once_per_ten_minutes() {
+    let r = registry();
+    boot(&r, A, ip(100));
+    r.release(A).expect("release");
+    r.leaving(A, "release").expect("the agent says it leaves");
+    r.sweep(Instant::now() + Duration::from_secs(60))
+        .expect("sweep");
+    assert_eq!(
+        state(&r, A),
+        NodeState::Gone,
+        "it left before its next boot"
+    );
+    let answered = || {
+        r.store()
+            .events_of(A, 1000)
+            .expect("events")
+            .iter()
+            .filter(|e| e.detail.contains("answered with local disk boot"))
+            .count()
+    };
+    for _ in 0..50 {
+        assert_eq!(script(&r, A, ip(100)).unwrap_err(), BootDecision::LocalDisk);
+    }
+    assert_eq!(
+        answered(),
+        1,
+        "recorded, but not once per (unauthenticated) request"
+    );
+}
+
+#[test]
 fn heartbeats_out_of_range_are_refused() {
     let r = registry();
     boot(&r, A, ip(100));

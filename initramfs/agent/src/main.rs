@@ -106,12 +106,15 @@ fn run(client: Arc<Client>) {
             }
         }
     }
-    let reason =
-        std::fs::read_to_string("/run/enlist/leaving").unwrap_or_else(|_| "shutdown".into());
+    // A head command (release, reboot, power-off) told the head already, and a release
+    // revoked this boot's key with it: only a shutdown from the PC itself is news.
+    if std::path::Path::new("/run/enlist/leaving").exists() {
+        return;
+    }
     match client.post::<_, serde_json::Value>(
         paths::LEAVING,
         &Leaving {
-            reason: reason.trim().into(),
+            reason: "shutdown".into(),
         },
     ) {
         Ok(_) => say("told the head we are leaving"),
