@@ -75,6 +75,19 @@ fn s(v: &Value) -> String {
     }
 }
 
+/// A node's part in the jobs: the scheduler's state and running jobs (`allocated/2`), else
+/// what its agent reports (`starting`, `failed: ...`), else `-` (jobs off).
+fn sched(n: &Value) -> String {
+    let st = &n["sched"];
+    if let Some(state) = st["state"].as_str() {
+        return match st["jobs"].as_u64().unwrap_or(0) {
+            0 => state.to_string(),
+            j => format!("{state}/{j}"),
+        };
+    }
+    s(&n["jobs"]).chars().take(18).collect()
+}
+
 pub fn list(config: &Path, json: bool) -> anyhow::Result<()> {
     let h = head(config)?;
     let v = call(&h, "GET", "/api/v1/nodes")?;
@@ -83,8 +96,8 @@ pub fn list(config: &Path, json: bool) -> anyhow::Result<()> {
         return Ok(());
     }
     println!(
-        "{:<16} {:<18} {:<15} {:<11} {:<28} {:>7} {:>6}",
-        "NAME", "MAC", "IP", "STATE", "CPU", "RAM MB", "LOAD"
+        "{:<16} {:<18} {:<15} {:<11} {:<18} {:<28} {:>7} {:>6}",
+        "NAME", "MAC", "IP", "STATE", "JOBS", "CPU", "RAM MB", "LOAD"
     );
     for n in v["nodes"].as_array().cloned().unwrap_or_default() {
         let cpu: String = s(&n["info"]["cpu_model"]).chars().take(28).collect();
@@ -97,11 +110,12 @@ pub fn list(config: &Path, json: bool) -> anyhow::Result<()> {
             .map(|l| format!("{l:.2}"))
             .unwrap_or("-".into());
         println!(
-            "{:<16} {:<18} {:<15} {:<11} {:<28} {:>7} {:>6}",
+            "{:<16} {:<18} {:<15} {:<11} {:<18} {:<28} {:>7} {:>6}",
             s(&n["name"]),
             s(&n["mac"]),
             s(&n["ip"]),
             s(&n["state"]),
+            sched(&n),
             cpu,
             ram,
             load

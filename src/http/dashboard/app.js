@@ -5,7 +5,7 @@ const nodes = new Map();   // mac -> node view
 let csrf = null;           // set when logged in
 let loggedIn = false;
 let publicRead = false;    // the head lets anyone read the node list
-let summaryTimer = null;   // polls the counters while logged out
+let summaryTimer = null;   // polls the summary (counters while logged out, jobs capacity)
 
 const $ = (sel) => document.querySelector(sel);
 const el = (tag, props = {}, ...children) => {
@@ -90,6 +90,7 @@ function render() {
       el('td', { textContent: n.ip || '-' }),
       el('td', { className: 'wide', textContent: info.cpu_model ? text(info.cpu_model) + (info.cpu_mhz ? ' @' + num(info.cpu_mhz, 0) + ' MHz' : '') : '-' }),
       el('td', { className: 'wide', textContent: mb(info.mem_total_kb) }),
+      el('td', { className: 'sched', textContent: schedText(n) }),
       el('td', { textContent: num(hb.load1, 2) }),
       el('td', { className: 'wide', textContent: ago(n.silent_secs) }),
       el('td', { className: 'wide timeline', textContent: num(n.boot_seconds, 0) === '-' ? '' : num(n.boot_seconds, 0) + ' s to join' }),
@@ -100,10 +101,30 @@ function render() {
   renderDetail();
 }
 
+// The node's part in the jobs: the scheduler's state and running jobs, else what its agent
+// says (starting, failed: ...), else '-' (jobs off).
+function schedText(n) {
+  if (n.sched) {
+    const j = n.sched.jobs;
+    return n.sched.state + (j ? ' · ' + j + (j === 1 ? ' job' : ' jobs') : '');
+  }
+  return n.jobs ? text(n.jobs) : '-';
+}
+
+// The cluster's capacity for jobs, from the summary (nodes in service, free CPUs and memory).
+function jobsCounter(j) {
+  const c = $('#c-jobs');
+  if (!j || !j.nodes) { c.hidden = true; return; }
+  c.hidden = false;
+  $('#c-cpus').textContent = j.cpus_free + '/' + j.cpus;
+  $('#c-mem').textContent = Math.round(j.mem_free_mb) + '/' + Math.round(j.mem_mb);
+  $('#c-running').textContent = j.jobs;
+}
+
 // The header's counters from nodes per state (every state the head knows of).
 function counters(byState) {
   const sum = (...states) => states.reduce((t, s) => t + (byState[s] || 0), 0);
-  $('#c-up').textContent = sum('healthy', 'registered');
+  $('#c-up').textContent = sum('healthy', 'registered', 'draining');
   $('#c-booting').textContent = sum('seen', 'booting', 'stuck');
   $('#c-pending').textContent = sum('pending');
   $('#c-lost').textContent = sum('lost');
@@ -113,7 +134,8 @@ function counters(byState) {
 async function summary() {
   try {
     const s = await api('GET', '/api/v1/summary');
-    counters(s.nodes || {});
+    if (!loggedIn && !publicRead) counters(s.nodes || {});
+    jobsCounter(s.jobs);
   } catch (e) { /* the head is away; the counters keep their last values */ }
 }
 
@@ -135,7 +157,7 @@ async function renderDetail() {
   $('#d-name').textContent = n.name;
   const info = n.info || {}, hb = n.heartbeat || {};
   const facts = [
-    ['State', text(n.state)], ['MAC', text(n.mac)], ['IP', text(n.ip)], ['Group', text(n.group)],
+    ['State', text(n.state)], ['Jobs', schedText(n)], ['MAC', text(n.mac)], ['IP', text(n.ip)], ['Group', text(n.group)],
     ['CPU', text(info.cpu_model)], ['Cores', num(info.cores, 0)], ['RAM', mb(info.mem_total_kb)],
     ['Free RAM', mb(hb.mem_free_kb)], ['Kernel', text(info.kernel)],
     ['Booted by', text(info.boot_method)], ['NICs', (Array.isArray(info.nics) ? info.nics : []).map((x) => text(x.name) + ' ' + text(x.mac) + ' ' + text(x.driver)).join(', ') || '-'],
@@ -192,9 +214,10 @@ async function session() {
     live();
   } else {
     message('Log in to see the nodes.');
-    await summary();
-    summaryTimer = setInterval(summary, 5000);
   }
+  // The counters while logged out; the jobs capacity always (it is not in the node stream).
+  await summary();
+  summaryTimer = setInterval(summary, 5000);
 }
 
 $('#login').addEventListener('submit', async (e) => {
