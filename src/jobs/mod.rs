@@ -173,8 +173,8 @@ pub struct Jobs {
     users: Vec<JobUser>,
     nfs: Option<NfsServer>,
     daemons: Vec<(Daemon, Arc<DaemonState>)>,
-    /// Nodes being deleted from the scheduler now: one attempt loop per node, however many
-    /// updates say it is lost.
+    /// Lost nodes being (or already) deleted from the scheduler: one attempt loop per loss,
+    /// however many updates say the node is lost; cleared when it is alive again.
     forgetting: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
@@ -352,8 +352,20 @@ impl Jobs {
             };
             match update {
                 Ok(Update::Node(v)) if v.state == NodeState::Lost => {
-                    let (jobs, name) = (self.clone(), v.name.clone());
-                    tokio::spawn(async move { jobs.forget(&name).await });
+                    // Once per loss: a lost node is published again on every change.
+                    let first = self
+                        .forgetting
+                        .lock()
+                        .is_ok_and(|mut f| f.insert(v.name.clone()));
+                    if first {
+                        let (jobs, name) = (self.clone(), v.name.clone());
+                        tokio::spawn(async move { jobs.forget(&name).await });
+                    }
+                }
+                Ok(Update::Node(v)) if v.state.is_alive() => {
+                    if let Ok(mut f) = self.forgetting.lock() {
+                        f.remove(&v.name);
+                    }
                 }
                 Ok(_) => {}
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
@@ -365,20 +377,6 @@ impl Jobs {
     /// Delete a node from the scheduler, trying for a while: slurmctld refuses while it still
     /// counts jobs there (it requeues them once it has marked the node down).
     async fn forget(&self, name: &str) {
-        let first = self
-            .forgetting
-            .lock()
-            .is_ok_and(|mut f| f.insert(name.to_string()));
-        if !first {
-            return;
-        }
-        self.forget_now(name).await;
-        if let Ok(mut f) = self.forgetting.lock() {
-            f.remove(name);
-        }
-    }
-
-    async fn forget_now(&self, name: &str) {
         let until = Instant::now() + self.cfg.jobs.node_timeout * 3;
         loop {
             match self.slurm.delete(name).await {
