@@ -23,12 +23,45 @@ const BOOT_LIMIT: Duration = Duration::from_secs(400);
 
 /// A lab whose head runs jobs.
 fn jobs_lab(test: &str) -> Lab {
+    jobs_lab_with(test, JOBS_CONFIG)
+}
+
+/// A lab whose head runs jobs and holds a released node's jobs for 20 s at most.
+fn short_deadline_lab(test: &str) -> Lab {
+    let config = JOBS_CONFIG.replace("release_deadline: 60s", "release_deadline: 20s");
+    assert_ne!(
+        config, JOBS_CONFIG,
+        "the lab's jobs config names a release deadline"
+    );
+    jobs_lab_with(test, &config)
+}
+
+fn jobs_lab_with(test: &str, config: &str) -> Lab {
+    jobs_lab_from(test, config, &root().join("images/out"))
+}
+
+/// Copy the current version of each built image into `to` (a lab's own images to spoil).
+fn copy_images(to: &std::path::Path) {
+    for image in ["i586", "x86_64"] {
+        let from = root().join("images/out").join(image);
+        let version = std::fs::read_to_string(from.join("current")).unwrap();
+        let dest = to.join(image).join(version.trim());
+        std::fs::create_dir_all(&dest).unwrap();
+        std::fs::copy(from.join("current"), to.join(image).join("current")).unwrap();
+        for f in std::fs::read_dir(from.join(version.trim())).unwrap() {
+            let f = f.unwrap();
+            std::fs::copy(f.path(), dest.join(f.file_name())).unwrap();
+        }
+    }
+}
+
+fn jobs_lab_from(test: &str, config: &str, images: &std::path::Path) -> Lab {
     let ns = format!("jobs-{test}-{}", std::process::id() % 10000);
     let dir = root().join("lab").join(&ns);
     let _ = std::fs::remove_dir_all(&dir);
     let mut lab = Lab::new(&ns, &dir).unwrap_or_else(|e| panic!("lab: {e}"));
     let cfg = lab
-        .write_config("dhcp", &root().join("images/out"), JOBS_CONFIG)
+        .write_config("dhcp", images, config)
         .unwrap_or_else(|e| panic!("{e}"));
     lab.start_head(&root().join("target/release/enlist"), &cfg)
         .unwrap_or_else(|e| panic!("{e}\n{}", lab.head_log()));
@@ -37,9 +70,8 @@ fn jobs_lab(test: &str) -> Lab {
 
 /// A Slurm tool run on the head, as its admin would (in the head's network namespace).
 fn slurm(lab: &Lab, program: &str, args: &[&str]) -> Output {
-    lab.exec(program)
+    lab.slurm(program)
         .args(args)
-        .env("SLURM_CONF", lab.dir.join("state/slurm/slurm.conf"))
         .output()
         .unwrap_or_else(|e| panic!("{program}: {e}"))
 }
@@ -117,6 +149,66 @@ fn must(lab: &Lab, program: &str, args: &[&str]) -> String {
         fail(lab, &format!("{program} {}: {}", args.join(" "), text(&o)));
     }
     String::from_utf8_lossy(&o.stdout).to_string()
+}
+
+/// Nodes `sinfo` lists (any state).
+fn sinfo_nodes(lab: &Lab) -> Vec<String> {
+    let o = must(lab, "sinfo", &["-h", "-N", "-o", "%N"]);
+    o.lines().map(|l| l.trim().to_string()).collect()
+}
+
+/// Wait until `sinfo` no longer lists `name`.
+fn wait_gone_from_slurm(lab: &Lab, name: &str, limit: Duration) {
+    let until = Instant::now() + limit;
+    while sinfo_nodes(lab).iter().any(|n| n == name) {
+        if Instant::now() > until {
+            fail(lab, &format!("{name} still in sinfo after {limit:?}"));
+        }
+        std::thread::sleep(Duration::from_secs(2));
+    }
+}
+
+/// `squeue` field `format` of job `id` ("" once the job has left the queue).
+fn job_field(lab: &Lab, id: &str, format: &str) -> String {
+    must(lab, "squeue", &["-h", "-j", id, "-o", format])
+        .trim()
+        .to_string()
+}
+
+/// Wait until job `id` runs; the node it runs on.
+fn wait_running(lab: &Lab, id: &str, limit: Duration) -> String {
+    let until = Instant::now() + limit;
+    loop {
+        if job_field(lab, id, "%T") == "RUNNING" {
+            return job_field(lab, id, "%N");
+        }
+        if Instant::now() > until {
+            fail(lab, &format!("job {id} not running after {limit:?}"));
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+/// Submit a one-line batch job in the shared home; its id.
+fn submit(lab: &Lab, extra: &[&str], command: &str) -> String {
+    let chdir = format!("--chdir={}", lab.dir.join("state/home").display());
+    let mut args = vec!["--parsable", chdir.as_str(), "-o", "/dev/null"];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&["--wrap", command]);
+    must(lab, "sbatch", &args).trim().to_string()
+}
+
+fn home_file(lab: &Lab, name: &str) -> String {
+    std::fs::read_to_string(lab.dir.join("state/home").join(name))
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
+
+fn events(lab: &Lab, mac: &str) -> String {
+    lab.curl(&format!("/api/v1/nodes/{mac}"))
+        .map(|v| v["events"].to_string())
+        .unwrap_or_default()
 }
 
 /// Wait until slurmctld has written its job state after `since`.
@@ -255,6 +347,20 @@ fn an_x64_pc_joins_slurm_and_runs_a_job_in_the_shared_home() {
         fail(&lab, &e);
     }
     wait_idle(&lab, 1, Duration::from_secs(180));
+    // The head shows the node's part in the jobs (the dashboard's and `enlist nodes`' column).
+    let r = lab.wait_for(
+        Duration::from_secs(30),
+        "scheduler state on the node",
+        || {
+            let v = lab
+                .curl(&format!("/api/v1/nodes/{mac}"))
+                .unwrap_or_default();
+            v["node"]["sched"]["state"] == "idle" && v["node"]["jobs"] == "ready"
+        },
+    );
+    if let Err(e) = r {
+        fail(&lab, &e);
+    }
     let home = lab.dir.join("state/home");
     let out = slurm(
         &lab,
@@ -274,4 +380,157 @@ fn an_x64_pc_joins_slurm_and_runs_a_job_in_the_shared_home() {
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "x86_64");
     let written = std::fs::read_to_string(home.join("from-the-node.txt")).unwrap_or_default();
     assert_eq!(written.trim(), node_name(&lab, &mac));
+}
+
+#[test]
+#[ignore = "needs root, QEMU, Slurm and built images: run `cargo xtask test`"]
+fn a_released_pc_finishes_its_job_leaves_slurm_and_boots_its_own_disk() {
+    let mut lab = short_deadline_lab("release");
+    let i = lab
+        .boot(enlist_lab::Profile::X64Pxe, None)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mac = lab.pcs[i].mac.clone();
+    wait_healthy(&lab, std::slice::from_ref(&mac));
+    wait_idle(&lab, 1, Duration::from_secs(240));
+    let name = node_name(&lab, &mac);
+
+    let job = submit(&lab, &[], "sleep 8; hostname > released.out");
+    assert_eq!(wait_running(&lab, &job, Duration::from_secs(60)), name);
+    lab.curl_method("POST", &format!("/api/v1/nodes/{mac}/release"))
+        .unwrap_or_else(|e| fail(&lab, &e));
+    // Drained, not killed: the node shows it and takes no new job.
+    if let Err(e) = lab.wait_state(&mac, "draining", Duration::from_secs(10)) {
+        fail(&lab, &e);
+    }
+    let next = submit(&lab, &[], "hostname > not-here.out");
+    wait_gone_from_slurm(&lab, &name, Duration::from_secs(60));
+    assert_eq!(
+        home_file(&lab, "released.out"),
+        name,
+        "the running job finished"
+    );
+    assert!(
+        !events(&lab, &mac).contains("deadline reached"),
+        "{}",
+        events(&lab, &mac)
+    );
+    assert_eq!(
+        job_field(&lab, &next, "%T"),
+        "PENDING",
+        "a job submitted while draining waits"
+    );
+    // Then the PC goes back to its own disk.
+    let r = lab.wait_for(BOOT_LIMIT, "local disk boot answer", || {
+        events(&lab, &mac).contains("answered with local disk boot")
+    });
+    if let Err(e) = r {
+        fail(&lab, &e);
+    }
+}
+
+#[test]
+#[ignore = "needs root, QEMU, Slurm and built images: run `cargo xtask test`"]
+fn a_killed_pcs_job_runs_elsewhere_and_a_released_pcs_job_is_requeued_at_the_deadline() {
+    let mut lab = short_deadline_lab("kill");
+    let macs = vec![
+        boot(&mut lab, "x86_64", "qemu-system-x86_64", 256),
+        boot(&mut lab, "x86_64", "qemu-system-x86_64", 256),
+    ];
+    wait_healthy(&lab, &macs);
+    wait_idle(&lab, 2, Duration::from_secs(240));
+    let names: Vec<String> = macs.iter().map(|m| node_name(&lab, m)).collect();
+
+    // Power cut mid-job: Slurm marks the node down and requeues the job, which runs on the other
+    // node; enlist deletes the node from Slurm once it is lost.
+    let job = submit(&lab, &["--requeue"], "sleep 20; hostname > moved.out");
+    let first = wait_running(&lab, &job, Duration::from_secs(60));
+    let victim = names.iter().position(|n| *n == first).unwrap_or_else(|| {
+        fail(
+            &lab,
+            &format!("job {job} runs on {first:?}, not on {names:?}"),
+        )
+    });
+    let other = 1 - victim;
+    lab.pcs[victim].kill();
+    wait_queue_empty(&lab, Duration::from_secs(240));
+    assert_eq!(
+        home_file(&lab, "moved.out"),
+        names[other],
+        "the requeued job ran elsewhere"
+    );
+    if let Err(e) = lab.wait_state(&macs[victim], "lost", Duration::from_secs(60)) {
+        fail(&lab, &e);
+    }
+    wait_gone_from_slurm(&lab, &names[victim], Duration::from_secs(120));
+
+    // Release while a long job runs: at the deadline the job is requeued and the node leaves.
+    let long = submit(&lab, &["--requeue"], "sleep 600");
+    wait_running(&lab, &long, Duration::from_secs(60));
+    lab.curl_method("POST", &format!("/api/v1/nodes/{}/release", macs[other]))
+        .unwrap_or_else(|e| fail(&lab, &e));
+    wait_gone_from_slurm(&lab, &names[other], Duration::from_secs(90));
+    assert!(
+        events(&lab, &macs[other]).contains("deadline reached"),
+        "{}",
+        events(&lab, &macs[other])
+    );
+    let restarts = must(&lab, "scontrol", &["show", "job", &long]);
+    assert!(restarts.contains("Restarts=1"), "{restarts}");
+    assert_eq!(
+        job_field(&lab, &long, "%T"),
+        "PENDING",
+        "the requeued job waits for a node"
+    );
+}
+
+#[test]
+#[ignore = "needs root, QEMU, Slurm and built images: run `cargo xtask test`"]
+fn a_node_given_a_corrupt_runtime_says_so_stays_registered_and_joins_once_it_is_repaired() {
+    let images = root().join("lab/jobs-corrupt-images");
+    let _ = std::fs::remove_dir_all(&images);
+    copy_images(&images);
+    let version = std::fs::read_to_string(images.join("x86_64/current")).unwrap();
+    let bundle = images
+        .join("x86_64")
+        .join(version.trim())
+        .join("jobs-runtime.sqfs");
+    let good = std::fs::read(&bundle).unwrap();
+    let mut bad = good.clone();
+    let middle = bad.len() / 2;
+    bad[middle] ^= 0xff;
+    std::fs::write(&bundle, &bad).unwrap();
+
+    let mut lab = jobs_lab_from("corrupt", JOBS_CONFIG, &images);
+    let mac = boot(&mut lab, "x86_64", "qemu-system-x86_64", 256);
+    wait_healthy(&lab, std::slice::from_ref(&mac));
+    let r = lab.wait_for(
+        Duration::from_secs(120),
+        "the failure in the node's history",
+        || events(&lab, &mac).contains("expected"),
+    );
+    if let Err(e) = r {
+        fail(&lab, &e);
+    }
+    let history = events(&lab, &mac);
+    assert!(
+        history.contains("jobs") && history.contains("sha256"),
+        "{history}"
+    );
+    let node = lab
+        .curl(&format!("/api/v1/nodes/{mac}"))
+        .unwrap_or_default();
+    assert!(
+        node["node"]["jobs"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("failed"),
+        "the dashboard's jobs column: {node}"
+    );
+    assert_eq!(node["node"]["state"], "healthy", "still registered: {node}");
+    assert!(sinfo_nodes(&lab).is_empty(), "not in the scheduler");
+
+    // Repaired on the head: the node's next attempt joins.
+    std::fs::write(&bundle, &good).unwrap();
+    wait_idle(&lab, 1, Duration::from_secs(240));
+    let _ = std::fs::remove_dir_all(&images);
 }

@@ -246,6 +246,42 @@ impl Lab {
         c
     }
 
+    /// The slurm.conf of the head's Slurm (jobs on): what `SLURM_CONF` names for its tools.
+    pub fn slurm_conf(&self) -> PathBuf {
+        self.dir.join("state/slurm/slurm.conf")
+    }
+
+    /// A Slurm tool (sinfo, srun, sbatch, ...) run on the head as its admin would.
+    pub fn slurm(&self, program: &str) -> Command {
+        let mut c = self.exec(program);
+        c.env("SLURM_CONF", self.slurm_conf());
+        c
+    }
+
+    /// A Slurm tool's output; its stderr as the error if it fails.
+    pub fn slurm_out(&self, program: &str, args: &[&str]) -> Result<String, String> {
+        let out = self
+            .slurm(program)
+            .args(args)
+            .output()
+            .map_err(|e| format!("{program}: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "{program} {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).to_string())
+    }
+
+    /// Nodes Slurm lists as idle.
+    pub fn slurm_idle(&self) -> usize {
+        self.slurm_out("sinfo", &["-h", "-N", "-t", "idle", "-o", "%N"])
+            .map(|o| o.lines().count())
+            .unwrap_or(0)
+    }
+
     /// Write a head config for this lab and return its path.
     pub fn write_config(
         &self,
