@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Context};
 use clap::Subcommand;
-use enlist_lab::{Lab, Profile};
+use enlist_lab::{Lab, Profile, JOBS_CONFIG};
 use nix::sys::signal::{SigSet, Signal};
 
 use crate::{build_floppy, enlist_bin, node, root, setup};
@@ -25,6 +25,9 @@ pub enum LabTask {
         mode: String,
         #[arg(long, default_value_t = 8080)]
         port: u16,
+        /// Leave Slurm, munge and the shared home off (the head only boots PCs).
+        #[arg(long)]
+        no_jobs: bool,
     },
     /// Add a PC to a running lab (`lab up` in another terminal).
     Boot {
@@ -51,12 +54,13 @@ pub fn lab(t: LabTask) -> anyhow::Result<()> {
             pcs,
             mode,
             port,
+            no_jobs,
         } => {
             let profiles = pcs
                 .iter()
                 .map(|p| Profile::parse(p).ok_or_else(|| anyhow!("unknown profile {p:?}")))
                 .collect::<anyhow::Result<Vec<_>>>()?;
-            run_lab(&name, &profiles, &mode, port)
+            run_lab(&name, &profiles, &mode, port, !no_jobs)
         }
         LabTask::Boot { name, profile } => {
             let p =
@@ -91,10 +95,17 @@ pub fn demo(port: u16) -> anyhow::Result<()> {
         &[Profile::P2Pxe, Profile::P2Floppy, Profile::X64Pxe],
         "dhcp",
         port,
+        true,
     )
 }
 
-fn run_lab(name: &str, profiles: &[Profile], mode: &str, port: u16) -> anyhow::Result<()> {
+fn run_lab(
+    name: &str,
+    profiles: &[Profile],
+    mode: &str,
+    port: u16,
+    jobs: bool,
+) -> anyhow::Result<()> {
     // Block SIGINT/SIGTERM here and wait for them below, so Ctrl-C ends in an orderly teardown
     // (Lab's Drop). Children get a clean signal mask from std::process.
     let mut sigs = SigSet::empty();
@@ -109,7 +120,11 @@ fn run_lab(name: &str, profiles: &[Profile], mode: &str, port: u16) -> anyhow::R
         lab.spawn(lab.campus_dhcp()).map_err(|e| anyhow!(e))?;
     }
     let config = lab
-        .write_config(mode, &root().join("images/out"), "")
+        .write_config(
+            mode,
+            &root().join("images/out"),
+            if jobs { JOBS_CONFIG } else { "" },
+        )
         .map_err(|e| anyhow!(e))?;
     let password = Command::new(enlist_bin())
         .args(["admin", "set-password", "--random", "--config"])
@@ -132,8 +147,16 @@ fn run_lab(name: &str, profiles: &[Profile], mode: &str, port: u16) -> anyhow::R
     println!("  login:      password {password}");
     println!("  head log:   {}", dir.join("head.log").display());
     println!("  consoles:   {}/*.serial.log", dir.display());
+    if jobs {
+        println!(
+            "  slurm:      sudo ip netns exec {name} env SLURM_CONF={} sinfo",
+            lab.slurm_conf().display()
+        );
+        println!("  home:       {}", dir.join("state/home").display());
+    }
     println!("  Ctrl-C stops everything and cleans up.");
     println!();
+    let mut shown = !jobs;
     // Report state changes until a signal arrives.
     let mut last = Vec::new();
     loop {
@@ -152,12 +175,74 @@ fn run_lab(name: &str, profiles: &[Profile], mode: &str, port: u16) -> anyhow::R
             println!("  {}", states.join(" | "));
             last = states;
         }
+        if !shown && lab.slurm_idle() >= profiles.len() {
+            shown = true;
+            if let Err(e) = first_jobs(&lab, profiles.len()) {
+                println!("  jobs: {e:#}");
+            }
+        }
         if let Ok(Some(sig)) = wait_signal(&sigs, Duration::from_secs(2)) {
             eprintln!("xtask: {sig:?}: tearing the lab down");
             break;
         }
     }
     drop(lab);
+    Ok(())
+}
+
+/// A Slurm tool on the head, as its admin runs it (in the lab's namespace).
+fn slurm(lab: &Lab, program: &str, args: &[&str]) -> anyhow::Result<String> {
+    lab.slurm_out(program, args).map_err(|e| anyhow!(e))
+}
+
+/// Once the PCs are in Slurm: what an admin sees, one step on every node, and the 2004
+/// cluster's calibration job as an array over them, its results read from the shared home.
+fn first_jobs(lab: &Lab, nodes: usize) -> anyhow::Result<()> {
+    let show = |title: &str, text: &str| {
+        println!("  $ {title}");
+        for l in text.lines() {
+            println!("    {l}");
+        }
+    };
+    show("sinfo -N -l", &slurm(lab, "sinfo", &["-N", "-l"])?);
+    let n = format!("-N{nodes}");
+    show(
+        &format!("srun {n} hostname"),
+        &slurm(lab, "srun", &[&n, "hostname"])?,
+    );
+    let home = lab.dir.join("state/home");
+    let script = home.join("calibrate.sh");
+    std::fs::write(
+        &script,
+        "#!/bin/sh\n# The calibration job: a busy loop, then where it ran.\n\
+         awk 'BEGIN { for (i = 0; i < 300000; i++) s += i; print s }' > calib-$SLURM_ARRAY_TASK_ID.out\n\
+         hostname >> calib-$SLURM_ARRAY_TASK_ID.out\n",
+    )
+    .with_context(|| format!("writing {}", script.display()))?;
+    let tasks = nodes * 2;
+    let array = format!("--array=1-{tasks}");
+    let chdir = format!("--chdir={}", home.display());
+    let script_arg = script.display().to_string();
+    let sbatch = ["--parsable", &array, &chdir, "-o", "/dev/null", &script_arg];
+    let id = slurm(lab, "sbatch", &sbatch)?;
+    println!("  $ sbatch {array} calibrate.sh   (job {})", id.trim());
+    let until = std::time::Instant::now() + Duration::from_secs(600);
+    while !slurm(lab, "squeue", &["-h"])?.trim().is_empty() {
+        anyhow::ensure!(
+            std::time::Instant::now() < until,
+            "the array did not finish in 10 min"
+        );
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    for t in 1..=tasks {
+        let text = std::fs::read_to_string(home.join(format!("calib-{t}.out"))).unwrap_or_default();
+        println!(
+            "    task {t}: {}",
+            text.split_whitespace().collect::<Vec<_>>().join(" on ")
+        );
+    }
+    println!("  (the results are in {} on the head)", home.display());
+    println!();
     Ok(())
 }
 
