@@ -6,6 +6,7 @@ mod dhcp;
 mod dhcp_hostile;
 mod http_burst;
 mod image;
+mod jobs;
 mod net;
 mod scale;
 mod tftp;
@@ -50,6 +51,16 @@ pub enum BenchTask {
     },
     /// Image size against the 8 MiB budget, and a 64 MB Pentium II's free memory after boot.
     Image,
+    /// Jobs: a 64 MB Pentium II's memory left for jobs under munged + slurmd, power-on to the
+    /// first job step, and a calibration array on 1 node against 2 and 3.
+    Jobs {
+        /// Tasks in the array.
+        #[arg(long, default_value_t = 12)]
+        tasks: usize,
+        /// awk loop iterations per task.
+        #[arg(long, default_value_t = 1_000_000)]
+        loops: u64,
+    },
     /// DHCP: Kea's perfdhcp, full DORA with durable leases; enlist vs dnsmasq.
     Dhcp {
         /// Simulated clients per run.
@@ -102,6 +113,7 @@ pub fn run(t: BenchTask) -> anyhow::Result<()> {
             Ok(())
         }
         BenchTask::Image => image::run(),
+        BenchTask::Jobs { tasks, loops } => jobs::run(tasks, loops),
         BenchTask::Dhcp {
             hostile: true,
             floods,

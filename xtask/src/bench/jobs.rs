@@ -1,0 +1,190 @@
+//! Jobs: what a Pentium II with 64 MB has left for jobs once munged and slurmd run, the time from
+//! power-on to the first job step, and the speedup of 3 nodes over 1 for the same job array
+//! (the 2004 cluster's calibration loop). The reference is the same array on one node, in the
+//! same run. The PCs boot straight into the image (QEMU `-kernel`), the lab's quickest boot;
+//! under TCG each PC needs a host core, so the speedup's ceiling is the host's core count.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context};
+use enlist_lab::{Lab, JOBS_CONFIG};
+
+use crate::{enlist_bin, root};
+
+/// The memory a 64 MB Pentium II must keep free for jobs (issue 12).
+const JOBS_MIB_GOAL: f64 = 32.0;
+
+pub fn run(tasks: usize, loops: u64) -> anyhow::Result<()> {
+    let images = root().join("images/out");
+    let ns = "bench-jobs";
+    let dir = root().join("lab").join(ns);
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut lab = Lab::new(ns, &dir).map_err(|e| anyhow!(e))?;
+    let config = lab
+        .write_config("dhcp", &images, JOBS_CONFIG)
+        .map_err(|e| anyhow!(e))?;
+    lab.start_head(&enlist_bin(), &config)
+        .map_err(|e| anyhow!("{e}\n{}", lab.head_log()))?;
+    let home = dir.join("state/home");
+
+    // Power-on to first job step: a job waits in the queue before any PC exists.
+    let t0 = Instant::now();
+    let first = submit(&lab, &home, &[], "hostname > first.out")?;
+    let pcs = [
+        ("i586", "qemu-system-i386", 64),
+        ("x86_64", "qemu-system-x86_64", 256),
+        ("x86_64", "qemu-system-x86_64", 256),
+    ];
+    let mut macs = Vec::new();
+    for (image, qemu, mem) in pcs {
+        let i = lab
+            .boot_image_direct(&images, image, qemu, mem)
+            .map_err(|e| anyhow!(e))?;
+        macs.push(lab.pcs[i].mac.clone());
+    }
+    wait(Duration::from_secs(400), "the first job", || {
+        Ok(lab
+            .slurm_out("squeue", &["-h", "-j", &first])?
+            .trim()
+            .is_empty())
+    })?;
+    let to_first = t0.elapsed();
+    wait(Duration::from_secs(300), "3 idle nodes", || {
+        Ok(lab.slurm_idle() >= 3)
+    })?;
+
+    let p2 = memory(&lab, &macs[0])?;
+    let names: Vec<String> = macs.iter().map(|m| name(&lab, m)).collect();
+    // The same array on one node (the reference), then on all three.
+    let x64 = &names[1];
+    let one = array(&lab, &home, tasks, loops, &["-w", x64.as_str()])?;
+    // (-w would ask for both nodes in every task; excluding the Pentium II leaves the two.)
+    let two = array(&lab, &home, tasks, loops, &["-x", names[0].as_str()])?;
+    let all = array(&lab, &home, tasks, loops, &[])?;
+
+    println!();
+    println!(
+        "Jobs (QEMU TCG on {} host cores; PCs boot with -kernel):",
+        cores()
+    );
+    println!("| measure | value |");
+    println!("|---|---|");
+    println!(
+        "| power-on of 3 PCs to the first job step done | {:.1} s |",
+        to_first.as_secs_f64()
+    );
+    println!(
+        "| Pentium II 64 MB: MemAvailable with munged + slurmd running | {:.1} MiB (goal >= {JOBS_MIB_GOAL} MiB: {}) |",
+        p2.available_mib,
+        if p2.available_mib >= JOBS_MIB_GOAL { "met" } else { "NOT met" }
+    );
+    println!(
+        "| Pentium II 64 MB: RealMemory offered to Slurm | {} MB |",
+        p2.real_mb
+    );
+    println!(
+        "| array of {tasks} x {loops} awk loops on 1 x86_64 node | {:.1} s |",
+        one.as_secs_f64()
+    );
+    println!(
+        "| same array on 2 x86_64 nodes | {:.1} s (speedup {:.2}) |",
+        two.as_secs_f64(),
+        one.as_secs_f64() / two.as_secs_f64()
+    );
+    println!(
+        "| same array on all 3 nodes (incl. the Pentium II) | {:.1} s (speedup {:.2} over 1 node) |",
+        all.as_secs_f64(),
+        one.as_secs_f64() / all.as_secs_f64()
+    );
+    Ok(())
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+fn wait(
+    limit: Duration,
+    what: &str,
+    mut done: impl FnMut() -> Result<bool, String>,
+) -> anyhow::Result<()> {
+    let until = Instant::now() + limit;
+    while !done().map_err(|e| anyhow!(e))? {
+        if Instant::now() > until {
+            bail!("{what}: not within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    Ok(())
+}
+
+fn submit(lab: &Lab, home: &std::path::Path, extra: &[&str], cmd: &str) -> anyhow::Result<String> {
+    let chdir = format!("--chdir={}", home.display());
+    let mut args = vec!["--parsable", chdir.as_str(), "-o", "/dev/null"];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&["--wrap", cmd]);
+    Ok(lab
+        .slurm_out("sbatch", &args)
+        .map_err(|e| anyhow!(e))?
+        .trim()
+        .to_string())
+}
+
+/// Run the calibration array (`tasks` tasks of `loops` awk iterations) on the nodes `extra`
+/// allows; the time from submission to the last task's end.
+fn array(
+    lab: &Lab,
+    home: &std::path::Path,
+    tasks: usize,
+    loops: u64,
+    extra: &[&str],
+) -> anyhow::Result<Duration> {
+    let spec = format!("--array=1-{tasks}");
+    let mut args = vec![spec.as_str()];
+    args.extend_from_slice(extra);
+    let cmd =
+        format!("awk 'BEGIN {{ for (i = 0; i < {loops}; i++) s += i; print s }}' > /dev/null");
+    let t0 = Instant::now();
+    let id = submit(lab, home, &args, &cmd)?;
+    wait(Duration::from_secs(1800), &format!("array {id}"), || {
+        Ok(lab
+            .slurm_out("squeue", &["-h", "-j", &id])?
+            .trim()
+            .is_empty())
+    })?;
+    Ok(t0.elapsed())
+}
+
+fn name(lab: &Lab, mac: &str) -> String {
+    lab.curl(&format!("/api/v1/nodes/{mac}"))
+        .map(|v| v["node"]["name"].as_str().unwrap_or("").to_string())
+        .unwrap_or_default()
+}
+
+struct Memory {
+    available_mib: f64,
+    real_mb: u64,
+}
+
+/// A node's available memory with munged and slurmd up (from its heartbeats, after a settle)
+/// and what it offers Slurm.
+fn memory(lab: &Lab, mac: &str) -> anyhow::Result<Memory> {
+    wait(
+        Duration::from_secs(60),
+        "the Pentium II ready for jobs",
+        || {
+            let v = lab.curl(&format!("/api/v1/nodes/{mac}"))?;
+            Ok(v["node"]["jobs"] == "ready" && v["node"]["sched"]["state"] == "idle")
+        },
+    )?;
+    // Two heartbeats later, so the figure is from a settled system.
+    std::thread::sleep(Duration::from_secs(5));
+    let v = lab
+        .curl(&format!("/api/v1/nodes/{mac}"))
+        .map_err(|e| anyhow!(e))
+        .context("reading the Pentium II")?;
+    Ok(Memory {
+        available_mib: v["node"]["heartbeat"]["mem_free_kb"].as_u64().unwrap_or(0) as f64 / 1024.0,
+        real_mb: v["node"]["sched"]["mem_mb"].as_u64().unwrap_or(0),
+    })
+}
