@@ -395,24 +395,7 @@ impl TryFrom<wire::Admin> for AdminConfig {
 }
 
 fn jobs(j: wire::Jobs, state_dir: &std::path::Path) -> Checked<JobsConfig> {
-    let name_ok = |s: &str| {
-        !s.is_empty()
-            && s.len() <= 40
-            && s.bytes()
-                .all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'-')
-    };
-    for (key, v) in [
-        ("cluster_name", &j.cluster_name),
-        ("partition", &j.partition),
-        ("feature", &j.feature),
-    ] {
-        if !name_ok(v) {
-            return Err(Invalid::new(
-                key,
-                format!("{v:?}: use letters, digits, '-' and '_'"),
-            ));
-        }
-    }
+    jobs_names(&j)?;
     if j.port == 0 || j.port == u16::MAX {
         return Err(Invalid::new(
             "port",
@@ -446,38 +429,7 @@ fn jobs(j: wire::Jobs, state_dir: &std::path::Path) -> Checked<JobsConfig> {
             "must be an absolute path (nodes mount it there)",
         ));
     }
-    let users = match j.users {
-        None => None,
-        Some(list) => {
-            let mut out = vec![];
-            for (i, u) in list.into_iter().enumerate() {
-                let ok = !u.name.is_empty()
-                    && u.name.len() <= 32
-                    && u.name.bytes().all(|c| {
-                        c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'_' || c == b'-'
-                    })
-                    && !u.name.starts_with('-');
-                if !ok {
-                    return Err(Invalid::new(
-                        format!("users[{i}].name"),
-                        format!("{:?} is not a user name", u.name),
-                    ));
-                }
-                if u.uid == 0 {
-                    return Err(Invalid::new(
-                        format!("users[{i}].uid"),
-                        "root is always known; list the other users",
-                    ));
-                }
-                out.push(JobUser {
-                    name: u.name,
-                    uid: u.uid,
-                    gid: u.gid,
-                });
-            }
-            Some(out)
-        }
-    };
+    let users = j.users.map(job_users).transpose()?;
     Ok(JobsConfig {
         enabled: j.enabled,
         controller,
@@ -492,4 +444,58 @@ fn jobs(j: wire::Jobs, state_dir: &std::path::Path) -> Checked<JobsConfig> {
         home,
         users,
     })
+}
+
+/// The Slurm names enlist writes into slurm.conf: plain words.
+fn jobs_names(j: &wire::Jobs) -> Checked<()> {
+    let name_ok = |s: &str| {
+        !s.is_empty()
+            && s.len() <= 40
+            && s.bytes()
+                .all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'-')
+    };
+    for (key, v) in [
+        ("cluster_name", &j.cluster_name),
+        ("partition", &j.partition),
+        ("feature", &j.feature),
+    ] {
+        if !name_ok(v) {
+            return Err(Invalid::new(
+                key,
+                format!("{v:?}: use letters, digits, '-' and '_'"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The configured job users: names a node's /etc/passwd takes, never root.
+fn job_users(list: Vec<wire::JobUser>) -> Checked<Vec<JobUser>> {
+    let mut out = vec![];
+    for (i, u) in list.into_iter().enumerate() {
+        let ok = !u.name.is_empty()
+            && u.name.len() <= 32
+            && u.name
+                .bytes()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'_' || c == b'-')
+            && !u.name.starts_with('-');
+        if !ok {
+            return Err(Invalid::new(
+                format!("users[{i}].name"),
+                format!("{:?} is not a user name", u.name),
+            ));
+        }
+        if u.uid == 0 {
+            return Err(Invalid::new(
+                format!("users[{i}].uid"),
+                "root is always known; list the other users",
+            ));
+        }
+        out.push(JobUser {
+            name: u.name,
+            uid: u.uid,
+            gid: u.gid,
+        });
+    }
+    Ok(out)
 }
