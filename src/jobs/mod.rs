@@ -401,9 +401,16 @@ impl Jobs {
     /// its own disk). A node the scheduler does not know is released at once.
     pub async fn release(self: Arc<Self>, mac: Mac) -> Result<(), JobsError> {
         let row = self.registry.node(mac)?;
-        let known = self.registry.sched_of(&row.name).is_some();
+        // Asked now: a node that joined since the last poll may already run a job.
+        let known = match self.slurm.knows(&row.name).await {
+            Ok(k) => k,
+            Err(_) => self.registry.sched_of(&row.name).is_some(),
+        };
         if !known || !row.state.is_alive() {
-            return Ok(self.registry.release(mac)?);
+            self.registry.release(mac)?;
+            // Its slurmd may be registering this very moment: make sure it does not stay.
+            self.forget(&row.name).await;
+            return Ok(());
         }
         let deadline = self.cfg.jobs.release_deadline;
         self.registry.drain_started(mac, deadline)?;

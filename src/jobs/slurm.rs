@@ -148,6 +148,20 @@ impl Slurm {
             .map(|_| ())
     }
 
+    /// Whether slurmctld has `node` now (the polled view may be a few seconds old).
+    pub async fn knows(&self, node: &str) -> Result<bool, SlurmError> {
+        match self.run("scontrol", &["show", "node", node, "-o"]).await {
+            Ok(text) => Ok(parse_nodes(&text).contains_key(node)),
+            // 22.05: "Node X not found"; older: "Invalid node name specified".
+            Err(SlurmError::Failed { message, .. })
+                if unknown_node(&message) || message.contains("not found") =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// Delete a node; one the scheduler does not know (deleted already) is done.
     pub async fn delete(&self, node: &str) -> Result<(), SlurmError> {
         let n = format!("nodename={node}");
