@@ -32,9 +32,16 @@ pub struct TftpContext {
     pub observer: Arc<dyn FetchObserver>,
     /// Open transfers per client address (their sum is the total).
     pub open: Mutex<HashMap<IpAddr, usize>>,
-    /// Transfers in progress by client address and port, told when their client sends its
-    /// request again (it did not hear us yet): not a new transfer.
-    active: Mutex<HashMap<SocketAddr, Arc<Notify>>>,
+    /// Transfers in progress by client address and port, with the request that started each:
+    /// told when their client sends that same request again (it did not hear us yet), which
+    /// is not a new transfer. A different request from there (a finished transfer's client
+    /// asking for the next file, or for a tsize probe, from the same port) is a new one.
+    active: Mutex<HashMap<SocketAddr, Active>>,
+}
+
+struct Active {
+    request: Vec<u8>,
+    notify: Arc<Notify>,
 }
 
 impl TftpContext {
@@ -54,13 +61,14 @@ impl TftpContext {
         }
     }
 
-    /// The transfer in progress for `peer`, if any.
-    fn in_progress(&self, peer: SocketAddr) -> Option<Arc<Notify>> {
+    /// The transfer in progress for `peer` that `request` repeats, if any.
+    fn repeated(&self, peer: SocketAddr, request: &[u8]) -> Option<Arc<Notify>> {
         self.active
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(&peer)
-            .cloned()
+            .filter(|a| a.request == request)
+            .map(|a| a.notify.clone())
     }
 
     fn refused(&self, reason: &str) {
@@ -82,6 +90,7 @@ impl TftpContext {
             ctx: self.clone(),
             ip,
             peer: None,
+            notify: None,
         })
     }
 }
@@ -92,30 +101,43 @@ struct Slot {
     ip: IpAddr,
     /// Set once the transfer is known by its client's address and port.
     peer: Option<SocketAddr>,
+    /// Its entry in `active` (told of repeated requests).
+    notify: Option<Arc<Notify>>,
 }
 
 impl Slot {
-    /// Register the transfer for `peer`; a repeated request from there notifies it.
-    fn activate(&mut self, peer: SocketAddr) -> Arc<Notify> {
-        let n = Arc::new(Notify::new());
+    /// Register the transfer `request` started for `peer`; the same request from there again
+    /// notifies it. It replaces an earlier transfer's entry for `peer` (that client moved on).
+    fn activate(&mut self, peer: SocketAddr, request: &[u8]) -> Arc<Notify> {
+        let notify = Arc::new(Notify::new());
         self.ctx
             .active
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(peer, n.clone());
+            .insert(
+                peer,
+                Active {
+                    request: request.to_vec(),
+                    notify: notify.clone(),
+                },
+            );
         self.peer = Some(peer);
-        n
+        self.notify = Some(notify.clone());
+        notify
     }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        if let Some(peer) = self.peer {
-            self.ctx
-                .active
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&peer);
+        if let (Some(peer), Some(mine)) = (self.peer, &self.notify) {
+            let mut active = self.ctx.active.lock().unwrap_or_else(|p| p.into_inner());
+            // Only its own entry: a newer transfer for the same peer may have replaced it.
+            if active
+                .get(&peer)
+                .is_some_and(|a| Arc::ptr_eq(&a.notify, mine))
+            {
+                active.remove(&peer);
+            }
         }
         let mut open = self.ctx.open.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(n) = open.get_mut(&self.ip) {
@@ -156,9 +178,9 @@ pub async fn run(socket: UdpSocket, ctx: Arc<TftpContext>, mut shutdown: watch::
             _ = shutdown.changed() => return,
         };
         match packet::parse(&buf[..len]) {
-            Ok(Packet::Rrq { .. }) if ctx.in_progress(peer).is_some() => {
+            Ok(Packet::Rrq { .. }) if ctx.repeated(peer, &buf[..len]).is_some() => {
                 // The client's own retransmission: the transfer answers it at once.
-                if let Some(n) = ctx.in_progress(peer) {
+                if let Some(n) = ctx.repeated(peer, &buf[..len]) {
                     n.notify_one();
                 }
                 ctx.refused("repeated-request");
@@ -170,7 +192,7 @@ pub async fn run(socket: UdpSocket, ctx: Arc<TftpContext>, mut shutdown: watch::
             }) => match ctx.slot(peer.ip()) {
                 Ok(mut slot) => {
                     let ctx = ctx.clone();
-                    let repeated = slot.activate(peer);
+                    let repeated = slot.activate(peer, &buf[..len]);
                     tokio::spawn(async move {
                         transfer(&ctx, peer, &file, &mode, &options, &repeated).await;
                         drop(slot);
