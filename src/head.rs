@@ -68,6 +68,7 @@ impl Head {
             max_streams: cfg.http.max_streams,
             streams: AtomicUsize::new(0),
             jobs: jobs.clone(),
+            execs: Default::default(),
         });
         Ok(Head {
             cfg,

@@ -10,6 +10,7 @@ pub mod bootpath;
 pub mod bootscript;
 pub mod config;
 pub mod dhcp;
+pub mod exec;
 pub mod head;
 pub mod hostlist;
 pub mod http;

@@ -45,6 +45,8 @@ enum Cmd {
         #[command(subcommand)]
         cmd: cli::nodes::NodeCmd,
     },
+    /// Run a shell command on many nodes at once (as clush): `enlist exec --all -b -- uname -m`.
+    Exec(cli::exec::ExecArgs),
     /// Administration of the head itself.
     Admin {
         #[command(subcommand)]
@@ -86,5 +88,12 @@ fn run(args: Args) -> anyhow::Result<()> {
         Cmd::Nodes { json } => cli::nodes::list(&args.config, json),
         Cmd::Node { cmd } => cli::nodes::act(&args.config, cmd),
         Cmd::Admin { cmd } => cli::admin::run(&args.config, cmd),
+        Cmd::Exec(a) => {
+            let rc = cli::exec::run(&args.config, a)?;
+            if rc != 0 {
+                std::process::exit(rc);
+            }
+            Ok(())
+        }
     }
 }

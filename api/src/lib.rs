@@ -44,6 +44,7 @@ pub mod paths {
     pub const PEERS: &str = "/api/v1/agent/peers";
     pub const JOBS: &str = "/api/v1/agent/jobs";
     pub const STATUS: &str = "/api/v1/agent/status";
+    pub const EXEC_RESULT: &str = "/api/v1/agent/exec-result";
 }
 
 /// Request headers that carry the signature.
@@ -263,6 +264,8 @@ pub enum CommandKind {
     /// with "boot locally").
     Release,
     RefreshPeers,
+    /// Run [`Command::exec`] (`enlist exec`) and post an [`ExecResult`].
+    Exec,
 }
 
 impl CommandKind {
@@ -272,6 +275,7 @@ impl CommandKind {
             CommandKind::PowerOff => "power-off",
             CommandKind::Release => "release",
             CommandKind::RefreshPeers => "refresh-peers",
+            CommandKind::Exec => "exec",
         }
     }
 }
@@ -281,7 +285,77 @@ impl CommandKind {
 pub struct Command {
     pub id: u64,
     pub kind: CommandKind,
+    /// What to run, for [`CommandKind::Exec`] (covered by the signature).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exec: Option<ExecSpec>,
     pub signature: String,
+}
+
+/// Longest shell command `enlist exec` sends, bytes.
+pub const MAX_EXEC_COMMAND: usize = 4096;
+/// Output a node sends back per command at most, bytes; the rest is counted, not sent (the
+/// agent's request body stays far below [`MAX_BODY`] even with every byte JSON-escaped).
+pub const MAX_EXEC_OUTPUT: usize = 8 * 1024;
+/// Longest time a command may run, seconds.
+pub const MAX_EXEC_TIMEOUT: u32 = 24 * 3600;
+
+/// A shell command for a node: run as root by `/bin/sh -c`, stdout and stderr together, killed
+/// (with everything it started) after `timeout_secs`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ExecSpec {
+    pub command: String,
+    pub timeout_secs: u32,
+}
+
+impl ExecSpec {
+    pub fn check(&self) -> Result<(), String> {
+        if self.command.trim().is_empty() {
+            return Err("empty command".into());
+        }
+        if self.command.len() > MAX_EXEC_COMMAND {
+            return Err(format!("command longer than {MAX_EXEC_COMMAND} bytes"));
+        }
+        if self.command.contains('\0') {
+            return Err("command contains a NUL byte".into());
+        }
+        if self.timeout_secs == 0 || self.timeout_secs > MAX_EXEC_TIMEOUT {
+            return Err(format!("timeout must be 1..={MAX_EXEC_TIMEOUT} s"));
+        }
+        Ok(())
+    }
+
+    /// The bytes the command signature covers.
+    fn signed(&self) -> String {
+        format!("{}\n{}", self.timeout_secs, self.command)
+    }
+}
+
+/// How a command ran on a node.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ExecResult {
+    /// The command's id ([`Command::id`]).
+    pub id: u64,
+    /// Exit code, when it exited.
+    pub exit: Option<i32>,
+    /// The signal that ended it, when one did.
+    pub signal: Option<i32>,
+    /// Killed at its timeout.
+    pub timed_out: bool,
+    /// What it printed (stdout and stderr), at most [`MAX_EXEC_OUTPUT`] bytes.
+    pub output: String,
+    /// Bytes it printed beyond that, not sent.
+    pub cut_bytes: u64,
+}
+
+impl ExecResult {
+    pub fn check(&self) -> Result<(), String> {
+        if self.output.len() > MAX_EXEC_OUTPUT {
+            return Err(format!("output longer than {MAX_EXEC_OUTPUT} bytes"));
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -594,25 +668,44 @@ impl ReplyAuth<'_> {
     }
 }
 
-fn command_parts<'a>(session: &'a str, id: &'a str, kind: CommandKind) -> [&'a [u8]; 4] {
+fn command_parts<'a>(
+    session: &'a str,
+    id: &'a str,
+    kind: CommandKind,
+    exec: &'a str,
+) -> [&'a [u8]; 5] {
     [
-        b"enlist-cmd-v1",
+        b"enlist-cmd-v2",
         session.as_bytes(),
         id.as_bytes(),
         kind.as_str().as_bytes(),
+        exec.as_bytes(),
     ]
 }
 
 /// Signature the head puts on a command for the node in `session`.
-pub fn sign_command(key: &NodeKey, session: &str, id: u64, kind: CommandKind) -> String {
-    let id = id.to_string();
-    key.sign_parts(&command_parts(session, &id, kind))
+pub fn sign_command(
+    key: &NodeKey,
+    session: &str,
+    id: u64,
+    kind: CommandKind,
+    exec: Option<&ExecSpec>,
+) -> String {
+    let (id, exec) = (
+        id.to_string(),
+        exec.map(ExecSpec::signed).unwrap_or_default(),
+    );
+    key.sign_parts(&command_parts(session, &id, kind, &exec))
 }
 
 /// Whether a command really comes from the head that holds this node's key.
 pub fn verify_command(key: &NodeKey, session: &str, cmd: &Command) -> bool {
     let id = cmd.id.to_string();
-    key.verify_parts(&command_parts(session, &id, cmd.kind), &cmd.signature)
+    let exec = cmd.exec.as_ref().map(ExecSpec::signed).unwrap_or_default();
+    key.verify_parts(
+        &command_parts(session, &id, cmd.kind, &exec),
+        &cmd.signature,
+    )
 }
 
 #[cfg(test)]
@@ -650,10 +743,11 @@ mod tests {
     #[test]
     fn command_signature_checks_kind_and_session() {
         let k = key(1);
-        let sig = sign_command(&k, "sess", 3, CommandKind::Reboot);
+        let sig = sign_command(&k, "sess", 3, CommandKind::Reboot, None);
         let cmd = Command {
             id: 3,
             kind: CommandKind::Reboot,
+            exec: None,
             signature: sig.clone(),
         };
         assert!(verify_command(&k, "sess", &cmd));
@@ -663,6 +757,37 @@ mod tests {
             ..cmd
         };
         assert!(!verify_command(&k, "sess", &forged));
+    }
+
+    #[test]
+    fn an_exec_signature_covers_the_command_and_its_timeout() {
+        let k = key(2);
+        let spec = ExecSpec {
+            command: "uname -m".into(),
+            timeout_secs: 10,
+        };
+        let cmd = Command {
+            id: 4,
+            kind: CommandKind::Exec,
+            signature: sign_command(&k, "s", 4, CommandKind::Exec, Some(&spec)),
+            exec: Some(spec.clone()),
+        };
+        assert!(verify_command(&k, "s", &cmd));
+        let mut other = cmd.clone();
+        other.exec = Some(ExecSpec {
+            command: "rm -rf /".into(),
+            ..spec.clone()
+        });
+        assert!(!verify_command(&k, "s", &other), "another command");
+        let mut longer = cmd.clone();
+        longer.exec = Some(ExecSpec {
+            timeout_secs: 11,
+            ..spec
+        });
+        assert!(!verify_command(&k, "s", &longer), "another timeout");
+        let mut bare = cmd;
+        bare.exec = None;
+        assert!(!verify_command(&k, "s", &bare), "the spec dropped");
     }
 
     #[test]

@@ -23,12 +23,12 @@ pub enum NodeCmd {
     Show { node: String },
 }
 
-struct Head {
+pub(super) struct Head {
     base: String,
     token: String,
 }
 
-fn head(config: &Path) -> anyhow::Result<Head> {
+pub(super) fn head(config: &Path) -> anyhow::Result<Head> {
     let cfg = enlist::config::Config::load(config)?;
     let mut addr = cfg.http.listen;
     if addr.ip().is_unspecified() {
@@ -48,9 +48,23 @@ fn head(config: &Path) -> anyhow::Result<Head> {
 }
 
 fn call(h: &Head, method: &str, path: &str) -> anyhow::Result<Value> {
+    call_with(h, method, path, None)
+}
+
+/// An admin API call with an optional JSON body; the head's error message on failure.
+pub(super) fn call_with(
+    h: &Head,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+) -> anyhow::Result<Value> {
     let url = format!("{}{path}", h.base);
     let req = ureq::request(method, &url).set("authorization", &format!("Bearer {}", h.token));
-    let resp = match req.call() {
+    let sent = match body {
+        Some(b) => req.send_json(b),
+        None => req.call(),
+    };
+    let resp = match sent {
         Ok(r) => r,
         Err(ureq::Error::Status(code, r)) => {
             let body: Value = r.into_json().unwrap_or(Value::Null);

@@ -107,7 +107,7 @@ async fn session(State(s): State<Shared>, headers: HeaderMap) -> Response {
     .into_response()
 }
 
-fn registry_error(e: RegistryError) -> Response {
+pub(super) fn registry_error(e: RegistryError) -> Response {
     match e {
         RegistryError::UnknownNode(_) | RegistryError::NotFound(_) => {
             error(StatusCode::NOT_FOUND, e.to_string())
@@ -119,7 +119,7 @@ fn registry_error(e: RegistryError) -> Response {
     }
 }
 
-async fn blocking<T: Send + 'static>(
+pub(super) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, RegistryError> + Send + 'static,
 ) -> Result<T, Response> {
     tokio::task::spawn_blocking(f)

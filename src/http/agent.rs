@@ -11,8 +11,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use enlist_api::{
-    headers as h, paths, CommandResult, CommandsResponse, Heartbeat, JobsDescriptor, JobsRequest,
-    Leaving, Mac, NodeStatus, NonceResponse, PeersResponse, ReplyAuth,
+    headers as h, paths, CommandResult, CommandsResponse, ExecResult, Heartbeat, JobsDescriptor,
+    JobsRequest, Leaving, Mac, NodeStatus, NonceResponse, PeersResponse, ReplyAuth,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -35,6 +35,7 @@ pub fn routes() -> Router<Shared> {
         .route(paths::PEERS, post(peers))
         .route(paths::JOBS, post(jobs))
         .route(paths::STATUS, post(status))
+        .route(paths::EXEC_RESULT, post(exec_result))
 }
 
 fn agent_error(e: AgentError) -> Response {
@@ -302,6 +303,29 @@ async fn status(State(s): State<Shared>, a: Agent) -> Response {
     let (reg, mac) = (s.registry.clone(), a.mac);
     let r = tokio::task::spawn_blocking(move || reg.jobs_status(mac, &st)).await;
     match r {
+        Ok(Ok(())) => a.reply(&s, &serde_json::Value::Null),
+        Ok(Err(e)) => agent_error(AgentError::BadRequest(e.to_string())),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// A node's answer to an `enlist exec` command: kept with its run, noted in its history.
+async fn exec_result(State(s): State<Shared>, a: Agent) -> Response {
+    let r: ExecResult = match a.body() {
+        Ok(r) => r,
+        Err(e) => return agent_error(e),
+    };
+    if let Err(e) = r.check() {
+        return agent_error(AgentError::BadRequest(e));
+    }
+    let summary = crate::exec::summary(&r);
+    if !s.execs.answer(&s.registry, a.mac, r) {
+        tracing::debug!(mac = %a.mac, "exec answer dropped: no such command running");
+        s.metrics.refused(&s.metrics.http_refused, "exec-unknown");
+        return a.reply(&s, &serde_json::Value::Null);
+    }
+    let (reg, mac) = (s.registry.clone(), a.mac);
+    match tokio::task::spawn_blocking(move || reg.note(mac, "exec", &summary)).await {
         Ok(Ok(())) => a.reply(&s, &serde_json::Value::Null),
         Ok(Err(e)) => agent_error(AgentError::BadRequest(e.to_string())),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),

@@ -16,6 +16,7 @@ mod agent;
 pub mod auth;
 mod boot;
 mod dashboard;
+mod exec;
 pub mod listener;
 pub mod range;
 pub mod tls;
@@ -42,6 +43,8 @@ pub struct AppState {
     pub streams: AtomicUsize,
     /// Jobs through Slurm, when `jobs.enabled`.
     pub jobs: Option<Arc<crate::jobs::Jobs>>,
+    /// `enlist exec` runs and their answers.
+    pub execs: Arc<crate::exec::Execs>,
 }
 
 pub type Shared = Arc<AppState>;
@@ -63,6 +66,7 @@ pub fn node_router(state: Shared) -> Router {
 pub fn admin_router(state: Shared) -> Router {
     Router::new()
         .merge(admin::routes())
+        .merge(exec::routes())
         .merge(dashboard::routes())
         .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(MAX_BODY))
@@ -75,6 +79,7 @@ pub fn router(state: Shared) -> Router {
         .merge(boot::routes())
         .merge(agent::routes())
         .merge(admin::routes())
+        .merge(exec::routes())
         .merge(dashboard::routes())
         .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(MAX_BODY))

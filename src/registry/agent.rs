@@ -260,10 +260,11 @@ impl Registry {
         let cmds = live
             .commands
             .drain(..)
-            .map(|(id, kind)| Command {
+            .map(|(id, kind, exec)| Command {
                 id,
                 kind,
-                signature: enlist_api::sign_command(&key, &session, id, kind),
+                signature: enlist_api::sign_command(&key, &session, id, kind, exec.as_ref()),
+                exec,
             })
             .collect();
         (cmds, live.notify.clone())

@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use enlist_api::{CommandKind, Heartbeat, Mac, NodeInfo, Peer};
+use enlist_api::{CommandKind, ExecSpec, Heartbeat, Mac, NodeInfo, Peer};
 use serde::Serialize;
 use tokio::sync::Notify;
 
@@ -54,7 +54,7 @@ pub(super) struct Live {
     pub info: Option<NodeInfo>,
     pub last_seen: Option<Instant>,
     /// Commands not yet fetched by the agent (signed when delivered).
-    pub commands: VecDeque<(u64, CommandKind)>,
+    pub commands: VecDeque<(u64, CommandKind, Option<ExecSpec>)>,
     /// From the database on every save, so requests authenticate without it.
     pub epoch: i64,
     pub state: Option<NodeState>,
@@ -267,11 +267,11 @@ impl Inner {
             .or_insert(Candidate { row, seen: at });
     }
 
-    pub fn queue_command(&mut self, mac: Mac, kind: CommandKind) -> u64 {
+    pub fn queue_command(&mut self, mac: Mac, kind: CommandKind, exec: Option<ExecSpec>) -> u64 {
         let id = self.next_command;
         self.next_command += 1;
         let live = self.live.entry(mac).or_default();
-        live.commands.push_back((id, kind));
+        live.commands.push_back((id, kind, exec));
         live.notify.notify_waiters();
         id
     }

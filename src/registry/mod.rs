@@ -24,7 +24,7 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use enlist_api::{CommandKind, Mac, Peer};
+use enlist_api::{CommandKind, ExecSpec, Mac, Peer};
 use tokio::sync::broadcast;
 
 use crate::config::{valid_host_label, Config, Enrollment};
@@ -332,7 +332,7 @@ impl Registry {
     /// Queue a command for a node's agent. Returns its id.
     pub fn command(&self, mac: Mac, kind: CommandKind) -> Result<u64, RegistryError> {
         let mut row = self.node(mac)?;
-        let id = self.inner().queue_command(mac, kind);
+        let id = self.inner().queue_command(mac, kind, None);
         self.save(
             &row,
             Some(("command", &format!("#{id} {} sent", kind.as_str()))),
@@ -348,6 +348,18 @@ impl Registry {
     }
 
     /// Hand a PC back to its own disk: mark it released and tell its agent to reboot.
+    /// Queue a shell command for a node's agent (signed for it when delivered); recorded in
+    /// its history with who asked.
+    pub fn exec_command(&self, mac: Mac, spec: ExecSpec, who: &str) -> Result<u64, RegistryError> {
+        let row = self.node(mac)?;
+        let shown: String = spec.command.chars().take(200).collect();
+        let id = self
+            .inner()
+            .queue_command(mac, CommandKind::Exec, Some(spec));
+        self.save(&row, Some(("exec", &format!("#{id} by {who}: {shown}"))))?;
+        Ok(id)
+    }
+
     pub fn release(&self, mac: Mac) -> Result<(), RegistryError> {
         let mut row = self.node(mac)?;
         let online = self.inner().online(mac);

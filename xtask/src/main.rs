@@ -177,6 +177,8 @@ fn test(args: Vec<String>) -> anyhow::Result<()> {
             "e2e",
             "--test",
             "jobs",
+            "--test",
+            "exec",
             "--",
             "--ignored",
             "--test-threads=1",

@@ -11,6 +11,7 @@
 
 mod client;
 mod conf;
+mod exec;
 mod jobs;
 mod sysinfo;
 
@@ -173,7 +174,7 @@ fn heartbeat_loop(client: &Client, secs: u64, session_ok: &AtomicBool) {
     session_ok.store(false, Ordering::SeqCst);
 }
 
-fn poll_commands(client: &Client, session_ok: &AtomicBool) {
+fn poll_commands(client: &Arc<Client>, session_ok: &AtomicBool) {
     while !STOP.load(Ordering::SeqCst) && session_ok.load(Ordering::SeqCst) {
         let resp = match client
             .post_long::<_, CommandsResponse>(paths::COMMANDS, &serde_json::json!({}))
@@ -190,7 +191,13 @@ fn poll_commands(client: &Client, session_ok: &AtomicBool) {
                 say(&format!("ignoring command #{}: {why}", cmd.id));
                 continue;
             }
-            execute(client, cmd.id, cmd.kind);
+            match (cmd.kind, cmd.exec) {
+                (CommandKind::Exec, Some(spec)) => match spec.check() {
+                    Ok(()) => exec::spawn(client.clone(), cmd.id, spec),
+                    Err(why) => say(&format!("ignoring command #{}: {why}", cmd.id)),
+                },
+                (kind, _) => execute(client, cmd.id, kind),
+            }
         }
     }
 }
@@ -230,6 +237,8 @@ fn execute(client: &Client, id: u64, kind: CommandKind) {
         CommandKind::Reboot => leave_and("reboot", "reboot"),
         CommandKind::Release => leave_and("release", "reboot"),
         CommandKind::PowerOff => leave_and("poweroff", "poweroff"),
+        // Without its command (an old head?): nothing to run.
+        CommandKind::Exec => report(false, "exec without a command"),
         CommandKind::RefreshPeers => {
             match client.post::<_, PeersResponse>(paths::PEERS, &serde_json::json!({})) {
                 Ok(p) => match p.check() {

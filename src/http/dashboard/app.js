@@ -2,6 +2,7 @@
 'use strict';
 
 const nodes = new Map();   // mac -> node view
+const selected = new Set(); // macs ticked for "run a command"
 let csrf = null;           // set when logged in
 let loggedIn = false;
 let publicRead = false;    // the head lets anyone read the node list
@@ -83,7 +84,11 @@ function render() {
     byState[n.state] = (byState[n.state] || 0) + 1;
     const info = n.info || {};
     const hb = n.heartbeat || {};
+    const tick = el('input', { type: 'checkbox', className: 'sel', checked: selected.has(n.mac), hidden: !loggedIn });
+    tick.setAttribute('aria-label', 'select ' + n.name);
+    tick.addEventListener('change', () => { if (tick.checked) selected.add(n.mac); else selected.delete(n.mac); });
     const tr = el('tr', { id: 'node-' + n.mac.replaceAll(':', '') },
+      el('td', {}, tick),
       el('td', { className: 'name' }, el('a', { href: '#node/' + n.mac, textContent: n.name })),
       el('td', {}, el('span', { className: 'state s-' + n.state, textContent: n.state })),
       el('td', { className: 'wide', textContent: n.mac }),
@@ -119,6 +124,48 @@ function jobsCounter(j) {
   $('#c-cpus').textContent = j.cpus_free + '/' + j.cpus;
   $('#c-mem').textContent = Math.round(j.mem_free_mb) + '/' + Math.round(j.mem_mb);
   $('#c-running').textContent = j.jobs;
+}
+
+// Run a command on the ticked nodes (POST /api/v1/exec), then show the answers as they come,
+// nodes with the same answer under one header (as `enlist exec -b`).
+async function runExec(ev) {
+  ev.preventDefault();
+  const names = [...selected].map((m) => nodes.get(m)).filter(Boolean).map((n) => n.name);
+  if (!names.length) { message('tick the nodes to run the command on'); return; }
+  const out = $('#exec-out');
+  out.replaceChildren(el('p', { textContent: 'running on ' + names.length + ' node(s)...' }));
+  try {
+    const r = await api('POST', '/api/v1/exec', {
+      command: $('#exec-cmd').value, nodes: names.join(','),
+      timeout_secs: Number($('#exec-timeout').value) || 60,
+    });
+    for (;;) {
+      const v = await api('GET', '/api/v1/exec/' + r.id);
+      showExec(v);
+      if (v.done) break;
+      await new Promise((res) => setTimeout(res, 500));
+    }
+  } catch (e) { out.replaceChildren(el('p', { textContent: 'exec failed: ' + e.message })); }
+}
+
+function showExec(v) {
+  const groups = new Map();
+  for (const r of v.results) {
+    const ending = r.status === 'exited' ? (r.exit === 0 ? '' : 'exit code ' + r.exit)
+      : r.status === 'signal' ? 'killed by signal ' + r.signal
+      : r.status === 'unreachable' ? 'unreachable: ' + (r.reason || '') : r.status;
+    const key = JSON.stringify([ending, r.output, r.cut_bytes]);
+    if (!groups.has(key)) groups.set(key, { ending, output: r.output, cut: r.cut_bytes, nodes: [] });
+    groups.get(key).nodes.push(r.node);
+  }
+  const out = $('#exec-out');
+  out.replaceChildren();
+  for (const g of groups.values()) {
+    const head = g.nodes.join(',') + ' (' + g.nodes.length + ')' + (g.ending ? ' - ' + g.ending : '');
+    const body = g.output + (g.cut ? '\n[output cut: ' + g.cut + ' more bytes not shown]' : '');
+    out.append(el('div', { className: 'exec-group' },
+      el('h4', { textContent: head }), el('pre', { textContent: body })));
+  }
 }
 
 // The header's counters from nodes per state (every state the head knows of).
@@ -208,6 +255,7 @@ async function session() {
   csrf = s.csrf;
   $('#login').hidden = loggedIn;
   $('#logout').hidden = !loggedIn;
+  $('#exec-form').hidden = !loggedIn;
   if (summaryTimer) { clearInterval(summaryTimer); summaryTimer = null; }
   if (loggedIn || s.public_read) {
     await snapshot();
@@ -219,6 +267,8 @@ async function session() {
   await summary();
   summaryTimer = setInterval(summary, 5000);
 }
+
+$('#exec-form').addEventListener('submit', runExec);
 
 $('#login').addEventListener('submit', async (e) => {
   e.preventDefault();

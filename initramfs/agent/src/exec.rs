@@ -1,0 +1,165 @@
+//! `enlist exec` on the node: run the head's signed shell command as root with `/bin/sh -c`,
+//! stdout and stderr into one pipe, in its own process group so that a timeout kills
+//! everything it started; keep the first [`MAX_EXEC_OUTPUT`] bytes of output and count the
+//! rest (a command printing gigabytes costs the node no memory); report how it ended.
+
+use std::io::Read;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+use enlist_api::{paths, ExecResult, ExecSpec, MAX_EXEC_OUTPUT};
+
+use crate::client::Client;
+use crate::say;
+
+/// Run `spec` as command `id` in its own thread; its result goes to the head.
+pub fn spawn(client: Arc<Client>, id: u64, spec: ExecSpec) {
+    std::thread::spawn(move || {
+        let result = run(id, &spec);
+        if let Err(f) = client.post::<_, serde_json::Value>(paths::EXEC_RESULT, &result) {
+            say(&format!("exec #{id}: could not report to the head: {f}"));
+        }
+    });
+}
+
+/// What the output reader hands back: the kept bytes and how many more there were.
+type Output = (Vec<u8>, u64);
+
+pub fn run(id: u64, spec: &ExecSpec) -> ExecResult {
+    let mut result = ExecResult {
+        id,
+        exit: None,
+        signal: None,
+        timed_out: false,
+        output: String::new(),
+        cut_bytes: 0,
+    };
+    let (reader, writer) = match std::io::pipe() {
+        Ok(p) => p,
+        Err(e) => return failed(result, &format!("pipe: {e}")),
+    };
+    let child = {
+        let err = match writer.try_clone() {
+            Ok(w) => w,
+            Err(e) => return failed(result, &format!("pipe: {e}")),
+        };
+        std::process::Command::new("/bin/sh")
+            .arg("-c")
+            .arg(&spec.command)
+            .stdin(std::process::Stdio::null())
+            .stdout(writer)
+            .stderr(err)
+            .process_group(0)
+            .spawn()
+        // The Command and its copies of the pipe's write end are dropped here: the reader
+        // sees the end of the output when the command's processes have all closed it.
+    };
+    let mut child = match child {
+        Ok(c) => c,
+        Err(e) => return failed(result, &format!("/bin/sh: {e}")),
+    };
+    let (tx, rx) = mpsc::channel::<Output>();
+    std::thread::spawn(move || {
+        let _ = tx.send(read_bounded(reader));
+    });
+    let deadline = Instant::now() + Duration::from_secs(spec.timeout_secs.into());
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(st)) => break Some(st),
+            Ok(None) if Instant::now() >= deadline => {
+                result.timed_out = true;
+                kill_group(child.id());
+                break child.wait().ok();
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(50)),
+            Err(_) => break None,
+        }
+    };
+    if let Some(st) = status {
+        result.exit = st.code();
+        result.signal = st.signal();
+    }
+    // Something it left running in the background may hold the pipe: take what came so far.
+    let (bytes, more) = rx.recv_timeout(Duration::from_secs(2)).unwrap_or_default();
+    if result.timed_out || more > 0 {
+        kill_group(child.id());
+    }
+    let text = String::from_utf8_lossy(&bytes);
+    let mut end = text.len().min(MAX_EXEC_OUTPUT);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    result.output = text[..end].to_string();
+    result.cut_bytes = more + (text.len() - end) as u64;
+    result
+}
+
+fn failed(mut r: ExecResult, why: &str) -> ExecResult {
+    r.exit = Some(127);
+    r.output = format!("enlist-agent: {why}\n");
+    r
+}
+
+/// The first [`MAX_EXEC_OUTPUT`] bytes of `from`, and how many followed.
+fn read_bounded(mut from: impl Read) -> Output {
+    let mut kept = Vec::new();
+    let mut more = 0u64;
+    let mut buf = [0u8; 8192];
+    loop {
+        match from.read(&mut buf) {
+            Ok(0) | Err(_) => return (kept, more),
+            Ok(n) => {
+                let room = MAX_EXEC_OUTPUT.saturating_sub(kept.len()).min(n);
+                kept.extend_from_slice(&buf[..room]);
+                more += (n - room) as u64;
+            }
+        }
+    }
+}
+
+/// SIGKILL to the command's process group (it leads one: `process_group(0)`).
+fn kill_group(pid: u32) {
+    let Ok(pid) = i32::try_from(pid) else { return };
+    // SAFETY: kill(2) takes plain integers; a stale group id at worst fails with ESRCH.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::kill(-pid, libc::SIGKILL);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(command: &str, timeout_secs: u32) -> ExecSpec {
+        ExecSpec {
+            command: command.into(),
+            timeout_secs,
+        }
+    }
+
+    #[test]
+    fn output_and_exit_code_come_back() {
+        let r = run(1, &spec("echo out; echo err >&2; exit 3", 10));
+        assert_eq!((r.exit, r.signal, r.timed_out), (Some(3), None, false));
+        assert_eq!(r.output, "out\nerr\n");
+    }
+
+    #[test]
+    fn a_timeout_kills_the_command_and_what_it_started() {
+        let t0 = Instant::now();
+        let r = run(2, &spec("sleep 100 & sleep 100", 1));
+        assert!(r.timed_out, "{r:?}");
+        assert_eq!(r.signal, Some(libc::SIGKILL));
+        assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+    }
+
+    #[test]
+    fn a_flood_of_output_is_cut_and_counted() {
+        let r = run(3, &spec("head -c 5000000 /dev/zero | tr '\\0' x", 30));
+        assert_eq!(r.exit, Some(0));
+        assert_eq!(r.output.len(), MAX_EXEC_OUTPUT);
+        assert_eq!(r.cut_bytes, 5_000_000 - MAX_EXEC_OUTPUT as u64);
+    }
+}

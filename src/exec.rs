@@ -1,0 +1,288 @@
+//! Commands run on many nodes at once (`enlist exec`, as clush and C3's cexec do it): the head
+//! queues a command signed for each chosen node's agent, collects what each answers, and calls
+//! a node unreachable when it is not up, goes down, or does not answer within the command's
+//! timeout and a grace. Runs are kept in memory and bounded: the last [`MAX_RUNS`], at most
+//! [`enlist_api::MAX_EXEC_OUTPUT`] bytes of output per node (the agent counts the rest).
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use enlist_api::{ExecResult, ExecSpec, Mac};
+use serde::Serialize;
+
+use crate::registry::{Registry, RegistryError};
+
+/// Runs kept for their results.
+const MAX_RUNS: usize = 64;
+/// Nodes one run may name.
+pub const MAX_TARGETS: usize = 10_000;
+/// Nodes a run talks to at once unless told (clush's default fan-out).
+pub const DEFAULT_FANOUT: usize = 64;
+/// How long after its timeout a node's answer may still come (the agent's long poll, its
+/// report) before the node is unreachable.
+const GRACE: Duration = Duration::from_secs(15);
+
+#[derive(Default)]
+pub struct Execs {
+    runs: Mutex<Runs>,
+}
+
+#[derive(Default)]
+struct Runs {
+    next: u64,
+    list: VecDeque<Run>,
+}
+
+struct Run {
+    id: u64,
+    spec: ExecSpec,
+    who: String,
+    /// Nodes running the command at once at most.
+    fanout: usize,
+    timeout: Duration,
+    targets: Vec<Target>,
+}
+
+struct Target {
+    mac: Mac,
+    name: String,
+    /// The agent command carrying it (None: not sent yet, or never).
+    command_id: Option<u64>,
+    /// When it was sent.
+    sent: Option<Instant>,
+    outcome: Outcome,
+}
+
+enum Outcome {
+    /// Waiting for a place in the fan-out.
+    Queued,
+    Running,
+    Done(ExecResult),
+    Unreachable(String),
+}
+
+/// A run as the API shows it.
+#[derive(Debug, Serialize)]
+pub struct RunView {
+    pub id: u64,
+    pub command: String,
+    pub timeout_secs: u64,
+    /// Every node has answered or is unreachable.
+    pub done: bool,
+    pub results: Vec<NodeOutcome>,
+}
+
+/// One node's part of a run.
+#[derive(Debug, Serialize)]
+pub struct NodeOutcome {
+    pub node: String,
+    /// `queued` (waiting for the fan-out), `running`, `exited`, `signal`, `timeout` or
+    /// `unreachable`.
+    pub status: &'static str,
+    pub exit: Option<i32>,
+    pub signal: Option<i32>,
+    pub output: String,
+    /// Bytes of output not kept.
+    pub cut_bytes: u64,
+    /// Why a node is unreachable.
+    pub reason: Option<String>,
+}
+
+impl Execs {
+    /// Send `spec` to `macs`, `fanout` nodes at a time; the run's id. Nodes that are not up
+    /// are unreachable at once.
+    pub fn start(
+        &self,
+        registry: &Registry,
+        macs: &[Mac],
+        spec: &ExecSpec,
+        fanout: usize,
+        who: &str,
+    ) -> Result<u64, RegistryError> {
+        let mut targets = Vec::with_capacity(macs.len());
+        for &mac in macs {
+            let row = registry.node(mac)?;
+            let outcome = if row.state.is_alive() {
+                Outcome::Queued
+            } else {
+                Outcome::Unreachable(format!("node is {}", row.state))
+            };
+            targets.push(Target {
+                mac,
+                name: row.name,
+                command_id: None,
+                sent: None,
+                outcome,
+            });
+        }
+        let mut run = Run {
+            id: 0,
+            spec: spec.clone(),
+            who: who.to_string(),
+            fanout: fanout.max(1),
+            timeout: Duration::from_secs(spec.timeout_secs.into()),
+            targets,
+        };
+        run.send_more(registry, Instant::now())?;
+        let mut runs = self.lock();
+        runs.next += 1;
+        run.id = runs.next;
+        if runs.list.len() >= MAX_RUNS {
+            runs.list.pop_front();
+        }
+        runs.list.push_back(run);
+        Ok(runs.next)
+    }
+
+    /// A node's answer. One that matches no running command (late, or for a run no longer
+    /// kept) is dropped: false. Its place in the fan-out goes to the next node.
+    pub fn answer(&self, registry: &Registry, mac: Mac, result: ExecResult) -> bool {
+        let mut runs = self.lock();
+        let Some(run) = runs.list.iter_mut().find(|r| {
+            r.targets.iter().any(|t| {
+                t.mac == mac
+                    && t.command_id == Some(result.id)
+                    && matches!(t.outcome, Outcome::Running)
+            })
+        }) else {
+            return false;
+        };
+        let id = result.id;
+        if let Some(t) = run
+            .targets
+            .iter_mut()
+            .find(|t| t.mac == mac && t.command_id == Some(id))
+        {
+            t.outcome = Outcome::Done(result);
+        }
+        if let Err(e) = run.send_more(registry, Instant::now()) {
+            tracing::warn!("exec #{}: {e}", run.id);
+        }
+        true
+    }
+
+    /// Run `id` as of `now`: nodes that went down, or are silent past the timeout and grace,
+    /// become unreachable (and make room in the fan-out).
+    pub fn view(&self, registry: &Registry, id: u64, now: Instant) -> Option<RunView> {
+        let mut runs = self.lock();
+        let run = runs.list.iter_mut().find(|r| r.id == id)?;
+        let (timeout, mut freed) = (run.timeout, false);
+        for t in run.targets.iter_mut() {
+            if !matches!(t.outcome, Outcome::Running) {
+                continue;
+            }
+            let state = registry.node(t.mac).map(|r| r.state);
+            let overdue = t
+                .sent
+                .is_some_and(|s| now.saturating_duration_since(s) > timeout + GRACE);
+            match state {
+                Ok(s) if !s.is_alive() => t.outcome = Outcome::Unreachable(format!("node is {s}")),
+                _ if overdue => {
+                    t.outcome = Outcome::Unreachable(format!(
+                        "no answer within {} s",
+                        (timeout + GRACE).as_secs()
+                    ))
+                }
+                _ => continue,
+            }
+            freed = true;
+        }
+        if freed {
+            if let Err(e) = run.send_more(registry, now) {
+                tracing::warn!("exec #{id}: {e}");
+            }
+        }
+        Some(RunView {
+            id: run.id,
+            command: run.spec.command.clone(),
+            timeout_secs: run.timeout.as_secs(),
+            done: run
+                .targets
+                .iter()
+                .all(|t| !matches!(t.outcome, Outcome::Running | Outcome::Queued)),
+            results: run.targets.iter().map(Target::view).collect(),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Runs> {
+        self.runs.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Run {
+    /// Send the command to queued nodes while fewer than `fanout` run it. A node that went
+    /// down meanwhile is unreachable instead.
+    fn send_more(&mut self, registry: &Registry, now: Instant) -> Result<(), RegistryError> {
+        let running = |ts: &[Target]| {
+            ts.iter()
+                .filter(|t| matches!(t.outcome, Outcome::Running))
+                .count()
+        };
+        while running(&self.targets) < self.fanout {
+            let Some(t) = self
+                .targets
+                .iter_mut()
+                .find(|t| matches!(t.outcome, Outcome::Queued))
+            else {
+                return Ok(());
+            };
+            let state = registry.node(t.mac)?.state;
+            if !state.is_alive() {
+                t.outcome = Outcome::Unreachable(format!("node is {state}"));
+                continue;
+            }
+            t.command_id = Some(registry.exec_command(t.mac, self.spec.clone(), &self.who)?);
+            t.sent = Some(now);
+            t.outcome = Outcome::Running;
+        }
+        Ok(())
+    }
+}
+
+impl Target {
+    fn view(&self) -> NodeOutcome {
+        let mut v = NodeOutcome {
+            node: self.name.clone(),
+            status: "running",
+            exit: None,
+            signal: None,
+            output: String::new(),
+            cut_bytes: 0,
+            reason: None,
+        };
+        match &self.outcome {
+            Outcome::Running => {}
+            Outcome::Queued => v.status = "queued",
+            Outcome::Unreachable(why) => {
+                v.status = "unreachable";
+                v.reason = Some(why.clone());
+            }
+            Outcome::Done(r) => {
+                v.status = if r.timed_out {
+                    "timeout"
+                } else if r.signal.is_some() {
+                    "signal"
+                } else {
+                    "exited"
+                };
+                v.exit = r.exit;
+                v.signal = r.signal;
+                v.output = r.output.clone();
+                v.cut_bytes = r.cut_bytes;
+            }
+        }
+        v
+    }
+}
+
+/// What a node's answer says, for its history: `exit 0`, `signal 9`, `timeout`.
+pub fn summary(r: &ExecResult) -> String {
+    let ending = match (r.timed_out, r.signal, r.exit) {
+        (true, _, _) => "timeout".to_string(),
+        (_, Some(s), _) => format!("signal {s}"),
+        (_, _, Some(c)) => format!("exit {c}"),
+        _ => "ended".to_string(),
+    };
+    format!("#{} {ending}", r.id)
+}
