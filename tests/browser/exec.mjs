@@ -18,10 +18,12 @@ try {
   for (const n of names) await page.check(`input.sel[aria-label="select ${n}"]`);
   await page.fill('#exec-cmd', 'echo from-the-dashboard');
   await page.click('#exec-form button');
-  const group = page.locator('.exec-group', { hasText: '(2)' });
+  // Both nodes' answers arrive, then fold into one group (before that: "running").
+  const group = page.locator('.exec-group', { hasText: 'from-the-dashboard' }).filter({ hasText: '(2)' });
   await group.waitFor({ timeout: 60_000 });
   const text = await group.textContent();
   for (const n of names) if (!text.includes(n)) throw new Error(`${n} missing from ${text}`);
+  if (!text.includes('(2)')) throw new Error('not folded: ' + text);
   if (!text.includes('from-the-dashboard')) throw new Error('no output: ' + text);
   console.log('folded answer:', text);
 } catch (e) {
