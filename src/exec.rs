@@ -286,3 +286,112 @@ pub fn summary(r: &ExecResult) -> String {
     };
     format!("#{} {ending}", r.id)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use enlist_api::{ExecResult, ExecSpec};
+
+    use super::Execs;
+    use crate::registry::tests::{boot, ip, registry, session_of, A, B};
+
+    #[test]
+    fn exec_reaches_up_nodes_with_a_signed_command_and_calls_the_others_unreachable() {
+        let r = registry();
+        let key = boot(&r, A, ip(100));
+        let session = session_of(&r, A);
+        boot(&r, B, ip(101));
+        r.release(B).expect("release");
+        r.leaving(B, "release").expect("leaving");
+        let execs = Execs::default();
+        let spec = ExecSpec {
+            command: "uname -m".into(),
+            timeout_secs: 5,
+        };
+        let run = execs
+            .start(&r, &[A, B], &spec, 64, "admin from 10.0.0.1")
+            .expect("start");
+        let now = Instant::now();
+        let v = execs.view(&r, run, now).expect("run");
+        assert!(!v.done);
+        assert_eq!(v.results[0].status, "running");
+        assert_eq!(v.results[1].status, "unreachable", "{v:?}");
+
+        // A gets the command signed for it alone; B nothing.
+        let (cmds, _) = r.take_commands(A);
+        assert_eq!(cmds.len(), 1);
+        assert_eq!(cmds[0].exec.as_ref(), Some(&spec));
+        assert!(enlist_api::verify_command(&key, &session, &cmds[0]));
+        assert!(r.take_commands(B).0.iter().all(|c| c.exec.is_none()));
+
+        let answer = |id| ExecResult {
+            id,
+            exit: Some(0),
+            signal: None,
+            timed_out: false,
+            output: "i686\n".into(),
+            cut_bytes: 0,
+        };
+        assert!(
+            !execs.answer(&r, A, answer(cmds[0].id + 1)),
+            "another command's answer"
+        );
+        assert!(
+            !execs.answer(&r, B, answer(cmds[0].id)),
+            "another node's answer"
+        );
+        assert!(execs.answer(&r, A, answer(cmds[0].id)));
+        assert!(!execs.answer(&r, A, answer(cmds[0].id)), "answered once");
+        let v = execs.view(&r, run, now).expect("run");
+        assert!(v.done);
+        assert_eq!(
+            (v.results[0].status, v.results[0].exit),
+            ("exited", Some(0))
+        );
+        assert_eq!(v.results[0].output, "i686\n");
+
+        // Silent past the timeout and the grace: unreachable.
+        let silent = execs.start(&r, &[A], &spec, 64, "admin").expect("start");
+        let later = Instant::now() + Duration::from_secs(5 + 16);
+        let v = execs.view(&r, silent, later).expect("run");
+        assert!(v.done);
+        assert_eq!(v.results[0].status, "unreachable");
+
+        let history = r.store().events_of(A, 100).expect("events");
+        assert!(history
+            .iter()
+            .any(|e| e.detail.contains("by admin from 10.0.0.1: uname -m")));
+    }
+
+    #[test]
+    fn exec_with_a_fanout_of_one_sends_to_the_next_node_when_the_first_answers() {
+        let r = registry();
+        boot(&r, A, ip(100));
+        boot(&r, B, ip(101));
+        let execs = Execs::default();
+        let spec = ExecSpec {
+            command: "hostname".into(),
+            timeout_secs: 5,
+        };
+        let run = execs.start(&r, &[A, B], &spec, 1, "admin").expect("start");
+        let statuses = || -> Vec<&'static str> {
+            let v = execs.view(&r, run, Instant::now()).expect("run");
+            v.results.iter().map(|n| n.status).collect()
+        };
+        assert_eq!(statuses(), ["running", "queued"]);
+        assert!(r.take_commands(B).0.is_empty(), "B waits for its turn");
+        let (a_cmds, _) = r.take_commands(A);
+        let done = ExecResult {
+            id: a_cmds[0].id,
+            exit: Some(0),
+            signal: None,
+            timed_out: false,
+            output: String::new(),
+            cut_bytes: 0,
+        };
+        assert!(execs.answer(&r, A, done));
+        assert_eq!(statuses(), ["exited", "running"]);
+        assert_eq!(r.take_commands(B).0.len(), 1, "B's turn");
+    }
+}

@@ -19,10 +19,10 @@ use crate::store::Store;
 /// The image the tests' nodes boot.
 const IMG: (&str, &str) = ("i586", "v1");
 
-const A: Mac = Mac([0x52, 0x54, 0, 0, 0, 0x0a]);
-const B: Mac = Mac([0x52, 0x54, 0, 0, 0, 0x0b]);
+pub(crate) const A: Mac = Mac([0x52, 0x54, 0, 0, 0, 0x0a]);
+pub(crate) const B: Mac = Mac([0x52, 0x54, 0, 0, 0, 0x0b]);
 
-fn ip(n: u8) -> IpAddr {
+pub(crate) fn ip(n: u8) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(10, 77, 0, n))
 }
 
@@ -43,7 +43,7 @@ fn registry_with(mode: &str, nodes: &str) -> Arc<Registry> {
     Registry::new(cfg, Store::memory().expect("db"), Arc::new(Metrics::new())).expect("registry")
 }
 
-fn registry() -> Arc<Registry> {
+pub(crate) fn registry() -> Arc<Registry> {
     registry_with("proxy", "")
 }
 
@@ -102,7 +102,7 @@ fn register(r: &Registry, mac: Mac, key: &NodeKey, from: IpAddr) -> Result<Strin
 }
 
 /// Boot `mac` from `from` to `registered`: script, initrd overlay, registration.
-fn boot(r: &Registry, mac: Mac, from: IpAddr) -> NodeKey {
+pub(crate) fn boot(r: &Registry, mac: Mac, from: IpAddr) -> NodeKey {
     let token = script(r, mac, from).expect("a boot script");
     let key = key_in(&r.overlay(mac, &token, from, IMG).expect("overlay"));
     register(r, mac, &key, from).expect("registered");
@@ -406,110 +406,11 @@ fn heartbeats_out_of_range_are_refused() {
     ));
 }
 
-#[test]
-fn exec_reaches_up_nodes_with_a_signed_command_and_calls_the_others_unreachable() {
-    use crate::exec::Execs;
-    use enlist_api::{ExecResult, ExecSpec};
-    let r = registry();
-    let key = boot(&r, A, ip(100));
-    let session = r
-        .inner()
+/// The agent session `mac` registered with (what its commands are signed for).
+pub(crate) fn session_of(r: &Registry, mac: Mac) -> String {
+    r.inner()
         .live
-        .get(&A)
+        .get(&mac)
         .and_then(|l| l.session.clone())
-        .expect("session");
-    boot(&r, B, ip(101));
-    r.release(B).expect("release");
-    r.leaving(B, "release").expect("leaving");
-    let execs = Execs::default();
-    let spec = ExecSpec {
-        command: "uname -m".into(),
-        timeout_secs: 5,
-    };
-    let run = execs
-        .start(&r, &[A, B], &spec, 64, "admin from 10.0.0.1")
-        .expect("start");
-    let now = Instant::now();
-    let v = execs.view(&r, run, now).expect("run");
-    assert!(!v.done);
-    assert_eq!(v.results[0].status, "running");
-    assert_eq!(v.results[1].status, "unreachable", "{v:?}");
-
-    // A gets the command signed for it alone; B nothing.
-    let (cmds, _) = r.take_commands(A);
-    assert_eq!(cmds.len(), 1);
-    assert_eq!(cmds[0].exec.as_ref(), Some(&spec));
-    assert!(enlist_api::verify_command(&key, &session, &cmds[0]));
-    assert!(r.take_commands(B).0.iter().all(|c| c.exec.is_none()));
-
-    let answer = |id| ExecResult {
-        id,
-        exit: Some(0),
-        signal: None,
-        timed_out: false,
-        output: "i686\n".into(),
-        cut_bytes: 0,
-    };
-    assert!(
-        !execs.answer(&r, A, answer(cmds[0].id + 1)),
-        "another command's answer"
-    );
-    assert!(
-        !execs.answer(&r, B, answer(cmds[0].id)),
-        "another node's answer"
-    );
-    assert!(execs.answer(&r, A, answer(cmds[0].id)));
-    assert!(!execs.answer(&r, A, answer(cmds[0].id)), "answered once");
-    let v = execs.view(&r, run, now).expect("run");
-    assert!(v.done);
-    assert_eq!(
-        (v.results[0].status, v.results[0].exit),
-        ("exited", Some(0))
-    );
-    assert_eq!(v.results[0].output, "i686\n");
-
-    // Silent past the timeout and the grace: unreachable.
-    let silent = execs.start(&r, &[A], &spec, 64, "admin").expect("start");
-    let later = Instant::now() + Duration::from_secs(5 + 16);
-    let v = execs.view(&r, silent, later).expect("run");
-    assert!(v.done);
-    assert_eq!(v.results[0].status, "unreachable");
-
-    let history = r.store().events_of(A, 100).expect("events");
-    assert!(history
-        .iter()
-        .any(|e| e.detail.contains("by admin from 10.0.0.1: uname -m")));
-}
-
-#[test]
-fn exec_with_a_fanout_of_one_sends_to_the_next_node_when_the_first_answers() {
-    use crate::exec::Execs;
-    use enlist_api::{ExecResult, ExecSpec};
-    let r = registry();
-    boot(&r, A, ip(100));
-    boot(&r, B, ip(101));
-    let execs = Execs::default();
-    let spec = ExecSpec {
-        command: "hostname".into(),
-        timeout_secs: 5,
-    };
-    let run = execs.start(&r, &[A, B], &spec, 1, "admin").expect("start");
-    let statuses = || -> Vec<&'static str> {
-        let v = execs.view(&r, run, Instant::now()).expect("run");
-        v.results.iter().map(|n| n.status).collect()
-    };
-    assert_eq!(statuses(), ["running", "queued"]);
-    assert!(r.take_commands(B).0.is_empty(), "B waits for its turn");
-    let (a_cmds, _) = r.take_commands(A);
-    let done = ExecResult {
-        id: a_cmds[0].id,
-        exit: Some(0),
-        signal: None,
-        timed_out: false,
-        output: String::new(),
-        cut_bytes: 0,
-    };
-    assert!(execs.answer(&r, A, done));
-    assert_eq!(statuses(), ["exited", "running"]);
-    assert_eq!(r.take_commands(B).0.len(), 1, "B's turn");
+        .expect("session")
 }
