@@ -35,6 +35,15 @@ pub enum StoreError {
     Commit(String),
     #[error("database task failed: {0}")]
     Join(String),
+    #[error(
+        "database {path} has schema version {found}, newer than this enlist's {known}: a newer \
+         release wrote it; run that release, or restore a backup made by this one"
+    )]
+    Newer {
+        path: String,
+        found: i64,
+        known: i64,
+    },
 }
 
 #[derive(Clone)]
@@ -42,6 +51,7 @@ pub struct Store {
     conn: Arc<Mutex<Connection>>,
 }
 
+/// Schema version 1. Never edited: a change to the tables is a new entry in [`MIGRATIONS`].
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS meta (
     key   TEXT PRIMARY KEY,
@@ -81,26 +91,73 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE INDEX IF NOT EXISTS events_mac ON events(mac, id);
 "#;
 
+/// Bring the database to the version of `migrations`, in one transaction: a new database gets
+/// the first schema, then every migration; a database written before versions were recorded
+/// (user_version 0, tables there) is version 1. One from a newer release is refused untouched.
+fn migrate(conn: &mut Connection, migrations: &[&str], path: &str) -> Result<(), StoreError> {
+    let known = 1 + migrations.len() as i64;
+    let found: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if found > known {
+        return Err(StoreError::Newer {
+            path: path.to_string(),
+            found,
+            known,
+        });
+    }
+    let tx = conn.transaction()?;
+    // Version 1 is SCHEMA; it only creates what is missing.
+    tx.execute_batch(SCHEMA)?;
+    for (i, m) in migrations.iter().enumerate() {
+        if found.max(1) <= i as i64 + 1 {
+            tx.execute_batch(m)?;
+        }
+    }
+    tx.pragma_update(None, "user_version", known)?;
+    tx.commit()?;
+    Ok(())
+}
+
+/// Changes to [`SCHEMA`] since version 1, in order: `MIGRATIONS[i]` takes a database from
+/// version `i + 1` to `i + 2`. A release that changes the tables appends one here (and never
+/// edits an earlier one); the database records its version (`PRAGMA user_version`).
+const MIGRATIONS: &[&str] = &[];
+
+/// The schema version this build writes.
+pub const SCHEMA_VERSION: i64 = 1 + MIGRATIONS.len() as i64;
+
 impl Store {
     pub fn open(path: &Path) -> Result<Store, StoreError> {
+        Store::open_with(path, MIGRATIONS)
+    }
+
+    fn open_with(path: &Path, migrations: &[&str]) -> Result<Store, StoreError> {
+        let shown = path.display().to_string();
         let open_err = |source| StoreError::Open {
-            path: path.display().to_string(),
+            path: shown.clone(),
             source,
         };
         let conn = Connection::open(path).map_err(open_err)?;
-        Store::init(conn).map_err(open_err)
+        Store::init(conn, migrations, &shown)
     }
 
     /// An in-memory database, for tests.
     pub fn memory() -> Result<Store, StoreError> {
-        Ok(Store::init(Connection::open_in_memory()?)?)
+        Store::init(Connection::open_in_memory()?, MIGRATIONS, ":memory:")
     }
 
-    fn init(conn: Connection) -> Result<Store, rusqlite::Error> {
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "FULL")?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        conn.execute_batch(SCHEMA)?;
+    fn init(conn: Connection, migrations: &[&str], path: &str) -> Result<Store, StoreError> {
+        let open_err = |source| StoreError::Open {
+            path: path.to_string(),
+            source,
+        };
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(open_err)?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(open_err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(open_err)?;
+        let mut conn = conn;
+        migrate(&mut conn, migrations, path)?;
         Ok(Store {
             conn: Arc::new(Mutex::new(conn)),
         })
@@ -214,4 +271,91 @@ pub fn now() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod schema_tests {
+    use super::*;
+
+    fn temp_db(name: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("enlist-schema-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("dir");
+        dir.join("enlist.db")
+    }
+
+    fn counts(s: &Store) -> (i64, i64, i64) {
+        s.with(|c| {
+            let n = |t: &str| c.query_row(&format!("SELECT count(*) FROM {t}"), [], |r| r.get(0));
+            Ok((n("leases")?, n("nodes")?, n("events")?))
+        })
+        .expect("counts")
+    }
+
+    #[test]
+    fn the_next_schema_upgrades_a_database_of_this_release_and_keeps_every_row() {
+        let path = temp_db("upgrade");
+        let s = Store::open(&path).expect("open");
+        s.with(|c| {
+            c.execute_batch(
+                "INSERT INTO leases VALUES (167837796, '52:54:00:77:01:01', 'bound', 2000000000, 'pc1');
+                 INSERT INTO nodes (mac, name, grp, state, created) VALUES ('52:54:00:77:01:01', 'node-770101', 'default', 'healthy', 1);
+                 INSERT INTO events (mac, ts, kind, detail) VALUES ('52:54:00:77:01:01', 1, 'state', 'seen');",
+            )
+        })
+        .expect("rows");
+        drop(s);
+        // The next release adds a column.
+        let next = ["ALTER TABLE nodes ADD COLUMN room TEXT"];
+        let s = Store::open_with(&path, &next).expect("upgraded");
+        assert_eq!(
+            counts(&s),
+            (1, 1, 1),
+            "every lease, node and event is still there"
+        );
+        let (version, room): (i64, Option<String>) = s
+            .with(|c| {
+                let v = c.pragma_query_value(None, "user_version", |r| r.get(0))?;
+                let room = c.query_row("SELECT room FROM nodes", [], |r| r.get(0))?;
+                Ok((v, room))
+            })
+            .expect("read");
+        assert_eq!((version, room), (SCHEMA_VERSION + 1, None));
+        drop(s);
+        // Opened again by the next release: nothing to do, nothing lost.
+        let s = Store::open_with(&path, &next).expect("again");
+        assert_eq!(counts(&s), (1, 1, 1));
+        drop(s);
+        // And this release refuses the newer database, leaving it as it is.
+        let e = Store::open(&path).err().expect("refused");
+        assert!(
+            e.to_string()
+                .contains("schema version 2, newer than this enlist's 1"),
+            "{e}"
+        );
+        let s = Store::open_with(&path, &next).expect("still there");
+        assert_eq!(counts(&s), (1, 1, 1));
+        let _ = std::fs::remove_dir_all(path.parent().expect("dir"));
+    }
+
+    #[test]
+    fn a_database_from_before_versions_is_version_one() {
+        let path = temp_db("unversioned");
+        let c = Connection::open(&path).expect("open");
+        c.execute_batch(SCHEMA).expect("old schema");
+        c.execute_batch("INSERT INTO meta VALUES ('head_secret', 'x')")
+            .expect("row");
+        drop(c);
+        let s = Store::open(&path).expect("open");
+        let (v, secret): (i64, String) = s
+            .with(|c| {
+                Ok((
+                    c.pragma_query_value(None, "user_version", |r| r.get(0))?,
+                    c.query_row("SELECT value FROM meta", [], |r| r.get(0))?,
+                ))
+            })
+            .expect("read");
+        assert_eq!((v, secret.as_str()), (SCHEMA_VERSION, "x"));
+        let _ = std::fs::remove_dir_all(path.parent().expect("dir"));
+    }
 }
