@@ -31,6 +31,34 @@ pub struct Head {
     pub state: Shared,
     /// Jobs through Slurm, when on.
     pub jobs: Option<Arc<Jobs>>,
+    /// The state folder's lock, held while the head runs (one head per state folder; restore
+    /// waits for it).
+    lock: Option<StateLock>,
+}
+
+/// The state folder's lock (flock), released when dropped.
+pub type StateLock = nix::fcntl::Flock<std::fs::File>;
+
+/// The file whose lock says a head runs on a state folder.
+pub const LOCK_FILE: &str = "head.lock";
+
+/// Take the state folder's lock, or say that another head (or a restore) has it.
+pub fn lock_state_dir(state_dir: &std::path::Path) -> anyhow::Result<StateLock> {
+    let path = state_dir.join(LOCK_FILE);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+        Ok(lock) => Ok(lock),
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => anyhow::bail!(
+            "{} is in use: an enlist head runs on this state folder (stop it first)",
+            path.display()
+        ),
+        Err((_, e)) => Err(e).with_context(|| format!("cannot lock {}", path.display())),
+    }
 }
 
 impl Head {
@@ -38,9 +66,12 @@ impl Head {
     pub fn open(cfg: Config) -> anyhow::Result<Head> {
         std::fs::create_dir_all(&cfg.state_dir)
             .with_context(|| format!("cannot create state_dir {}", cfg.state_dir.display()))?;
+        let lock = lock_state_dir(&cfg.state_dir)?;
         let store = Store::open(&cfg.database_path())?;
         let token = auth::load_or_create_token(&cfg.state_dir)?;
-        Head::new(cfg, store, token)
+        let mut head = Head::new(cfg, store, token)?;
+        head.lock = Some(lock);
+        Ok(head)
     }
 
     /// Wire a head up on `store`, with `api_token` as the CLI's bearer token.
@@ -78,6 +109,7 @@ impl Head {
             files,
             state,
             jobs,
+            lock: None,
         })
     }
 
@@ -279,4 +311,26 @@ pub fn shutdown_on_signals() -> anyhow::Result<watch::Receiver<bool>> {
         let _ = tx.send(true);
     });
     Ok(rx)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn one_head_per_state_folder() {
+        let dir = std::env::temp_dir().join(format!("enlist-lock-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let first = super::lock_state_dir(&dir).expect("first");
+        match super::lock_state_dir(&dir) {
+            Ok(_) => panic!("a second lock on the same state folder"),
+            Err(e) => assert!(e
+                .to_string()
+                .contains("an enlist head runs on this state folder")),
+        }
+        drop(first);
+        assert!(
+            super::lock_state_dir(&dir).is_ok(),
+            "free again once released"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

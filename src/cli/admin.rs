@@ -1,4 +1,4 @@
-//! `enlist admin ...`: the admin password.
+//! `enlist admin ...`: the admin password, backups of the database.
 
 use std::io::BufRead;
 use std::path::Path;
@@ -13,14 +13,44 @@ pub enum AdminCmd {
         #[arg(long)]
         random: bool,
     },
+    /// Copy the database (leases, nodes, events, the head's secret, the password hash) to FILE,
+    /// consistently, while the head runs. Keep it as secret as the state folder.
+    Backup { file: std::path::PathBuf },
+    /// Put a backup in place of the database. Stop the head first.
+    Restore { file: std::path::PathBuf },
 }
 
 pub fn run(config: &Path, cmd: AdminCmd) -> anyhow::Result<()> {
     let cfg = enlist::config::Config::load(config)?;
     std::fs::create_dir_all(&cfg.state_dir)
         .with_context(|| format!("cannot create {}", cfg.state_dir.display()))?;
+    if let AdminCmd::Restore { file } = &cmd {
+        let _lock = enlist::head::lock_state_dir(&cfg.state_dir)?;
+        enlist::store::Store::restore(file, &cfg.database_path())?;
+        eprintln!(
+            "restored {} from {}",
+            cfg.database_path().display(),
+            file.display()
+        );
+        return Ok(());
+    }
     let store = enlist::store::Store::open(&cfg.database_path())?;
     match cmd {
+        AdminCmd::Backup { file } => {
+            anyhow::ensure!(!file.exists(), "{} exists; name a new file", file.display());
+            store.backup(&file)?;
+            // The copy holds the head's secret and the password hash: root only.
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))
+                .with_context(|| format!("cannot restrict {}", file.display()))?;
+            eprintln!(
+                "backup of {} in {}",
+                cfg.database_path().display(),
+                file.display()
+            );
+            Ok(())
+        }
+        AdminCmd::Restore { .. } => Ok(()),
         AdminCmd::SetPassword { random } => {
             let password = if random {
                 let p = enlist::registry::random_token()[..16].to_string();

@@ -163,6 +163,79 @@ impl Store {
         })
     }
 
+    /// A consistent copy of the database in the new file `to`, while the head goes on serving
+    /// (`VACUUM INTO` reads one snapshot; with WAL, writers are not held up).
+    pub fn backup(&self, to: &Path) -> Result<(), StoreError> {
+        let to = to.to_str().ok_or_else(|| StoreError::Open {
+            path: to.display().to_string(),
+            source: rusqlite::Error::InvalidPath(to.to_path_buf()),
+        })?;
+        self.with(|c| c.execute("VACUUM INTO ?1", [to]).map(|_| ()))
+    }
+
+    /// Check that `backup` is an enlist database this build can open (intact, not from a newer
+    /// release) and put it in place of the database at `db`. The head must be stopped (the
+    /// caller holds its lock): the old file's write-ahead log is removed, not replayed into
+    /// the restored one.
+    pub fn restore(backup: &Path, db: &Path) -> Result<(), StoreError> {
+        let shown = backup.display().to_string();
+        let bad = |why: String| StoreError::Open {
+            path: shown.clone(),
+            source: rusqlite::Error::InvalidParameterName(why),
+        };
+        {
+            let c = Connection::open_with_flags(backup, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+                .map_err(|source| StoreError::Open {
+                    path: shown.clone(),
+                    source,
+                })?;
+            let named = |source| StoreError::Open {
+                path: shown.clone(),
+                source,
+            };
+            let check: String = c
+                .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+                .map_err(named)?;
+            if check != "ok" {
+                return Err(bad(format!("not intact: {check}")));
+            }
+            let version: i64 = c
+                .pragma_query_value(None, "user_version", |r| r.get(0))
+                .map_err(named)?;
+            if version > SCHEMA_VERSION {
+                return Err(StoreError::Newer {
+                    path: shown.clone(),
+                    found: version,
+                    known: SCHEMA_VERSION,
+                });
+            }
+            let tables: i64 = c.query_row(
+                "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name IN ('leases', 'nodes', 'events', 'meta')",
+                [],
+                |r| r.get(0),
+            ).map_err(named)?;
+            if tables != 4 {
+                return Err(bad(
+                    "not an enlist database (no leases/nodes/events/meta)".into()
+                ));
+            }
+        }
+        let io = |e: std::io::Error| bad(e.to_string());
+        let tmp = db.with_extension("db.restoring");
+        std::fs::copy(backup, &tmp).map_err(io)?;
+        std::fs::File::open(&tmp)
+            .and_then(|f| f.sync_all())
+            .map_err(io)?;
+        for stale in ["db-wal", "db-shm"] {
+            match std::fs::remove_file(db.with_extension(stale)) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(e)),
+                _ => {}
+            }
+        }
+        std::fs::rename(&tmp, db).map_err(io)?;
+        Ok(())
+    }
+
     /// Run `f` with the connection, on the calling thread.
     pub fn with<T>(
         &self,
@@ -356,6 +429,52 @@ mod schema_tests {
             })
             .expect("read");
         assert_eq!((v, secret.as_str()), (SCHEMA_VERSION, "x"));
+        let _ = std::fs::remove_dir_all(path.parent().expect("dir"));
+    }
+
+    #[test]
+    fn a_backup_taken_while_writing_restores_every_row_it_had() {
+        let path = temp_db("backup");
+        let s = Store::open(&path).expect("open");
+        s.with(|c| {
+            c.execute_batch(
+                "INSERT INTO nodes (mac, name, grp, state, created) VALUES ('52:54:00:77:01:01', 'node-770101', 'default', 'healthy', 1)",
+            )
+        })
+        .expect("row");
+        // Writes go on while the backup is taken.
+        let writer = {
+            let s = s.clone();
+            std::thread::spawn(move || {
+                for i in 0..200 {
+                    s.with(|c| {
+                        c.execute(
+                            "INSERT INTO leases VALUES (?1, '52:54:00:00:00:01', 'bound', 2000000000, NULL)",
+                            [167837696 + i],
+                        )
+                    })
+                    .expect("lease");
+                }
+            })
+        };
+        let copy = path.with_file_name("backup.db");
+        s.backup(&copy).expect("backup");
+        writer.join().expect("writer");
+        let (_, nodes_then, _) = counts(&Store::open(&copy).expect("copy"));
+        assert_eq!(nodes_then, 1);
+        let leases_in_copy = counts(&Store::open(&copy).expect("copy")).0;
+        drop(s);
+
+        // Restored over the live database (its WAL dropped, not replayed into the copy).
+        Store::restore(&copy, &path).expect("restore");
+        let s = Store::open(&path).expect("restored");
+        assert_eq!(counts(&s), (leases_in_copy, 1, 0));
+
+        // Not a database, or a newer one: refused, nothing replaced.
+        let junk = path.with_file_name("junk.db");
+        std::fs::write(&junk, b"not sqlite at all").expect("junk");
+        assert!(Store::restore(&junk, &path).is_err());
+        assert_eq!(counts(&s).1, 1);
         let _ = std::fs::remove_dir_all(path.parent().expect("dir"));
     }
 }
