@@ -477,4 +477,32 @@ mod schema_tests {
         assert_eq!(counts(&s).1, 1);
         let _ = std::fs::remove_dir_all(path.parent().expect("dir"));
     }
+
+    /// `tests/fixtures/store/schema-v1.db`: a database of this release (schema 1, made by
+    /// `enlist admin set-password`, then two leases, two nodes and three events). Every
+    /// release must open it, upgrade it and keep every row.
+    #[test]
+    fn the_committed_schema_1_database_opens_and_upgrades_with_every_row() {
+        let path = temp_db("fixture");
+        let fixture = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/store/schema-v1.db"
+        );
+        std::fs::copy(fixture, &path).expect("copy");
+        let s = Store::open(&path).expect("this release opens it");
+        assert_eq!(counts(&s), (2, 2, 3));
+        drop(s);
+        let s = Store::open_with(&path, &["ALTER TABLE events ADD COLUMN who TEXT"])
+            .expect("the next release upgrades it");
+        assert_eq!(counts(&s), (2, 2, 3));
+        let names: Vec<String> = s
+            .with(|c| {
+                let mut st = c.prepare("SELECT name FROM nodes ORDER BY name")?;
+                let rows = st.query_map([], |r| r.get(0))?;
+                rows.collect()
+            })
+            .expect("names");
+        assert_eq!(names, ["node-770101", "node-770102"]);
+        let _ = std::fs::remove_dir_all(path.parent().expect("dir"));
+    }
 }
