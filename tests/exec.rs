@@ -34,15 +34,6 @@ fn err(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).to_string()
 }
 
-fn rss_kb(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
-}
-
 fn events(lab: &Lab, mac: &str) -> String {
     lab.curl(&format!("/api/v1/nodes/{mac}"))
         .map(|v| v["events"].to_string())
@@ -106,10 +97,9 @@ fn exec_runs_on_every_node_folds_times_out_cuts_and_reports_a_dead_pc() {
     assert!(took < Duration::from_secs(20), "timeouts took {took:?}");
 
     // 20 MB of output: cut on the node, the head does not grow.
-    let head = lab.head_pid().unwrap();
-    let before = rss_kb(head);
+    let before = lab.head_rss_kb();
     let o = exec(&lab, &["--all", "-b", "--", "yes | head -c 20000000"]);
-    let after = rss_kb(head);
+    let after = lab.head_rss_kb();
     assert!(o.status.success(), "{}", err(&o));
     assert!(
         out(&o).contains("[output cut: 19991808 more bytes not shown]"),

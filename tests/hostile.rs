@@ -104,17 +104,6 @@ fn head_fds(lab: &Lab) -> usize {
         .unwrap_or(0)
 }
 
-/// The head's resident memory in kB.
-fn head_rss_kb(lab: &Lab) -> u64 {
-    let pid = lab.head_pid().expect("head running");
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
-}
-
 // ---- DHCP ----
 
 fn discover(mac: [u8; 6]) -> Message {
@@ -732,7 +721,7 @@ fn a_flood_of_wrong_logins_is_throttled_and_does_not_delay_dhcp() {
     assert!(set.status.success());
     let x = host(&lab, "x", "02:00:00:00:06:0b");
     x.udhcpc(true).unwrap_or_else(|e| panic!("{e}"));
-    let rss_before = head_rss_kb(&lab);
+    let rss_before = lab.head_rss_kb();
     let flood = std::thread::spawn({
         let ns = x.ns.clone();
         move || {
@@ -764,7 +753,7 @@ fn a_flood_of_wrong_logins_is_throttled_and_does_not_delay_dhcp() {
     let real = host(&lab, "r", "02:00:00:00:06:0c");
     let lease = real.udhcpc(false);
     let dhcp_time = started.elapsed();
-    let rss_during = head_rss_kb(&lab);
+    let rss_during = lab.head_rss_kb();
     let codes = flood.join().expect("flood");
     check(
         &lab,

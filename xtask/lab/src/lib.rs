@@ -342,6 +342,17 @@ impl Lab {
         self.head.as_ref().map(|h| h.id())
     }
 
+    /// The head's resident memory in KiB (0 when it is not running).
+    pub fn head_rss_kb(&self) -> u64 {
+        let Some(pid) = self.head_pid() else { return 0 };
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    }
+
     /// One sample of the head's `/metrics` (0 when absent): `name{labels}` as printed.
     pub fn metric(&self, series: &str) -> f64 {
         let text = run(self
