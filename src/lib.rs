@@ -23,3 +23,4 @@ pub mod netif;
 pub mod registry;
 pub mod store;
 pub mod tftp;
+pub mod wol;

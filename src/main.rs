@@ -45,6 +45,12 @@ enum Cmd {
         #[command(subcommand)]
         cmd: cli::nodes::NodeCmd,
     },
+    /// Wake a PC, or a group of PCs, by Wake-on-LAN.
+    Wake {
+        node: Option<String>,
+        #[arg(long, conflicts_with = "node")]
+        group: Option<String>,
+    },
     /// Run a shell command on many nodes at once (as clush): `enlist exec --all -b -- uname -m`.
     Exec(cli::exec::ExecArgs),
     /// Administration of the head itself.
@@ -88,6 +94,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         Cmd::Nodes { json } => cli::nodes::list(&args.config, json),
         Cmd::Node { cmd } => cli::nodes::act(&args.config, cmd),
         Cmd::Admin { cmd } => cli::admin::run(&args.config, cmd),
+        Cmd::Wake { node, group } => cli::nodes::wake(&args.config, node, group),
         Cmd::Exec(a) => {
             let rc = cli::exec::run(&args.config, a)?;
             if rc != 0 {

@@ -374,3 +374,71 @@ fn dhcp_does_not_answer_on_unconfigured_interfaces() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+#[ignore = "needs root: run `cargo xtask test`"]
+fn enlist_wake_sends_a_magic_packet_for_the_pc_on_the_lab_network() {
+    let lab = services_lab("wake");
+    let mac = "02:00:00:00:00:77";
+    let pc = client(&lab, "w", mac);
+    pc.udhcpc(true).unwrap_or_else(|e| panic!("{e}"));
+    // The PC asks for its boot script once, as a PXE boot would: now the head knows it.
+    let script = pc
+        .exec("curl")
+        .args([
+            "-sSf",
+            "-o",
+            "/dev/null",
+            "http://10.77.0.1:8080/boot/02-00-00-00-00-77.ipxe",
+        ])
+        .status()
+        .unwrap();
+    assert!(script.success(), "boot script");
+    let node = lab
+        .curl(&format!("/api/v1/nodes/{mac}"))
+        .unwrap_or_default();
+    let name = node["node"]["name"].as_str().unwrap_or("").to_string();
+    assert!(!name.is_empty(), "{node}");
+
+    // Powered off, its card listens for the magic packet: here, a socket on port 9.
+    let ns = pc.ns.clone();
+    let listener = std::thread::spawn(move || {
+        in_netns(&ns, || {
+            let s = UdpSocket::bind("0.0.0.0:9").expect("port 9");
+            s.set_read_timeout(Some(Duration::from_secs(10)))
+                .expect("timeout");
+            let mut buf = [0u8; 512];
+            s.recv_from(&mut buf).map(|(n, _)| buf[..n].to_vec())
+        })
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let out = lab
+        .exec(&root().join("target/release/enlist").display().to_string())
+        .args(["wake", &name, "--config"])
+        .arg(lab.dir.join("config.yaml"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let packet = listener
+        .join()
+        .unwrap()
+        .expect("a magic packet within 10 s");
+    let mut want = vec![0xffu8; 6];
+    for _ in 0..16 {
+        want.extend_from_slice(&[0x02, 0, 0, 0, 0, 0x77]);
+    }
+    assert_eq!(packet, want);
+    let node = lab
+        .curl(&format!("/api/v1/nodes/{mac}"))
+        .unwrap_or_default();
+    assert!(
+        node["events"]
+            .to_string()
+            .contains("magic packet sent (br0)"),
+        "{node}"
+    );
+}

@@ -19,6 +19,8 @@ pub enum NodeCmd {
     Enlist { node: String },
     /// Power the PC off.
     PowerOff { node: String },
+    /// Wake the PC (Wake-on-LAN magic packet; its BIOS must allow it).
+    Wake { node: String },
     /// Show one node and its event history.
     Show { node: String },
 }
@@ -146,6 +148,7 @@ pub fn act(config: &Path, cmd: NodeCmd) -> anyhow::Result<()> {
         NodeCmd::Approve { node } => ("approve", node),
         NodeCmd::Enlist { node } => ("enlist", node),
         NodeCmd::PowerOff { node } => ("power-off", node),
+        NodeCmd::Wake { node } => ("wake", node),
         NodeCmd::Show { node } => {
             let v = call(&h, "GET", &format!("/api/v1/nodes/{node}"))?;
             println!("{}", serde_json::to_string_pretty(&v)?);
@@ -154,5 +157,35 @@ pub fn act(config: &Path, cmd: NodeCmd) -> anyhow::Result<()> {
     };
     let v = call(&h, "POST", &format!("/api/v1/nodes/{node}/{action}"))?;
     println!("{}: {action} sent; state {}", s(&v["name"]), s(&v["state"]));
+    Ok(())
+}
+
+/// `enlist wake NODE` or `enlist wake --group G`: Wake-on-LAN, one PC every 200 ms, so a room
+/// does not power on in one surge.
+pub fn wake(config: &Path, node: Option<String>, group: Option<String>) -> anyhow::Result<()> {
+    let h = head(config)?;
+    let names: Vec<String> = match (node, group) {
+        (Some(n), None) => vec![n],
+        (None, Some(g)) => {
+            let v = call(&h, "GET", "/api/v1/nodes")?;
+            let names: Vec<String> = v["nodes"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|n| n["group"] == g.as_str())
+                .filter_map(|n| n["name"].as_str().map(str::to_string))
+                .collect();
+            anyhow::ensure!(!names.is_empty(), "no node in group {g:?}");
+            names
+        }
+        _ => anyhow::bail!("name a node, or a group with --group"),
+    };
+    for (i, name) in names.iter().enumerate() {
+        if i > 0 {
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+        call(&h, "POST", &format!("/api/v1/nodes/{name}/wake"))?;
+        println!("{name}: magic packet sent");
+    }
     Ok(())
 }

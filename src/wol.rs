@@ -1,0 +1,113 @@
+//! Wake-on-LAN: the magic packet (6 bytes of 0xff, then the MAC 16 times) that a powered-off
+//! PC's network card listens for, sent as a UDP broadcast to port 9 on each interface the head
+//! serves, and to the directed broadcast address of a relayed subnet the PC was last seen on
+//! (its router must forward directed broadcasts). The packet is pure and tested; sending is
+//! the edge.
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use enlist_api::Mac;
+
+use crate::config::Config;
+
+/// The port Wake-on-LAN packets go to by convention ("discard").
+pub const PORT: u16 = 9;
+
+/// The magic packet for `mac`.
+pub fn magic_packet(mac: Mac) -> [u8; 102] {
+    let mut p = [0xffu8; 102];
+    for chunk in p[6..].chunks_exact_mut(6) {
+        chunk.copy_from_slice(&mac.0);
+    }
+    p
+}
+
+/// Where a PC last seen at `ip` is woken: every served interface's broadcast, and the directed
+/// broadcast of the relayed subnet holding `ip`.
+pub fn targets(cfg: &Config, ip: Option<Ipv4Addr>) -> (Vec<String>, Vec<Ipv4Addr>) {
+    let ifaces = cfg.dhcp.interfaces.iter().map(|i| i.name.clone()).collect();
+    let directed = cfg
+        .dhcp
+        .subnets
+        .iter()
+        .filter(|s| !s.relays.is_empty() && ip.is_some_and(|ip| s.subnet.contains(&ip)))
+        .map(|s| s.subnet.broadcast())
+        .collect();
+    (ifaces, directed)
+}
+
+/// Send the magic packet for `mac`; where it went (`br0`, `10.78.0.255`), or the first error
+/// if it went nowhere.
+pub fn wake(cfg: &Config, mac: Mac, ip: Option<Ipv4Addr>) -> Result<Vec<String>, std::io::Error> {
+    let packet = magic_packet(mac);
+    let (ifaces, directed) = targets(cfg, ip);
+    let mut sent = vec![];
+    let mut first_error = None;
+    let broadcast = SocketAddrV4::new(Ipv4Addr::BROADCAST, PORT);
+    for iface in ifaces {
+        match send(Some(&iface), broadcast, &packet) {
+            Ok(()) => sent.push(iface),
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    for addr in directed {
+        match send(None, SocketAddrV4::new(addr, PORT), &packet) {
+            Ok(()) => sent.push(addr.to_string()),
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    match (sent.is_empty(), first_error) {
+        (true, Some(e)) => Err(e),
+        _ => Ok(sent),
+    }
+}
+
+fn send(iface: Option<&str>, to: SocketAddrV4, packet: &[u8]) -> std::io::Result<()> {
+    let s = socket2::Socket::new(
+        socket2::Domain::IPV4,
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )?;
+    s.set_broadcast(true)?;
+    if let Some(iface) = iface {
+        s.bind_device(Some(iface.as_bytes()))?;
+    }
+    s.send_to(packet, &to.into())?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_magic_packet_is_six_ff_then_the_mac_sixteen_times() {
+        let mac = Mac([0x52, 0x54, 0x00, 0x77, 0x01, 0x0a]);
+        let p = magic_packet(mac);
+        assert_eq!(&p[..6], &[0xff; 6]);
+        for i in 0..16 {
+            assert_eq!(&p[6 + 6 * i..12 + 6 * i], &mac.0, "copy {i}");
+        }
+    }
+
+    #[test]
+    fn a_relayed_pc_is_also_woken_by_its_subnets_directed_broadcast() {
+        let text = "http: { listen: 127.0.0.1:0, public_url: http://10.77.0.1:8080 }\n\
+            dhcp:\n  interfaces: [{ name: br0, mode: dhcp }]\n  subnets:\n\
+            \x20   - { subnet: 10.77.0.0/24, pool: [10.77.0.100, 10.77.0.199] }\n\
+            \x20   - { subnet: 10.78.0.0/24, pool: [10.78.0.100, 10.78.0.150], relays: [10.78.0.1] }\n\
+            images: { dir: /nonexistent, default: i586 }\n";
+        let cfg = Config::parse(text, std::path::Path::new("t.yaml")).expect("config");
+        let (ifaces, directed) = targets(&cfg, Some(Ipv4Addr::new(10, 78, 0, 120)));
+        assert_eq!(ifaces, ["br0"]);
+        assert_eq!(directed, [Ipv4Addr::new(10, 78, 0, 255)]);
+        assert!(targets(&cfg, Some(Ipv4Addr::new(10, 77, 0, 120)))
+            .1
+            .is_empty());
+        assert!(targets(&cfg, None).1.is_empty());
+    }
+}
