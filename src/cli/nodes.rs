@@ -21,6 +21,8 @@ pub enum NodeCmd {
     PowerOff { node: String },
     /// Wake the PC (Wake-on-LAN magic packet; its BIOS must allow it).
     Wake { node: String },
+    /// Put the node in a group (`enlist exec -g`, `enlist wake --group`).
+    Group { node: String, group: String },
     /// Show one node and its event history.
     Show { node: String },
 }
@@ -149,6 +151,17 @@ pub fn act(config: &Path, cmd: NodeCmd) -> anyhow::Result<()> {
         NodeCmd::Enlist { node } => ("enlist", node),
         NodeCmd::PowerOff { node } => ("power-off", node),
         NodeCmd::Wake { node } => ("wake", node),
+        NodeCmd::Group { node, group } => {
+            let body = serde_json::json!({ "group": group });
+            let v = call_with(
+                &h,
+                "POST",
+                &format!("/api/v1/nodes/{node}/group"),
+                Some(&body),
+            )?;
+            println!("{}: group {}", s(&v["name"]), s(&v["group"]));
+            return Ok(());
+        }
         NodeCmd::Show { node } => {
             let v = call(&h, "GET", &format!("/api/v1/nodes/{node}"))?;
             println!("{}", serde_json::to_string_pretty(&v)?);

@@ -146,6 +146,8 @@ pub struct SubnetConfig {
     /// Relays (giaddr) whose requests are served from this subnet; others are dropped.
     pub relays: Vec<Ipv4Addr>,
     pub reservations: Vec<Reservation>,
+    /// The group new nodes of this subnet (a room) join.
+    pub group: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -155,6 +157,8 @@ pub struct Reservation {
     pub name: Option<String>,
     /// Image to boot instead of `images.default`.
     pub image: Option<ImageName>,
+    /// The group it joins, instead of its subnet's or `nodes.group`.
+    pub group: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -278,6 +282,25 @@ impl Config {
 
     pub fn reservation_for(&self, mac: Mac) -> Option<&Reservation> {
         self.reservations.get(&mac)
+    }
+
+    /// The group a new node joins: its reservation's, else that of the subnet holding the
+    /// address it booted from, else `nodes.group`.
+    pub fn group_for(&self, mac: Mac, from: Option<std::net::IpAddr>) -> String {
+        let by_subnet = || {
+            let std::net::IpAddr::V4(ip) = from? else {
+                return None;
+            };
+            self.dhcp
+                .subnets
+                .iter()
+                .find(|s| s.subnet.contains(&ip))
+                .and_then(|s| s.group.clone())
+        };
+        self.reservation_for(mac)
+            .and_then(|r| r.group.clone())
+            .or_else(by_subnet)
+            .unwrap_or_else(|| self.nodes.group.clone())
     }
 
     /// The image a node boots on BIOS: its reservation's, else `images.default`.

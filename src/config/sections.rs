@@ -228,6 +228,7 @@ impl TryFrom<wire::Subnet> for SubnetConfig {
                 ));
             }
         }
+        group_name(s.group.as_deref()).map_err(|m| Invalid::new("group", m))?;
         let mut reservations = Vec::new();
         for (j, r) in s.reservations.into_iter().enumerate() {
             let r = reservation(r).map_err(|e| e.under(&format!("reservations[{j}]")))?;
@@ -248,6 +249,7 @@ impl TryFrom<wire::Subnet> for SubnetConfig {
             lease_time: s.lease_time,
             relays: s.relays,
             reservations,
+            group: s.group,
         })
     }
 }
@@ -271,12 +273,24 @@ fn reservation(r: wire::Reservation) -> Checked<Reservation> {
         .map(image_name)
         .transpose()
         .map_err(|m| Invalid::new("image", m))?;
+    group_name(r.group.as_deref()).map_err(|m| Invalid::new("group", m))?;
     Ok(Reservation {
         mac,
         ip: r.ip,
         name: r.name,
         image,
+        group: r.group,
     })
+}
+
+/// A group name, if given: a host label (it is shown, typed in `enlist exec -g`, and matched).
+fn group_name(g: Option<&str>) -> Result<(), String> {
+    match g {
+        Some(g) if !valid_host_label(g) => Err(format!(
+            "{g:?} is not a group name: use 1-63 letters, digits and '-'"
+        )),
+        _ => Ok(()),
+    }
 }
 
 fn image_name(s: &str) -> Result<ImageName, String> {

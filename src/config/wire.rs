@@ -134,6 +134,9 @@ pub struct Subnet {
     pub relays: Vec<Ipv4Addr>,
     #[serde(default)]
     pub reservations: Vec<Reservation>,
+    /// The group new nodes of this subnet (a room) join, instead of `nodes.group`.
+    #[serde(default)]
+    pub group: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -145,6 +148,9 @@ pub struct Reservation {
     pub name: Option<String>,
     #[serde(default)]
     pub image: Option<String>,
+    /// The group this PC joins.
+    #[serde(default)]
+    pub group: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

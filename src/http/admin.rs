@@ -155,8 +155,12 @@ async fn node(State(s): State<Shared>, _v: Viewer, Path(node): Path<String>) -> 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct ActionBody {
+    /// rename: the new name.
     #[serde(default)]
     name: Option<String>,
+    /// group: the node's new group.
+    #[serde(default)]
+    group: Option<String>,
 }
 
 async fn action(
@@ -214,6 +218,10 @@ async fn action(
             "rename" => {
                 let name = body.name.unwrap_or_default();
                 reg.rename(mac, &name)?;
+            }
+            "group" => {
+                let group = body.group.unwrap_or_default();
+                reg.set_group(mac, &group)?;
             }
             other => return Ok(Err(other.to_string())),
         }

@@ -164,7 +164,7 @@ impl Registry {
     }
 
     fn await_approval(&self, mac: Mac, from: IpAddr) -> Result<BootDecision, RegistryError> {
-        let mut row = self.new_row(mac, false)?;
+        let mut row = self.new_row(mac, false, Some(from))?;
         row.state = crate::lifecycle::NodeState::Pending;
         row.ip = match from {
             IpAddr::V4(v4) => Some(v4),
@@ -250,7 +250,7 @@ impl Registry {
         let _one_at_a_time = self.overlay_lock.lock().unwrap_or_else(|p| p.into_inner());
         let mut row = match self.store.node(mac)? {
             Some(r) => r,
-            None => self.new_row(mac, true)?,
+            None => self.new_row(mac, true, None)?,
         };
         row.key_epoch += 1;
         row.approved = true;

@@ -286,12 +286,17 @@ impl Registry {
     }
 
     /// A fresh row for `mac` (not yet saved).
-    fn new_row(&self, mac: Mac, approved: bool) -> Result<NodeRow, StoreError> {
+    fn new_row(
+        &self,
+        mac: Mac,
+        approved: bool,
+        from: Option<IpAddr>,
+    ) -> Result<NodeRow, StoreError> {
         let ts = now();
         Ok(NodeRow {
             mac,
             name: self.new_name(mac)?,
-            group: self.cfg.nodes.group.clone(),
+            group: self.cfg.group_for(mac, from),
             state: NodeState::Seen,
             ip: None,
             info: None,
@@ -324,7 +329,7 @@ impl Registry {
                 .refused(&self.metrics.registry_refused, e.reason());
             return Err(e.into());
         }
-        let row = self.new_row(mac, true)?;
+        let row = self.new_row(mac, true, Some(source))?;
         self.save(&row, Some(("new", &format!("first seen (from {source})"))))?;
         Ok(Some(row))
     }
@@ -388,7 +393,11 @@ impl Registry {
         let candidate = self.inner().candidates.remove(&mac);
         let mut row = match (self.store.node(mac)?, candidate) {
             (Some(r), _) => r,
-            (None, Some(_)) => self.new_row(mac, true)?,
+            (None, Some(c)) => {
+                let mut row = self.new_row(mac, true, c.row.ip.map(IpAddr::V4))?;
+                row.group = c.row.group;
+                row
+            }
             (None, None) => return Err(RegistryError::UnknownNode(mac.to_string())),
         };
         row.approved = true;
@@ -407,6 +416,17 @@ impl Registry {
         }
         let old = std::mem::replace(&mut row.name, name.to_string());
         self.save(&row, Some(("renamed", &format!("{old} → {name}"))))?;
+        Ok(())
+    }
+
+    /// Put a node in another group (the dashboard's or `enlist node group`).
+    pub fn set_group(&self, mac: Mac, group: &str) -> Result<(), RegistryError> {
+        if !valid_host_label(group) {
+            return Err(RegistryError::BadName(group.into()));
+        }
+        let mut row = self.node(mac)?;
+        let old = std::mem::replace(&mut row.group, group.to_string());
+        self.save(&row, Some(("group", &format!("{old} → {group}"))))?;
         Ok(())
     }
 

@@ -414,3 +414,34 @@ pub(crate) fn session_of(r: &Registry, mac: Mac) -> String {
         .and_then(|l| l.session.clone())
         .expect("session")
 }
+
+#[test]
+fn new_nodes_join_their_reservations_or_subnets_group_and_an_admin_may_move_them() {
+    let text = "http: { listen: 127.0.0.1:0, public_url: http://10.77.0.1:8080 }\n\
+        dhcp:\n  interfaces: [{ name: lo, mode: proxy }]\n  subnets:\n\
+        \x20   - { subnet: 10.77.0.0/24, pool: [10.77.0.100, 10.77.0.199], group: room-b,\n\
+        \x20       reservations: [{ mac: '52:54:00:00:00:0b', ip: 10.77.0.50, group: teacher }] }\n\
+        images: { dir: /nonexistent, default: i586 }\n\
+        nodes: { heartbeat: 2s, lost_after: 10s, stuck_after: 60s }\n";
+    let cfg = Arc::new(Config::parse(text, Path::new("t.yaml")).expect("config"));
+    let r = Registry::new(cfg, Store::memory().expect("db"), Arc::new(Metrics::new())).expect("r");
+    boot(&r, A, ip(100));
+    boot(&r, B, ip(50));
+    assert_eq!(r.node(A).expect("A").group, "room-b", "by subnet");
+    assert_eq!(r.node(B).expect("B").group, "teacher", "by reservation");
+    let elsewhere = Mac([0x52, 0x54, 0, 0, 0, 0x0c]);
+    boot(&r, elsewhere, IpAddr::V4(Ipv4Addr::new(10, 99, 0, 5)));
+    assert_eq!(
+        r.node(elsewhere).expect("C").group,
+        "default",
+        "nodes.group"
+    );
+    r.set_group(A, "night-shift").expect("moved");
+    assert_eq!(r.node(A).expect("A").group, "night-shift");
+    assert!(matches!(
+        r.set_group(A, "no spaces"),
+        Err(RegistryError::BadName(_))
+    ));
+    let history = r.store().events_of(A, 10).expect("events");
+    assert!(history.iter().any(|e| e.detail == "room-b → night-shift"));
+}

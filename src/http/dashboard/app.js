@@ -50,7 +50,7 @@ function actionsFor(n) {
   const list = [];
   if (!n.approved) list.push('approve');
   if (n.released) list.push('enlist'); else list.push('release', 'reboot');
-  list.push('rename');
+  list.push('rename', 'group');
   return list.map((a) => {
     const b = el('button', { textContent: a, onclick: () => act(n, a) });
     b.dataset.action = a;
@@ -66,6 +66,11 @@ async function act(n, action) {
       const name = prompt('New name for ' + n.name, n.name);
       if (!name) return;
       body = { name };
+    }
+    if (action === 'group') {
+      const group = prompt('Group of ' + n.name, n.group);
+      if (!group) return;
+      body = { group };
     }
     const v = await api('POST', '/api/v1/nodes/' + encodeURIComponent(n.mac) + '/' + action, body);
     upsert(v);
