@@ -51,6 +51,8 @@ struct Target {
     command_id: Option<u64>,
     /// When it was sent.
     sent: Option<Instant>,
+    /// What a running command printed so far (its agent's progress reports).
+    so_far: Option<ExecResult>,
     outcome: Outcome,
 }
 
@@ -113,6 +115,7 @@ impl Execs {
                 name: row.name,
                 command_id: None,
                 sent: None,
+                so_far: None,
                 outcome,
             });
         }
@@ -135,8 +138,9 @@ impl Execs {
         Ok(runs.next)
     }
 
-    /// A node's answer. One that matches no running command (late, or for a run no longer
-    /// kept) is dropped: false. Its place in the fan-out goes to the next node.
+    /// A node's answer: its output so far (`done` false), or how it ended. One that matches no
+    /// running command (late, or for a run no longer kept) is dropped: false. An ended one
+    /// gives its place in the fan-out to the next node.
     pub fn answer(&self, registry: &Registry, mac: Mac, result: ExecResult) -> bool {
         let mut runs = self.lock();
         let Some(run) = runs.list.iter_mut().find(|r| {
@@ -154,6 +158,10 @@ impl Execs {
             .iter_mut()
             .find(|t| t.mac == mac && t.command_id == Some(id))
         {
+            if !result.done {
+                t.so_far = Some(result);
+                return true;
+            }
             t.outcome = Outcome::Done(result);
         }
         if let Err(e) = run.send_more(registry, Instant::now()) {
@@ -252,7 +260,12 @@ impl Target {
             reason: None,
         };
         match &self.outcome {
-            Outcome::Running => {}
+            Outcome::Running => {
+                if let Some(p) = &self.so_far {
+                    v.output = p.output.clone();
+                    v.cut_bytes = p.cut_bytes;
+                }
+            }
             Outcome::Queued => v.status = "queued",
             Outcome::Unreachable(why) => {
                 v.status = "unreachable";
@@ -332,7 +345,19 @@ mod tests {
             timed_out: false,
             output: "i686\n".into(),
             cut_bytes: 0,
+            done: true,
         };
+        let so_far = ExecResult {
+            output: "i6".into(),
+            done: false,
+            ..answer(cmds[0].id)
+        };
+        assert!(execs.answer(&r, A, so_far), "progress");
+        let v = execs.view(&r, run, now).expect("run");
+        assert_eq!(
+            (v.results[0].status, v.results[0].output.as_str()),
+            ("running", "i6")
+        );
         assert!(
             !execs.answer(&r, A, answer(cmds[0].id + 1)),
             "another command's answer"
@@ -389,6 +414,7 @@ mod tests {
             timed_out: false,
             output: String::new(),
             cut_bytes: 0,
+            done: true,
         };
         assert!(execs.answer(&r, A, done));
         assert_eq!(statuses(), ["exited", "running"]);

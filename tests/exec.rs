@@ -137,6 +137,33 @@ fn exec_runs_on_every_node_folds_times_out_cuts_and_reports_a_dead_pc() {
         .unwrap();
     assert!(b.status.success(), "browser: {}{}", out(&b), err(&b));
 
+    // A long command's lines show as they come, before it ends.
+    let mut cmd = lab.exec(&root().join("target/release/enlist").display().to_string());
+    cmd.arg("exec")
+        .arg("--config")
+        .arg(lab.dir.join("config.yaml"))
+        .args(["-w", &names[1], "--", "echo first; sleep 8; echo second"])
+        .stdout(std::process::Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let t0 = Instant::now();
+    let first = std::thread::spawn(move || {
+        let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stdout));
+        let line = lines.next().and_then(Result::ok).unwrap_or_default();
+        let at = Instant::now();
+        lines.for_each(drop);
+        (line, at)
+    });
+    let (line, at) = first.join().unwrap();
+    let finished = child.wait().unwrap();
+    assert!(finished.success());
+    assert_eq!(line.trim(), format!("{}: first", names[1]));
+    assert!(
+        at.duration_since(t0) < Duration::from_secs(7),
+        "the first line came after {:?}: not before the command ended",
+        at.duration_since(t0)
+    );
+
     // Every node reaches every other by name (their /etc/hosts follow the head).
     let ping = format!("ping -c1 -W3 {} && ping -c1 -W3 {}", names[0], names[1]);
     let o = exec(&lab, &["--all", "-S", "--timeout", "20", "--", &ping]);

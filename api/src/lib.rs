@@ -347,6 +347,15 @@ pub struct ExecResult {
     pub output: String,
     /// Bytes it printed beyond that, not sent.
     pub cut_bytes: u64,
+    /// It has ended. False: still running, and `output` is what it printed so far (the agent
+    /// sends this every second while there is new output, so a long command shows its lines
+    /// as they come).
+    #[serde(default = "ended")]
+    pub done: bool,
+}
+
+fn ended() -> bool {
+    true
 }
 
 impl ExecResult {

@@ -1,10 +1,11 @@
-//! `enlist exec`: a command on many nodes at once, as clush prints it. Each node's lines as it
-//! finishes (`node-01: ...`), or with `-b` identical answers folded under one header with the
+//! `enlist exec`: a command on many nodes at once, as clush prints it. Each node's lines as
+//! they come (`node-01: ...`; the agents report new output every second), or with `-b` identical answers folded under one header with the
 //! node set (`node-[01-03,07] (4)`). A node that fails, is killed, times out or cannot be
 //! reached says so on stderr; `-S` exits with the largest code (a signal N counts 128+N, a
 //! timeout 124, an unreachable node 255).
 
 use std::collections::BTreeMap;
+use std::io::Write;
 use std::path::Path;
 use std::time::Duration;
 
@@ -99,17 +100,17 @@ pub fn run(config: &Path, a: ExecArgs) -> anyhow::Result<i32> {
     });
     let started = call_with(&h, "POST", "/api/v1/exec", Some(&body))?;
     let id = started["id"].as_u64().context("the head gave no run id")?;
-    let mut shown = BTreeMap::new();
+    // Per node: bytes of its output printed so far, and whether it has ended.
+    let mut printed: BTreeMap<String, (usize, bool)> = BTreeMap::new();
     let view = loop {
         let v = call_with(&h, "GET", &format!("/api/v1/exec/{id}"), None)?;
         if !a.fold {
             for r in v["results"].as_array().into_iter().flatten() {
                 let answer = Answer::from(r);
                 let node = r["node"].as_str().unwrap_or("?").to_string();
-                let pending = matches!(answer.status.as_str(), "running" | "queued");
-                if !pending && !shown.contains_key(&node) {
-                    print_one(&node, &answer);
-                    shown.insert(node, ());
+                let seen = printed.entry(node.clone()).or_default();
+                if !seen.1 {
+                    *seen = print_new(&node, &answer, seen.0);
                 }
             }
         }
@@ -136,16 +137,30 @@ pub fn run(config: &Path, a: ExecArgs) -> anyhow::Result<i32> {
     Ok(if a.maxrc { rc.clamp(0, 255) as i32 } else { 0 })
 }
 
-fn print_one(node: &str, a: &Answer) {
-    for line in a.output.lines() {
-        println!("{node}: {line}");
+/// Print what `node` has printed since byte `from`: whole lines while it runs, the rest and
+/// how it ended once it has. Returns the new position and whether it has ended.
+fn print_new(node: &str, a: &Answer, from: usize) -> (usize, bool) {
+    let ended = !matches!(a.status.as_str(), "running" | "queued");
+    let new = a.output.get(from..).unwrap_or("");
+    let upto = if ended {
+        new.len()
+    } else {
+        new.rfind('\n').map_or(0, |i| i + 1)
+    };
+    // A closed stdout (`| head`) ends the printing, not the program.
+    let mut out = std::io::stdout().lock();
+    for line in new[..upto].lines() {
+        let _ = writeln!(out, "{node}: {line}");
     }
-    if a.cut_bytes > 0 {
-        eprintln!("{node}: [output cut: {} more bytes not shown]", a.cut_bytes);
+    if ended {
+        if a.cut_bytes > 0 {
+            eprintln!("{node}: [output cut: {} more bytes not shown]", a.cut_bytes);
+        }
+        if let Some(c) = a.complaint() {
+            eprintln!("enlist: {node}: {c}");
+        }
     }
-    if let Some(c) = a.complaint() {
-        eprintln!("enlist: {node}: {c}");
-    }
+    (from + upto, ended)
 }
 
 /// Nodes with the same answer under one header, as `clush -b` does.
@@ -154,20 +169,28 @@ fn print_folded(answers: &[(String, Answer)]) {
     for (node, a) in answers {
         groups.entry(a).or_default().push(node);
     }
+    let mut text = String::new();
     for (a, nodes) in &groups {
         if !a.output.is_empty() || a.cut_bytes > 0 {
-            println!("---------------");
-            println!("{} ({})", enlist::hostlist::fold(nodes), nodes.len());
-            println!("---------------");
-            print!("{}", a.output);
+            let set = enlist::hostlist::fold(nodes);
+            text.push_str(&format!(
+                "---------------\n{set} ({})\n---------------\n",
+                nodes.len()
+            ));
+            text.push_str(&a.output);
             if !a.output.ends_with('\n') {
-                println!();
+                text.push('\n');
             }
             if a.cut_bytes > 0 {
-                println!("[output cut: {} more bytes not shown]", a.cut_bytes);
+                text.push_str(&format!(
+                    "[output cut: {} more bytes not shown]\n",
+                    a.cut_bytes
+                ));
             }
         }
     }
+    // A closed stdout (`| head`) ends the printing, not the program.
+    let _ = std::io::stdout().lock().write_all(text.as_bytes());
     for (a, nodes) in &groups {
         if let Some(c) = a.complaint() {
             eprintln!("enlist: {}: {c}", enlist::hostlist::fold(nodes));

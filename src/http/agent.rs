@@ -318,12 +318,16 @@ async fn exec_result(State(s): State<Shared>, a: Agent) -> Response {
     if let Err(e) = r.check() {
         return agent_error(AgentError::BadRequest(e));
     }
-    let summary = crate::exec::summary(&r);
+    let summary = r.done.then(|| crate::exec::summary(&r));
     if !s.execs.answer(&s.registry, a.mac, r) {
         tracing::debug!(mac = %a.mac, "exec answer dropped: no such command running");
         s.metrics.refused(&s.metrics.http_refused, "exec-unknown");
         return a.reply(&s, &serde_json::Value::Null);
     }
+    // Progress reports (output so far) are not history; how it ended is.
+    let Some(summary) = summary else {
+        return a.reply(&s, &serde_json::Value::Null);
+    };
     let (reg, mac) = (s.registry.clone(), a.mac);
     match tokio::task::spawn_blocking(move || reg.note(mac, "exec", &summary)).await {
         Ok(Ok(())) => a.reply(&s, &serde_json::Value::Null),

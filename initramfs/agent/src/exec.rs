@@ -5,7 +5,7 @@
 
 use std::io::Read;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::sync::{mpsc, Arc};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use enlist_api::{paths, ExecResult, ExecSpec, MAX_EXEC_OUTPUT};
@@ -13,20 +13,27 @@ use enlist_api::{paths, ExecResult, ExecSpec, MAX_EXEC_OUTPUT};
 use crate::client::Client;
 use crate::say;
 
-/// Run `spec` as command `id` in its own thread; its result goes to the head.
+/// How often a running command's new output goes to the head.
+const PROGRESS_EVERY: Duration = Duration::from_secs(1);
+
+/// Run `spec` as command `id` in its own thread; its output so far goes to the head every
+/// second while there is new output, and its result when it ends.
 pub fn spawn(client: Arc<Client>, id: u64, spec: ExecSpec) {
     std::thread::spawn(move || {
-        let result = run(id, &spec);
-        if let Err(f) = client.post::<_, serde_json::Value>(paths::EXEC_RESULT, &result) {
-            say(&format!("exec #{id}: could not report to the head: {f}"));
-        }
+        let report = |r: &ExecResult| {
+            if let Err(f) = client.post::<_, serde_json::Value>(paths::EXEC_RESULT, r) {
+                say(&format!("exec #{id}: could not report to the head: {f}"));
+            }
+        };
+        let result = run(id, &spec, &report);
+        report(&result);
     });
 }
 
-/// What the output reader hands back: the kept bytes and how many more there were.
+/// The output read so far: the kept bytes and how many more there were.
 type Output = (Vec<u8>, u64);
 
-pub fn run(id: u64, spec: &ExecSpec) -> ExecResult {
+pub fn run(id: u64, spec: &ExecSpec, progress: &dyn Fn(&ExecResult)) -> ExecResult {
     let mut result = ExecResult {
         id,
         exit: None,
@@ -34,6 +41,7 @@ pub fn run(id: u64, spec: &ExecSpec) -> ExecResult {
         timed_out: false,
         output: String::new(),
         cut_bytes: 0,
+        done: true,
     };
     let (reader, writer) = match std::io::pipe() {
         Ok(p) => p,
@@ -60,10 +68,15 @@ pub fn run(id: u64, spec: &ExecSpec) -> ExecResult {
         Err(e) => return failed(result, &format!("/bin/sh: {e}")),
     };
     let (tx, rx) = mpsc::channel::<Output>();
-    std::thread::spawn(move || {
-        let _ = tx.send(read_bounded(reader));
-    });
+    let so_far = Arc::new(Mutex::new(Output::default()));
+    {
+        let so_far = so_far.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send(read_bounded(reader, &so_far));
+        });
+    }
     let deadline = Instant::now() + Duration::from_secs(spec.timeout_secs.into());
+    let (mut next_report, mut reported) = (Instant::now() + PROGRESS_EVERY, 0);
     let status = loop {
         match child.try_wait() {
             Ok(Some(st)) => break Some(st),
@@ -72,7 +85,17 @@ pub fn run(id: u64, spec: &ExecSpec) -> ExecResult {
                 kill_group(child.id());
                 break child.wait().ok();
             }
-            Ok(None) => std::thread::sleep(Duration::from_millis(50)),
+            Ok(None) => {
+                if Instant::now() >= next_report {
+                    next_report = Instant::now() + PROGRESS_EVERY;
+                    let (kept, more) = so_far.lock().map(|o| o.clone()).unwrap_or_default();
+                    if kept.len() as u64 + more > reported {
+                        reported = kept.len() as u64 + more;
+                        progress(&partial(id, &kept, more));
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
             Err(_) => break None,
         }
     };
@@ -85,14 +108,32 @@ pub fn run(id: u64, spec: &ExecSpec) -> ExecResult {
     if result.timed_out || more > 0 {
         kill_group(child.id());
     }
-    let text = String::from_utf8_lossy(&bytes);
+    (result.output, result.cut_bytes) = bounded_text(&bytes, more);
+    result
+}
+
+/// Output bytes as text of at most [`MAX_EXEC_OUTPUT`] bytes, and what was cut.
+fn bounded_text(bytes: &[u8], more: u64) -> (String, u64) {
+    let text = String::from_utf8_lossy(bytes);
     let mut end = text.len().min(MAX_EXEC_OUTPUT);
     while !text.is_char_boundary(end) {
         end -= 1;
     }
-    result.output = text[..end].to_string();
-    result.cut_bytes = more + (text.len() - end) as u64;
-    result
+    (text[..end].to_string(), more + (text.len() - end) as u64)
+}
+
+/// A running command's output so far.
+fn partial(id: u64, kept: &[u8], more: u64) -> ExecResult {
+    let (output, cut_bytes) = bounded_text(kept, more);
+    ExecResult {
+        id,
+        exit: None,
+        signal: None,
+        timed_out: false,
+        output,
+        cut_bytes,
+        done: false,
+    }
 }
 
 fn failed(mut r: ExecResult, why: &str) -> ExecResult {
@@ -101,8 +142,9 @@ fn failed(mut r: ExecResult, why: &str) -> ExecResult {
     r
 }
 
-/// The first [`MAX_EXEC_OUTPUT`] bytes of `from`, and how many followed.
-fn read_bounded(mut from: impl Read) -> Output {
+/// The first [`MAX_EXEC_OUTPUT`] bytes of `from`, and how many followed; `so_far` follows
+/// along for the progress reports.
+fn read_bounded(mut from: impl Read, so_far: &Mutex<Output>) -> Output {
     let mut kept = Vec::new();
     let mut more = 0u64;
     let mut buf = [0u8; 8192];
@@ -113,6 +155,10 @@ fn read_bounded(mut from: impl Read) -> Output {
                 let room = MAX_EXEC_OUTPUT.saturating_sub(kept.len()).min(n);
                 kept.extend_from_slice(&buf[..room]);
                 more += (n - room) as u64;
+                if let Ok(mut s) = so_far.lock() {
+                    s.0.extend_from_slice(&buf[..room]);
+                    s.1 = more;
+                }
             }
         }
     }
@@ -141,7 +187,7 @@ mod tests {
 
     #[test]
     fn output_and_exit_code_come_back() {
-        let r = run(1, &spec("echo out; echo err >&2; exit 3", 10));
+        let r = run(1, &spec("echo out; echo err >&2; exit 3", 10), &|_| {});
         assert_eq!((r.exit, r.signal, r.timed_out), (Some(3), None, false));
         assert_eq!(r.output, "out\nerr\n");
     }
@@ -149,7 +195,7 @@ mod tests {
     #[test]
     fn a_timeout_kills_the_command_and_what_it_started() {
         let t0 = Instant::now();
-        let r = run(2, &spec("sleep 100 & sleep 100", 1));
+        let r = run(2, &spec("sleep 100 & sleep 100", 1), &|_| {});
         assert!(r.timed_out, "{r:?}");
         assert_eq!(r.signal, Some(libc::SIGKILL));
         assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
@@ -157,9 +203,29 @@ mod tests {
 
     #[test]
     fn a_flood_of_output_is_cut_and_counted() {
-        let r = run(3, &spec("head -c 5000000 /dev/zero | tr '\\0' x", 30));
+        let r = run(
+            3,
+            &spec("head -c 5000000 /dev/zero | tr '\\0' x", 30),
+            &|_| {},
+        );
         assert_eq!(r.exit, Some(0));
         assert_eq!(r.output.len(), MAX_EXEC_OUTPUT);
         assert_eq!(r.cut_bytes, 5_000_000 - MAX_EXEC_OUTPUT as u64);
+    }
+
+    #[test]
+    fn a_long_command_reports_its_output_as_it_comes() {
+        let seen = std::cell::RefCell::new(Vec::new());
+        let r = run(4, &spec("echo first; sleep 2; echo second", 10), &|p| {
+            seen.borrow_mut().push(p.output.clone());
+        });
+        assert_eq!(r.output, "first\nsecond\n");
+        assert!(r.done);
+        let seen = seen.into_inner();
+        assert_eq!(
+            seen.first().map(String::as_str),
+            Some("first\n"),
+            "{seen:?}"
+        );
     }
 }
