@@ -143,27 +143,22 @@ impl Execs {
     /// gives its place in the fan-out to the next node.
     pub fn answer(&self, registry: &Registry, mac: Mac, result: ExecResult) -> bool {
         let mut runs = self.lock();
-        let Some(run) = runs.list.iter_mut().find(|r| {
-            r.targets.iter().any(|t| {
+        let found = runs.list.iter_mut().find_map(|r| {
+            let i = r.targets.iter().position(|t| {
                 t.mac == mac
                     && t.command_id == Some(result.id)
                     && matches!(t.outcome, Outcome::Running)
-            })
-        }) else {
+            })?;
+            Some((r, i))
+        });
+        let Some((run, i)) = found else {
             return false;
         };
-        let id = result.id;
-        if let Some(t) = run
-            .targets
-            .iter_mut()
-            .find(|t| t.mac == mac && t.command_id == Some(id))
-        {
-            if !result.done {
-                t.so_far = Some(result);
-                return true;
-            }
-            t.outcome = Outcome::Done(result);
+        if !result.done {
+            run.targets[i].so_far = Some(result);
+            return true;
         }
+        run.targets[i].outcome = Outcome::Done(result);
         if let Err(e) = run.send_more(registry, Instant::now()) {
             tracing::warn!("exec #{}: {e}", run.id);
         }

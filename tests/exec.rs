@@ -122,13 +122,7 @@ fn exec_runs_on_every_node_folds_times_out_cuts_and_reports_a_dead_pc() {
         .output()
         .unwrap();
     let password = out(&pw).trim().to_string();
-    let names: Vec<String> = macs
-        .iter()
-        .map(|m| {
-            let v = lab.curl(&format!("/api/v1/nodes/{m}")).unwrap_or_default();
-            v["node"]["name"].as_str().unwrap_or("").to_string()
-        })
-        .collect();
+    let names: Vec<String> = macs.iter().map(|m| lab.node_name(m)).collect();
     let b = lab
         .exec("node")
         .arg(root().join("tests/browser/exec.mjs"))

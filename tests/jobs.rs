@@ -99,14 +99,6 @@ fn fail(lab: &Lab, what: &str) -> ! {
     );
 }
 
-/// The node's name on the head (its Slurm node name).
-fn node_name(lab: &Lab, mac: &str) -> String {
-    let node = lab
-        .curl(&format!("/api/v1/nodes/{mac}"))
-        .unwrap_or_default();
-    node["node"]["name"].as_str().unwrap_or("").to_string()
-}
-
 /// Wait until `sinfo` lists `n` idle enlisted nodes.
 fn wait_idle(lab: &Lab, n: usize, limit: Duration) {
     let until = Instant::now() + limit;
@@ -248,7 +240,7 @@ fn three_pcs_join_slurm_run_an_array_in_the_shared_home_and_survive_a_slurmctld_
     ];
     wait_healthy(&lab, &macs);
     wait_idle(&lab, 3, Duration::from_secs(240));
-    let names: Vec<String> = macs.iter().map(|m| node_name(&lab, m)).collect();
+    let names: Vec<String> = macs.iter().map(|m| lab.node_name(m)).collect();
 
     // One step on each node.
     let out = must(&lab, "srun", &["-N3", "hostname"]);
@@ -379,7 +371,7 @@ fn an_x64_pc_joins_slurm_and_runs_a_job_in_the_shared_home() {
     }
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "x86_64");
     let written = std::fs::read_to_string(home.join("from-the-node.txt")).unwrap_or_default();
-    assert_eq!(written.trim(), node_name(&lab, &mac));
+    assert_eq!(written.trim(), lab.node_name(&mac));
 }
 
 #[test]
@@ -392,7 +384,7 @@ fn a_released_pc_finishes_its_job_leaves_slurm_and_boots_its_own_disk() {
     let mac = lab.pcs[i].mac.clone();
     wait_healthy(&lab, std::slice::from_ref(&mac));
     wait_idle(&lab, 1, Duration::from_secs(240));
-    let name = node_name(&lab, &mac);
+    let name = lab.node_name(&mac);
 
     let job = submit(&lab, &[], "sleep 8; hostname > released.out");
     assert_eq!(wait_running(&lab, &job, Duration::from_secs(60)), name);
@@ -438,7 +430,7 @@ fn a_killed_pcs_job_runs_elsewhere_and_a_released_pcs_job_is_requeued_at_the_dea
     ];
     wait_healthy(&lab, &macs);
     wait_idle(&lab, 2, Duration::from_secs(240));
-    let names: Vec<String> = macs.iter().map(|m| node_name(&lab, m)).collect();
+    let names: Vec<String> = macs.iter().map(|m| lab.node_name(m)).collect();
 
     // Power cut mid-job: Slurm marks the node down and requeues the job, which runs on the other
     // node; enlist deletes the node from Slurm once it is lost.

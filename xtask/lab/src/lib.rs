@@ -342,6 +342,13 @@ impl Lab {
         self.head.as_ref().map(|h| h.id())
     }
 
+    /// The name the head gave the node with this MAC ("" when it has none).
+    pub fn node_name(&self, mac: &str) -> String {
+        self.curl(&format!("/api/v1/nodes/{mac}"))
+            .map(|v| v["node"]["name"].as_str().unwrap_or("").to_string())
+            .unwrap_or_default()
+    }
+
     /// The head's resident memory in KiB (0 when it is not running).
     pub fn head_rss_kb(&self) -> u64 {
         let Some(pid) = self.head_pid() else { return 0 };

@@ -54,7 +54,7 @@ pub fn run(tasks: usize, loops: u64) -> anyhow::Result<()> {
     })?;
 
     let p2 = memory(&lab, &macs[0])?;
-    let names: Vec<String> = macs.iter().map(|m| name(&lab, m)).collect();
+    let names: Vec<String> = macs.iter().map(|m| lab.node_name(m)).collect();
     // The same array on one node (the reference), then on all three.
     let x64 = &names[1];
     let one = array(&lab, &home, tasks, loops, &["-w", x64.as_str()])?;
@@ -153,12 +153,6 @@ fn array(
             .is_empty())
     })?;
     Ok(t0.elapsed())
-}
-
-fn name(lab: &Lab, mac: &str) -> String {
-    lab.curl(&format!("/api/v1/nodes/{mac}"))
-        .map(|v| v["node"]["name"].as_str().unwrap_or("").to_string())
-        .unwrap_or_default()
 }
 
 struct Memory {
