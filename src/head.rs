@@ -17,6 +17,7 @@ use crate::image::store::ImageStore;
 use crate::jobs::Jobs;
 use crate::metrics::Metrics;
 use crate::registry::Registry;
+use crate::schedule::Scheduler;
 use crate::store::Store;
 use crate::tftp;
 
@@ -31,6 +32,8 @@ pub struct Head {
     pub state: Shared,
     /// Jobs through Slurm, when on.
     pub jobs: Option<Arc<Jobs>>,
+    /// Enlist and release groups on their schedules, when the config has any.
+    pub schedules: Option<Arc<Scheduler>>,
     /// The state folder's lock, held while the head runs (one head per state folder; restore
     /// waits for it).
     lock: Option<StateLock>,
@@ -90,6 +93,12 @@ impl Head {
             nodes,
         ));
         let jobs = Jobs::new(cfg.clone(), registry.clone(), images)?;
+        let schedules = Scheduler::new(
+            cfg.clone(),
+            registry.clone(),
+            jobs.clone(),
+            jiff::tz::TimeZone::system(),
+        )?;
         let secure = cfg.admin.listen.is_some();
         let state = Arc::new(AppState {
             registry: registry.clone(),
@@ -99,6 +108,7 @@ impl Head {
             max_streams: cfg.http.max_streams,
             streams: AtomicUsize::new(0),
             jobs: jobs.clone(),
+            schedules: schedules.clone(),
             execs: Default::default(),
         });
         Ok(Head {
@@ -109,6 +119,7 @@ impl Head {
             files,
             state,
             jobs,
+            schedules,
             lock: None,
         })
     }
@@ -131,6 +142,9 @@ impl Head {
         self.spawn_tftp(&mut tasks, &shutdown).await?;
         self.spawn_http(&mut tasks, &shutdown).await?;
         self.spawn_sweeper(&mut tasks, &shutdown);
+        if let Some(s) = &self.schedules {
+            s.spawn(&mut tasks, &shutdown);
+        }
         tracing::info!("enlist head is up");
         while tasks.join_next().await.is_some() {}
         Ok(())

@@ -51,6 +51,11 @@ enum Cmd {
         #[arg(long, conflicts_with = "node")]
         group: Option<String>,
     },
+    /// Group schedules: list them (the default), skip a group's next change or run it now.
+    Schedule {
+        #[command(subcommand)]
+        cmd: Option<cli::schedule::ScheduleCmd>,
+    },
     /// Run a shell command on many nodes at once (as clush): `enlist exec --all -b -- uname -m`.
     Exec(cli::exec::ExecArgs),
     /// Administration of the head itself.
@@ -95,6 +100,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         Cmd::Node { cmd } => cli::nodes::act(&args.config, cmd),
         Cmd::Admin { cmd } => cli::admin::run(&args.config, cmd),
         Cmd::Wake { node, group } => cli::nodes::wake(&args.config, node, group),
+        Cmd::Schedule { cmd } => cli::schedule::run(&args.config, cmd),
         Cmd::Exec(a) => {
             let rc = cli::exec::run(&args.config, a)?;
             if rc != 0 {

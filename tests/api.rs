@@ -145,7 +145,9 @@ async fn every_secured_endpoint_refuses_anonymous_requests() {
         if !secured {
             continue;
         }
-        let path = path.replace("{node}", "52:54:00:00:00:01");
+        let path = path
+            .replace("{node}", "52:54:00:00:00:01")
+            .replace("{group}", "night");
         let req = Request::builder()
             .method(method.as_str())
             .uri(&path)

@@ -5,6 +5,7 @@ pub mod exec;
 pub mod floppy;
 pub mod image;
 pub mod nodes;
+pub mod schedule;
 
 use std::path::Path;
 

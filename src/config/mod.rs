@@ -86,6 +86,8 @@ pub struct Config {
     pub nodes: NodesConfig,
     pub admin: AdminConfig,
     pub jobs: JobsConfig,
+    /// Per group, when it is enlisted and released (at most one schedule per group).
+    pub schedules: Vec<ScheduleConfig>,
     /// Every reservation of every subnet, by MAC.
     reservations: HashMap<Mac, Reservation>,
     /// Where the config came from, to place later errors (e.g. an image not yet built).
@@ -176,6 +178,14 @@ pub struct ImagesConfig {
     pub cmdline: String,
     /// Cards whose iPXE uses TFTP only (script, kernel, initrd).
     pub tftp_nics: Vec<PciId>,
+}
+
+/// A group's schedule: changes at the instants its two cron expressions name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScheduleConfig {
+    pub group: String,
+    pub enlist: crate::cron::Cron,
+    pub release: crate::cron::Cron,
 }
 
 #[derive(Debug, Clone)]
@@ -278,6 +288,11 @@ impl Config {
     /// Place a check that failed after loading (e.g. against the image store) in the file.
     pub fn error_at(&self, invalid: Invalid) -> ConfigError {
         self.source.place(invalid)
+    }
+
+    /// The schedule of `group`, if it has one.
+    pub fn schedule_of(&self, group: &str) -> Option<&ScheduleConfig> {
+        self.schedules.iter().find(|s| s.group == group)
     }
 
     pub fn reservation_for(&self, mac: Mac) -> Option<&Reservation> {

@@ -23,6 +23,7 @@ impl TryFrom<wire::File> for Config {
         let nodes = NodesConfig::try_from(f.nodes).map_err(|e| e.under("nodes"))?;
         let admin = AdminConfig::try_from(f.admin).map_err(|e| e.under("admin"))?;
         let jobs = jobs(f.jobs, &f.state_dir).map_err(|e| e.under("jobs"))?;
+        let schedules = schedules(f.schedules).map_err(|e| e.under("schedules"))?;
         let reservations = dhcp
             .subnets
             .iter()
@@ -37,6 +38,7 @@ impl TryFrom<wire::File> for Config {
             nodes,
             admin,
             jobs,
+            schedules,
             reservations,
             source: Source::default(),
         })
@@ -281,6 +283,28 @@ fn reservation(r: wire::Reservation) -> Checked<Reservation> {
         image,
         group: r.group,
     })
+}
+
+/// Schedules: a valid group each, at most one per group, two cron expressions.
+fn schedules(list: Vec<wire::Schedule>) -> Checked<Vec<ScheduleConfig>> {
+    let mut seen = HashSet::new();
+    let mut out = vec![];
+    for (i, s) in list.into_iter().enumerate() {
+        let at = |key: &str, m: String| Invalid::new(format!("[{i}].{key}"), m);
+        group_name(Some(&s.group)).map_err(|m| at("group", m))?;
+        if !seen.insert(s.group.clone()) {
+            return Err(at(
+                "group",
+                format!("group {:?} has a schedule already", s.group),
+            ));
+        }
+        out.push(ScheduleConfig {
+            enlist: s.enlist.parse().map_err(|m| at("enlist", m))?,
+            release: s.release.parse().map_err(|m| at("release", m))?,
+            group: s.group,
+        });
+    }
+    Ok(out)
 }
 
 /// A group name, if given: a host label (it is shown, typed in `enlist exec -g`, and matched).

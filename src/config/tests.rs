@@ -32,6 +32,8 @@ fn example_config_is_valid_and_typed() {
         cfg.reservation_for(mac).and_then(|r| r.name.as_deref()),
         Some("lab-pc-10")
     );
+    let night = cfg.schedule_of("room-101").expect("the example's schedule");
+    assert_eq!(night.enlist.to_string(), "0 20 * * mon-fri");
 }
 
 #[test]
@@ -106,6 +108,18 @@ fn semantic_errors_name_file_line_and_column() {
         "10.78.0.199",
         "dhcp.subnets[0].pool",
         "10.78.0.199",
+    );
+    located(
+        "\"0 20 * * mon-fri\"",
+        "\"0 25 * * mon-fri\"",
+        "schedules[0].enlist",
+        "0 25 * *",
+    );
+    located(
+        "group: room-101\n    enlist",
+        "group: \"room 101\"\n    enlist",
+        "schedules[0].group",
+        "\"room 101\"",
     );
     located(
         "name: lab-pc-10",

@@ -28,6 +28,21 @@ pub struct File {
     pub admin: Admin,
     #[serde(default)]
     pub jobs: Jobs,
+    /// When each group (room) is enlisted and released, in the head's local time.
+    #[serde(default)]
+    pub schedules: Vec<Schedule>,
+}
+
+/// One group's nights: woken and enlisted at `enlist`, drained and handed back at `release`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Schedule {
+    /// The group (see nodes.group, subnets[].group, reservations[].group).
+    pub group: String,
+    /// Cron expression (minute hour day-of-month month day-of-week), e.g. "0 20 * * mon-fri".
+    pub enlist: String,
+    /// Cron expression, e.g. "0 7 * * mon-fri" (no release on weekends: enlisted all weekend).
+    pub release: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -208,12 +208,7 @@ async fn action(
             // Wake-on-LAN: the magic packet on every served interface (and the PC's relayed
             // subnet); what happened goes into its history.
             "wake" => {
-                let ip = reg.node(mac)?.ip;
-                let said = match crate::wol::wake(reg.config(), mac, ip) {
-                    Ok(sent) => format!("magic packet sent ({})", sent.join(", ")),
-                    Err(e) => format!("magic packet not sent: {e}"),
-                };
-                reg.note(mac, "wake", &said)?;
+                reg.wake(mac)?;
             }
             "rename" => {
                 let name = body.name.unwrap_or_default();

@@ -19,6 +19,7 @@ mod dashboard;
 mod exec;
 pub mod listener;
 pub mod range;
+mod schedules;
 pub mod tls;
 
 use std::sync::atomic::AtomicUsize;
@@ -45,6 +46,8 @@ pub struct AppState {
     pub jobs: Option<Arc<crate::jobs::Jobs>>,
     /// `enlist exec` runs and their answers.
     pub execs: Arc<crate::exec::Execs>,
+    /// Group schedules, when the config has any.
+    pub schedules: Option<Arc<crate::schedule::Scheduler>>,
 }
 
 pub type Shared = Arc<AppState>;
@@ -67,6 +70,7 @@ pub fn admin_router(state: Shared) -> Router {
     Router::new()
         .merge(admin::routes())
         .merge(exec::routes())
+        .merge(schedules::routes())
         .merge(dashboard::routes())
         .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(MAX_BODY))
@@ -80,6 +84,7 @@ pub fn router(state: Shared) -> Router {
         .merge(agent::routes())
         .merge(admin::routes())
         .merge(exec::routes())
+        .merge(schedules::routes())
         .merge(dashboard::routes())
         .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(MAX_BODY))

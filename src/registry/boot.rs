@@ -99,7 +99,7 @@ impl Registry {
         if !row.approved {
             return Ok(BootDecision::AwaitingApproval { name: row.name });
         }
-        if row.released {
+        if row.released || self.inner().released_groups.contains(&row.group) {
             self.touch(mac);
             self.local_disk_answered(&mut row, from, via)?;
             return Ok(BootDecision::LocalDisk);

@@ -104,6 +104,9 @@ pub(super) struct Inner {
     pub swept_once: bool,
     /// The scheduler's view of the nodes, by node name (jobs on).
     pub sched: HashMap<String, SchedInfo>,
+    /// Groups whose schedule has them released now: their PCs boot their own disks. Every
+    /// scheduled group until the schedules say otherwise (before the head's first look).
+    pub released_groups: std::collections::HashSet<String>,
 }
 
 impl Inner {
@@ -127,6 +130,7 @@ impl Inner {
             counts: HashMap::new(),
             swept_once: false,
             sched: HashMap::new(),
+            released_groups: cfg.schedules.iter().map(|s| s.group.clone()).collect(),
         }
     }
 

@@ -521,6 +521,22 @@ impl Registry {
         Ok(())
     }
 
+    /// Set the groups a schedule has released now (see [`crate::schedule`]).
+    pub fn set_released_groups(&self, groups: std::collections::HashSet<String>) {
+        self.inner().released_groups = groups;
+    }
+
+    /// Send a node's PC the Wake-on-LAN packet; its history says where it went.
+    pub fn wake(&self, mac: Mac) -> Result<String, RegistryError> {
+        let ip = self.node(mac)?.ip;
+        let said = match crate::wol::wake(&self.cfg, mac, ip) {
+            Ok(sent) => format!("magic packet sent ({})", sent.join(", ")),
+            Err(e) => format!("magic packet not sent: {e}"),
+        };
+        self.note(mac, "wake", &said)?;
+        Ok(said)
+    }
+
     /// An event in the node's history (from the head's own services: jobs, schedules).
     pub fn note(&self, mac: Mac, kind: &str, detail: &str) -> Result<(), RegistryError> {
         let row = self.node(mac)?;

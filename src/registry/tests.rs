@@ -28,6 +28,11 @@ pub(crate) fn ip(n: u8) -> IpAddr {
 
 /// A registry on an in-memory database; `mode` is the DHCP mode of its one interface.
 fn registry_with(mode: &str, nodes: &str) -> Arc<Registry> {
+    registry_from(mode, nodes, "")
+}
+
+/// The same with more top-level config (`extra`, e.g. `schedules:`).
+pub(crate) fn registry_from(mode: &str, nodes: &str, extra: &str) -> Arc<Registry> {
     let subnets = if mode == "dhcp" {
         "  subnets: [{ subnet: 10.77.0.0/24, pool: [10.77.0.100, 10.77.0.199] }]\n"
     } else {
@@ -37,7 +42,7 @@ fn registry_with(mode: &str, nodes: &str) -> Arc<Registry> {
         "http: {{ listen: 127.0.0.1:0, public_url: http://10.77.0.1:8080 }}\n\
          dhcp:\n  interfaces: [{{ name: lo, mode: {mode} }}]\n{subnets}\
          images: {{ dir: /nonexistent, default: i586 }}\n\
-         nodes: {{ heartbeat: 2s, lost_after: 10s, stuck_after: 60s{nodes} }}\n"
+         nodes: {{ heartbeat: 2s, lost_after: 10s, stuck_after: 60s{nodes} }}\n{extra}"
     );
     let cfg = Arc::new(Config::parse(&text, Path::new("test.yaml")).expect("config"));
     Registry::new(cfg, Store::memory().expect("db"), Arc::new(Metrics::new())).expect("registry")

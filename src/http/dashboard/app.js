@@ -228,6 +228,51 @@ async function renderDetail() {
   }
 }
 
+// Schedules: each group's phase and next change; skip it or run it now (logged in).
+function localTime(rfc3339) {
+  const d = new Date(rfc3339);
+  return Number.isNaN(d.getTime()) ? text(rfc3339) : d.toLocaleString([], { weekday: 'short', hour: '2-digit', minute: '2-digit', day: 'numeric', month: 'short' });
+}
+
+function scheduleRow(g) {
+  const next = g.next ? g.next.phase + ' ' + localTime(g.next.at) + (g.next.skipped ? ' (skipped)' : '') : '-';
+  const buttons = [];
+  if (loggedIn && g.next) {
+    const skip = g.next.skipped ? 'unskip' : 'skip';
+    buttons.push(el('button', { textContent: skip, onclick: () => scheduleAct(g.group, skip) }));
+  }
+  if (loggedIn) {
+    const now = g.phase === 'enlisted' ? 'release now' : 'enlist now';
+    buttons.push(el('button', { textContent: now, onclick: () => scheduleAct(g.group, 'run-now') }));
+  }
+  for (const b of buttons) b.dataset.group = g.group;
+  const row = el('tr', {},
+    el('td', { textContent: text(g.group) }),
+    el('td', { textContent: text(g.phase) + (g.since ? ' since ' + localTime(g.since) : '') }),
+    el('td', { textContent: next }),
+    el('td', { className: 'wide', textContent: 'enlist "' + text(g.enlist) + '", release "' + text(g.release) + '"' }),
+    el('td', {}, ...buttons));
+  row.dataset.group = g.group;
+  return row;
+}
+
+async function schedules() {
+  try {
+    const d = await api('GET', '/api/v1/schedules');
+    const list = Array.isArray(d.schedules) ? d.schedules : [];
+    $('#schedules').hidden = list.length === 0;
+    $('#sched-table tbody').replaceChildren(...list.map(scheduleRow));
+  } catch (e) { /* logged out without public read, or the head is away */ }
+}
+
+async function scheduleAct(group, action) {
+  try {
+    await api('POST', '/api/v1/schedules/' + encodeURIComponent(group) + '/' + action);
+    message(action + ': group ' + group);
+  } catch (e) { message(action + ' failed: ' + e.message); }
+  await schedules();
+}
+
 async function snapshot() {
   const d = await api('GET', '/api/v1/nodes');
   nodes.clear();
@@ -270,7 +315,8 @@ async function session() {
   }
   // The counters while logged out; the jobs capacity always (it is not in the node stream).
   await summary();
-  summaryTimer = setInterval(summary, 5000);
+  await schedules();
+  summaryTimer = setInterval(() => { summary(); schedules(); }, 5000);
 }
 
 $('#exec-form').addEventListener('submit', runExec);

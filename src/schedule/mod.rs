@@ -1,0 +1,390 @@
+//! Schedules: each scheduled group (a room) is enlisted and released at the times its cron
+//! expressions name, in the head's local time. [`window`] says, purely, where a schedule stands
+//! at an instant; [`Scheduler`] keeps the admin's overrides (skip the next change, run it now)
+//! in the state folder and acts when a group's phase differs from what it last acted on:
+//!
+//! - enlisted: the group's released nodes are enlisted again, and every PC of the group that
+//!   is not up gets a Wake-on-LAN packet, one every [`WAKE_PACE`] so a room does not power on
+//!   in one surge;
+//! - released: every node of the group is released (through Slurm when jobs are on: drained,
+//!   its jobs finished or requeued at the deadline, then rebooted to its own disk).
+//!
+//! Between the two, the registry answers the PXE boot of a released group's PC with its own
+//! disk, so a PC a student switches on in the daytime is not enlisted. The head acts on the
+//! current phase once when it starts (a missed 20:00 still wakes the room at 20:30).
+
+pub mod window;
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use enlist_api::Mac;
+use jiff::tz::TimeZone;
+use jiff::Timestamp;
+use serde::Serialize;
+use tokio::sync::watch;
+
+use crate::config::{Config, ScheduleConfig};
+use crate::jobs::Jobs;
+use crate::registry::{Registry, RegistryError};
+
+pub use window::{Overrides, Phase, Ran, Status};
+
+/// Wake-on-LAN packets of a room are sent this far apart.
+pub const WAKE_PACE: Duration = Duration::from_millis(200);
+
+/// How often the clock is looked at.
+const TICK: Duration = Duration::from_secs(5);
+
+/// The file in the state folder that keeps the admin's overrides.
+pub const OVERRIDES_FILE: &str = "schedules.json";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ScheduleError {
+    #[error("group {0:?} has no schedule (schedules: in the config)")]
+    NoSchedule(String),
+    #[error("group {0:?} has no scheduled change ahead")]
+    NothingAhead(String),
+    #[error("{path}: {message}")]
+    File { path: PathBuf, message: String },
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+}
+
+/// A group's schedule as the API and dashboard show it.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct GroupSchedule {
+    pub group: String,
+    pub enlist: String,
+    pub release: String,
+    pub phase: Phase,
+    /// Local time (RFC 3339 with offset) it took this phase, if known.
+    pub since: Option<String>,
+    pub next: Option<NextChange>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct NextChange {
+    pub phase: Phase,
+    /// Local time, RFC 3339 with offset.
+    pub at: String,
+    /// Unix seconds.
+    pub at_unix: i64,
+    pub skipped: bool,
+}
+
+pub struct Scheduler {
+    cfg: Arc<Config>,
+    registry: Arc<Registry>,
+    jobs: Option<Arc<Jobs>>,
+    /// The head's local time zone (the config's times are in it).
+    tz: TimeZone,
+    path: PathBuf,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    overrides: HashMap<String, Overrides>,
+    /// The phase the head last acted on, per group (none yet: it acts at its first look).
+    acted: HashMap<String, Phase>,
+}
+
+impl Scheduler {
+    /// The head's scheduler, if the config has schedules; the registry learns at once which
+    /// groups are released now.
+    pub fn new(
+        cfg: Arc<Config>,
+        registry: Arc<Registry>,
+        jobs: Option<Arc<Jobs>>,
+        tz: TimeZone,
+    ) -> Result<Option<Arc<Scheduler>>, ScheduleError> {
+        if cfg.schedules.is_empty() {
+            return Ok(None);
+        }
+        let path = cfg.state_dir.join(OVERRIDES_FILE);
+        let overrides = load_overrides(&path)?;
+        let s = Arc::new(Scheduler {
+            cfg,
+            registry,
+            jobs,
+            tz,
+            path,
+            state: Mutex::new(State {
+                overrides,
+                acted: HashMap::new(),
+            }),
+        });
+        s.phases(Timestamp::now());
+        Ok(Some(s))
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn schedule(&self, group: &str) -> Result<&ScheduleConfig, ScheduleError> {
+        self.cfg
+            .schedule_of(group)
+            .ok_or_else(|| ScheduleError::NoSchedule(group.into()))
+    }
+
+    fn status(&self, s: &ScheduleConfig, now: Timestamp) -> Status {
+        let o = self
+            .state()
+            .overrides
+            .get(&s.group)
+            .cloned()
+            .unwrap_or_default();
+        window::status(s, &o, now, &self.tz)
+    }
+
+    /// Every schedule, where it stands at `now`.
+    pub fn list(&self, now: Timestamp) -> Vec<GroupSchedule> {
+        self.cfg
+            .schedules
+            .iter()
+            .map(|s| self.view(s, now))
+            .collect()
+    }
+
+    fn view(&self, s: &ScheduleConfig, now: Timestamp) -> GroupSchedule {
+        let st = self.status(s, now);
+        let local = |t: Timestamp| {
+            t.to_zoned_datetime(self.tz.clone())
+                .strftime("%Y-%m-%dT%H:%M:%S%:z")
+                .to_string()
+        };
+        GroupSchedule {
+            group: s.group.clone(),
+            enlist: s.enlist.to_string(),
+            release: s.release.to_string(),
+            phase: st.phase,
+            since: st.since.map(local),
+            next: st.next.map(|n| NextChange {
+                phase: n.phase,
+                at: local(n.at),
+                at_unix: n.at.as_second(),
+                skipped: n.skipped,
+            }),
+        }
+    }
+
+    /// Skip (or, `skip` false, no longer skip) the group's next scheduled change.
+    pub fn skip(
+        &self,
+        group: &str,
+        skip: bool,
+        now: Timestamp,
+    ) -> Result<GroupSchedule, ScheduleError> {
+        let s = self.schedule(group)?;
+        let next = self
+            .status(s, now)
+            .next
+            .ok_or_else(|| ScheduleError::NothingAhead(group.into()))?;
+        self.change(group, |o| o.skip = skip.then_some(next.at))?;
+        Ok(self.view(s, now))
+    }
+
+    /// Make the group's next change now (it holds until the scheduled change after it).
+    pub fn run_now(&self, group: &str, now: Timestamp) -> Result<GroupSchedule, ScheduleError> {
+        let s = self.schedule(group)?;
+        let phase = self.status(s, now).phase.other();
+        self.change(group, |o| o.ran = Some(Ran { phase, at: now }))?;
+        Ok(self.view(s, now))
+    }
+
+    /// Change a group's overrides and write them all (temporary file, fsync, rename).
+    fn change(&self, group: &str, f: impl FnOnce(&mut Overrides)) -> Result<(), ScheduleError> {
+        let mut state = self.state();
+        let mut all = state.overrides.clone();
+        f(all.entry(group.to_string()).or_default());
+        save_overrides(&self.path, &all)?;
+        state.overrides = all;
+        Ok(())
+    }
+
+    /// Every group's phase at `now`; the registry learns which groups are released.
+    fn phases(&self, now: Timestamp) -> Vec<(String, Phase)> {
+        let phases: Vec<(String, Phase)> = self
+            .cfg
+            .schedules
+            .iter()
+            .map(|s| (s.group.clone(), self.status(s, now).phase))
+            .collect();
+        let released: HashSet<String> = phases
+            .iter()
+            .filter(|(_, p)| *p == Phase::Released)
+            .map(|(g, _)| g.clone())
+            .collect();
+        self.registry.set_released_groups(released);
+        phases
+    }
+
+    /// The groups whose phase at `now` differs from what the head last acted on (taken as
+    /// acted on from here).
+    pub fn due(&self, now: Timestamp) -> Vec<(String, Phase)> {
+        let phases = self.phases(now);
+        let mut state = self.state();
+        phases
+            .into_iter()
+            .filter(|(g, p)| state.acted.insert(g.clone(), *p) != Some(*p))
+            .collect()
+    }
+
+    /// Look at the clock (`now`) and act on every group whose phase changed.
+    pub async fn tick(self: &Arc<Self>, now: Timestamp) {
+        for (group, phase) in self.due(now) {
+            tracing::info!(%group, phase = phase.as_str(), "schedule: group {group} is {}", phase.as_str());
+            let r = match phase {
+                Phase::Enlisted => self.enlist_group(&group).await,
+                Phase::Released => self.release_group(&group).await,
+            };
+            if let Err(e) = r {
+                tracing::error!(%group, "schedule: {e}");
+            }
+        }
+    }
+
+    /// The group's nodes (approved ones), with whether an agent is up on each.
+    async fn members(&self, group: &str) -> Result<Vec<(Mac, bool, bool)>, ScheduleError> {
+        let reg = self.registry.clone();
+        let group = group.to_string();
+        let rows = tokio::task::spawn_blocking(move || reg.store().nodes())
+            .await
+            .map_err(|e| ScheduleError::File {
+                path: "nodes".into(),
+                message: e.to_string(),
+            })?
+            .map_err(RegistryError::from)?;
+        Ok(rows
+            .into_iter()
+            .filter(|r| r.group == group && r.approved)
+            .map(|r| (r.mac, r.state.is_alive(), r.released))
+            .collect())
+    }
+
+    /// Enlist the group's released nodes and wake every PC of it that is not up, paced.
+    async fn enlist_group(&self, group: &str) -> Result<(), ScheduleError> {
+        for (mac, alive, released) in self.members(group).await? {
+            let reg = self.registry.clone();
+            let why = format!("group {group} enlisted");
+            let r = tokio::task::spawn_blocking(move || -> Result<(), RegistryError> {
+                if released {
+                    reg.enlist(mac)?;
+                }
+                reg.note(mac, "schedule", &why)?;
+                if !alive {
+                    reg.wake(mac)?;
+                }
+                Ok(())
+            })
+            .await;
+            match r {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(%mac, "schedule: {e}"),
+                Err(e) => tracing::warn!(%mac, "schedule: {e}"),
+            }
+            if !alive {
+                tokio::time::sleep(WAKE_PACE).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Release every node of the group: through Slurm when jobs are on (each drains on its
+    /// own: a long job does not hold up the room).
+    async fn release_group(&self, group: &str) -> Result<(), ScheduleError> {
+        for (mac, _alive, released) in self.members(group).await? {
+            if released {
+                continue;
+            }
+            let why = format!("group {group} released");
+            let reg = self.registry.clone();
+            match &self.jobs {
+                Some(jobs) => {
+                    let jobs = jobs.clone();
+                    tokio::spawn(async move {
+                        let _ = reg.note(mac, "schedule", &why);
+                        if let Err(e) = jobs.release(mac).await {
+                            tracing::error!(%mac, "schedule: release: {e}");
+                        }
+                    });
+                }
+                None => {
+                    let r = tokio::task::spawn_blocking(move || -> Result<(), RegistryError> {
+                        reg.note(mac, "schedule", &why)?;
+                        reg.release(mac)
+                    })
+                    .await;
+                    if let Ok(Err(e)) = r {
+                        tracing::warn!(%mac, "schedule: release: {e}");
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Look at the clock every few seconds until shutdown.
+    pub fn spawn(
+        self: &Arc<Self>,
+        tasks: &mut tokio::task::JoinSet<()>,
+        shutdown: &watch::Receiver<bool>,
+    ) {
+        let me = self.clone();
+        let mut shutdown = shutdown.clone();
+        tasks.spawn(async move {
+            let mut tick = tokio::time::interval(TICK);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = shutdown.wait_for(|v| *v) => return,
+                }
+                me.tick(Timestamp::now()).await;
+            }
+        });
+    }
+}
+
+fn load_overrides(path: &std::path::Path) -> Result<HashMap<String, Overrides>, ScheduleError> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(HashMap::new()),
+        Err(e) => {
+            return Err(ScheduleError::File {
+                path: path.into(),
+                message: e.to_string(),
+            })
+        }
+    };
+    serde_json::from_str(&text).map_err(|e| ScheduleError::File {
+        path: path.into(),
+        message: format!(
+            "line {}: {e} (remove the file to drop every skip and run-now)",
+            e.line()
+        ),
+    })
+}
+
+fn save_overrides(
+    path: &std::path::Path,
+    all: &HashMap<String, Overrides>,
+) -> Result<(), ScheduleError> {
+    use std::io::Write;
+    let err = |e: std::io::Error| ScheduleError::File {
+        path: path.into(),
+        message: e.to_string(),
+    };
+    let text = serde_json::to_vec_pretty(all).map_err(|e| err(std::io::Error::other(e)))?;
+    let tmp = path.with_extension("json.tmp");
+    let mut f = std::fs::File::create(&tmp).map_err(err)?;
+    f.write_all(&text).map_err(err)?;
+    f.sync_all().map_err(err)?;
+    std::fs::rename(&tmp, path).map_err(err)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,180 @@
+//! The scheduler with an injected clock, on a real registry: a room is answered with its own
+//! disk in the daytime, woken and enlisted at night, released in the morning; skip and run
+//! now; overrides that outlive the head.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use enlist_api::CommandKind;
+use jiff::tz::TimeZone;
+use jiff::Timestamp;
+
+use super::*;
+use crate::bootpath::Proto;
+use crate::registry::tests::{boot, ip, registry_from, A, B};
+use crate::registry::BootDecision;
+
+fn at(s: &str) -> Timestamp {
+    let dt: jiff::civil::DateTime = s.parse().expect("datetime");
+    TimeZone::UTC
+        .to_ambiguous_timestamp(dt)
+        .compatible()
+        .expect("instant")
+}
+
+fn state_dir(test: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("enlist-sched-{test}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("state dir");
+    dir
+}
+
+/// A head whose nodes join group `night`, enlisted 20:00-07:00 every day (UTC).
+fn head(dir: &std::path::Path) -> (Arc<Registry>, Arc<Scheduler>) {
+    let extra = format!(
+        "state_dir: {}\nschedules:\n  - {{ group: night, enlist: \"0 20 * * *\", release: \"0 7 * * *\" }}\n",
+        dir.display()
+    );
+    let reg = registry_from("proxy", ", group: night", &extra);
+    let cfg = Arc::new(reg.config().clone());
+    let s = Scheduler::new(cfg, reg.clone(), None, TimeZone::UTC)
+        .expect("scheduler")
+        .expect("schedules are configured");
+    (reg, s)
+}
+
+fn decision(r: &Registry, mac: Mac) -> BootDecision {
+    match r
+        .boot_decision(mac, ip(100), Proto::Http)
+        .expect("decision")
+    {
+        BootDecision::Boot { .. } => BootDecision::Retry("boot".into()),
+        other => other,
+    }
+}
+
+fn events(r: &Registry, mac: Mac, kind: &str) -> Vec<String> {
+    r.store()
+        .events_of(mac, 100)
+        .expect("events")
+        .into_iter()
+        .filter(|e| e.kind == kind)
+        .map(|e| e.detail)
+        .collect()
+}
+
+#[tokio::test]
+async fn a_room_is_local_by_day_woken_and_enlisted_at_night_and_released_in_the_morning() {
+    let dir = state_dir("night");
+    let (reg, s) = head(&dir);
+
+    // Monday noon: released. A PC switched on now boots its own disk.
+    s.tick(at("2026-11-30T12:00")).await;
+    assert_eq!(decision(&reg, A), BootDecision::LocalDisk);
+    assert_eq!(reg.node(A).expect("A").group, "night");
+
+    // 20:00: the room is woken and enlisted; the same PC now boots the node OS.
+    s.tick(at("2026-11-30T20:00")).await;
+    let woken = events(&reg, A, "wake");
+    assert_eq!(woken.len(), 1, "one magic packet for A: {woken:?}");
+    assert_eq!(decision(&reg, A), BootDecision::Retry("boot".into()));
+    boot(&reg, A, ip(100));
+    s.tick(at("2026-11-30T23:00")).await;
+    assert_eq!(
+        events(&reg, A, "wake").len(),
+        1,
+        "nothing new to do at 23:00"
+    );
+
+    // 07:00: released; its agent is told to hand the PC back, and a PC booting now (B) is not
+    // enlisted.
+    s.tick(at("2026-12-01T07:00")).await;
+    let (commands, _) = reg.take_commands(A);
+    assert!(
+        commands.iter().any(|c| c.kind == CommandKind::Release),
+        "{commands:?}"
+    );
+    assert!(reg.node(A).expect("A").released);
+    assert_eq!(decision(&reg, B), BootDecision::LocalDisk);
+
+    // The next night enlists A again (and wakes it, since it is not up).
+    s.tick(at("2026-12-01T20:00")).await;
+    assert!(!reg.node(A).expect("A").released);
+    assert_eq!(events(&reg, B, "wake").len(), 1);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn skip_and_run_now_change_the_night_and_outlive_the_head() {
+    let dir = state_dir("skip");
+    let (reg, s) = head(&dir);
+    s.tick(at("2026-11-30T12:00")).await;
+    let _ = decision(&reg, A);
+
+    let v = s.skip("night", true, at("2026-11-30T12:00")).expect("skip");
+    let next = v.next.clone().expect("next");
+    assert!(next.skipped && next.phase == Phase::Enlisted, "{v:?}");
+    assert_eq!(next.at, "2026-11-30T20:00:00+00:00");
+    s.tick(at("2026-11-30T20:00")).await;
+    assert_eq!(
+        decision(&reg, A),
+        BootDecision::LocalDisk,
+        "skipped: still local"
+    );
+    assert!(events(&reg, A, "wake").is_empty());
+
+    // A head started again keeps the skip.
+    let (_, again) = head_on_same_dir(&reg, &dir);
+    let v = again.list(at("2026-11-30T21:00"));
+    assert_eq!(v[0].phase, Phase::Released);
+    assert_eq!(
+        v[0].next.as_ref().map(|n| n.at.as_str()),
+        Some("2026-12-01T20:00:00+00:00")
+    );
+
+    // Run now: enlisted at 21:00 until the 07:00 release.
+    let v = s.run_now("night", at("2026-11-30T21:00")).expect("run now");
+    assert_eq!(v.phase, Phase::Enlisted);
+    s.tick(at("2026-11-30T21:00")).await;
+    assert_eq!(decision(&reg, A), BootDecision::Retry("boot".into()));
+    assert_eq!(events(&reg, A, "wake").len(), 1);
+    assert_eq!(s.list(at("2026-12-01T07:00"))[0].phase, Phase::Released);
+
+    assert!(matches!(
+        s.skip("day", true, at("2026-11-30T21:00")),
+        Err(ScheduleError::NoSchedule(_))
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A second scheduler on the same config and state folder (a restarted head).
+fn head_on_same_dir(
+    reg: &Arc<Registry>,
+    _dir: &std::path::Path,
+) -> (Arc<Registry>, Arc<Scheduler>) {
+    let cfg = Arc::new(reg.config().clone());
+    let s = Scheduler::new(cfg, reg.clone(), None, TimeZone::UTC)
+        .expect("scheduler")
+        .expect("schedules");
+    (reg.clone(), s)
+}
+
+#[test]
+fn a_damaged_overrides_file_is_named() {
+    let dir = state_dir("damaged");
+    std::fs::write(dir.join(OVERRIDES_FILE), "{ not json").expect("write");
+    let extra = format!(
+        "state_dir: {}\nschedules:\n  - {{ group: night, enlist: \"0 20 * * *\", release: \"0 7 * * *\" }}\n",
+        dir.display()
+    );
+    let reg = registry_from("proxy", "", &extra);
+    let cfg = Arc::new(reg.config().clone());
+    match Scheduler::new(cfg, reg, None, TimeZone::UTC) {
+        Err(e) => {
+            let e = e.to_string();
+            assert!(e.contains("schedules.json") && e.contains("line 1"), "{e}");
+        }
+        Ok(_) => panic!("a damaged overrides file was accepted"),
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
