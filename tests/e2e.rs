@@ -223,13 +223,7 @@ fn proxy_mode_beside_dnsmasq() {
 #[ignore = "needs root, QEMU, chromium and built images: run `cargo xtask test`"]
 fn dashboard_in_a_browser_shows_a_pc_join_live_and_leave() {
     let mut lab = lab("browser", "dhcp");
-    let out = std::process::Command::new(enlist())
-        .args(["admin", "set-password", "--random", "--config"])
-        .arg(lab.dir.join("config.yaml"))
-        .output()
-        .expect("set-password");
-    let password = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    assert!(password.len() >= 8, "set-password printed {password:?}");
+    let password = admin_password(&lab);
     // The browser (Debian's chromium, driven by playwright-core) runs inside the lab namespace.
     let mut browser = lab
         .exec("node")
@@ -254,6 +248,12 @@ fn dashboard_in_a_browser_shows_a_pc_join_live_and_leave() {
         std::thread::sleep(Duration::from_secs(1));
     }
     let out = browser.wait_with_output().expect("browser output");
+    let text = browser_passed(&lab, &out);
+    assert!(text.contains("gone; events"), "{text}");
+}
+
+/// The browser script's output; the test fails with it (and the lab's logs) unless it passed.
+fn browser_passed(lab: &Lab, out: &std::process::Output) -> String {
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -264,7 +264,19 @@ fn dashboard_in_a_browser_shows_a_pc_join_live_and_leave() {
         "browser test failed:\n{text}\n{}",
         lab.report()
     );
-    assert!(text.contains("gone; events"), "{text}");
+    text
+}
+
+/// A new random admin password for the lab's head.
+fn admin_password(lab: &Lab) -> String {
+    let out = std::process::Command::new(enlist())
+        .args(["admin", "set-password", "--random", "--config"])
+        .arg(lab.dir.join("config.yaml"))
+        .output()
+        .expect("set-password");
+    let password = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(password.len() >= 8, "set-password printed {password:?}");
+    password
 }
 
 /// The published kernel of `image`, and the per-node initrd exactly as the head serves it
@@ -519,26 +531,12 @@ fn a_scheduled_room_boots_its_own_disk_by_day_is_woken_at_night_and_released_at_
 
 /// The dashboard shows the group's schedule; the admin skips its next change and un-skips it.
 fn dashboard_schedules(lab: &Lab) {
-    let out = std::process::Command::new(enlist())
-        .args(["admin", "set-password", "--random", "--config"])
-        .arg(lab.dir.join("config.yaml"))
-        .output()
-        .expect("set-password");
-    let password = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let password = admin_password(lab);
     let out = lab
         .exec("node")
         .arg(root().join("tests/browser/schedules.mjs"))
         .args(["http://10.77.0.1:8080/", &password, "night"])
         .output()
         .expect("node");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success(),
-        "browser test failed:\n{text}\n{}",
-        lab.report()
-    );
+    browser_passed(lab, &out);
 }

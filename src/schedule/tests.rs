@@ -7,20 +7,12 @@ use std::sync::Arc;
 
 use enlist_api::CommandKind;
 use jiff::tz::TimeZone;
-use jiff::Timestamp;
 
+use super::window::tests::at;
 use super::*;
 use crate::bootpath::Proto;
 use crate::registry::tests::{boot, ip, registry_from, A, B};
 use crate::registry::BootDecision;
-
-fn at(s: &str) -> Timestamp {
-    let dt: jiff::civil::DateTime = s.parse().expect("datetime");
-    TimeZone::UTC
-        .to_ambiguous_timestamp(dt)
-        .compatible()
-        .expect("instant")
-}
 
 fn state_dir(test: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("enlist-sched-{test}-{}", std::process::id()));

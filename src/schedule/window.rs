@@ -145,7 +145,7 @@ fn next_change(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn schedule(enlist: &str, release: &str) -> ScheduleConfig {
@@ -156,7 +156,8 @@ mod tests {
         }
     }
 
-    fn at(s: &str) -> Timestamp {
+    /// An instant from a UTC wall-clock time (`2026-11-30T20:00`).
+    pub(crate) fn at(s: &str) -> Timestamp {
         let dt: jiff::civil::DateTime = s.parse().expect("datetime");
         TimeZone::UTC
             .to_ambiguous_timestamp(dt)
