@@ -590,3 +590,41 @@ async fn the_dashboard_header_counts_are_public() {
     let v: serde_json::Value = serde_json::from_str(&body).expect("json");
     assert_eq!(v["nodes"]["seen"], 1, "{body}");
 }
+
+/// The schedules API: where a group stands; skip, un-skip and run-now by an admin; unknown
+/// groups and actions refused.
+#[tokio::test]
+async fn schedules_are_listed_skipped_and_run_now_by_an_admin() {
+    // A window that never opens on its own (31 February): released, no change ahead.
+    let h = head_with(
+        "schedules:\n  - { group: lab, enlist: \"0 20 * * *\", release: \"0 7 * * *\" }\n  - { group: never, enlist: \"0 0 31 feb *\", release: \"0 0 30 feb *\" }\n",
+    );
+    let (status, body) = send(&h.app, admin("GET", "/api/v1/schedules")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(v["schedules"][0]["group"], "lab", "{v}");
+    assert_eq!(v["schedules"][1]["phase"], "released", "{v}");
+    assert!(v["schedules"][1]["next"].is_null(), "{v}");
+
+    let (status, body) = send(&h.app, admin("POST", "/api/v1/schedules/lab/skip")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(v["next"]["skipped"], true, "{v}");
+    let (_, body) = send(&h.app, admin("POST", "/api/v1/schedules/lab/unskip")).await;
+    let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(v["next"]["skipped"], false, "{v}");
+
+    let (status, body) = send(&h.app, admin("POST", "/api/v1/schedules/never/run-now")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(v["phase"], "enlisted", "run now enlists a released group: {v}");
+
+    for (path, code) in [
+        ("/api/v1/schedules/never/skip", StatusCode::NOT_FOUND),
+        ("/api/v1/schedules/nosuch/run-now", StatusCode::NOT_FOUND),
+        ("/api/v1/schedules/lab/explode", StatusCode::NOT_FOUND),
+    ] {
+        let (status, body) = send(&h.app, admin("POST", path)).await;
+        assert_eq!(status, code, "{path}: {body}");
+    }
+}
