@@ -63,18 +63,39 @@ enum Cmd {
         #[command(subcommand)]
         cmd: cli::admin::AdminCmd,
     },
+    /// Write the man page (enlist.1) and shell completions (bash, zsh, fish) into DIR; the
+    /// packages are built with it.
+    #[command(hide = true)]
+    GenerateDocs { dir: PathBuf },
 }
 
 fn main() -> std::process::ExitCode {
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("ENLIST_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    // Under systemd the journal stamps each line itself: no second time stamp.
+    if std::env::var_os("JOURNAL_STREAM").is_some() {
+        logs.without_time().init();
+    } else {
+        logs.init();
+    }
     let args = Args::parse();
+    if !matches!(args.cmd, Cmd::Serve) {
+        // A command's output piped into `head` ends it quietly, as for any Unix tool (the
+        // head itself keeps ignoring SIGPIPE: a socket closed under it is an error, not death).
+        // SAFETY: set before any other thread exists; SIG_DFL installs no handler code.
+        #[allow(unsafe_code)]
+        let _ = unsafe {
+            nix::sys::signal::signal(
+                nix::sys::signal::Signal::SIGPIPE,
+                nix::sys::signal::SigHandler::SigDfl,
+            )
+        };
+    }
     match run(args) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
@@ -92,8 +113,9 @@ fn main() -> std::process::ExitCode {
 fn run(args: Args) -> anyhow::Result<()> {
     match args.cmd {
         Cmd::Serve => cli::serve(&args.config),
+        Cmd::GenerateDocs { dir } => generate_docs(&dir),
         Cmd::CheckConfig { file } => cli::check_config(&file.unwrap_or(args.config)),
-        Cmd::Image { cmd } => cli::image::run(cmd),
+        Cmd::Image { cmd } => cli::image::run(&args.config, cmd),
         Cmd::Floppy(a) => cli::floppy::floppy(&args.config, a),
         Cmd::Usb(a) => cli::floppy::usb(&args.config, a),
         Cmd::Nodes { json } => cli::nodes::list(&args.config, json),
@@ -109,4 +131,35 @@ fn run(args: Args) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// The man page and the shell completions, made from the clap definitions above (one source).
+fn generate_docs(dir: &std::path::Path) -> anyhow::Result<()> {
+    use anyhow::Context;
+    use clap::CommandFactory;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let cmd = Args::command();
+    let mut page = vec![];
+    clap_mangen::Man::new(cmd.clone())
+        .render(&mut page)
+        .context("man page")?;
+    for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+        let mut part = vec![];
+        let name = format!("enlist-{}", sub.get_name());
+        clap_mangen::Man::new(sub.clone().name(name.clone()))
+            .render(&mut part)
+            .with_context(|| format!("man page of {name}"))?;
+        std::fs::write(dir.join(format!("{name}.1")), part)?;
+    }
+    std::fs::write(dir.join("enlist.1"), page)?;
+    for (shell, file) in [
+        (clap_complete::Shell::Bash, "enlist.bash"),
+        (clap_complete::Shell::Zsh, "_enlist"),
+        (clap_complete::Shell::Fish, "enlist.fish"),
+    ] {
+        let mut out = vec![];
+        clap_complete::generate(shell, &mut cmd.clone(), "enlist", &mut out);
+        std::fs::write(dir.join(file), out)?;
+    }
+    Ok(())
 }

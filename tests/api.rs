@@ -617,7 +617,10 @@ async fn schedules_are_listed_skipped_and_run_now_by_an_admin() {
     let (status, body) = send(&h.app, admin("POST", "/api/v1/schedules/never/run-now")).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let v: serde_json::Value = serde_json::from_str(&body).expect("json");
-    assert_eq!(v["phase"], "enlisted", "run now enlists a released group: {v}");
+    assert_eq!(
+        v["phase"], "enlisted",
+        "run now enlists a released group: {v}"
+    );
 
     for (path, code) in [
         ("/api/v1/schedules/never/skip", StatusCode::NOT_FOUND),

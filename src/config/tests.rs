@@ -32,8 +32,19 @@ fn example_config_is_valid_and_typed() {
         cfg.reservation_for(mac).and_then(|r| r.name.as_deref()),
         Some("lab-pc-10")
     );
+    assert!(
+        cfg.schedules.is_empty(),
+        "a fresh install enlists at any hour"
+    );
+    let cfg = parse(&with_schedule()).expect("the example's schedule, uncommented");
     let night = cfg.schedule_of("room-101").expect("the example's schedule");
     assert_eq!(night.enlist.to_string(), "0 20 * * mon-fri");
+}
+
+/// The example with its commented `schedules:` section taken in.
+fn with_schedule() -> String {
+    GOOD.replace("\n# schedules:\n", "\nschedules:\n")
+        .replace("\n#   ", "\n  ")
 }
 
 #[test]
@@ -56,7 +67,11 @@ fn bad_value_is_named() {
 
 /// A value that parses as YAML but means nothing: the error names file, line, column and key.
 fn located(from: &str, to: &str, key: &str, anchor: &str) {
-    let text = GOOD.replacen(from, to, 1);
+    located_in(GOOD, from, to, key, anchor);
+}
+
+fn located_in(good: &str, from: &str, to: &str, key: &str, anchor: &str) {
+    let text = good.replacen(from, to, 1);
     let err = parse(&text).unwrap_err();
     let ConfigError::Invalid {
         line,
@@ -109,13 +124,16 @@ fn semantic_errors_name_file_line_and_column() {
         "dhcp.subnets[0].pool",
         "10.78.0.199",
     );
-    located(
+    let scheduled = with_schedule();
+    located_in(
+        &scheduled,
         "\"0 20 * * mon-fri\"",
         "\"0 25 * * mon-fri\"",
         "schedules[0].enlist",
         "0 25 * *",
     );
-    located(
+    located_in(
+        &scheduled,
         "group: room-101\n    enlist",
         "group: \"room 101\"\n    enlist",
         "schedules[0].group",

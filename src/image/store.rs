@@ -19,6 +19,8 @@ pub enum ImageStoreError {
     },
     #[error("{0:?} is not a valid image name or version")]
     BadName(String),
+    #[error("image {name:?}: no version older than the current one ({current}) to go back to")]
+    NoOlder { name: String, current: String },
 }
 
 #[derive(Debug, Clone)]
@@ -147,14 +149,84 @@ impl ImageStore {
             }
             std::fs::rename(&tmp, &final_dir).map_err(io(&final_dir))?;
         }
-        let cur_tmp = base.join(".current.tmp");
-        std::fs::write(&cur_tmp, format!("{version}\n")).map_err(io(&cur_tmp))?;
-        std::fs::File::open(&cur_tmp)
-            .and_then(|f| f.sync_all())
-            .map_err(io(&cur_tmp))?;
-        std::fs::rename(&cur_tmp, base.join("current")).map_err(io(&base))?;
+        self.set_current(name, version)?;
         Ok(final_dir)
     }
+
+    /// Point `current` at `version` (by rename: a boot script sees the old or the new one).
+    fn set_current(&self, name: &str, version: &str) -> Result<(), ImageStoreError> {
+        let base = self.dir.join(name);
+        let io = |path: PathBuf| move |source| ImageStoreError::Io { path, source };
+        let cur_tmp = base.join(".current.tmp");
+        std::fs::write(&cur_tmp, format!("{version}\n")).map_err(io(cur_tmp.clone()))?;
+        std::fs::File::open(&cur_tmp)
+            .and_then(|f| f.sync_all())
+            .map_err(io(cur_tmp.clone()))?;
+        std::fs::rename(&cur_tmp, base.join("current")).map_err(io(base.clone()))
+    }
+
+    /// The images published here, by name.
+    pub fn names(&self) -> Result<Vec<String>, ImageStoreError> {
+        let mut names: Vec<String> = read_dir(&self.dir)?
+            .into_iter()
+            .filter(|(n, _)| self.dir.join(n).join("current").exists())
+            .map(|(n, _)| n)
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
+    /// The versions of `name`, oldest first (by when each was built), with that time.
+    pub fn versions(
+        &self,
+        name: &str,
+    ) -> Result<Vec<(String, std::time::SystemTime)>, ImageStoreError> {
+        if !valid_component(name) {
+            return Err(ImageStoreError::BadName(name.into()));
+        }
+        let mut v: Vec<(String, std::time::SystemTime)> = read_dir(&self.dir.join(name))?
+            .into_iter()
+            .filter(|(n, _)| valid_component(n) && !n.starts_with('.'))
+            .collect();
+        v.sort_by(|a, b| a.1.cmp(&b.1).then_with(|| a.0.cmp(&b.0)));
+        Ok(v)
+    }
+
+    /// Make the version built before the current one current. Returns (from, to).
+    pub fn rollback(&self, name: &str) -> Result<(String, String), ImageStoreError> {
+        let current = self.current(name)?;
+        let versions = self.versions(name)?;
+        let at = versions.iter().position(|(v, _)| *v == current);
+        let previous = match at {
+            Some(i) if i > 0 => versions[i - 1].0.clone(),
+            _ => {
+                return Err(ImageStoreError::NoOlder {
+                    name: name.into(),
+                    current,
+                })
+            }
+        };
+        self.set_current(name, &previous)?;
+        Ok((current, previous))
+    }
+}
+
+/// The folders in `dir`, with their modification times.
+fn read_dir(dir: &Path) -> Result<Vec<(String, std::time::SystemTime)>, ImageStoreError> {
+    let io = |source| ImageStoreError::Io {
+        path: dir.to_path_buf(),
+        source,
+    };
+    let mut out = vec![];
+    for e in std::fs::read_dir(dir).map_err(io)? {
+        let e = e.map_err(io)?;
+        let meta = e.metadata().map_err(io)?;
+        if meta.is_dir() {
+            let modified = meta.modified().map_err(io)?;
+            out.push((e.file_name().to_string_lossy().to_string(), modified));
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -178,6 +250,37 @@ mod tests {
             b"one",
             "old version stays for downloads in flight"
         );
+    }
+
+    #[test]
+    fn rollback_goes_back_one_version_at_a_time() {
+        let d = tempfile::tempdir().unwrap();
+        let s = ImageStore::new(d.path());
+        for (i, v) in ["v1", "v2", "v3"].iter().enumerate() {
+            s.publish("i586", v, &[("initrd", b"x")]).unwrap();
+            // Built a minute apart (the order comes from the folders' times).
+            let t =
+                std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(60 * i as u64);
+            std::fs::File::open(d.path().join("i586").join(v))
+                .and_then(|f| f.set_modified(t))
+                .unwrap();
+        }
+        assert_eq!(s.names().unwrap(), ["i586"]);
+        let listed: Vec<String> = s
+            .versions("i586")
+            .unwrap()
+            .into_iter()
+            .map(|v| v.0)
+            .collect();
+        assert_eq!(listed, ["v1", "v2", "v3"]);
+        assert_eq!(s.rollback("i586").unwrap(), ("v3".into(), "v2".into()));
+        assert_eq!(s.current("i586").unwrap(), "v2");
+        assert_eq!(s.rollback("i586").unwrap(), ("v2".into(), "v1".into()));
+        assert!(matches!(
+            s.rollback("i586"),
+            Err(ImageStoreError::NoOlder { .. })
+        ));
+        assert_eq!(s.current("i586").unwrap(), "v1");
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //! | `test`        | the whole test suite, e2e included (the README's test command)       |
 //! | `check`       | the structure: no import cycle in src/, no long function without reason |
 //! | `fuzz`        | the fuzz targets in fuzz/ for a while each (nightly + cargo-fuzz)     |
+//! | `package`     | the Debian packages; `--install-test` into a clean Debian 12 root      |
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
@@ -18,6 +19,7 @@ mod check;
 mod demo;
 mod fuzz;
 mod node;
+mod package;
 mod proxy;
 mod setup;
 
@@ -65,6 +67,8 @@ enum Task {
     Check,
     /// Run the fuzz targets (installs nightly and cargo-fuzz when missing).
     Fuzz(fuzz::FuzzArgs),
+    /// Build the Debian packages (enlist, enlist-node-images) into target/debian.
+    Package(package::PackageArgs),
     /// Run every test: unit, integration and end-to-end (QEMU) tests.
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
@@ -127,6 +131,7 @@ fn main() -> std::process::ExitCode {
         Task::Bench { what } => bench::run(what),
         Task::Check => check::run(),
         Task::Fuzz(args) => fuzz::run(args),
+        Task::Package(a) => package::run(a),
         Task::Test { args } => test(args),
     };
     match r {
@@ -150,6 +155,11 @@ fn test(args: Vec<String>) -> anyhow::Result<()> {
     // The Pentium II agent has no SSE code outside glibc's run-time-selected variants.
     node::check_sse()?;
     build_floppy()?;
+    // The Debian packages, their contents and their systemd unit (the clean-root install of
+    // them is `cargo xtask package --install-test`, run and reported, not in every test run).
+    package::run(package::PackageArgs {
+        install_test: false,
+    })?;
     // The browser test's driver (playwright-core; the browser is Debian's chromium).
     sh(Command::new("npm")
         .current_dir(root().join("tests/browser"))

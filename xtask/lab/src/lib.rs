@@ -67,6 +67,10 @@ pub const APT_PACKAGES: &[&str] = &[
     "nfs-kernel-server",
     "nfs-ganesha",
     "nfs-ganesha-vfs",
+    // the packages (`cargo xtask package`): a clean Debian 12 root to install them into, and a
+    // check of their systemd unit
+    "debootstrap",
+    "systemd",
 ];
 
 /// Installed only when the command is missing (a newer Node.js may come from elsewhere).

@@ -1,0 +1,471 @@
+//! `cargo xtask package`: the Debian packages a sysadmin installs with apt, made with
+//! dpkg-deb from what the build already has (no debhelper, no source package):
+//!
+//! - `enlist_<version>_amd64.deb`: the head binary, its man pages and shell completions (made
+//!   by the binary from its clap definitions), `/etc/enlist/config.yaml` (a conffile: the
+//!   commented example), the hardened systemd unit, and a postinst that makes the state folder
+//!   and says what to do next.
+//! - `enlist-node-images_<version>_all.deb`: the current i586 and x86_64 node images (kernel,
+//!   initrd, jobs runtime) in the default config's `images.dir`.
+//!
+//! `--install-test` then proves them on a clean Debian 12 root (debootstrap into a folder):
+//! `apt install ./enlist_*.deb ./enlist-node-images_*.deb`, the installed head started as its
+//! unit starts it (`enlist serve --config /etc/enlist/config.yaml`, in the root, inside a lab
+//! namespace), and an emulated Pentium II booted by PXE until it is `registered`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+
+use crate::{build_head, enlist_bin, root, sh};
+
+/// Where the installed head finds its node images: the example config's `images.dir`.
+const IMAGES_DIR: &str = "var/lib/enlist/images";
+/// The images the package carries.
+const IMAGES: [&str; 2] = ["i586", "x86_64"];
+
+#[derive(clap::Args)]
+pub struct PackageArgs {
+    /// Then install both packages into a clean Debian 12 root and boot a PC from it in the lab.
+    #[arg(long)]
+    pub install_test: bool,
+}
+
+pub fn run(args: PackageArgs) -> anyhow::Result<()> {
+    build_head()?;
+    for image in IMAGES {
+        if !root()
+            .join("images/out")
+            .join(image)
+            .join("current")
+            .exists()
+        {
+            crate::node::run(crate::node::NodeTask::All)?;
+            break;
+        }
+    }
+    let out = root().join("target/debian");
+    std::fs::create_dir_all(&out)?;
+    let version = version()?;
+    let head = head_package(&out, &version)?;
+    let images = images_package(&out, &version)?;
+    check_contents(&head, HEAD_FILES)?;
+    check_contents(
+        &images,
+        &[
+            "./var/lib/enlist/images/i586/current",
+            "./var/lib/enlist/images/x86_64/current",
+        ],
+    )?;
+    check_unit(&out.join("enlist"))?;
+    println!("{}\n{}", head.display(), images.display());
+    if args.install_test {
+        install_test(&head, &images)?;
+    }
+    Ok(())
+}
+
+/// The version the binary says it is (`enlist 0.1.0`): one source, Cargo.toml.
+fn version() -> anyhow::Result<String> {
+    let out = Command::new(enlist_bin()).arg("--version").output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.split_whitespace()
+        .nth(1)
+        .map(str::to_string)
+        .context("enlist --version printed no version")
+}
+
+fn write(path: &Path, text: &[u8], mode: u32) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(path, text).with_context(|| format!("{}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    Ok(())
+}
+
+fn copy(from: &Path, to: &Path, mode: u32) -> anyhow::Result<()> {
+    let bytes = std::fs::read(from).with_context(|| format!("{}", from.display()))?;
+    write(to, &bytes, mode)
+}
+
+/// A fresh staging folder for a package.
+fn stage(out: &Path, name: &str) -> anyhow::Result<PathBuf> {
+    let dir = out.join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("DEBIAN"))?;
+    Ok(dir)
+}
+
+/// `Installed-Size` (KiB) of a staging folder, DEBIAN/ excluded.
+fn installed_kib(dir: &Path) -> anyhow::Result<u64> {
+    fn walk(p: &Path, total: &mut u64) -> std::io::Result<()> {
+        for e in std::fs::read_dir(p)? {
+            let e = e?;
+            let meta = e.metadata()?;
+            if meta.is_dir() {
+                if e.file_name() != "DEBIAN" {
+                    walk(&e.path(), total)?;
+                }
+            } else {
+                *total += meta.len().div_ceil(1024);
+            }
+        }
+        Ok(())
+    }
+    let mut total = 0;
+    walk(dir, &mut total)?;
+    Ok(total)
+}
+
+fn build_deb(dir: &Path, out: &Path, file: &str) -> anyhow::Result<PathBuf> {
+    let deb = out.join(file);
+    sh(Command::new("dpkg-deb")
+        .args(["--root-owner-group", "-Zxz", "--build"])
+        .arg(dir)
+        .arg(&deb))?;
+    Ok(deb)
+}
+
+const POSTINST: &str = r#"#!/bin/sh
+set -e
+if [ "$1" = configure ]; then
+    mkdir -p /var/lib/enlist
+    chmod 0700 /var/lib/enlist
+    if [ -d /run/systemd/system ]; then
+        systemctl daemon-reload || true
+    fi
+    if [ -z "$2" ]; then
+        cat <<EOF
+enlist is installed. Next:
+  1. edit /etc/enlist/config.yaml: dhcp.interfaces (the interface of the cluster network),
+     http.public_url and the subnet (the head's address there); its comments say how
+  2. enlist check-config
+  3. enlist admin set-password
+  4. systemctl enable --now enlist
+EOF
+    elif [ -d /run/systemd/system ] && systemctl is-active --quiet enlist; then
+        systemctl restart enlist || true
+    fi
+fi
+"#;
+
+const PRERM: &str = r#"#!/bin/sh
+set -e
+if [ "$1" = remove ] && [ -d /run/systemd/system ]; then
+    systemctl stop enlist || true
+fi
+"#;
+
+fn head_package(out: &Path, version: &str) -> anyhow::Result<PathBuf> {
+    let dir = stage(out, "enlist")?;
+    copy(&enlist_bin(), &dir.join("usr/bin/enlist"), 0o755)?;
+    let docs = out.join("docs");
+    let _ = std::fs::remove_dir_all(&docs);
+    sh(Command::new(enlist_bin()).arg("generate-docs").arg(&docs))?;
+    for e in std::fs::read_dir(&docs)? {
+        let path = e?.path();
+        if path.extension().is_some_and(|x| x == "1") {
+            let name = path
+                .file_name()
+                .context("man page name")?
+                .to_string_lossy()
+                .to_string();
+            let page = dir.join("usr/share/man/man1").join(format!("{name}.gz"));
+            gzip(&path, &page)?;
+        }
+    }
+    copy(
+        &docs.join("enlist.bash"),
+        &dir.join("usr/share/bash-completion/completions/enlist"),
+        0o644,
+    )?;
+    copy(
+        &docs.join("_enlist"),
+        &dir.join("usr/share/zsh/vendor-completions/_enlist"),
+        0o644,
+    )?;
+    copy(
+        &docs.join("enlist.fish"),
+        &dir.join("usr/share/fish/vendor_completions.d/enlist.fish"),
+        0o644,
+    )?;
+    copy(
+        &root().join("config.example.yaml"),
+        &dir.join("etc/enlist/config.yaml"),
+        0o640,
+    )?;
+    let unit = std::fs::read_to_string(root().join("debian/enlist.service"))?
+        .replace("/usr/local/bin/enlist", "/usr/bin/enlist");
+    write(
+        &dir.join("lib/systemd/system/enlist.service"),
+        unit.as_bytes(),
+        0o644,
+    )?;
+    for doc in [
+        "README.md",
+        "SECURITY.md",
+        "ARCHITECTURE.md",
+        "BENCHMARKS.md",
+    ] {
+        copy(
+            &root().join(doc),
+            &dir.join("usr/share/doc/enlist").join(doc),
+            0o644,
+        )?;
+    }
+    write(
+        &dir.join("DEBIAN/conffiles"),
+        b"/etc/enlist/config.yaml\n",
+        0o644,
+    )?;
+    write(&dir.join("DEBIAN/postinst"), POSTINST.as_bytes(), 0o755)?;
+    write(&dir.join("DEBIAN/prerm"), PRERM.as_bytes(), 0o755)?;
+    let control = format!(
+        "Package: enlist\nVersion: {version}\nArchitecture: amd64\nSection: net\nPriority: optional\n\
+         Maintainer: enlist developers <enlist@localhost>\nInstalled-Size: {size}\n\
+         Depends: libc6 (>= 2.36), libgcc-s1, ipxe\n\
+         Recommends: enlist-node-images (= {version}), slurmctld, slurm-client, munge, nfs-ganesha, nfs-ganesha-vfs\n\
+         Description: network boot for a room of PCs, as a cluster\n \
+         One head service (DHCP, TFTP, HTTP, dashboard, API) boots ordinary PCs over the\n \
+         network into a small RAM-resident node OS, runs jobs on them through Slurm and\n \
+         hands them back to their own disks with a reboot.\n",
+        size = installed_kib(&dir)?
+    );
+    write(&dir.join("DEBIAN/control"), control.as_bytes(), 0o644)?;
+    build_deb(&dir, out, &format!("enlist_{version}_amd64.deb"))
+}
+
+/// What the head package must hold.
+const HEAD_FILES: &[&str] = &[
+    "./usr/bin/enlist",
+    "./usr/share/man/man1/enlist.1.gz",
+    "./usr/share/man/man1/enlist-schedule.1.gz",
+    "./usr/share/bash-completion/completions/enlist",
+    "./usr/share/zsh/vendor-completions/_enlist",
+    "./usr/share/fish/vendor_completions.d/enlist.fish",
+    "./etc/enlist/config.yaml",
+    "./lib/systemd/system/enlist.service",
+];
+
+fn check_contents(deb: &Path, wanted: &[&str]) -> anyhow::Result<()> {
+    let out = Command::new("dpkg-deb")
+        .arg("--contents")
+        .arg(deb)
+        .output()?;
+    let listing = String::from_utf8_lossy(&out.stdout);
+    let names: Vec<&str> = listing
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(5))
+        .collect();
+    for w in wanted {
+        if !names.contains(w) {
+            bail!("{} does not hold {w}", deb.display());
+        }
+    }
+    Ok(())
+}
+
+/// `systemd-analyze verify` on the packaged unit (its ExecStart pointed at the staged binary,
+/// which verify wants to find), and its exposure score (SECURITY.md records it).
+fn check_unit(staged: &Path) -> anyhow::Result<()> {
+    let unit = std::fs::read_to_string(staged.join("lib/systemd/system/enlist.service"))?;
+    let dir = root().join("target/debian/unit-check");
+    let _ = std::fs::remove_dir_all(&dir);
+    let path = dir.join("enlist.service");
+    let binary = staged.join("usr/bin/enlist");
+    write(
+        &path,
+        unit.replace("/usr/bin/enlist", &binary.display().to_string())
+            .as_bytes(),
+        0o644,
+    )?;
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .output()?;
+    if !out.status.success() || !out.stderr.is_empty() {
+        bail!(
+            "systemd-analyze verify {}: {}",
+            path.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let out = Command::new("systemd-analyze")
+        .args(["security", "--offline=true", "--no-pager"])
+        .arg(&path)
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let score = text
+        .lines()
+        .rfind(|l| l.contains("Overall exposure level"))
+        .unwrap_or("no exposure score");
+    println!(
+        "xtask: systemd-analyze verify: ok; security: {}",
+        score.trim_start_matches('→').trim()
+    );
+    Ok(())
+}
+
+fn gzip(from: &Path, to: &Path) -> anyhow::Result<()> {
+    let out = Command::new("gzip")
+        .args(["-9n", "-c"])
+        .arg(from)
+        .output()?;
+    if !out.status.success() {
+        bail!(
+            "gzip {}: {}",
+            from.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    write(to, &out.stdout, 0o644)
+}
+
+/// The current version of each image, as published in images/out.
+fn images_package(out: &Path, version: &str) -> anyhow::Result<PathBuf> {
+    let dir = stage(out, "enlist-node-images")?;
+    for image in IMAGES {
+        let from = root().join("images/out").join(image);
+        let current = std::fs::read_to_string(from.join("current")).with_context(|| {
+            format!(
+                "{}: no current image (cargo xtask node all)",
+                from.display()
+            )
+        })?;
+        let current = current.trim();
+        let to = dir.join(IMAGES_DIR).join(image);
+        for e in std::fs::read_dir(from.join(current))? {
+            let e = e?;
+            copy(&e.path(), &to.join(current).join(e.file_name()), 0o644)?;
+        }
+        write(
+            &to.join("current"),
+            format!("{current}\n").as_bytes(),
+            0o644,
+        )?;
+    }
+    let control = format!(
+        "Package: enlist-node-images\nVersion: {version}\nArchitecture: all\nSection: net\nPriority: optional\n\
+         Maintainer: enlist developers <enlist@localhost>\nInstalled-Size: {size}\n\
+         Description: node OS images for the enlist head\n \
+         The i586 image (Pentium and up, no SSE2 needed, i586 kernel built for period PCs)\n \
+         and the x86_64 image (Debian's kernel and Ethernet modules), with their jobs\n \
+         runtimes, published where enlist's default configuration looks for them.\n",
+        size = installed_kib(&dir)?
+    );
+    write(&dir.join("DEBIAN/control"), control.as_bytes(), 0o644)?;
+    build_deb(&dir, out, &format!("enlist-node-images_{version}_all.deb"))
+}
+
+/// The lab's head config, written into the installed root: the example as installed (it
+/// already names the lab's network, br0 and 10.77.0.0/24), without jobs (the clean root has no
+/// Slurm: the packages were installed without their Recommends).
+fn lab_config(installed: &str) -> String {
+    installed.replace("  enabled: true", "  enabled: false")
+}
+
+/// Install both packages into a clean Debian 12 root and boot a Pentium II from it.
+fn install_test(head: &Path, images: &Path) -> anyhow::Result<()> {
+    let chroot = root().join("target/debian/root");
+    if !chroot.join("usr/bin/apt-get").exists() {
+        let _ = std::fs::remove_dir_all(&chroot);
+        sh(Command::new("debootstrap")
+            .args(["--variant=minbase", "bookworm"])
+            .arg(&chroot)
+            .arg("http://deb.debian.org/debian"))?;
+    }
+    // A root that already has the packages (an earlier run): purge them first, so this run
+    // installs them as a sysadmin would on a clean machine.
+    let _ = Command::new("chroot")
+        .arg(&chroot)
+        .args(["dpkg", "--purge", "enlist", "enlist-node-images"])
+        .status();
+    let _ = std::fs::remove_dir_all(chroot.join("var/lib/enlist"));
+    for deb in [head, images] {
+        std::fs::copy(
+            deb,
+            chroot.join("tmp").join(deb.file_name().context("deb")?),
+        )?;
+    }
+    std::fs::copy("/etc/resolv.conf", chroot.join("etc/resolv.conf"))?;
+    sh(Command::new("chroot")
+        .arg(&chroot)
+        .args(["apt-get", "update", "-q"]))?;
+    let debs: Vec<String> = [head, images]
+        .iter()
+        .map(|d| {
+            format!(
+                "/tmp/{}",
+                d.file_name()
+                    .map(|f| f.to_string_lossy())
+                    .unwrap_or_default()
+            )
+        })
+        .collect();
+    sh(Command::new("chroot")
+        .arg(&chroot)
+        .args(["apt-get", "install", "-y", "-q", "--no-install-recommends"])
+        .args(&debs)
+        .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    let installed = std::fs::read_to_string(chroot.join("etc/enlist/config.yaml"))?;
+    std::fs::write(
+        chroot.join("etc/enlist/config.yaml"),
+        lab_config(&installed),
+    )?;
+    sh(Command::new("chroot")
+        .arg(&chroot)
+        .args(["enlist", "check-config"]))?;
+    let proc_dir = chroot.join("proc");
+    sh(Command::new("mount")
+        .args(["-t", "proc", "proc"])
+        .arg(&proc_dir))?;
+    let r = boot_from_installed(&chroot);
+    let _ = Command::new("umount").arg(&proc_dir).status();
+    r
+}
+
+/// The installed head, started as its unit starts it, in a lab namespace; a Pentium II boots
+/// by PXE until it registers.
+fn boot_from_installed(chroot: &Path) -> anyhow::Result<()> {
+    use enlist_lab::{Lab, Profile};
+    let ns = "pkg-install";
+    let dir = root().join("lab").join(ns);
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut lab = Lab::new(ns, &dir).map_err(anyhow::Error::msg)?;
+    // The lab reads the head's admin token from <dir>/state: the installed head's state folder.
+    std::os::unix::fs::symlink(chroot.join("var/lib/enlist"), dir.join("state"))?;
+    let log = std::fs::File::create(dir.join("head.log"))?;
+    let mut head = lab.exec("chroot");
+    head.arg(chroot)
+        .args([
+            "/usr/bin/enlist",
+            "serve",
+            "--config",
+            "/etc/enlist/config.yaml",
+        ])
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    lab.spawn(head).map_err(anyhow::Error::msg)?;
+    let up = lab.wait_for(Duration::from_secs(30), "installed head's HTTP", || {
+        lab.curl("/api/v1/session").is_ok()
+    });
+    if let Err(e) = up {
+        bail!("{e}\n{}", lab.head_log());
+    }
+    let i = lab.boot(Profile::P2Pxe, None).map_err(anyhow::Error::msg)?;
+    let mac = lab.pcs[i].mac.clone();
+    // Registered, then healthy a heartbeat later (the state the API shows from then on).
+    if let Err(e) = lab.wait_state(&mac, "healthy", Duration::from_secs(300)) {
+        bail!("{e}\n{}", lab.report());
+    }
+    println!(
+        "xtask: the installed head (Debian 12 root {}) booted a Pentium II by PXE: {mac} is {}",
+        chroot.display(),
+        lab.node_state(&mac).unwrap_or_default()
+    );
+    Ok(())
+}
