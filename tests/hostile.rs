@@ -8,16 +8,18 @@
 #![allow(clippy::unwrap_used)] // tests unwrap what they set up
 
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
+use std::net::{Ipv4Addr, TcpStream, UdpSocket};
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use dhcproto::v4::{DhcpOption, Flags, Message, MessageType, Opcode};
-use dhcproto::{Decodable, Decoder, Encodable, Encoder};
+use dhcproto::v4::{DhcpOption, MessageType};
 use enlist_api::{headers, paths, Mac, NodeKey, RegisterRequest, RequestAuth};
 use enlist_lab::host::Host;
 use enlist_lab::{run, Lab, HEAD_URL};
+
+mod common;
+use common::dhcp::{discover, encode, exchange};
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -106,57 +108,6 @@ fn head_fds(lab: &Lab) -> usize {
 
 // ---- DHCP ----
 
-fn discover(mac: [u8; 6]) -> Message {
-    let mut m = Message::default();
-    m.set_opcode(Opcode::BootRequest)
-        .set_xid(u32::from_be_bytes([mac[2], mac[3], mac[4], mac[5]]))
-        .set_flags(Flags::default().set_broadcast())
-        .set_chaddr(&mac);
-    m.opts_mut()
-        .insert(DhcpOption::MessageType(MessageType::Discover));
-    m
-}
-
-fn encode(m: &Message) -> Vec<u8> {
-    let mut out = Vec::new();
-    m.encode(&mut Encoder::new(&mut out)).expect("encode");
-    out
-}
-
-/// Send raw DHCP packets from `h` (no address yet: bound to its interface, port 68) and
-/// collect whatever replies arrive within `wait`.
-fn dhcp_exchange(h: &Host, packets: Vec<Vec<u8>>, wait: Duration) -> Vec<Message> {
-    let iface = h.iface.clone();
-    h.within(move || {
-        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None)
-            .expect("socket");
-        s.set_reuse_address(true).expect("reuse");
-        s.set_broadcast(true).expect("broadcast");
-        s.bind_device(Some(iface.as_bytes())).expect("bind device");
-        s.bind(&SocketAddr::from(([0, 0, 0, 0], 68)).into())
-            .expect("bind 68");
-        let sock: UdpSocket = s.into();
-        for p in &packets {
-            sock.send_to(p, "255.255.255.255:67").expect("send");
-        }
-        sock.set_read_timeout(Some(Duration::from_millis(200)))
-            .expect("timeout");
-        let start = Instant::now();
-        let mut got = vec![];
-        let mut buf = [0u8; 1500];
-        while start.elapsed() < wait {
-            if let Ok((n, _)) = sock.recv_from(&mut buf) {
-                if let Ok(m) = Message::decode(&mut Decoder::new(&buf[..n])) {
-                    if m.opcode() == Opcode::BootReply {
-                        got.push(m);
-                    }
-                }
-            }
-        }
-        got
-    })
-}
-
 #[test]
 #[ignore = "needs root: run `cargo xtask test`"]
 fn dhcp_packets_with_impossible_hlen_are_dropped_and_the_service_goes_on() {
@@ -172,7 +123,7 @@ fn dhcp_packets_with_impossible_hlen_are_dropped_and_the_service_goes_on() {
     }
     packets.push(encode(&discover([2, 0, 0, 0, 0, 2])));
     let before = lab.metric("enlist_dhcp_dropped_total{reason=\"bad-hlen\"}");
-    let replies = dhcp_exchange(&x, packets, Duration::from_secs(2));
+    let replies = exchange(&x, packets, Duration::from_secs(2));
     check(
         &lab,
         replies
@@ -216,7 +167,7 @@ fn declines_of_addresses_the_decliner_does_not_hold_change_nothing() {
         decline([2, 0, 0, 0, 0, 0x0b], Ipv4Addr::new(10, 77, 0, 250), head), // outside the pools
         decline([2, 0, 0, 0, 0, 0x0b], Ipv4Addr::new(10, 99, 0, 5), head), // another network
     ];
-    let replies = dhcp_exchange(&x, attacks, Duration::from_secs(1));
+    let replies = exchange(&x, attacks, Duration::from_secs(1));
     check(&lab, replies.is_empty(), "a DECLINE gets no reply");
     let refused = lab.metric("enlist_dhcp_dropped_total{reason=\"decline-not-holder\"}")
         + lab.metric("enlist_dhcp_dropped_total{reason=\"decline-outside-pool\"}");
@@ -246,7 +197,7 @@ fn a_discover_through_an_unlisted_relay_is_dropped() {
     let x = host(&lab, "x", "02:00:00:00:00:0c");
     let mut m = discover([2, 0, 0, 0, 0, 0x0c]);
     m.set_giaddr(Ipv4Addr::new(10, 77, 0, 66));
-    let replies = dhcp_exchange(&x, vec![encode(&m)], Duration::from_secs(1));
+    let replies = exchange(&x, vec![encode(&m)], Duration::from_secs(1));
     check(&lab, replies.is_empty(), "no OFFER for a foreign giaddr");
     check(
         &lab,
@@ -447,7 +398,7 @@ fn a_nodes_key_and_boot_script_are_for_no_one_else() {
     d.opts_mut().insert(DhcpOption::ClassIdentifier(
         b"PXEClient:Arch:00000".to_vec(),
     ));
-    dhcp_exchange(&x, vec![encode(&d)], Duration::from_secs(1));
+    exchange(&x, vec![encode(&d)], Duration::from_secs(1));
     let again = lab.curl(&format!("/api/v1/nodes/{a_mac}")).expect("node");
     check(
         &lab,

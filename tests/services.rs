@@ -13,6 +13,8 @@ use dhcproto::{Decodable, Decoder, Encodable, Encoder};
 use enlist_lab::host::{in_netns, Host};
 use enlist_lab::{run, Lab};
 
+mod common;
+
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
@@ -441,4 +443,137 @@ fn enlist_wake_sends_a_magic_packet_for_the_pc_on_the_lab_network() {
             .contains("magic packet sent (br0)"),
         "{node}"
     );
+}
+
+/// The storm's clients: 02:00:00:00:10:00 and on.
+fn storm_mac(i: usize) -> [u8; 6] {
+    [2, 0, 0, 0, 0x10 + (i / 256) as u8, (i % 256) as u8]
+}
+
+/// One DORA round for every storm client: DISCOVERs, then a REQUEST for each OFFER. The ACKs.
+fn dora_round(h: &Host, clients: usize) -> Vec<Message> {
+    use common::dhcp::{discover, encode, exchange, kind, request};
+    let discovers = (0..clients)
+        .map(|i| encode(&discover(storm_mac(i))))
+        .collect();
+    let offers = exchange(h, discovers, Duration::from_millis(1500));
+    let head = Ipv4Addr::new(10, 77, 0, 1);
+    let requests = offers
+        .iter()
+        .filter(|m| kind(m) == Some(MessageType::Offer))
+        .filter_map(|m| {
+            <[u8; 6]>::try_from(m.chaddr().get(..6)?)
+                .ok()
+                .map(|mac| (mac, m.yiaddr()))
+        })
+        .map(|(mac, ip)| encode(&request(mac, ip, head)))
+        .collect();
+    exchange(h, requests, Duration::from_millis(1500))
+        .into_iter()
+        .filter(|m| kind(m) == Some(MessageType::Ack))
+        .collect()
+}
+
+/// The bound leases in a database file: MAC -> address.
+fn bound_leases(db: &std::path::Path) -> std::collections::BTreeMap<String, Ipv4Addr> {
+    let c = rusqlite::Connection::open(db).expect("open backup");
+    let mut st = c
+        .prepare("SELECT mac, ip FROM leases WHERE state = 'bound'")
+        .expect("query");
+    st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, u32>(1)?)))
+        .expect("rows")
+        .map(|r| r.map(|(m, ip)| (m, Ipv4Addr::from(ip))).expect("row"))
+        .collect()
+}
+
+#[test]
+#[ignore = "needs root: run `cargo xtask test`"]
+fn a_backup_taken_during_a_dhcp_storm_restores_to_a_head_that_serves_every_lease() {
+    const CLIENTS: usize = 90;
+    let mut lab = services_lab("backup");
+    let storm = client(&lab, "storm", "02:00:00:00:0f:00");
+    let cfg = lab.dir.join("config.yaml");
+    let backup = lab.dir.join("backup.db");
+    let enlist = root().join("target/release/enlist");
+    // The storm: DORA rounds for 90 clients, the backup taken during the second round.
+    let (acks, out) = std::thread::scope(|sc| {
+        let rounds = sc.spawn(|| {
+            (0..4)
+                .map(|_| dora_round(&storm, CLIENTS).len())
+                .collect::<Vec<_>>()
+        });
+        std::thread::sleep(Duration::from_millis(3500));
+        let out = Command::new(&enlist)
+            .args(["admin", "backup"])
+            .arg(&backup)
+            .arg("--config")
+            .arg(&cfg)
+            .output()
+            .expect("enlist admin backup");
+        (rounds.join().expect("storm"), out)
+    });
+    assert!(
+        out.status.success(),
+        "backup: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        acks.iter().all(|n| *n > 0),
+        "every round got leases: {acks:?}\n{}",
+        lab.head_log()
+    );
+    let saved = bound_leases(&backup);
+    assert!(
+        saved.len() >= CLIENTS / 2,
+        "the backup holds {} leases",
+        saved.len()
+    );
+
+    // The database is lost; the backup is restored; a head starts on it.
+    lab.kill_head();
+    for f in ["enlist.db", "enlist.db-wal", "enlist.db-shm"] {
+        let _ = std::fs::remove_file(lab.dir.join("state").join(f));
+    }
+    let out = Command::new(&enlist)
+        .args(["admin", "restore"])
+        .arg(&backup)
+        .arg("--config")
+        .arg(&cfg)
+        .output()
+        .expect("enlist admin restore");
+    assert!(
+        out.status.success(),
+        "restore: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    lab.start_head(&enlist, &cfg)
+        .unwrap_or_else(|e| panic!("{e}"));
+
+    // Every client the backup knows is offered its own address again (asked in the reverse
+    // order: a head that had lost the leases would hand the addresses out differently).
+    let discovers = (0..CLIENTS)
+        .rev()
+        .map(|i| common::dhcp::encode(&common::dhcp::discover(storm_mac(i))))
+        .collect();
+    let offered: std::collections::BTreeMap<String, Ipv4Addr> =
+        common::dhcp::exchange(&storm, discovers, Duration::from_secs(2))
+            .into_iter()
+            .filter_map(|m| {
+                let mac = m.chaddr().get(..6)?;
+                let mac = mac
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect::<Vec<_>>()
+                    .join(":");
+                Some((mac, m.yiaddr()))
+            })
+            .collect();
+    for (mac, ip) in &saved {
+        assert_eq!(
+            offered.get(mac),
+            Some(ip),
+            "{mac} had {ip} in the backup; the restored head offered {:?}",
+            offered.get(mac)
+        );
+    }
 }
