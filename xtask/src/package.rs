@@ -392,9 +392,18 @@ fn install_test(head: &Path, images: &Path) -> anyhow::Result<()> {
         )?;
     }
     std::fs::copy("/etc/resolv.conf", chroot.join("etc/resolv.conf"))?;
-    sh(Command::new("chroot")
-        .arg(&chroot)
-        .args(["apt-get", "update", "-q"]))?;
+    // Set-up's apt-get update, with one index that cannot be had (a mirror that is away): it
+    // says which it skipped and the install goes on from the others.
+    let broken = chroot.join("etc/apt/sources.list.d/away.list");
+    std::fs::write(
+        &broken,
+        "deb http://mirror-away.invalid/debian bookworm main\n",
+    )?;
+    let skipped = crate::setup::apt_update_in(Some(&chroot));
+    std::fs::remove_file(&broken)?;
+    if !skipped.iter().any(|s| s.contains("mirror-away.invalid")) {
+        bail!("apt-get update with an unreachable index: expected it named as skipped, got {skipped:?}");
+    }
     let debs: Vec<String> = [head, images]
         .iter()
         .map(|d| {

@@ -31,10 +31,23 @@ const APT_UPDATE_TRIES: u32 = 3;
 /// installable from the indexes that did download, and the install says so if they are not.
 /// Returns the indexes that failed, for the report.
 pub fn apt_update() -> Vec<String> {
+    apt_update_in(None)
+}
+
+/// The same, in the Debian root `chroot` if given (the package install test's clean root).
+pub fn apt_update_in(chroot: Option<&std::path::Path>) -> Vec<String> {
     let mut failed = Vec::new();
     for attempt in 1..=APT_UPDATE_TRIES {
         eprintln!("xtask: apt-get update -q (try {attempt} of {APT_UPDATE_TRIES})");
-        let out = Command::new("apt-get")
+        let mut cmd = match chroot {
+            Some(root) => {
+                let mut c = Command::new("chroot");
+                c.arg(root).arg("apt-get");
+                c
+            }
+            None => Command::new("apt-get"),
+        };
+        let out = cmd
             .env("DEBIAN_FRONTEND", "noninteractive")
             .args(["update", "-q"])
             .output();
