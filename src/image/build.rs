@@ -32,6 +32,8 @@ pub enum BuildError {
     },
     #[error("no package matching {pattern:?} in {dir} (run `cargo xtask node fetch`)")]
     NoPackage { pattern: String, dir: PathBuf },
+    #[error("cannot download the package for {pattern:?}: {why}")]
+    Download { pattern: String, why: String },
     #[error("{count} packages match {pattern:?} in {dir}; keep one")]
     ManyPackages {
         pattern: String,
@@ -152,6 +154,60 @@ pub(super) fn find_package(dir: &Path, pattern: &str) -> Result<PathBuf, BuildEr
             count,
         }),
     }
+}
+
+/// The Debian package a file pattern names (`busybox-static_*_i386.deb` is
+/// `busybox-static:i386`), for `apt-get download`; `None` if the pattern leaves the name open.
+pub(super) fn package_of(pattern: &str) -> Option<String> {
+    let stem = pattern.strip_suffix(".deb")?;
+    let (name, rest) = stem.split_once('_')?;
+    let arch = rest
+        .rsplit('_')
+        .next()
+        .filter(|a| !a.contains('*') && *a != "all");
+    if name.is_empty() || name.contains('*') {
+        return None;
+    }
+    Some(match arch {
+        Some(a) => format!("{name}:{a}"),
+        None => name.to_string(),
+    })
+}
+
+/// Download every package of the recipe that `dir` does not hold yet (`download: true`).
+fn download_missing(dir: &Path, r: &Recipe, log: &mut dyn FnMut(&str)) -> Result<(), BuildError> {
+    std::fs::create_dir_all(dir).map_err(io_at(dir))?;
+    let mut patterns = vec![&r.kernel, &r.busybox];
+    if let Some(j) = &r.jobs {
+        patterns.extend(j.packages.iter());
+    }
+    for pattern in patterns.into_iter().filter(|p| p.ends_with(".deb")) {
+        if find_package(dir, pattern).is_ok() {
+            continue;
+        }
+        let Some(pkg) = package_of(pattern) else {
+            return Err(BuildError::Download {
+                pattern: pattern.clone(),
+                why: "the pattern does not name one package".into(),
+            });
+        };
+        log(&format!("downloading     {pkg} (apt-get download)"));
+        let out = std::process::Command::new("apt-get")
+            .current_dir(dir)
+            .args(["download", "-q", &pkg])
+            .output()
+            .map_err(io_at(dir))?;
+        if !out.status.success() {
+            let why = String::from_utf8_lossy(&out.stderr).trim().to_string();
+            return Err(BuildError::Download {
+                pattern: pattern.clone(),
+                why: format!(
+                    "{why} (for i386 packages: dpkg --add-architecture i386 && apt-get update)"
+                ),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Module name as the kernel knows it: file stem with `-` as `_`.
@@ -576,6 +632,9 @@ pub fn build(recipe_path: &Path, log: &mut dyn FnMut(&str)) -> Result<Built, Bui
 fn read_inputs(recipe_path: &Path, log: &mut dyn FnMut(&str)) -> Result<Inputs, BuildError> {
     let (recipe, base) = Recipe::load(recipe_path)?;
     let pkg_dir = base.join(&recipe.packages);
+    if recipe.download {
+        download_missing(&pkg_dir, &recipe, log)?;
+    }
     let kernel_file = find_package(&pkg_dir, &recipe.kernel)?;
     let busybox_deb = find_package(&pkg_dir, &recipe.busybox)?;
     log(&format!("kernel          {}", kernel_file.display()));
@@ -775,6 +834,28 @@ pub fn size_report(m: &Manifest, budget: Option<u64>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pattern_names_the_package_apt_downloads() {
+        assert_eq!(
+            package_of("busybox-static_*_i386.deb").as_deref(),
+            Some("busybox-static:i386")
+        );
+        assert_eq!(
+            package_of("linux-image-6.1.0-41-amd64_*.deb").as_deref(),
+            Some("linux-image-6.1.0-41-amd64")
+        );
+        assert_eq!(
+            package_of("linux-source-6.1_*_all.deb").as_deref(),
+            Some("linux-source-6.1")
+        );
+        assert_eq!(
+            package_of("linux-image-*-amd64_*.deb"),
+            None,
+            "the name is left open"
+        );
+        assert_eq!(package_of("vmlinuz-*-enlist"), None, "not a package");
+    }
 
     /// A recipe in a fresh folder whose package folder holds `files` (contents irrelevant).
     fn recipe_with(kernel: &str, modules: &str, files: &[&str]) -> (tempfile::TempDir, PathBuf) {

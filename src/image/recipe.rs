@@ -40,6 +40,12 @@ pub struct Recipe {
     /// the nodes to download when they join the scheduler; no `jobs:`, no jobs on this image.
     #[serde(default)]
     pub jobs: Option<super::bundle::JobsRuntime>,
+    /// Download the packages that are not in `packages` yet with `apt-get download` (apt
+    /// checks each against the signed index of the head's sources): for a head installed
+    /// from packages, which has no `cargo xtask node fetch`. Each pattern must then name its
+    /// package exactly (`busybox-static_*_i386.deb`).
+    #[serde(default)]
+    pub download: bool,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, Default, PartialEq, Eq)]

@@ -227,7 +227,7 @@ fn head_package(out: &Path, version: &str) -> anyhow::Result<PathBuf> {
     let control = format!(
         "Package: enlist\nVersion: {version}\nArchitecture: amd64\nSection: net\nPriority: optional\n\
          Maintainer: enlist developers <enlist@localhost>\nInstalled-Size: {size}\n\
-         Depends: libc6 (>= 2.36), libgcc-s1, ipxe\n\
+         Depends: libc6 (>= 2.36), libgcc-s1, ipxe, squashfs-tools\n\
          Recommends: enlist-node-images (= {version}), slurmctld, slurm-client, munge, nfs-ganesha, nfs-ganesha-vfs\n\
          Description: network boot for a room of PCs, as a cluster\n \
          One head service (DHCP, TFTP, HTTP, dashboard, API) boots ordinary PCs over the\n \
@@ -347,7 +347,12 @@ fn images_package(out: &Path, version: &str) -> anyhow::Result<PathBuf> {
             format!("{current}\n").as_bytes(),
             0o644,
         )?;
+        kit(&dir, image)?;
     }
+    sh(Command::new("cp")
+        .arg("-a")
+        .arg(root().join("initramfs/rootfs"))
+        .arg(dir.join(KIT).join("rootfs")))?;
     let control = format!(
         "Package: enlist-node-images\nVersion: {version}\nArchitecture: all\nSection: net\nPriority: optional\n\
          Maintainer: enlist developers <enlist@localhost>\nInstalled-Size: {size}\n\
@@ -359,6 +364,91 @@ fn images_package(out: &Path, version: &str) -> anyhow::Result<PathBuf> {
     );
     write(&dir.join("DEBIAN/control"), control.as_bytes(), 0o644)?;
     build_deb(&dir, out, &format!("enlist-node-images_{version}_all.deb"))
+}
+
+/// Where the images package puts what `enlist image build` needs besides Debian's packages:
+/// the recipes, the agents, the node OS's own files.
+const KIT: &str = "usr/share/enlist/kit";
+
+/// An image's recipe for a head installed from packages, its agent, and (i586) its kernel,
+/// which is built from source and so is not a Debian package to download.
+fn kit(dir: &Path, image: &str) -> anyhow::Result<()> {
+    let recipe_path = root().join("images").join(format!("{image}.yaml"));
+    let text = std::fs::read_to_string(&recipe_path)?;
+    let value = |key: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{key}:")))
+            .map(|v| {
+                v.split('#')
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .trim_matches('"')
+                    .to_string()
+            })
+            .with_context(|| format!("{}: no {key}", recipe_path.display()))
+    };
+    let arch = value("arch")?;
+    let packages = root().join("images").join(value("packages")?);
+    let agent = root().join("images").join(value("agent")?);
+    let kernel_pattern = value("kernel")?;
+    let kernel_file = std::fs::read_dir(&packages)?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .find(|n| enlist::image::recipe::matches(&kernel_pattern, n))
+        .with_context(|| format!("no kernel {kernel_pattern} in {}", packages.display()))?;
+    let cache = format!("var/cache/enlist/{arch}");
+    // A Debian kernel is downloaded by its exact package name; a kernel built here is shipped.
+    let kernel = match kernel_file.split_once('_') {
+        Some((name, _)) if kernel_file.ends_with(".deb") => format!("{name}_*.deb"),
+        _ => {
+            copy(
+                &packages.join(&kernel_file),
+                &dir.join(&cache).join(&kernel_file),
+                0o644,
+            )?;
+            kernel_pattern.clone()
+        }
+    };
+    copy(
+        &agent,
+        &dir.join(KIT).join(image).join("enlist-agent"),
+        0o755,
+    )?;
+    let recipe = kit_recipe(
+        &text,
+        &format!("/{cache}"),
+        &kernel,
+        &format!("/{KIT}/{image}/enlist-agent"),
+        &format!("/{KIT}/rootfs"),
+    );
+    write(
+        &dir.join(KIT).join(format!("{image}.yaml")),
+        recipe.as_bytes(),
+        0o644,
+    )
+}
+
+/// The recipe with its top-level paths pointed at the installed kit, and downloads on.
+fn kit_recipe(text: &str, packages: &str, kernel: &str, agent: &str, rootfs: &str) -> String {
+    let mut out = String::from(
+        "# Installed by enlist-node-images: `enlist image build` this file (see man enlist-image).\n",
+    );
+    for line in text.lines() {
+        let key = line.split(':').next().unwrap_or("");
+        let new = match key {
+            "packages" => format!("packages: {packages}"),
+            "kernel" => format!("kernel: \"{kernel}\""),
+            "agent" => format!("agent: {agent}"),
+            "rootfs" => format!("rootfs: [{rootfs}]"),
+            "output" => format!("output: /{IMAGES_DIR}"),
+            _ => line.to_string(),
+        };
+        out.push_str(&new);
+        out.push('\n');
+    }
+    out.push_str("download: true\n");
+    out
 }
 
 /// The lab's head config, written into the installed root: the example as installed (it
@@ -392,6 +482,10 @@ fn install_test(head: &Path, images: &Path) -> anyhow::Result<()> {
         )?;
     }
     std::fs::copy("/etc/resolv.conf", chroot.join("etc/resolv.conf"))?;
+    // The i586 image's packages are i386 ones.
+    sh(Command::new("chroot")
+        .arg(&chroot)
+        .args(["dpkg", "--add-architecture", "i386"]))?;
     // Set-up's apt-get update, with one index that cannot be had (a mirror that is away): it
     // says which it skipped and the install goes on from the others.
     let broken = chroot.join("etc/apt/sources.list.d/away.list");
@@ -428,6 +522,16 @@ fn install_test(head: &Path, images: &Path) -> anyhow::Result<()> {
     sh(Command::new("chroot")
         .arg(&chroot)
         .args(["enlist", "check-config"]))?;
+    // An admin's own build of the i586 image, from the kit and Debian's packages.
+    sh(Command::new("chroot").arg(&chroot).args([
+        "enlist",
+        "image",
+        "build",
+        "/usr/share/enlist/kit/i586.yaml",
+    ]))?;
+    sh(Command::new("chroot")
+        .arg(&chroot)
+        .args(["enlist", "image", "list"]))?;
     let proc_dir = chroot.join("proc");
     sh(Command::new("mount")
         .args(["-t", "proc", "proc"])
