@@ -37,6 +37,8 @@ use supervise::{Daemon, DaemonState};
 
 #[derive(Debug, thiserror::Error)]
 pub enum JobsError {
+    #[error("jobs are on (jobs.enabled) but the head does not run as root, which starting munged, slurmctld and the shared home's NFS server needs: set jobs.enabled: false for a boot-only head, or run it as root (without the boot-only systemd drop-in)")]
+    NotRoot,
     #[error("jobs are on (jobs.enabled) but {program} is not installed: apt install {package}")]
     Missing {
         program: &'static str,
@@ -143,6 +145,11 @@ fn preflight_in(cfg: &Config, dirs: &[PathBuf]) -> Vec<JobsError> {
         .collect();
     if let Err(e) = home::choose(cfg.jobs.home_server) {
         problems.push(e);
+    }
+    if matches!(cfg.jobs.controller, Controller::Managed { .. })
+        && !nix::unistd::geteuid().is_root()
+    {
+        problems.push(JobsError::NotRoot);
     }
     if let Controller::External {
         munge_key,

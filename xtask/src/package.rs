@@ -133,6 +133,11 @@ fn build_deb(dir: &Path, out: &Path, file: &str) -> anyhow::Result<PathBuf> {
 const POSTINST: &str = r#"#!/bin/sh
 set -e
 if [ "$1" = configure ]; then
+    # The user a boot-only head runs as (the drop-in in /usr/share/doc/enlist/examples).
+    if ! getent passwd enlist >/dev/null; then
+        useradd --system --user-group --home-dir /var/lib/enlist --no-create-home \
+            --shell /usr/sbin/nologin --comment "enlist head" enlist
+    fi
     mkdir -p /var/lib/enlist
     chmod 0700 /var/lib/enlist
     if [ -d /run/systemd/system ]; then
@@ -152,6 +157,17 @@ EOF
     fi
 fi
 "#;
+
+/// The systemd drop-in for a head without jobs: its own user, three capabilities.
+const BOOT_ONLY: &str = "# A head without jobs (jobs.enabled: false) needs no root: install as\n\
+# /etc/systemd/system/enlist.service.d/boot-only.conf, then systemctl daemon-reload.\n\
+[Service]\n\
+User=enlist\n\
+Group=enlist\n\
+# DHCP and TFTP ports, SO_BINDTODEVICE and raw ICMPv6, ARP entries for unicast DHCP replies.\n\
+AmbientCapabilities=CAP_NET_BIND_SERVICE CAP_NET_RAW CAP_NET_ADMIN\n\
+CapabilityBoundingSet=CAP_NET_BIND_SERVICE CAP_NET_RAW CAP_NET_ADMIN\n\
+UMask=0077\n";
 
 const PRERM: &str = r#"#!/bin/sh
 set -e
@@ -193,10 +209,11 @@ fn head_package(out: &Path, version: &str) -> anyhow::Result<PathBuf> {
         &dir.join("usr/share/fish/vendor_completions.d/enlist.fish"),
         0o644,
     )?;
+    // Readable by the boot-only head's user (it holds no secret: those are in the state folder).
     copy(
         &root().join("config.example.yaml"),
         &dir.join("etc/enlist/config.yaml"),
-        0o640,
+        0o644,
     )?;
     let unit = std::fs::read_to_string(root().join("debian/enlist.service"))?
         .replace("/usr/local/bin/enlist", "/usr/bin/enlist");
@@ -217,6 +234,11 @@ fn head_package(out: &Path, version: &str) -> anyhow::Result<PathBuf> {
             0o644,
         )?;
     }
+    write(
+        &dir.join("usr/share/doc/enlist/examples/boot-only.conf"),
+        BOOT_ONLY.as_bytes(),
+        0o644,
+    )?;
     write(
         &dir.join("DEBIAN/conffiles"),
         b"/etc/enlist/config.yaml\n",
@@ -294,20 +316,35 @@ fn check_unit(staged: &Path) -> anyhow::Result<()> {
             String::from_utf8_lossy(&out.stderr)
         );
     }
+    println!("xtask: systemd-analyze verify: ok");
+    // The boot-only drop-in merged into a copy of the unit, for its score too.
+    let boot_only = dir.join("boot-only/enlist.service");
+    let merged = std::fs::read_to_string(&path)?.replace(
+        "[Install]",
+        &format!("{}\n[Install]", BOOT_ONLY.replace("[Service]\n", "")),
+    );
+    write(&boot_only, merged.as_bytes(), 0o644)?;
+    for (what, unit) in [("as root (jobs)", &path), ("boot-only drop-in", &boot_only)] {
+        println!(
+            "xtask: systemd-analyze security, {what}: {}",
+            exposure(unit)?
+        );
+    }
+    Ok(())
+}
+
+/// The overall exposure line of `systemd-analyze security` for a unit file.
+fn exposure(unit: &Path) -> anyhow::Result<String> {
     let out = Command::new("systemd-analyze")
         .args(["security", "--offline=true", "--no-pager"])
-        .arg(&path)
+        .arg(unit)
         .output()?;
     let text = String::from_utf8_lossy(&out.stdout);
     let score = text
         .lines()
         .rfind(|l| l.contains("Overall exposure level"))
         .unwrap_or("no exposure score");
-    println!(
-        "xtask: systemd-analyze verify: ok; security: {}",
-        score.trim_start_matches('→').trim()
-    );
-    Ok(())
+    Ok(score.trim_start_matches('→').trim().to_string())
 }
 
 fn gzip(from: &Path, to: &Path) -> anyhow::Result<()> {
@@ -552,8 +589,25 @@ fn boot_from_installed(chroot: &Path) -> anyhow::Result<()> {
     // The lab reads the head's admin token from <dir>/state: the installed head's state folder.
     std::os::unix::fs::symlink(chroot.join("var/lib/enlist"), dir.join("state"))?;
     let log = std::fs::File::create(dir.join("head.log"))?;
+    // As the boot-only drop-in runs it: user enlist, three capabilities and no others (the
+    // state folder is the user's, as systemd's StateDirectory= makes it).
+    sh(Command::new("chroot")
+        .arg(chroot)
+        .args(["chown", "enlist:enlist", "/var/lib/enlist"]))?;
+    let caps = "-all,+net_bind_service,+net_raw,+net_admin";
     let mut head = lab.exec("chroot");
     head.arg(chroot)
+        .args([
+            "setpriv",
+            "--reuid=enlist",
+            "--regid=enlist",
+            "--init-groups",
+        ])
+        .args([
+            format!("--inh-caps={caps}"),
+            format!("--ambient-caps={caps}"),
+            format!("--bounding-set={caps}"),
+        ])
         .args([
             "/usr/bin/enlist",
             "serve",
@@ -563,6 +617,7 @@ fn boot_from_installed(chroot: &Path) -> anyhow::Result<()> {
         .stdout(log.try_clone()?)
         .stderr(log);
     lab.spawn(head).map_err(anyhow::Error::msg)?;
+    let uid = head_uid(ns);
     let up = lab.wait_for(Duration::from_secs(30), "installed head's HTTP", || {
         lab.curl("/api/v1/session").is_ok()
     });
@@ -575,10 +630,33 @@ fn boot_from_installed(chroot: &Path) -> anyhow::Result<()> {
     if let Err(e) = lab.wait_state(&mac, "healthy", Duration::from_secs(300)) {
         bail!("{e}\n{}", lab.report());
     }
-    println!(
-        "xtask: the installed head (Debian 12 root {}) booted a Pentium II by PXE: {mac} is {}",
-        chroot.display(),
-        lab.node_state(&mac).unwrap_or_default()
-    );
+    match uid {
+        Some(0) | None => bail!("the installed head did not run as user enlist (uid {uid:?})"),
+        Some(uid) => println!(
+            "xtask: the installed head (Debian 12 root {}, uid {uid}, three capabilities) booted a Pentium II by PXE: {mac} is {}",
+            chroot.display(),
+            lab.node_state(&mac).unwrap_or_default()
+        ),
+    }
     Ok(())
+}
+
+/// The real uid of the `enlist serve` process in namespace `ns`.
+fn head_uid(ns: &str) -> Option<u32> {
+    std::thread::sleep(Duration::from_secs(1));
+    let pids = Command::new("ip")
+        .args(["netns", "pids", ns])
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&pids.stdout)
+        .split_whitespace()
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains("serve"))
+        })
+        .find_map(|pid| {
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+            let line = status.lines().find(|l| l.starts_with("Uid:"))?;
+            line.split_whitespace().nth(1)?.parse().ok()
+        })
 }
