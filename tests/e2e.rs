@@ -407,6 +407,19 @@ fn p2_floppy_with_rtl8139_boots_and_registers() {
     assert!(driver == "8139cp" || driver == "8139too", "{node}");
 }
 
+/// The commonest PCI card of its day: a DEC 21143 (Tulip), driven by iPXE from the floppy and
+/// by the i586 kernel's tulip driver once the node OS runs.
+#[test]
+#[ignore = "needs root, QEMU and built images: run `cargo xtask test`"]
+fn p2_floppy_with_a_tulip_card_boots_and_registers() {
+    let lab = boots_healthy("p2tulip", Profile::P2FloppyTulip);
+    let mac = lab.pcs[0].mac.clone();
+    let node = lab
+        .curl(&format!("/api/v1/nodes/{mac}"))
+        .unwrap_or_default();
+    assert_eq!(node["node"]["info"]["nics"][0]["driver"], "tulip", "{node}");
+}
+
 #[test]
 #[ignore = "needs root, QEMU and built images: run `cargo xtask test`"]
 fn p2_usb_iso_boots_and_registers() {

@@ -84,6 +84,8 @@ pub enum Profile {
     P2Floppy,
     /// The same with a RealTek RTL8139 without a ROM.
     P2FloppyRtl8139,
+    /// The same with a DEC 21143 (Tulip) without a ROM.
+    P2FloppyTulip,
     /// Pentium II, 64 MB, NE2000 PCI without a ROM, booting the enlist ISO (CD / USB image).
     P2Usb,
     /// x86_64, e1000, BIOS PXE.
@@ -98,6 +100,7 @@ impl Profile {
             "p2-pxe" => Profile::P2Pxe,
             "p2-floppy" => Profile::P2Floppy,
             "p2-floppy-rtl8139" => Profile::P2FloppyRtl8139,
+            "p2-floppy-tulip" => Profile::P2FloppyTulip,
             "p2-usb" => Profile::P2Usb,
             "x64-pxe" => Profile::X64Pxe,
             "x64-uefi" => Profile::X64Uefi,
@@ -109,6 +112,7 @@ impl Profile {
             Profile::P2Pxe => "p2-pxe",
             Profile::P2Floppy => "p2-floppy",
             Profile::P2FloppyRtl8139 => "p2-floppy-rtl8139",
+            Profile::P2FloppyTulip => "p2-floppy-tulip",
             Profile::P2Usb => "p2-usb",
             Profile::X64Pxe => "x64-pxe",
             Profile::X64Uefi => "x64-uefi",
@@ -513,9 +517,11 @@ impl Lab {
         let name = format!("{}-{n}", profile.name());
         let serial = self.serial_for(&name);
         let qemu = match profile {
-            Profile::P2Pxe | Profile::P2Floppy | Profile::P2FloppyRtl8139 | Profile::P2Usb => {
-                "qemu-system-i386"
-            }
+            Profile::P2Pxe
+            | Profile::P2Floppy
+            | Profile::P2FloppyRtl8139
+            | Profile::P2FloppyTulip
+            | Profile::P2Usb => "qemu-system-i386",
             Profile::X64Pxe | Profile::X64Uefi => "qemu-system-x86_64",
         };
         let mut cmd = self.qemu(qemu, &name, &serial, &tap);
@@ -530,12 +536,12 @@ impl Lab {
                     "n",
                 ]);
             }
-            Profile::P2Floppy | Profile::P2FloppyRtl8139 => {
+            Profile::P2Floppy | Profile::P2FloppyRtl8139 | Profile::P2FloppyTulip => {
                 let f = floppy.ok_or("p2-floppy needs a floppy image")?;
-                let nic = if profile == Profile::P2Floppy {
-                    "ne2k_pci"
-                } else {
-                    "rtl8139"
+                let nic = match profile {
+                    Profile::P2FloppyRtl8139 => "rtl8139",
+                    Profile::P2FloppyTulip => "tulip",
+                    _ => "ne2k_pci",
                 };
                 cmd.args([
                     "-m",
