@@ -32,6 +32,34 @@ impl PciId {
     }
 }
 
+impl PciId {
+    /// Whether a driver's device pattern (`pci:v00008086d00001229sv*sd*bc*sc*i*`, from its
+    /// modinfo) takes this network card: vendor and device as the pattern says, and a base
+    /// class that is either open or network (02); the subsystem ids iPXE does not tell.
+    pub fn driven_by(&self, pattern: &str) -> bool {
+        let Some(rest) = pattern.strip_prefix("pci:v") else {
+            return false;
+        };
+        let field = |s: &str, tag: &str| -> Option<String> {
+            let i = s.find(tag)?;
+            let tail = &s[i + tag.len()..];
+            let end = tail
+                .find(|c: char| c.is_ascii_lowercase())
+                .unwrap_or(tail.len());
+            Some(tail[..end].to_string())
+        };
+        let vendor = rest.split('d').next().unwrap_or("");
+        let device = field(rest, "d").unwrap_or_default();
+        let class = field(rest, "bc").unwrap_or_else(|| "*".into());
+        let id_ok = |want: &str, have: u16| {
+            want == "*" || u32::from_str_radix(want, 16).ok() == Some(u32::from(have))
+        };
+        id_ok(vendor, self.vendor)
+            && id_ok(&device, self.device)
+            && (class == "*" || class.eq_ignore_ascii_case("02"))
+    }
+}
+
 impl fmt::Display for PciId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{:04x}:{:04x}", self.vendor, self.device)
@@ -137,6 +165,30 @@ mod tests {
         assert_eq!(PciId::parse("80861229"), None);
         assert_eq!(PciId::parse("zz86:1229"), None);
         assert_eq!(PciId::parse("+086:1229"), None);
+    }
+
+    #[test]
+    fn a_card_is_driven_by_the_patterns_of_its_vendor_and_device() {
+        let tulip = PciId::parse("1011:0019").unwrap();
+        assert!(tulip.driven_by("pci:v00001011d00000019sv*sd*bc*sc*i*"));
+        assert!(
+            tulip.driven_by("pci:v00001011d*sv*sd*bc02sc00i*"),
+            "any device of the vendor"
+        );
+        assert!(
+            !tulip.driven_by("pci:v00001011d00000009sv*sd*bc*sc*i*"),
+            "another device"
+        );
+        assert!(
+            !tulip.driven_by("pci:v00008086d00000019sv*sd*bc*sc*i*"),
+            "another vendor"
+        );
+        assert!(
+            !tulip.driven_by("pci:v*d*sv*sd*bc0Csc03i30*"),
+            "a class driver for another class (USB xHCI)"
+        );
+        assert!(!tulip.driven_by("virtio:d00000001v*"));
+        assert!(!tulip.driven_by("pci:"), "no panic on a stub");
     }
 
     #[test]

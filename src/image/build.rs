@@ -82,6 +82,10 @@ pub struct Manifest {
     pub packages: Vec<PackageRecord>,
     pub modules: Vec<String>,
     pub files: Vec<FileRecord>,
+    /// The PCI devices its network driver modules take: the head warns when a booting PC's
+    /// card is none of them. Empty for a kernel with its drivers built in (Linux 6.1 keeps no
+    /// device table of built-in drivers): then the head cannot tell.
+    pub drivers: Vec<DriverAlias>,
     /// The jobs' runtime bundle, when the recipe has a `jobs:` section.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bundle: Option<BundleRecord>,
@@ -96,6 +100,13 @@ pub struct BundleRecord {
     pub packages: Vec<PackageRecord>,
     /// What is in it (programs, plugins, libraries, loader).
     pub contents: Vec<String>,
+}
+
+/// A driver and a device pattern it takes (`pci:v00001011d00000019sv*sd*bc*sc*i*`).
+#[derive(Debug, Serialize, serde::Deserialize, Clone, PartialEq, Eq)]
+pub struct DriverAlias {
+    pub pattern: String,
+    pub driver: String,
 }
 
 /// The bundle's file name beside vmlinuz and initrd.
@@ -750,8 +761,26 @@ fn describe(i: &Inputs, a: &Assembled) -> Result<Manifest, BuildError> {
             file_record("agent", &i.agent),
             file_record("initrd (uncompressed cpio)", &a.cpio),
         ],
+        drivers: drivers(&i.kernel, &i.order),
         bundle,
     })
+}
+
+/// The PCI patterns of the driver modules the image carries.
+fn drivers(k: &Kernel, order: &[String]) -> Vec<DriverAlias> {
+    order
+        .iter()
+        .filter_map(|n| k.modules.get(n).map(|m| (n, m)))
+        .flat_map(|(name, m)| {
+            m.aliases
+                .iter()
+                .filter(|a| a.starts_with("pci:"))
+                .map(move |a| DriverAlias {
+                    pattern: a.clone(),
+                    driver: name.clone(),
+                })
+        })
+        .collect()
 }
 
 /// The packages that went in, by file name and hash.

@@ -113,6 +113,32 @@ impl ImageStore {
             .map(|b| (b.file, b.sha256, b.bytes)))
     }
 
+    /// The PCI patterns of a version's network driver modules (`drivers` in its manifest;
+    /// empty when the image does not tell, as one with its drivers built in).
+    pub fn drivers(
+        &self,
+        name: &str,
+        version: &str,
+    ) -> Result<Vec<crate::image::build::DriverAlias>, ImageStoreError> {
+        #[derive(serde::Deserialize)]
+        struct Manifest {
+            #[serde(default)]
+            drivers: Vec<crate::image::build::DriverAlias>,
+        }
+        let path = self.file(name, version, "manifest.json")?;
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
+            Err(source) => return Err(ImageStoreError::Io { path, source }),
+        };
+        serde_json::from_str::<Manifest>(&text)
+            .map(|m| m.drivers)
+            .map_err(|e| ImageStoreError::Io {
+                path,
+                source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+            })
+    }
+
     /// Path of one file of one version. Components are validated, so the result is inside `dir`.
     pub fn file(&self, name: &str, version: &str, file: &str) -> Result<PathBuf, ImageStoreError> {
         for c in [name, version, file] {

@@ -13,7 +13,7 @@ use enlist_api::Mac;
 use crate::bootfiles::FetchObserver;
 use crate::bootpath::{Kind, Proto};
 use crate::config::{DhcpMode, Enrollment, ImageName};
-use crate::dhcp::client::ClientInfo;
+use crate::dhcp::client::{ClientInfo, Firmware};
 use crate::dhcp::handler::BootObserver;
 use crate::image::cpio::Archive;
 use crate::lifecycle::{Event, NodeState};
@@ -129,6 +129,50 @@ impl Registry {
             image: self.cfg.image_for(mac).clone(),
             token,
         })
+    }
+
+    /// iPXE told the card's PCI id (option 175): if the image this PC will boot has no driver
+    /// for it, say so in its boot trace, and in its history at most every
+    /// [`LOCAL_DISK_EVENT_EVERY`] (the DHCP is unauthenticated: it must not write on each).
+    fn note_missing_driver(&self, client: &ClientInfo, row: &NodeRow) -> Result<(), RegistryError> {
+        let Some(why) = self.missing_driver(client) else {
+            return Ok(());
+        };
+        let due = {
+            let mut inner = self.inner();
+            inner.trace(row.mac, "nic", Proto::Dhcp, why.clone());
+            let live = inner.live.entry(row.mac).or_default();
+            let due = live
+                .nic_noted
+                .is_none_or(|t| t.elapsed() >= LOCAL_DISK_EVENT_EVERY);
+            if due {
+                live.nic_noted = Some(Instant::now());
+            }
+            due
+        };
+        if due {
+            tracing::warn!(mac = %row.mac, node = %row.name, "{why}");
+            self.save(row, Some(("nic", &why)))?;
+        }
+        Ok(())
+    }
+
+    /// Why the image `client` will boot cannot drive its card, if it cannot.
+    fn missing_driver(&self, client: &ClientInfo) -> Option<String> {
+        let id = client.busid?;
+        let image = match client.firmware {
+            Firmware::EfiX64 | Firmware::EfiHttp => &self.cfg.images.efi_x64,
+            _ => self.cfg.image_for(client.mac),
+        };
+        let store = crate::image::store::ImageStore::new(&self.cfg.images.dir);
+        let version = store.current(image.as_str()).ok()?;
+        let drivers = store.drivers(image.as_str(), &version).ok()?;
+        if drivers.is_empty() || drivers.iter().any(|d| id.driven_by(&d.pattern)) {
+            return None;
+        }
+        Some(format!(
+            "network card PCI {id}: no driver for it in image {image} ({version}); the node OS will not find it"
+        ))
     }
 
     /// Enrollment `approve`: remember the PC (in memory only) until an admin approves it.
@@ -326,6 +370,7 @@ impl Registry {
             inner.trace(mac, "dhcp", Proto::Dhcp, detail);
             inner.touch(mac, Instant::now());
         }
+        self.note_missing_driver(client, &row)?;
         if !row.state.is_alive() && !row.released && ip.is_some() && row.ip != ip {
             row.ip = ip;
             self.save(&row, None)?;

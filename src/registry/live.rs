@@ -71,6 +71,8 @@ pub(super) struct Live {
     /// [`LOCAL_DISK_EVENT_EVERY`]: its boot script is unauthenticated, so it must not write
     /// the history on every request).
     pub local_disk_noted: Option<Instant>,
+    /// When its card's missing driver was last recorded (as `local_disk_noted`).
+    pub nic_noted: Option<Instant>,
 }
 
 /// How often a released PC's local disk answer goes into its history at most.

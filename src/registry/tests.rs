@@ -450,3 +450,61 @@ fn new_nodes_join_their_reservations_or_subnets_group_and_an_admin_may_move_them
     let history = r.store().events_of(A, 10).expect("events");
     assert!(history.iter().any(|e| e.detail == "room-b → night-shift"));
 }
+
+/// iPXE tells the card's PCI id: a card the image has no driver for is named in the PC's boot
+/// trace and history (once), a card it drives is not.
+#[test]
+fn a_card_the_image_cannot_drive_is_named_at_dhcp_time() {
+    let dir = tempfile::tempdir().expect("dir");
+    let manifest = serde_json::json!({
+        "drivers": [{ "pattern": "pci:v00008086d0000100Esv*sd*bc*sc*i*", "driver": "e1000" }]
+    });
+    crate::image::store::ImageStore::new(dir.path())
+        .publish(
+            "x86_64",
+            "v1",
+            &[("manifest.json", manifest.to_string().as_bytes())],
+        )
+        .expect("publish");
+    let text = format!(
+        "http: {{ listen: 127.0.0.1:0, public_url: http://10.77.0.1:8080 }}\n\
+         dhcp:\n  interfaces: [{{ name: lo, mode: proxy }}]\n\
+         images: {{ dir: {}, default: x86_64 }}\n",
+        dir.path().display()
+    );
+    let cfg = Arc::new(Config::parse(&text, Path::new("test.yaml")).expect("config"));
+    let r = Registry::new(cfg, Store::memory().expect("db"), Arc::new(Metrics::new()))
+        .expect("registry");
+    let ipxe = |mac: Mac, busid: &str| ClientInfo {
+        ipxe: true,
+        busid: crate::config::PciId::parse(busid),
+        ..pxe(mac)
+    };
+    let via = Ipv4Addr::new(10, 77, 0, 1);
+    r.dhcp_seen(&ipxe(A, "1011:0019"), None, via);
+    r.dhcp_seen(&ipxe(A, "1011:0019"), None, via);
+    r.dhcp_seen(&ipxe(B, "8086:100e"), None, via);
+    let notes = |mac: Mac| -> Vec<String> {
+        r.store()
+            .events_of(mac, 50)
+            .expect("events")
+            .into_iter()
+            .filter(|e| e.kind == "nic")
+            .map(|e| e.detail)
+            .collect()
+    };
+    let a = notes(A);
+    assert_eq!(a.len(), 1, "once, not at every DHCP: {a:?}");
+    assert!(
+        a[0].contains("PCI 1011:0019: no driver for it in image x86_64"),
+        "{a:?}"
+    );
+    let steps: Vec<String> = r
+        .view(&r.node(A).expect("A"))
+        .boot
+        .iter()
+        .map(|s| s.step.clone())
+        .collect();
+    assert!(steps.contains(&"nic".to_string()), "{steps:?}");
+    assert!(notes(B).is_empty(), "an e1000 is driven by the image");
+}
