@@ -473,11 +473,11 @@ fn cron_at(z: &jiff::ZonedDateTime) -> String {
 #[test]
 #[ignore = "needs root, QEMU and built images: run `cargo xtask test`"]
 fn a_scheduled_room_boots_its_own_disk_by_day_is_woken_at_night_and_released_at_morning() {
-    // The real clock: the window opens at a whole minute 75-135 s from now and closes 3
+    // The real clock: the window opens at a whole minute 75-135 s from now and closes 2
     // minutes later (the logic itself is tested with an injected clock in src/schedule).
     let enlist_at = whole_minute_after(Duration::from_secs(75));
     let release_at = enlist_at
-        .checked_add(jiff::SignedDuration::from_secs(180))
+        .checked_add(jiff::SignedDuration::from_secs(120))
         .unwrap();
     let extra = format!(
         "  group: night\nschedules:\n  - group: night\n    enlist: \"{}\"\n    release: \"{}\"\n",

@@ -32,6 +32,16 @@ impl Host {
         Ok(Host { ns, iface: b })
     }
 
+    /// The host's port on the lab's bridge (the veth end in the lab's namespace).
+    pub fn bridge_port(&self) -> String {
+        let name = self
+            .iface
+            .strip_prefix('v')
+            .and_then(|n| n.strip_suffix('c'))
+            .unwrap_or("");
+        format!("v{name}h")
+    }
+
     /// Give the host a static address (and a route to the lab), without DHCP.
     pub fn address(&self, cidr: &str) -> Result<(), String> {
         run(Command::new("ip").args(["-n", &self.ns, "addr", "add", cidr, "dev", &self.iface]))

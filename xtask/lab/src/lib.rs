@@ -196,6 +196,10 @@ pub struct Lab {
     pub pcs: Vec<Pc>,
     taps: u32,
     extra: Vec<Child>,
+    /// New PCs' bridge ports are isolated, as on a switch with port isolation (private
+    /// VLAN): a PC talks to the head, never to another isolated port, and gets no unicast
+    /// flooded to unknown MACs.
+    pub isolate_pcs: bool,
 }
 
 impl Lab {
@@ -224,6 +228,7 @@ impl Lab {
             pcs: vec![],
             taps: 0,
             extra: vec![],
+            isolate_pcs: false,
         };
         ip(&["-n", ns, "link", "set", "lo", "up"])?;
         ip(&["-n", ns, "link", "add", "br0", "type", "bridge"])?;
@@ -244,6 +249,7 @@ impl Lab {
             pcs: vec![],
             taps,
             extra: vec![],
+            isolate_pcs: false,
         })
     }
 
@@ -379,6 +385,20 @@ impl Lab {
             .unwrap_or(0.0)
     }
 
+    /// The sum of every series of a metric family (`enlist_dhcp_dropped_total`).
+    pub fn metric_sum(&self, family: &str) -> f64 {
+        let text = run(self
+            .exec("curl")
+            .args(["-sS", "-m", "10", &format!("{HEAD_URL}/metrics")]))
+        .unwrap_or_default();
+        text.lines()
+            .filter(|l| {
+                l.starts_with(&format!("{family}{{")) || l.starts_with(&format!("{family} "))
+            })
+            .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
+            .sum()
+    }
+
     pub fn head_log(&self) -> String {
         std::fs::read_to_string(self.dir.join("head.log")).unwrap_or_default()
     }
@@ -440,6 +460,14 @@ impl Lab {
         })
     }
 
+    /// Isolate a bridge port (`bridge link set dev PORT isolated on`): it reaches the head and
+    /// non-isolated ports only.
+    pub fn isolate_port(&self, port: &str) -> Result<(), String> {
+        run(Command::new("bridge")
+            .args(["-n", &self.ns, "link", "set", "dev", port, "isolated", "on"]))
+        .map(|_| ())
+    }
+
     /// A new tap on the bridge for the next PC: its number, tap name and MAC.
     fn new_tap(&mut self) -> Result<(u32, String, String), String> {
         self.taps += 1;
@@ -447,6 +475,11 @@ impl Lab {
         let tap = format!("tap{n}");
         ip(&["-n", &self.ns, "tuntap", "add", "dev", &tap, "mode", "tap"])?;
         ip(&["-n", &self.ns, "link", "set", &tap, "master", "br0"])?;
+        if self.isolate_pcs {
+            self.isolate_port(&tap)?;
+            run(Command::new("bridge")
+                .args(["-n", &self.ns, "link", "set", "dev", &tap, "flood", "off"]))?;
+        }
         ip(&["-n", &self.ns, "link", "set", &tap, "up"])?;
         Ok((n, tap, format!("52:54:00:77:01:{n:02x}")))
     }

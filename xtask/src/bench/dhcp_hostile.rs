@@ -45,6 +45,8 @@ struct Outcome {
     offer_ms: Vec<f64>,
     ack_ms: Vec<f64>,
     flood_sent: u64,
+    /// DHCP packets the head received in the run (replied to or dropped): the flood reached it.
+    head_counted: f64,
 }
 
 /// A tiny deterministic generator (xorshift): random MACs and bytes without a crate.
@@ -198,6 +200,8 @@ pub struct Setup {
     pub profile: Profile,
     pub per_sec: u64,
     pub limit: Duration,
+    /// Isolated switch ports for the PC and the flooder.
+    pub isolate: bool,
 }
 
 fn one_run(kind: Flood, setup: Setup) -> anyhow::Result<Outcome> {
@@ -205,12 +209,17 @@ fn one_run(kind: Flood, setup: Setup) -> anyhow::Result<Outcome> {
     let dir = root().join("lab").join(ns);
     let _ = std::fs::remove_dir_all(&dir);
     let mut lab = Lab::new(ns, &dir).map_err(|e| anyhow!(e))?;
+    lab.isolate_pcs = setup.isolate;
     let cfg = lab
         .write_config("dhcp", &root().join("images/out"), "")
         .map_err(|e| anyhow!(e))?;
     lab.start_head(&enlist_bin(), &cfg)
         .map_err(|e| anyhow!(e))?;
     let attacker = Host::new(&lab, "x", "02:00:00:00:99:01").map_err(|e| anyhow!(e))?;
+    if setup.isolate {
+        lab.isolate_port(&attacker.bridge_port())
+            .map_err(|e| anyhow!(e))?;
+    }
     let (stop, sent) = (
         Arc::new(AtomicBool::new(false)),
         Arc::new(AtomicU64::new(0)),
@@ -240,6 +249,7 @@ fn one_run(kind: Flood, setup: Setup) -> anyhow::Result<Outcome> {
     if let Some(f) = flooder {
         let _ = f.join();
     }
+    let head_counted = lab.metric_sum("enlist_dhcp_packets_total");
     let _ = tcpdump.kill();
     let _ = tcpdump.wait();
     let text = std::fs::read_to_string(&capture).unwrap_or_default();
@@ -256,6 +266,7 @@ fn one_run(kind: Flood, setup: Setup) -> anyhow::Result<Outcome> {
         offer_ms: round_trips(&pkts, "Discover", "Offer"),
         ack_ms: round_trips(&pkts, "Request", "ACK"),
         flood_sent: sent.load(Ordering::Relaxed),
+        head_counted,
     })
 }
 
@@ -296,17 +307,22 @@ pub fn run(floods: &[String], setup: Setup) -> anyhow::Result<()> {
     }
     println!();
     println!(
-        "A {} PC boots by PXE while another host floods the head with {} packets/s; its DHCP round trips timed at the head's interface",
+        "A {} PC boots by PXE while another host floods the head with {} packets/s{}; its DHCP round trips timed at the head's interface",
         setup.profile.name(),
-        setup.per_sec
+        setup.per_sec,
+        if setup.isolate {
+            " (isolated switch ports: the flood reaches the head, not the PC)"
+        } else {
+            ""
+        }
     );
     println!(
-        "| run | PC healthy after | DISCOVER->OFFER ms | REQUEST->ACK ms | flood packets sent |"
+        "| run | PC healthy after | DISCOVER->OFFER ms | REQUEST->ACK ms | flood packets sent | DHCP packets the head received |"
     );
-    println!("|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|");
     for (kind, o) in &rows {
         println!(
-            "| {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} |",
             kind.name(),
             o.up_secs
                 .map_or(format!("never ({} s)", setup.limit.as_secs()), |s| format!(
@@ -314,7 +330,8 @@ pub fn run(floods: &[String], setup: Setup) -> anyhow::Result<()> {
                 )),
             summary(&o.offer_ms),
             summary(&o.ack_ms),
-            o.flood_sent
+            o.flood_sent,
+            o.head_counted
         );
     }
     if rows.iter().any(|(_, o)| o.up_secs.is_none()) {

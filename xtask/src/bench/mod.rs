@@ -89,6 +89,11 @@ pub enum BenchTask {
         /// How long the PC has to come up, seconds.
         #[arg(long, default_value_t = 300)]
         limit: u64,
+        /// The PC's and the flooder's switch ports are isolated (a switch with port isolation,
+        /// as a lab network should have): the flood reaches the head, not the PC's cable, so
+        /// the run measures the head, not how an emulated PC copes with 10k frames/s.
+        #[arg(long)]
+        isolate: bool,
     },
 }
 
@@ -120,6 +125,7 @@ pub fn run(t: BenchTask) -> anyhow::Result<()> {
             flood_rate,
             pc,
             limit,
+            isolate,
             ..
         } => dhcp_hostile::run(
             &floods,
@@ -128,6 +134,7 @@ pub fn run(t: BenchTask) -> anyhow::Result<()> {
                     .ok_or_else(|| anyhow::anyhow!("unknown PC profile {pc:?}"))?,
                 per_sec: flood_rate,
                 limit: std::time::Duration::from_secs(limit),
+                isolate,
             },
         ),
         BenchTask::Dhcp { clients, rate, .. } => dhcp::run(&clients, rate),
