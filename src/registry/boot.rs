@@ -166,13 +166,30 @@ impl Registry {
         };
         let store = crate::image::store::ImageStore::new(&self.cfg.images.dir);
         let version = store.current(image.as_str()).ok()?;
-        let drivers = store.drivers(image.as_str(), &version).ok()?;
+        let drivers = self.driver_table(&store, image.as_str(), &version)?;
         if drivers.is_empty() || drivers.iter().any(|d| id.driven_by(&d.pattern)) {
             return None;
         }
         Some(format!(
             "network card PCI {id}: no driver for it in image {image} ({version}); the node OS will not find it"
         ))
+    }
+
+    /// The driver table of one image version, read from its manifest once.
+    fn driver_table(
+        &self,
+        store: &crate::image::store::ImageStore,
+        image: &str,
+        version: &str,
+    ) -> Option<super::DriverTable> {
+        let key = (image.to_string(), version.to_string());
+        let mut tables = self.driver_tables.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(t) = tables.get(&key) {
+            return Some(t.clone());
+        }
+        let table = std::sync::Arc::new(store.drivers(image, version).ok()?);
+        tables.insert(key, table.clone());
+        Some(table)
     }
 
     /// Enrollment `approve`: remember the PC (in memory only) until an admin approves it.

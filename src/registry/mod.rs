@@ -67,6 +67,9 @@ pub enum Update {
     Event(EventRow),
 }
 
+/// The PCI patterns of one image version's network drivers.
+pub(crate) type DriverTable = Arc<Vec<crate::image::build::DriverAlias>>;
+
 pub struct Registry {
     cfg: Arc<Config>,
     store: Store,
@@ -78,6 +81,9 @@ pub struct Registry {
     started: Instant,
     /// Held while a node key is issued, so two downloads of one token agree on it.
     overlay_lock: Mutex<()>,
+    /// The driver table of each image version read so far (versions never change in place),
+    /// so a PC's DHCP does not read and parse a manifest each time.
+    driver_tables: Mutex<HashMap<(String, String), DriverTable>>,
 }
 
 impl Registry {
@@ -101,6 +107,7 @@ impl Registry {
             updates,
             started: Instant::now(),
             overlay_lock: Mutex::new(()),
+            driver_tables: Mutex::new(HashMap::new()),
         });
         reg.refresh_gauges();
         Ok(reg)
