@@ -143,7 +143,7 @@ fn sha256_hex(data: &[u8]) -> String {
     hex::encode(Sha256::digest(data))
 }
 
-pub(super) fn find_package(dir: &Path, pattern: &str) -> Result<PathBuf, BuildError> {
+pub fn find_package(dir: &Path, pattern: &str) -> Result<PathBuf, BuildError> {
     let mut found = Vec::new();
     for e in std::fs::read_dir(dir).map_err(io_at(dir))? {
         let e = e.map_err(io_at(dir))?;
@@ -170,19 +170,24 @@ pub(super) fn find_package(dir: &Path, pattern: &str) -> Result<PathBuf, BuildEr
 /// The Debian package a file pattern names (`busybox-static_*_i386.deb` is
 /// `busybox-static:i386`), for `apt-get download`; `None` if the pattern leaves the name open.
 pub(super) fn package_of(pattern: &str) -> Option<String> {
-    let stem = pattern.strip_suffix(".deb")?;
-    let (name, rest) = stem.split_once('_')?;
+    let name = package_name(pattern)?;
+    let (_, rest) = pattern.strip_suffix(".deb")?.split_once('_')?;
     let arch = rest
         .rsplit('_')
         .next()
         .filter(|a| !a.contains('*') && *a != "all");
-    if name.is_empty() || name.contains('*') {
-        return None;
-    }
     Some(match arch {
         Some(a) => format!("{name}:{a}"),
         None => name.to_string(),
     })
+}
+
+/// The Debian package a .deb file name or pattern names (`busybox-static_*_i386.deb` and
+/// `busybox-static_1%3a1.35.0_i386.deb` are `busybox-static`); `None` if it leaves the name
+/// open (`linux-image-*-amd64_*.deb`).
+pub fn package_name(pattern: &str) -> Option<&str> {
+    let (name, _) = pattern.strip_suffix(".deb")?.split_once('_')?;
+    (!name.is_empty() && !name.contains('*')).then_some(name)
 }
 
 /// Download every package of the recipe that `dir` does not hold yet (`download: true`).

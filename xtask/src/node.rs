@@ -138,9 +138,9 @@ fn jobs_packages(image: &str, arch: &'static str) -> anyhow::Result<Vec<(String,
     let patterns = recipe.jobs.map(|j| j.packages).unwrap_or_default();
     patterns
         .iter()
-        .map(|p| match p.split_once('_') {
-            Some((name, _)) if !name.contains('*') => Ok((name.to_string(), arch)),
-            _ => bail!(
+        .map(|p| match enlist::image::build::package_name(p) {
+            Some(name) => Ok((name.to_string(), arch)),
+            None => bail!(
                 "{}: jobs.packages: {p:?} should be <package>_*.deb",
                 path.display()
             ),

@@ -412,43 +412,26 @@ const KIT: &str = "usr/share/enlist/kit";
 fn kit(dir: &Path, image: &str) -> anyhow::Result<()> {
     let recipe_path = root().join("images").join(format!("{image}.yaml"));
     let text = std::fs::read_to_string(&recipe_path)?;
-    let value = |key: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(&format!("{key}:")))
-            .map(|v| {
-                v.split('#')
-                    .next()
-                    .unwrap_or("")
-                    .trim()
-                    .trim_matches('"')
-                    .to_string()
-            })
-            .with_context(|| format!("{}: no {key}", recipe_path.display()))
-    };
-    let arch = value("arch")?;
-    let packages = root().join("images").join(value("packages")?);
-    let agent = root().join("images").join(value("agent")?);
-    let kernel_pattern = value("kernel")?;
-    let kernel_file = std::fs::read_dir(&packages)?
-        .filter_map(|e| e.ok())
-        .map(|e| e.file_name().to_string_lossy().to_string())
-        .find(|n| enlist::image::recipe::matches(&kernel_pattern, n))
-        .with_context(|| format!("no kernel {kernel_pattern} in {}", packages.display()))?;
+    let (recipe, base) = enlist::image::recipe::Recipe::load(&recipe_path)?;
+    let packages = base.join(&recipe.packages);
+    let kernel_path = enlist::image::build::find_package(&packages, &recipe.kernel)?;
+    let kernel_file = kernel_path
+        .file_name()
+        .context("kernel file name")?
+        .to_string_lossy()
+        .to_string();
+    let arch = &recipe.arch;
     let cache = format!("var/cache/enlist/{arch}");
     // A Debian kernel is downloaded by its exact package name; a kernel built here is shipped.
-    let kernel = match kernel_file.split_once('_') {
-        Some((name, _)) if kernel_file.ends_with(".deb") => format!("{name}_*.deb"),
-        _ => {
-            copy(
-                &packages.join(&kernel_file),
-                &dir.join(&cache).join(&kernel_file),
-                0o644,
-            )?;
-            kernel_pattern.clone()
+    let kernel = match enlist::image::build::package_name(&kernel_file) {
+        Some(name) => format!("{name}_*.deb"),
+        None => {
+            copy(&kernel_path, &dir.join(&cache).join(&kernel_file), 0o644)?;
+            recipe.kernel.clone()
         }
     };
     copy(
-        &agent,
+        &base.join(&recipe.agent),
         &dir.join(KIT).join(image).join("enlist-agent"),
         0o755,
     )?;
