@@ -13,6 +13,9 @@ use crate::config::Config;
 /// The port Wake-on-LAN packets go to by convention ("discard").
 pub const PORT: u16 = 9;
 
+/// A room's PCs are woken this far apart, so they do not power on in one surge.
+pub const PACE: std::time::Duration = std::time::Duration::from_millis(200);
+
 /// The magic packet for `mac`.
 pub fn magic_packet(mac: Mac) -> [u8; 102] {
     let mut p = [0xffu8; 102];

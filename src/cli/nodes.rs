@@ -173,8 +173,7 @@ pub fn act(config: &Path, cmd: NodeCmd) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `enlist wake NODE` or `enlist wake --group G`: Wake-on-LAN, one PC every 200 ms, so a room
-/// does not power on in one surge.
+/// `enlist wake NODE` or `enlist wake --group G`: Wake-on-LAN, one PC every [`enlist::wol::PACE`].
 pub fn wake(config: &Path, node: Option<String>, group: Option<String>) -> anyhow::Result<()> {
     let h = head(config)?;
     let names: Vec<String> = match (node, group) {
@@ -195,7 +194,7 @@ pub fn wake(config: &Path, node: Option<String>, group: Option<String>) -> anyho
     };
     for (i, name) in names.iter().enumerate() {
         if i > 0 {
-            std::thread::sleep(std::time::Duration::from_millis(200));
+            std::thread::sleep(enlist::wol::PACE);
         }
         call(&h, "POST", &format!("/api/v1/nodes/{name}/wake"))?;
         println!("{name}: magic packet sent");

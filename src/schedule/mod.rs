@@ -4,7 +4,7 @@
 //! in the state folder and acts when a group's phase differs from what it last acted on:
 //!
 //! - enlisted: the group's released nodes are enlisted again, and every PC of the group that
-//!   is not up gets a Wake-on-LAN packet, one every [`WAKE_PACE`] so a room does not power on
+//!   is not up gets a Wake-on-LAN packet, one every [`crate::wol::PACE`] so a room does not power on
 //!   in one surge;
 //! - released: every node of the group is released (through Slurm when jobs are on: drained,
 //!   its jobs finished or requeued at the deadline, then rebooted to its own disk).
@@ -32,9 +32,6 @@ use crate::registry::{Registry, RegistryError};
 
 pub use window::{Overrides, Phase, Ran, Status};
 
-/// Wake-on-LAN packets of a room are sent this far apart.
-pub const WAKE_PACE: Duration = Duration::from_millis(200);
-
 /// How often the clock is looked at.
 const TICK: Duration = Duration::from_secs(5);
 
@@ -51,6 +48,8 @@ pub enum ScheduleError {
     File { path: PathBuf, message: String },
     #[error(transparent)]
     Registry(#[from] RegistryError),
+    #[error("schedule: a task failed: {0}")]
+    Task(String),
 }
 
 /// A group's schedule as the API and dashboard show it.
@@ -254,10 +253,7 @@ impl Scheduler {
         let group = group.to_string();
         let rows = tokio::task::spawn_blocking(move || reg.store().nodes())
             .await
-            .map_err(|e| ScheduleError::File {
-                path: "nodes".into(),
-                message: e.to_string(),
-            })?
+            .map_err(|e| ScheduleError::Task(e.to_string()))?
             .map_err(RegistryError::from)?;
         Ok(rows
             .into_iter()
@@ -288,7 +284,7 @@ impl Scheduler {
                 Err(e) => tracing::warn!(%mac, "schedule: {e}"),
             }
             if !alive {
-                tokio::time::sleep(WAKE_PACE).await;
+                tokio::time::sleep(crate::wol::PACE).await;
             }
         }
         Ok(())
