@@ -376,22 +376,24 @@ impl Lab {
 
     /// One sample of the head's `/metrics` (0 when absent): `name{labels}` as printed.
     pub fn metric(&self, series: &str) -> f64 {
-        let text = run(self
-            .exec("curl")
-            .args(["-sS", "-m", "10", &format!("{HEAD_URL}/metrics")]))
-        .unwrap_or_default();
-        text.lines()
+        self.metrics_text()
+            .lines()
             .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
             .unwrap_or(0.0)
     }
 
-    /// The sum of every series of a metric family (`enlist_dhcp_dropped_total`).
-    pub fn metric_sum(&self, family: &str) -> f64 {
-        let text = run(self
+    /// The head's Prometheus text (`/metrics`), empty if it does not answer.
+    fn metrics_text(&self) -> String {
+        run(self
             .exec("curl")
             .args(["-sS", "-m", "10", &format!("{HEAD_URL}/metrics")]))
-        .unwrap_or_default();
-        text.lines()
+        .unwrap_or_default()
+    }
+
+    /// The sum of every series of a metric family (`enlist_dhcp_dropped_total`).
+    pub fn metric_sum(&self, family: &str) -> f64 {
+        self.metrics_text()
+            .lines()
             .filter(|l| {
                 l.starts_with(&format!("{family}{{")) || l.starts_with(&format!("{family} "))
             })
