@@ -181,14 +181,9 @@ impl ImageStore {
 
     /// Point `current` at `version` (by rename: a boot script sees the old or the new one).
     fn set_current(&self, name: &str, version: &str) -> Result<(), ImageStoreError> {
-        let base = self.dir.join(name);
-        let io = |path: PathBuf| move |source| ImageStoreError::Io { path, source };
-        let cur_tmp = base.join(".current.tmp");
-        std::fs::write(&cur_tmp, format!("{version}\n")).map_err(io(cur_tmp.clone()))?;
-        std::fs::File::open(&cur_tmp)
-            .and_then(|f| f.sync_all())
-            .map_err(io(cur_tmp.clone()))?;
-        std::fs::rename(&cur_tmp, base.join("current")).map_err(io(base.clone()))
+        let path = self.dir.join(name).join("current");
+        crate::store::replace_file(&path, format!("{version}\n").as_bytes())
+            .map_err(|source| ImageStoreError::Io { path, source })
     }
 
     /// The images published here, by name.

@@ -195,7 +195,7 @@ impl Scheduler {
         Ok(self.view(s, now))
     }
 
-    /// Change a group's overrides and write them all (temporary file, fsync, rename).
+    /// Change a group's overrides and write them all ([`crate::store::replace_file`]).
     fn change(&self, group: &str, f: impl FnOnce(&mut Overrides)) -> Result<(), ScheduleError> {
         let mut state = self.state();
         let mut all = state.overrides.clone();
@@ -369,17 +369,12 @@ fn save_overrides(
     path: &std::path::Path,
     all: &HashMap<String, Overrides>,
 ) -> Result<(), ScheduleError> {
-    use std::io::Write;
-    let err = |e: std::io::Error| ScheduleError::File {
+    let err = |message: String| ScheduleError::File {
         path: path.into(),
-        message: e.to_string(),
+        message,
     };
-    let text = serde_json::to_vec_pretty(all).map_err(|e| err(std::io::Error::other(e)))?;
-    let tmp = path.with_extension("json.tmp");
-    let mut f = std::fs::File::create(&tmp).map_err(err)?;
-    f.write_all(&text).map_err(err)?;
-    f.sync_all().map_err(err)?;
-    std::fs::rename(&tmp, path).map_err(err)
+    let text = serde_json::to_vec_pretty(all).map_err(|e| err(e.to_string()))?;
+    crate::store::replace_file(path, &text).map_err(|e| err(e.to_string()))
 }
 
 #[cfg(test)]

@@ -338,6 +338,21 @@ pub(super) fn mac_sql(m: &Mac) -> Text<&Mac> {
     Text(m)
 }
 
+/// Replace the file at `path` with `bytes` so that a reader, or a crash, sees the old file or
+/// the new one, never a part: a hidden temporary file beside it, fsynced, then renamed over it.
+pub fn replace_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let name = path
+        .file_name()
+        .ok_or_else(|| std::io::Error::other("no file name"))?
+        .to_string_lossy();
+    let tmp = path.with_file_name(format!(".{name}.tmp"));
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
 /// Seconds since the Unix epoch.
 pub fn now() -> i64 {
     std::time::SystemTime::now()
