@@ -1,18 +1,12 @@
 // Browser test of the dashboard: log in, watch a PC join live, release it, see it leave.
 // Usage: node dashboard.mjs URL PASSWORD MAC   (run inside the lab namespace by tests/e2e.rs)
-import { chromium } from 'playwright-core';
+import { run } from './run.mjs';
 
 const [url, password, mac] = process.argv.slice(2);
 const rowId = '#node-' + mac.replaceAll(':', '');
 const log = (...a) => console.log(new Date().toISOString(), ...a);
 
-const browser = await chromium.launch({
-  executablePath: '/usr/bin/chromium',
-  args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking'],
-});
-let failed = false;
-try {
-  const page = await browser.newPage({ viewport: { width: 390, height: 844 } }); // phone-sized
+await run({ width: 390, height: 844 }, async (page) => { // phone-sized
   let loads = 0;
   page.on('load', () => loads++);
   await page.goto(url);
@@ -43,10 +37,4 @@ try {
   await page.waitForSelector(`${rowId} .state.s-gone`, { timeout: 300_000 });
   log('gone; events:', (await page.textContent('#events')).slice(0, 300));
   if (loads !== 1) throw new Error('page reloaded');
-} catch (e) {
-  failed = true;
-  console.error('BROWSER TEST FAILED:', e.message);
-} finally {
-  await browser.close();
-}
-process.exit(failed ? 1 : 0);
+});

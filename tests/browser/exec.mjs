@@ -1,19 +1,11 @@
 // Browser test of running a command from the dashboard: log in, tick two nodes, run a command,
 // see one folded answer for both. Usage: node exec.mjs URL PASSWORD NAME1 NAME2
 // (run inside the lab namespace by tests/exec.rs).
-import { chromium } from 'playwright-core';
+import { logIn, run } from './run.mjs';
 
 const [url, password, ...names] = process.argv.slice(2);
-const browser = await chromium.launch({
-  executablePath: '/usr/bin/chromium',
-  args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking'],
-});
-let failed = false;
-try {
-  const page = await browser.newPage({ viewport: { width: 1200, height: 900 } });
-  await page.goto(url);
-  await page.fill('#password', password);
-  await page.click('#login button');
+await run({ width: 1200, height: 900 }, async (page) => {
+  await logIn(page, url, password);
   await page.waitForSelector('#exec-form:not([hidden])');
   for (const n of names) await page.check(`input.sel[aria-label="select ${n}"]`);
   await page.fill('#exec-cmd', 'echo from-the-dashboard');
@@ -26,10 +18,4 @@ try {
   if (!text.includes('(2)')) throw new Error('not folded: ' + text);
   if (!text.includes('from-the-dashboard')) throw new Error('no output: ' + text);
   console.log('folded answer:', text);
-} catch (e) {
-  failed = true;
-  console.error('BROWSER TEST FAILED:', e.message);
-} finally {
-  await browser.close();
-}
-process.exit(failed ? 1 : 0);
+});

@@ -1,20 +1,11 @@
 // Browser test of the dashboard's schedules: log in, see the group's phase and next change,
 // skip that change and un-skip it. Usage: node schedules.mjs URL PASSWORD GROUP
 // (run inside the lab namespace by tests/e2e.rs).
-import { chromium } from 'playwright-core';
+import { logIn, run } from './run.mjs';
 
 const [url, password, group] = process.argv.slice(2);
-const browser = await chromium.launch({
-  executablePath: '/usr/bin/chromium',
-  args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking'],
-});
-let failed = false;
-try {
-  const page = await browser.newPage({ viewport: { width: 1200, height: 900 } });
-  await page.goto(url);
-  await page.fill('#password', password);
-  await page.click('#login button');
-  await page.waitForSelector('#logout:not([hidden])');
+await run({ width: 1200, height: 900 }, async (page) => {
+  await logIn(page, url, password);
   const row = page.locator(`#sched-table tr[data-group="${group}"]`);
   await row.waitFor({ timeout: 20_000 });
   const before = await row.textContent();
@@ -28,10 +19,4 @@ try {
   const after = await row.textContent();
   if (after.includes('(skipped)')) throw new Error('still skipped: ' + after);
   console.log('schedule row:', after);
-} catch (e) {
-  failed = true;
-  console.error('BROWSER TEST FAILED:', e.message);
-} finally {
-  await browser.close();
-}
-process.exit(failed ? 1 : 0);
+});
