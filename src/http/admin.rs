@@ -15,6 +15,7 @@ use futures_util::{Stream, StreamExt};
 use serde::Deserialize;
 use tokio_stream::wrappers::BroadcastStream;
 
+use crate::jobs::release_node;
 use crate::registry::{RegistryError, Update};
 
 use super::auth::{session_cookie, Admin, Login, Viewer, COOKIE};
@@ -179,22 +180,14 @@ async fn action(
     };
     let reg = s.registry.clone();
     let jobs = s.jobs.clone();
+    let rt = tokio::runtime::Handle::current();
     let r = blocking(move || {
         let mac = reg.find(&node)?.mac;
         match action.as_str() {
             "approve" => reg.approve(mac)?,
             // With jobs on, the scheduler drains the node first (in the background: it may
             // wait for its jobs); the view answered is the node draining.
-            "release" => match jobs {
-                Some(jobs) => {
-                    tokio::runtime::Handle::current().spawn(async move {
-                        if let Err(e) = jobs.release(mac).await {
-                            tracing::error!(%mac, "release: {e}");
-                        }
-                    });
-                }
-                None => reg.release(mac)?,
-            },
+            "release" => release_node(&rt, &reg, jobs.as_ref(), mac)?,
             "enlist" => reg.enlist(mac)?,
             "reboot" => {
                 reg.command(mac, CommandKind::Reboot)?;

@@ -555,6 +555,28 @@ fn managed_daemons(paths: &Paths) -> Result<Vec<Daemon>, JobsError> {
     ])
 }
 
+/// Release a node the way this head is set up to: through the scheduler when jobs are on (in
+/// the background on `rt`, since draining may wait for the node's jobs; the node shows
+/// `draining` meanwhile), else at once. The admin API's release and a schedule's morning
+/// release both come here, so the two cannot disagree. Call it from a blocking thread.
+pub fn release_node(
+    rt: &tokio::runtime::Handle,
+    registry: &Registry,
+    jobs: Option<&Arc<Jobs>>,
+    mac: Mac,
+) -> Result<(), RegistryError> {
+    let Some(jobs) = jobs else {
+        return registry.release(mac);
+    };
+    let jobs = jobs.clone();
+    rt.spawn(async move {
+        if let Err(e) = jobs.release(mac).await {
+            tracing::error!(%mac, "release: {e}");
+        }
+    });
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

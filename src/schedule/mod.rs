@@ -27,7 +27,7 @@ use serde::Serialize;
 use tokio::sync::watch;
 
 use crate::config::{Config, ScheduleConfig};
-use crate::jobs::Jobs;
+use crate::jobs::{release_node, Jobs};
 use crate::registry::{Registry, RegistryError};
 
 pub use window::{Overrides, Phase, Ran, Status};
@@ -298,27 +298,15 @@ impl Scheduler {
                 continue;
             }
             let why = format!("group {group} released");
-            let reg = self.registry.clone();
-            match &self.jobs {
-                Some(jobs) => {
-                    let jobs = jobs.clone();
-                    tokio::spawn(async move {
-                        let _ = reg.note(mac, "schedule", &why);
-                        if let Err(e) = jobs.release(mac).await {
-                            tracing::error!(%mac, "schedule: release: {e}");
-                        }
-                    });
-                }
-                None => {
-                    let r = tokio::task::spawn_blocking(move || -> Result<(), RegistryError> {
-                        reg.note(mac, "schedule", &why)?;
-                        reg.release(mac)
-                    })
-                    .await;
-                    if let Ok(Err(e)) = r {
-                        tracing::warn!(%mac, "schedule: release: {e}");
-                    }
-                }
+            let (reg, jobs) = (self.registry.clone(), self.jobs.clone());
+            let rt = tokio::runtime::Handle::current();
+            let r = tokio::task::spawn_blocking(move || -> Result<(), RegistryError> {
+                reg.note(mac, "schedule", &why)?;
+                release_node(&rt, &reg, jobs.as_ref(), mac)
+            })
+            .await;
+            if let Ok(Err(e)) = r {
+                tracing::warn!(%mac, "schedule: release: {e}");
             }
         }
         Ok(())
