@@ -116,16 +116,47 @@ fn p2_pxe_boots_registers_is_released_and_rejoins() {
 
 #[test]
 #[ignore = "needs root, QEMU and built images: run `cargo xtask test`"]
-fn x64_pxe_boots_and_registers() {
-    let lab = boots_healthy("x64pxe", Profile::X64Pxe);
+/// A 64-bit BIOS PC: iPXE cannot tell, so its first boot is of the default (i586) image; its
+/// node OS reports the CPU's long mode, the head notes it, and the next boot is of the 64-bit
+/// image (`images.bios_x64`, unset here: `efi_x64`'s).
+fn x64_pxe_boots_and_registers_then_boots_the_64_bit_image() {
+    let mut lab = boots_healthy("x64pxe", Profile::X64Pxe);
     let mac = lab.pcs[0].mac.clone();
-    let node = lab
-        .curl(&format!("/api/v1/nodes/{mac}"))
-        .unwrap_or_default();
+    let info = |lab: &Lab| {
+        let node = lab
+            .curl(&format!("/api/v1/nodes/{mac}"))
+            .unwrap_or_default();
+        node["node"]["info"].clone()
+    };
+    let first = info(&lab);
     assert!(
-        node["node"]["info"]["mem_total_kb"].as_u64().unwrap_or(0) > 400_000,
-        "{node}"
+        first["mem_total_kb"].as_u64().unwrap_or(0) > 400_000,
+        "{first}"
     );
+    let kernel = |i: &serde_json::Value| i["kernel"].as_str().unwrap_or("").to_string();
+    assert!(
+        kernel(&first).ends_with("-enlist"),
+        "first boot on i586: {first}"
+    );
+    let note = "64-bit CPU: its next BIOS network boot is of image x86_64";
+    check(
+        &lab,
+        if count_events(&lab, &mac, note) == 1 {
+            Ok(())
+        } else {
+            Err(format!("no history entry {note:?}"))
+        },
+    );
+    let r = lab.pcs[0].power_cycle();
+    check(&lab, r);
+    let r = lab.wait_for(
+        BOOT_LIMIT,
+        "the PC to come back on the x86_64 image",
+        || kernel(&info(&lab)).ends_with("-amd64"),
+    );
+    check(&lab, r);
+    check(&lab, lab.wait_state(&mac, "healthy", BOOT_LIMIT));
+    assert_eq!(count_events(&lab, &mac, note), 1, "said once");
 }
 
 #[test]

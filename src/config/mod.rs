@@ -175,6 +175,9 @@ pub struct ImagesConfig {
     pub default: ImageName,
     /// Image for UEFI x86_64 clients (`default` if unset).
     pub efi_x64: ImageName,
+    /// Image for BIOS clients whose node OS reported a 64-bit CPU (`efi_x64` if unset): their
+    /// first boot is on `default` (iPXE's BIOS build cannot tell), the next ones on this.
+    pub bios_x64: ImageName,
     pub cmdline: String,
     /// Cards whose iPXE uses TFTP only (script, kernel, initrd).
     pub tftp_nics: Vec<PciId>,
@@ -318,11 +321,15 @@ impl Config {
             .unwrap_or_else(|| self.nodes.group.clone())
     }
 
-    /// The image a node boots on BIOS: its reservation's, else `images.default`.
-    pub fn image_for(&self, mac: Mac) -> &ImageName {
-        self.reservation_for(mac)
-            .and_then(|r| r.image.as_ref())
-            .unwrap_or(&self.images.default)
+    /// The image a node boots on BIOS: its reservation's, else `images.bios_x64` for a PC
+    /// known to have a 64-bit CPU, else `images.default`.
+    pub fn bios_image(&self, mac: Mac, cpu_64bit: bool) -> &ImageName {
+        let reserved = self.reservation_for(mac).and_then(|r| r.image.as_ref());
+        match (reserved, cpu_64bit) {
+            (Some(image), _) => image,
+            (None, true) => &self.images.bios_x64,
+            (None, false) => &self.images.default,
+        }
     }
 
     /// The subnet this head leases addresses from that holds `ip`, if any (mode `dhcp`).
@@ -336,6 +343,7 @@ impl Config {
         let mut v = vec![
             ("images.default".to_string(), &self.images.default),
             ("images.efi_x64".to_string(), &self.images.efi_x64),
+            ("images.bios_x64".to_string(), &self.images.bios_x64),
         ];
         for (i, s) in self.dhcp.subnets.iter().enumerate() {
             for (j, r) in s.reservations.iter().enumerate() {

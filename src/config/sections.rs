@@ -331,6 +331,10 @@ impl TryFrom<wire::Images> for ImagesConfig {
             Some(e) => image_name(e).map_err(|m| Invalid::new("efi_x64", m))?,
             None => default.clone(),
         };
+        let bios_x64 = match i.bios_x64.as_deref() {
+            Some(e) => image_name(e).map_err(|m| Invalid::new("bios_x64", m))?,
+            None => efi_x64.clone(),
+        };
         let mut tftp_nics = Vec::new();
         for (n, id) in i.tftp_nics.iter().enumerate() {
             tftp_nics.push(PciId::parse(id).ok_or_else(|| {
@@ -347,6 +351,7 @@ impl TryFrom<wire::Images> for ImagesConfig {
             dir: i.dir,
             default,
             efi_x64,
+            bios_x64,
             cmdline: i.cmdline,
             tftp_nics,
         })

@@ -27,6 +27,7 @@ fn example_config_is_valid_and_typed() {
         cfg.images.tftp_nics,
         vec![PciId::parse("8086:1229").unwrap()]
     );
+    assert_eq!(cfg.images.bios_x64.as_str(), "x86_64");
     let mac = Mac::parse("52-54-00-77-00-10").unwrap();
     assert_eq!(
         cfg.reservation_for(mac).and_then(|r| r.name.as_deref()),
@@ -119,6 +120,12 @@ fn semantic_errors_name_file_line_and_column() {
         "../i586",
     );
     located(
+        "bios_x64: x86_64",
+        "bios_x64: x86/64",
+        "images.bios_x64",
+        "x86/64",
+    );
+    located(
         "10.77.0.199",
         "10.78.0.199",
         "dhcp.subnets[0].pool",
@@ -176,4 +183,18 @@ fn admin_tls_needs_both_files_and_a_listener() {
     ))
     .unwrap();
     assert!(ok.admin.tls.is_some());
+}
+
+/// Unset, the image of a 64-bit BIOS PC is `efi_x64`'s, which unset is `default`'s.
+#[test]
+fn the_64_bit_bios_image_defaults_to_the_uefi_one() {
+    let base = "http: { listen: 127.0.0.1:1, public_url: http://10.0.0.1 }\ndhcp: { interfaces: [{ name: lo, mode: proxy }] }\n";
+    let only_default = parse(&format!("{base}images: {{ dir: /x, default: i586 }}\n")).unwrap();
+    assert_eq!(only_default.images.bios_x64.as_str(), "i586");
+    let with_efi = format!("{base}images: {{ dir: /x, default: i586, efi_x64: amd64 }}\n");
+    assert_eq!(parse(&with_efi).unwrap().images.bios_x64.as_str(), "amd64");
+    let mac = Mac::parse("52:54:00:00:00:01").unwrap();
+    let cfg = parse(&with_efi).unwrap();
+    assert_eq!(cfg.bios_image(mac, false).as_str(), "i586");
+    assert_eq!(cfg.bios_image(mac, true).as_str(), "amd64");
 }

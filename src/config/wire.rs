@@ -194,6 +194,8 @@ pub struct Images {
     #[serde(default)]
     pub efi_x64: Option<String>,
     #[serde(default)]
+    pub bios_x64: Option<String>,
+    #[serde(default)]
     pub cmdline: String,
     #[serde(default = "default_tftp_nics")]
     pub tftp_nics: Vec<String>,

@@ -283,7 +283,10 @@ async fn initrd(
     let images = s.files.images().clone();
     let image = q.image;
     let r = blocking(move || {
-        let image = image.unwrap_or_else(|| reg.config().image_for(mac).to_string());
+        let image = image.unwrap_or_else(|| {
+            let cpu_64bit = reg.node(mac).is_ok_and(|row| row.cpu_64bit());
+            reg.config().bios_image(mac, cpu_64bit).to_string()
+        });
         let version = images
             .current(&image)
             .map_err(|e| RegistryError::NotFound(e.to_string()))?;

@@ -148,8 +148,12 @@ impl Registry {
         if let Ok(ip) = info.ip.parse() {
             row.ip = Some(ip);
         }
+        let was_64bit = row.cpu_64bit();
         row.info = serde_json::to_string(&info).ok();
         row.last_seen = Some(now());
+        let image_note = (!was_64bit && row.cpu_64bit())
+            .then(|| self.next_image_note(mac))
+            .flatten();
         self.inner().trace(
             mac,
             "registered",
@@ -161,6 +165,10 @@ impl Registry {
             Event::Registered,
             &format!("agent registered from {}", info.ip),
         )?;
+        if let Some(note) = image_note {
+            tracing::info!(%mac, node = %row.name, "{note}");
+            self.save(&row, Some(("image", &note)))?;
+        }
         let (_, peers) = self.peers();
         Ok((
             mac,
@@ -171,6 +179,16 @@ impl Registry {
                 peers,
             },
         ))
+    }
+
+    /// A PC first found to have a 64-bit CPU while it runs another image than the one it
+    /// will boot by BIOS from now on: what changes, for its history.
+    fn next_image_note(&self, mac: Mac) -> Option<String> {
+        let booted = self.inner().live.get(&mac)?.image.clone()?;
+        let next = self.cfg.bios_image(mac, true);
+        (next.as_str() != booted).then(|| {
+            format!("64-bit CPU: its next BIOS network boot is of image {next} (images.bios_x64), not {booted}")
+        })
     }
 
     /// Check a signed request; returns the node's MAC. Memory and CPU only (the key epoch of

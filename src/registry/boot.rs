@@ -124,9 +124,10 @@ impl Registry {
             }
         }
         self.apply(&mut row, Event::Fetched, "fetched its boot script")?;
+        let image = self.cfg.bios_image(mac, row.cpu_64bit()).clone();
         Ok(BootDecision::Boot {
             name: row.name,
-            image: self.cfg.image_for(mac).clone(),
+            image,
             token,
         })
     }
@@ -135,7 +136,7 @@ impl Registry {
     /// for it, say so in its boot trace, and in its history at most every
     /// [`LOCAL_DISK_EVENT_EVERY`] (the DHCP is unauthenticated: it must not write on each).
     fn note_missing_driver(&self, client: &ClientInfo, row: &NodeRow) -> Result<(), RegistryError> {
-        let Some(why) = self.missing_driver(client) else {
+        let Some(why) = self.missing_driver(client, row) else {
             return Ok(());
         };
         let due = {
@@ -158,11 +159,11 @@ impl Registry {
     }
 
     /// Why the image `client` will boot cannot drive its card, if it cannot.
-    fn missing_driver(&self, client: &ClientInfo) -> Option<String> {
+    fn missing_driver(&self, client: &ClientInfo, row: &NodeRow) -> Option<String> {
         let id = client.busid?;
         let image = match client.firmware {
             Firmware::EfiX64 | Firmware::EfiHttp => &self.cfg.images.efi_x64,
-            _ => self.cfg.image_for(client.mac),
+            _ => self.cfg.bios_image(client.mac, row.cpu_64bit()),
         };
         let store = crate::image::store::ImageStore::new(&self.cfg.images.dir);
         let version = store.current(image.as_str()).ok()?;
@@ -283,6 +284,7 @@ impl Registry {
             .store
             .node(mac)?
             .ok_or(OverlayError::UnknownNode(mac))?;
+        self.inner().live.entry(mac).or_default().image = Some(image.0.to_string());
         let epoch = match epoch {
             Some(e) => e,
             None => {
@@ -315,6 +317,7 @@ impl Registry {
         };
         row.key_epoch += 1;
         row.approved = true;
+        self.inner().live.entry(mac).or_default().image = Some(image.0.to_string());
         self.save(
             &row,
             Some(("key", "new node key issued to an admin for a direct boot")),

@@ -63,6 +63,8 @@ pub(super) struct Live {
     pub trace: Vec<BootStep>,
     /// Kernel or initrd fetched in this boot.
     pub os_fetched: bool,
+    /// The image whose initrd (with the node's key) it was sent in this boot.
+    pub image: Option<String>,
     /// When this boot began (unix seconds): its first PXE DHCP, or its first file.
     pub boot_started: Option<i64>,
     /// What the agent last said of its part in the jobs.

@@ -77,10 +77,22 @@ fn key_in(overlay: &[u8]) -> NodeKey {
 
 /// Register `mac` with `key` as its agent would; the session on success.
 fn register(r: &Registry, mac: Mac, key: &NodeKey, from: IpAddr) -> Result<String, AgentError> {
+    register_with(r, mac, key, from, &[])
+}
+
+/// The same, the agent reporting these CPU flags.
+fn register_with(
+    r: &Registry,
+    mac: Mac,
+    key: &NodeKey,
+    from: IpAddr,
+    cpu_flags: &[&str],
+) -> Result<String, AgentError> {
     let nonce = r.nonce();
     let body = serde_json::to_vec(&RegisterRequest {
         info: enlist_api::NodeInfo {
             ip: from.to_string(),
+            cpu_flags: cpu_flags.iter().map(|f| f.to_string()).collect(),
             ..Default::default()
         },
     })
@@ -507,4 +519,56 @@ fn a_card_the_image_cannot_drive_is_named_at_dhcp_time() {
         .collect();
     assert!(steps.contains(&"nic".to_string()), "{steps:?}");
     assert!(notes(B).is_empty(), "an e1000 is driven by the image");
+}
+
+/// iPXE's BIOS build cannot tell a 64-bit CPU: the PC's first boot is on the default image,
+/// and once its node OS reported `lm` it gets `images.bios_x64` (here `efi_x64`'s, the
+/// default), with a note saying so once; a reservation's image still wins.
+#[test]
+fn a_pc_found_to_be_64_bit_boots_the_64_bit_image_from_its_next_boot() {
+    let text = "http: { listen: 127.0.0.1:0, public_url: http://10.77.0.1:8080 }\n\
+                dhcp:\n  interfaces: [{ name: lo, mode: proxy }]\n  subnets:\n\
+                \x20   - subnet: 10.77.0.0/24\n\
+                \x20     pool: [10.77.0.100, 10.77.0.199]\n\
+                \x20     reservations: [{ mac: \"52:54:00:00:00:0b\", ip: 10.77.0.11, image: i586 }]\n\
+                images: { dir: /nonexistent, default: i586, efi_x64: x86_64 }\n";
+    let cfg = Arc::new(Config::parse(text, Path::new("test.yaml")).expect("config"));
+    let r = Registry::new(cfg, Store::memory().expect("db"), Arc::new(Metrics::new()))
+        .expect("registry");
+    let image_of = |mac: Mac, from: IpAddr| match r.boot_decision(mac, from, Proto::Http) {
+        Ok(BootDecision::Boot { image, .. }) => image.to_string(),
+        other => panic!("{other:?}"),
+    };
+    let image_notes = |mac: Mac| -> Vec<String> {
+        let events = r.store().events_of(mac, 50).expect("events");
+        events
+            .into_iter()
+            .filter(|e| e.kind == "image")
+            .map(|e| e.detail)
+            .collect()
+    };
+    let boot_with = |mac: Mac, from: IpAddr, flags: &[&str]| {
+        let token = script(&r, mac, from).expect("a boot script");
+        let key = key_in(&r.overlay(mac, &token, from, IMG).expect("overlay"));
+        register_with(&r, mac, &key, from, flags).expect("registered");
+    };
+    assert_eq!(image_of(A, ip(10)), "i586", "not known yet: the default");
+    boot_with(A, ip(10), &["fpu", "lm", "pae"]);
+    assert_eq!(
+        image_notes(A),
+        ["64-bit CPU: its next BIOS network boot is of image x86_64 (images.bios_x64), not i586"]
+    );
+    r.leaving(A, "reboot").expect("leaving");
+    assert_eq!(image_of(A, ip(10)), "x86_64");
+    boot_with(A, ip(10), &["fpu", "lm", "pae"]);
+    assert_eq!(image_notes(A).len(), 1, "said once");
+    // A 32-bit CPU stays on the default; a reservation's image is kept on a 64-bit one.
+    let c = Mac([0x52, 0x54, 0, 0, 0, 0x0c]);
+    boot_with(c, ip(12), &["fpu", "pae"]);
+    r.leaving(c, "reboot").expect("leaving");
+    assert_eq!(image_of(c, ip(12)), "i586");
+    boot_with(B, ip(11), &["lm"]);
+    r.leaving(B, "reboot").expect("leaving");
+    assert_eq!(image_of(B, ip(11)), "i586");
+    assert!(image_notes(B).is_empty(), "{:?}", image_notes(B));
 }

@@ -44,6 +44,22 @@ pub struct EventRow {
     pub detail: String,
 }
 
+impl NodeRow {
+    /// Whether its node OS reported a CPU with long mode (the `lm` flag): such a PC can boot
+    /// the 64-bit image, whose kernel carries every Debian network driver.
+    pub fn cpu_64bit(&self) -> bool {
+        #[derive(serde::Deserialize)]
+        struct Flags {
+            #[serde(default)]
+            cpu_flags: Vec<String>,
+        }
+        self.info
+            .as_deref()
+            .and_then(|i| serde_json::from_str::<Flags>(i).ok())
+            .is_some_and(|f| f.cpu_flags.iter().any(|f| f == "lm"))
+    }
+}
+
 const NODE_COLS: &str = "mac, name, grp, state, ip, info, heartbeat, last_seen, first_dhcp, boot_seconds, key_epoch, released, approved, created";
 
 fn node_from_row(r: &rusqlite::Row) -> rusqlite::Result<NodeRow> {
