@@ -7,6 +7,7 @@
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+pub mod cable;
 pub mod host;
 
 use std::fmt::Write as _;
@@ -200,6 +201,11 @@ pub struct Lab {
     /// VLAN): a PC talks to the head, never to another isolated port, and gets no unicast
     /// flooded to unknown MACs.
     pub isolate_pcs: bool,
+    /// New PCs are cabled through a forwarder that drops this share of their frames each
+    /// way (0: a plain tap). See [`cable`].
+    pub loss_percent: u32,
+    /// The lossy cables of the PCs that have one (they stop with the lab).
+    pub cables: Vec<cable::LossyCable>,
 }
 
 impl Lab {
@@ -229,6 +235,8 @@ impl Lab {
             taps: 0,
             extra: vec![],
             isolate_pcs: false,
+            loss_percent: 0,
+            cables: vec![],
         };
         ip(&["-n", ns, "link", "set", "lo", "up"])?;
         ip(&["-n", ns, "link", "add", "br0", "type", "bridge"])?;
@@ -250,6 +258,8 @@ impl Lab {
             taps,
             extra: vec![],
             isolate_pcs: false,
+            loss_percent: 0,
+            cables: vec![],
         })
     }
 
@@ -487,8 +497,23 @@ impl Lab {
     }
 
     /// The QEMU command line every lab PC shares: CPU, headless, serial log, monitor socket,
-    /// and its tap as `n0`.
-    fn qemu(&self, qemu: &str, name: &str, serial: &Path, tap: &str) -> Command {
+    /// and its tap as `n0` (through a lossy cable when [`Lab::loss_percent`] is set).
+    fn qemu(
+        &mut self,
+        qemu: &str,
+        name: &str,
+        serial: &Path,
+        tap: &str,
+    ) -> Result<Command, String> {
+        let netdev = if self.loss_percent > 0 {
+            let seed = 0x9e37_79b9_7f4a_7c15 ^ u64::from(self.taps);
+            let c = cable::LossyCable::start(&self.ns, tap, self.loss_percent, seed)?;
+            let netdev = cable::netdev(c.cable_port, c.pc_port);
+            self.cables.push(c);
+            netdev
+        } else {
+            format!("tap,id=n0,ifname={tap},script=no,downscript=no")
+        };
         let mut cmd = self.exec(qemu);
         if qemu.ends_with("i386") {
             cmd.args(["-cpu", "pentium2"]);
@@ -506,11 +531,8 @@ impl Lab {
                 self.dir.join(format!("{name}.monitor")).display()
             ),
         ])
-        .args([
-            "-netdev",
-            &format!("tap,id=n0,ifname={tap},script=no,downscript=no"),
-        ]);
-        cmd
+        .args(["-netdev", &netdev]);
+        Ok(cmd)
     }
 
     /// Start `cmd` as PC `name` (serial log `serial`) and keep it; returns its index.
@@ -559,7 +581,7 @@ impl Lab {
             | Profile::P2Usb => "qemu-system-i386",
             Profile::X64Pxe | Profile::X64Uefi => "qemu-system-x86_64",
         };
-        let mut cmd = self.qemu(qemu, &name, &serial, &tap);
+        let mut cmd = self.qemu(qemu, &name, &serial, &tap)?;
         match profile {
             Profile::P2Pxe => {
                 cmd.args([
@@ -708,7 +730,7 @@ impl Lab {
         let (n, tap, mac) = self.new_tap()?;
         let name = format!("direct-{n}");
         let serial = self.serial_for(&name);
-        let mut cmd = self.qemu(qemu, &name, &serial, &tap);
+        let mut cmd = self.qemu(qemu, &name, &serial, &tap)?;
         cmd.args([
             "-m",
             &mem_mb.to_string(),
@@ -796,6 +818,7 @@ impl Drop for Lab {
             let _ = c.wait();
         }
         self.kill_head();
+        self.cables.clear();
         Lab::cleanup(&self.ns);
     }
 }

@@ -21,11 +21,12 @@ fn mac_of(n: usize) -> String {
     format!("52:54:00:77:01:{n:02x}")
 }
 
-fn one_run(server: &str, nodes: usize, run: usize) -> anyhow::Result<Vec<NodeTimes>> {
+fn one_run(server: &str, nodes: usize, run: usize, loss: u32) -> anyhow::Result<Vec<NodeTimes>> {
     let ns = format!("bench-boot-{server}");
     let dir = root().join("lab").join(&ns);
     let _ = std::fs::remove_dir_all(&dir);
     let mut lab = Lab::new(&ns, &dir).map_err(|e| anyhow!(e))?;
+    lab.loss_percent = loss;
     let images = root().join("images/out");
     let config = if server == "enlist" {
         lab.write_config("dhcp", &images, "")
@@ -57,16 +58,13 @@ fn one_run(server: &str, nodes: usize, run: usize) -> anyhow::Result<Vec<NodeTim
             images.join(format!("i586/{version}/vmlinuz")),
             tftp.join("vmlinuz"),
         )?;
+        // Each PC's initrd with its key, as an admin fetches it for a PC booted by hand.
         for n in 1..=nodes {
+            let (_, initrd) = lab
+                .direct_boot_files(&images, "i586", &mac_of(n))
+                .map_err(|e| anyhow!(e))?;
             let mac = mac_of(n).replace(':', "-");
-            let url = format!("http://10.77.0.1:8080/boot/{mac}/i586/{version}/initrd");
-            let st = lab
-                .exec("curl")
-                .args(["-sSf", "-o"])
-                .arg(tftp.join(format!("{mac}.initrd")))
-                .arg(&url)
-                .status()?;
-            anyhow::ensure!(st.success(), "fetching {url}");
+            std::fs::copy(&initrd, tftp.join(format!("{mac}.initrd")))?;
         }
         // The same kernel options as enlist's script: the image's own, then the lab's.
         let image_cmdline = store.cmdline("i586", &version)?;
@@ -135,6 +133,16 @@ fn one_run(server: &str, nodes: usize, run: usize) -> anyhow::Result<Vec<NodeTim
     if times.iter().any(|t| t.registered.is_none()) {
         keep_failure(&lab, &times, &format!("{server}-run{run}"));
     }
+    if loss > 0 {
+        let (passed, dropped) = lab.cables.iter().fold((0, 0), |(p, d), c| {
+            use std::sync::atomic::Ordering::Relaxed;
+            (
+                p + c.counts.passed.load(Relaxed),
+                d + c.counts.dropped.load(Relaxed),
+            )
+        });
+        println!("run {run} {server:<7} cables: {passed} frames passed, {dropped} dropped ({loss}% each way)");
+    }
     Ok(times)
 }
 
@@ -174,14 +182,21 @@ fn fmt(v: Option<f64>) -> String {
         .unwrap_or_else(|| "FAIL".into())
 }
 
-pub fn run(nodes: usize, runs: usize) -> anyhow::Result<()> {
+pub fn run(nodes: usize, runs: usize, losses: &[u32]) -> anyhow::Result<()> {
+    for &loss in losses {
+        run_at(nodes, runs, loss)?;
+    }
+    Ok(())
+}
+
+fn run_at(nodes: usize, runs: usize, loss: u32) -> anyhow::Result<()> {
     let mut summary = Vec::new();
     let mut ratios = Vec::new();
     let mut failures = [0, 0];
     for run in 1..=runs {
         let mut all_up = Vec::new();
         for server in ["enlist", "dnsmasq"] {
-            let times = one_run(server, nodes, run)?;
+            let times = one_run(server, nodes, run, loss)?;
             for (i, t) in times.iter().enumerate() {
                 println!(
                     "run {run} {server:<7} pc {}: userland {:>6} s, registered {:>6} s",
@@ -195,7 +210,8 @@ pub fn run(nodes: usize, runs: usize) -> anyhow::Result<()> {
                 .iter()
                 .filter_map(|t| t.registered)
                 .fold(0.0, f64::max);
-            all_up.push((server, up, failed));
+            let userland = times.iter().filter_map(|t| t.userland).fold(0.0, f64::max);
+            all_up.push((server, up, failed, userland));
         }
         let ratio = if all_up[1].1 > 0.0 {
             all_up[0].1 / all_up[1].1
@@ -206,16 +222,16 @@ pub fn run(nodes: usize, runs: usize) -> anyhow::Result<()> {
         failures[0] += all_up[0].2;
         failures[1] += all_up[1].2;
         let line = format!(
-            "| {run} | {nodes} | {:.1} | {} | {:.1} | {} | {ratio:.2} |",
-            all_up[0].1, all_up[0].2, all_up[1].1, all_up[1].2
+            "| {run} | {nodes} | {loss}% | {:.1} | {:.1} | {} | {:.1} | {:.1} | {} | {ratio:.2} |",
+            all_up[0].3, all_up[0].1, all_up[0].2, all_up[1].3, all_up[1].1, all_up[1].2
         );
         println!("{line}");
         summary.push(line);
     }
     println!();
-    println!("Boot storm, p2-pxe PCs powered on together; all-up = last agent registered (s from power-on)");
-    println!("| run | PCs | enlist all-up | failed | dnsmasq all-up | failed | ratio |");
-    println!("|---|---|---|---|---|---|---|");
+    println!("Boot storm, p2-pxe PCs powered on together, {loss}% of frames lost each way; OS up = last node OS up (kernel and initrd arrived, booted), all-up = last agent registered (s from power-on)");
+    println!("| run | PCs | loss | enlist OS up | enlist all-up | failed | dnsmasq OS up | dnsmasq all-up | failed | ratio |");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     for l in summary {
         println!("{l}");
     }

@@ -10,6 +10,7 @@ mod jobs;
 mod net;
 mod scale;
 mod tftp;
+mod tftp_burst;
 
 use clap::Subcommand;
 
@@ -21,9 +22,14 @@ pub enum BenchTask {
         nodes: usize,
         #[arg(long, default_value_t = 1)]
         runs: usize,
+        /// Frames lost each way on each PC's cable, percent (a list: one storm per value;
+        /// e.g. `0,10` for a bad cable against a good one).
+        #[arg(long, value_delimiter = ',', default_value = "0")]
+        loss: Vec<u32>,
     },
     /// Scale: simulated agents registering, then heartbeating, against one head; then a burst
-    /// of nodes fetching their boot files over HTTP through a shaped link.
+    /// of nodes fetching their boot files over HTTP through a shaped link; then a room of
+    /// lockstep TFTP clients through a 100 Mbit/s link, against dnsmasq.
     Scale {
         #[arg(long, default_value_t = 10000)]
         agents: usize,
@@ -39,6 +45,13 @@ pub enum BenchTask {
         /// Rate of the head's link for the boot burst, Mbit/s.
         #[arg(long, default_value_t = 1000)]
         link_mbit: u32,
+        /// Lockstep TFTP clients (EtherExpress-style) fetching kernel + initrd at once,
+        /// enlist against dnsmasq (0: skip).
+        #[arg(long, default_value_t = 40)]
+        tftp_nodes: usize,
+        /// Rate of the link for the TFTP burst, Mbit/s.
+        #[arg(long, default_value_t = 100)]
+        tftp_link_mbit: u32,
     },
     /// TFTP: a 7 MB file to 1, 8 and 32 clients; enlist vs tftpd-hpa vs dnsmasq.
     Tftp {
@@ -100,7 +113,7 @@ pub enum BenchTask {
 pub fn run(t: BenchTask) -> anyhow::Result<()> {
     crate::build_head()?;
     match t {
-        BenchTask::Boot { nodes, runs } => boot::run(nodes, runs),
+        BenchTask::Boot { nodes, runs, loss } => boot::run(nodes, runs, &loss),
         BenchTask::Tftp { clients, runs } => tftp::run(&clients, runs),
         BenchTask::Scale {
             agents,
@@ -108,12 +121,17 @@ pub fn run(t: BenchTask) -> anyhow::Result<()> {
             seconds,
             boot_nodes,
             link_mbit,
+            tftp_nodes,
+            tftp_link_mbit,
         } => {
             if agents > 0 {
                 scale::run(agents, interval, seconds)?;
             }
             if boot_nodes > 0 {
                 http_burst::run(boot_nodes, link_mbit)?;
+            }
+            if tftp_nodes > 0 {
+                tftp_burst::run(tftp_nodes, tftp_link_mbit)?;
             }
             Ok(())
         }

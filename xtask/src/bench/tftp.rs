@@ -47,7 +47,12 @@ fn option(oack: &[u8], name: &str) -> Option<u16> {
 }
 
 /// Fetch `file` from `server`; returns the bytes received.
-fn fetch(server: SocketAddr, file: &str, blksize: u16, windowsize: u16) -> anyhow::Result<usize> {
+pub(super) fn fetch(
+    server: SocketAddr,
+    file: &str,
+    blksize: u16,
+    windowsize: u16,
+) -> anyhow::Result<usize> {
     let s = UdpSocket::bind("0.0.0.0:0")?;
     s.set_read_timeout(Some(Duration::from_millis(500)))?;
     s.send_to(&rrq(file, blksize, windowsize), server)?;
@@ -134,13 +139,20 @@ fn round(cli_ns: &str, clients: usize, blksize: u16, windowsize: u16) -> anyhow:
     Ok(Outcome { bytes, secs })
 }
 
-fn start_server(pair: &Pair, which: &str, root: &Path) -> anyhow::Result<Child> {
+/// Start `which` (enlist, tftpd-hpa or dnsmasq) serving `root` by TFTP in the pair's server
+/// namespace; `enlist_tftp` is more of enlist's `tftp:` options (", key: value, ...").
+pub(super) fn start_server(
+    pair: &Pair,
+    which: &str,
+    root: &Path,
+    enlist_tftp: &str,
+) -> anyhow::Result<Child> {
     let child = match which {
         "enlist" => pair.spawn_enlist(
             &root.join("bench-enlist.yaml"),
             &format!(
                 "state_dir: {st}\nhttp: {{ listen: 127.0.0.1:18081, public_url: http://{SRV_IP}:18081 }}\n\
-                 tftp: {{ listen: {SRV_IP}:69, ipxe_dir: {r}, max_blksize: 1468, max_windowsize: 64 }}\n\
+                 tftp: {{ listen: {SRV_IP}:69, ipxe_dir: {r}, max_blksize: 1468, max_windowsize: 64{enlist_tftp} }}\n\
                  dhcp: {{ interfaces: [{{ name: vsrv, mode: proxy }}] }}\n\
                  images: {{ dir: {r}/images, default: i586 }}\n",
                 st = root.join("state").display(),
@@ -194,7 +206,7 @@ pub fn run(client_counts: &[usize], runs: usize) -> anyhow::Result<()> {
             let mut samples = vec![Vec::new(); servers.len()];
             for _ in 0..runs.max(1) {
                 for (i, srv) in servers.iter().enumerate() {
-                    let mut child = start_server(&pair, srv, &root)
+                    let mut child = start_server(&pair, srv, &root, "")
                         .with_context(|| format!("starting {srv}"))?;
                     let r = round(&pair.cli, n, bs, ws);
                     let _ = child.kill();
