@@ -30,6 +30,20 @@ await run({ width: 390, height: 844 }, async (page) => { // phone-sized
   const up = await page.textContent('#c-up');
   if (up.trim() !== '1') throw new Error('counter "up" shows ' + up);
 
+  // Its boot drawn: a bar in the storm chart, and on its page each step with its duration.
+  const bar = `#storm-chart .bootrow[data-mac="${mac}"]`;
+  for (const step of ['dhcp', 'script', 'kernel', 'initrd', 'registered']) {
+    const n = await page.locator(`${bar} .seg[data-step="${step}"]`).count();
+    if (n < 1) throw new Error(`storm chart: no ${step} segment: ` + await page.textContent('#storm'));
+  }
+  await page.click(`${rowId} td.name a`);
+  await page.waitForSelector('#detail:not([hidden]) #d-boot .bootbar');
+  const steps = await page.textContent('#d-boot table.steps');
+  log('boot steps:', steps);
+  if (!/kernel/.test(steps) || !/registered/.test(steps)) throw new Error('node page: boot steps ' + steps);
+  await page.click('#detail a[href="#"]');
+  await page.waitForSelector('#list:not([hidden])');
+
   await page.click(`${rowId} button[data-action="release"]`);
   log('release clicked');
   await page.waitForSelector(`${rowId} .state.s-leaving, ${rowId} .state.s-gone`, { timeout: 60_000 });

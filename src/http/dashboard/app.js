@@ -108,7 +108,67 @@ function render() {
     tbody.append(tr);
   }
   if (loggedIn || publicRead) counters(byState);
+  renderStorm(sorted);
   renderDetail();
+}
+
+// Boots drawn, so "where did the minute go" is seen: each step of a boot (DHCP, script,
+// kernel, initrd, registered, ...) is a segment from its start to the next step's, coloured by
+// the protocol it came by.
+function bootSegments(steps) {
+  const s = (Array.isArray(steps) ? steps : []).filter((x) => Number.isFinite(x.at_ms)).sort((a, b) => a.at_ms - b.at_ms);
+  return s.map((x, i) => ({
+    step: text(x.step), via: text(x.via), detail: text(x.detail),
+    start: x.at_ms, end: i + 1 < s.length ? s[i + 1].at_ms : x.at_ms,
+  }));
+}
+
+function secs(ms) { return (ms / 1000).toFixed(ms < 10000 ? 1 : 0) + ' s'; }
+
+function bootBar(segs, t0, span) {
+  const bar = el('div', { className: 'bootbar' });
+  for (const g of segs) {
+    const seg = el('div', { className: 'seg via-' + g.via, title: g.step + ' (' + g.via + ') ' + secs(g.end - g.start) + ': ' + g.detail });
+    seg.dataset.step = g.step;
+    seg.style.left = (100 * (g.start - t0) / span) + '%';
+    seg.style.width = Math.max(0.5, 100 * (g.end - g.start) / span) + '%';
+    if ((g.end - g.start) / span > 0.1) seg.textContent = g.step;
+    bar.append(seg);
+  }
+  return bar;
+}
+
+// The last storm: every node whose boot began within ten minutes of the latest one, on one
+// time axis from the first of them.
+function renderStorm(sorted) {
+  const boots = sorted.map((n) => [n, bootSegments(n.boot)]).filter(([, s]) => s.length > 0);
+  $('#storm').hidden = boots.length === 0;
+  if (boots.length === 0) return;
+  const latest = Math.max(...boots.map(([, s]) => s[0].start));
+  const storm = boots.filter(([, s]) => latest - s[0].start < 600000);
+  const t0 = Math.min(...storm.map(([, s]) => s[0].start));
+  const span = Math.max(1000, ...storm.map(([, s]) => s[s.length - 1].end - t0));
+  $('#storm-axis').textContent = storm.length + (storm.length === 1 ? ' PC, ' : ' PCs, ') + secs(span) + ' from the first DHCP';
+  $('#storm-chart').replaceChildren(...storm.map(([n, s]) => {
+    const row = el('div', { className: 'bootrow' }, el('a', { href: '#node/' + n.mac, textContent: n.name }), bootBar(s, t0, span));
+    row.dataset.mac = n.mac;
+    return row;
+  }));
+}
+
+// A node's last boot: its bar, and each step with when it began and how long it took.
+function renderBoot(n) {
+  const segs = bootSegments(n.boot);
+  if (segs.length === 0) {
+    $('#d-boot').replaceChildren(el('p', { className: 'timeline', textContent: 'no boot seen since the head started' }));
+    return;
+  }
+  const t0 = segs[0].start, span = Math.max(1000, segs[segs.length - 1].end - t0);
+  const rows = segs.map((g) => el('tr', {},
+    el('td', { textContent: '+' + secs(g.start - t0) }), el('td', { textContent: g.step }),
+    el('td', { textContent: g.via }), el('td', { textContent: g.end > g.start ? secs(g.end - g.start) : '' }),
+    el('td', { className: 'wide', textContent: g.detail })));
+  $('#d-boot').replaceChildren(bootBar(segs, t0, span), el('table', { className: 'steps' }, el('tbody', {}, ...rows)));
 }
 
 // The node's part in the jobs: the scheduler's state and running jobs, else what its agent
@@ -218,6 +278,7 @@ async function renderDetail() {
   ];
   $('#d-facts').replaceChildren(...facts.flatMap(([k, v]) => [el('dt', { textContent: k }), el('dd', { textContent: String(v) })]));
   $('#d-actions').replaceChildren(...actionsFor(n));
+  renderBoot(n);
   if ($('#d-events').dataset.mac !== mac) {
     $('#d-events').dataset.mac = mac;
     try {
