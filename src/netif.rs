@@ -1,4 +1,5 @@
-//! Facts about local network interfaces (IPv4 address, MTU), and ARP entries for DHCP replies.
+//! Facts about local network interfaces (IPv4 address, MTU), ARP entries for DHCP replies, and
+//! the receive buffers of the sockets that serve them.
 
 use std::net::Ipv4Addr;
 
@@ -133,4 +134,51 @@ pub fn set_arp_entry(
         return Err(std::io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// Give `socket` a receive buffer of `wanted` bytes, past `net.core.rmem_max` when the head has
+/// CAP_NET_ADMIN (`SO_RCVBUFFORCE`), else as much as that limit allows. Returns what the kernel
+/// granted (it reports twice the bytes asked, for its bookkeeping; halved here). A stock
+/// Debian's limit is 208 KiB: a DHCP socket that small overflows while a slow disk flushes one
+/// lease batch, so the caller says so.
+pub fn grow_receive_buffer(socket: &socket2::Socket, wanted: usize) -> usize {
+    use nix::sys::socket::{setsockopt, sockopt::RcvBufForce};
+    if setsockopt(socket, RcvBufForce, &wanted).is_err() {
+        let _ = socket.set_recv_buffer_size(wanted);
+    }
+    socket.recv_buffer_size().map(|b| b / 2).unwrap_or(0)
+}
+
+/// The warning for a receive buffer smaller than asked, or `None` when it got what it asked.
+pub fn small_buffer_warning(what: &str, granted: usize, wanted: usize) -> Option<String> {
+    (granted < wanted).then(|| {
+        format!(
+            "{what}: receive buffer {} KiB, not the {} KiB asked (net.core.rmem_max, and no CAP_NET_ADMIN to pass it): a burst that arrives while a slow disk flushes may be dropped; raise net.core.rmem_max to {wanted} or give the head CAP_NET_ADMIN",
+            granted / 1024,
+            wanted / 1024
+        )
+    })
+}
+
+#[cfg(test)]
+mod receive_buffer_tests {
+    use super::*;
+
+    #[test]
+    fn a_root_test_gets_the_whole_buffer_and_a_small_one_is_named() {
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None)
+            .expect("socket");
+        let granted = grow_receive_buffer(&s, 1 << 20);
+        assert!(granted > 0);
+        if nix::unistd::geteuid().is_root() {
+            assert_eq!(granted, 1 << 20, "SO_RCVBUFFORCE passes rmem_max for root");
+        }
+        assert_eq!(small_buffer_warning("dhcp on br0", 1 << 20, 1 << 20), None);
+        let w = small_buffer_warning("dhcp on br0", 212_992, 4 << 20).expect("a warning");
+        assert!(
+            w.starts_with("dhcp on br0: receive buffer 208 KiB, not the 4096 KiB"),
+            "{w}"
+        );
+        assert!(w.contains("net.core.rmem_max"), "{w}");
+    }
 }

@@ -41,8 +41,11 @@ fn bind_device_socket(iface: &str, port: u16) -> std::io::Result<UdpSocket> {
     let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
     s.set_reuse_address(true)?;
     s.set_broadcast(true)?;
-    // Best effort: the kernel caps it at net.core.rmem_max, which is fine.
-    let _ = s.set_recv_buffer_size(RECV_BUFFER);
+    let granted = crate::netif::grow_receive_buffer(&s, RECV_BUFFER);
+    let what = format!("dhcp on {iface} port {port}");
+    if let Some(w) = crate::netif::small_buffer_warning(&what, granted, RECV_BUFFER) {
+        tracing::warn!("{w}");
+    }
     s.bind_device(Some(iface.as_bytes()))?;
     s.bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)).into())?;
     s.set_nonblocking(true)?;

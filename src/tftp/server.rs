@@ -159,8 +159,12 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<UdpSocket> {
         socket2::Type::DGRAM,
         Some(socket2::Protocol::UDP),
     )?;
-    // Best effort: the kernel caps it at net.core.rmem_max.
-    let _ = s.set_recv_buffer_size(REQUEST_BUFFER);
+    let granted = crate::netif::grow_receive_buffer(&s, REQUEST_BUFFER);
+    if let Some(w) =
+        crate::netif::small_buffer_warning(&format!("tftp on {addr}"), granted, REQUEST_BUFFER)
+    {
+        tracing::warn!("{w}");
+    }
     s.bind(&addr.into())?;
     s.set_nonblocking(true)?;
     UdpSocket::from_std(s.into())
