@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 
-use super::net::{Pair, SRV_IP};
+use super::net::{HeadEnv, Pair, SRV_IP};
 
 struct Result {
     rate: f64,
@@ -17,11 +17,11 @@ struct Result {
     avg_ms: f64,
 }
 
-fn start(pair: &Pair, which: &str, dir: &std::path::Path) -> anyhow::Result<Child> {
+fn start(pair: &Pair, which: &str, dir: &std::path::Path, env: &HeadEnv) -> anyhow::Result<Child> {
     let _ = std::fs::remove_dir_all(dir);
     std::fs::create_dir_all(dir)?;
     let child = match which {
-        "enlist" => pair.spawn_enlist(
+        "enlist" => pair.spawn_enlist_as(
             &dir.join("enlist.yaml"),
             &format!(
                 "state_dir: {st}\nhttp: {{ listen: 127.0.0.1:18082, public_url: http://{SRV_IP}:18082 }}\n\
@@ -31,6 +31,7 @@ fn start(pair: &Pair, which: &str, dir: &std::path::Path) -> anyhow::Result<Chil
                  images: {{ dir: {st}/images, default: i586 }}\n",
                 st = dir.display()
             ),
+            env,
         )?,
         "dnsmasq" => pair
             .exec(&pair.srv, "dnsmasq")
@@ -142,14 +143,55 @@ fn perfdhcp(pair: &Pair, clients: u32, rate: u32) -> anyhow::Result<Result> {
 /// The reference servers, measured in this order after enlist.
 const SERVERS: [&str; 3] = ["enlist", "dnsmasq", "kea"];
 
-pub fn run(client_counts: &[u32], rate: u32) -> anyhow::Result<()> {
+/// A slower machine for the run: a disk whose flushes take a while, a stock
+/// `net.core.rmem_max`, a head without CAP_NET_ADMIN.
+#[derive(Default)]
+pub struct Machine {
+    pub fsync_delay_us: u64,
+    pub rmem_max: Option<u64>,
+    pub without_net_admin: bool,
+}
+
+/// `net.core.rmem_max` set for the run, put back when dropped.
+struct RmemMax(Option<String>);
+
+impl RmemMax {
+    fn set(to: Option<u64>) -> anyhow::Result<RmemMax> {
+        let path = "/proc/sys/net/core/rmem_max";
+        let Some(to) = to else {
+            return Ok(RmemMax(None));
+        };
+        let was = std::fs::read_to_string(path)?;
+        std::fs::write(path, to.to_string()).with_context(|| format!("{path} = {to}"))?;
+        Ok(RmemMax(Some(was)))
+    }
+}
+
+impl Drop for RmemMax {
+    fn drop(&mut self) {
+        if let Some(was) = &self.0 {
+            let _ = std::fs::write("/proc/sys/net/core/rmem_max", was.trim());
+        }
+    }
+}
+
+pub fn run(client_counts: &[u32], rate: u32, machine: &Machine) -> anyhow::Result<()> {
     let pair = Pair::new("bench-dhcp")?;
     let base = crate::root().join("lab/bench-dhcp");
+    std::fs::create_dir_all(&base)?;
+    let env = HeadEnv {
+        slow_fsync: match machine.fsync_delay_us {
+            0 => None,
+            us => Some((super::net::build_slow_fsync(&base)?, us)),
+        },
+        without_net_admin: machine.without_net_admin,
+    };
+    let _rmem = RmemMax::set(machine.rmem_max)?;
     let mut lines = Vec::new();
     for &n in client_counts {
         let mut res = Vec::new();
         for srv in SERVERS {
-            let mut child = start(&pair, srv, &base.join(srv))?;
+            let mut child = start(&pair, srv, &base.join(srv), &env)?;
             let r = perfdhcp(&pair, n, rate);
             let _ = child.kill();
             let _ = child.wait();
@@ -185,6 +227,18 @@ pub fn run(client_counts: &[u32], rate: u32) -> anyhow::Result<()> {
     }
     println!();
     println!("DHCP 4-way exchanges/s (perfdhcp offering {rate} exchanges/s for 10 s, as a relay); drops of REQUEST-ACK; ratios = enlist / reference");
+    if machine.fsync_delay_us > 0 || machine.rmem_max.is_some() || machine.without_net_admin {
+        println!(
+            "enlist's machine: each fsync takes {} us more; net.core.rmem_max {}; CAP_NET_ADMIN {}",
+            machine.fsync_delay_us,
+            machine.rmem_max.map_or("as is".into(), |v| v.to_string()),
+            if machine.without_net_admin {
+                "dropped"
+            } else {
+                "kept"
+            }
+        );
+    }
     println!("| clients | enlist ex/s | drops | avg ms | dnsmasq ex/s | drops | avg ms | kea ex/s | drops | avg ms | vs dnsmasq | vs kea |");
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     for l in lines {

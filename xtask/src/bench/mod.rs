@@ -82,6 +82,16 @@ pub enum BenchTask {
         /// Exchanges per second perfdhcp offers (above the 5,000/s goal, so the goal can show).
         #[arg(long, default_value_t = 8000)]
         rate: u32,
+        /// A slow disk for enlist: each fsync/fdatasync waits this long first (an LD_PRELOAD
+        /// shim; this machine has no dm-delay).
+        #[arg(long, default_value_t = 0)]
+        fsync_delay_us: u64,
+        /// net.core.rmem_max for the run (stock Debian: 212992), put back after.
+        #[arg(long)]
+        rmem_max: Option<u64>,
+        /// Start enlist without CAP_NET_ADMIN (so rmem_max caps its socket buffers).
+        #[arg(long)]
+        without_net_admin: bool,
         /// Instead: a Pentium II booting by PXE while the head is flooded (quiet, 10k spoofed
         /// DISCOVERs/s, 10k malformed packets/s).
         #[arg(long)]
@@ -155,7 +165,22 @@ pub fn run(t: BenchTask) -> anyhow::Result<()> {
                 isolate,
             },
         ),
-        BenchTask::Dhcp { clients, rate, .. } => dhcp::run(&clients, rate),
+        BenchTask::Dhcp {
+            clients,
+            rate,
+            fsync_delay_us,
+            rmem_max,
+            without_net_admin,
+            ..
+        } => dhcp::run(
+            &clients,
+            rate,
+            &dhcp::Machine {
+                fsync_delay_us,
+                rmem_max,
+                without_net_admin,
+            },
+        ),
     }
 }
 

@@ -12,6 +12,28 @@ pub struct Pair {
 
 pub const SRV_IP: &str = "10.79.0.1";
 
+/// How a benchmark starts the head, beyond its config.
+#[derive(Default)]
+pub struct HeadEnv {
+    /// The fsync shim (`slow_fsync.c`, built) and the microseconds each flush waits.
+    pub slow_fsync: Option<(std::path::PathBuf, u64)>,
+    /// Started without CAP_NET_ADMIN (so `net.core.rmem_max` caps its socket buffers).
+    pub without_net_admin: bool,
+}
+
+/// Build the fsync shim into `dir`: a disk whose every flush takes a while.
+pub fn build_slow_fsync(dir: &std::path::Path) -> anyhow::Result<std::path::PathBuf> {
+    let src = crate::root().join("xtask/src/bench/slow_fsync.c");
+    let out = dir.join("slow_fsync.so");
+    run(Command::new("gcc")
+        .args(["-shared", "-fPIC", "-O2", "-o"])
+        .arg(&out)
+        .arg(&src)
+        .arg("-ldl"))
+    .map_err(|e| anyhow!(e))?;
+    Ok(out)
+}
+
 impl Pair {
     pub fn new(name: &str) -> anyhow::Result<Pair> {
         let (srv, cli) = (format!("{name}-srv"), format!("{name}-cli"));
@@ -45,14 +67,40 @@ impl Pair {
         config: &std::path::Path,
         yaml: &str,
     ) -> anyhow::Result<std::process::Child> {
+        self.spawn_enlist_as(config, yaml, &HeadEnv::default())
+    }
+
+    /// The same, started as `env` says (a slow disk, fewer capabilities).
+    pub fn spawn_enlist_as(
+        &self,
+        config: &std::path::Path,
+        yaml: &str,
+        env: &HeadEnv,
+    ) -> anyhow::Result<std::process::Child> {
         std::fs::write(config, yaml)?;
-        Ok(self
-            .exec(&self.srv, &crate::enlist_bin().display().to_string())
-            .args(["serve", "--config"])
+        let enlist = crate::enlist_bin().display().to_string();
+        let mut cmd = if env.without_net_admin {
+            let mut c = self.exec(&self.srv, "setpriv");
+            c.args([
+                "--bounding-set",
+                "-net_admin",
+                "--inh-caps",
+                "-net_admin",
+                &enlist,
+            ]);
+            c
+        } else {
+            self.exec(&self.srv, &enlist)
+        };
+        cmd.args(["serve", "--config"])
             .arg(config)
             .env("ENLIST_LOG", "warn")
-            .stderr(std::process::Stdio::null())
-            .spawn()?)
+            .stderr(std::process::Stdio::null());
+        if let Some((shim, us)) = &env.slow_fsync {
+            cmd.env("LD_PRELOAD", shim)
+                .env("SLOW_FSYNC_US", us.to_string());
+        }
+        Ok(cmd.spawn()?)
     }
 
     /// Kill everything running in the server namespace (between servers).
