@@ -280,7 +280,9 @@ fn dashboard_in_a_browser_shows_a_pc_join_live_and_leave() {
     }
     let out = browser.wait_with_output().expect("browser output");
     let text = browser_passed(&lab, &out);
+    assert!(text.contains("boot steps:"), "the boot drawn: {text}");
     assert!(text.contains("gone; events"), "{text}");
+    eprintln!("{text}");
 }
 
 /// The browser script's output; the test fails with it (and the lab's logs) unless it passed.

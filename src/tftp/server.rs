@@ -288,6 +288,13 @@ async fn transfer(
     };
     let neg = packet::negotiate(options, blob.len(), &limits);
     tracing::debug!(%peer, file, blksize = neg.blksize, window = neg.windowsize, size = blob.len(), "tftp: transfer starts");
+    // Recorded as it starts, as HTTP records it: a boot's timeline then shows each step from
+    // its request to the next one's, by either protocol. A script's fetch is recorded by the
+    // boot decision that made it.
+    if blob.kind != Kind::Script {
+        ctx.observer
+            .fetched(blob.mac, peer.ip(), blob.kind, file, Proto::Tftp);
+    }
     let (end, sent) = send_blob(&sock, &blob, &neg, repeated).await;
     ctx.metrics
         .tftp_transfers
@@ -295,14 +302,7 @@ async fn transfer(
         .inc();
     ctx.metrics.tftp_bytes.inc_by(sent);
     match end {
-        End::Complete => {
-            tracing::info!(%peer, file, bytes = sent, "tftp: sent");
-            // A script's fetch is recorded by the boot decision that made it.
-            if blob.kind != Kind::Script {
-                ctx.observer
-                    .fetched(blob.mac, peer.ip(), blob.kind, file, Proto::Tftp);
-            }
-        }
+        End::Complete => tracing::info!(%peer, file, bytes = sent, "tftp: sent"),
         End::ClientError => tracing::debug!(%peer, file, "tftp: client ended the transfer"),
         _ => tracing::info!(%peer, file, bytes = sent, "tftp: transfer failed ({})", end.as_str()),
     }

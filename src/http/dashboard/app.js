@@ -113,8 +113,8 @@ function render() {
 }
 
 // Boots drawn, so "where did the minute go" is seen: each step of a boot (DHCP, script,
-// kernel, initrd, registered, ...) is a segment from its start to the next step's, coloured by
-// the protocol it came by.
+// kernel, initrd, registered, ...) is a segment from its request to the next step's, coloured
+// by the protocol it came by (the initrd's runs until the node OS has booted and registered).
 function bootSegments(steps) {
   const s = (Array.isArray(steps) ? steps : []).filter((x) => Number.isFinite(x.at_ms)).sort((a, b) => a.at_ms - b.at_ms);
   return s.map((x, i) => ({
@@ -168,7 +168,8 @@ function renderBoot(n) {
     el('td', { textContent: '+' + secs(g.start - t0) }), el('td', { textContent: g.step }),
     el('td', { textContent: g.via }), el('td', { textContent: g.end > g.start ? secs(g.end - g.start) : '' }),
     el('td', { className: 'wide', textContent: g.detail })));
-  $('#d-boot').replaceChildren(bootBar(segs, t0, span), el('table', { className: 'steps' }, el('tbody', {}, ...rows)));
+  const head = el('tr', {}, ...['at', 'step', 'by', 'until the next', ''].map((h) => el('th', { textContent: h })));
+  $('#d-boot').replaceChildren(bootBar(segs, t0, span), el('table', { className: 'steps' }, el('thead', {}, head), el('tbody', {}, ...rows)));
 }
 
 // The node's part in the jobs: the scheduler's state and running jobs, else what its agent
