@@ -3,7 +3,7 @@
 //! so every retransmission rule is tested exactly.
 //!
 //! Retransmission follows TCP's (RFC 6298): the timeout is fitted to the round trips measured
-//! (SRTT + 4 x RTTVAR, with a floor for a LAN and the client's negotiated timeout as the
+//! (SRTT + 4 x RTTVAR, with a floor of 10 ms for a LAN and the client's negotiated timeout as the
 //! ceiling), samples come only from blocks sent once (Karn), and a timeout doubles it. On a lossy
 //! cable a lost block then costs a few round trips, not a fixed second. A client that repeats
 //! its last ACK is missing the next block: it gets it again at once, but only once per window
@@ -21,9 +21,11 @@ pub struct Rto {
     ceiling: Duration,
 }
 
-/// The least the timeout is on a LAN: a PXE ROM answers within a few ms, but its PC may be
-/// busy (a Pentium II decompressing, an emulated one starved of CPU).
-pub const RTO_FLOOR: Duration = Duration::from_millis(40);
+/// The least the timeout is on a LAN, where a PXE ROM answers a block within a millisecond or
+/// two: a lost block costs about this. A PC that stalls longer (an emulated one starved of
+/// CPU) gets a block twice, which costs one packet: the timeout doubles, the next clean round
+/// trip brings it back, and the echoed ACK is not answered (see `on_ack`).
+pub const RTO_FLOOR: Duration = Duration::from_millis(10);
 
 impl Rto {
     /// Before any sample: `initial` (RFC 6298 says 1 s), at most `ceiling`.
@@ -159,12 +161,20 @@ impl Sender {
             return Step::Wait;
         };
         if k >= self.base {
-            if let Some((_, Some(t))) = self.sent_at.iter().find(|(b, _)| *b == k) {
-                self.rto.sample(now.saturating_duration_since(*t));
-            }
+            let sent_twice = match self.sent_at.iter().find(|(b, _)| *b == k) {
+                Some((_, Some(t))) => {
+                    self.rto.sample(now.saturating_duration_since(*t));
+                    false
+                }
+                Some((_, None)) => true,
+                None => false,
+            };
             self.sent_at.retain(|(b, _)| *b > k);
             self.base = k + 1;
-            self.fast_done = false;
+            // A block sent twice may be acknowledged twice: that second ACK is an echo, not a
+            // client missing the next block, and answering it would send every later block
+            // twice (the Sorcerer's Apprentice): this window gets no fast retransmission.
+            self.fast_done = sent_twice;
             self.progress = now;
             return self.send_window(now, false);
         }
@@ -293,6 +303,29 @@ mod tests {
         assert_eq!(s.on_ack(0, t0 + ms(6)), Step::Wait, "once per window");
         assert_eq!(s.on_ack(0, t0 + ms(7)), Step::Wait);
         assert_eq!(s.on_ack(4, t0 + ms(9)), Step::Send { first: 5, last: 8 });
+    }
+
+    /// A client that stalled past the timeout gets its block twice and acknowledges both
+    /// copies: the second ACK is not answered, so later blocks go once each.
+    #[test]
+    fn a_block_sent_twice_is_acknowledged_twice_without_an_apprentice() {
+        let t0 = Instant::now();
+        let mut s = sender(512 * 10, 1, t0);
+        s.start(t0);
+        let mut t = t0;
+        for k in 1..=3u16 {
+            t += ms(1);
+            s.on_ack(k, t);
+        }
+        // Block 4 goes out; the client stalls past the timeout: block 4 again.
+        t = s.deadline().expect("deadline");
+        assert_eq!(s.on_timeout(t), Step::Send { first: 4, last: 4 });
+        // Both copies are acknowledged, one after the other.
+        assert_eq!(s.on_ack(4, t + ms(1)), Step::Send { first: 5, last: 5 });
+        assert_eq!(s.on_ack(4, t + ms(2)), Step::Wait, "the echo is not news");
+        // Block 5 was sent once: its ACK moves on, and a real repeat is answered at once.
+        assert_eq!(s.on_ack(5, t + ms(3)), Step::Send { first: 6, last: 6 });
+        assert_eq!(s.on_ack(5, t + ms(300)), Step::Send { first: 6, last: 6 });
     }
 
     #[test]
