@@ -64,6 +64,72 @@ impl Rto {
     pub fn back_off(&mut self) {
         self.rto = (self.rto * 2).min(self.ceiling);
     }
+
+    /// The round trip measured so far (smoothed, and its variation), if any was.
+    pub fn estimate(&self) -> Option<Estimate> {
+        self.srtt.map(|srtt| Estimate {
+            srtt,
+            rttvar: self.rttvar,
+        })
+    }
+
+    /// Start from what an earlier transfer to the same client measured, not from a second.
+    pub fn resume(from: Estimate, ceiling: Duration) -> Rto {
+        let floor = RTO_FLOOR.min(ceiling);
+        Rto {
+            srtt: Some(from.srtt),
+            rttvar: from.rttvar,
+            rto: (from.srtt + (from.rttvar * 4).max(Duration::from_millis(1)))
+                .clamp(floor, ceiling),
+            floor,
+            ceiling,
+        }
+    }
+}
+
+/// A client's measured round trip, kept between its transfers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Estimate {
+    pub srtt: Duration,
+    pub rttvar: Duration,
+}
+
+/// The round trips measured to recent clients: a PC's kernel transfer starts from what its
+/// boot script's measured, so its first lost blocks cost tens of ms rather than the initial
+/// second. Bounded (oldest forgotten first) and short-lived, since anyone can be a client.
+#[derive(Default)]
+pub struct RoundTrips {
+    by_client: std::collections::HashMap<std::net::IpAddr, (Estimate, Instant)>,
+}
+
+impl RoundTrips {
+    const CLIENTS: usize = 1024;
+    const KEPT_FOR: Duration = Duration::from_secs(600);
+
+    pub fn remember(&mut self, client: std::net::IpAddr, e: Estimate, now: Instant) {
+        if !self.by_client.contains_key(&client) && self.by_client.len() >= Self::CLIENTS {
+            self.by_client
+                .retain(|_, (_, at)| now.saturating_duration_since(*at) < Self::KEPT_FOR);
+            if self.by_client.len() >= Self::CLIENTS {
+                let oldest = self
+                    .by_client
+                    .iter()
+                    .min_by_key(|(_, (_, at))| *at)
+                    .map(|(ip, _)| *ip);
+                if let Some(ip) = oldest {
+                    self.by_client.remove(&ip);
+                }
+            }
+        }
+        self.by_client.insert(client, (e, now));
+    }
+
+    pub fn recall(&self, client: std::net::IpAddr, now: Instant) -> Option<Estimate> {
+        self.by_client
+            .get(&client)
+            .filter(|(_, at)| now.saturating_duration_since(*at) < Self::KEPT_FOR)
+            .map(|(e, _)| *e)
+    }
 }
 
 /// What the I/O loop should do next.
@@ -126,6 +192,11 @@ impl Sender {
 
     pub fn rto(&self) -> Duration {
         self.rto.timeout()
+    }
+
+    /// The round trip measured in this transfer (with what it started from).
+    pub fn estimate(&self) -> Option<Estimate> {
+        self.rto.estimate()
     }
 
     fn window_end(&self) -> u64 {
@@ -303,6 +374,42 @@ mod tests {
         assert_eq!(s.on_ack(0, t0 + ms(6)), Step::Wait, "once per window");
         assert_eq!(s.on_ack(0, t0 + ms(7)), Step::Wait);
         assert_eq!(s.on_ack(4, t0 + ms(9)), Step::Send { first: 5, last: 8 });
+    }
+
+    /// A second transfer to a client starts from the first one's round trip; strangers fill a
+    /// bounded table and are forgotten.
+    #[test]
+    fn round_trips_carry_over_between_a_clients_transfers_and_stay_bounded() {
+        let t0 = Instant::now();
+        let mut first = Rto::new(Duration::from_secs(1), Duration::from_secs(3));
+        assert_eq!(first.estimate(), None);
+        for _ in 0..10 {
+            first.sample(ms(2));
+        }
+        let e = first.estimate().expect("measured");
+        let mut trips = RoundTrips::default();
+        let pc: std::net::IpAddr = "10.77.0.100".parse().expect("ip");
+        trips.remember(pc, e, t0);
+        let again = Rto::resume(
+            trips.recall(pc, t0 + ms(500)).expect("kept"),
+            Duration::from_secs(3),
+        );
+        assert_eq!(again.timeout(), RTO_FLOOR, "not the initial second");
+        assert_eq!(
+            trips.recall(pc, t0 + Duration::from_secs(601)),
+            None,
+            "forgotten"
+        );
+        for n in 0..2000u32 {
+            let ip = std::net::IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + n));
+            trips.remember(ip, e, t0 + ms(u64::from(n)));
+        }
+        assert!(trips.by_client.len() <= RoundTrips::CLIENTS);
+        assert_eq!(
+            trips.recall(pc, t0 + ms(2000)),
+            None,
+            "the oldest went first"
+        );
     }
 
     /// A client that stalled past the timeout gets its block twice and acknowledges both

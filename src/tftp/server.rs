@@ -18,7 +18,7 @@ use crate::config::TftpConfig;
 use crate::metrics::{labels, Metrics};
 
 use super::packet::{self, ErrorCode, Limits, Packet};
-use super::sender::{Rto, Sender, Step};
+use super::sender::{Estimate, RoundTrips, Rto, Sender, Step};
 
 /// How long a client may be silent (no ACK moving the transfer) before it is abandoned.
 const GIVE_UP: Duration = Duration::from_secs(10);
@@ -37,6 +37,8 @@ pub struct TftpContext {
     /// is not a new transfer. A different request from there (a finished transfer's client
     /// asking for the next file, or for a tsize probe, from the same port) is a new one.
     active: Mutex<HashMap<SocketAddr, Active>>,
+    /// Round trips measured to recent clients, where their next transfer starts from.
+    round_trips: Mutex<RoundTrips>,
 }
 
 struct Active {
@@ -58,6 +60,26 @@ impl TftpContext {
             observer,
             open: Mutex::new(HashMap::new()),
             active: Mutex::new(HashMap::new()),
+            round_trips: Mutex::new(RoundTrips::default()),
+        }
+    }
+
+    /// The timeout a new transfer to `client` starts with: fitted to its last transfer's
+    /// round trip if there was one lately, else the negotiated `timeout` (at most that).
+    fn first_rto(&self, client: IpAddr, timeout: std::time::Duration) -> Rto {
+        let trips = self.round_trips.lock().unwrap_or_else(|p| p.into_inner());
+        match trips.recall(client, std::time::Instant::now()) {
+            Some(e) => Rto::resume(e, timeout),
+            None => Rto::new(timeout, timeout),
+        }
+    }
+
+    fn keep_round_trip(&self, client: IpAddr, e: Option<Estimate>) {
+        if let Some(e) = e {
+            self.round_trips
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remember(client, e, std::time::Instant::now());
         }
     }
 
@@ -295,7 +317,9 @@ async fn transfer(
         ctx.observer
             .fetched(blob.mac, peer.ip(), blob.kind, file, Proto::Tftp);
     }
-    let (end, sent) = send_blob(&sock, &blob, &neg, repeated).await;
+    let rto = ctx.first_rto(peer.ip(), neg.timeout);
+    let (end, sent, measured) = send_blob(&sock, &blob, &neg, rto, repeated).await;
+    ctx.keep_round_trip(peer.ip(), measured);
     ctx.metrics
         .tftp_transfers
         .get_or_create(&labels(&[("outcome", end.as_str())]))
@@ -400,19 +424,19 @@ async fn wait_reply(sock: &UdpSocket, deadline: tokio::time::Instant) -> Reply {
 }
 
 /// Send the whole blob with the negotiated options: the OACK first if there is one, then the
-/// blocks as [`Sender`] says. Returns how it ended and the bytes sent.
+/// blocks as [`Sender`] says, waiting as `rto` says at first (the client's negotiated timeout
+/// is the longest it waits; the measured round trip sets how long it actually does). Returns
+/// how it ended, the bytes sent and the round trip measured.
 async fn send_blob(
     sock: &UdpSocket,
     blob: &Blob,
     neg: &packet::Negotiated,
+    mut rto: Rto,
     repeated: &Notify,
-) -> (End, u64) {
-    // The client's negotiated timeout is the longest we wait; the measured round trip sets
-    // how long we actually do.
-    let mut rto = Rto::new(neg.timeout, neg.timeout);
+) -> (End, u64, Option<Estimate>) {
     if !neg.ack.is_empty() {
         if let Err(end) = send_oack(sock, neg, &mut rto, repeated).await {
-            return (end, 0);
+            return (end, 0, rto.estimate());
         }
     }
     let now = tokio::time::Instant::now().into_std();
@@ -433,13 +457,13 @@ async fn send_blob(
                 for k in first..=last {
                     match send_block(sock, blob, neg.blksize, k, &mut pkt).await {
                         Ok(n) => sent += n,
-                        Err(()) => return (End::SendFailed, sent),
+                        Err(()) => return (End::SendFailed, sent, s.estimate()),
                     }
                 }
             }
             Step::Wait => {}
-            Step::Done => return (End::Complete, sent),
-            Step::GiveUp => return (End::TimedOut, sent),
+            Step::Done => return (End::Complete, sent, s.estimate()),
+            Step::GiveUp => return (End::TimedOut, sent, s.estimate()),
         }
         let deadline = s
             .deadline()
@@ -450,7 +474,7 @@ async fn send_blob(
                 match r {
                     Reply::Ack(a) => s.on_ack(a, now),
                     Reply::Timeout => s.on_timeout(now),
-                    Reply::ClientError => return (End::ClientError, sent),
+                    Reply::ClientError => return (End::ClientError, sent, s.estimate()),
                 }
             }
             _ = repeated.notified() => s.on_repeated_request(tokio::time::Instant::now().into_std()),
@@ -538,7 +562,9 @@ mod tests {
         let blob = Blob::from_bytes(data.clone(), Kind::Other);
         let repeated = Arc::new(Notify::new());
         let r = repeated.clone();
-        let task = tokio::spawn(async move { send_blob(&server, &blob, &neg, &r).await });
+        let task = tokio::spawn(async move {
+            send_blob(&server, &blob, &neg, Rto::new(neg.timeout, neg.timeout), &r).await
+        });
         let mut got = Vec::new();
         let mut buf = [0u8; 600];
         let mut dropped = false;
@@ -560,7 +586,8 @@ mod tests {
                 break;
             }
         }
-        let (end, _) = task.await.unwrap();
+        let (end, _, measured) = task.await.unwrap();
+        assert!(measured.is_some(), "the round trips were measured");
         assert_eq!(end, End::Complete);
         assert_eq!(got, data);
     }
