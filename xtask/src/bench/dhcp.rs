@@ -193,6 +193,9 @@ pub fn run(client_counts: &[u32], rate: u32, machine: &Machine) -> anyhow::Resul
         for srv in SERVERS {
             let mut child = start(&pair, srv, &base.join(srv), &env)?;
             let r = perfdhcp(&pair, n, rate);
+            if srv == "enlist" {
+                print_batches(&pair, n);
+            }
             let _ = child.kill();
             let _ = child.wait();
             pair.stop_servers();
@@ -252,4 +255,34 @@ fn drop_pct(r: &Result) -> f64 {
         return 0.0;
     }
     100.0 * (r.sent.saturating_sub(r.received)) as f64 / r.sent as f64
+}
+
+/// Where enlist's time went: its lease batches (group commits), from its /metrics.
+fn print_batches(pair: &Pair, clients: u32) {
+    let out = pair
+        .exec(&pair.srv, "curl")
+        .args(["-s", "http://127.0.0.1:18082/metrics"])
+        .output();
+    let text = out
+        .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+        .unwrap_or_default();
+    let value = |name: &str| {
+        text.lines()
+            .find_map(|l| {
+                l.strip_prefix(name)?
+                    .strip_prefix(' ')?
+                    .trim()
+                    .parse::<f64>()
+                    .ok()
+            })
+            .unwrap_or(0.0)
+    };
+    let batches = value("enlist_dhcp_batch_packets_count");
+    if batches > 0.0 {
+        println!(
+            "enlist, {clients} clients: {batches:.0} lease batches, {:.1} packets and {:.1} ms each on average",
+            value("enlist_dhcp_batch_packets_sum") / batches,
+            1000.0 * value("enlist_dhcp_batch_seconds_sum") / batches
+        );
+    }
 }
