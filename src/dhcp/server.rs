@@ -107,7 +107,7 @@ pub async fn run(
 }
 
 /// Most packets handled as one lease batch (one commit).
-const BATCH_MAX: usize = 256;
+const BATCH_MAX: usize = 2048;
 /// Receive buffer: room for the burst that arrives while a batch is being committed.
 const RECV_BUFFER: usize = 4 << 20;
 
@@ -149,26 +149,49 @@ async fn serve_socket(
                 };
             }
         }
-        if batch.is_empty() {
-            continue;
-        }
-        let h = handler.clone();
-        let now = crate::store::now();
-        let result = tokio::task::spawn_blocking(move || {
-            let outcomes = h.handle_batch(&batch, now);
-            (outcomes, batch)
-        })
-        .await;
-        let (outcomes, batch) = match result {
-            Ok(x) => x,
-            Err(e) => {
-                tracing::error!("dhcp handler task failed: {e}");
-                continue;
+        // DISCOVERs first: their offers are held in memory, so their batch commits nothing
+        // and they are answered at once, not after the disk has flushed the REQUESTs' leases.
+        let (offers, rest): (Vec<_>, Vec<_>) = batch
+            .into_iter()
+            .zip(types)
+            .partition(|(_, t)| t == "discover");
+        for part in [offers, rest] {
+            if !part.is_empty() {
+                handle_and_respond(&socket, &handler, &metrics, part).await;
             }
-        };
-        for ((outcome, (arrival, msg)), mtype) in outcomes.into_iter().zip(&batch).zip(&types) {
-            respond(&socket, &arrival.iface, outcome, msg, mtype, &metrics).await;
         }
+    }
+}
+
+/// Handle one batch as one lease commit, then send each packet's reply.
+async fn handle_and_respond(
+    socket: &UdpSocket,
+    handler: &Arc<Handler>,
+    metrics: &Metrics,
+    part: Vec<((Arrival, dhcproto::v4::Message), String)>,
+) {
+    let (batch, types): (Vec<_>, Vec<_>) = part.into_iter().unzip();
+    let h = handler.clone();
+    let now = crate::store::now();
+    metrics.dhcp_batch_packets.observe(batch.len() as f64);
+    let started = std::time::Instant::now();
+    let result = tokio::task::spawn_blocking(move || {
+        let outcomes = h.handle_batch(&batch, now);
+        (outcomes, batch)
+    })
+    .await;
+    metrics
+        .dhcp_batch_seconds
+        .observe(started.elapsed().as_secs_f64());
+    let (outcomes, batch) = match result {
+        Ok(x) => x,
+        Err(e) => {
+            tracing::error!("dhcp handler task failed: {e}");
+            return;
+        }
+    };
+    for ((outcome, (arrival, msg)), mtype) in outcomes.into_iter().zip(&batch).zip(&types) {
+        respond(socket, &arrival.iface, outcome, msg, mtype, metrics).await;
     }
 }
 
