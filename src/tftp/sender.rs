@@ -55,7 +55,11 @@ impl Rto {
                 self.srtt = Some(srtt * 7 / 8 + rtt / 8);
             }
         }
-        let srtt = self.srtt.unwrap_or(rtt);
+        self.refit(self.srtt.unwrap_or(rtt));
+    }
+
+    /// The timeout from the estimate: SRTT + 4 x RTTVAR, between the floor and the ceiling.
+    fn refit(&mut self, srtt: Duration) {
         self.rto = (srtt + (self.rttvar * 4).max(Duration::from_millis(1)))
             .clamp(self.floor, self.ceiling);
     }
@@ -75,15 +79,11 @@ impl Rto {
 
     /// Start from what an earlier transfer to the same client measured, not from a second.
     pub fn resume(from: Estimate, ceiling: Duration) -> Rto {
-        let floor = RTO_FLOOR.min(ceiling);
-        Rto {
-            srtt: Some(from.srtt),
-            rttvar: from.rttvar,
-            rto: (from.srtt + (from.rttvar * 4).max(Duration::from_millis(1)))
-                .clamp(floor, ceiling),
-            floor,
-            ceiling,
-        }
+        let mut rto = Rto::new(ceiling, ceiling);
+        rto.srtt = Some(from.srtt);
+        rto.rttvar = from.rttvar;
+        rto.refit(from.srtt);
+        rto
     }
 }
 
