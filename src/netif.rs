@@ -136,17 +136,21 @@ pub fn set_arp_entry(
     Ok(())
 }
 
-/// Give `socket` a receive buffer of `wanted` bytes, past `net.core.rmem_max` when the head has
-/// CAP_NET_ADMIN (`SO_RCVBUFFORCE`), else as much as that limit allows. Returns what the kernel
-/// granted (it reports twice the bytes asked, for its bookkeeping; halved here). A stock
-/// Debian's limit is 208 KiB: a DHCP socket that small overflows while a slow disk flushes one
-/// lease batch, so the caller says so.
-pub fn grow_receive_buffer(socket: &socket2::Socket, wanted: usize) -> usize {
+/// Give `socket` (`what`, for the log) a receive buffer of `wanted` bytes, past
+/// `net.core.rmem_max` when the head has CAP_NET_ADMIN (`SO_RCVBUFFORCE`), else as much as that
+/// limit allows, and warn when it got less. Returns what the kernel granted (it reports twice
+/// the bytes asked, for its bookkeeping; halved here). A stock Debian's limit is 208 KiB: a DHCP
+/// socket that small overflows while a slow disk flushes one lease batch.
+pub fn grow_receive_buffer(socket: &socket2::Socket, wanted: usize, what: &str) -> usize {
     use nix::sys::socket::{setsockopt, sockopt::RcvBufForce};
     if setsockopt(socket, RcvBufForce, &wanted).is_err() {
         let _ = socket.set_recv_buffer_size(wanted);
     }
-    socket.recv_buffer_size().map(|b| b / 2).unwrap_or(0)
+    let granted = socket.recv_buffer_size().map(|b| b / 2).unwrap_or(0);
+    if let Some(w) = small_buffer_warning(what, granted, wanted) {
+        tracing::warn!("{w}");
+    }
+    granted
 }
 
 /// The warning for a receive buffer smaller than asked, or `None` when it got what it asked.
@@ -168,7 +172,7 @@ mod receive_buffer_tests {
     fn a_root_test_gets_the_whole_buffer_and_a_small_one_is_named() {
         let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None)
             .expect("socket");
-        let granted = grow_receive_buffer(&s, 1 << 20);
+        let granted = grow_receive_buffer(&s, 1 << 20, "a test socket");
         assert!(granted > 0);
         if nix::unistd::geteuid().is_root() {
             assert_eq!(granted, 1 << 20, "SO_RCVBUFFORCE passes rmem_max for root");

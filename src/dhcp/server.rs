@@ -41,11 +41,7 @@ fn bind_device_socket(iface: &str, port: u16) -> std::io::Result<UdpSocket> {
     let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
     s.set_reuse_address(true)?;
     s.set_broadcast(true)?;
-    let granted = crate::netif::grow_receive_buffer(&s, RECV_BUFFER);
-    let what = format!("dhcp on {iface} port {port}");
-    if let Some(w) = crate::netif::small_buffer_warning(&what, granted, RECV_BUFFER) {
-        tracing::warn!("{w}");
-    }
+    crate::netif::grow_receive_buffer(&s, RECV_BUFFER, &format!("dhcp on {iface} port {port}"));
     s.bind_device(Some(iface.as_bytes()))?;
     s.bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)).into())?;
     s.set_nonblocking(true)?;

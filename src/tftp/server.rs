@@ -181,12 +181,7 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<UdpSocket> {
         socket2::Type::DGRAM,
         Some(socket2::Protocol::UDP),
     )?;
-    let granted = crate::netif::grow_receive_buffer(&s, REQUEST_BUFFER);
-    if let Some(w) =
-        crate::netif::small_buffer_warning(&format!("tftp on {addr}"), granted, REQUEST_BUFFER)
-    {
-        tracing::warn!("{w}");
-    }
+    crate::netif::grow_receive_buffer(&s, REQUEST_BUFFER, &format!("tftp on {addr}"));
     s.bind(&addr.into())?;
     s.set_nonblocking(true)?;
     UdpSocket::from_std(s.into())
