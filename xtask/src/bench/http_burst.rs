@@ -55,21 +55,7 @@ pub fn run(nodes: usize, link_mbit: u32) -> anyhow::Result<()> {
         bail!("no i586 image in images/out: run `cargo xtask node images` first");
     }
     let pair = Pair::new("bench-http")?;
-    enlist_lab::run(pair.exec(&pair.srv, "tc").args([
-        "qdisc",
-        "add",
-        "dev",
-        "vsrv",
-        "root",
-        "tbf",
-        "rate",
-        &format!("{link_mbit}mbit"),
-        "burst",
-        "256kb",
-        "latency",
-        "20ms",
-    ]))
-    .map_err(|e| anyhow!(e))?;
+    pair.shape(link_mbit)?;
     let dir = root().join("lab/bench-http");
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;

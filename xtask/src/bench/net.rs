@@ -103,6 +103,18 @@ impl Pair {
         Ok(cmd.spawn()?)
     }
 
+    /// Shape the server's side of the link to `mbit` Mbit/s (`tc tbf`, a 256 KB burst, 20 ms of
+    /// queue), as one switch port to the head would be.
+    pub fn shape(&self, mbit: u32) -> anyhow::Result<()> {
+        let rate = format!("{mbit}mbit");
+        run(self.exec(&self.srv, "tc").args([
+            "qdisc", "add", "dev", "vsrv", "root", "tbf", "rate", &rate, "burst", "256kb",
+            "latency", "20ms",
+        ]))
+        .map_err(|e| anyhow!(e))?;
+        Ok(())
+    }
+
     /// Kill everything running in the server namespace (between servers).
     pub fn stop_servers(&self) {
         if let Ok(pids) = run(Command::new("ip").args(["netns", "pids", &self.srv])) {

@@ -100,21 +100,7 @@ pub fn run(nodes: usize, link_mbit: u32) -> anyhow::Result<()> {
     let per_node: usize = files.iter().map(|f| f.1).sum();
     let floor = (nodes * per_node) as f64 * 8.0 / (f64::from(link_mbit) * 1e6);
     let pair = Pair::new("bench-tftpb")?;
-    enlist_lab::run(pair.exec(&pair.srv, "tc").args([
-        "qdisc",
-        "add",
-        "dev",
-        "vsrv",
-        "root",
-        "tbf",
-        "rate",
-        &format!("{link_mbit}mbit"),
-        "burst",
-        "256kb",
-        "latency",
-        "20ms",
-    ]))
-    .map_err(|e| anyhow!(e))?;
+    pair.shape(link_mbit)?;
     println!();
     println!(
         "TFTP boot burst: {nodes} lockstep clients (blksize {BLKSIZE}) fetch kernel + initrd ({:.2} MB) at once over a {link_mbit} Mbit/s link; floor {floor:.1} s",
