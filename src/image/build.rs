@@ -69,6 +69,8 @@ pub enum BuildError {
     Squashfs { detail: String },
     #[error("writing the manifest: {0}")]
     Manifest(serde_json::Error),
+    #[error(transparent)]
+    AliasTable(#[from] super::alias_table::AliasLineError),
 }
 
 #[derive(Debug, Serialize)]
@@ -82,9 +84,10 @@ pub struct Manifest {
     pub packages: Vec<PackageRecord>,
     pub modules: Vec<String>,
     pub files: Vec<FileRecord>,
-    /// The PCI devices its network driver modules take: the head warns when a booting PC's
-    /// card is none of them. Empty for a kernel with its drivers built in (Linux 6.1 keeps no
-    /// device table of built-in drivers): then the head cannot tell.
+    /// The PCI devices its network drivers take: the head warns when a booting PC's card is
+    /// none of them. For a kernel with its drivers built in, from the table beside it
+    /// (`modules.alias-<release>`, see `alias_table`); empty without one: then the head
+    /// cannot tell.
     pub drivers: Vec<DriverAlias>,
     /// The jobs' runtime bundle, when the recipe has a `jobs:` section.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -227,7 +230,7 @@ fn download_missing(dir: &Path, r: &Recipe, log: &mut dyn FnMut(&str)) -> Result
 }
 
 /// Module name as the kernel knows it: file stem with `-` as `_`.
-fn module_name(path: &str) -> Option<String> {
+pub(super) fn module_name(path: &str) -> Option<String> {
     let file = path.rsplit('/').next()?;
     let stem = file
         .strip_suffix(".ko")
@@ -238,7 +241,7 @@ fn module_name(path: &str) -> Option<String> {
 
 /// Module directories whose contents we keep in memory while reading the kernel package: NIC
 /// drivers and the library code they depend on. Dependencies outside these are reported.
-const MODULE_DIRS: [&str; 13] = [
+const MODULE_DIRS: [&str; 19] = [
     // The jobs: the runtime bundle (a squashfs on a loop device) and the NFSv4 home.
     "kernel/fs/",
     "kernel/drivers/block/",
@@ -253,6 +256,12 @@ const MODULE_DIRS: [&str; 13] = [
     "kernel/drivers/ptp/",
     "kernel/drivers/pps/",
     "kernel/drivers/dca/",
+    "kernel/drivers/pcmcia/",
+    "kernel/drivers/mtd/",
+    "kernel/drivers/pci/controller/",
+    "kernel/drivers/uio/",
+    "kernel/drivers/ssb/",
+    "kernel/drivers/mmc/core/",
 ];
 
 struct ModuleFile {
@@ -307,6 +316,8 @@ struct Kernel {
     vmlinuz: Vec<u8>,
     modules: HashMap<String, ModuleFile>,
     builtin: BTreeSet<String>,
+    /// The devices of the drivers built into a kernel image, from the table beside it.
+    builtin_drivers: Vec<DriverAlias>,
 }
 
 fn read_kernel(deb_path: &Path) -> Result<Kernel, BuildError> {
@@ -373,11 +384,13 @@ fn read_kernel(deb_path: &Path) -> Result<Kernel, BuildError> {
         vmlinuz: vmlinuz.ok_or_else(|| missing("boot/vmlinuz-*"))?,
         modules,
         builtin,
+        builtin_drivers: Vec::new(),
     })
 }
 
 /// A kernel image on its own (`vmlinuz-<release>`, from `cargo xtask node kernel`): its
-/// drivers are built in, so it comes with no modules.
+/// drivers are built in, so it comes with no modules, and with the table of their devices
+/// when one lies beside it.
 fn read_bare_kernel(path: &Path) -> Result<Kernel, BuildError> {
     let version = path
         .file_name()
@@ -385,12 +398,67 @@ fn read_bare_kernel(path: &Path) -> Result<Kernel, BuildError> {
         .and_then(|n| n.strip_prefix("vmlinuz-"))
         .filter(|v| !v.is_empty())
         .ok_or_else(|| BuildError::KernelName { path: path.into() })?;
+    let table = super::alias_table::path_beside(path, version);
+    let builtin_drivers = match std::fs::read_to_string(&table) {
+        Ok(text) => super::alias_table::parse(&text, &table)?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(io_at(&table)(e)),
+    };
     Ok(Kernel {
         version: version.to_string(),
         vmlinuz: std::fs::read(path).map_err(io_at(path))?,
         modules: HashMap::new(),
         builtin: BTreeSet::new(),
+        builtin_drivers,
     })
+}
+
+/// The device table for a kernel image whose drivers are those `modules_builtin` (its
+/// build's `modules.builtin`) lists, from the same drivers' patterns as modules in the
+/// Debian kernel package `kernel_deb` of the same release. Returns the text for
+/// [`super::alias_table::path_beside`] and the built-in drivers without a PCI pattern.
+pub fn builtin_alias_table(
+    kernel_deb: &Path,
+    modules_builtin: &str,
+) -> Result<(String, Vec<String>), BuildError> {
+    let k = read_kernel(kernel_deb)?;
+    let source = kernel_deb.file_name().map_or_else(
+        || kernel_deb.display().to_string(),
+        |f| f.to_string_lossy().to_string(),
+    );
+    Ok(super::alias_table::render(
+        modules_builtin,
+        |name| k.modules.get(name).map(|m| m.aliases.clone()),
+        &source,
+    ))
+}
+
+/// The recipe's module list with each folder entry (ending in `/`, e.g.
+/// `kernel/drivers/net/ethernet/`) replaced by every module under it, by name.
+fn listed_modules(k: &Kernel, entries: &[String], deb: &Path) -> Result<Vec<String>, BuildError> {
+    let mut out = Vec::new();
+    for e in entries {
+        if !e.ends_with('/') {
+            out.push(e.clone());
+            continue;
+        }
+        let mut under: Vec<String> = k
+            .modules
+            .iter()
+            .filter(|(_, m)| m.rel.starts_with(e.as_str()))
+            .map(|(name, _)| name.clone())
+            .collect();
+        if under.is_empty() {
+            return Err(BuildError::NoModule {
+                module: format!("any module under {e}"),
+                needed_by: "the recipe".into(),
+                deb: deb.into(),
+            });
+        }
+        under.sort();
+        out.extend(under);
+    }
+    Ok(out)
 }
 
 /// The wanted modules and their dependencies, dependencies first.
@@ -598,6 +666,8 @@ struct Inputs {
     recipe_path: PathBuf,
     kernel_file: PathBuf,
     kernel: Kernel,
+    /// The recipe's modules, a folder entry replaced by the modules under it.
+    listed: Vec<String>,
     /// Modules to put in, dependencies first.
     order: Vec<String>,
     busybox_deb: PathBuf,
@@ -665,7 +735,8 @@ fn read_inputs(recipe_path: &Path, log: &mut dyn FnMut(&str)) -> Result<Inputs, 
             modules: recipe.modules.clone(),
         });
     };
-    let order = module_closure(&kernel, &recipe.modules, &kernel_file)?;
+    let listed = listed_modules(&kernel, &recipe.modules, &kernel_file)?;
+    let order = module_closure(&kernel, &listed, &kernel_file)?;
     let busybox = read_busybox(&busybox_deb)?;
     let agent_path = base.join(&recipe.agent);
     let agent = std::fs::read(&agent_path).map_err(|_| BuildError::NoAgent {
@@ -681,6 +752,7 @@ fn read_inputs(recipe_path: &Path, log: &mut dyn FnMut(&str)) -> Result<Inputs, 
         recipe_path: recipe_path.to_path_buf(),
         kernel_file,
         kernel,
+        listed,
         order,
         busybox_deb,
         busybox,
@@ -709,7 +781,7 @@ fn assemble(i: &Inputs) -> Result<Assembled, BuildError> {
             &mut a,
             &i.kernel,
             &i.order,
-            &i.recipe.modules,
+            &i.listed,
             &i.kernel_file,
             &i.recipe_path,
         )?;
@@ -731,13 +803,18 @@ fn file_record(name: &str, data: &[u8]) -> FileRecord {
 }
 
 /// The manifest: what went in (packages by hash, modules) and what came out. The version is
-/// the hash of kernel and initrd, so the same inputs give the same version.
+/// the hash of what the head serves (kernel, initrd, bundle) and of the driver table it
+/// checks cards against, so the same inputs give the same version.
 fn describe(i: &Inputs, a: &Assembled) -> Result<Manifest, BuildError> {
+    let drivers = drivers(&i.kernel, &i.order);
     let mut h = Sha256::new();
     h.update(&i.kernel.vmlinuz);
     h.update(&a.initrd);
     if let Some(b) = &i.bundle {
         h.update(&b.squashfs);
+    }
+    for d in &drivers {
+        h.update(format!("{} {}\n", d.pattern, d.driver));
     }
     let version = hex::encode(&h.finalize()[..6]);
     let packages = package_records(&[&i.kernel_file, &i.busybox_deb])?;
@@ -766,14 +843,14 @@ fn describe(i: &Inputs, a: &Assembled) -> Result<Manifest, BuildError> {
             file_record("agent", &i.agent),
             file_record("initrd (uncompressed cpio)", &a.cpio),
         ],
-        drivers: drivers(&i.kernel, &i.order),
+        drivers,
         bundle,
     })
 }
 
-/// The PCI patterns of the driver modules the image carries.
+/// The PCI patterns of the drivers the image carries: its modules', then the built-in ones'.
 fn drivers(k: &Kernel, order: &[String]) -> Vec<DriverAlias> {
-    order
+    let modules = order
         .iter()
         .filter_map(|n| k.modules.get(n).map(|m| (n, m)))
         .flat_map(|(name, m)| {
@@ -784,8 +861,8 @@ fn drivers(k: &Kernel, order: &[String]) -> Vec<DriverAlias> {
                     pattern: a.clone(),
                     driver: name.clone(),
                 })
-        })
-        .collect()
+        });
+    modules.chain(k.builtin_drivers.iter().cloned()).collect()
 }
 
 /// The packages that went in, by file name and hash.
@@ -922,6 +999,38 @@ mod tests {
             matches!(err, Some(BuildError::KernelName { .. })),
             "{err:?}"
         );
+        assert!(k.builtin_drivers.is_empty(), "no table beside it");
+    }
+
+    #[test]
+    fn a_kernel_image_brings_the_device_table_beside_it_into_the_manifest() {
+        let (dir, _) = recipe_with("x", "[]", &["vmlinuz-6.1.176-enlist"]);
+        let table = dir.path().join("pkgs/modules.alias-6.1.176-enlist");
+        std::fs::write(
+            &table,
+            "# made by xtask\nalias pci:v00001011d00000019sv*sd*bc*sc*i* tulip\n\
+             alias isa:3c509 3c509\n",
+        )
+        .expect("write table");
+        let k = read_bare_kernel(&dir.path().join("pkgs/vmlinuz-6.1.176-enlist")).expect("read");
+        assert_eq!(
+            drivers(&k, &[]),
+            [DriverAlias {
+                pattern: "pci:v00001011d00000019sv*sd*bc*sc*i*".into(),
+                driver: "tulip".into(),
+            }]
+        );
+        std::fs::write(&table, "alias pci:v00001011d00000019sv*sd*bc*sc*i*\n").expect("write");
+        let err = read_bare_kernel(&dir.path().join("pkgs/vmlinuz-6.1.176-enlist"))
+            .err()
+            .map(|e| e.to_string());
+        assert_eq!(
+            err,
+            Some(format!(
+                "{}:1: expected `alias <pattern> <driver>`, found \"alias pci:v00001011d00000019sv*sd*bc*sc*i*\"",
+                table.display()
+            ))
+        );
     }
 
     #[test]
@@ -995,6 +1104,7 @@ mod tests {
                 ),
             ]),
             builtin: BTreeSet::new(),
+            builtin_drivers: Vec::new(),
         };
         let order = vec!["mii".to_string(), "e100".to_string()];
         assert_eq!(

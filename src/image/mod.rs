@@ -1,6 +1,7 @@
 //! Node OS images: building them from Debian packages (`enlist image build`) and the on-disk
 //! store the boot services read them from.
 
+pub mod alias_table;
 pub mod build;
 pub mod bundle;
 pub mod cpio;

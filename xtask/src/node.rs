@@ -180,9 +180,12 @@ fn kernel() -> anyhow::Result<()> {
     );
     let key_path = cache.join("vmlinuz.built-from");
     let built = file_in(&cache, |n| n.starts_with("vmlinuz-"))?;
-    if built.is_some() && std::fs::read_to_string(&key_path).ok().as_deref() == Some(&key) {
+    if let Some(built) = built
+        .as_ref()
+        .filter(|_| std::fs::read_to_string(&key_path).ok().as_deref() == Some(&key))
+    {
         eprintln!("xtask: node kernel up to date ({})", key.trim());
-        return Ok(());
+        return kernel_device_table(&cache, built);
     }
 
     let src = root().join("target/node-kernel/linux");
@@ -246,14 +249,80 @@ fn kernel() -> anyhow::Result<()> {
     if let Some(old) = built {
         std::fs::remove_file(old)?;
     }
+    while let Some(old) = file_in(&cache, |n| n.starts_with("modules."))? {
+        std::fs::remove_file(old)?;
+    }
     let out = cache.join(format!("vmlinuz-{release}"));
     std::fs::copy(src.join("arch/x86/boot/bzImage"), &out)?;
+    std::fs::copy(
+        src.join("modules.builtin"),
+        cache.join(format!("modules.builtin-{release}")),
+    )?;
     std::fs::write(&key_path, key)?;
     eprintln!(
         "xtask: {} ({} bytes)",
         out.display(),
         std::fs::metadata(&out)?.len()
     );
+    kernel_device_table(&cache, &out)
+}
+
+/// Write the table of the PCI devices the kernel's built-in drivers take beside it (see
+/// `enlist::image::alias_table`), from its `modules.builtin` and Debian's amd64 kernel package
+/// of the same release (fetched for the x86_64 image). Redone when that package changes.
+fn kernel_device_table(cache: &Path, vmlinuz: &Path) -> anyhow::Result<()> {
+    let release = vmlinuz
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_prefix("vmlinuz-"))
+        .context("kernel file name")?;
+    let amd64 = root().join("images/cache/amd64");
+    let deb = file_in(&amd64, |n| {
+        n.starts_with("linux-image-") && n.ends_with(".deb")
+    })?
+    .with_context(|| {
+        format!(
+            "{}: no linux-image package (run `cargo xtask node fetch`)",
+            amd64.display()
+        )
+    })?;
+    let deb_name = deb
+        .file_name()
+        .unwrap_or_default()
+        .to_string_lossy()
+        .to_string();
+    let table = enlist::image::alias_table::path_beside(vmlinuz, release);
+    if std::fs::read_to_string(&table).is_ok_and(|t| t.contains(&deb_name)) {
+        return Ok(());
+    }
+    // Kept beside the kernel since the build; a kernel built before that has it in the tree.
+    let listed = [
+        cache.join(format!("modules.builtin-{release}")),
+        root().join("target/node-kernel/linux/modules.builtin"),
+    ];
+    let builtin = listed
+        .iter()
+        .find_map(|p| std::fs::read_to_string(p).ok())
+        .with_context(|| {
+            format!(
+                "{}: missing; rebuild the kernel (remove {})",
+                listed[0].display(),
+                cache.join("vmlinuz.built-from").display()
+            )
+        })?;
+    let (text, without) = enlist::image::build::builtin_alias_table(&deb, &builtin)?;
+    let ethernet = without.iter().filter(|n| {
+        builtin
+            .lines()
+            .any(|l| l.contains("/ethernet/") && l.replace('-', "_").ends_with(&format!("/{n}.ko")))
+    });
+    eprintln!(
+        "xtask: {} ({} PCI patterns; Ethernet drivers without one: {})",
+        table.display(),
+        text.lines().filter(|l| l.starts_with("alias ")).count(),
+        ethernet.cloned().collect::<Vec<_>>().join(" ")
+    );
+    std::fs::write(&table, text)?;
     Ok(())
 }
 

@@ -427,6 +427,12 @@ fn kit(dir: &Path, image: &str) -> anyhow::Result<()> {
         Some(name) => format!("{name}_*.deb"),
         None => {
             copy(&kernel_path, &dir.join(&cache).join(&kernel_file), 0o644)?;
+            // Its built-in drivers' device table goes with it (the head's "no driver" warning).
+            let release = kernel_file.trim_start_matches("vmlinuz-");
+            let table = enlist::image::alias_table::path_beside(&kernel_path, release);
+            if let Some(name) = table.file_name().filter(|_| table.exists()) {
+                copy(&table, &dir.join(&cache).join(name), 0o644)?;
+            }
             recipe.kernel.clone()
         }
     };
