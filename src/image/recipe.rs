@@ -19,7 +19,9 @@ pub struct Recipe {
     pub kernel: String,
     /// Busybox package pattern.
     pub busybox: String,
-    /// Kernel modules to include, by name; their dependencies come along.
+    /// Kernel modules to include, by name, or every module under a folder of the kernel
+    /// package's module tree (an entry ending in `/`: `kernel/drivers/net/ethernet/`); their
+    /// dependencies come along.
     pub modules: Vec<String>,
     /// The cross-built agent binary (relative to the recipe).
     pub agent: PathBuf,
