@@ -181,6 +181,21 @@ impl std::fmt::Display for BootPath {
     }
 }
 
+/// A served path as admins see it in a boot's trace: a node initrd's one-boot token left out
+/// (`boot/<mac>/-/<image>/<version>/initrd`), since the trace is shown to whoever may read
+/// the node list.
+pub fn without_token(path: &str) -> String {
+    match BootPath::parse(path) {
+        Ok(BootPath::NodeInitrd {
+            mac,
+            image,
+            version,
+            ..
+        }) => format!("boot/{}/-/{image}/{version}/initrd", mac.hyphenated()),
+        _ => path.to_string(),
+    }
+}
+
 /// `http://10.77.0.1:8080` + a boot path.
 pub fn http_url(http_base: &str, path: &BootPath) -> String {
     format!("{}/{path}", http_base.trim_end_matches('/'))
@@ -236,6 +251,18 @@ mod tests {
             "http://10.77.0.1:8080/boot/52-54-00-77-01-01.ipxe"
         );
         assert_eq!(tftp_base("http://10.77.0.1:8080/"), "tftp://10.77.0.1");
+    }
+
+    #[test]
+    fn a_trace_shows_no_boot_token() {
+        assert_eq!(
+            without_token("boot/52-54-00-77-01-01/0123abcd/i586/v1/initrd"),
+            "boot/52-54-00-77-01-01/-/i586/v1/initrd"
+        );
+        assert_eq!(
+            without_token("images/i586/v1/vmlinuz"),
+            "images/i586/v1/vmlinuz"
+        );
     }
 
     #[test]

@@ -117,7 +117,8 @@ pub fn list(config: &Path, json: bool) -> anyhow::Result<()> {
         "{:<16} {:<18} {:<15} {:<11} {:<18} {:<28} {:>7} {:>6}",
         "NAME", "MAC", "IP", "STATE", "JOBS", "CPU", "RAM MB", "LOAD"
     );
-    for n in v["nodes"].as_array().cloned().unwrap_or_default() {
+    let nodes = v["nodes"].as_array().cloned().unwrap_or_default();
+    for n in &nodes {
         let cpu: String = s(&n["info"]["cpu_model"]).chars().take(28).collect();
         let ram = n["info"]["mem_total_kb"]
             .as_u64()
@@ -133,13 +134,25 @@ pub fn list(config: &Path, json: bool) -> anyhow::Result<()> {
             s(&n["mac"]),
             s(&n["ip"]),
             s(&n["state"]),
-            sched(&n),
+            sched(n),
             cpu,
             ram,
             load
         );
     }
+    let problems = problems(&nodes);
+    if !problems.is_empty() {
+        println!("\nNot joined, and why:\n{problems}");
+    }
     Ok(())
+}
+
+/// One line per node the head can say why it has not joined (`name: why`).
+fn problems(nodes: &[Value]) -> String {
+    nodes
+        .iter()
+        .filter_map(|n| Some(format!("  {}: {}\n", s(&n["name"]), n["problem"].as_str()?)))
+        .collect()
 }
 
 pub fn act(config: &Path, cmd: NodeCmd) -> anyhow::Result<()> {
@@ -200,4 +213,22 @@ pub fn wake(config: &Path, node: Option<String>, group: Option<String>) -> anyho
         println!("{name}: magic packet sent");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_nodes_with_a_problem_are_listed_under_the_table() {
+        let nodes = serde_json::json!([
+            { "name": "node-01", "problem": null },
+            { "name": "node-02", "problem": "never registered; last seen: initrd by http, 75 s ago" },
+            { "name": "node-03" },
+        ]);
+        assert_eq!(
+            problems(nodes.as_array().expect("array")),
+            "  node-02: never registered; last seen: initrd by http, 75 s ago\n"
+        );
+    }
 }

@@ -415,7 +415,12 @@ impl Registry {
         };
         {
             let mut inner = self.inner();
-            inner.trace(mac, kind.as_str(), via, path.to_string());
+            inner.trace(
+                mac,
+                kind.as_str(),
+                via,
+                crate::bootpath::without_token(path),
+            );
             inner.touch(mac, Instant::now());
         }
         self.apply(

@@ -454,7 +454,15 @@ impl Registry {
             let Some(mut row) = self.store.node(mac)? else {
                 continue;
             };
-            let why = format!("silent for {}s", silent.as_secs());
+            let mut why = format!("silent for {}s", silent.as_secs());
+            if row.state == NodeState::Booting {
+                // It may become stuck: say what was last seen of its boot.
+                let inner = self.inner();
+                let trace = inner.live.get(&mac).map(|l| l.trace.as_slice());
+                if let Some(seen) = trace.and_then(|t| view::last_seen(t, live::now_ms())) {
+                    why = format!("{why}; last seen: {seen}");
+                }
+            }
             self.apply(&mut row, Event::Tick { silent }, &why)?;
         }
         self.inner().prune(now);

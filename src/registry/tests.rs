@@ -302,6 +302,25 @@ fn the_clock_marks_lost_gone_and_stuck() {
     r.sweep(Instant::now() + Duration::from_secs(61))
         .expect("sweep");
     assert_eq!(state(&r, B), NodeState::Stuck);
+    let events = r.store().events_of(B, 50).expect("events");
+    let to_stuck = events
+        .iter()
+        .find(|e| e.detail.contains("→ stuck"))
+        .map(|e| e.detail.clone());
+    assert!(
+        to_stuck
+            .as_deref()
+            .is_some_and(|d| d.contains("; last seen: initrd by http, ")),
+        "its history says what was last seen: {to_stuck:?}"
+    );
+    let view = r.views().expect("views").into_iter().find(|n| n.mac == B);
+    let problem = view.and_then(|v| v.problem);
+    assert!(
+        problem
+            .as_deref()
+            .is_some_and(|p| p.starts_with("never registered; last seen: initrd by http")),
+        "{problem:?}"
+    );
 }
 
 #[test]

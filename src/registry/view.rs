@@ -39,6 +39,10 @@ pub struct NodeView {
     pub sched: Option<SchedInfo>,
     /// What its agent says of its part in the jobs: `starting`, `ready`, `failed: ...`.
     pub jobs: Option<String>,
+    /// Why it has not joined, when the head can tell: its card has no driver in its image,
+    /// or it fetched its node OS and never registered (stuck), with the last thing the head
+    /// saw of it. Shown by the dashboard and `enlist nodes`.
+    pub problem: Option<String>,
 }
 
 /// A node as the scheduler (Slurm) sees it.
@@ -89,6 +93,7 @@ impl NodeView {
             .map(|t| t.elapsed().as_secs() as i64)
             .or_else(|| row.last_seen.map(|t| now() - t));
         let online = row.state.is_alive() && live.is_some_and(|l| l.session.is_some());
+        let boot = live.map(|l| l.trace.clone()).unwrap_or_default();
         NodeView {
             mac: row.mac,
             name: row.name.clone(),
@@ -103,10 +108,113 @@ impl NodeView {
             silent_secs,
             online,
             boot_seconds: row.boot_seconds,
-            boot: live.map(|l| l.trace.clone()).unwrap_or_default(),
+            problem: problem(row.state, &boot, super::live::now_ms()),
+            boot,
             created: row.created,
             sched,
             jobs: live.and_then(|l| l.jobs.clone()),
+        }
+    }
+}
+
+/// Why a node has not joined, from its state and its boot's steps (see [`NodeView::problem`]).
+fn problem(state: NodeState, boot: &[BootStep], now_ms: i64) -> Option<String> {
+    let booting = matches!(state, NodeState::Booting | NodeState::Stuck);
+    let nic = boot
+        .iter()
+        .rev()
+        .find(|s| s.step == "nic")
+        .filter(|_| booting)
+        .map(|s| s.detail.clone());
+    let stuck = (state == NodeState::Stuck).then(|| match last_seen(boot, now_ms) {
+        Some(seen) => format!("never registered; last seen: {seen}"),
+        None => "never registered after fetching its node OS".to_string(),
+    });
+    match (nic, stuck) {
+        (Some(n), Some(s)) => Some(format!("{n}; {s}")),
+        (n, s) => n.or(s),
+    }
+}
+
+/// The last step of a boot the PC itself made (`initrd by http, 75 s ago (detail)`).
+pub(super) fn last_seen(boot: &[BootStep], now_ms: i64) -> Option<String> {
+    let s = boot.iter().rev().find(|s| s.step != "nic")?;
+    let via = serde_json::to_value(s.via)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default();
+    let ago = (now_ms - s.at_ms).max(0) / 1000;
+    let detail = if s.detail.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", s.detail)
+    };
+    Some(format!("{} by {via}, {ago} s ago{detail}", s.step))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bootpath::Proto;
+
+    fn step(at_ms: i64, step: &str, via: Proto, detail: &str) -> BootStep {
+        BootStep {
+            at_ms,
+            step: step.into(),
+            via,
+            detail: detail.into(),
+        }
+    }
+
+    #[test]
+    fn a_stuck_node_says_what_was_last_seen_and_its_cards_missing_driver() {
+        let boot = [
+            step(1_000, "dhcp", Proto::Dhcp, ""),
+            step(
+                1_500,
+                "nic",
+                Proto::Dhcp,
+                "network card PCI 15ad:07b0: no driver for it in image i586 (v1)",
+            ),
+            step(2_000, "kernel", Proto::Http, "vmlinuz"),
+            step(4_000, "initrd", Proto::Http, "initrd"),
+        ];
+        assert_eq!(
+            problem(NodeState::Stuck, &boot, 79_000).as_deref(),
+            Some(
+                "network card PCI 15ad:07b0: no driver for it in image i586 (v1); \
+                 never registered; last seen: initrd by http, 75 s ago (initrd)"
+            )
+        );
+        assert_eq!(
+            problem(NodeState::Booting, &boot, 5_000).as_deref(),
+            Some("network card PCI 15ad:07b0: no driver for it in image i586 (v1)"),
+            "the card is named while it boots"
+        );
+        assert_eq!(
+            problem(NodeState::Stuck, &boot[..1], 31_000).as_deref(),
+            Some("never registered; last seen: dhcp by dhcp, 30 s ago")
+        );
+        assert_eq!(
+            problem(NodeState::Stuck, &[], 0).as_deref(),
+            Some("never registered after fetching its node OS"),
+            "a head restarted since has no trace"
+        );
+    }
+
+    #[test]
+    fn a_node_that_joined_has_no_problem() {
+        let boot = [
+            step(
+                1_500,
+                "nic",
+                Proto::Dhcp,
+                "network card PCI 15ad:07b0: no driver",
+            ),
+            step(9_000, "registered", Proto::Agent, ""),
+        ];
+        for state in [NodeState::Registered, NodeState::Healthy, NodeState::Gone] {
+            assert_eq!(problem(state, &boot, 10_000), None, "{state}");
         }
     }
 }

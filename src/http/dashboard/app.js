@@ -95,7 +95,8 @@ function render() {
     const tr = el('tr', { id: 'node-' + n.mac.replaceAll(':', '') },
       el('td', {}, tick),
       el('td', { className: 'name' }, el('a', { href: '#node/' + n.mac, textContent: n.name })),
-      el('td', {}, el('span', { className: 'state s-' + n.state, textContent: n.state })),
+      el('td', {}, el('span', { className: 'state s-' + n.state, textContent: n.state }),
+        n.problem ? el('div', { className: 'problem', textContent: text(n.problem) }) : ''),
       el('td', { className: 'wide', textContent: n.mac }),
       el('td', { textContent: n.ip || '-' }),
       el('td', { className: 'wide', textContent: info.cpu_model ? text(info.cpu_model) + (info.cpu_mhz ? ' @' + num(info.cpu_mhz, 0) + ' MHz' : '') : '-' }),
@@ -270,7 +271,7 @@ async function renderDetail() {
   $('#d-name').textContent = n.name;
   const info = n.info || {}, hb = n.heartbeat || {};
   const facts = [
-    ['State', text(n.state)], ['Jobs', schedText(n)], ['MAC', text(n.mac)], ['IP', text(n.ip)], ['Group', text(n.group)],
+    ['State', text(n.state) + (n.problem ? ': ' + text(n.problem) : '')], ['Jobs', schedText(n)], ['MAC', text(n.mac)], ['IP', text(n.ip)], ['Group', text(n.group)],
     ['CPU', text(info.cpu_model)], ['Cores', num(info.cores, 0)], ['RAM', mb(info.mem_total_kb)],
     ['Free RAM', mb(hb.mem_free_kb)], ['Kernel', text(info.kernel)],
     ['Booted by', text(info.boot_method)], ['NICs', (Array.isArray(info.nics) ? info.nics : []).map((x) => text(x.name) + ' ' + text(x.mac) + ' ' + text(x.driver)).join(', ') || '-'],

@@ -89,8 +89,13 @@ pub enum Profile {
     P2FloppyTulip,
     /// Pentium II, 64 MB, NE2000 PCI without a ROM, booting the enlist ISO (CD / USB image).
     P2Usb,
+    /// Pentium II, 64 MB, a VMware vmxnet3 card with QEMU's PXE ROM: the lab's stand-in for a
+    /// card newer than the i586 image's drivers (iPXE drives it, the node OS cannot).
+    P2PxeVmxnet3,
     /// x86_64, e1000, BIOS PXE.
     X64Pxe,
+    /// x86_64, an Intel 82574L (e1000e, a current desktop card), BIOS PXE.
+    X64PxeE1000e,
     /// x86_64, e1000, OVMF UEFI network boot.
     X64Uefi,
 }
@@ -103,7 +108,9 @@ impl Profile {
             "p2-floppy-rtl8139" => Profile::P2FloppyRtl8139,
             "p2-floppy-tulip" => Profile::P2FloppyTulip,
             "p2-usb" => Profile::P2Usb,
+            "p2-pxe-vmxnet3" => Profile::P2PxeVmxnet3,
             "x64-pxe" => Profile::X64Pxe,
+            "x64-pxe-e1000e" => Profile::X64PxeE1000e,
             "x64-uefi" => Profile::X64Uefi,
             _ => return None,
         })
@@ -115,7 +122,9 @@ impl Profile {
             Profile::P2FloppyRtl8139 => "p2-floppy-rtl8139",
             Profile::P2FloppyTulip => "p2-floppy-tulip",
             Profile::P2Usb => "p2-usb",
+            Profile::P2PxeVmxnet3 => "p2-pxe-vmxnet3",
             Profile::X64Pxe => "x64-pxe",
+            Profile::X64PxeE1000e => "x64-pxe-e1000e",
             Profile::X64Uefi => "x64-uefi",
         }
     }
@@ -578,8 +587,9 @@ impl Lab {
             | Profile::P2Floppy
             | Profile::P2FloppyRtl8139
             | Profile::P2FloppyTulip
-            | Profile::P2Usb => "qemu-system-i386",
-            Profile::X64Pxe | Profile::X64Uefi => "qemu-system-x86_64",
+            | Profile::P2Usb
+            | Profile::P2PxeVmxnet3 => "qemu-system-i386",
+            Profile::X64Pxe | Profile::X64PxeE1000e | Profile::X64Uefi => "qemu-system-x86_64",
         };
         let mut cmd = self.qemu(qemu, &name, &serial, &tap)?;
         match profile {
@@ -628,12 +638,27 @@ impl Lab {
                     "d",
                 ]);
             }
-            Profile::X64Pxe => {
+            Profile::P2PxeVmxnet3 => {
+                cmd.args([
+                    "-m",
+                    "64",
+                    "-device",
+                    &format!("vmxnet3,netdev=n0,mac={mac}"),
+                    "-boot",
+                    "n",
+                ]);
+            }
+            Profile::X64Pxe | Profile::X64PxeE1000e => {
+                let card = if profile == Profile::X64Pxe {
+                    "e1000"
+                } else {
+                    "e1000e"
+                };
                 cmd.args([
                     "-m",
                     "512",
                     "-device",
-                    &format!("e1000,netdev=n0,mac={mac}"),
+                    &format!("{card},netdev=n0,mac={mac}"),
                     "-boot",
                     "n",
                 ]);
