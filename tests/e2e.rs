@@ -454,6 +454,19 @@ fn p2_floppy_with_a_tulip_card_boots_and_registers() {
     assert_eq!(node["node"]["info"]["nics"][0]["driver"], "tulip", "{node}");
 }
 
+/// An ISA NE2000 clone at 0x300 (no PCI card at all): the floppy's iPXE probes it, and so
+/// does the i586 kernel's built-in ne driver at the usual ports.
+#[test]
+#[ignore = "needs root, QEMU and built images: run `cargo xtask test`"]
+fn p2_floppy_with_an_isa_ne2000_boots_and_registers() {
+    let lab = boots_healthy("p2isa", Profile::P2FloppyNe2kIsa);
+    let mac = lab.pcs[0].mac.clone();
+    let node = lab
+        .curl(&format!("/api/v1/nodes/{mac}"))
+        .unwrap_or_default();
+    assert_eq!(node["node"]["info"]["nics"][0]["driver"], "ne", "{node}");
+}
+
 #[test]
 #[ignore = "needs root, QEMU and built images: run `cargo xtask test`"]
 fn p2_usb_iso_boots_and_registers() {

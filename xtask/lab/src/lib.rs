@@ -87,6 +87,8 @@ pub enum Profile {
     P2FloppyRtl8139,
     /// The same with a DEC 21143 (Tulip) without a ROM.
     P2FloppyTulip,
+    /// The same with an ISA NE2000 clone at the usual port (0x300, IRQ 5), no PCI at all.
+    P2FloppyNe2kIsa,
     /// Pentium II, 64 MB, NE2000 PCI without a ROM, booting the enlist ISO (CD / USB image).
     P2Usb,
     /// Pentium II, 64 MB, a VMware vmxnet3 card with QEMU's PXE ROM: the lab's stand-in for a
@@ -107,6 +109,7 @@ impl Profile {
             "p2-floppy" => Profile::P2Floppy,
             "p2-floppy-rtl8139" => Profile::P2FloppyRtl8139,
             "p2-floppy-tulip" => Profile::P2FloppyTulip,
+            "p2-floppy-ne2k-isa" => Profile::P2FloppyNe2kIsa,
             "p2-usb" => Profile::P2Usb,
             "p2-pxe-vmxnet3" => Profile::P2PxeVmxnet3,
             "x64-pxe" => Profile::X64Pxe,
@@ -121,6 +124,7 @@ impl Profile {
             Profile::P2Floppy => "p2-floppy",
             Profile::P2FloppyRtl8139 => "p2-floppy-rtl8139",
             Profile::P2FloppyTulip => "p2-floppy-tulip",
+            Profile::P2FloppyNe2kIsa => "p2-floppy-ne2k-isa",
             Profile::P2Usb => "p2-usb",
             Profile::P2PxeVmxnet3 => "p2-pxe-vmxnet3",
             Profile::X64Pxe => "x64-pxe",
@@ -587,6 +591,7 @@ impl Lab {
             | Profile::P2Floppy
             | Profile::P2FloppyRtl8139
             | Profile::P2FloppyTulip
+            | Profile::P2FloppyNe2kIsa
             | Profile::P2Usb
             | Profile::P2PxeVmxnet3 => "qemu-system-i386",
             Profile::X64Pxe | Profile::X64PxeE1000e | Profile::X64Uefi => "qemu-system-x86_64",
@@ -603,20 +608,21 @@ impl Lab {
                     "n",
                 ]);
             }
-            Profile::P2Floppy | Profile::P2FloppyRtl8139 | Profile::P2FloppyTulip => {
+            Profile::P2Floppy
+            | Profile::P2FloppyRtl8139
+            | Profile::P2FloppyTulip
+            | Profile::P2FloppyNe2kIsa => {
                 let f = floppy.ok_or("p2-floppy needs a floppy image")?;
                 let nic = match profile {
-                    Profile::P2FloppyRtl8139 => "rtl8139",
-                    Profile::P2FloppyTulip => "tulip",
-                    _ => "ne2k_pci",
+                    Profile::P2FloppyRtl8139 => format!("rtl8139,netdev=n0,mac={mac},romfile="),
+                    Profile::P2FloppyTulip => format!("tulip,netdev=n0,mac={mac},romfile="),
+                    // An ISA card has no option ROM; its port and IRQ are set by jumpers.
+                    Profile::P2FloppyNe2kIsa => {
+                        format!("ne2k_isa,netdev=n0,mac={mac},iobase=0x300,irq=5")
+                    }
+                    _ => format!("ne2k_pci,netdev=n0,mac={mac},romfile="),
                 };
-                cmd.args([
-                    "-m",
-                    "64",
-                    "-device",
-                    &format!("{nic},netdev=n0,mac={mac},romfile="),
-                ])
-                .args([
+                cmd.args(["-m", "64", "-device", &nic]).args([
                     "-drive",
                     &format!("file={},if=floppy,format=raw,readonly=on", f.display()),
                     "-boot",
