@@ -1,7 +1,9 @@
-//! Boot storm: N emulated Pentium II PCs (p2-pxe) power on at once, first against enlist, then
-//! against dnsmasq serving DHCP + TFTP (QEMU's iPXE ROM fetches a TFTP script, kernel and
-//! initrd). Both runs use the same kernel and per-node initrd, and the same head for the
-//! agents to register with, so the difference is the boot path.
+//! Boot storm: N emulated PCs of one PXE profile (default p2-pxe, the Pentium II with an
+//! EtherExpress; x64-pxe, the x86_64 PC with an e1000, whose first BIOS boot is also of the
+//! i586 image) power on at once, first against enlist, then against dnsmasq serving DHCP +
+//! TFTP (QEMU's iPXE ROM fetches a TFTP script, kernel and initrd). Both runs use the same
+//! kernel and per-node initrd, and the same head for the agents to register with, so the
+//! difference is the boot path (enlist: TFTP for the EtherExpress, HTTP for the e1000).
 
 use std::time::{Duration, Instant};
 
@@ -21,7 +23,13 @@ fn mac_of(n: usize) -> String {
     format!("52:54:00:77:01:{n:02x}")
 }
 
-fn one_run(server: &str, nodes: usize, run: usize, loss: u32) -> anyhow::Result<Vec<NodeTimes>> {
+fn one_run(
+    server: &str,
+    profile: Profile,
+    nodes: usize,
+    run: usize,
+    loss: u32,
+) -> anyhow::Result<Vec<NodeTimes>> {
     let ns = format!("bench-boot-{server}");
     let dir = root().join("lab").join(&ns);
     let _ = std::fs::remove_dir_all(&dir);
@@ -99,7 +107,7 @@ fn one_run(server: &str, nodes: usize, run: usize, loss: u32) -> anyhow::Result<
     }
     let start = Instant::now();
     for _ in 0..nodes {
-        lab.boot(Profile::P2Pxe, None).map_err(|e| anyhow!(e))?;
+        lab.boot(profile, None).map_err(|e| anyhow!(e))?;
     }
     let mut times: Vec<NodeTimes> = (0..nodes)
         .map(|_| NodeTimes {
@@ -182,21 +190,25 @@ fn fmt(v: Option<f64>) -> String {
         .unwrap_or_else(|| "FAIL".into())
 }
 
-pub fn run(nodes: usize, runs: usize, losses: &[u32]) -> anyhow::Result<()> {
+pub fn run(profile: &str, nodes: usize, runs: usize, losses: &[u32]) -> anyhow::Result<()> {
+    let profile = match Profile::parse(profile) {
+        Some(p @ (Profile::P2Pxe | Profile::X64Pxe)) => p,
+        _ => anyhow::bail!("--profile {profile:?}: a PXE profile, p2-pxe or x64-pxe"),
+    };
     for &loss in losses {
-        run_at(nodes, runs, loss)?;
+        run_at(profile, nodes, runs, loss)?;
     }
     Ok(())
 }
 
-fn run_at(nodes: usize, runs: usize, loss: u32) -> anyhow::Result<()> {
+fn run_at(profile: Profile, nodes: usize, runs: usize, loss: u32) -> anyhow::Result<()> {
     let mut summary = Vec::new();
     let mut ratios = Vec::new();
     let mut failures = [0, 0];
     for run in 1..=runs {
         let mut all_up = Vec::new();
         for server in ["enlist", "dnsmasq"] {
-            let times = one_run(server, nodes, run, loss)?;
+            let times = one_run(server, profile, nodes, run, loss)?;
             for (i, t) in times.iter().enumerate() {
                 println!(
                     "run {run} {server:<7} pc {}: userland {:>6} s, registered {:>6} s",
@@ -229,7 +241,7 @@ fn run_at(nodes: usize, runs: usize, loss: u32) -> anyhow::Result<()> {
         summary.push(line);
     }
     println!();
-    println!("Boot storm, p2-pxe PCs powered on together, {loss}% of frames lost each way; OS up = last node OS up (kernel and initrd arrived, booted), all-up = last agent registered (s from power-on)");
+    println!("Boot storm, {} PCs powered on together, {loss}% of frames lost each way; OS up = last node OS up (kernel and initrd arrived, booted), all-up = last agent registered (s from power-on)", profile.name());
     println!("| run | PCs | loss | enlist OS up | enlist all-up | failed | dnsmasq OS up | dnsmasq all-up | failed | ratio |");
     println!("|---|---|---|---|---|---|---|---|---|---|");
     for l in summary {

@@ -18,6 +18,9 @@ use clap::Subcommand;
 pub enum BenchTask {
     /// Boot storm: N p2-pxe PCs against enlist and against dnsmasq (DHCP + TFTP).
     Boot {
+        /// The PCs: p2-pxe (Pentium II, EtherExpress: TFTP) or x64-pxe (x86_64, e1000: HTTP).
+        #[arg(long, default_value = "p2-pxe")]
+        profile: String,
         #[arg(long, default_value_t = 1)]
         nodes: usize,
         #[arg(long, default_value_t = 1)]
@@ -123,7 +126,12 @@ pub enum BenchTask {
 pub fn run(t: BenchTask) -> anyhow::Result<()> {
     crate::build_head()?;
     match t {
-        BenchTask::Boot { nodes, runs, loss } => boot::run(nodes, runs, &loss),
+        BenchTask::Boot {
+            profile,
+            nodes,
+            runs,
+            loss,
+        } => boot::run(&profile, nodes, runs, &loss),
         BenchTask::Tftp { clients, runs } => tftp::run(&clients, runs),
         BenchTask::Scale {
             agents,
