@@ -193,7 +193,7 @@ fn fmt(v: Option<f64>) -> String {
 pub fn run(profile: &str, nodes: usize, runs: usize, losses: &[u32]) -> anyhow::Result<()> {
     let profile = match Profile::parse(profile) {
         Some(p @ (Profile::P2Pxe | Profile::X64Pxe)) => p,
-        _ => anyhow::bail!("--profile {profile:?}: a PXE profile, p2-pxe or x64-pxe"),
+        _ => anyhow::bail!("--pc {profile:?}: a PXE profile, p2-pxe or x64-pxe"),
     };
     for &loss in losses {
         run_at(profile, nodes, runs, loss)?;

@@ -20,7 +20,7 @@ pub enum BenchTask {
     Boot {
         /// The PCs: p2-pxe (Pentium II, EtherExpress: TFTP) or x64-pxe (x86_64, e1000: HTTP).
         #[arg(long, default_value = "p2-pxe")]
-        profile: String,
+        pc: String,
         #[arg(long, default_value_t = 1)]
         nodes: usize,
         #[arg(long, default_value_t = 1)]
@@ -127,11 +127,11 @@ pub fn run(t: BenchTask) -> anyhow::Result<()> {
     crate::build_head()?;
     match t {
         BenchTask::Boot {
-            profile,
+            pc,
             nodes,
             runs,
             loss,
-        } => boot::run(&profile, nodes, runs, &loss),
+        } => boot::run(&pc, nodes, runs, &loss),
         BenchTask::Tftp { clients, runs } => tftp::run(&clients, runs),
         BenchTask::Scale {
             agents,
