@@ -106,54 +106,86 @@ pub async fn run(
 const BATCH_MAX: usize = 2048;
 /// Receive buffer: room for the burst that arrives while a batch is being committed.
 const RECV_BUFFER: usize = 4 << 20;
+/// Packets received and decoded but not yet handled, per socket: what arrives while a slow
+/// disk flushes a batch waits here (counted when full) rather than in the kernel's buffer,
+/// where it would be lost unseen. About 1 KiB each.
+const QUEUE_MAX: usize = 16_384;
 
+/// A decoded packet waiting for its batch, with its message type.
+type Queued = ((Arrival, dhcproto::v4::Message), String);
+
+/// One socket: a reader that keeps draining it into a bounded queue, and a worker that
+/// handles what queued as one batch (group commit: the burst that arrives during one commit
+/// is the next batch) and replies.
 async fn serve_socket(
     l: Listener,
     handler: Arc<Handler>,
     metrics: Arc<Metrics>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let socket = l.socket;
+    let socket = Arc::new(l.socket);
+    let (tx, rx) = tokio::sync::mpsc::channel(QUEUE_MAX);
+    let reader = tokio::spawn(read_socket(socket.clone(), l.arrival, metrics.clone(), tx));
+    tokio::select! {
+        _ = handle_queue(&socket, &handler, &metrics, rx) => {}
+        _ = shutdown.changed() => {}
+    }
+    reader.abort();
+}
+
+/// Receive and decode until the worker is gone; a packet that finds the queue full is dropped
+/// and counted (`queue-full`).
+async fn read_socket(
+    socket: Arc<UdpSocket>,
+    arrival: Arrival,
+    metrics: Arc<Metrics>,
+    tx: tokio::sync::mpsc::Sender<Queued>,
+) {
     let mut buf = vec![0u8; 1500];
     loop {
-        // Wait for one packet, then take whatever else has queued up meanwhile (group commit:
-        // the burst that arrives during one commit is the next batch).
-        let first = tokio::select! {
-            r = socket.recv_from(&mut buf) => r,
-            _ = shutdown.changed() => return,
+        let (len, src) = match socket.recv_from(&mut buf).await {
+            Ok((len, SocketAddr::V4(src))) => (len, src),
+            Ok(_) => continue,
+            Err(e) => {
+                tracing::warn!(iface = %arrival.iface, "dhcp receive failed: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                continue;
+            }
         };
-        let mut batch = Vec::new();
-        let mut types = Vec::new();
-        let mut next = Some(first);
-        while let Some(received) = next.take() {
-            match received {
-                Ok((len, SocketAddr::V4(src))) => {
-                    if let Some(msg) = decode(&l.arrival.iface, &buf[..len], src, &metrics) {
-                        types.push(message_type(&msg));
-                        let mut arrival = l.arrival.clone();
-                        arrival.src = src;
-                        batch.push((arrival, msg));
-                    }
+        let Some(msg) = decode(&arrival.iface, &buf[..len], src, &metrics) else {
+            continue;
+        };
+        let mtype = message_type(&msg);
+        let mut a = arrival.clone();
+        a.src = src;
+        match tx.try_send(((a, msg), mtype)) {
+            Ok(()) => {}
+            Err(tokio::sync::mpsc::error::TrySendError::Full(((a, msg), mtype))) => {
+                if metrics.drop_log.allow("dhcp drops") {
+                    tracing::debug!(iface = %a.iface, src = %a.src, xid = msg.xid(), "dhcp {mtype}: dropped, {QUEUE_MAX} packets already wait");
                 }
-                Ok(_) => {}
-                Err(e) => tracing::warn!(iface = %l.arrival.iface, "dhcp receive failed: {e}"),
+                metrics.dhcp_drop("queue-full");
             }
-            if batch.len() < BATCH_MAX {
-                next = match socket.try_recv_from(&mut buf) {
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => None,
-                    r => Some(r),
-                };
-            }
+            Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => return,
         }
-        // DISCOVERs first: their offers are held in memory, so their batch commits nothing
-        // and they are answered at once, not after the disk has flushed the REQUESTs' leases.
-        let (offers, rest): (Vec<_>, Vec<_>) = batch
-            .into_iter()
-            .zip(types)
-            .partition(|(_, t)| t == "discover");
+    }
+}
+
+/// Take what has queued (up to [`BATCH_MAX`]) and handle it: DISCOVERs first, apart (their
+/// offers are held in memory, so their batch commits nothing and they are answered at once,
+/// not after the disk has flushed the REQUESTs' leases), then the rest as one commit.
+async fn handle_queue(
+    socket: &UdpSocket,
+    handler: &Arc<Handler>,
+    metrics: &Metrics,
+    mut rx: tokio::sync::mpsc::Receiver<Queued>,
+) {
+    let mut batch = Vec::with_capacity(BATCH_MAX);
+    while rx.recv_many(&mut batch, BATCH_MAX).await > 0 {
+        let (offers, rest): (Vec<_>, Vec<_>) = batch.drain(..).partition(|(_, t)| t == "discover");
         for part in [offers, rest] {
             if !part.is_empty() {
-                handle_and_respond(&socket, &handler, &metrics, part).await;
+                handle_and_respond(socket, handler, metrics, part).await;
             }
         }
     }

@@ -91,7 +91,29 @@ fn field(text: &str, prefix: &str) -> Option<f64> {
         .and_then(|v| v.parse().ok())
 }
 
+/// UDP datagrams a namespace's sockets dropped for want of receive buffer (`RcvbufErrors`).
+fn udp_rcvbuf_errors(pair: &Pair, ns: &str) -> u64 {
+    let text = pair
+        .exec(ns, "cat")
+        .arg("/proc/net/snmp")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+        .unwrap_or_default();
+    let mut udp = text.lines().filter(|l| l.starts_with("Udp: "));
+    let (Some(names), Some(values)) = (udp.next(), udp.next()) else {
+        return 0;
+    };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(n, _)| *n == "RcvbufErrors")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0)
+}
+
 fn perfdhcp(pair: &Pair, clients: u32, rate: u32) -> anyhow::Result<Result> {
+    let overflowed = |ns: &str| udp_rcvbuf_errors(pair, ns);
+    let before = (overflowed(&pair.srv), overflowed(&pair.cli));
     let out = pair
         .exec(&pair.cli, "perfdhcp")
         .args([
@@ -108,6 +130,13 @@ fn perfdhcp(pair: &Pair, clients: u32, rate: u32) -> anyhow::Result<Result> {
         ])
         .output()
         .context("perfdhcp (Debian package kea-admin)")?;
+    let after = (overflowed(&pair.srv), overflowed(&pair.cli));
+    // A drop perfdhcp counts may be its own: a burst of replies overflowing its socket.
+    println!(
+        "receive buffers overflowed: server {} datagrams, perfdhcp {}",
+        after.0 - before.0,
+        after.1 - before.1
+    );
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     // perfdhcp prints per-exchange blocks; the DISCOVER-OFFER block comes first, REQUEST-ACK second.
     let rate = field(&text, "Rate:").unwrap_or(0.0);
@@ -283,6 +312,19 @@ fn print_batches(pair: &Pair, clients: u32) {
             "enlist, {clients} clients: {batches:.0} lease batches, {:.1} packets and {:.1} ms each on average",
             value("enlist_dhcp_batch_packets_sum") / batches,
             1000.0 * value("enlist_dhcp_batch_seconds_sum") / batches
+        );
+    }
+    // What the head did not answer, and why (its own count; perfdhcp's drops include these).
+    let dropped: Vec<String> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("enlist_dhcp_dropped_total{reason=\""))
+        .filter_map(|l| l.split_once("\"} "))
+        .map(|(reason, n)| format!("{reason} {n}"))
+        .collect();
+    if !dropped.is_empty() {
+        println!(
+            "enlist, {clients} clients: not answered: {}",
+            dropped.join(", ")
         );
     }
 }
