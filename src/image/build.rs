@@ -929,9 +929,22 @@ pub fn size_report(m: &Manifest, budget: Option<u64>) -> String {
         m.modules.join(" ")
     };
     out.insert(5, format!("  modules          {modules}"));
+    // What the head checks a booting PC's card against; none means it cannot tell.
+    let drivers: BTreeSet<&str> = m.drivers.iter().map(|d| d.driver.as_str()).collect();
+    let cards = if drivers.is_empty() {
+        "unknown: no driver table (a kernel image needs modules.alias-<release> beside it)"
+            .to_string()
+    } else {
+        format!(
+            "{} PCI patterns of {} drivers",
+            m.drivers.len(),
+            drivers.len()
+        )
+    };
+    out.insert(6, format!("  cards            {cards}"));
     if let Some(b) = &m.bundle {
         out.insert(
-            6,
+            7,
             format!(
                 "  jobs runtime     {:>10} bytes  {:>6.2} MiB (downloaded when a node joins the scheduler)",
                 b.bytes,
