@@ -84,7 +84,12 @@ pub fn render(
             &format!("this head will not boot {mac} from {} ({reason})", req.from),
             &again,
         ),
-        BootDecision::Boot { name, image, token } => {
+        BootDecision::Boot {
+            name,
+            image,
+            image64,
+            token,
+        } => {
             let with_cmdline = |name: &str| {
                 let version = images.current(name)?;
                 let cmdline = images.cmdline(name, &version)?;
@@ -92,9 +97,14 @@ pub fn render(
             };
             match (
                 with_cmdline(image.as_str()),
+                with_cmdline(image64.as_str()),
                 with_cmdline(cfg.images.efi_x64.as_str()),
             ) {
-                (Ok((bios_ver, bios_cmdline)), Ok((efi_ver, efi_cmdline))) => {
+                (
+                    Ok((bios_ver, bios_cmdline)),
+                    Ok((ver64, cmdline64)),
+                    Ok((efi_ver, efi_cmdline)),
+                ) => {
                     let p = ScriptParams {
                         base,
                         mac,
@@ -113,13 +123,18 @@ pub fn render(
                             cmdline: &bios_cmdline,
                         },
                         &ScriptImage {
+                            name: image64.as_str(),
+                            version: &ver64,
+                            cmdline: &cmdline64,
+                        },
+                        &ScriptImage {
                             name: cfg.images.efi_x64.as_str(),
                             version: &efi_ver,
                             cmdline: &efi_cmdline,
                         },
                     )
                 }
-                (Err(e), _) | (_, Err(e)) => {
+                (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
                     tracing::warn!(%mac, "boot script: no image to boot: {e}");
                     retry_script(&format!("no image published on the head ({e})"), &again)
                 }
@@ -152,8 +167,15 @@ pub struct ScriptImage<'a> {
     pub cmdline: &'a str,
 }
 
-/// The iPXE script that boots a node: the default image on BIOS, the `efi_x64` one on UEFI.
-pub fn node_script(p: &ScriptParams, bios: &ScriptImage, efi: &ScriptImage) -> String {
+/// The iPXE script that boots a node: on BIOS `bios`, or `bios64` when iPXE finds a 64-bit
+/// CPU (`cpuid --ext 29`: long mode; Debian's iPXE builds have the command, and where it is
+/// missing the test fails and `bios` boots); the `efi_x64` image on UEFI.
+pub fn node_script(
+    p: &ScriptParams,
+    bios: &ScriptImage,
+    bios64: &ScriptImage,
+    efi: &ScriptImage,
+) -> String {
     let section = |label: &str, files: &str, img: &ScriptImage| {
         let cmdline = [img.cmdline, p.cmdline]
             .iter()
@@ -186,10 +208,27 @@ pub fn node_script(p: &ScriptParams, bios: &ScriptImage, efi: &ScriptImage) -> S
         )
     };
     let tftp_checks = goto_if_tftp_card(p.tftp_busids, "bios_tftp");
+    let cpu64 = if bios64.name == bios.name && bios64.version == bios.version {
+        String::new()
+    } else {
+        format!(
+            "cpuid --ext 29 && goto cpu64 ||\n\
+             goto cpu32\n\
+             :cpu64\n\
+             {}\
+             goto bios64\n\
+             {}{}\
+             :cpu32\n",
+            goto_if_tftp_card(p.tftp_busids, "bios64_tftp"),
+            section("bios64", p.base, bios64),
+            section("bios64_tftp", p.tftp_base, bios64),
+        )
+    };
     format!(
         "#!ipxe\n\
          echo enlist: network card ${{netX/busid}} (${{netX/chip}})\n\
          iseq ${{platform}} efi && goto efi ||\n\
+         {cpu64}\
          {tftp_checks}\
          goto bios\n\
          {}{}{}\
@@ -287,8 +326,21 @@ mod tests {
             version: "v2",
             cmdline: "",
         };
-        let s = node_script(&p, &bios, &efi);
+        let s = node_script(&p, &bios, &efi, &efi);
         assert!(s.starts_with("#!ipxe\n"));
+        assert!(
+            s.contains("cpuid --ext 29 && goto cpu64 ||\ngoto cpu32\n:cpu64\n")
+                && s.contains(":bios64\n")
+                && s.contains("kernel http://10.77.0.1:8080/images/x86_64/v2/vmlinuz")
+                && s.contains("iseq ${netX/busid} 01:80:86:12:29 && goto bios64_tftp ||")
+                && s.contains("initrd --name initrd tftp://10.77.0.1/boot/52-54-00-77-00-10/t0k/x86_64/v2/initrd"),
+            "a 64-bit CPU boots the 64-bit image, by TFTP on a TFTP-only card: {s}"
+        );
+        let same = node_script(&p, &bios, &bios, &efi);
+        assert!(
+            !same.contains("cpuid"),
+            "no test when both are the same image (a reservation): {same}"
+        );
         assert!(s.contains("kernel http://10.77.0.1:8080/images/i586/v1/vmlinuz initrd=initrd enlist.head=http://10.77.0.1:8080 enlist.node=lab-pc-10 enlist.boot=pxe BOOTIF=01-${netX/mac:hexhyp} cryptomgr.notests console=ttyS0 || goto failed"));
         assert!(
             s.contains("BOOTIF=01-${netX/mac:hexhyp} console=ttyS0 || goto failed"),

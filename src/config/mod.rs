@@ -175,8 +175,9 @@ pub struct ImagesConfig {
     pub default: ImageName,
     /// Image for UEFI x86_64 clients (`default` if unset).
     pub efi_x64: ImageName,
-    /// Image for BIOS clients whose node OS reported a 64-bit CPU (`efi_x64` if unset): their
-    /// first boot is on `default` (iPXE's BIOS build cannot tell), the next ones on this.
+    /// Image for BIOS clients with a 64-bit CPU (`efi_x64` if unset): the boot script picks it
+    /// when iPXE's `cpuid --ext 29` finds long mode; where iPXE lacks the command the first
+    /// boot is on `default` and the next ones, once the node OS reported the CPU, on this.
     pub bios_x64: ImageName,
     pub cmdline: String,
     /// Cards whose iPXE uses TFTP only (script, kernel, initrd).

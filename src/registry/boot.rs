@@ -32,7 +32,11 @@ pub enum BootDecision {
     /// Boot the node OS; the initrd link carries `token`.
     Boot {
         name: String,
+        /// The BIOS image (for a CPU the head knows to be 64-bit, `images.bios_x64`).
         image: ImageName,
+        /// The BIOS image if iPXE finds a 64-bit CPU (`cpuid --ext 29`): `images.bios_x64`,
+        /// unless a reservation names the PC's image.
+        image64: ImageName,
         token: String,
     },
     /// Released: boot the PC's own disk.
@@ -125,9 +129,11 @@ impl Registry {
         }
         self.apply(&mut row, Event::Fetched, "fetched its boot script")?;
         let image = self.cfg.bios_image(mac, row.cpu_64bit()).clone();
+        let image64 = self.cfg.bios_image(mac, true).clone();
         Ok(BootDecision::Boot {
             name: row.name,
             image,
+            image64,
             token,
         })
     }

@@ -540,9 +540,10 @@ fn a_card_the_image_cannot_drive_is_named_at_dhcp_time() {
     assert!(notes(B).is_empty(), "an e1000 is driven by the image");
 }
 
-/// iPXE's BIOS build cannot tell a 64-bit CPU: the PC's first boot is on the default image,
-/// and once its node OS reported `lm` it gets `images.bios_x64` (here `efi_x64`'s, the
-/// default), with a note saying so once; a reservation's image still wins.
+/// Where iPXE cannot tell a 64-bit CPU (no `cpuid` command; the script's test fails) the PC's
+/// first boot is on the default image, and once its node OS reported `lm` it gets
+/// `images.bios_x64` (here `efi_x64`'s, the default), with a note saying so once; a
+/// reservation's image still wins.
 #[test]
 fn a_pc_found_to_be_64_bit_boots_the_64_bit_image_from_its_next_boot() {
     let text = "http: { listen: 127.0.0.1:0, public_url: http://10.77.0.1:8080 }\n\

@@ -1,9 +1,10 @@
-//! Boot storm: N emulated PCs of one PXE profile (default p2-pxe, the Pentium II with an
-//! EtherExpress; x64-pxe, the x86_64 PC with an e1000, whose first BIOS boot is also of the
-//! i586 image) power on at once, first against enlist, then against dnsmasq serving DHCP +
-//! TFTP (QEMU's iPXE ROM fetches a TFTP script, kernel and initrd). Both runs use the same
-//! kernel and per-node initrd, and the same head for the agents to register with, so the
-//! difference is the boot path (enlist: TFTP for the EtherExpress, HTTP for the e1000).
+//! Boot storm: N emulated PCs of one PXE profile power on at once, first against enlist, then
+//! against dnsmasq serving DHCP + TFTP (QEMU's iPXE ROM fetches a TFTP script, kernel and
+//! initrd), with the same head for the agents to register with. p2-pxe (the default, a
+//! Pentium II with an EtherExpress) boots the same i586 kernel and per-node initrd in both
+//! runs, so the difference is the boot path (enlist: lockstep TFTP for that card). x64-pxe
+//! (an x86_64 PC with an e1000) boots i586 by TFTP under dnsmasq, and under enlist, whose
+//! script tests the CPU, the larger x86_64 image by HTTP.
 
 use std::time::{Duration, Instant};
 
