@@ -90,57 +90,55 @@ pub fn render(
             image64,
             token,
         } => {
-            let with_cmdline = |name: &str| {
-                let version = images.current(name)?;
-                let cmdline = images.cmdline(name, &version)?;
-                Ok::<_, crate::image::store::ImageStoreError>((version, cmdline))
+            let p = ScriptParams {
+                base,
+                mac,
+                name: &name,
+                token: &token,
+                method: req.method,
+                cmdline: &cfg.images.cmdline,
+                tftp_base: &tftp,
+                tftp_busids: &busids,
             };
-            match (
-                with_cmdline(image.as_str()),
-                with_cmdline(image64.as_str()),
-                with_cmdline(cfg.images.efi_x64.as_str()),
-            ) {
-                (
-                    Ok((bios_ver, bios_cmdline)),
-                    Ok((ver64, cmdline64)),
-                    Ok((efi_ver, efi_cmdline)),
-                ) => {
-                    let p = ScriptParams {
-                        base,
-                        mac,
-                        name: &name,
-                        token: &token,
-                        method: req.method,
-                        cmdline: &cfg.images.cmdline,
-                        tftp_base: &tftp,
-                        tftp_busids: &busids,
-                    };
-                    node_script(
-                        &p,
-                        &ScriptImage {
-                            name: image.as_str(),
-                            version: &bios_ver,
-                            cmdline: &bios_cmdline,
-                        },
-                        &ScriptImage {
-                            name: image64.as_str(),
-                            version: &ver64,
-                            cmdline: &cmdline64,
-                        },
-                        &ScriptImage {
-                            name: cfg.images.efi_x64.as_str(),
-                            version: &efi_ver,
-                            cmdline: &efi_cmdline,
-                        },
-                    )
-                }
-                (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
+            let names = [
+                image.as_str(),
+                image64.as_str(),
+                cfg.images.efi_x64.as_str(),
+            ];
+            match boot_script(images, &p, names) {
+                Ok(script) => script,
+                Err(e) => {
                     tracing::warn!(%mac, "boot script: no image to boot: {e}");
                     retry_script(&format!("no image published on the head ({e})"), &again)
                 }
             }
         }
     })
+}
+
+/// The node script for the current versions of its BIOS, 64-bit BIOS and UEFI images.
+fn boot_script(
+    images: &ImageStore,
+    p: &ScriptParams,
+    [bios, bios64, efi]: [&str; 3],
+) -> Result<String, crate::image::store::ImageStoreError> {
+    let published = |name| -> Result<(String, String), crate::image::store::ImageStoreError> {
+        let version = images.current(name)?;
+        let cmdline = images.cmdline(name, &version)?;
+        Ok((version, cmdline))
+    };
+    let ((v, c), (v64, c64), (ve, ce)) = (published(bios)?, published(bios64)?, published(efi)?);
+    let image = |name, version, cmdline| ScriptImage {
+        name,
+        version,
+        cmdline,
+    };
+    Ok(node_script(
+        p,
+        &image(bios, &v, &c),
+        &image(bios64, &v64, &c64),
+        &image(efi, &ve, &ce),
+    ))
 }
 
 pub struct ScriptParams<'a> {
