@@ -13,6 +13,16 @@ use std::path::{Path, PathBuf};
 
 use super::build::DriverAlias;
 
+/// The release of a kernel image from its file name, `vmlinuz-<release>` (as `cargo xtask
+/// node kernel` names it and `enlist image build` expects it).
+pub fn kernel_release(vmlinuz: &Path) -> Option<&str> {
+    vmlinuz
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_prefix("vmlinuz-"))
+        .filter(|v| !v.is_empty())
+}
+
 /// Where the table of the kernel image at `vmlinuz` (`.../vmlinuz-<release>`) lives.
 pub fn path_beside(vmlinuz: &Path, release: &str) -> PathBuf {
     vmlinuz.with_file_name(format!("modules.alias-{release}"))

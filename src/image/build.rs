@@ -392,11 +392,7 @@ fn read_kernel(deb_path: &Path) -> Result<Kernel, BuildError> {
 /// drivers are built in, so it comes with no modules, and with the table of their devices
 /// when one lies beside it.
 fn read_bare_kernel(path: &Path) -> Result<Kernel, BuildError> {
-    let version = path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .and_then(|n| n.strip_prefix("vmlinuz-"))
-        .filter(|v| !v.is_empty())
+    let version = super::alias_table::kernel_release(path)
         .ok_or_else(|| BuildError::KernelName { path: path.into() })?;
     let table = super::alias_table::path_beside(path, version);
     let builtin_drivers = match std::fs::read_to_string(&table) {

@@ -271,11 +271,8 @@ fn kernel() -> anyhow::Result<()> {
 /// `enlist::image::alias_table`), from its `modules.builtin` and Debian's amd64 kernel package
 /// of the same release (fetched for the x86_64 image). Redone when that package changes.
 fn kernel_device_table(cache: &Path, vmlinuz: &Path) -> anyhow::Result<()> {
-    let release = vmlinuz
-        .file_name()
-        .and_then(|n| n.to_str())
-        .and_then(|n| n.strip_prefix("vmlinuz-"))
-        .context("kernel file name")?;
+    let release = enlist::image::alias_table::kernel_release(vmlinuz)
+        .with_context(|| format!("{}: not named vmlinuz-<release>", vmlinuz.display()))?;
     let amd64 = root().join("images/cache/amd64");
     let deb = file_in(&amd64, |n| {
         n.starts_with("linux-image-") && n.ends_with(".deb")

@@ -428,10 +428,11 @@ fn kit(dir: &Path, image: &str) -> anyhow::Result<()> {
         None => {
             copy(&kernel_path, &dir.join(&cache).join(&kernel_file), 0o644)?;
             // Its built-in drivers' device table goes with it (the head's "no driver" warning).
-            let release = kernel_file.trim_start_matches("vmlinuz-");
-            let table = enlist::image::alias_table::path_beside(&kernel_path, release);
-            if let Some(name) = table.file_name().filter(|_| table.exists()) {
-                copy(&table, &dir.join(&cache).join(name), 0o644)?;
+            use enlist::image::alias_table::{kernel_release, path_beside};
+            let table = kernel_release(&kernel_path).map(|r| path_beside(&kernel_path, r));
+            if let Some(t) = table.filter(|t| t.exists()) {
+                let name = t.file_name().context("device table file name")?;
+                copy(&t, &dir.join(&cache).join(name), 0o644)?;
             }
             recipe.kernel.clone()
         }
