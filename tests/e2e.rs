@@ -304,6 +304,13 @@ fn direct_boot_files(lab: &Lab, image: &str, mac: &str) -> (PathBuf, PathBuf) {
         .unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// The head's view of the lab's first PC (`GET /api/v1/nodes/<mac>`).
+fn first_pc_node(lab: &Lab) -> serde_json::Value {
+    let mac = &lab.pcs[0].mac;
+    lab.curl(&format!("/api/v1/nodes/{mac}"))
+        .unwrap_or_default()
+}
+
 fn count_events(lab: &Lab, mac: &str, needle: &str) -> usize {
     lab.curl(&format!("/api/v1/nodes/{mac}"))
         .map(|v| {
@@ -413,10 +420,7 @@ fn x64_uefi_boots_and_registers() {
 #[ignore = "needs root, QEMU and built images: run `cargo xtask test`"]
 fn p2_floppy_with_rtl8139_boots_and_registers() {
     let lab = boots_healthy("p2rtl", Profile::P2FloppyRtl8139);
-    let mac = lab.pcs[0].mac.clone();
-    let node = lab
-        .curl(&format!("/api/v1/nodes/{mac}"))
-        .unwrap_or_default();
+    let node = first_pc_node(&lab);
     // QEMU emulates an RTL8139C+, which Linux drives with 8139cp (older chips: 8139too).
     let driver = node["node"]["info"]["nics"][0]["driver"]
         .as_str()
@@ -431,10 +435,7 @@ fn p2_floppy_with_rtl8139_boots_and_registers() {
 #[ignore = "needs root, QEMU and built images: run `cargo xtask test`"]
 fn p2_floppy_with_a_tulip_card_boots_and_registers() {
     let lab = boots_healthy("p2tulip", Profile::P2FloppyTulip);
-    let mac = lab.pcs[0].mac.clone();
-    let node = lab
-        .curl(&format!("/api/v1/nodes/{mac}"))
-        .unwrap_or_default();
+    let node = first_pc_node(&lab);
     assert_eq!(node["node"]["info"]["nics"][0]["driver"], "tulip", "{node}");
 }
 
@@ -444,10 +445,7 @@ fn p2_floppy_with_a_tulip_card_boots_and_registers() {
 #[ignore = "needs root, QEMU and built images: run `cargo xtask test`"]
 fn p2_floppy_with_an_isa_ne2000_boots_and_registers() {
     let lab = boots_healthy("p2isa", Profile::P2FloppyNe2kIsa);
-    let mac = lab.pcs[0].mac.clone();
-    let node = lab
-        .curl(&format!("/api/v1/nodes/{mac}"))
-        .unwrap_or_default();
+    let node = first_pc_node(&lab);
     assert_eq!(node["node"]["info"]["nics"][0]["driver"], "ne", "{node}");
 }
 
