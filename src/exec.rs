@@ -179,7 +179,15 @@ impl Execs {
             let overdue = t
                 .sent
                 .is_some_and(|s| now.saturating_duration_since(s) > timeout + GRACE);
+            let dropped = t
+                .command_id
+                .is_some_and(|id| registry.command_dropped(t.mac, id));
             match state {
+                _ if dropped => {
+                    t.outcome = Outcome::Unreachable(
+                        "its agent's session ended before it fetched the command: not run".into(),
+                    )
+                }
                 Ok(s) if !s.is_alive() => t.outcome = Outcome::Unreachable(format!("node is {s}")),
                 _ if overdue => {
                     t.outcome = Outcome::Unreachable(format!(
@@ -235,9 +243,19 @@ impl Run {
                 t.outcome = Outcome::Unreachable(format!("node is {state}"));
                 continue;
             }
-            t.command_id = Some(registry.exec_command(t.mac, self.spec.clone(), &self.who)?);
-            t.sent = Some(now);
-            t.outcome = Outcome::Running;
+            match registry.exec_command(t.mac, self.spec.clone(), &self.who) {
+                Ok(id) => {
+                    t.command_id = Some(id);
+                    t.sent = Some(now);
+                    t.outcome = Outcome::Running;
+                }
+                // Up as far as its state says, but its agent has no session (the head
+                // restarted, or it is registering again): nothing is kept for later.
+                Err(RegistryError::NotOnline(_)) => {
+                    t.outcome = Outcome::Unreachable("not online: not run".into());
+                }
+                Err(e) => return Err(e),
+            }
         }
         Ok(())
     }

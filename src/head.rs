@@ -67,7 +67,7 @@ pub fn lock_state_dir(state_dir: &std::path::Path) -> anyhow::Result<StateLock> 
 impl Head {
     /// Open the state folder and database of `cfg` and wire the head up.
     pub fn open(cfg: Config) -> anyhow::Result<Head> {
-        std::fs::create_dir_all(&cfg.state_dir)
+        crate::store::private_dir(&cfg.state_dir)
             .with_context(|| format!("cannot create state_dir {}", cfg.state_dir.display()))?;
         let lock = lock_state_dir(&cfg.state_dir)?;
         let store = Store::open(&cfg.database_path())?;
@@ -247,6 +247,7 @@ impl Head {
             self.metrics.clone(),
             shutdown.clone(),
         ));
+        self.spawn_admin_socket(tasks, shutdown, limits)?;
         if let Some(addr) = self.cfg.admin.listen {
             let (cert, key) =
                 http::tls::cert_files(self.cfg.admin.tls.as_ref(), &self.cfg.state_dir, addr.ip())?;
@@ -269,6 +270,38 @@ impl Head {
                 shutdown.clone(),
             ));
         }
+        Ok(())
+    }
+
+    /// The admin socket (`<state_dir>/admin.sock`, 0600): the CLI's way in, whatever
+    /// `http.listen` and `admin.listen` serve.
+    fn spawn_admin_socket(
+        &self,
+        tasks: &mut tokio::task::JoinSet<()>,
+        shutdown: &watch::Receiver<bool>,
+        limits: listener::Limits,
+    ) -> anyhow::Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        let path = self.cfg.state_dir.join(auth::ADMIN_SOCKET);
+        // Left by a head that died: this head holds the state folder's lock, so it is stale.
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(e).with_context(|| format!("cannot remove {}", path.display()))
+            }
+            _ => {}
+        }
+        let socket = tokio::net::UnixListener::bind(&path)
+            .with_context(|| format!("admin socket: cannot bind {}", path.display()))?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("cannot restrict {}", path.display()))?;
+        tracing::info!(path = %path.display(), "admin socket listening (the CLI)");
+        tasks.spawn(listener::serve_local(
+            socket,
+            http::admin_router(self.state.clone()),
+            limits,
+            self.metrics.clone(),
+            shutdown.clone(),
+        ));
         Ok(())
     }
 

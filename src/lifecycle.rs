@@ -138,13 +138,17 @@ pub enum Event {
     ReleasedOffline,
     /// An admin released it while it runs jobs: the scheduler drains it first.
     DrainStarted,
+    /// The head holds it back until an admin approves it again: it registered with another
+    /// inventory than before, or another PC booted with its MAC while it was up (both seen
+    /// by the head itself: a signed registration, or its own refusal of a boot).
+    Quarantined,
     /// The clock: `silent` since the last sign of life.
     Tick { silent: Duration },
 }
 
 impl Event {
     /// One of each kind, for exhaustive tests (`Tick` with a zero silence).
-    pub const KINDS: [Event; 10] = [
+    pub const KINDS: [Event; 11] = [
         Event::PxeDhcp,
         Event::Fetched,
         Event::LocalDiskAnswered,
@@ -154,6 +158,7 @@ impl Event {
         Event::Approved,
         Event::ReleasedOffline,
         Event::DrainStarted,
+        Event::Quarantined,
         Event::Tick {
             silent: Duration::ZERO,
         },
@@ -269,9 +274,17 @@ pub fn next(state: NodeState, facts: Facts, event: Event, limits: &Limits) -> St
             S::Leaving => Step::STAY,
             _ => Step::to(S::Leaving).with(|e| e.revoke_key = facts.released),
         },
+        // Approved, a held-back PC may boot: its next network boot starts it afresh.
         Event::Approved => match state {
-            S::Pending => Step::to(S::Registered),
+            S::Pending => Step::to(S::Seen),
             _ => Step::STAY,
+        },
+        Event::Quarantined => match state {
+            S::Pending => Step::STAY,
+            _ => Step::to(S::Pending).with(|e| {
+                e.end_session = true;
+                e.revoke_key = true;
+            }),
         },
         Event::ReleasedOffline => match state {
             S::Released => Step::STAY,
@@ -287,6 +300,8 @@ pub fn next(state: NodeState, facts: Facts, event: Event, limits: &Limits) -> St
 fn tick(state: NodeState, facts: Facts, silent: Duration, limits: &Limits) -> Step {
     use NodeState as S;
     match state {
+        // Held back for an admin: it stays pending, however long it is silent.
+        S::Pending => Step::STAY,
         _ if state.is_alive() && silent > limits.lost_after => {
             Step::to(S::Lost).with(|e| e.end_session = true)
         }
@@ -320,6 +335,7 @@ mod tests {
             Event::Approved => "approve",
             Event::ReleasedOffline => "release",
             Event::DrainStarted => "drain",
+            Event::Quarantined => "quarantine",
             Event::Tick { .. } => "tick",
         }
     }
@@ -327,19 +343,19 @@ mod tests {
     /// Every state x every event kind: the next state (`-` for unchanged). Ticks here are
     /// silent for longer than every limit; the shorter ones are tested below.
     #[rustfmt::skip]
-    const TABLE: [(S, [&str; 10]); 11] = [
-        //                dhcp    fetch      local   register      heartbeat  leaving    approve       release     drain       tick
-        (S::Seen,       ["-",    "booting", "gone", "registered", "-",       "leaving", "-",          "released", "-",        "-"]),
-        (S::Booting,    ["-",    "-",       "gone", "registered", "-",       "leaving", "-",          "released", "-",        "stuck"]),
-        (S::Stuck,      ["seen", "booting", "gone", "registered", "-",       "leaving", "-",          "released", "-",        "-"]),
-        (S::Pending,    ["-",    "-",       "-",    "registered", "-",       "leaving", "registered", "released", "-",        "lost"]),
-        (S::Registered, ["-",    "-",       "-",    "registered", "healthy", "leaving", "-",          "released", "draining", "lost"]),
-        (S::Healthy,    ["-",    "-",       "-",    "registered", "-",       "leaving", "-",          "released", "draining", "lost"]),
-        (S::Draining,   ["-",    "-",       "-",    "registered", "-",       "leaving", "-",          "released", "-",        "lost"]),
-        (S::Leaving,    ["seen", "booting", "gone", "registered", "-",       "-",       "-",          "released", "-",        "gone"]),
-        (S::Gone,       ["seen", "booting", "-",    "registered", "-",       "leaving", "-",          "released", "-",        "-"]),
-        (S::Lost,       ["seen", "booting", "gone", "registered", "healthy", "leaving", "-",          "released", "-",        "-"]),
-        (S::Released,   ["seen", "booting", "gone", "registered", "-",       "leaving", "-",          "-",        "-",        "-"]),
+    const TABLE: [(S, [&str; 11]); 11] = [
+        //                dhcp    fetch      local   register      heartbeat  leaving    approve    release     drain       quarantine tick
+        (S::Seen,       ["-",    "booting", "gone", "registered", "-",       "leaving", "-",       "released", "-",        "pending", "-"]),
+        (S::Booting,    ["-",    "-",       "gone", "registered", "-",       "leaving", "-",       "released", "-",        "pending", "stuck"]),
+        (S::Stuck,      ["seen", "booting", "gone", "registered", "-",       "leaving", "-",       "released", "-",        "pending", "-"]),
+        (S::Pending,    ["-",    "-",       "-",    "registered", "-",       "leaving", "seen",    "released", "-",        "-",       "-"]),
+        (S::Registered, ["-",    "-",       "-",    "registered", "healthy", "leaving", "-",       "released", "draining", "pending", "lost"]),
+        (S::Healthy,    ["-",    "-",       "-",    "registered", "-",       "leaving", "-",       "released", "draining", "pending", "lost"]),
+        (S::Draining,   ["-",    "-",       "-",    "registered", "-",       "leaving", "-",       "released", "-",        "pending", "lost"]),
+        (S::Leaving,    ["seen", "booting", "gone", "registered", "-",       "-",       "-",       "released", "-",        "pending", "gone"]),
+        (S::Gone,       ["seen", "booting", "-",    "registered", "-",       "leaving", "-",       "released", "-",        "pending", "-"]),
+        (S::Lost,       ["seen", "booting", "gone", "registered", "healthy", "leaving", "-",       "released", "-",        "pending", "-"]),
+        (S::Released,   ["seen", "booting", "gone", "registered", "-",       "leaving", "-",       "-",        "-",        "pending", "-"]),
     ];
 
     #[test]

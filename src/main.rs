@@ -56,6 +56,16 @@ enum Cmd {
         #[command(subcommand)]
         cmd: Option<cli::schedule::ScheduleCmd>,
     },
+    /// Let new PCs join for a while, whatever the enrollment policy (`enlist enroll --for 15m`,
+    /// then switch them on); without options, say whether a window is open.
+    Enroll {
+        /// How long the window stays open (at most a day): 15m, 1h.
+        #[arg(long = "for", value_parser = humantime::parse_duration, conflicts_with = "close")]
+        length: Option<std::time::Duration>,
+        /// Close the window now.
+        #[arg(long)]
+        close: bool,
+    },
     /// Run a shell command on many nodes at once (as clush): `enlist exec --all -b -- uname -m`.
     Exec(cli::exec::ExecArgs),
     /// Administration of the head itself.
@@ -123,6 +133,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         Cmd::Admin { cmd } => cli::admin::run(&args.config, cmd),
         Cmd::Wake { node, group } => cli::nodes::wake(&args.config, node, group),
         Cmd::Schedule { cmd } => cli::schedule::run(&args.config, cmd),
+        Cmd::Enroll { length, close } => cli::nodes::enroll(&args.config, length, close),
         Cmd::Exec(a) => {
             let rc = cli::exec::run(&args.config, a)?;
             if rc != 0 {

@@ -112,7 +112,7 @@ fn key_in(initrd: &[u8]) -> NodeKey {
 /// Enlist `mac` as an admin booting it by hand would: its initrd from the admin API.
 async fn enlisted(h: &TestHead, m: &str) -> NodeKey {
     let (status, _, body) =
-        send_full(&h.app, admin("GET", &format!("/api/v1/nodes/{m}/initrd"))).await;
+        send_full(&h.app, admin("POST", &format!("/api/v1/nodes/{m}/initrd"))).await;
     assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
     assert!(body.starts_with(b"INITRD"), "image initrd first");
     key_in(&body)
@@ -194,7 +194,7 @@ async fn cookie_session_needs_csrf_token_and_ends_with_a_new_password() {
 
     let action = |token: Option<&str>| {
         let mut r =
-            Request::post("/api/v1/nodes/52:54:00:00:00:01/reboot").header("cookie", &session);
+            Request::post("/api/v1/nodes/52:54:00:00:00:01/enlist").header("cookie", &session);
         if let Some(t) = token {
             r = r.header("x-csrf-token", t);
         }
@@ -294,16 +294,27 @@ async fn register_with(
             ip: ip.into(),
             ..Default::default()
         },
+        challenge: CHALLENGE.into(),
     })
     .expect("json");
-    let (status, hdrs, body) =
-        send_full(&h.app, signed(paths::REGISTER, m, &n, 0, key, &body)).await;
+    let mut req = signed(paths::REGISTER, m, &n, 0, key, &body);
+    // The address it comes from, as the listener says (the head goes by it, not by `ip`).
+    if let Ok(ip) = ip.parse::<std::net::IpAddr>() {
+        req.extensions_mut()
+            .insert(axum::extract::ConnectInfo(std::net::SocketAddr::new(
+                ip, 40000,
+            )));
+    }
+    let (status, hdrs, body) = send_full(&h.app, req).await;
     let sig = hdrs
         .get(headers::REPLY_SIGNATURE)
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
     (status, sig, String::from_utf8_lossy(&body).to_string(), n)
 }
+
+/// The agents' challenge in these tests (a real agent draws a new one for each registration).
+const CHALLENGE: &str = "0123456789abcdef0123456789abcdef";
 
 async fn register(h: &TestHead, m: Mac, key: &NodeKey, ip: &str) -> (StatusCode, String) {
     let (status, _, body, _) = register_with(h, m, key, ip).await;
@@ -322,22 +333,27 @@ async fn agents_authenticate_and_cannot_speak_for_other_nodes() {
         register(&h, a, &key_b, "").await.0,
         StatusCode::UNAUTHORIZED
     );
-    // Right key: registered, and the reply is signed for this request.
+    // Right key: registered, and the reply is signed for this request: over the agent's
+    // challenge, not the head's nonce (which anyone answering in the head's place controls).
     let (status, sig, body, n) = register_with(&h, a, &key_a, "").await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let reply = ReplyAuth {
         path: paths::REGISTER,
-        session: &n,
+        session: CHALLENGE,
         seq: 0,
     };
-    assert!(
-        reply.verify(&key_a, body.as_bytes(), sig.as_deref().unwrap_or("")),
-        "signed reply"
-    );
-    assert!(!reply.verify(&key_b, body.as_bytes(), sig.as_deref().unwrap_or("")));
+    let sig = sig.as_deref().unwrap_or("");
+    assert!(reply.verify(&key_a, body.as_bytes(), sig), "signed reply");
+    assert!(!reply.verify(&key_b, body.as_bytes(), sig));
+    let over_nonce = ReplyAuth {
+        session: &n,
+        ..reply
+    };
+    assert!(!over_nonce.verify(&key_a, body.as_bytes(), sig));
     // The nonce cannot be used twice.
     let reg_body = serde_json::to_string(&RegisterRequest {
         info: Default::default(),
+        challenge: CHALLENGE.into(),
     })
     .expect("json");
     assert_eq!(

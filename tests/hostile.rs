@@ -323,6 +323,7 @@ fn boot_and_register(lab: &Lab, h: &Host, mac: Mac) -> Node {
             ip,
             ..Default::default()
         },
+        challenge: "ab".repeat(16),
     })
     .expect("json");
     let (st, reply) = post(h, &mut n, paths::REGISTER, body);
@@ -826,13 +827,77 @@ fn a_slowloris_of_a_thousand_connections_does_not_stop_http() {
 
 // ---- the agent's side: replies it must not believe ----
 
-/// A fake head on loopback that answers the agent's registration with `name`, signed with
-/// `key` (or with a wrong key), and records what it saw.
-fn fake_head(key: NodeKey, name: &'static str, sign: bool) -> (u16, std::thread::JoinHandle<()>) {
+/// A reply a fake head sent: its path, body and signature.
+type Sent = (String, Vec<u8>, String);
+/// A request as a fake head read it: path, headers (lower-case names), body.
+type Received = (String, Vec<(String, String)>, Vec<u8>);
+/// A command a fake head sends: kind, what to run, expiry.
+type FakeCommand = (enlist_api::CommandKind, Option<enlist_api::ExecSpec>, i64);
+
+/// How a fake head answers the agent.
+#[derive(Clone)]
+enum Answer {
+    /// Signed with the node's key over what the agent sent (its challenge, its session).
+    Honest,
+    /// Signed with another key.
+    WrongKey,
+    /// Recorded replies played back, byte for byte with their signatures (path -> reply).
+    Replay(Vec<Sent>),
+}
+
+/// What a fake head sends and what it recorded.
+struct FakeHead {
+    key: NodeKey,
+    name: &'static str,
+    answer: Answer,
+    /// Commands for the first command poll (signed by an honest head).
+    commands: Vec<FakeCommand>,
+}
+
+/// One HTTP request as the fake head reads it: path, headers (lower-case names), body.
+fn read_request(s: &mut std::net::TcpStream) -> Option<Received> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 16384];
+    let head_end = loop {
+        let n = s.read(&mut chunk).ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+    let mut lines = head.lines();
+    let path = lines.next()?.split_whitespace().nth(1)?.to_string();
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let len: usize = headers
+        .iter()
+        .find(|(k, _)| k == "content-length")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0);
+    while buf.len() < head_end + len {
+        let n = s.read(&mut chunk).ok()?;
+        if n == 0 {
+            break;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    Some((path, headers, buf[head_end..].to_vec()))
+}
+
+/// A fake head on loopback for a few seconds: it answers the agent as `f` says and records
+/// every reply it sent (path, body, signature).
+fn fake_head(f: FakeHead) -> (u16, std::thread::JoinHandle<Vec<Sent>>) {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = listener.local_addr().expect("addr").port();
-    listener.set_nonblocking(false).expect("blocking");
     let t = std::thread::spawn(move || {
+        let mut sent = vec![];
+        let mut commands = Some(f.commands.clone());
         let deadline = Instant::now() + Duration::from_secs(8);
         listener.set_nonblocking(true).expect("nb");
         while Instant::now() < deadline {
@@ -842,55 +907,131 @@ fn fake_head(key: NodeKey, name: &'static str, sign: bool) -> (u16, std::thread:
             };
             s.set_nonblocking(false).ok();
             s.set_read_timeout(Some(Duration::from_secs(2))).ok();
-            let mut req = vec![0u8; 65536];
-            let n = s.read(&mut req).unwrap_or(0);
-            let text = String::from_utf8_lossy(&req[..n]).to_string();
-            let (body, sig) = if text.starts_with(&format!("GET {}", paths::NONCE)) {
-                (br#"{"nonce":"n1"}"#.to_vec(), String::new())
-            } else {
-                let reply = serde_json::to_vec(&enlist_api::RegisterResponse {
-                    session: "ab".repeat(16),
-                    name: name.into(),
-                    heartbeat_secs: 5,
-                    peers: vec![enlist_api::Peer {
-                        name: "evil".into(),
-                        ip: "1.2.3.4".into(),
-                    }],
-                })
-                .expect("json");
-                let signer = if sign { key.clone() } else { NodeKey([9; 32]) };
-                let sig = enlist_api::ReplyAuth {
-                    path: paths::REGISTER,
-                    session: "n1",
-                    seq: 0,
-                }
-                .sign(&signer, &reply);
-                (reply, sig)
+            let Some((path, headers, body)) = read_request(&mut s) else {
+                continue;
             };
+            let header = |k: &str| {
+                headers
+                    .iter()
+                    .find(|(n, _)| n == k)
+                    .map(|(_, v)| v.clone())
+                    .unwrap_or_default()
+            };
+            let (reply, sig) = fake_reply(&f, &path, &header, &body, &mut commands);
             let head = format!(
                 "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{}: {sig}\r\nconnection: close\r\n\r\n",
-                body.len(),
+                reply.len(),
                 headers::REPLY_SIGNATURE
             );
             let _ = s.write_all(head.as_bytes());
-            let _ = s.write_all(&body);
+            let _ = s.write_all(&reply);
+            sent.push((path, reply, sig));
         }
+        sent
     });
     (port, t)
 }
 
+/// The fake head's reply to one request, and its signature.
+fn fake_reply(
+    f: &FakeHead,
+    path: &str,
+    header: &dyn Fn(&str) -> String,
+    body: &[u8],
+    commands: &mut Option<Vec<FakeCommand>>,
+) -> (Vec<u8>, String) {
+    if path == paths::NONCE {
+        return (br#"{"nonce":"n1"}"#.to_vec(), String::new());
+    }
+    if let Answer::Replay(recorded) = &f.answer {
+        if let Some((_, b, sig)) = recorded.iter().find(|(p, _, _)| p == path) {
+            return (b.clone(), sig.clone());
+        }
+    }
+    let session = "ab".repeat(16);
+    let (signed_over, reply) = match path {
+        p if p == paths::REGISTER => {
+            let req: RegisterRequest = serde_json::from_slice(body).expect("register body");
+            let reply = enlist_api::RegisterResponse {
+                session: session.clone(),
+                name: f.name.into(),
+                heartbeat_secs: 1,
+                peers: vec![enlist_api::Peer {
+                    name: "evil".into(),
+                    ip: "1.2.3.4".into(),
+                }],
+                now_unix: enlist::store::now(),
+            };
+            (req.challenge, serde_json::to_vec(&reply).expect("json"))
+        }
+        p if p == paths::COMMANDS => {
+            if commands.is_none() {
+                std::thread::sleep(Duration::from_secs(1));
+            }
+            let cmds = commands
+                .take()
+                .unwrap_or_default()
+                .into_iter()
+                .enumerate()
+                .map(|(i, (kind, exec, expires_unix))| {
+                    let id = i as u64 + 1;
+                    let terms = enlist_api::CommandTerms {
+                        id,
+                        kind,
+                        exec: exec.as_ref(),
+                        expires_unix,
+                    };
+                    enlist_api::Command {
+                        id,
+                        kind,
+                        signature: enlist_api::sign_command(&f.key, &session, terms),
+                        exec,
+                        expires_unix,
+                    }
+                })
+                .collect();
+            let reply = enlist_api::CommandsResponse { commands: cmds };
+            (
+                header(headers::SESSION),
+                serde_json::to_vec(&reply).expect("json"),
+            )
+        }
+        p if p == paths::HEARTBEAT => {
+            (header(headers::SESSION), br#"{"peers_version":0}"#.to_vec())
+        }
+        _ => (header(headers::SESSION), b"null".to_vec()),
+    };
+    let signer = match f.answer {
+        Answer::WrongKey => NodeKey([9; 32]),
+        _ => f.key.clone(),
+    };
+    let seq = header(headers::SEQ).parse().unwrap_or(0);
+    let sig = enlist_api::ReplyAuth {
+        path,
+        session: &signed_over,
+        seq,
+    }
+    .sign(&signer, &reply);
+    (reply, sig)
+}
+
+/// The node key the fake heads share with the agent.
+fn agent_key() -> NodeKey {
+    NodeKey([5; 32])
+}
+
 /// Run the real agent (x86_64 build) against a fake head for a few seconds, with /etc/hosts
-/// replaced by a file of this test's (a private mount namespace). What it wrote there and
-/// what it said.
-fn agent_against(name: &'static str, sign: bool) -> (String, String) {
+/// replaced by a file of this test's (a private mount namespace). What it wrote there, what it
+/// said, and the replies the fake head sent.
+fn agent_against(f: FakeHead) -> (String, String, Vec<Sent>) {
     let agent = root().join("target/node/x86_64-unknown-linux-gnu/node/enlist-agent");
     assert!(
         agent.exists(),
         "{} (run `cargo xtask node agent`)",
         agent.display()
     );
-    let key = NodeKey([5; 32]);
-    let (port, server) = fake_head(key.clone(), name, sign);
+    let key = f.key.clone();
+    let (port, server) = fake_head(f);
     let dir = tempfile::tempdir().expect("tempdir");
     let conf = dir.path().join("node.conf");
     std::fs::write(
@@ -922,10 +1063,10 @@ fn agent_against(name: &'static str, sign: bool) -> (String, String) {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("unshare");
-    std::thread::sleep(Duration::from_secs(4));
+    std::thread::sleep(Duration::from_secs(5));
     let _ = child.kill();
     let out = child.wait_with_output().expect("agent");
-    let _ = server.join();
+    let sent = server.join().unwrap_or_default();
     let listing: Vec<String> = std::fs::read_dir(&etc)
         .map(|d| {
             d.filter_map(|e| e.ok())
@@ -939,28 +1080,94 @@ fn agent_against(name: &'static str, sign: bool) -> (String, String) {
             "{}\n(etc: {listing:?})",
             String::from_utf8_lossy(&out.stderr)
         ),
+        sent,
     )
+}
+
+fn head_saying(name: &'static str, answer: Answer) -> FakeHead {
+    FakeHead {
+        key: agent_key(),
+        name,
+        answer,
+        commands: vec![],
+    }
 }
 
 #[test]
 #[ignore = "needs root and the built agent: run `cargo xtask test`"]
 fn the_agent_believes_no_reply_that_is_unsigned_or_impossible() {
-    let (hosts, said) = agent_against("a\n1.2.3.4 head", true);
+    let (hosts, said, _) = agent_against(head_saying("a\n1.2.3.4 head", Answer::Honest));
     assert!(
         !hosts.contains("1.2.3.4"),
         "hosts written from a forged name:\n{hosts}\n{said}"
     );
     assert!(said.contains("is not a host name"), "{said}");
-    let (hosts, said) = agent_against("fine-name", false);
+    let (hosts, said, _) = agent_against(head_saying("fine-name", Answer::WrongKey));
     assert!(
         !hosts.contains("1.2.3.4"),
         "hosts written from an unsigned reply:\n{hosts}\n{said}"
     );
     assert!(said.contains("bad or missing signature"), "{said}");
     // The control: the same reply, signed and sane, is believed.
-    let (hosts, said) = agent_against("fine-name", true);
+    let (hosts, said, _) = agent_against(head_saying("fine-name", Answer::Honest));
     assert!(
         hosts.contains("1.2.3.4\tevil"),
         "a good reply is used:\n{hosts}\n{said}"
     );
+}
+
+/// A command for the fake heads: it leaves `marker` behind if it ever runs.
+fn marker_command(marker: &std::path::Path, expires_unix: i64) -> FakeHead {
+    FakeHead {
+        key: agent_key(),
+        name: "victim",
+        answer: Answer::Honest,
+        commands: vec![(
+            enlist_api::CommandKind::Exec,
+            Some(enlist_api::ExecSpec {
+                command: format!("echo ran > {}", marker.display()),
+                timeout_secs: 10,
+            }),
+            expires_unix,
+        )],
+    }
+}
+
+#[test]
+#[ignore = "needs root and the built agent: run `cargo xtask test`"]
+/// Whoever recorded one session and answers in the head's place (ARP spoofing it) plays back
+/// the signed registration reply and a signed `exec` reply: the agent runs nothing, because
+/// its registration carries a fresh challenge of its own that the old reply was not signed
+/// over. A command past its expiry does not run either. (Failed before the challenge: the
+/// reply was signed over the head's own nonce, which the replaying head chose.)
+fn a_recorded_registration_and_exec_played_back_run_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // The control: the honest head's command runs, and the head's replies are recorded.
+    let ran = dir.path().join("ran-honest");
+    let (_, said, recorded) = agent_against(marker_command(&ran, enlist::store::now() + 60));
+    assert!(ran.exists(), "the honest command runs:\n{said}");
+    assert!(
+        recorded.iter().any(|(p, _, _)| p == paths::REGISTER)
+            && recorded
+                .iter()
+                .any(|(p, b, _)| p == paths::COMMANDS
+                    && String::from_utf8_lossy(b).contains("echo ran")),
+        "recorded: {:?}",
+        recorded.iter().map(|(p, _, _)| p).collect::<Vec<_>>()
+    );
+    // Played back to the agent's next run: the registration is refused, nothing runs.
+    std::fs::remove_file(&ran).expect("rm");
+    let replay = FakeHead {
+        answer: Answer::Replay(recorded),
+        ..marker_command(&ran, 0)
+    };
+    let (hosts, said, _) = agent_against(replay);
+    assert!(!ran.exists(), "a played-back exec ran:\n{said}");
+    assert!(said.contains("bad or missing signature"), "{said}");
+    assert!(!hosts.contains("evil"), "{hosts}");
+    // An honest head's command delivered after its expiry is refused.
+    let late = dir.path().join("ran-late");
+    let (_, said, _) = agent_against(marker_command(&late, enlist::store::now() - 1));
+    assert!(!late.exists(), "an expired command ran:\n{said}");
+    assert!(said.contains("expired"), "{said}");
 }

@@ -63,8 +63,12 @@ fn jobs_lab_from(test: &str, config: &str, images: &std::path::Path) -> Lab {
     let cfg = lab
         .write_config("dhcp", images, config)
         .unwrap_or_else(|e| panic!("{e}"));
-    lab.start_head(&root().join("target/release/enlist"), &cfg)
+    let enlist = root().join("target/release/enlist");
+    lab.start_head(&enlist, &cfg)
         .unwrap_or_else(|e| panic!("{e}\n{}", lab.head_log()));
+    // With jobs on, new PCs need an admin's word: the window the lab tech boots them in.
+    lab.enroll(&enlist, "1h")
+        .unwrap_or_else(|e| panic!("enlist enroll: {e}\n{}", lab.head_log()));
     lab
 }
 

@@ -9,9 +9,14 @@
 //!   the head answers with a session id. Every later request is signed over that session and a
 //!   sequence number that must grow, so a captured request cannot be replayed and one node's key
 //!   cannot speak for another MAC.
-//! * Commands sent by the head to a node carry a signature with the same key, so the agent only
-//!   obeys its own head; every reply of the head is signed too ([`ReplyAuth`]), and the agent
-//!   checks what a reply says ([`RegisterResponse::check`]) before it uses it.
+//! * Freshness runs both ways: the agent sends a challenge of its own with its registration
+//!   ([`RegisterRequest::challenge`]) and believes only a reply signed over it, so a recorded
+//!   reply played back by someone answering in the head's place is refused.
+//! * Commands sent by the head to a node carry a signature with the same key, bound to the
+//!   session and to an expiry ([`Command::expires_unix`], on the head's clock, which the agent
+//!   learns at registration), so the agent only obeys its own head, once, and not late; every
+//!   reply of the head is signed too ([`ReplyAuth`]), and the agent checks what a reply says
+//!   ([`RegisterResponse::check`]) before it uses it.
 //! * Both sides check every body against the limits here before using it: a value that cannot
 //!   be right (a load of 1e39, a name with a newline) is refused, not shown or written.
 
@@ -145,6 +150,25 @@ pub struct NonceResponse {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RegisterRequest {
     pub info: NodeInfo,
+    /// Chosen by the agent for this registration (32 hex digits, from its random source): the
+    /// head signs its reply over it ([`ReplyAuth::session`]), so only a reply made for this
+    /// very request is believed.
+    pub challenge: String,
+}
+
+impl RegisterRequest {
+    /// A challenge is 32 hex digits.
+    pub fn check(&self) -> Result<(), String> {
+        if !is_hex_id(&self.challenge) {
+            return Err("challenge is not 32 hex digits (an agent older than its head? rebuild the node images)".into());
+        }
+        self.info.check()
+    }
+}
+
+/// 32 hex digits: a session id or a challenge.
+fn is_hex_id(s: &str) -> bool {
+    s.len() == 32 && s.bytes().all(|c| c.is_ascii_hexdigit())
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -153,6 +177,9 @@ pub struct RegisterResponse {
     pub name: String,
     pub heartbeat_secs: u32,
     pub peers: Vec<Peer>,
+    /// The head's clock (unix seconds): the agent keeps its offset to judge command expiries
+    /// on the head's time, whatever the PC's clock says.
+    pub now_unix: i64,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -236,7 +263,7 @@ impl RegisterResponse {
                 self.heartbeat_secs
             ));
         }
-        if self.session.len() != 32 || !self.session.bytes().all(|c| c.is_ascii_hexdigit()) {
+        if !is_hex_id(&self.session) {
             return Err("session is not a session id".into());
         }
         check_peers(&self.peers)
@@ -288,8 +315,15 @@ pub struct Command {
     /// What to run, for [`CommandKind::Exec`] (covered by the signature).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exec: Option<ExecSpec>,
+    /// After this instant (unix seconds, the head's clock) the agent refuses it: a command
+    /// held back and delivered late, or played back, does not run (covered by the signature).
+    pub expires_unix: i64,
     pub signature: String,
 }
+
+/// How long a command the head signs stays good: it is signed as the agent's long poll takes
+/// it, so it arrives within a round trip.
+pub const COMMAND_TTL_SECS: i64 = 60;
 
 /// Longest shell command `enlist exec` sends, bytes.
 pub const MAX_EXEC_COMMAND: usize = 4096;
@@ -682,37 +716,45 @@ fn command_parts<'a>(
     id: &'a str,
     kind: CommandKind,
     exec: &'a str,
-) -> [&'a [u8]; 5] {
+    expires: &'a str,
+) -> [&'a [u8]; 6] {
     [
-        b"enlist-cmd-v2",
+        b"enlist-cmd-v3",
         session.as_bytes(),
         id.as_bytes(),
         kind.as_str().as_bytes(),
         exec.as_bytes(),
+        expires.as_bytes(),
     ]
 }
 
-/// Signature the head puts on a command for the node in `session`.
-pub fn sign_command(
-    key: &NodeKey,
-    session: &str,
-    id: u64,
-    kind: CommandKind,
-    exec: Option<&ExecSpec>,
-) -> String {
-    let (id, exec) = (
-        id.to_string(),
-        exec.map(ExecSpec::signed).unwrap_or_default(),
-    );
-    key.sign_parts(&command_parts(session, &id, kind, &exec))
+/// What a command's signature covers besides the session and the key.
+#[derive(Debug, Clone, Copy)]
+pub struct CommandTerms<'a> {
+    pub id: u64,
+    pub kind: CommandKind,
+    pub exec: Option<&'a ExecSpec>,
+    pub expires_unix: i64,
 }
 
-/// Whether a command really comes from the head that holds this node's key.
+/// Signature the head puts on a command for the node in `session`.
+pub fn sign_command(key: &NodeKey, session: &str, terms: CommandTerms) -> String {
+    let (id, exec, expires) = (
+        terms.id.to_string(),
+        terms.exec.map(ExecSpec::signed).unwrap_or_default(),
+        terms.expires_unix.to_string(),
+    );
+    key.sign_parts(&command_parts(session, &id, terms.kind, &exec, &expires))
+}
+
+/// Whether a command really comes from the head that holds this node's key (its expiry is
+/// the caller's to judge, on the head's clock).
 pub fn verify_command(key: &NodeKey, session: &str, cmd: &Command) -> bool {
     let id = cmd.id.to_string();
     let exec = cmd.exec.as_ref().map(ExecSpec::signed).unwrap_or_default();
+    let expires = cmd.expires_unix.to_string();
     key.verify_parts(
-        &command_parts(session, &id, cmd.kind, &exec),
+        &command_parts(session, &id, cmd.kind, &exec, &expires),
         &cmd.signature,
     )
 }
@@ -749,18 +791,33 @@ mod tests {
         assert!(!auth(5).verify(&k, b"{}", "zz"), "garbage signature");
     }
 
+    fn terms(id: u64, kind: CommandKind, exec: Option<&ExecSpec>) -> CommandTerms<'_> {
+        CommandTerms {
+            id,
+            kind,
+            exec,
+            expires_unix: 1000,
+        }
+    }
+
     #[test]
-    fn command_signature_checks_kind_and_session() {
+    fn command_signature_checks_kind_session_and_expiry() {
         let k = key(1);
-        let sig = sign_command(&k, "sess", 3, CommandKind::Reboot, None);
+        let sig = sign_command(&k, "sess", terms(3, CommandKind::Reboot, None));
         let cmd = Command {
             id: 3,
             kind: CommandKind::Reboot,
             exec: None,
+            expires_unix: 1000,
             signature: sig.clone(),
         };
         assert!(verify_command(&k, "sess", &cmd));
         assert!(!verify_command(&k, "other", &cmd));
+        let later = Command {
+            expires_unix: 2000,
+            ..cmd.clone()
+        };
+        assert!(!verify_command(&k, "sess", &later), "expiry is signed");
         let forged = Command {
             kind: CommandKind::PowerOff,
             ..cmd
@@ -778,8 +835,9 @@ mod tests {
         let cmd = Command {
             id: 4,
             kind: CommandKind::Exec,
-            signature: sign_command(&k, "s", 4, CommandKind::Exec, Some(&spec)),
+            signature: sign_command(&k, "s", terms(4, CommandKind::Exec, Some(&spec))),
             exec: Some(spec.clone()),
+            expires_unix: 1000,
         };
         assert!(verify_command(&k, "s", &cmd));
         let mut other = cmd.clone();
@@ -840,6 +898,7 @@ mod tests {
             name: "a\n1.2.3.4 head".into(),
             heartbeat_secs: 5,
             peers: vec![],
+            now_unix: 0,
         };
         assert!(resp.check().is_err(), "newline in the name");
         let resp = RegisterResponse {

@@ -22,7 +22,7 @@ pub enum AdminCmd {
 
 pub fn run(config: &Path, cmd: AdminCmd) -> anyhow::Result<()> {
     let cfg = enlist::config::Config::load(config)?;
-    std::fs::create_dir_all(&cfg.state_dir)
+    enlist::store::private_dir(&cfg.state_dir)
         .with_context(|| format!("cannot create {}", cfg.state_dir.display()))?;
     if let AdminCmd::Restore { file } = &cmd {
         let _lock = enlist::head::lock_state_dir(&cfg.state_dir)?;
@@ -38,11 +38,8 @@ pub fn run(config: &Path, cmd: AdminCmd) -> anyhow::Result<()> {
     match cmd {
         AdminCmd::Backup { file } => {
             anyhow::ensure!(!file.exists(), "{} exists; name a new file", file.display());
+            // Made 0600 before the first byte: it holds the head's secret and the password hash.
             store.backup(&file)?;
-            // The copy holds the head's secret and the password hash: root only.
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))
-                .with_context(|| format!("cannot restrict {}", file.display()))?;
             eprintln!(
                 "backup of {} in {}",
                 cfg.database_path().display(),

@@ -13,7 +13,7 @@ use anyhow::Context;
 use clap::Args;
 use serde_json::{json, Value};
 
-use super::nodes::{call_with, head};
+use super::client::head;
 
 #[derive(Args)]
 pub struct ExecArgs {
@@ -60,8 +60,8 @@ impl Answer {
             status: v["status"].as_str().unwrap_or("").to_string(),
             exit: v["exit"].as_i64(),
             signal: v["signal"].as_i64(),
-            reason: v["reason"].as_str().unwrap_or("").to_string(),
-            output: v["output"].as_str().unwrap_or("").to_string(),
+            reason: printable(v["reason"].as_str().unwrap_or("")),
+            output: printable(v["output"].as_str().unwrap_or("")),
             cut_bytes: v["cut_bytes"].as_u64().unwrap_or(0),
         }
     }
@@ -88,6 +88,30 @@ impl Answer {
     }
 }
 
+/// A node's output as it may reach the admin's terminal: control characters other than newline
+/// and tab shown as `^X` (as `cat -v`), so a node cannot send escape sequences that rewrite
+/// the screen, the window title or the clipboard (a root shell on a node is not a root shell
+/// on the admin's terminal).
+fn printable(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '\n' | '\t' => out.push(c),
+            '\u{7f}' => out.push_str("^?"),
+            c if (c as u32) < 0x20 => {
+                out.push('^');
+                out.push(char::from(b'@' + c as u8));
+            }
+            // C1 controls (CSI, OSC as one character each in some terminals).
+            c if ('\u{80}'..='\u{9f}').contains(&c) => {
+                out.push_str(&format!("\\u{{{:x}}}", c as u32));
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 pub fn run(config: &Path, a: ExecArgs) -> anyhow::Result<i32> {
     let h = head(config)?;
     let body = json!({
@@ -98,12 +122,12 @@ pub fn run(config: &Path, a: ExecArgs) -> anyhow::Result<i32> {
         "group": a.group,
         "all": a.all,
     });
-    let started = call_with(&h, "POST", "/api/v1/exec", Some(&body))?;
+    let started = h.call("POST", "/api/v1/exec", Some(&body))?;
     let id = started["id"].as_u64().context("the head gave no run id")?;
     // Per node: bytes of its output printed so far, and whether it has ended.
     let mut printed: BTreeMap<String, (usize, bool)> = BTreeMap::new();
     let view = loop {
-        let v = call_with(&h, "GET", &format!("/api/v1/exec/{id}"), None)?;
+        let v = h.call("GET", &format!("/api/v1/exec/{id}"), None)?;
         if !a.fold {
             for r in v["results"].as_array().into_iter().flatten() {
                 let answer = Answer::from(r);
@@ -195,5 +219,22 @@ fn print_folded(answers: &[(String, Answer)]) {
         if let Some(c) = a.complaint() {
             eprintln!("enlist: {}: {c}", enlist::hostlist::fold(nodes));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::printable;
+
+    #[test]
+    fn escape_sequences_from_a_node_do_not_reach_the_terminal() {
+        // Clear screen, set the window title, a C1 CSI, a bell, DEL: all shown, none sent.
+        let hostile = "ok\n\u{1b}[2J\u{1b}]0;owned\u{7}\u{9b}31m\u{7f}\tend\r";
+        let shown = printable(hostile);
+        assert_eq!(shown, "ok\n^[[2J^[]0;owned^G\\u{9b}31m^?\tend^M");
+        assert!(!shown
+            .chars()
+            .any(|c| c.is_control() && c != '\n' && c != '\t'));
+        assert_eq!(printable("plain é\n"), "plain é\n");
     }
 }

@@ -1,6 +1,7 @@
 //! Subcommands of the `enlist` binary (the edge: anyhow errors with context).
 
 pub mod admin;
+pub mod client;
 pub mod exec;
 pub mod floppy;
 pub mod image;

@@ -1,11 +1,12 @@
-//! `enlist nodes` and `enlist node ...`: talk to a running head's admin API with the token in
-//! its state folder (readable by root only).
+//! `enlist nodes` and `enlist node ...`: talk to a running head's admin API over its admin
+//! socket (readable by root only).
 
 use std::path::Path;
 
-use anyhow::Context;
 use clap::Subcommand;
 use serde_json::Value;
+
+use super::client::{head, Head};
 
 #[derive(Subcommand)]
 pub enum NodeCmd {
@@ -27,62 +28,8 @@ pub enum NodeCmd {
     Show { node: String },
 }
 
-pub(super) struct Head {
-    base: String,
-    token: String,
-}
-
-pub(super) fn head(config: &Path) -> anyhow::Result<Head> {
-    let cfg = enlist::config::Config::load(config)?;
-    let mut addr = cfg.http.listen;
-    if addr.ip().is_unspecified() {
-        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
-    }
-    let token_path = cfg.state_dir.join(enlist::http::auth::TOKEN_FILE);
-    let token = std::fs::read_to_string(&token_path).with_context(|| {
-        format!(
-            "{}: cannot read the admin token (is the head running, and are you root?)",
-            token_path.display()
-        )
-    })?;
-    Ok(Head {
-        base: format!("http://{addr}"),
-        token: token.trim().to_string(),
-    })
-}
-
 fn call(h: &Head, method: &str, path: &str) -> anyhow::Result<Value> {
-    call_with(h, method, path, None)
-}
-
-/// An admin API call with an optional JSON body; the head's error message on failure.
-pub(super) fn call_with(
-    h: &Head,
-    method: &str,
-    path: &str,
-    body: Option<&Value>,
-) -> anyhow::Result<Value> {
-    let url = format!("{}{path}", h.base);
-    let req = ureq::request(method, &url).set("authorization", &format!("Bearer {}", h.token));
-    let sent = match body {
-        Some(b) => req.send_json(b),
-        None => req.call(),
-    };
-    let resp = match sent {
-        Ok(r) => r,
-        Err(ureq::Error::Status(code, r)) => {
-            let body: Value = r.into_json().unwrap_or(Value::Null);
-            anyhow::bail!(
-                "{url}: HTTP {code}: {}",
-                body["error"].as_str().unwrap_or("(no detail)")
-            );
-        }
-        Err(e) => return Err(e).with_context(|| format!("{url}: head not reachable")),
-    };
-    if resp.status() == 204 {
-        return Ok(Value::Null);
-    }
-    resp.into_json().with_context(|| format!("{url}: bad JSON"))
+    h.call(method, path, None)
 }
 
 fn s(v: &Value) -> String {
@@ -166,12 +113,7 @@ pub fn act(config: &Path, cmd: NodeCmd) -> anyhow::Result<()> {
         NodeCmd::Wake { node } => ("wake", node),
         NodeCmd::Group { node, group } => {
             let body = serde_json::json!({ "group": group });
-            let v = call_with(
-                &h,
-                "POST",
-                &format!("/api/v1/nodes/{node}/group"),
-                Some(&body),
-            )?;
+            let v = h.call("POST", &format!("/api/v1/nodes/{node}/group"), Some(&body))?;
             println!("{}: group {}", s(&v["name"]), s(&v["group"]));
             return Ok(());
         }
@@ -187,6 +129,32 @@ pub fn act(config: &Path, cmd: NodeCmd) -> anyhow::Result<()> {
 }
 
 /// `enlist wake NODE` or `enlist wake --group G`: Wake-on-LAN, one PC every [`enlist::wol::PACE`].
+/// `enlist enroll`: open the enrollment window for `length`, close it, or say how it stands.
+pub fn enroll(
+    config: &Path,
+    length: Option<std::time::Duration>,
+    close: bool,
+) -> anyhow::Result<()> {
+    let h = head(config)?;
+    let v = match (length, close) {
+        (None, false) => call(&h, "GET", "/api/v1/enrollment")?,
+        (length, _) => {
+            let secs = length.map_or(0, |d| d.as_secs());
+            let body = serde_json::json!({ "for_secs": secs });
+            h.call("POST", "/api/v1/enrollment", Some(&body))?
+        }
+    };
+    let policy = s(&v["policy"]);
+    match v["window_secs"].as_u64() {
+        Some(left) => println!(
+            "enrollment window open for {}: new PCs that boot now join with no approval (policy otherwise: {policy})",
+            humantime::format_duration(std::time::Duration::from_secs(left))
+        ),
+        None => println!("no enrollment window open; new PCs: {policy}"),
+    }
+    Ok(())
+}
+
 pub fn wake(config: &Path, node: Option<String>, group: Option<String>) -> anyhow::Result<()> {
     let h = head(config)?;
     let names: Vec<String> = match (node, group) {

@@ -6,7 +6,7 @@ use std::path::Path;
 use clap::Subcommand;
 use serde_json::Value;
 
-use super::nodes::{call_with, head};
+use super::client::head;
 
 #[derive(Subcommand)]
 pub enum ScheduleCmd {
@@ -25,7 +25,7 @@ pub fn run(config: &Path, cmd: Option<ScheduleCmd>) -> anyhow::Result<()> {
     let h = head(config)?;
     let (group, action) = match cmd.unwrap_or(ScheduleCmd::List) {
         ScheduleCmd::List => {
-            let v = call_with(&h, "GET", "/api/v1/schedules", None)?;
+            let v = h.call("GET", "/api/v1/schedules", None)?;
             let list = v["schedules"].as_array().cloned().unwrap_or_default();
             if list.is_empty() {
                 println!("no schedules: see schedules: in the config");
@@ -39,12 +39,7 @@ pub fn run(config: &Path, cmd: Option<ScheduleCmd>) -> anyhow::Result<()> {
         ScheduleCmd::Unskip { group } => (group, "unskip"),
         ScheduleCmd::RunNow { group } => (group, "run-now"),
     };
-    let v = call_with(
-        &h,
-        "POST",
-        &format!("/api/v1/schedules/{group}/{action}"),
-        None,
-    )?;
+    let v = h.call("POST", &format!("/api/v1/schedules/{group}/{action}"), None)?;
     println!("{}", line(&v));
     Ok(())
 }

@@ -195,6 +195,8 @@ pub struct ScheduleConfig {
 #[derive(Debug, Clone)]
 pub struct NodesConfig {
     pub enrollment: Enrollment,
+    /// A root shell on the node's console instead of its status screen (the lab's bench).
+    pub console_shell: bool,
     pub name_prefix: String,
     pub group: String,
     pub heartbeat: Duration,

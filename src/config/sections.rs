@@ -20,7 +20,7 @@ impl TryFrom<wire::File> for Config {
         let tftp = TftpConfig::try_from(f.tftp).map_err(|e| e.under("tftp"))?;
         let dhcp = DhcpConfig::try_from(f.dhcp).map_err(|e| e.under("dhcp"))?;
         let images = ImagesConfig::try_from(f.images).map_err(|e| e.under("images"))?;
-        let nodes = NodesConfig::try_from(f.nodes).map_err(|e| e.under("nodes"))?;
+        let nodes = nodes(f.nodes, f.jobs.enabled).map_err(|e| e.under("nodes"))?;
         let admin = AdminConfig::try_from(f.admin).map_err(|e| e.under("admin"))?;
         let jobs = jobs(f.jobs, &f.state_dir).map_err(|e| e.under("jobs"))?;
         let schedules = schedules(f.schedules).map_err(|e| e.under("schedules"))?;
@@ -358,62 +358,67 @@ impl TryFrom<wire::Images> for ImagesConfig {
     }
 }
 
-impl TryFrom<wire::Nodes> for NodesConfig {
-    type Error = Invalid;
-
-    fn try_from(n: wire::Nodes) -> Checked<NodesConfig> {
-        // Generated names are the prefix and six hex digits (plus "-N" if taken).
-        let sample = format!("{}0a1b2c-99", n.name_prefix);
-        if !valid_host_label(&sample) {
-            return Err(Invalid::new(
-                "name_prefix",
-                format!(
-                    "{:?} does not make host names: use up to 50 letters, digits and '-'",
-                    n.name_prefix
-                ),
-            ));
-        }
-        if n.group.is_empty()
-            || !n
-                .group
-                .bytes()
-                .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
-        {
-            return Err(Invalid::new(
-                "group",
-                format!("{:?}: use letters, digits, '-' and '_'", n.group),
-            ));
-        }
-        if n.heartbeat < Duration::from_secs(1) || n.heartbeat > Duration::from_secs(300) {
-            return Err(Invalid::new("heartbeat", "must be between 1s and 5m"));
-        }
-        if n.lost_after <= n.heartbeat * 2 {
-            return Err(Invalid::new(
-                "lost_after",
-                "must be more than two heartbeats",
-            ));
-        }
-        if n.boot_token_ttl < Duration::from_secs(30) {
-            return Err(Invalid::new(
-                "boot_token_ttl",
-                "must be at least 30s (a slow PC downloads for a while)",
-            ));
-        }
-        at_least("max_nodes", n.max_nodes, 1)?;
-        at_least("new_burst", n.new_burst as usize, 1)?;
-        Ok(NodesConfig {
-            enrollment: n.enrollment,
-            name_prefix: n.name_prefix,
-            group: n.group,
-            heartbeat: n.heartbeat,
-            lost_after: n.lost_after,
-            stuck_after: n.stuck_after,
-            boot_token_ttl: n.boot_token_ttl,
-            new_burst: n.new_burst,
-            new_per_minute: n.new_per_minute,
-            max_nodes: n.max_nodes,
-        })
+/// The `nodes:` section; its enrollment default depends on whether jobs are on (`approve`:
+/// the munge key goes only to PCs an admin let in, by approval, reservation or an enrollment
+/// window; `open` for a boot-only head).
+fn nodes(n: wire::Nodes, jobs_on: bool) -> Checked<NodesConfig> {
+    // Generated names are the prefix and six hex digits (plus "-N" if taken).
+    let sample = format!("{}0a1b2c-99", n.name_prefix);
+    if !valid_host_label(&sample) {
+        return Err(Invalid::new(
+            "name_prefix",
+            format!(
+                "{:?} does not make host names: use up to 50 letters, digits and '-'",
+                n.name_prefix
+            ),
+        ));
     }
+    if n.group.is_empty()
+        || !n
+            .group
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
+    {
+        return Err(Invalid::new(
+            "group",
+            format!("{:?}: use letters, digits, '-' and '_'", n.group),
+        ));
+    }
+    if n.heartbeat < Duration::from_secs(1) || n.heartbeat > Duration::from_secs(300) {
+        return Err(Invalid::new("heartbeat", "must be between 1s and 5m"));
+    }
+    if n.lost_after <= n.heartbeat * 2 {
+        return Err(Invalid::new(
+            "lost_after",
+            "must be more than two heartbeats",
+        ));
+    }
+    if n.boot_token_ttl < Duration::from_secs(30) {
+        return Err(Invalid::new(
+            "boot_token_ttl",
+            "must be at least 30s (a slow PC downloads for a while)",
+        ));
+    }
+    at_least("max_nodes", n.max_nodes, 1)?;
+    at_least("new_burst", n.new_burst as usize, 1)?;
+    let enrollment = n.enrollment.unwrap_or(if jobs_on {
+        Enrollment::Approve
+    } else {
+        Enrollment::Open
+    });
+    Ok(NodesConfig {
+        enrollment,
+        console_shell: n.console_shell,
+        name_prefix: n.name_prefix,
+        group: n.group,
+        heartbeat: n.heartbeat,
+        lost_after: n.lost_after,
+        stuck_after: n.stuck_after,
+        boot_token_ttl: n.boot_token_ttl,
+        new_burst: n.new_burst,
+        new_per_minute: n.new_per_minute,
+        max_nodes: n.max_nodes,
+    })
 }
 
 impl TryFrom<wire::Admin> for AdminConfig {

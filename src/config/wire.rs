@@ -201,11 +201,10 @@ pub struct Images {
     pub tftp_nics: Vec<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Enrollment {
     /// Any PC that boots is enlisted.
-    #[default]
     Open,
     /// Only MACs with a reservation are enlisted.
     KnownMacs,
@@ -213,11 +212,26 @@ pub enum Enrollment {
     Approve,
 }
 
+impl Enrollment {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Enrollment::Open => "open",
+            Enrollment::KnownMacs => "known-macs",
+            Enrollment::Approve => "approve",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Nodes {
+    /// Unset: `approve` with jobs on (the munge key only to PCs an admin let in), else `open`.
     #[serde(default)]
-    pub enrollment: Enrollment,
+    pub enrollment: Option<Enrollment>,
+    /// A root shell on the node's console (tty1) instead of its status screen: for a lab's
+    /// own bench, never for PCs others sit at (whoever has it reads the node's keys).
+    #[serde(default)]
+    pub console_shell: bool,
     #[serde(default = "default_name_prefix")]
     pub name_prefix: String,
     #[serde(default = "default_group")]
@@ -245,7 +259,8 @@ pub struct Nodes {
 impl Default for Nodes {
     fn default() -> Self {
         Nodes {
-            enrollment: Enrollment::default(),
+            enrollment: None,
+            console_shell: false,
             name_prefix: default_name_prefix(),
             group: default_group(),
             heartbeat: default_heartbeat(),

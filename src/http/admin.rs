@@ -28,11 +28,50 @@ pub fn routes() -> Router<Shared> {
         .route("/api/v1/session", get(session))
         .route("/api/v1/nodes", get(nodes))
         .route("/api/v1/nodes/{node}", get(node))
-        .route("/api/v1/nodes/{node}/initrd", get(initrd))
+        .route("/api/v1/nodes/{node}/initrd", post(initrd))
         .route("/api/v1/nodes/{node}/{action}", post(action))
         .route("/api/v1/events", get(events))
         .route("/api/v1/stream", get(stream))
         .route("/api/v1/summary", get(summary))
+        .route("/api/v1/enrollment", get(enrollment).post(open_enrollment))
+}
+
+/// The enrollment policy, and the window open now (seconds left), if one is.
+fn enrollment_view(s: &Shared) -> serde_json::Value {
+    serde_json::json!({
+        "policy": s.registry.config().nodes.enrollment.as_str(),
+        "window_secs": s.registry.enrollment_left().map(|d| d.as_secs()),
+    })
+}
+
+async fn enrollment(State(s): State<Shared>, _v: Viewer) -> Response {
+    Json(enrollment_view(&s)).into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EnrollmentRequest {
+    /// Seconds the window stays open (0 closes it); at most a day.
+    for_secs: u64,
+}
+
+/// Open (or close) the enrollment window: new PCs that boot meanwhile become nodes with no
+/// approval, whatever the policy.
+async fn open_enrollment(
+    State(s): State<Shared>,
+    _a: Admin,
+    Json(req): Json<EnrollmentRequest>,
+) -> Response {
+    let max = crate::registry::MAX_ENROLLMENT_WINDOW.as_secs();
+    if req.for_secs > max {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("an enrollment window is at most {max} s (a day)"),
+        );
+    }
+    s.registry
+        .open_enrollment(std::time::Duration::from_secs(req.for_secs));
+    Json(enrollment_view(&s)).into_response()
 }
 
 #[derive(Deserialize)]
@@ -113,7 +152,9 @@ pub(super) fn registry_error(e: RegistryError) -> Response {
         RegistryError::UnknownNode(_) | RegistryError::NotFound(_) => {
             error(StatusCode::NOT_FOUND, e.to_string())
         }
-        RegistryError::NameTaken(_) => error(StatusCode::CONFLICT, e.to_string()),
+        RegistryError::NameTaken(_) | RegistryError::NotOnline(_) => {
+            error(StatusCode::CONFLICT, e.to_string())
+        }
         RegistryError::BadName(_) => error(StatusCode::BAD_REQUEST, e.to_string()),
         RegistryError::Refused(_) => error(StatusCode::TOO_MANY_REQUESTS, e.to_string()),
         RegistryError::Store(_) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
@@ -266,7 +307,8 @@ struct InitrdQuery {
 }
 
 /// The initrd a node boots with (image initrd + its settings, with a new key), for an admin
-/// who boots a PC by hand (`-kernel`/`-initrd`, a USB stick) instead of by network.
+/// who boots a PC by hand (`-kernel`/`-initrd`, a USB stick) instead of by network. A POST:
+/// it changes the node (a new key epoch), so a browser session needs its CSRF token.
 async fn initrd(
     State(s): State<Shared>,
     _a: Admin,

@@ -55,6 +55,7 @@ fn agent_error(e: AgentError) -> Response {
 
 /// The signature headers and body of a request, before they are checked.
 struct Raw {
+    from: std::net::IpAddr,
     method: String,
     path: String,
     node: String,
@@ -67,6 +68,10 @@ struct Raw {
 impl Raw {
     async fn read(req: Request, s: &Shared) -> Result<Raw, Response> {
         let (parts, body) = req.into_parts();
+        let from = parts
+            .extensions
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map_or(std::net::Ipv4Addr::UNSPECIFIED.into(), |c| c.0.ip());
         let header = |name: &str| {
             parts
                 .headers
@@ -83,6 +88,7 @@ impl Raw {
                 agent_error(e)
             })?;
         Ok(Raw {
+            from,
             method: parts.method.as_str().to_string(),
             path: parts.uri.path().to_string(),
             node: header(h::NODE),
@@ -95,6 +101,7 @@ impl Raw {
 
     fn signed(&self) -> Signed<'_> {
         Signed {
+            from: self.from,
             method: &self.method,
             path: &self.path,
             node: &self.node,
@@ -191,10 +198,10 @@ async fn register(State(s): State<Shared>, req: Request) -> Response {
         Err(r) => return r,
     };
     let reg = s.registry.clone();
-    let (session, raw) = (raw.session.clone(), raw);
     let r = tokio::task::spawn_blocking(move || reg.register(&raw.signed())).await;
     match r {
-        Ok(Ok((mac, resp))) => signed_reply(&s, mac, paths::REGISTER, &session, 0, &resp),
+        // Signed over the agent's own challenge: a recorded reply is no good to anyone.
+        Ok(Ok(ok)) => signed_reply(&s, ok.mac, paths::REGISTER, &ok.challenge, 0, &ok.response),
         Ok(Err(e)) => agent_error(e),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
@@ -284,9 +291,12 @@ async fn jobs(State(s): State<Shared>, a: Agent) -> Response {
     };
     let descriptor = match &s.jobs {
         None => off(),
-        // Only a node that may be in the cluster gets the key (not one being released).
+        // Only a node that may be in the cluster gets the key: enlisted and let in (not one
+        // being released, held back, or waiting for approval).
         Some(jobs) => match s.registry.node(a.mac) {
-            Ok(row) if row.state.is_alive() && !row.released => jobs.descriptor(a.mac, &req),
+            Ok(row) if row.state.is_peer() && row.approved && !row.released => {
+                jobs.descriptor(a.mac, &req)
+            }
             Ok(_) => off(),
             Err(e) => return agent_error(AgentError::BadRequest(e.to_string())),
         },

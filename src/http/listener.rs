@@ -11,7 +11,7 @@ use axum::extract::ConnectInfo;
 use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpStream, UnixListener};
 use tokio::sync::watch;
 use tower::ServiceExt;
 
@@ -122,6 +122,70 @@ pub async fn serve(
         tokio::spawn(async move {
             connection(stream, peer, app, &edge, &metrics, shutdown).await;
             drop(slot);
+        });
+    }
+}
+
+/// Marks a request that came through the admin socket from root (or the head's own user):
+/// the CLI on the head, an admin by the file system's word.
+#[derive(Debug, Clone, Copy)]
+pub struct LocalAdmin;
+
+/// Connections the admin socket serves at once at most.
+const MAX_LOCAL_CONNECTIONS: usize = 64;
+
+/// Serve `app` on the admin socket until `shutdown`: connections from root (or the head's own
+/// user, by `SO_PEERCRED`) are admins; anyone else is turned away (the socket is 0600 in the
+/// 0700 state folder anyway).
+pub async fn serve_local(
+    listener: UnixListener,
+    app: Router,
+    limits: Limits,
+    metrics: Arc<Metrics>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let edge = Arc::new(Edge {
+        limits,
+        tls: None,
+        shape: false,
+    });
+    let open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let me = nix::unistd::geteuid().as_raw();
+    loop {
+        let stream = tokio::select! {
+            r = listener.accept() => match r {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    tracing::warn!("admin socket: accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => {
+                if *shutdown.borrow() { return }
+                continue;
+            }
+        };
+        let uid = stream.peer_cred().map(|c| c.uid()).ok();
+        let busy = open.load(std::sync::atomic::Ordering::Relaxed) >= MAX_LOCAL_CONNECTIONS;
+        if busy || !uid.is_some_and(|u| u == 0 || u == me) {
+            tracing::debug!(?uid, busy, "admin socket: connection refused");
+            metrics.refused(&metrics.http_refused, "local-not-admin");
+            continue;
+        }
+        open.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (app, edge, open, shutdown) =
+            (app.clone(), edge.clone(), open.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            let local = SocketAddr::from(([127, 0, 0, 1], 0));
+            let svc =
+                app.map_request(move |mut req: axum::http::Request<hyper::body::Incoming>| {
+                    req.extensions_mut().insert(ConnectInfo(local));
+                    req.extensions_mut().insert(LocalAdmin);
+                    req
+                });
+            http1(TokioIo::new(stream), svc, &edge, shutdown).await;
+            open.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         });
     }
 }

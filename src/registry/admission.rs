@@ -97,10 +97,52 @@ impl Admission {
     }
 }
 
+/// The longest an enrollment window may stay open.
+pub const MAX_ENROLLMENT_WINDOW: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+/// An enrollment window: while it is open, a new PC becomes a node by booting, whatever the
+/// enrollment policy (as `open`, within the limits above). An admin opens it for the minutes
+/// the lab tech switches the new PCs on (`enlist enroll --for 15m`); a head restart closes it.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct EnrollmentWindow {
+    until: Option<Instant>,
+}
+
+impl EnrollmentWindow {
+    /// Open it from `now` for `length` (at most [`MAX_ENROLLMENT_WINDOW`]); zero closes it.
+    pub fn open(&mut self, now: Instant, length: std::time::Duration) {
+        self.until = (!length.is_zero()).then(|| now + length.min(MAX_ENROLLMENT_WINDOW));
+    }
+
+    /// How long it stays open from `now`; None when closed.
+    pub fn left(&self, now: Instant) -> Option<std::time::Duration> {
+        self.until
+            .filter(|u| *u > now)
+            .map(|u| u.saturating_duration_since(now))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn a_window_is_open_for_its_length_at_most_a_day_and_closes() {
+        let t0 = Instant::now();
+        let mut w = EnrollmentWindow::default();
+        assert_eq!(w.left(t0), None);
+        w.open(t0, Duration::from_secs(900));
+        assert_eq!(
+            w.left(t0 + Duration::from_secs(100)),
+            Some(Duration::from_secs(800))
+        );
+        assert_eq!(w.left(t0 + Duration::from_secs(900)), None, "over");
+        w.open(t0, Duration::from_secs(1_000_000));
+        assert_eq!(w.left(t0), Some(MAX_ENROLLMENT_WINDOW));
+        w.open(t0, Duration::ZERO);
+        assert_eq!(w.left(t0), None, "closed");
+    }
 
     fn ip(n: u8) -> IpAddr {
         IpAddr::from([10, 0, 0, n])

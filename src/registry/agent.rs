@@ -21,9 +21,9 @@ use super::keys::token;
 use super::Registry;
 
 /// Registration nonces live this long.
-const NONCE_TTL_SECS: i64 = 60;
+pub(super) const NONCE_TTL_SECS: i64 = 60;
 /// At most this many outstanding nonces (a flood evicts the oldest, not memory).
-const MAX_NONCES: usize = 20_000;
+pub(super) const MAX_NONCES: usize = 20_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -54,6 +54,9 @@ impl AgentError {
 
 /// The signature headers and body of one agent request.
 pub struct Signed<'a> {
+    /// The address it came from (seen, not said); unspecified when the request came
+    /// without one (in-process tests), and then no address is recorded.
+    pub from: std::net::IpAddr,
     pub method: &'a str,
     pub path: &'a str,
     pub node: &'a str,
@@ -61,6 +64,13 @@ pub struct Signed<'a> {
     pub seq: u64,
     pub signature: &'a str,
     pub body: &'a [u8],
+}
+
+/// A registration accepted: who, the reply, and the agent's challenge to sign it over.
+pub struct Registered {
+    pub mac: Mac,
+    pub challenge: String,
+    pub response: RegisterResponse,
 }
 
 fn body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, AgentError> {
@@ -74,24 +84,14 @@ impl Registry {
         e
     }
 
+    /// A registration nonce for anyone who asks (its own lock and O(1) work: a flood of
+    /// these neither scans a table nor holds the registry up).
     pub fn nonce(&self) -> String {
         let n = token();
-        let ts = now();
-        let mut inner = self.inner();
-        if inner.nonces.len() >= MAX_NONCES {
-            inner.nonces.retain(|_, exp| *exp > ts);
-        }
-        if inner.nonces.len() >= MAX_NONCES {
-            if let Some(oldest) = inner
-                .nonces
-                .iter()
-                .min_by_key(|(_, e)| **e)
-                .map(|(k, _)| k.clone())
-            {
-                inner.nonces.remove(&oldest);
-            }
-        }
-        inner.nonces.insert(n.clone(), ts + NONCE_TTL_SECS);
+        self.nonces
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .issue(n.clone(), now());
         n
     }
 
@@ -104,17 +104,19 @@ impl Registry {
     /// Register an agent. The request is signed with the node key over a fresh nonce (sent as
     /// the session header, sequence 0). Only a node the head knows (it got its key from a boot
     /// script's initrd, or from an admin) can register; its body is read once the signature
-    /// is good. Blocking (database).
-    pub fn register(&self, req: &Signed) -> Result<(Mac, RegisterResponse), AgentError> {
+    /// is good. Returns the agent's challenge, which the reply is signed over. Blocking
+    /// (database).
+    pub fn register(&self, req: &Signed) -> Result<Registered, AgentError> {
         self.register_inner(req).map_err(|e| self.refuse(e))
     }
 
-    fn register_inner(&self, req: &Signed) -> Result<(Mac, RegisterResponse), AgentError> {
+    fn register_inner(&self, req: &Signed) -> Result<Registered, AgentError> {
         let mac = Mac::parse(req.node).ok_or(AgentError::Unauthorized("bad-node"))?;
-        let fresh = {
-            let mut inner = self.inner();
-            matches!(inner.nonces.remove(req.session), Some(exp) if exp > now())
-        };
+        let fresh = self
+            .nonces
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take(req.session, now());
         if !fresh {
             return Err(AgentError::Unauthorized("unknown-nonce"));
         }
@@ -140,16 +142,38 @@ impl Registry {
         if !row.approved || row.released {
             return Err(AgentError::Forbidden("not-enlisted"));
         }
-        let info: NodeInfo = body::<RegisterRequest>(req.body)?.info;
-        info.check().map_err(AgentError::BadRequest)?;
+        let request: RegisterRequest = body(req.body)?;
+        request.check().map_err(AgentError::BadRequest)?;
+        let info: NodeInfo = request.info;
+        // The same MAC on other hardware: held back for an admin, no session, no secrets.
+        if let Some(change) = super::quarantine::registration_change(&row, &info) {
+            self.quarantine(
+                &mut row,
+                &format!("registered with another inventory: {change}"),
+            )?;
+            return Err(AgentError::Forbidden("quarantined"));
+        }
         let session = token();
         self.inner()
             .open_session(mac, session.clone(), info.clone());
-        if let Ok(ip) = info.ip.parse() {
-            row.ip = Some(ip);
+        // The address it came from, not the one it names: the head's checks (which address
+        // may ask for this node's boot, which one the cluster's services let in) go by it.
+        if let std::net::IpAddr::V4(seen) = req.from.to_canonical() {
+            if info.ip != seen.to_string() {
+                tracing::debug!(%mac, said = %info.ip, %seen, "agent named another address than the one it came from");
+            }
+            if !seen.is_unspecified() {
+                row.ip = Some(seen);
+            }
         }
         let was_64bit = row.cpu_64bit();
-        row.info = serde_json::to_string(&info).ok();
+        let info_json = serde_json::to_string(&info).ok();
+        if row.info != info_json {
+            // Kept even when the state does not change (an agent registering again): the
+            // inventory a later registration is compared with.
+            row.info = info_json;
+            self.save(&row, None)?;
+        }
         row.last_seen = Some(now());
         let image_note = (!was_64bit && row.cpu_64bit())
             .then(|| self.next_image_note(mac))
@@ -158,27 +182,29 @@ impl Registry {
             mac,
             "registered",
             Proto::Agent,
-            format!("agent from {}", info.ip),
+            format!("agent from {}", req.from),
         );
         self.apply(
             &mut row,
             Event::Registered,
-            &format!("agent registered from {}", info.ip),
+            &format!("agent registered from {}", req.from),
         )?;
         if let Some(note) = image_note {
             tracing::info!(%mac, node = %row.name, "{note}");
             self.save(&row, Some(("image", &note)))?;
         }
         let (_, peers) = self.peers();
-        Ok((
+        Ok(Registered {
             mac,
-            RegisterResponse {
+            challenge: request.challenge,
+            response: RegisterResponse {
                 session,
                 name: row.name,
                 heartbeat_secs: self.cfg.nodes.heartbeat.as_secs().clamp(1, 300) as u32,
                 peers,
+                now_unix: now(),
             },
-        ))
+        })
     }
 
     /// A PC first found to have a 64-bit CPU while it runs another image than the one it
@@ -242,7 +268,8 @@ impl Registry {
         let version = inner.peers_version;
         let live = inner.live.entry(mac).or_default();
         live.heartbeat = Some(hb.clone());
-        let steady = live.state == Some(crate::lifecycle::NodeState::Healthy);
+        let steady =
+            live.state == Some(crate::lifecycle::NodeState::Healthy) && live.conflict.is_none();
         Ok(
             (steady && self.updates.receiver_count() == 0).then_some(HeartbeatResponse {
                 peers_version: version,
@@ -253,6 +280,11 @@ impl Registry {
     /// The rest of a heartbeat: a state change (registered or lost → healthy), or a live
     /// update for dashboards. Blocking (database).
     pub fn heartbeat(&self, mac: Mac, hb: &Heartbeat) -> Result<HeartbeatResponse, AgentError> {
+        self.clone_check(mac, Instant::now())?;
+        if !self.inner().online(mac) {
+            // Held back just now (another PC has its MAC): this session is over.
+            return Err(self.refuse(AgentError::Unauthorized("quarantined")));
+        }
         if let Some(mut row) = self.store.node(mac)? {
             let before = row.state;
             row.heartbeat = serde_json::to_string(hb).ok();
@@ -275,20 +307,51 @@ impl Registry {
         let live = inner.live.entry(mac).or_default();
         let key = self.keys.node_key(mac, live.epoch);
         let session = live.session.clone().unwrap_or_default();
-        let cmds = live
+        let expires_unix = now() + enlist_api::COMMAND_TTL_SECS;
+        let cmds: Vec<Command> = live
             .commands
             .drain(..)
-            .map(|(id, kind, exec)| Command {
-                id,
-                kind,
-                signature: enlist_api::sign_command(&key, &session, id, kind, exec.as_ref()),
-                exec,
+            .map(|(id, kind, exec)| {
+                let terms = enlist_api::CommandTerms {
+                    id,
+                    kind,
+                    exec: exec.as_ref(),
+                    expires_unix,
+                };
+                Command {
+                    id,
+                    kind,
+                    signature: enlist_api::sign_command(&key, &session, terms),
+                    exec,
+                    expires_unix,
+                }
             })
             .collect();
+        for c in cmds
+            .iter()
+            .filter(|c| c.kind != enlist_api::CommandKind::Exec)
+        {
+            if live.awaiting.len() >= super::live::AWAITED {
+                live.awaiting.pop_front();
+            }
+            live.awaiting.push_back(c.id);
+        }
         (cmds, live.notify.clone())
     }
 
+    /// The result of a command the node was sent (once per command: a result for an id it
+    /// was not sent, or sent twice, is refused and writes nothing).
     pub fn command_result(&self, mac: Mac, r: &CommandResult) -> Result<(), AgentError> {
+        let awaited = {
+            let mut inner = self.inner();
+            let live = inner.live.entry(mac).or_default();
+            let at = live.awaiting.iter().position(|id| *id == r.id);
+            at.and_then(|i| live.awaiting.remove(i)).is_some()
+        };
+        if !awaited {
+            tracing::debug!(%mac, id = r.id, "command result refused: no such command awaits one");
+            return Err(self.refuse(AgentError::Forbidden("unawaited-result")));
+        }
         if let Some(row) = self.store.node(mac)? {
             let detail = format!(
                 "#{} {}: {}",
@@ -299,6 +362,23 @@ impl Registry {
             self.save(&row, Some(("command", &detail)))?;
         }
         Ok(())
+    }
+
+    /// Whether `mac`'s agent may write one more history row now (see
+    /// [`super::live::Live::may_write_history`]); a refusal is counted.
+    pub(super) fn agent_may_write(&self, mac: Mac) -> bool {
+        let ok = self
+            .inner()
+            .live
+            .entry(mac)
+            .or_default()
+            .may_write_history(Instant::now());
+        if !ok {
+            tracing::debug!(%mac, "agent history row dropped: over its budget");
+            self.metrics
+                .refused(&self.metrics.agent_refused, "history-rate");
+        }
+        ok
     }
 
     pub fn leaving(&self, mac: Mac, reason: &str) -> Result<(), AgentError> {

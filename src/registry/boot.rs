@@ -84,7 +84,7 @@ impl Registry {
     ) -> Result<BootDecision, RegistryError> {
         let known = self.store.node(mac)?;
         let reserved = self.cfg.reservation_for(mac).is_some();
-        if known.is_none() && !reserved {
+        if known.is_none() && !reserved && !self.enrolls_new() {
             match self.cfg.nodes.enrollment {
                 Enrollment::KnownMacs => return Ok(BootDecision::NotEnlisted),
                 Enrollment::Approve => return self.await_approval(mac, from),
@@ -111,7 +111,23 @@ impl Registry {
         if let Some(reason) = self.foreign_address(&row, from)? {
             tracing::debug!(%mac, %from, "boot script refused: {reason}");
             self.metrics.refused(&self.metrics.registry_refused, reason);
+            if row.state.is_alive() {
+                self.boot_while_up(mac, from);
+            }
             return Ok(BootDecision::Refused(reason));
+        }
+        // Its node is up: this PC is either that one, rebooted without a word (it waits until
+        // its node is lost), or a second PC with its MAC (the node's next heartbeat shows it).
+        // Either way no key: a new one would lock the node's agent out.
+        if row.state.is_alive() {
+            tracing::debug!(%mac, %from, "boot script refused: its node is up");
+            self.metrics
+                .refused(&self.metrics.registry_refused, "node-up");
+            self.boot_while_up(mac, from);
+            return Ok(BootDecision::Retry(format!(
+                "{} is up as a node; this boot waits until it is gone",
+                row.name
+            )));
         }
         let token = random_token();
         {
@@ -368,7 +384,7 @@ impl Registry {
         let mac = client.mac;
         let known = self.store.node(mac)?;
         let reserved = self.cfg.reservation_for(mac).is_some();
-        if known.is_none() && !reserved && self.cfg.nodes.enrollment != Enrollment::Open {
+        if known.is_none() && !reserved && !self.enrolls_new() {
             return Ok(());
         }
         let mut row = match known {

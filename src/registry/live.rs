@@ -16,7 +16,7 @@ use crate::config::Config;
 use crate::lifecycle::{self, Event, Facts, Limits, NodeState};
 use crate::store::NodeRow;
 
-use super::admission::{Admission, AdmissionLimits};
+use super::admission::{Admission, AdmissionLimits, EnrollmentWindow};
 use super::tokens::BootTokens;
 use super::view::{NodeView, SchedInfo};
 
@@ -53,8 +53,12 @@ pub(super) struct Live {
     pub heartbeat: Option<Heartbeat>,
     pub info: Option<NodeInfo>,
     pub last_seen: Option<Instant>,
-    /// Commands not yet fetched by the agent (signed when delivered).
+    /// Commands not yet fetched by the agent (signed when delivered), for its current
+    /// session only: they end with it.
     pub commands: VecDeque<(u64, CommandKind, Option<ExecSpec>)>,
+    /// Commands that ended with a session before their agent fetched them: never run (exec
+    /// runs report them so). The last [`AWAITED`].
+    pub dropped: VecDeque<u64>,
     /// From the database on every save, so requests authenticate without it.
     pub epoch: i64,
     pub state: Option<NodeState>,
@@ -75,6 +79,44 @@ pub(super) struct Live {
     pub local_disk_noted: Option<Instant>,
     /// When its card's missing driver was last recorded (as `local_disk_noted`).
     pub nic_noted: Option<Instant>,
+    /// Commands delivered whose result (reboot, release, ...) may still come: a result for
+    /// any other id is refused, so one node key cannot write history rows at will.
+    pub awaiting: VecDeque<u64>,
+    /// A boot of its MAC refused while its node was up: when, and from where. A heartbeat
+    /// well after it shows two PCs with one MAC (see `quarantine::clone_check`).
+    pub conflict: Option<(Instant, IpAddr)>,
+    /// History rows its agent may still write now (jobs status changes): a token bucket of
+    /// [`HISTORY_BURST`], refilled one per [`HISTORY_REFILL`].
+    pub history_budget: Option<(f64, Instant)>,
+}
+
+/// Results awaited per node at most (an admin's commands to one node come a few at a time).
+pub(super) const AWAITED: usize = 64;
+/// History rows a node's agent may write at once, then one per [`HISTORY_REFILL`].
+pub(super) const HISTORY_BURST: f64 = 20.0;
+pub(super) const HISTORY_REFILL: Duration = Duration::from_secs(6);
+
+impl Live {
+    /// Forget the queued commands (their session ended) and the results awaited.
+    fn drop_commands(&mut self) {
+        for (id, _, _) in self.commands.drain(..) {
+            if self.dropped.len() >= AWAITED {
+                self.dropped.pop_front();
+            }
+            self.dropped.push_back(id);
+        }
+        self.awaiting.clear();
+    }
+
+    /// May its agent write one more history row now? Takes a token if so.
+    pub fn may_write_history(&mut self, now: Instant) -> bool {
+        let (tokens, at) = self.history_budget.unwrap_or((HISTORY_BURST, now));
+        let refill = now.saturating_duration_since(at).as_secs_f64() / HISTORY_REFILL.as_secs_f64();
+        let tokens = (tokens + refill).min(HISTORY_BURST);
+        let ok = tokens >= 1.0;
+        self.history_budget = Some((if ok { tokens - 1.0 } else { tokens }, now));
+        ok
+    }
 }
 
 /// How often a released PC's local disk answer goes into its history at most.
@@ -88,12 +130,12 @@ pub(super) struct Candidate {
 
 pub(super) struct Inner {
     pub live: HashMap<Mac, Live>,
-    /// Registration nonces: nonce → expiry (unix seconds).
-    pub nonces: HashMap<String, i64>,
     /// Agent session → MAC.
     pub sessions: HashMap<String, Mac>,
     pub tokens: BootTokens,
     pub admission: Admission,
+    /// While open, new PCs become nodes whatever the enrollment policy.
+    pub enrollment: EnrollmentWindow,
     pub candidates: HashMap<Mac, Candidate>,
     /// PXE clients' addresses (from DHCP), to follow the fetches of a boot (TFTP carries no MAC).
     pub boot_ips: HashMap<IpAddr, (Mac, Instant)>,
@@ -118,7 +160,6 @@ impl Inner {
         let n = &cfg.nodes;
         Inner {
             live: HashMap::new(),
-            nonces: HashMap::new(),
             sessions: HashMap::new(),
             tokens: BootTokens::new(n.boot_token_ttl, TOKENS),
             admission: Admission::new(AdmissionLimits {
@@ -126,6 +167,7 @@ impl Inner {
                 burst: n.new_burst,
                 max_nodes: n.max_nodes,
             }),
+            enrollment: EnrollmentWindow::default(),
             candidates: HashMap::new(),
             boot_ips: HashMap::new(),
             next_command: 1,
@@ -188,9 +230,10 @@ impl Inner {
         self.live.get(&mac).is_some_and(|l| l.os_fetched)
     }
 
-    /// A new agent session for `mac`, replacing its old one.
+    /// A new agent session for `mac`, replacing its old one (and whatever was queued for it).
     pub fn open_session(&mut self, mac: Mac, session: String, info: NodeInfo) {
         let live = self.live.entry(mac).or_default();
+        live.drop_commands();
         let old = live.session.replace(session.clone());
         live.seq = 0;
         live.seq_window = 0;
@@ -202,8 +245,15 @@ impl Inner {
         self.sessions.insert(session, mac);
     }
 
+    /// The session ends, and with it every command queued and not yet fetched.
     pub fn end_session(&mut self, mac: Mac) {
-        if let Some(s) = self.live.get_mut(&mac).and_then(|l| l.session.take()) {
+        let Some(live) = self.live.get_mut(&mac) else {
+            return;
+        };
+        live.drop_commands();
+        // Its node is down now: a boot of its MAC is no longer a second PC.
+        live.conflict = None;
+        if let Some(s) = live.session.take() {
             self.sessions.remove(&s);
         }
     }
@@ -275,13 +325,26 @@ impl Inner {
             .or_insert(Candidate { row, seen: at });
     }
 
-    pub fn queue_command(&mut self, mac: Mac, kind: CommandKind, exec: Option<ExecSpec>) -> u64 {
+    /// Queue a command for `mac`'s current session; None when it has none (a command is
+    /// never kept for a later session: it would run days later, or for whoever registers
+    /// with that MAC next).
+    pub fn queue_command(
+        &mut self,
+        mac: Mac,
+        kind: CommandKind,
+        exec: Option<ExecSpec>,
+    ) -> Option<u64> {
+        let live = self.live.get_mut(&mac).filter(|l| l.session.is_some())?;
         let id = self.next_command;
         self.next_command += 1;
-        let live = self.live.entry(mac).or_default();
         live.commands.push_back((id, kind, exec));
         live.notify.notify_waiters();
-        id
+        Some(id)
+    }
+
+    /// Whether command `id` of `mac` ended with its session before its agent fetched it.
+    pub fn dropped(&self, mac: Mac, id: u64) -> bool {
+        self.live.get(&mac).is_some_and(|l| l.dropped.contains(&id))
     }
 
     /// Nodes the clock has something to say about now, with how long each has been silent.
@@ -302,10 +365,8 @@ impl Inner {
             .collect()
     }
 
-    /// Forget what has expired: nonces, tokens, approval candidates, old boot addresses.
+    /// Forget what has expired: tokens, approval candidates, old boot addresses.
     pub fn prune(&mut self, now: Instant) {
-        let ts = crate::store::now();
-        self.nonces.retain(|_, exp| *exp > ts);
         self.tokens.prune(now);
         self.candidates
             .retain(|_, c| now.saturating_duration_since(c.seen) < CANDIDATE_TTL);

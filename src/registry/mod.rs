@@ -16,6 +16,8 @@ mod agent;
 mod boot;
 mod keys;
 mod live;
+mod nonces;
+mod quarantine;
 mod tokens;
 mod view;
 
@@ -32,8 +34,8 @@ use crate::lifecycle::{self, Event, Facts, Limits, NodeState};
 use crate::metrics::{labels, Metrics};
 use crate::store::{now, EventRow, NodeRow, Store, StoreError};
 
-pub use admission::{AdmissionLimits, AdmissionRefused};
-pub use agent::{AgentError, Signed};
+pub use admission::{AdmissionLimits, AdmissionRefused, MAX_ENROLLMENT_WINDOW};
+pub use agent::{AgentError, Registered, Signed};
 pub use boot::{BootDecision, OverlayError};
 pub use keys::{token as random_token, Keys};
 pub use live::BootStep;
@@ -55,6 +57,9 @@ pub enum RegistryError {
     /// Something else the request names does not exist (an image, a file).
     #[error("{0}")]
     NotFound(String),
+    /// A command for a node whose agent has no session now: nothing is queued.
+    #[error("node {0} is not online (its agent has no session): nothing sent")]
+    NotOnline(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -76,6 +81,8 @@ pub struct Registry {
     metrics: Arc<Metrics>,
     keys: Keys,
     inner: Mutex<Inner>,
+    /// Registration nonces (their own lock: anyone may ask for one).
+    nonces: Mutex<nonces::Nonces>,
     updates: broadcast::Sender<Update>,
     /// When this head started: silence is counted from here for nodes not heard from since.
     started: Instant,
@@ -104,6 +111,10 @@ impl Registry {
             metrics,
             keys,
             inner: Mutex::new(inner),
+            nonces: Mutex::new(nonces::Nonces::new(
+                agent::NONCE_TTL_SECS,
+                agent::MAX_NONCES,
+            )),
             updates,
             started: Instant::now(),
             overlay_lock: Mutex::new(()),
@@ -315,6 +326,7 @@ impl Registry {
             released: false,
             approved,
             created: ts,
+            quarantine: None,
         })
     }
 
@@ -325,7 +337,7 @@ impl Registry {
             return Ok(Some(n));
         }
         let reserved = self.cfg.reservation_for(mac).is_some();
-        if !reserved && self.cfg.nodes.enrollment != Enrollment::Open {
+        if !reserved && !self.enrolls_new() {
             return Ok(None);
         }
         let nodes = self.inner().live.len();
@@ -337,14 +349,50 @@ impl Registry {
             return Err(e.into());
         }
         let row = self.new_row(mac, true, Some(source))?;
-        self.save(&row, Some(("new", &format!("first seen (from {source})"))))?;
+        let how = if reserved {
+            "reserved"
+        } else if self.cfg.nodes.enrollment == Enrollment::Open {
+            "enrollment open"
+        } else {
+            "in the enrollment window"
+        };
+        self.save(
+            &row,
+            Some(("new", &format!("first seen (from {source}; {how})"))),
+        )?;
         Ok(Some(row))
     }
 
-    /// Queue a command for a node's agent. Returns its id.
+    /// Whether a new PC becomes a node by booting now: enrollment `open`, or a window open.
+    fn enrolls_new(&self) -> bool {
+        self.cfg.nodes.enrollment == Enrollment::Open || self.enrollment_left().is_some()
+    }
+
+    /// Open the enrollment window for `length` from now (zero closes it): new PCs that boot
+    /// meanwhile become nodes with no approval, whatever the policy.
+    pub fn open_enrollment(&self, length: std::time::Duration) {
+        self.inner().enrollment.open(Instant::now(), length);
+        match self.enrollment_left() {
+            Some(left) => tracing::info!(
+                "enrollment window open for {} s: new PCs that boot now become nodes",
+                left.as_secs()
+            ),
+            None => tracing::info!("enrollment window closed"),
+        }
+    }
+
+    /// How long the enrollment window stays open; None when closed.
+    pub fn enrollment_left(&self) -> Option<std::time::Duration> {
+        self.inner().enrollment.left(Instant::now())
+    }
+
+    /// Queue a command for a node's agent, in its current session. Returns its id.
     pub fn command(&self, mac: Mac, kind: CommandKind) -> Result<u64, RegistryError> {
         let mut row = self.node(mac)?;
-        let id = self.inner().queue_command(mac, kind, None);
+        let id = self
+            .inner()
+            .queue_command(mac, kind, None)
+            .ok_or_else(|| RegistryError::NotOnline(row.name.clone()))?;
         self.save(
             &row,
             Some(("command", &format!("#{id} {} sent", kind.as_str()))),
@@ -367,7 +415,8 @@ impl Registry {
         let shown: String = spec.command.chars().take(200).collect();
         let id = self
             .inner()
-            .queue_command(mac, CommandKind::Exec, Some(spec));
+            .queue_command(mac, CommandKind::Exec, Some(spec))
+            .ok_or_else(|| RegistryError::NotOnline(row.name.clone()))?;
         self.save(&row, Some(("exec", &format!("#{id} by {who}: {shown}"))))?;
         Ok(id)
     }
@@ -408,7 +457,16 @@ impl Registry {
             (None, None) => return Err(RegistryError::UnknownNode(mac.to_string())),
         };
         row.approved = true;
-        self.save(&row, Some(("approved", "by admin")))?;
+        let why = match row.quarantine.take() {
+            Some(q) => {
+                // The admin vouches for this PC as it is now: its next registration is the
+                // inventory later ones are compared with.
+                row.info = None;
+                format!("by admin (it was held back: {q})")
+            }
+            None => "by admin".to_string(),
+        };
+        self.save(&row, Some(("approved", &why)))?;
         self.apply(&mut row, Event::Approved, "approved")?;
         Ok(())
     }
@@ -466,6 +524,10 @@ impl Registry {
             self.apply(&mut row, Event::Tick { silent }, &why)?;
         }
         self.inner().prune(now);
+        self.nonces
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .expire(crate::store::now());
         Ok(())
     }
 
@@ -579,10 +641,18 @@ impl Registry {
             .jobs
             .replace(text.clone());
         let row = self.node(mac)?;
-        if old.as_deref() != Some(text.as_str()) {
+        // A change is history, within the agent's budget (a node flapping between two
+        // statuses must not fill the database).
+        if old.as_deref() != Some(text.as_str()) && self.agent_may_write(mac) {
             self.save(&row, Some(("jobs", &text)))?;
         }
         Ok(())
+    }
+
+    /// Whether command `id` of `mac` ended with its session before its agent fetched it (so
+    /// it never ran, and never will).
+    pub fn command_dropped(&self, mac: Mac, id: u64) -> bool {
+        self.inner().dropped(mac, id)
     }
 
     fn touch(&self, mac: Mac) {

@@ -88,13 +88,26 @@ fn register_with(
     from: IpAddr,
     cpu_flags: &[&str],
 ) -> Result<String, AgentError> {
+    let info = enlist_api::NodeInfo {
+        ip: from.to_string(),
+        cpu_flags: cpu_flags.iter().map(|f| f.to_string()).collect(),
+        ..Default::default()
+    };
+    register_info(r, mac, key, from, info)
+}
+
+/// The same, the agent reporting `info`.
+fn register_info(
+    r: &Registry,
+    mac: Mac,
+    key: &NodeKey,
+    from: IpAddr,
+    info: enlist_api::NodeInfo,
+) -> Result<String, AgentError> {
     let nonce = r.nonce();
     let body = serde_json::to_vec(&RegisterRequest {
-        info: enlist_api::NodeInfo {
-            ip: from.to_string(),
-            cpu_flags: cpu_flags.iter().map(|f| f.to_string()).collect(),
-            ..Default::default()
-        },
+        info,
+        challenge: "c".repeat(32),
     })
     .expect("json");
     let node = mac.to_string();
@@ -107,6 +120,7 @@ fn register_with(
     }
     .sign(key, &body);
     r.register(&Signed {
+        from,
         method: "POST",
         path: paths::REGISTER,
         node: &node,
@@ -115,13 +129,18 @@ fn register_with(
         signature: &signature,
         body: &body,
     })
-    .map(|(_, resp)| resp.session)
+    .map(|ok| ok.response.session)
+}
+
+/// Boot `mac` from `from` up to its node OS: script and initrd overlay; its key.
+fn boot_os(r: &Registry, mac: Mac, from: IpAddr) -> NodeKey {
+    let token = script(r, mac, from).expect("a boot script");
+    key_in(&r.overlay(mac, &token, from, IMG).expect("overlay"))
 }
 
 /// Boot `mac` from `from` to `registered`: script, initrd overlay, registration.
 pub(crate) fn boot(r: &Registry, mac: Mac, from: IpAddr) -> NodeKey {
-    let token = script(r, mac, from).expect("a boot script");
-    let key = key_in(&r.overlay(mac, &token, from, IMG).expect("overlay"));
+    let key = boot_os(r, mac, from);
     register(r, mac, &key, from).expect("registered");
     key
 }
@@ -230,8 +249,100 @@ fn strangers_cannot_change_an_alive_node_or_get_its_key() {
     assert_eq!(after.state, before.state);
     assert_eq!(after.ip, before.ip);
     assert_eq!(after.key_epoch, before.key_epoch);
-    // A reboot of the PC itself (same address) is a new boot with a new key.
+    // From its own address neither: the PC rebooted without a word, or a second PC took its
+    // MAC and address. No new key (it would lock the node's agent out); the boot waits.
+    assert!(matches!(
+        script(&r, A, ip(100)).unwrap_err(),
+        BootDecision::Retry(why) if why.contains("is up as a node")
+    ));
+    assert_eq!(r.node(A).expect("node").key_epoch, before.key_epoch);
+}
+
+#[test]
+fn a_second_pc_booting_a_nodes_mac_while_it_beats_holds_the_node_back() {
+    let r = registry();
+    let key = boot(&r, A, ip(100));
+    let session = register(&r, A, &key, ip(100)).expect("registered");
+    assert!(!session.is_empty());
+    // Another PC boots with A's MAC and address: refused, remembered.
+    assert!(script(&r, A, ip(100)).is_err());
+    // A heartbeat right after (in flight as the PC crashed) proves nothing...
+    r.clone_check(A, Instant::now()).expect("check");
+    assert_eq!(r.node(A).expect("node").quarantine, None);
+    // ...one well after shows both are up: the node is held back, its key revoked.
+    let epoch = r.node(A).expect("node").key_epoch;
+    r.clone_check(A, Instant::now() + super::quarantine::CLONE_MARGIN)
+        .expect("check");
+    let held = r.node(A).expect("node");
+    assert_eq!(held.state, NodeState::Pending);
+    assert!(!held.approved && held.key_epoch > epoch);
+    assert!(
+        held.quarantine
+            .as_deref()
+            .is_some_and(|q| q.contains("another PC booted with its MAC")),
+        "{:?}",
+        held.quarantine
+    );
+    assert!(matches!(
+        script(&r, A, ip(100)).unwrap_err(),
+        BootDecision::AwaitingApproval { .. }
+    ));
+    // An admin lets it in again: it boots afresh.
+    r.approve(A).expect("approve");
+    let back = r.node(A).expect("node");
+    assert!(back.approved && back.quarantine.is_none());
+    assert_eq!(back.state, NodeState::Seen);
     assert!(script(&r, A, ip(100)).is_ok());
+}
+
+#[test]
+fn a_node_that_went_quiet_boots_again_and_is_not_held_back() {
+    let r = registry();
+    let key = boot(&r, A, ip(100));
+    register(&r, A, &key, ip(100)).expect("registered");
+    // The PC crashed and reboots at once: it waits while its node still counts as up...
+    assert!(script(&r, A, ip(100)).is_err());
+    // ...and boots once the node is lost, with no quarantine (no heartbeat came meanwhile).
+    r.sweep(Instant::now() + Duration::from_secs(3600))
+        .expect("sweep");
+    assert_eq!(r.node(A).expect("node").state, NodeState::Lost);
+    assert!(script(&r, A, ip(100)).is_ok());
+    r.clone_check(A, Instant::now() + Duration::from_secs(60))
+        .expect("check");
+    assert_eq!(r.node(A).expect("node").quarantine, None);
+}
+
+#[test]
+fn registering_with_another_inventory_holds_the_node_back() {
+    let r = registry();
+    let info = |model: &str, mem_kb| enlist_api::NodeInfo {
+        cpu_model: model.into(),
+        cores: 1,
+        mem_total_kb: mem_kb,
+        ..Default::default()
+    };
+    let key = boot_os(&r, A, ip(100));
+    register_info(&r, A, &key, ip(100), info("Pentium II", 124_000)).expect("first");
+    // It leaves; a PC with the same MAC and other hardware boots and registers.
+    r.leaving(A, "poweroff").expect("leaving");
+    r.sweep(Instant::now() + Duration::from_secs(3600))
+        .expect("sweep");
+    let key = boot_os(&r, A, ip(100));
+    let e = register_info(&r, A, &key, ip(100), info("Intel Core i7", 16_000_000)).unwrap_err();
+    assert!(matches!(e, AgentError::Forbidden("quarantined")), "{e}");
+    let held = r.node(A).expect("node");
+    assert_eq!(held.state, NodeState::Pending);
+    assert!(held
+        .quarantine
+        .as_deref()
+        .is_some_and(|q| q.contains("another inventory") && q.contains("Core i7")));
+    // The same hardware again (a reboot of the real PC) is no change.
+    r.approve(A).expect("approve");
+    let key = boot_os(&r, A, ip(100));
+    register_info(&r, A, &key, ip(100), info("Intel Core i7", 16_000_000)).expect("approved");
+    r.leaving(A, "reboot").expect("leaving");
+    let key = boot_os(&r, A, ip(100));
+    register_info(&r, A, &key, ip(100), info("Intel Core i7", 16_000_000)).expect("again");
 }
 
 #[test]

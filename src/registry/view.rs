@@ -39,9 +39,10 @@ pub struct NodeView {
     pub sched: Option<SchedInfo>,
     /// What its agent says of its part in the jobs: `starting`, `ready`, `failed: ...`.
     pub jobs: Option<String>,
-    /// Why it has not joined, when the head can tell: its card has no driver in its image,
-    /// or it fetched its node OS and never registered (stuck), with the last thing the head
-    /// saw of it. Shown by the dashboard and `enlist nodes`.
+    /// Why it has not joined, when the head can tell: it is held back (quarantined) and why,
+    /// its card has no driver in its image, or it fetched its node OS and never registered
+    /// (stuck), with the last thing the head saw of it. Shown by the dashboard and
+    /// `enlist nodes`.
     pub problem: Option<String>,
 }
 
@@ -108,13 +109,22 @@ impl NodeView {
             silent_secs,
             online,
             boot_seconds: row.boot_seconds,
-            problem: problem(row.state, &boot, super::live::now_ms()),
+            problem: row
+                .quarantine
+                .as_ref()
+                .map(|q| held_back(q, &row.name))
+                .or_else(|| problem(row.state, &boot, super::live::now_ms())),
             boot,
             created: row.created,
             sched,
             jobs: live.and_then(|l| l.jobs.clone()),
         }
     }
+}
+
+/// What a held-back node's problem says: why, and what the admin does about it.
+fn held_back(why: &str, name: &str) -> String {
+    format!("held back: {why}; if this is the same PC, approve it (enlist node approve {name})")
 }
 
 /// Why a node has not joined, from its state and its boot's steps (see [`NodeView::problem`]).

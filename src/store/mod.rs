@@ -8,6 +8,7 @@
 mod leases;
 mod nodes;
 
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -120,7 +121,11 @@ fn migrate(conn: &mut Connection, migrations: &[&str], path: &str) -> Result<(),
 /// Changes to [`SCHEMA`] since version 1, in order: `MIGRATIONS[i]` takes a database from
 /// version `i + 1` to `i + 2`. A release that changes the tables appends one here (and never
 /// edits an earlier one); the database records its version (`PRAGMA user_version`).
-const MIGRATIONS: &[&str] = &[];
+const MIGRATIONS: &[&str] = &[
+    // 2: why a node is held back from the cluster (its inventory changed, or another PC
+    // booted with its MAC while it was up); NULL when it is not.
+    "ALTER TABLE nodes ADD COLUMN quarantine TEXT",
+];
 
 /// The schema version this build writes.
 pub const SCHEMA_VERSION: i64 = 1 + MIGRATIONS.len() as i64;
@@ -136,6 +141,12 @@ impl Store {
             path: shown.clone(),
             source,
         };
+        // Made root-only before SQLite opens it: it holds the head's secret and the password
+        // hash (SQLite gives its -wal and -shm files the database's mode).
+        private_file(path).map_err(|e| StoreError::Open {
+            path: shown.clone(),
+            source: rusqlite::Error::InvalidParameterName(e.to_string()),
+        })?;
         let conn = Connection::open(path).map_err(open_err)?;
         Store::init(conn, migrations, &shown)
     }
@@ -170,7 +181,25 @@ impl Store {
             path: to.display().to_string(),
             source: rusqlite::Error::InvalidPath(to.to_path_buf()),
         })?;
-        self.with(|c| c.execute("VACUUM INTO ?1", [to]).map(|_| ()))
+        let path = Path::new(to);
+        // The copy holds the head's secret: root-only from its first byte (VACUUM INTO writes
+        // into an empty file it is given).
+        let made = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path);
+        if let Err(e) = made {
+            return Err(StoreError::Open {
+                path: to.to_string(),
+                source: rusqlite::Error::InvalidParameterName(e.to_string()),
+            });
+        }
+        let r = self.with(|c| c.execute("VACUUM INTO ?1", [to]).map(|_| ()));
+        if r.is_err() {
+            let _ = std::fs::remove_file(path);
+        }
+        r
     }
 
     /// Check that `backup` is an enlist database this build can open (intact, not from a newer
@@ -222,10 +251,16 @@ impl Store {
         }
         let io = |e: std::io::Error| bad(e.to_string());
         let tmp = db.with_extension("db.restoring");
-        std::fs::copy(backup, &tmp).map_err(io)?;
-        std::fs::File::open(&tmp)
-            .and_then(|f| f.sync_all())
+        // Root-only whatever the backup's own mode (std::fs::copy would keep it).
+        let _ = std::fs::remove_file(&tmp);
+        let mut out = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
             .map_err(io)?;
+        std::io::copy(&mut std::fs::File::open(backup).map_err(io)?, &mut out).map_err(io)?;
+        out.sync_all().map_err(io)?;
         for stale in ["db-wal", "db-shm"] {
             match std::fs::remove_file(db.with_extension(stale)) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(e)),
@@ -353,6 +388,47 @@ pub fn replace_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
+/// The state folder, readable by root only (it holds every secret of the head): made 0700,
+/// or tightened to 0700 (with a warning) when it exists with more.
+pub fn private_dir(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    if !path.exists() {
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::DirBuilder::new().mode(0o700).create(path)?;
+    }
+    let mode = std::fs::metadata(path)?.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        tracing::warn!(
+            "{}: mode {mode:o} let others read the head's secrets; made it 0700",
+            path.display()
+        );
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
+}
+
+/// A file readable by root only: made empty with mode 0600 if missing, tightened if looser.
+pub fn private_file(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e),
+    }
+    let mode = std::fs::metadata(path)?.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(())
+}
+
 /// Seconds since the Unix epoch.
 pub fn now() -> i64 {
     std::time::SystemTime::now()
@@ -394,7 +470,11 @@ mod schema_tests {
         .expect("rows");
         drop(s);
         // The next release adds a column.
-        let next = ["ALTER TABLE nodes ADD COLUMN room TEXT"];
+        let next: Vec<&str> = MIGRATIONS
+            .iter()
+            .copied()
+            .chain(["ALTER TABLE nodes ADD COLUMN room TEXT"])
+            .collect();
         let s = Store::open_with(&path, &next).expect("upgraded");
         assert_eq!(
             counts(&s),
@@ -417,8 +497,10 @@ mod schema_tests {
         // And this release refuses the newer database, leaving it as it is.
         let e = Store::open(&path).err().expect("refused");
         assert!(
-            e.to_string()
-                .contains("schema version 2, newer than this enlist's 1"),
+            e.to_string().contains(&format!(
+                "schema version {}, newer than this enlist's {SCHEMA_VERSION}",
+                SCHEMA_VERSION + 1
+            )),
             "{e}"
         );
         let s = Store::open_with(&path, &next).expect("still there");
@@ -507,8 +589,12 @@ mod schema_tests {
         let s = Store::open(&path).expect("this release opens it");
         assert_eq!(counts(&s), (2, 2, 3));
         drop(s);
-        let s = Store::open_with(&path, &["ALTER TABLE events ADD COLUMN who TEXT"])
-            .expect("the next release upgrades it");
+        let next: Vec<&str> = MIGRATIONS
+            .iter()
+            .copied()
+            .chain(["ALTER TABLE events ADD COLUMN who TEXT"])
+            .collect();
+        let s = Store::open_with(&path, &next).expect("the next release upgrades it");
         assert_eq!(counts(&s), (2, 2, 3));
         let names: Vec<String> = s
             .with(|c| {

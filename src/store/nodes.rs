@@ -33,6 +33,9 @@ pub struct NodeRow {
     pub released: bool,
     pub approved: bool,
     pub created: i64,
+    /// Why it is held back (not approved) though it was a node: its inventory changed, or
+    /// another PC booted with its MAC while it was up. Cleared by an admin's approval.
+    pub quarantine: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -60,7 +63,7 @@ impl NodeRow {
     }
 }
 
-const NODE_COLS: &str = "mac, name, grp, state, ip, info, heartbeat, last_seen, first_dhcp, boot_seconds, key_epoch, released, approved, created";
+const NODE_COLS: &str = "mac, name, grp, state, ip, info, heartbeat, last_seen, first_dhcp, boot_seconds, key_epoch, released, approved, created, quarantine";
 
 fn node_from_row(r: &rusqlite::Row) -> rusqlite::Result<NodeRow> {
     Ok(NodeRow {
@@ -78,6 +81,7 @@ fn node_from_row(r: &rusqlite::Row) -> rusqlite::Result<NodeRow> {
         released: r.get(11)?,
         approved: r.get(12)?,
         created: r.get(13)?,
+        quarantine: r.get(14)?,
     })
 }
 
@@ -122,16 +126,16 @@ impl Store {
             let tx = c.transaction()?;
             tx.execute(
                 &format!(
-                    "INSERT INTO nodes({NODE_COLS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14)
+                    "INSERT INTO nodes({NODE_COLS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15)
                      ON CONFLICT(mac) DO UPDATE SET name=excluded.name, grp=excluded.grp, state=excluded.state,
                        ip=excluded.ip, info=excluded.info, heartbeat=excluded.heartbeat, last_seen=excluded.last_seen,
                        first_dhcp=excluded.first_dhcp, boot_seconds=excluded.boot_seconds, key_epoch=excluded.key_epoch,
-                       released=excluded.released, approved=excluded.approved"
+                       released=excluded.released, approved=excluded.approved, quarantine=excluded.quarantine"
                 ),
                 params![
                     mac_sql(&n.mac), n.name, n.group, n.state.as_str(), n.ip.map(|i| i.to_string()),
                     n.info, n.heartbeat, n.last_seen, n.first_dhcp, n.boot_seconds, n.key_epoch,
-                    n.released, n.approved, n.created
+                    n.released, n.approved, n.created, n.quarantine
                 ],
             )?;
             let ev = match event {
@@ -163,13 +167,13 @@ impl Store {
             let mut n = 0;
             {
                 let mut st = tx.prepare(&format!(
-                    "INSERT OR IGNORE INTO nodes({NODE_COLS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14)"
+                    "INSERT OR IGNORE INTO nodes({NODE_COLS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15)"
                 ))?;
                 for r in rows {
                     n += st.execute(params![
                         mac_sql(&r.mac), r.name, r.group, r.state.as_str(), r.ip.map(|i| i.to_string()),
                         r.info, r.heartbeat, r.last_seen, r.first_dhcp, r.boot_seconds, r.key_epoch,
-                        r.released, r.approved, r.created
+                        r.released, r.approved, r.created, r.quarantine
                     ])?;
                 }
             }
@@ -235,6 +239,7 @@ mod tests {
             released: false,
             approved: false,
             created: 1,
+            quarantine: None,
         }
     }
 

@@ -135,6 +135,12 @@ fn run_lab(
     let password = String::from_utf8_lossy(&password.stdout).trim().to_string();
     lab.start_head(&enlist_bin(), &config)
         .map_err(|e| anyhow!("{e}\n{}", lab.head_log()))?;
+    if jobs {
+        // With jobs on, a new PC joins (and gets the cluster's munge key) only when an
+        // admin lets it in: here, an enrollment window while the lab's PCs boot.
+        let said = lab.enroll(&enlist_bin(), "30m").map_err(|e| anyhow!(e))?;
+        println!("$ enlist enroll --for 30m\n{}", said.trim());
+    }
     crate::proxy::start(name, port, "10.77.0.1:8080")?;
     for p in profiles {
         lab.boot(*p, Some(&disk_for(*p))).map_err(|e| anyhow!(e))?;

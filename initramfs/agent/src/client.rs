@@ -6,7 +6,7 @@
 //! a heartbeat period within reason, well-formed peers).
 
 use std::io::Read;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -50,6 +50,9 @@ pub struct Client {
     seq: AtomicU64,
     /// The highest command id run in this session (ids grow; a repeated one is a replay).
     last_command: AtomicU64,
+    /// The head's clock minus ours, seconds, as its signed registration reply said: command
+    /// expiries are judged on the head's time (a PC's clock may be anything).
+    head_offset: AtomicI64,
     http: ureq::Agent,
     long_http: ureq::Agent,
 }
@@ -71,6 +74,7 @@ impl Client {
             session: Mutex::new(String::new()),
             seq: AtomicU64::new(0),
             last_command: AtomicU64::new(0),
+            head_offset: AtomicI64::new(0),
             http: agent(Duration::from_secs(15)),
             long_http: agent(Duration::from_secs(40)),
         }
@@ -124,12 +128,14 @@ impl Client {
         self.session.lock().map(|s| s.clone()).unwrap_or_default()
     }
 
-    /// Send a signed request; the reply body once its signature is good.
+    /// Send a signed request; the reply body once its signature is good: made for this
+    /// request's path and sequence number, and for `reply_to` (the session; for a
+    /// registration, our challenge).
     fn send(
         &self,
         agent: &ureq::Agent,
         path: &str,
-        session: &str,
+        (session, reply_to): (&str, &str),
         seq: u64,
         body: &[u8],
     ) -> Result<Vec<u8>, Failure> {
@@ -181,7 +187,11 @@ impl Client {
                 enlist_api::MAX_BODY
             )));
         }
-        let reply = ReplyAuth { path, session, seq };
+        let reply = ReplyAuth {
+            path,
+            session: reply_to,
+            seq,
+        };
         if !reply.verify(&self.conf.key, &bytes, &signature) {
             return Err(Failure::Forged(format!("{path}: bad or missing signature")));
         }
@@ -206,13 +216,23 @@ impl Client {
             }
             Err(e) => return Err(Failure::Unreachable(format!("{}: {e}", self.conf.head))),
         };
+        let challenge = challenge().map_err(|e| Failure::Refused(0, e))?;
         let body = serde_json::to_vec(&RegisterRequest {
             info: sysinfo::node_info(&self.conf.mac.to_string()),
+            challenge: challenge.clone(),
         })
         .map_err(|e| Failure::Refused(0, e.to_string()))?;
-        let resp: RegisterResponse =
-            Self::json(&self.send(&self.http, paths::REGISTER, &nonce.nonce, 0, &body)?)?;
+        let sent = self.send(
+            &self.http,
+            paths::REGISTER,
+            (&nonce.nonce, &challenge),
+            0,
+            &body,
+        )?;
+        let resp: RegisterResponse = Self::json(&sent)?;
         resp.check().map_err(Failure::Forged)?;
+        self.head_offset
+            .store(resp.now_unix - unix_now(), Ordering::SeqCst);
         if let Ok(mut s) = self.session.lock() {
             *s = resp.session.clone();
         }
@@ -249,14 +269,19 @@ impl Client {
     ) -> Result<R, Failure> {
         let body = serde_json::to_vec(body).map_err(|e| Failure::Refused(0, e.to_string()))?;
         let seq = self.seq.fetch_add(1, Ordering::SeqCst) + 1;
-        Self::json(&self.send(agent, path, &self.session(), seq, &body)?)
+        let session = self.session();
+        Self::json(&self.send(agent, path, (&session, &session), seq, &body)?)
     }
 
-    /// Whether to run `cmd`: signed by the head for this session, and not run before (ids
-    /// grow within a session, so an old one sent again is a replay).
+    /// Whether to run `cmd`: signed by the head for this session, not expired (on the head's
+    /// clock), and not run before (ids grow within a session, so an old one sent again is a
+    /// replay).
     pub fn accept_command(&self, cmd: &Command) -> Result<(), &'static str> {
         if !enlist_api::verify_command(&self.conf.key, &self.session(), cmd) {
             return Err("bad signature");
+        }
+        if unix_now() + self.head_offset.load(Ordering::SeqCst) > cmd.expires_unix {
+            return Err("expired");
         }
         let last = self.last_command.fetch_max(cmd.id, Ordering::SeqCst);
         if cmd.id <= last {
@@ -264,6 +289,23 @@ impl Client {
         }
         Ok(())
     }
+}
+
+/// Seconds since the Unix epoch on this PC's clock.
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// A registration challenge: 16 bytes of the kernel's random source, as hex.
+fn challenge() -> Result<String, String> {
+    let mut b = [0u8; 16];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut b))
+        .map_err(|e| format!("/dev/urandom: {e}"))?;
+    Ok(hex::encode(b))
 }
 
 /// An error body as one short line for the console.

@@ -366,6 +366,15 @@ impl Lab {
         })
     }
 
+    /// Open the head's enrollment window for `length` (`15m`) as its admin would, with the
+    /// CLI (`enlist enroll --for`): new PCs join with no approval meanwhile. A head with jobs
+    /// on lets no new PC in otherwise (enrollment `approve`).
+    pub fn enroll(&self, enlist: &Path, length: &str) -> Result<String, String> {
+        run(Command::new(enlist)
+            .args(["enroll", "--for", length, "--config"])
+            .arg(self.dir.join("config.yaml")))
+    }
+
     /// `kill -9` the head.
     pub fn kill_head(&mut self) {
         if let Some(mut h) = self.head.take() {
@@ -717,6 +726,8 @@ impl Lab {
             .exec("curl")
             .args([
                 "-sSf",
+                "-X",
+                "POST",
                 "-H",
                 &format!("Authorization: Bearer {}", token.trim()),
                 "-o",

@@ -25,6 +25,7 @@ pub fn run(tasks: usize, loops: u64) -> anyhow::Result<()> {
         .map_err(|e| anyhow!(e))?;
     lab.start_head(&enlist_bin(), &config)
         .map_err(|e| anyhow!("{e}\n{}", lab.head_log()))?;
+    lab.enroll(&enlist_bin(), "1h").map_err(|e| anyhow!(e))?;
     let home = dir.join("state/home");
 
     // Power-on to first job step: a job waits in the queue before any PC exists.

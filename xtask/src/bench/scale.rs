@@ -66,6 +66,7 @@ fn register(http: &ureq::Agent, a: &mut Agent) -> anyhow::Result<()> {
         .into_json()?;
     let body = serde_json::to_vec(&RegisterRequest {
         info: Default::default(),
+        challenge: "00".repeat(16),
     })?;
     let r: RegisterResponse = post(http, a, paths::REGISTER, &body, Some(&n.nonce))?.into_json()?;
     a.session = r.session;
@@ -129,6 +130,7 @@ pub fn run(agents: usize, interval: u64, seconds: u64) -> anyhow::Result<()> {
             released: false,
             approved: true,
             created: now,
+            quarantine: None,
         })
         .collect();
     store.insert_nodes(&rows)?;
