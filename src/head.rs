@@ -72,6 +72,16 @@ impl Head {
         let lock = lock_state_dir(&cfg.state_dir)?;
         let store = Store::open(&cfg.database_path())?;
         let token = auth::load_or_create_token(&cfg.state_dir)?;
+        if !cfg.jobs.enabled || !cfg.jobs.firewall {
+            // Jobs were on before: their table would keep dropping what others now serve.
+            if let Some(nft) = ["/usr/sbin/nft", "/sbin/nft"]
+                .iter()
+                .map(std::path::Path::new)
+                .find(|p| p.is_file())
+            {
+                crate::jobs::firewall::remove(nft);
+            }
+        }
         let mut head = Head::new(cfg, store, token)?;
         head.lock = Some(lock);
         Ok(head)
@@ -92,7 +102,7 @@ impl Head {
             images.clone(),
             nodes,
         ));
-        let jobs = Jobs::new(cfg.clone(), registry.clone(), images)?;
+        let jobs = Jobs::new(cfg.clone(), registry.clone(), images, metrics.clone())?;
         let schedules = Scheduler::new(
             cfg.clone(),
             registry.clone(),

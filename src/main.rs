@@ -68,6 +68,11 @@ enum Cmd {
     },
     /// Run a shell command on many nodes at once (as clush): `enlist exec --all -b -- uname -m`.
     Exec(cli::exec::ExecArgs),
+    /// The jobs: `enlist jobs rotate-key` replaces the cluster's munge key.
+    Jobs {
+        #[command(subcommand)]
+        cmd: cli::nodes::JobsCmd,
+    },
     /// Administration of the head itself.
     Admin {
         #[command(subcommand)]
@@ -134,6 +139,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         Cmd::Wake { node, group } => cli::nodes::wake(&args.config, node, group),
         Cmd::Schedule { cmd } => cli::schedule::run(&args.config, cmd),
         Cmd::Enroll { length, close } => cli::nodes::enroll(&args.config, length, close),
+        Cmd::Jobs { cmd } => cli::nodes::jobs(&args.config, cmd),
         Cmd::Exec(a) => {
             let rc = cli::exec::run(&args.config, a)?;
             if rc != 0 {

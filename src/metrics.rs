@@ -83,6 +83,9 @@ pub struct Metrics {
     /// another address, a stale token), by reason.
     pub registry_refused: Family<Labels, Counter>,
     pub nodes: Family<Labels, Gauge>,
+    /// Packets to the cluster's ports on the head (slurmctld, the home, srun) from hosts that
+    /// are no enlisted node, dropped by its firewall (read from nftables every few seconds).
+    pub cluster_refused: Gauge,
     /// Seconds from a node's first DHCP packet to its agent's registration.
     pub boot_duration: Histogram,
     /// DHCP packets handled per lease commit (group commit: what queued during the last one).
@@ -185,6 +188,12 @@ impl Metrics {
                 Family::default(),
             ),
             nodes: add(&mut r, "nodes", "Nodes by state", Family::default()),
+            cluster_refused: add(
+                &mut r,
+                "cluster_refused_packets",
+                "Packets to slurmctld, the shared home or srun's ports from hosts that are no enlisted node, dropped by the head's firewall",
+                Gauge::default(),
+            ),
             boot_duration: add(
                 &mut r,
                 "boot_duration_seconds",

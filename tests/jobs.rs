@@ -64,6 +64,7 @@ fn jobs_lab_from(test: &str, config: &str, images: &std::path::Path) -> Lab {
         .write_config("dhcp", images, config)
         .unwrap_or_else(|e| panic!("{e}"));
     let enlist = root().join("target/release/enlist");
+    enlist_lab::ensure_job_user().unwrap_or_else(|e| panic!("the lab's job user: {e}"));
     lab.start_head(&enlist, &cfg)
         .unwrap_or_else(|e| panic!("{e}\n{}", lab.head_log()));
     // With jobs on, new PCs need an admin's word: the window the lab tech boots them in.
@@ -86,6 +87,24 @@ fn text(o: &Output) -> String {
         String::from_utf8_lossy(&o.stdout),
         String::from_utf8_lossy(&o.stderr)
     )
+}
+
+/// A Slurm tool run on the head by the lab's job user (jobs write into their home: a job of
+/// root's could not, the home's NFS server maps a node's root to nobody).
+fn as_user(lab: &Lab, program: &str, args: &[&str]) -> Output {
+    lab.slurm_as_user(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{program}: {e}"))
+}
+
+/// The same; fail the test with the logs if it fails.
+fn must_as_user(lab: &Lab, program: &str, args: &[&str]) -> String {
+    let o = as_user(lab, program, args);
+    if !o.status.success() {
+        fail(lab, &format!("{program} {}: {}", args.join(" "), text(&o)));
+    }
+    String::from_utf8_lossy(&o.stdout).to_string()
 }
 
 /// Fail with the lab's logs and the head's Slurm logs.
@@ -185,17 +204,17 @@ fn wait_running(lab: &Lab, id: &str, limit: Duration) -> String {
     }
 }
 
-/// Submit a one-line batch job in the shared home; its id.
+/// Submit a one-line batch job as the lab's job user, in its home; its id.
 fn submit(lab: &Lab, extra: &[&str], command: &str) -> String {
-    let chdir = format!("--chdir={}", lab.dir.join("state/home").display());
+    let chdir = format!("--chdir={}", lab.user_home().display());
     let mut args = vec!["--parsable", chdir.as_str(), "-o", "/dev/null"];
     args.extend_from_slice(extra);
     args.extend_from_slice(&["--wrap", command]);
-    must(lab, "sbatch", &args).trim().to_string()
+    must_as_user(lab, "sbatch", &args).trim().to_string()
 }
 
 fn home_file(lab: &Lab, name: &str) -> String {
-    std::fs::read_to_string(lab.dir.join("state/home").join(name))
+    std::fs::read_to_string(lab.user_home().join(name))
         .unwrap_or_default()
         .trim()
         .to_string()
@@ -247,7 +266,7 @@ fn three_pcs_join_slurm_run_an_array_in_the_shared_home_and_survive_a_slurmctld_
     let names: Vec<String> = macs.iter().map(|m| lab.node_name(m)).collect();
 
     // One step on each node.
-    let out = must(&lab, "srun", &["-N3", "hostname"]);
+    let out = must_as_user(&lab, "srun", &["-N3", "hostname"]);
     let mut got: Vec<&str> = out.lines().map(str::trim).collect();
     got.sort();
     let mut want: Vec<&str> = names.iter().map(String::as_str).collect();
@@ -255,7 +274,7 @@ fn three_pcs_join_slurm_run_an_array_in_the_shared_home_and_survive_a_slurmctld_
     assert_eq!(got, want, "srun -N3 hostname");
 
     // The original cluster's calibration job as an array; each task writes into the home.
-    let home = lab.dir.join("state/home");
+    let home = lab.user_home();
     let script = home.join("calibrate.sh");
     std::fs::write(
         &script,
@@ -263,7 +282,7 @@ fn three_pcs_join_slurm_run_an_array_in_the_shared_home_and_survive_a_slurmctld_
     )
     .unwrap();
     let chdir = format!("--chdir={}", home.display());
-    must(
+    must_as_user(
         &lab,
         "sbatch",
         &[
@@ -301,7 +320,7 @@ fn three_pcs_join_slurm_run_an_array_in_the_shared_home_and_survive_a_slurmctld_
     // (once slurmctld has saved it: Slurm saves its state a moment after a change, and a job
     // submitted in that moment is lost by any crash, which is Slurm's contract, not ours.)
     let submitted = std::time::SystemTime::now();
-    must(
+    must_as_user(
         &lab,
         "sbatch",
         &[
@@ -357,8 +376,8 @@ fn an_x64_pc_joins_slurm_and_runs_a_job_in_the_shared_home() {
     if let Err(e) = r {
         fail(&lab, &e);
     }
-    let home = lab.dir.join("state/home");
-    let out = slurm(
+    let home = lab.user_home();
+    let out = as_user(
         &lab,
         "srun",
         &[
@@ -529,4 +548,208 @@ fn a_node_given_a_corrupt_runtime_says_so_stays_registered_and_joins_once_it_is_
     std::fs::write(&bundle, &good).unwrap();
     wait_idle(&lab, 1, Duration::from_secs(240));
     let _ = std::fs::remove_dir_all(&images);
+}
+
+/// Whether a TCP connection from inside `host` to `addr` gets no answer at all within 2 s
+/// (dropped; a closed port would answer with a reset).
+fn unanswered(host: &enlist_lab::host::Host, addr: &str) -> bool {
+    let addr: std::net::SocketAddr = addr.parse().unwrap();
+    host.within(move || {
+        matches!(
+            std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)),
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut
+        )
+    })
+}
+
+/// `enlist <args>` against the lab's head (the CLI, through its admin socket).
+fn enlist_cli(lab: &Lab, args: &[&str]) -> Output {
+    std::process::Command::new(root().join("target/release/enlist"))
+        .arg("--config")
+        .arg(lab.dir.join("config.yaml"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+#[ignore = "needs root, QEMU, Slurm and built images: run `cargo xtask test`"]
+/// A PC on the segment that is no node, root on itself: slurmctld, srun's ports and the NFS
+/// home on the head, and slurmd on a node, give it no answer, and its NFSv4 mount of the home
+/// as uid 0 is refused; the enlisted node still mounts the home (nosuid, nodev) and runs jobs.
+/// A node's root is nobody on the home, and the node's screen shows no shell. (Before the
+/// head's firewall and the node's filter, every one of these ports answered the stranger, and
+/// the home was exported rw, no_root_squash, to the whole subnet.)
+fn a_stranger_on_the_segment_reaches_neither_slurm_nor_the_home_and_nodes_still_run_jobs() {
+    let mut lab = jobs_lab("stranger");
+    let mac = boot(&mut lab, "x86_64", "qemu-system-x86_64", 256);
+    wait_healthy(&lab, std::slice::from_ref(&mac));
+    wait_idle(&lab, 1, Duration::from_secs(240));
+    let name = lab.node_name(&mac);
+    let node_ip = lab
+        .curl(&format!("/api/v1/nodes/{mac}"))
+        .unwrap_or_default()["node"]["ip"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+
+    let x = enlist_lab::host::Host::new(&lab, "x", "02:00:00:00:0e:01").unwrap();
+    x.address("10.77.0.250/24").unwrap();
+    for addr in [
+        "10.77.0.1:6817".to_string(),
+        "10.77.0.1:2049".into(),
+        "10.77.0.1:60001".into(),
+        format!("{node_ip}:6818"),
+    ] {
+        assert!(unanswered(&x, &addr), "{addr} answered a stranger");
+    }
+    let home = lab.dir.join("state/home");
+    let nfs = x
+        .exec("nfs-ls")
+        .arg(format!(
+            "nfs://10.77.0.1{}?version=4&uid=0&gid=0&timeout=5000",
+            home.display()
+        ))
+        .output()
+        .unwrap();
+    assert!(
+        !nfs.status.success(),
+        "a stranger's NFSv4 listing of the home: {}",
+        text(&nfs)
+    );
+    let r = lab.wait_for(Duration::from_secs(20), "refused packets counted", || {
+        lab.metric("enlist_cluster_refused_packets") > 0.0
+    });
+    if let Err(e) = r {
+        fail(&lab, &e);
+    }
+
+    // The node: slurmd answers the head; the home is mounted nosuid,nodev; a job writes there.
+    let slurmd: std::net::SocketAddr = format!("{node_ip}:6818").parse().unwrap();
+    let from_head = enlist_lab::host::in_netns(&lab.ns, move || {
+        std::net::TcpStream::connect_timeout(&slurmd, Duration::from_secs(2)).is_ok()
+    });
+    assert!(from_head, "slurmd answers the head");
+    let mounts = must_as_user(&lab, "srun", &["-N1", "grep", " nfs4 ", "/proc/mounts"]);
+    assert!(
+        mounts.contains("nosuid") && mounts.contains("nodev"),
+        "{mounts}"
+    );
+    let chdir = lab.user_home().display().to_string();
+    must_as_user(
+        &lab,
+        "srun",
+        &["-N1", "--chdir", &chdir, "sh", "-c", "hostname > ok.txt"],
+    );
+    assert_eq!(home_file(&lab, "ok.txt"), name);
+    // A job of root's is nobody on the home (root_squash).
+    let root_job = slurm(
+        &lab,
+        "srun",
+        &["-N1", "touch", &home.join("by-root").display().to_string()],
+    );
+    assert!(
+        !root_job.status.success() && !home.join("by-root").exists(),
+        "root wrote into the home from a node: {}",
+        text(&root_job)
+    );
+
+    // The PC's screen: the status screen, no shell (enlist exec, through the admin socket).
+    let ps = enlist_cli(&lab, &["exec", "-w", &name, "--", "ps"]);
+    let ps_text = text(&ps);
+    assert!(ps.status.success(), "{ps_text}");
+    assert!(ps_text.contains("enlist-console"), "{ps_text}");
+    assert!(
+        !ps_text.lines().any(|l| l.trim_end().ends_with("-/bin/sh")),
+        "a shell on the console: {ps_text}"
+    );
+}
+
+#[test]
+#[ignore = "needs root, QEMU, Slurm and built images: run `cargo xtask test`"]
+/// `enlist jobs rotate-key` while a job runs: the job finishes, a new job runs, and the old key
+/// is refused by slurmctld (a munged holding it cannot get `sinfo` an answer).
+fn a_rotated_munge_key_keeps_running_jobs_and_locks_the_old_key_out() {
+    let mut lab = jobs_lab("rotate");
+    let mac = boot(&mut lab, "x86_64", "qemu-system-x86_64", 256);
+    wait_healthy(&lab, std::slice::from_ref(&mac));
+    wait_idle(&lab, 1, Duration::from_secs(240));
+    let name = lab.node_name(&mac);
+    let old_key = lab.dir.join("old-munge.key");
+    std::fs::copy(lab.dir.join("state/munge/munge.key"), &old_key).unwrap();
+
+    let job = submit(&lab, &[], "sleep 15; hostname > rotated.out");
+    wait_running(&lab, &job, Duration::from_secs(60));
+    let out = enlist_cli(&lab, &["jobs", "rotate-key"]);
+    assert!(
+        out.status.success() && text(&out).contains("1 node(s) told"),
+        "{}",
+        text(&out)
+    );
+    assert!(!text(&out).contains("not confirmed"), "{}", text(&out));
+    assert_ne!(
+        std::fs::read(lab.dir.join("state/munge/munge.key")).unwrap(),
+        std::fs::read(&old_key).unwrap(),
+        "a new key on the head"
+    );
+    wait_queue_empty(&lab, Duration::from_secs(120));
+    assert_eq!(home_file(&lab, "rotated.out"), name, "the job finished");
+    wait_idle(&lab, 1, Duration::from_secs(60));
+    let next = submit(&lab, &[], "hostname > after-rotation.out");
+    wait_queue_empty(&lab, Duration::from_secs(120));
+    assert_eq!(
+        home_file(&lab, "after-rotation.out"),
+        name,
+        "job {next} ran with the new key"
+    );
+    assert!(
+        events(&lab, &mac).contains("munge key replaced"),
+        "{}",
+        events(&lab, &mac)
+    );
+
+    // The old key: a munged holding it speaks for nobody slurmctld knows.
+    let old = lab.dir.join("old-munge");
+    std::fs::create_dir_all(&old).unwrap();
+    let socket = old.join("munge.socket.2");
+    let mut munged = lab.exec("munged");
+    munged
+        .args(["--foreground", "--force"])
+        .arg(format!("--socket={}", socket.display()))
+        .arg(format!("--key-file={}", old_key.display()))
+        .arg(format!("--pid-file={}", old.join("pid").display()))
+        .arg(format!("--seed-file={}", old.join("seed").display()))
+        .arg(format!("--log-file={}", old.join("log").display()))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    lab.spawn(munged).unwrap();
+    let r = lab.wait_for(Duration::from_secs(10), "the old key's munged", || {
+        socket.exists()
+    });
+    if let Err(e) = r {
+        fail(&lab, &e);
+    }
+    let conf = std::fs::read_to_string(lab.slurm_conf()).unwrap();
+    let old_conf = old.join("slurm.conf");
+    let auth = conf
+        .lines()
+        .find(|l| l.starts_with("AuthInfo="))
+        .unwrap()
+        .to_string();
+    std::fs::write(
+        &old_conf,
+        conf.replace(&auth, &format!("AuthInfo=socket={}", socket.display())),
+    )
+    .unwrap();
+    let refused = lab
+        .exec("sinfo")
+        .env("SLURM_CONF", &old_conf)
+        .output()
+        .unwrap();
+    assert!(
+        !refused.status.success(),
+        "slurmctld answered the old key: {}",
+        text(&refused)
+    );
+    assert!(!sinfo_nodes(&lab).is_empty(), "the current key still works");
 }

@@ -293,6 +293,9 @@ pub enum CommandKind {
     RefreshPeers,
     /// Run [`Command::exec`] (`enlist exec`) and post an [`ExecResult`].
     Exec,
+    /// The cluster's munge key was replaced (`enlist jobs rotate-key`): fetch the jobs
+    /// descriptor again, put its key in place and restart munged.
+    Rekey,
 }
 
 impl CommandKind {
@@ -303,6 +306,7 @@ impl CommandKind {
             CommandKind::Release => "release",
             CommandKind::RefreshPeers => "refresh-peers",
             CommandKind::Exec => "exec",
+            CommandKind::Rekey => "rekey",
         }
     }
 }
@@ -578,6 +582,11 @@ pub struct JobsDescriptor {
     pub mem_reserve_mb: u64,
     /// The head's clock (munge refuses credentials from skewed clocks).
     pub now_unix: i64,
+    /// slurmd's port (slurm.conf's SlurmdPort): the node lets only the enlisted nodes and
+    /// [`JobsDescriptor::slurmd_allow`] reach it.
+    pub slurmd_port: u16,
+    /// Who may reach slurmd besides the enlisted nodes: the head, and a site's slurmctld.
+    pub slurmd_allow: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -653,6 +662,14 @@ impl JobsDescriptor {
                 });
             if !ok || u.uid == 0 {
                 return Err(format!("user {:?}", u.name));
+            }
+        }
+        if self.slurmd_port == 0 || self.slurmd_allow.len() > 16 {
+            return Err("slurmd_port is 0, or more than 16 slurmd_allow addresses".into());
+        }
+        for a in &self.slurmd_allow {
+            if a.parse::<std::net::Ipv4Addr>().is_err() {
+                return Err(format!("slurmd_allow: {a:?} is not an IPv4 address"));
             }
         }
         if !self

@@ -155,6 +155,42 @@ pub fn enroll(
     Ok(())
 }
 
+#[derive(Subcommand)]
+pub enum JobsCmd {
+    /// Replace the cluster's munge key: the nodes that are up take the new one, then the
+    /// head's munged (a key copied from a node before is worthless after).
+    RotateKey,
+}
+
+/// `enlist jobs ...`.
+pub fn jobs(config: &Path, cmd: JobsCmd) -> anyhow::Result<()> {
+    let h = head(config)?;
+    match cmd {
+        JobsCmd::RotateKey => {
+            let v = h.call("POST", "/api/v1/jobs/rotate-key", None)?;
+            let names = |k: &str| -> Vec<String> {
+                v[k].as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|n| n.as_str().map(str::to_string))
+                    .collect()
+            };
+            let (told, silent) = (names("told"), names("silent"));
+            println!(
+                "munge key replaced; {} node(s) told, the head's munged restarted",
+                told.len()
+            );
+            if !silent.is_empty() {
+                println!(
+                    "not confirmed (they take the key when they join again): {}",
+                    enlist::hostlist::fold(&silent.iter().map(String::as_str).collect::<Vec<_>>())
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
 pub fn wake(config: &Path, node: Option<String>, group: Option<String>) -> anyhow::Result<()> {
     let h = head(config)?;
     let names: Vec<String> = match (node, group) {

@@ -234,6 +234,10 @@ pub struct JobsConfig {
     pub home: PathBuf,
     /// `None`: the head's own accounts with UID >= 1000, read at start.
     pub users: Option<Vec<JobUser>>,
+    /// slurm.conf and munged's socket for users on the head (readable by all).
+    pub run_dir: PathBuf,
+    /// The head's nftables table keeps the cluster's ports for enlisted nodes.
+    pub firewall: bool,
 }
 
 /// Which slurmctld the nodes join.

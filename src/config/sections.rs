@@ -478,6 +478,9 @@ fn jobs(j: wire::Jobs, state_dir: &std::path::Path) -> Checked<JobsConfig> {
         ));
     }
     let users = j.users.map(job_users).transpose()?;
+    if !j.run_dir.is_absolute() {
+        return Err(Invalid::new("run_dir", "must be an absolute path"));
+    }
     Ok(JobsConfig {
         enabled: j.enabled,
         controller,
@@ -491,6 +494,8 @@ fn jobs(j: wire::Jobs, state_dir: &std::path::Path) -> Checked<JobsConfig> {
         home_server: j.home.server,
         home,
         users,
+        run_dir: j.run_dir,
+        firewall: j.firewall,
     })
 }
 

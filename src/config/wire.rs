@@ -328,6 +328,14 @@ pub struct Jobs {
     /// The users jobs run as: known to every node. Default: the head's accounts with UID >= 1000.
     #[serde(default)]
     pub users: Option<Vec<JobUser>>,
+    /// Where users on the head find slurm.conf and munged's socket (the state folder is
+    /// root's alone): readable by all, remade at every start.
+    #[serde(default = "default_run_dir")]
+    pub run_dir: PathBuf,
+    /// An nftables table of the head's own lets only enlisted nodes reach slurmctld, the
+    /// shared home and srun's ports. Off only where the site's firewall does the same.
+    #[serde(default = "default_true")]
+    pub firewall: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -389,6 +397,8 @@ impl Default for Jobs {
             node_timeout: default_node_timeout(),
             home: Home::default(),
             users: None,
+            run_dir: default_run_dir(),
+            firewall: true,
         }
     }
 }
@@ -417,6 +427,10 @@ fn default_mem_reserve() -> u64 {
 fn default_release_deadline() -> Duration {
     Duration::from_secs(600)
 }
+fn default_run_dir() -> PathBuf {
+    PathBuf::from("/run/enlist")
+}
+
 fn default_node_timeout() -> Duration {
     Duration::from_secs(60)
 }

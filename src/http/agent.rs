@@ -288,6 +288,8 @@ async fn jobs(State(s): State<Shared>, a: Agent) -> Response {
         feature: String::new(),
         mem_reserve_mb: 0,
         now_unix: crate::store::now(),
+        slurmd_port: 0,
+        slurmd_allow: vec![],
     };
     let descriptor = match &s.jobs {
         None => off(),

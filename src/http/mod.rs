@@ -6,6 +6,7 @@
 //! | `boot`      | `/boot/<mac>.ipxe`, `/boot.ipxe?mac=`, `/ipxe/*`, `/images/*`, `/boot/*` |
 //! | `agent`     | `/api/v1/agent/*` (signed by node keys, replies signed too)          |
 //! | `admin`     | `/api/v1/login`, `/api/v1/nodes...`, `/api/v1/events`, `/api/v1/stream` |
+//! | `jobs`      | `/api/v1/jobs/rotate-key`                                            |
 //! | `dashboard` | `/`, assets, `/api/v1/openapi.json`                                  |
 //!
 //! Nodes use the first two; admins the last two, on the same listener or (with `admin.listen`)
@@ -17,6 +18,7 @@ pub mod auth;
 mod boot;
 mod dashboard;
 mod exec;
+mod jobs;
 pub mod listener;
 pub mod range;
 mod schedules;
@@ -71,6 +73,7 @@ pub fn admin_router(state: Shared) -> Router {
         .merge(admin::routes())
         .merge(exec::routes())
         .merge(schedules::routes())
+        .merge(jobs::routes())
         .merge(dashboard::routes())
         .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(MAX_BODY))
@@ -85,6 +88,7 @@ pub fn router(state: Shared) -> Router {
         .merge(admin::routes())
         .merge(exec::routes())
         .merge(schedules::routes())
+        .merge(jobs::routes())
         .merge(dashboard::routes())
         .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(MAX_BODY))

@@ -29,6 +29,10 @@ pub struct SlurmSettings<'a> {
     pub max_nodes: usize,
 }
 
+/// The ports srun listens on (on the head) for the nodes' job steps: a range the head's
+/// firewall keeps for enlisted nodes (Slurm's own example range).
+pub const SRUN_PORTS: (u16, u16) = (60001, 63000);
+
 /// Where slurmd keeps its files on a node (RAM: the node OS has no disk).
 pub const NODE_SPOOL: &str = "/var/spool/slurmd";
 pub const NODE_LOG: &str = "/var/log/slurmd.log";
@@ -43,6 +47,11 @@ pub fn slurm_conf(s: &SlurmSettings) -> String {
     line("SlurmctldHost", &format!("{}({})", s.host, s.addr));
     line("SlurmctldPort", &s.port);
     line("SlurmdPort", &(s.port + 1));
+    // srun on the head listens here for the nodes (the head's firewall keeps it for them).
+    line(
+        "SrunPortRange",
+        &format!("{}-{}", SRUN_PORTS.0, SRUN_PORTS.1),
+    );
     line("AuthType", &"auth/munge");
     line("AuthInfo", &format!("socket={}", s.munge_socket.display()));
     line("CredType", &"cred/munge");
@@ -108,6 +117,18 @@ pub fn munge_socket_in(slurm_conf: &str) -> String {
         .to_string()
 }
 
+/// slurmd's port per a slurm.conf (`SlurmdPort=`), Slurm's default 6818 when it does not say.
+pub fn slurmd_port_in(slurm_conf: &str) -> u16 {
+    slurm_conf
+        .lines()
+        .map(|l| l.split('#').next().unwrap_or("").trim())
+        .filter_map(|l| l.split_once('='))
+        .filter(|(k, _)| k.trim().eq_ignore_ascii_case("SlurmdPort"))
+        .filter_map(|(_, v)| v.trim().parse().ok())
+        .next_back()
+        .unwrap_or(6818)
+}
+
 /// cgroup.conf: slurmd 22.05 loads a cgroup plugin whatever the other settings; v1 with
 /// nothing constrained needs only the mount point.
 pub fn cgroup_conf() -> String {
@@ -154,7 +175,8 @@ EXPORT {{
     Protocols = 4;
     Transports = TCP;
     SecType = sys;
-    Squash = No_Root_Squash;
+    # uid 0 from a node is nobody here: root on a PC is no root of the home.
+    Squash = Root_Squash;
     CLIENT {{ Clients = {clients}; Access_Type = RW; }}
     FSAL {{ Name = VFS; }}
 }}
@@ -251,5 +273,13 @@ mod tests {
         assert!(c.contains("Path = /var/lib/enlist/home;"));
         assert!(c.contains("Access_Type = NONE"), "nobody else");
         assert!(c.contains("Protocols = 4;"));
+        assert!(c.contains("Squash = Root_Squash;"), "no root from a node");
+        assert!(!c.contains("No_Root_Squash"));
+    }
+
+    #[test]
+    fn slurmds_port_is_read_from_a_sites_slurm_conf() {
+        assert_eq!(slurmd_port_in("SlurmdPort=7000 # ours\n"), 7000);
+        assert_eq!(slurmd_port_in("# SlurmdPort=1\nClusterName=x\n"), 6818);
     }
 }

@@ -116,7 +116,8 @@ pub fn serve(
             let exports = Path::new("/etc/exports.d/enlist.exports");
             let opts: Vec<String> = nets
                 .iter()
-                .map(|n| format!("{n}(rw,sync,no_subtree_check,no_root_squash)"))
+                // root_squash: uid 0 from a node is nobody here.
+                .map(|n| format!("{n}(rw,sync,no_subtree_check,root_squash)"))
                 .collect();
             if let Some(dir) = exports.parent() {
                 std::fs::create_dir_all(dir).map_err(io(dir))?;
@@ -144,6 +145,32 @@ pub fn serve(
             Ok(vec![])
         }
     }
+}
+
+/// Each job user's folder in the home (`<home>/<name>`, theirs, 0700), made if missing: a
+/// node's root is nobody on the home (root_squash), so only the head can make them.
+pub fn user_homes(home: &Path, users: &[JobUser]) -> Result<(), JobsError> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::create_dir_all(home).map_err(io(home))?;
+    std::fs::set_permissions(home, std::fs::Permissions::from_mode(0o755)).map_err(io(home))?;
+    for u in users {
+        let dir = home.join(&u.name);
+        if dir.exists() {
+            continue;
+        }
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&dir)
+            .map_err(io(&dir))?;
+        nix::unistd::chown(
+            &dir,
+            Some(nix::unistd::Uid::from_raw(u.uid)),
+            Some(nix::unistd::Gid::from_raw(u.gid)),
+        )
+        .map_err(|e| io(&dir)(e.into()))?;
+        tracing::info!(user = %u.name, dir = %dir.display(), "jobs: made the user's home");
+    }
+    Ok(())
 }
 
 /// The head's accounts with UID >= 1000 (not `nobody`), from a passwd file.

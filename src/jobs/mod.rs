@@ -11,14 +11,18 @@
 //! | `slurm`     | scontrol and squeue: state, drain, requeue, delete                     |
 //! | `supervise` | the daemons as children, restarted when they die                       |
 //! | `home`      | the shared home: which NFS server, and the users jobs run as           |
+//! | `firewall`  | the cluster's ports on the head for enlisted nodes only (nftables)     |
+//! | `munge`     | the munge key: made once, rotated (nodes first, then the head's munged) |
 
 pub mod files;
+pub mod firewall;
 mod home;
+mod munge;
 pub mod slurm;
 pub mod supervise;
 
 use std::net::Ipv4Addr;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -32,6 +36,7 @@ use crate::lifecycle::NodeState;
 use crate::registry::{Registry, RegistryError, Update};
 
 pub use home::NfsServer;
+pub use munge::Rotation;
 use slurm::{Slurm, SlurmError};
 use supervise::{Daemon, DaemonState};
 
@@ -51,6 +56,13 @@ pub enum JobsError {
     },
     #[error("{path}: {message}")]
     BadFile { path: PathBuf, message: String },
+    #[error("the head's firewall for the cluster's ports: {0} (jobs.firewall: false turns it off, only where the site's own firewall lets nothing but the nodes reach slurmctld, the home and srun's ports)")]
+    Firewall(String),
+    /// Something that is the site's cluster's to do (`jobs.external`).
+    #[error("{0}")]
+    External(String),
+    #[error("jobs task: {0}")]
+    Task(String),
     #[error(transparent)]
     Slurm(#[from] SlurmError),
     #[error(transparent)]
@@ -69,10 +81,14 @@ const POLL: Duration = Duration::from_secs(5);
 /// The munge key's length (munge's own `mungekey` makes 1024 bytes).
 const MUNGE_KEY_BYTES: usize = 1024;
 
-/// Where the jobs' files live in the state folder.
+/// Where the jobs' files live: secrets and state in the state folder (root only); what users
+/// on the head submit with (slurm.conf, munged's socket) in `jobs.run_dir`, readable by all.
 #[derive(Debug, Clone)]
 struct Paths {
+    /// slurmctld's state, log and pid (state folder).
     slurm_dir: PathBuf,
+    /// `jobs.run_dir`: slurm.conf and cgroup.conf, and the munge socket's folder.
+    run_dir: PathBuf,
     slurm_conf: PathBuf,
     munge_dir: PathBuf,
     munge_key: PathBuf,
@@ -83,12 +99,13 @@ struct Paths {
 }
 
 impl Paths {
-    fn new(state_dir: &Path) -> Paths {
+    fn new(state_dir: &Path, run_dir: &Path) -> Paths {
         let slurm_dir = state_dir.join("slurm");
         let munge_dir = state_dir.join("munge");
-        let munge_run = state_dir.join("munge-run");
+        let munge_run = run_dir.join("munge");
         Paths {
-            slurm_conf: slurm_dir.join("slurm.conf"),
+            slurm_conf: run_dir.join("slurm.conf"),
+            run_dir: run_dir.to_path_buf(),
             slurm_dir,
             munge_key: munge_dir.join("munge.key"),
             munge_dir,
@@ -146,6 +163,11 @@ fn preflight_in(cfg: &Config, dirs: &[PathBuf]) -> Vec<JobsError> {
     if let Err(e) = home::choose(cfg.jobs.home_server) {
         problems.push(e);
     }
+    if cfg.jobs.firewall {
+        if let Err(e) = find_in(dirs, "nft", "nftables") {
+            problems.push(e);
+        }
+    }
     if matches!(cfg.jobs.controller, Controller::Managed { .. })
         && !nix::unistd::geteuid().is_root()
     {
@@ -174,12 +196,20 @@ pub struct Jobs {
     registry: Arc<Registry>,
     images: ImageStore,
     slurm: Slurm,
-    munge_key: Vec<u8>,
+    /// The cluster's munge key as nodes get it (replaced by a rotation).
+    munge_key: std::sync::Mutex<Vec<u8>>,
+    /// The key file the head's munged reads (managed controller).
+    munge_key_file: PathBuf,
     /// Where munged listens, per slurm.conf: the nodes' munged listens there too.
     munge_socket: String,
+    /// slurmd's port in a site's slurm.conf (`jobs.external`; 6818 when it does not say).
+    site_slurmd_port: u16,
     users: Vec<JobUser>,
     nfs: Option<NfsServer>,
     daemons: Vec<(Daemon, Arc<DaemonState>)>,
+    /// The cluster's ports for enlisted nodes only (None: `jobs.firewall: false`).
+    firewall: Option<firewall::Firewall>,
+    metrics: Arc<crate::metrics::Metrics>,
     /// Lost nodes being (or already) deleted from the scheduler: one attempt loop per loss,
     /// however many updates say the node is lost; cleared when it is alive again.
     forgetting: std::sync::Mutex<std::collections::HashSet<String>>,
@@ -192,6 +222,7 @@ impl Jobs {
         cfg: Arc<Config>,
         registry: Arc<Registry>,
         images: ImageStore,
+        metrics: Arc<crate::metrics::Metrics>,
     ) -> Result<Option<Arc<Jobs>>, JobsError> {
         if !cfg.jobs.enabled {
             return Ok(None);
@@ -199,7 +230,7 @@ impl Jobs {
         if let Some(e) = preflight(&cfg).into_iter().next() {
             return Err(e);
         }
-        let paths = Paths::new(&cfg.state_dir);
+        let paths = Paths::new(&cfg.state_dir, &cfg.jobs.run_dir);
         let users = match &cfg.jobs.users {
             Some(u) => u.clone(),
             None => home::local_users(Path::new("/etc/passwd")),
@@ -220,31 +251,44 @@ impl Jobs {
                 vec![],
             ),
         };
+        // Closed to everyone but the head before any of them listens.
+        let firewall = guard(&cfg, nfs.is_some())?;
         if let Some(server) = nfs {
             let bind = head_ipv4(&cfg);
             daemons.extend(home::serve(server, &cfg, &paths.ganesha_dir, bind)?);
+            home::user_homes(&cfg.jobs.home, &users)?;
         }
-        let munge_socket = match &cfg.jobs.controller {
-            Controller::Managed { .. } => paths.munge_socket.display().to_string(),
-            Controller::External { slurm_conf, .. } => files::munge_socket_in(
-                &std::fs::read_to_string(slurm_conf).map_err(io(slurm_conf))?,
-            ),
+        let (munge_socket, site_slurmd_port) = match &cfg.jobs.controller {
+            Controller::Managed { .. } => (paths.munge_socket.display().to_string(), 0),
+            Controller::External { slurm_conf, .. } => {
+                let text = std::fs::read_to_string(slurm_conf).map_err(io(slurm_conf))?;
+                (files::munge_socket_in(&text), files::slurmd_port_in(&text))
+            }
         };
         Ok(Some(Arc::new(Jobs {
+            munge_key: std::sync::Mutex::new(munge_key),
+            munge_key_file: paths.munge_key.clone(),
             munge_socket,
+            site_slurmd_port,
             slurm: Slurm { slurm_conf },
             cfg,
             registry,
             images,
-            munge_key,
             users,
             nfs,
             daemons: daemons
                 .into_iter()
                 .map(|d| (d, Arc::new(DaemonState::default())))
                 .collect(),
+            firewall,
+            metrics,
             forgetting: Default::default(),
         })))
+    }
+
+    /// The munge key nodes get now.
+    fn current_key(&self) -> Vec<u8> {
+        self.munge_key.lock().map(|k| k.clone()).unwrap_or_default()
     }
 
     /// The slurm.conf the head's Slurm tools use (`SLURM_CONF`).
@@ -267,6 +311,53 @@ impl Jobs {
         }
         tasks.spawn(self.clone().poll(shutdown.clone()));
         tasks.spawn(self.clone().follow(shutdown.clone()));
+        if self.firewall.is_some() {
+            tasks.spawn(self.clone().keep_guard(shutdown.clone()));
+        }
+    }
+
+    /// Keep the firewall's set of nodes in step with the nodes that are up (checked every
+    /// second, written only when it changed), and its drop counter in the metrics.
+    async fn keep_guard(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let mut applied = None;
+        let mut failing = false;
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        for round in 0u64.. {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = shutdown.wait_for(|v| *v) => return,
+            }
+            let (version, members) = self.registry.members();
+            let (jobs, count) = (self.clone(), round % 10 == 0);
+            let r = tokio::task::spawn_blocking(move || {
+                let Some(fw) = &jobs.firewall else {
+                    return Ok(());
+                };
+                if applied != Some(version) {
+                    fw.apply(&members)?;
+                }
+                if count {
+                    if let Some(n) = fw.refused() {
+                        jobs.metrics
+                            .cluster_refused
+                            .set(i64::try_from(n).unwrap_or(i64::MAX));
+                    }
+                }
+                Ok::<(), JobsError>(())
+            })
+            .await;
+            match r {
+                Ok(Ok(())) => {
+                    applied = Some(version);
+                    failing = false;
+                }
+                Ok(Err(e)) if !failing => {
+                    failing = true;
+                    tracing::error!("jobs: {e}; trying again every second");
+                }
+                _ => {}
+            }
+        }
     }
 
     /// How node `mac` (booted from `req`'s image) joins the scheduler. Its munge key is sealed
@@ -288,7 +379,7 @@ impl Jobs {
                 &key,
                 "munge-key",
                 nonce,
-                &self.munge_key,
+                &self.current_key(),
             )),
             bundle: self.bundle(req),
             home: self.nfs.map(|_| HomeMount {
@@ -307,7 +398,29 @@ impl Jobs {
             feature: self.cfg.jobs.feature.clone(),
             mem_reserve_mb: self.cfg.jobs.mem_reserve_mb,
             now_unix: crate::store::now(),
+            slurmd_port: self.slurmd_port(),
+            slurmd_allow: self.slurmd_allow(),
         }
+    }
+
+    /// slurmd's port: the managed slurm.conf's (slurmctld's + 1), or the site's.
+    fn slurmd_port(&self) -> u16 {
+        match &self.cfg.jobs.controller {
+            Controller::Managed { port } => port.saturating_add(1),
+            Controller::External { .. } => self.site_slurmd_port,
+        }
+    }
+
+    /// Who may reach a node's slurmd besides the enlisted nodes: the head, and a site's
+    /// slurmctld when it is another host (given by address).
+    fn slurmd_allow(&self) -> Vec<String> {
+        let mut allow = vec![head_ipv4(&self.cfg).to_string()];
+        if let Controller::External { host, .. } = &self.cfg.jobs.controller {
+            if host.parse::<Ipv4Addr>().is_ok() && !allow.contains(host) {
+                allow.push(host.clone());
+            }
+        }
+        allow
     }
 
     /// The runtime bundle built beside the node's image, if there is one.
@@ -445,6 +558,37 @@ impl Jobs {
     }
 }
 
+/// The head's firewall for the cluster's ports (slurmctld's and srun's with a managed
+/// controller, the home's NFS), made and loaded with no node in it yet; None when
+/// `jobs.firewall` is off.
+fn guard(cfg: &Config, nfs: bool) -> Result<Option<firewall::Firewall>, JobsError> {
+    if !cfg.jobs.firewall {
+        tracing::warn!("jobs.firewall is off: slurmctld, the shared home and srun's ports answer every host that reaches this head; keep them for the enlisted nodes with the site's firewall");
+        return Ok(None);
+    }
+    let mut ports = vec![];
+    if let Controller::Managed { port } = cfg.jobs.controller {
+        ports.extend([(port, port), files::SRUN_PORTS]);
+    }
+    if nfs {
+        ports.push((2049, 2049));
+    }
+    if ports.is_empty() {
+        return Ok(None);
+    }
+    let links = cfg
+        .dhcp
+        .interfaces
+        .iter()
+        .filter_map(|i| crate::netif::lookup(&i.name).ok())
+        .map(|i| i.net.trunc())
+        .collect();
+    let fw = firewall::Firewall::new(find("nft", "nftables")?, ports, links);
+    fw.apply(&[])?;
+    tracing::info!(table = firewall::TABLE, "jobs: the cluster's ports on this head are for enlisted nodes only (nftables table inet {})", firewall::TABLE);
+    Ok(Some(fw))
+}
+
 /// The head's IPv4 address on the lab network (the public URL's host).
 fn head_ipv4(cfg: &Config) -> Ipv4Addr {
     cfg.http
@@ -458,15 +602,16 @@ fn head_ipv4(cfg: &Config) -> Ipv4Addr {
 fn managed_files(cfg: &Config, paths: &Paths, port: u16) -> Result<Vec<u8>, JobsError> {
     for (dir, mode) in [
         (&paths.munge_dir, 0o700),
+        (&paths.run_dir, 0o755),
         (&paths.munge_run, 0o755),
-        (&paths.slurm_dir, 0o755),
+        (&paths.slurm_dir, 0o700),
     ] {
         std::fs::create_dir_all(dir).map_err(io(dir))?;
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode)).map_err(io(dir))?;
     }
     let state = paths.slurm_dir.join("state");
     std::fs::create_dir_all(&state).map_err(io(&state))?;
-    let key = munge_key(&paths.munge_key)?;
+    let key = munge::load_or_make(&paths.munge_key)?;
     let host = hostname();
     let conf = files::slurm_conf(&files::SlurmSettings {
         cluster: &cfg.jobs.cluster_name,
@@ -482,35 +627,9 @@ fn managed_files(cfg: &Config, paths: &Paths, port: u16) -> Result<Vec<u8>, Jobs
         max_nodes: cfg.nodes.max_nodes,
     });
     std::fs::write(&paths.slurm_conf, conf).map_err(io(&paths.slurm_conf))?;
-    let cgroup = paths.slurm_dir.join("cgroup.conf");
+    // Beside slurm.conf: slurmctld reads it from there.
+    let cgroup = paths.run_dir.join("cgroup.conf");
     std::fs::write(&cgroup, files::cgroup_conf()).map_err(io(&cgroup))?;
-    Ok(key)
-}
-
-/// The munge key: read, or made now (1024 random bytes, mode 0400) and kept.
-fn munge_key(path: &Path) -> Result<Vec<u8>, JobsError> {
-    match std::fs::read(path) {
-        Ok(k) if k.len() >= 32 => return Ok(k),
-        Ok(_) => {
-            return Err(JobsError::BadFile {
-                path: path.to_path_buf(),
-                message: "the munge key is shorter than 32 bytes; delete it to have a new one made"
-                    .into(),
-            })
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(io(path)(e)),
-    }
-    let mut key = vec![0u8; MUNGE_KEY_BYTES];
-    rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut key);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o400)
-        .open(path)
-        .map_err(io(path))?;
-    std::io::Write::write_all(&mut f, &key).map_err(io(path))?;
-    tracing::info!(path = %path.display(), "jobs: made the munge key");
     Ok(key)
 }
 
@@ -613,7 +732,7 @@ mod tests {
             .any(|p| p.contains("scontrol") && p.contains("apt install slurm-client")));
 
         // With the programs there, nothing is wrong; with jobs off, nothing is looked for.
-        for p in ["scontrol", "squeue", "munged", "slurmctld"] {
+        for p in ["scontrol", "squeue", "munged", "slurmctld", "nft"] {
             std::fs::write(empty.join(p), "").expect("file");
         }
         assert!(preflight_in(&cfg, std::slice::from_ref(&empty)).is_empty());

@@ -27,6 +27,18 @@ pub struct DaemonState {
     pub starts: AtomicU64,
     /// Process id while running, 0 otherwise.
     pub pid: AtomicU64,
+    /// Stop it and start it again now (munged after the munge key was replaced).
+    pub restart: tokio::sync::Notify,
+}
+
+/// How one run of a daemon ended.
+enum Ended {
+    /// It exited by itself.
+    Exited,
+    /// The head asked for a restart.
+    Restart,
+    /// The head is stopping.
+    Shutdown,
 }
 
 /// A run shorter than this counts as dying young: the next start waits longer.
@@ -74,7 +86,7 @@ pub async fn supervise(d: Daemon, state: Arc<DaemonState>, mut shutdown: watch::
             .pid
             .store(u64::from(child.id().unwrap_or(0)), Ordering::Relaxed);
         tracing::info!(daemon = d.name, pid = child.id().unwrap_or(0), log = %d.log.display(), "started");
-        let stopping = tokio::select! {
+        let ended = tokio::select! {
             status = child.wait() => {
                 state.pid.store(0, Ordering::Relaxed);
                 let lived = started.elapsed();
@@ -84,14 +96,24 @@ pub async fn supervise(d: Daemon, state: Arc<DaemonState>, mut shutdown: watch::
                 tracing::warn!(daemon = d.name, "exited ({}) after {}s; restarting in {}s (its log: {})",
                     status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string()),
                     lived.as_secs(), backoff.as_secs(), d.log.display());
-                false
+                Ended::Exited
             }
-            _ = shutdown.wait_for(|v| *v) => true,
+            _ = state.restart.notified() => Ended::Restart,
+            _ = shutdown.wait_for(|v| *v) => Ended::Shutdown,
         };
-        if stopping {
-            stop(&mut child, d.name).await;
-            state.pid.store(0, Ordering::Relaxed);
-            return;
+        match ended {
+            Ended::Exited => {}
+            Ended::Restart => {
+                tracing::info!(daemon = d.name, "restarting as asked");
+                stop(&mut child, d.name).await;
+                state.pid.store(0, Ordering::Relaxed);
+                continue;
+            }
+            Ended::Shutdown => {
+                stop(&mut child, d.name).await;
+                state.pid.store(0, Ordering::Relaxed);
+                return;
+            }
         }
         if wait_or_stop(&mut shutdown, backoff).await {
             return;

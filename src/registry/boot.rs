@@ -357,13 +357,18 @@ impl Registry {
         (image, version): (&str, &str),
     ) -> std::io::Result<Vec<u8>> {
         let key = self.keys.node_key(row.mac, epoch);
-        let conf = format!(
+        let mut conf = format!(
             "head={}\nname={}\nmac={}\nkey={}\nimage={image}\nversion={version}\n",
             self.cfg.http.public_url.base(),
             row.name,
             row.mac,
             key.to_hex()
         );
+        if self.cfg.nodes.console_shell {
+            // The lab's own bench: a root shell on the PC's screen (see the rootfs'
+            // enlist-console).
+            conf.push_str("console_shell=1\n");
+        }
         // mtime 0: the same token gives the same bytes, so a ranged retry fits together.
         let mut a = Archive::new(0);
         a.file(NODE_CONF, 0o600, conf.as_bytes())?;

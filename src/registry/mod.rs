@@ -495,6 +495,18 @@ impl Registry {
         Ok(())
     }
 
+    /// The nodes that are up (registered, healthy, draining) with their MAC and address, and
+    /// a version that changes with them: whom the cluster's services let in.
+    pub fn members(&self) -> (u64, Vec<(Mac, std::net::Ipv4Addr)>) {
+        let inner = self.inner();
+        let members = inner
+            .peers
+            .iter()
+            .filter_map(|(mac, p)| Some((*mac, p.ip.parse().ok()?)))
+            .collect();
+        (inner.peers_version, members)
+    }
+
     /// Enlisted nodes with an address, for /etc/hosts on every node.
     pub fn peers(&self) -> (u64, Vec<Peer>) {
         let inner = self.inner();
@@ -647,6 +659,14 @@ impl Registry {
             self.save(&row, Some(("jobs", &text)))?;
         }
         Ok(())
+    }
+
+    /// Whether command `id` of `mac` is still to be fetched or answered (not dropped).
+    pub fn command_pending(&self, mac: Mac, id: u64) -> bool {
+        let inner = self.inner();
+        inner.live.get(&mac).is_some_and(|l| {
+            l.commands.iter().any(|(c, _, _)| *c == id) || l.awaiting.contains(&id)
+        })
     }
 
     /// Whether command `id` of `mac` ended with its session before its agent fetched it (so

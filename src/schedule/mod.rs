@@ -233,9 +233,22 @@ impl Scheduler {
             .collect()
     }
 
-    /// Look at the clock (`now`) and act on every group whose phase changed.
+    /// Look at the clock (`now`) and act on every group whose phase changed. A window that
+    /// opens (not one the head finds open as it starts) first gets the cluster a new munge
+    /// key, so the PCs it wakes join with that one.
     pub async fn tick(self: &Arc<Self>, now: Timestamp) {
-        for (group, phase) in self.due(now) {
+        let before = self.state().acted.clone();
+        let due = self.due(now);
+        let opened = due
+            .iter()
+            .any(|(g, p)| *p == Phase::Enlisted && before.get(g) == Some(&Phase::Released));
+        if let (true, Some(jobs)) = (opened, &self.jobs) {
+            if let Err(e) = jobs.rotate_key().await {
+                // A site's own controller: its key is not ours to change.
+                tracing::debug!("schedule: munge key not rotated: {e}");
+            }
+        }
+        for (group, phase) in due {
             tracing::info!(%group, phase = phase.as_str(), "schedule: group {group} is {}", phase.as_str());
             let r = match phase {
                 Phase::Enlisted => self.enlist_group(&group).await,

@@ -133,6 +133,9 @@ fn run_lab(
         .output()
         .context("setting the admin password")?;
     let password = String::from_utf8_lossy(&password.stdout).trim().to_string();
+    if jobs {
+        enlist_lab::ensure_job_user().map_err(|e| anyhow!("the lab's job user: {e}"))?;
+    }
     lab.start_head(&enlist_bin(), &config)
         .map_err(|e| anyhow!("{e}\n{}", lab.head_log()))?;
     if jobs {
@@ -156,10 +159,11 @@ fn run_lab(
     println!("  consoles:   {}/*.serial.log", dir.display());
     if jobs {
         println!(
-            "  slurm:      sudo ip netns exec {name} env SLURM_CONF={} sinfo",
+            "  slurm:      sudo ip netns exec {name} runuser -u {} -- env SLURM_CONF={} sinfo",
+            enlist_lab::JOB_USER,
             lab.slurm_conf().display()
         );
-        println!("  home:       {}", dir.join("state/home").display());
+        println!("  home:       {}", lab.user_home().display());
     }
     println!("  Ctrl-C stops everything and cleans up.");
     println!();
@@ -202,6 +206,11 @@ fn slurm(lab: &Lab, program: &str, args: &[&str]) -> anyhow::Result<String> {
     lab.slurm_out(program, args).map_err(|e| anyhow!(e))
 }
 
+/// A Slurm tool on the head, as the lab's job user runs it (jobs write into its home).
+fn as_user(lab: &Lab, program: &str, args: &[&str]) -> anyhow::Result<String> {
+    lab.slurm_user_out(program, args).map_err(|e| anyhow!(e))
+}
+
 /// Once the PCs are in Slurm: what an admin sees, one step on every node, and the 2004
 /// cluster's calibration job as an array over them, its results read from the shared home.
 fn first_jobs(lab: &Lab, nodes: usize) -> anyhow::Result<()> {
@@ -215,9 +224,9 @@ fn first_jobs(lab: &Lab, nodes: usize) -> anyhow::Result<()> {
     let n = format!("-N{nodes}");
     show(
         &format!("srun {n} hostname"),
-        &slurm(lab, "srun", &[&n, "hostname"])?,
+        &as_user(lab, "srun", &[&n, "hostname"])?,
     );
-    let home = lab.dir.join("state/home");
+    let home = lab.user_home();
     let script = home.join("calibrate.sh");
     std::fs::write(
         &script,
@@ -231,8 +240,12 @@ fn first_jobs(lab: &Lab, nodes: usize) -> anyhow::Result<()> {
     let chdir = format!("--chdir={}", home.display());
     let script_arg = script.display().to_string();
     let sbatch = ["--parsable", &array, &chdir, "-o", "/dev/null", &script_arg];
-    let id = slurm(lab, "sbatch", &sbatch)?;
-    println!("  $ sbatch {array} calibrate.sh   (job {})", id.trim());
+    let id = as_user(lab, "sbatch", &sbatch)?;
+    println!(
+        "  $ sbatch {array} calibrate.sh   (job {}, as {})",
+        id.trim(),
+        enlist_lab::JOB_USER
+    );
     let until = std::time::Instant::now() + Duration::from_secs(600);
     while !slurm(lab, "squeue", &["-h"])?.trim().is_empty() {
         anyhow::ensure!(

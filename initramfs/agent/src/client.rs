@@ -11,7 +11,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use enlist_api::{
-    headers, paths, Command, NonceResponse, RegisterRequest, RegisterResponse, ReplyAuth,
+    headers, paths, Command, NonceResponse, Peer, RegisterRequest, RegisterResponse, ReplyAuth,
     RequestAuth,
 };
 use serde::de::DeserializeOwned;
@@ -53,6 +53,9 @@ pub struct Client {
     /// The head's clock minus ours, seconds, as its signed registration reply said: command
     /// expiries are judged on the head's time (a PC's clock may be anything).
     head_offset: AtomicI64,
+    /// The enlisted nodes as the head last listed them, and a generation that changes with
+    /// them (slurmd's filter follows it).
+    peers: Mutex<(u64, Vec<Peer>)>,
     http: ureq::Agent,
     long_http: ureq::Agent,
 }
@@ -75,6 +78,7 @@ impl Client {
             seq: AtomicU64::new(0),
             last_command: AtomicU64::new(0),
             head_offset: AtomicI64::new(0),
+            peers: Mutex::new((0, vec![])),
             http: agent(Duration::from_secs(15)),
             long_http: agent(Duration::from_secs(40)),
         }
@@ -114,6 +118,19 @@ impl Client {
             )),
             Err(e) => Err(Failure::Unreachable(format!("{url}: {e}"))),
         }
+    }
+
+    /// Keep the peer list the head sent (checked by the caller).
+    pub fn set_peers(&self, peers: &[Peer]) {
+        if let Ok(mut p) = self.peers.lock() {
+            p.0 += 1;
+            p.1 = peers.to_vec();
+        }
+    }
+
+    /// The peer list's generation and the list.
+    pub fn peers(&self) -> (u64, Vec<Peer>) {
+        self.peers.lock().map(|p| p.clone()).unwrap_or_default()
     }
 
     /// The node's name as the head last told it (an admin may rename it).

@@ -36,6 +36,12 @@ pub(crate) fn say(msg: &str) {
     eprintln!("enlist-agent: {msg}");
 }
 
+/// What the PC's screen shows as the node's state (`/sbin/enlist-console` reads it).
+pub(crate) fn show_state(state: &str) {
+    let _ = std::fs::create_dir_all("/run/enlist");
+    let _ = std::fs::write("/run/enlist/status", format!("{state}\n"));
+}
+
 #[allow(unsafe_code)] // installing a signal handler
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -89,7 +95,8 @@ fn run(client: Arc<Client>) {
                     client.head(),
                     resp.name
                 ));
-                sysinfo::write_hosts(&resp.name, &resp.peers);
+                show_state(&format!("registered as {}", resp.name));
+                use_peers(&client, &resp.name, &resp.peers);
                 jobs::start_once(&client);
                 let session_ok = Arc::new(AtomicBool::new(true));
                 {
@@ -123,6 +130,12 @@ fn run(client: Arc<Client>) {
     }
 }
 
+/// A checked peer list from the head: /etc/hosts, and slurmd's filter (which follows it).
+fn use_peers(client: &Client, me: &str, peers: &[enlist_api::Peer]) {
+    sysinfo::write_hosts(me, peers);
+    client.set_peers(peers);
+}
+
 /// Heartbeats until the session is lost (head restarted) or we are told to stop.
 fn heartbeat_loop(client: &Client, secs: u64, session_ok: &AtomicBool) {
     let mut peers_version = 0;
@@ -139,7 +152,7 @@ fn heartbeat_loop(client: &Client, secs: u64, session_ok: &AtomicBool) {
                         .map(|p| (p.check(), p))
                     {
                         Ok((Ok(()), p)) => {
-                            sysinfo::write_hosts(&client.name(), &p.peers);
+                            use_peers(client, &client.name(), &p.peers);
                             peers_version = r.peers_version;
                         }
                         Ok((Err(why), _)) => say(&format!("ignoring a peer list: {why}")),
@@ -239,11 +252,15 @@ fn execute(client: &Client, id: u64, kind: CommandKind) {
         CommandKind::PowerOff => leave_and("poweroff", "poweroff"),
         // Without its command (an old head?): nothing to run.
         CommandKind::Exec => report(false, "exec without a command"),
+        CommandKind::Rekey => match jobs::rekey() {
+            Ok(m) => report(true, &m),
+            Err(e) => report(false, &e),
+        },
         CommandKind::RefreshPeers => {
             match client.post::<_, PeersResponse>(paths::PEERS, &serde_json::json!({})) {
                 Ok(p) => match p.check() {
                     Ok(()) => {
-                        sysinfo::write_hosts(&client.name(), &p.peers);
+                        use_peers(client, &client.name(), &p.peers);
                         report(true, &format!("{} peers", p.peers.len()));
                     }
                     Err(e) => report(false, &e),

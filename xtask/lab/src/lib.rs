@@ -20,8 +20,32 @@ pub const HEAD_URL: &str = "http://10.77.0.1:8080";
 
 /// The head config's jobs section in the lab (the demo, the jobs tests): the head runs munged,
 /// slurmctld and NFS-Ganesha (the kernel's NFS server is the host's, outside the lab's
-/// network namespace); short timeouts so a lost node is seen within the test.
-pub const JOBS_CONFIG: &str = "jobs:\n  enabled: true\n  node_timeout: 30s\n  release_deadline: 60s\n  home:\n    server: ganesha\n";
+/// network namespace); short timeouts so a lost node is seen within the test. `{lab}` is the
+/// lab's folder (each lab's slurm.conf and munge socket are its own).
+pub const JOBS_CONFIG: &str = "jobs:\n  enabled: true\n  node_timeout: 30s\n  release_deadline: 60s\n  run_dir: {lab}/run\n  home:\n    server: ganesha\n";
+
+/// The user the lab's jobs run as, made on this machine if missing (the head reads its
+/// accounts from the machine's; a job of root's cannot write in the shared home, whose NFS
+/// server maps a node's root to nobody).
+pub const JOB_USER: &str = "enlistlab";
+pub const JOB_UID: u32 = 4242;
+
+/// Make [`JOB_USER`] on this machine if it has none (before a head with jobs starts).
+pub fn ensure_job_user() -> Result<(), String> {
+    if run(Command::new("id").args(["-u", JOB_USER])).is_ok() {
+        return Ok(());
+    }
+    run(Command::new("useradd").args([
+        "--uid",
+        &JOB_UID.to_string(),
+        "--user-group",
+        "--no-create-home",
+        "--shell",
+        "/bin/sh",
+        JOB_USER,
+    ]))
+    .map(|_| ())
+}
 
 /// apt packages the lab, the image build and the tests need: the one list, used by
 /// `cargo xtask setup` (and so by the README's commands).
@@ -285,7 +309,20 @@ impl Lab {
 
     /// The slurm.conf of the head's Slurm (jobs on): what `SLURM_CONF` names for its tools.
     pub fn slurm_conf(&self) -> PathBuf {
-        self.dir.join("state/slurm/slurm.conf")
+        self.dir.join("run/slurm.conf")
+    }
+
+    /// The shared home's folder of [`JOB_USER`] on the head.
+    pub fn user_home(&self) -> PathBuf {
+        self.dir.join("state/home").join(JOB_USER)
+    }
+
+    /// A Slurm tool run on the head by [`JOB_USER`], as a user would (sbatch, srun).
+    pub fn slurm_as_user(&self, program: &str) -> Command {
+        let mut c = self.exec("runuser");
+        c.args(["-u", JOB_USER, "--", program]);
+        c.env("SLURM_CONF", self.slurm_conf());
+        c
     }
 
     /// A Slurm tool (sinfo, srun, sbatch, ...) run on the head as its admin would.
@@ -305,6 +342,23 @@ impl Lab {
         if !out.status.success() {
             return Err(format!(
                 "{program} {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).to_string())
+    }
+
+    /// A Slurm tool's output, run by [`JOB_USER`]; its stderr as the error if it fails.
+    pub fn slurm_user_out(&self, program: &str, args: &[&str]) -> Result<String, String> {
+        let out = self
+            .slurm_as_user(program)
+            .args(args)
+            .output()
+            .map_err(|e| format!("{program}: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "{program} {} (as {JOB_USER}): {}",
                 args.join(" "),
                 String::from_utf8_lossy(&out.stderr).trim()
             ));
@@ -341,6 +395,7 @@ impl Lab {
             state = self.dir.join("state").display(),
             images = images_dir.display(),
         );
+        let cfg = cfg.replace("{lab}", &self.dir.display().to_string());
         let path = self.dir.join("config.yaml");
         std::fs::write(&path, cfg).map_err(|e| format!("{}: {e}", path.display()))?;
         Ok(path)

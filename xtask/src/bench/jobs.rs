@@ -23,10 +23,11 @@ pub fn run(tasks: usize, loops: u64) -> anyhow::Result<()> {
     let config = lab
         .write_config("dhcp", &images, JOBS_CONFIG)
         .map_err(|e| anyhow!(e))?;
+    enlist_lab::ensure_job_user().map_err(|e| anyhow!("the lab's job user: {e}"))?;
     lab.start_head(&enlist_bin(), &config)
         .map_err(|e| anyhow!("{e}\n{}", lab.head_log()))?;
     lab.enroll(&enlist_bin(), "1h").map_err(|e| anyhow!(e))?;
-    let home = dir.join("state/home");
+    let home = lab.user_home();
 
     // Power-on to first job step: a job waits in the queue before any PC exists.
     let t0 = Instant::now();
@@ -125,7 +126,7 @@ fn submit(lab: &Lab, home: &std::path::Path, extra: &[&str], cmd: &str) -> anyho
     args.extend_from_slice(extra);
     args.extend_from_slice(&["--wrap", cmd]);
     Ok(lab
-        .slurm_out("sbatch", &args)
+        .slurm_user_out("sbatch", &args)
         .map_err(|e| anyhow!(e))?
         .trim()
         .to_string())

@@ -6,9 +6,11 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use enlist_api::JobsDescriptor;
+use enlist_api::{JobsDescriptor, JobsRequest};
 
+use super::firewall::Filter;
 use super::system::{MUNGE_DIR, MUNGE_KEY};
+use super::RekeyAnswer;
 use crate::client::Client;
 use crate::{say, sleep_unless_stopped, STOP};
 
@@ -35,6 +37,10 @@ struct Daemon {
 pub struct Running {
     daemons: Vec<Daemon>,
     ready: bool,
+    /// slurmd's filter, following the peer list.
+    filter: Filter,
+    /// munged's socket (to know it is up again after a restart).
+    munge_socket: String,
 }
 
 /// slurmd's arguments: a dynamic node (`-Z`) that fetches slurm.conf from slurmctld, with the
@@ -93,7 +99,7 @@ fn arch() -> String {
         .unwrap_or_else(|| "x86".into())
 }
 
-pub fn start(d: &JobsDescriptor, node: &str) -> Result<Running, String> {
+pub fn start(d: &JobsDescriptor, node: &str, filter: Filter) -> Result<Running, String> {
     stop_previous("munged", MUNGED_PID);
     stop_previous("slurmd", SLURMD_PID);
     for dir in ["/var/spool/slurmd", "/var/log"] {
@@ -121,6 +127,8 @@ pub fn start(d: &JobsDescriptor, node: &str) -> Result<Running, String> {
             ),
         ],
         ready: false,
+        filter,
+        munge_socket: d.munge_socket.clone(),
     };
     r.daemons[0].spawn()?;
     wait_for(Path::new(&d.munge_socket), Duration::from_secs(15)).map_err(|()| {
@@ -188,10 +196,24 @@ impl Daemon {
 impl Running {
     /// Keep the daemons running until the agent stops: a daemon that exits is started again
     /// after a pause that doubles (to a minute) while it keeps failing within a minute.
-    pub fn supervise(&mut self, client: &Client) {
+    /// Meanwhile slurmd's filter follows the peer list, and munge key refreshes the head asks
+    /// for (through `rekey`) are done.
+    pub fn supervise(
+        &mut self,
+        client: &Client,
+        rekey: &std::sync::mpsc::Receiver<RekeyAnswer>,
+        request: &JobsRequest,
+    ) {
         while !STOP.load(Ordering::SeqCst) {
             for i in 0..self.daemons.len() {
                 self.check(client, i);
+            }
+            if let Err(e) = self.filter.follow(client) {
+                say(&format!("jobs: {e}"));
+                super::report(client, "failed", &e);
+            }
+            while let Ok(answer) = rekey.try_recv() {
+                let _ = answer.send(self.rekey(client, request));
             }
             let slurmd = &self.daemons[1];
             if !self.ready
@@ -203,6 +225,25 @@ impl Running {
             }
             sleep_unless_stopped(Duration::from_secs(2));
         }
+    }
+
+    /// The head's new munge key in place, and munged restarted with it (slurmd keeps running:
+    /// it asks munged for each credential).
+    fn rekey(&mut self, client: &Client, request: &JobsRequest) -> Result<String, String> {
+        super::fetch_new_key(client, request)?;
+        let munged = &mut self.daemons[0];
+        if let Some(mut child) = munged.child.take() {
+            let _ = Command::new("/bin/busybox")
+                .args(["kill", &child.id().to_string()])
+                .status();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_file(&self.munge_socket);
+        munged.spawn()?;
+        wait_for(Path::new(&self.munge_socket), Duration::from_secs(15))
+            .map_err(|()| format!("munged did not come back: {}", last_line(munged.log)))?;
+        say("jobs: munged restarted with the head's new munge key");
+        Ok("munge key replaced, munged restarted".into())
     }
 
     fn check(&mut self, client: &Client, i: usize) {

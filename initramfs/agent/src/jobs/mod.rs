@@ -7,16 +7,18 @@
 //! | `runtime` | download, check and mount the runtime bundle; link it into `/`       |
 //! | `system`  | clock, kernel modules, accounts, munge key, the shared home          |
 //! | `daemons` | munged and slurmd: their arguments, start and supervision            |
+//! | `firewall`| slurmd's port for the head and the enlisted nodes only               |
 //!
 //! Everything here is redone safely when init restarts the agent: a mounted bundle or home is
 //! kept, daemons a previous agent started are stopped and started again.
 
 mod daemons;
+mod firewall;
 mod runtime;
 mod system;
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
 use enlist_api::{paths, JobsDescriptor, JobsRequest, NodeStatus};
@@ -25,6 +27,28 @@ use crate::client::Client;
 use crate::{say, sleep_unless_stopped, STOP};
 
 static STARTED: AtomicBool = AtomicBool::new(false);
+
+/// How a munge key refresh asked for by the head went (a message for its command result).
+type RekeyAnswer = mpsc::Sender<Result<String, String>>;
+
+/// Where the jobs thread takes munge key refreshes while its daemons run.
+static REKEY: Mutex<Option<mpsc::Sender<RekeyAnswer>>> = Mutex::new(None);
+
+/// The head replaced the cluster's munge key: have the jobs thread fetch the new one and
+/// restart munged; how it went, within a minute.
+pub fn rekey() -> Result<String, String> {
+    let asked = REKEY
+        .lock()
+        .map_err(|_| "the jobs thread is gone".to_string())?
+        .clone()
+        .ok_or("jobs are not running on this node")?;
+    let (tx, rx) = mpsc::channel();
+    asked
+        .send(tx)
+        .map_err(|_| "the jobs thread is gone".to_string())?;
+    rx.recv_timeout(Duration::from_secs(60))
+        .map_err(|_| "no answer from the jobs thread within a minute".to_string())?
+}
 
 /// Start the jobs thread, once per agent (on the first registration).
 pub fn start_once(client: &Arc<Client>) {
@@ -37,6 +61,7 @@ pub fn start_once(client: &Arc<Client>) {
 
 /// Tell the head how the jobs go on this node (shown with the node; failures in its events).
 fn report(client: &Client, jobs: &str, detail: &str) {
+    crate::show_state(&format!("{} (jobs: {jobs})", client.name()));
     let st = NodeStatus {
         jobs: jobs.into(),
         detail: detail
@@ -65,7 +90,11 @@ fn run(client: &Client) {
             }
             Ok(d) => match d.check().and_then(|()| join(client, &d)) {
                 Ok(mut running) => {
-                    running.supervise(client);
+                    let (tx, rx) = mpsc::channel();
+                    if let Ok(mut r) = REKEY.lock() {
+                        *r = Some(tx);
+                    }
+                    running.supervise(client, &rx, &request);
                     return;
                 }
                 Err(why) => {
@@ -91,9 +120,22 @@ fn join(client: &Client, d: &JobsDescriptor) -> Result<daemons::Running, String>
         "the head has no Slurm runtime for this image (rebuild the image with a jobs: section)",
     )?;
     runtime::install(client, bundle)?;
+    // No slurmd before its port is closed to strangers (the filter comes with the runtime).
+    let mut filter = firewall::Filter::new(d);
+    filter.follow(client)?;
     system::write_accounts(&d.users)?;
     if let Some(home) = &d.home {
         system::mount_home(home)?;
     }
-    daemons::start(d, &client.name())
+    daemons::start(d, &client.name(), filter)
+}
+
+/// The munge key of a fresh jobs descriptor, in place (munged is restarted by the caller).
+fn fetch_new_key(client: &Client, request: &JobsRequest) -> Result<(), String> {
+    let d = client
+        .post::<_, JobsDescriptor>(paths::JOBS, request)
+        .map_err(|f| f.to_string())?;
+    d.check()?;
+    let key = client.open_sealed(d.munge_key.as_ref(), "munge-key")?;
+    system::write_munge_key(&key)
 }

@@ -154,7 +154,8 @@ pub fn accounts(users: &[UserEntry]) -> (String, String) {
     (passwd, group)
 }
 
-/// Mount the shared home (NFSv4 over TCP: no portmapper, no lock daemon) at its path.
+/// Mount the shared home (NFSv4 over TCP: no portmapper, no lock daemon) at its path,
+/// nosuid and nodev.
 #[allow(unsafe_code)] // mount(2): busybox's mount would take an nfs4 mount for NFSv3
 pub fn mount_home(h: &HomeMount) -> Result<(), String> {
     if super::runtime::mounted(&h.path) {
@@ -171,13 +172,15 @@ pub fn mount_home(h: &HomeMount) -> Result<(), String> {
         "vers=4.0,addr={},clientaddr=0.0.0.0,proto=tcp,hard,timeo=50,retrans=4",
         h.server
     ))?;
+    // No set-user-ID programs and no device files from a file server every user writes to.
+    let flags = libc::MS_NOSUID | libc::MS_NODEV;
     // SAFETY: NUL-terminated strings that live across the call.
     let rc = unsafe {
         libc::mount(
             source.as_ptr(),
             target.as_ptr(),
             fstype.as_ptr(),
-            0,
+            flags,
             data.as_ptr().cast(),
         )
     };
