@@ -119,23 +119,25 @@ impl Execs {
                 outcome,
             });
         }
-        let mut run = Run {
-            id: 0,
+        // Kept before its first command goes out: a quick node's answer finds its run.
+        let mut runs = self.lock();
+        runs.next += 1;
+        let id = runs.next;
+        if runs.list.len() >= MAX_RUNS {
+            runs.list.pop_front();
+        }
+        runs.list.push_back(Run {
+            id,
             spec: spec.clone(),
             who: who.to_string(),
             fanout: fanout.max(1),
             timeout: Duration::from_secs(spec.timeout_secs.into()),
             targets,
-        };
-        run.send_more(registry, Instant::now())?;
-        let mut runs = self.lock();
-        runs.next += 1;
-        run.id = runs.next;
-        if runs.list.len() >= MAX_RUNS {
-            runs.list.pop_front();
+        });
+        if let Some(run) = runs.list.back_mut() {
+            run.send_more(registry, Instant::now())?;
         }
-        runs.list.push_back(run);
-        Ok(runs.next)
+        Ok(id)
     }
 
     /// A node's answer: its output so far (`done` false), or how it ended. One that matches no

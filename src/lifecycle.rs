@@ -12,6 +12,8 @@
 //!   leaving ─────┘ (its next boot)    agent says leaving: any alive state ──► leaving
 //!   registered/healthy ── released with jobs on ──► draining ── (jobs done, agent leaves) ──► leaving
 //!   gone ◄── leaving, silent for gone_after; or a released PC answered "boot local disk"
+//!   any state ── quarantined (another inventory; its MAC booted while it was up) ──► pending
+//!   pending ── approved by an admin ──► seen (its next boot)
 //! ```
 //!
 //! The one rule that matters for security: a node whose agent is alive (`pending`,

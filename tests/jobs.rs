@@ -550,26 +550,9 @@ fn a_node_given_a_corrupt_runtime_says_so_stays_registered_and_joins_once_it_is_
     let _ = std::fs::remove_dir_all(&images);
 }
 
-/// Whether a TCP connection from inside `host` to `addr` gets no answer at all within 2 s
-/// (dropped; a closed port would answer with a reset).
-fn unanswered(host: &enlist_lab::host::Host, addr: &str) -> bool {
-    let addr: std::net::SocketAddr = addr.parse().unwrap();
-    host.within(move || {
-        matches!(
-            std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)),
-            Err(e) if e.kind() == std::io::ErrorKind::TimedOut
-        )
-    })
-}
-
 /// `enlist <args>` against the lab's head (the CLI, through its admin socket).
 fn enlist_cli(lab: &Lab, args: &[&str]) -> Output {
-    std::process::Command::new(root().join("target/release/enlist"))
-        .arg("--config")
-        .arg(lab.dir.join("config.yaml"))
-        .args(args)
-        .output()
-        .unwrap()
+    lab.enlist(&root().join("target/release/enlist"), args)
 }
 
 #[test]
@@ -601,13 +584,14 @@ fn a_stranger_on_the_segment_reaches_neither_slurm_nor_the_home_and_nodes_still_
         "10.77.0.1:60001".into(),
         format!("{node_ip}:6818"),
     ] {
-        assert!(unanswered(&x, &addr), "{addr} answered a stranger");
+        assert!(x.tcp_unanswered(&addr), "{addr} answered a stranger");
     }
-    let home = lab.dir.join("state/home");
+    let home = lab.dir.join("home");
     let nfs = x
-        .exec("nfs-ls")
+        .exec("timeout")
+        .args(["10", "nfs-ls"])
         .arg(format!(
-            "nfs://10.77.0.1{}?version=4&uid=0&gid=0&timeout=5000",
+            "nfs://10.77.0.1{}?version=4&uid=0&gid=0",
             home.display()
         ))
         .output()

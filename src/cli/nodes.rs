@@ -128,7 +128,6 @@ pub fn act(config: &Path, cmd: NodeCmd) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `enlist wake NODE` or `enlist wake --group G`: Wake-on-LAN, one PC every [`enlist::wol::PACE`].
 /// `enlist enroll`: open the enrollment window for `length`, close it, or say how it stands.
 pub fn enroll(
     config: &Path,
@@ -191,6 +190,7 @@ pub fn jobs(config: &Path, cmd: JobsCmd) -> anyhow::Result<()> {
     }
 }
 
+/// `enlist wake NODE` or `enlist wake --group G`: Wake-on-LAN, one PC every [`enlist::wol::PACE`].
 pub fn wake(config: &Path, node: Option<String>, group: Option<String>) -> anyhow::Result<()> {
     let h = head(config)?;
     let names: Vec<String> = match (node, group) {

@@ -24,6 +24,9 @@ pub use wire::{DhcpMode, Enrollment, HomeServer};
 use locate::Positions;
 
 pub const DEFAULT_PATH: &str = "/etc/enlist/config.yaml";
+/// The shared home's default folder (`jobs.home.path`): outside the state folder, which is
+/// root's alone, so users on the head reach their part of it.
+pub const DEFAULT_HOME: &str = "/srv/enlist/home";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {

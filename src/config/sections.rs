@@ -22,7 +22,7 @@ impl TryFrom<wire::File> for Config {
         let images = ImagesConfig::try_from(f.images).map_err(|e| e.under("images"))?;
         let nodes = nodes(f.nodes, f.jobs.enabled).map_err(|e| e.under("nodes"))?;
         let admin = AdminConfig::try_from(f.admin).map_err(|e| e.under("admin"))?;
-        let jobs = jobs(f.jobs, &f.state_dir).map_err(|e| e.under("jobs"))?;
+        let jobs = jobs(f.jobs).map_err(|e| e.under("jobs"))?;
         let schedules = schedules(f.schedules).map_err(|e| e.under("schedules"))?;
         let reservations = dhcp
             .subnets
@@ -442,7 +442,7 @@ impl TryFrom<wire::Admin> for AdminConfig {
     }
 }
 
-fn jobs(j: wire::Jobs, state_dir: &std::path::Path) -> Checked<JobsConfig> {
+fn jobs(j: wire::Jobs) -> Checked<JobsConfig> {
     jobs_names(&j)?;
     if j.port == 0 || j.port == u16::MAX {
         return Err(Invalid::new(
@@ -470,7 +470,8 @@ fn jobs(j: wire::Jobs, state_dir: &std::path::Path) -> Checked<JobsConfig> {
             }
         }
     };
-    let home = j.home.path.unwrap_or_else(|| state_dir.join("home"));
+    // Not under the state folder, which is root's alone: users on the head cd into their part.
+    let home = j.home.path.unwrap_or_else(|| PathBuf::from(DEFAULT_HOME));
     if !home.is_absolute() {
         return Err(Invalid::new(
             "home.path",

@@ -15,7 +15,7 @@ use tokio::sync::Notify;
 
 use crate::bootpath::Proto;
 use crate::lifecycle::Event;
-use crate::store::{now, StoreError};
+use crate::store::{now, NodeRow, StoreError};
 
 use super::keys::token;
 use super::Registry;
@@ -111,6 +111,39 @@ impl Registry {
     }
 
     fn register_inner(&self, req: &Signed) -> Result<Registered, AgentError> {
+        let (mac, mut row) = self.registration_signer(req)?;
+        let request: RegisterRequest = body(req.body)?;
+        request.check().map_err(AgentError::BadRequest)?;
+        let info: NodeInfo = request.info;
+        // The same MAC on other hardware: held back for an admin, no session, no secrets.
+        if let Some(change) = super::quarantine::registration_change(&row, &info) {
+            self.quarantine(
+                &mut row,
+                &format!("registered with another inventory: {change}"),
+            )?;
+            return Err(AgentError::Forbidden("quarantined"));
+        }
+        let session = token();
+        self.inner()
+            .open_session(mac, session.clone(), info.clone());
+        self.record_registration(&mut row, &info, req.from)?;
+        let (_, peers) = self.peers();
+        Ok(Registered {
+            mac,
+            challenge: request.challenge,
+            response: RegisterResponse {
+                session,
+                name: row.name,
+                heartbeat_secs: self.cfg.nodes.heartbeat.as_secs().clamp(1, 300) as u32,
+                peers,
+                now_unix: now(),
+            },
+        })
+    }
+
+    /// Who signs this registration: a node the head knows and has let in, over a fresh nonce
+    /// with its current key; its row. Nothing is read from the body before this holds.
+    fn registration_signer(&self, req: &Signed) -> Result<(Mac, NodeRow), AgentError> {
         let mac = Mac::parse(req.node).ok_or(AgentError::Unauthorized("bad-node"))?;
         let fresh = self
             .nonces
@@ -120,7 +153,7 @@ impl Registry {
         if !fresh {
             return Err(AgentError::Unauthorized("unknown-nonce"));
         }
-        let mut row = self
+        let row = self
             .store
             .node(mac)?
             .ok_or(AgentError::Unauthorized("unknown-node"))?;
@@ -142,23 +175,21 @@ impl Registry {
         if !row.approved || row.released {
             return Err(AgentError::Forbidden("not-enlisted"));
         }
-        let request: RegisterRequest = body(req.body)?;
-        request.check().map_err(AgentError::BadRequest)?;
-        let info: NodeInfo = request.info;
-        // The same MAC on other hardware: held back for an admin, no session, no secrets.
-        if let Some(change) = super::quarantine::registration_change(&row, &info) {
-            self.quarantine(
-                &mut row,
-                &format!("registered with another inventory: {change}"),
-            )?;
-            return Err(AgentError::Forbidden("quarantined"));
-        }
-        let session = token();
-        self.inner()
-            .open_session(mac, session.clone(), info.clone());
+        Ok((mac, row))
+    }
+
+    /// A registration into the node's row: the address it came from, what it reports, the
+    /// state change, and the image its CPU boots from now on.
+    fn record_registration(
+        &self,
+        row: &mut NodeRow,
+        info: &NodeInfo,
+        from: std::net::IpAddr,
+    ) -> Result<(), AgentError> {
+        let mac = row.mac;
         // The address it came from, not the one it names: the head's checks (which address
         // may ask for this node's boot, which one the cluster's services let in) go by it.
-        if let std::net::IpAddr::V4(seen) = req.from.to_canonical() {
+        if let std::net::IpAddr::V4(seen) = from.to_canonical() {
             if info.ip != seen.to_string() {
                 tracing::debug!(%mac, said = %info.ip, %seen, "agent named another address than the one it came from");
             }
@@ -167,12 +198,12 @@ impl Registry {
             }
         }
         let was_64bit = row.cpu_64bit();
-        let info_json = serde_json::to_string(&info).ok();
+        let info_json = serde_json::to_string(info).ok();
         if row.info != info_json {
             // Kept even when the state does not change (an agent registering again): the
             // inventory a later registration is compared with.
             row.info = info_json;
-            self.save(&row, None)?;
+            self.save(row, None)?;
         }
         row.last_seen = Some(now());
         let image_note = (!was_64bit && row.cpu_64bit())
@@ -182,29 +213,18 @@ impl Registry {
             mac,
             "registered",
             Proto::Agent,
-            format!("agent from {}", req.from),
+            format!("agent from {from}"),
         );
         self.apply(
-            &mut row,
+            row,
             Event::Registered,
-            &format!("agent registered from {}", req.from),
+            &format!("agent registered from {from}"),
         )?;
         if let Some(note) = image_note {
             tracing::info!(%mac, node = %row.name, "{note}");
-            self.save(&row, Some(("image", &note)))?;
+            self.save(row, Some(("image", &note)))?;
         }
-        let (_, peers) = self.peers();
-        Ok(Registered {
-            mac,
-            challenge: request.challenge,
-            response: RegisterResponse {
-                session,
-                name: row.name,
-                heartbeat_secs: self.cfg.nodes.heartbeat.as_secs().clamp(1, 300) as u32,
-                peers,
-                now_unix: now(),
-            },
-        })
+        Ok(())
     }
 
     /// A PC first found to have a 64-bit CPU while it runs another image than the one it

@@ -19,6 +19,11 @@ await run({ width: 390, height: 844 }, async (page) => { // phone-sized
   await page.fill('#password', password);
   await page.click('#login button');
   await page.waitForSelector('#logout:not([hidden])');
+  // The enrollment window: opened for 15 minutes with one click, shown, closed again.
+  await page.click('#enroll-open');
+  await page.locator('#enroll-state', { hasText: 'New PCs join for 15 min more' }).waitFor();
+  await page.click('#enroll-close');
+  await page.locator('#enroll-state', { hasText: 'New PCs: open' }).waitFor();
   log('logged in; waiting for', mac, 'to join (live, no reload)');
 
   await page.waitForSelector(`${rowId} .state.s-healthy`, { timeout: 300_000 });

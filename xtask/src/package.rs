@@ -140,6 +140,8 @@ if [ "$1" = configure ]; then
     fi
     mkdir -p /var/lib/enlist
     chmod 0700 /var/lib/enlist
+    # The jobs' shared home (jobs.home.path): users on the head reach their part of it.
+    mkdir -p /srv/enlist/home
     if [ -d /run/systemd/system ]; then
         systemctl daemon-reload || true
     fi
@@ -250,7 +252,7 @@ fn head_package(out: &Path, version: &str) -> anyhow::Result<PathBuf> {
         "Package: enlist\nVersion: {version}\nArchitecture: amd64\nSection: net\nPriority: optional\n\
          Maintainer: enlist developers <enlist@localhost>\nInstalled-Size: {size}\n\
          Depends: libc6 (>= 2.36), libgcc-s1, ipxe, squashfs-tools\n\
-         Recommends: enlist-node-images (= {version}), slurmctld, slurm-client, munge, nfs-ganesha, nfs-ganesha-vfs\n\
+         Recommends: enlist-node-images (= {version}), slurmctld, slurm-client, munge, nfs-ganesha, nfs-ganesha-vfs, nftables\n\
          Description: network boot for a room of PCs, as a cluster\n \
          One head service (DHCP, TFTP, HTTP, dashboard, API) boots ordinary PCs over the\n \
          network into a small RAM-resident node OS, runs jobs on them through Slurm and\n \
@@ -576,7 +578,7 @@ fn boot_from_installed(chroot: &Path) -> anyhow::Result<()> {
     let dir = root().join("lab").join(ns);
     let _ = std::fs::remove_dir_all(&dir);
     let mut lab = Lab::new(ns, &dir).map_err(anyhow::Error::msg)?;
-    // The lab reads the head's admin token from <dir>/state: the installed head's state folder.
+    // The lab talks to the head through <dir>/state/admin.sock: the installed head's state folder.
     std::os::unix::fs::symlink(chroot.join("var/lib/enlist"), dir.join("state"))?;
     let log = std::fs::File::create(dir.join("head.log"))?;
     // As the boot-only drop-in runs it: user enlist, three capabilities and no others (the

@@ -244,6 +244,25 @@ function counters(byState) {
   $('#c-lost').textContent = sum('lost');
 }
 
+// The enrollment window (admins): open, how long it stays so, and the policy otherwise.
+function enrollmentView(e) {
+  const open = typeof e.window_secs === 'number';
+  $('#enroll-state').textContent = open
+    ? 'New PCs join for ' + Math.ceil(e.window_secs / 60) + ' min more'
+    : 'New PCs: ' + text(e.policy);
+  $('#enroll-close').hidden = !open;
+}
+
+async function enrollment(forSecs) {
+  if (!loggedIn) return;
+  try {
+    const e = forSecs === undefined
+      ? await api('GET', '/api/v1/enrollment')
+      : await api('POST', '/api/v1/enrollment', { for_secs: forSecs });
+    enrollmentView(e);
+  } catch (err) { message('enrollment: ' + err.message); }
+}
+
 // Logged out (and no public read): the counts alone, which are not secret.
 async function summary() {
   try {
@@ -369,6 +388,7 @@ async function session() {
   $('#login').hidden = loggedIn;
   $('#logout').hidden = !loggedIn;
   $('#exec-form').hidden = !loggedIn;
+  $('#enroll').hidden = !loggedIn;
   if (summaryTimer) { clearInterval(summaryTimer); summaryTimer = null; }
   if (loggedIn || s.public_read) {
     await snapshot();
@@ -379,8 +399,12 @@ async function session() {
   // The counters while logged out; the jobs capacity always (it is not in the node stream).
   await summary();
   await schedules();
-  summaryTimer = setInterval(() => { summary(); schedules(); }, 5000);
+  await enrollment();
+  summaryTimer = setInterval(() => { summary(); schedules(); enrollment(); }, 5000);
 }
+
+$('#enroll-open').addEventListener('click', () => enrollment(15 * 60));
+$('#enroll-close').addEventListener('click', () => enrollment(0));
 
 $('#exec-form').addEventListener('submit', runExec);
 

@@ -60,6 +60,27 @@ impl Host {
         in_netns(&self.ns, f)
     }
 
+    /// Whether a TCP connection from this host to `addr` gets no answer at all within 2 s
+    /// (dropped by a firewall; a closed port would answer with a reset).
+    pub fn tcp_unanswered(&self, addr: &str) -> bool {
+        matches!(self.tcp(addr), Err(std::io::ErrorKind::TimedOut))
+    }
+
+    /// Whether a TCP connection from this host to `addr` is accepted within 2 s.
+    pub fn tcp_connects(&self, addr: &str) -> bool {
+        self.tcp(addr).is_ok()
+    }
+
+    fn tcp(&self, addr: &str) -> Result<(), std::io::ErrorKind> {
+        let addr: std::net::SocketAddr =
+            addr.parse().map_err(|_| std::io::ErrorKind::InvalidInput)?;
+        self.within(move || {
+            std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(2))
+                .map(|_| ())
+                .map_err(|e| e.kind())
+        })
+    }
+
     /// busybox udhcpc: DISCOVER..ACK; returns the leased address. With `configure`, the
     /// address and route are put on the interface (by [`ADDRESS_SCRIPT`], which touches
     /// nothing else: Debian's script would rewrite the machine's own /etc/resolv.conf, which a

@@ -22,7 +22,7 @@ pub const HEAD_URL: &str = "http://10.77.0.1:8080";
 /// slurmctld and NFS-Ganesha (the kernel's NFS server is the host's, outside the lab's
 /// network namespace); short timeouts so a lost node is seen within the test. `{lab}` is the
 /// lab's folder (each lab's slurm.conf and munge socket are its own).
-pub const JOBS_CONFIG: &str = "jobs:\n  enabled: true\n  node_timeout: 30s\n  release_deadline: 60s\n  run_dir: {lab}/run\n  home:\n    server: ganesha\n";
+pub const JOBS_CONFIG: &str = "jobs:\n  enabled: true\n  node_timeout: 30s\n  release_deadline: 60s\n  run_dir: {lab}/run\n  home:\n    server: ganesha\n    path: {lab}/home\n";
 
 /// The user the lab's jobs run as, made on this machine if missing (the head reads its
 /// accounts from the machine's; a job of root's cannot write in the shared home, whose NFS
@@ -83,8 +83,11 @@ pub const APT_PACKAGES: &[&str] = &[
     // the second DHCP reference of `bench dhcp`, and packet timing in its hostile run
     "kea-dhcp4-server",
     "tcpdump",
-    // the jobs: the head's Slurm controller and tools, munge, the runtime bundle's packer, and
-    // the shared home's file servers (the kernel's, and NFS-Ganesha where the kernel has none)
+    // the jobs: the head's Slurm controller and tools, munge, the runtime bundle's packer, the
+    // shared home's file servers (the kernel's, and NFS-Ganesha where the kernel has none), the
+    // head's firewall for the cluster's ports, and a stranger's NFSv4 client (hostile tests)
+    "nftables",
+    "libnfs-utils",
     "slurmctld",
     "slurm-client",
     "munge",
@@ -314,7 +317,7 @@ impl Lab {
 
     /// The shared home's folder of [`JOB_USER`] on the head.
     pub fn user_home(&self) -> PathBuf {
-        self.dir.join("state/home").join(JOB_USER)
+        self.dir.join("home").join(JOB_USER)
     }
 
     /// A Slurm tool run on the head by [`JOB_USER`], as a user would (sbatch, srun).
@@ -416,9 +419,32 @@ impl Lab {
             .spawn()
             .map_err(|e| format!("starting the head: {e}"))?;
         self.head = Some(child);
+        // /metrics: on http.listen whether or not the admin API is there too (admin.listen).
         self.wait_for(Duration::from_secs(20), "head HTTP", || {
-            self.curl("/api/v1/session").is_ok()
+            !self.metrics_text().is_empty()
         })
+    }
+
+    /// The name the head gave the node with this MAC, asked through the CLI (`enlist node
+    /// show`: works with the admin API on its own listener too); "" when it has none.
+    pub fn node_name_cli(&self, enlist: &Path, mac: &str) -> String {
+        let out = self.enlist(enlist, &["node", "show", mac]);
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        serde_json::from_str::<serde_json::Value>(&text)
+            .ok()
+            .and_then(|v| v["node"]["name"].as_str().map(str::to_string))
+            .unwrap_or_default()
+    }
+
+    /// `enlist <args>` against this lab's head, as its admin on the head runs it (the CLI
+    /// reaches the head through its admin socket).
+    pub fn enlist(&self, enlist: &Path, args: &[&str]) -> std::process::Output {
+        Command::new(enlist)
+            .arg("--config")
+            .arg(self.dir.join("config.yaml"))
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("{}: {e}", enlist.display()))
     }
 
     /// Open the head's enrollment window for `length` (`15m`) as its admin would, with the
@@ -499,18 +525,21 @@ impl Lab {
         Ok(())
     }
 
-    /// A GET against the head's API with the admin token.
+    /// A GET against the head's admin API.
     pub fn curl(&self, path: &str) -> Result<serde_json::Value, String> {
         self.curl_method("GET", path)
     }
 
+    /// An admin API call through the head's admin socket (as its command line makes them:
+    /// whatever http.listen and admin.listen serve).
     pub fn curl_method(&self, method: &str, path: &str) -> Result<serde_json::Value, String> {
-        let token = std::fs::read_to_string(self.dir.join("state/admin.token")).unwrap_or_default();
+        let socket = self.dir.join("state/admin.sock");
         let out = run(self
             .exec("curl")
             .args(["-sS", "--fail-with-body", "-m", "10", "-X", method])
-            .args(["-H", &format!("Authorization: Bearer {}", token.trim())])
-            .arg(format!("{HEAD_URL}{path}")))?;
+            .arg("--unix-socket")
+            .arg(&socket)
+            .arg(format!("http://enlist{path}")))?;
         if out.trim().is_empty() {
             return Ok(serde_json::Value::Null);
         }
@@ -775,18 +804,12 @@ impl Lab {
         let initrd = self
             .dir
             .join(format!("{image}-{}.initrd", mac.replace(':', "")));
-        let token = std::fs::read_to_string(self.dir.join("state/admin.token")).unwrap_or_default();
-        let url = format!("{HEAD_URL}/api/v1/nodes/{mac}/initrd?image={image}");
+        let url = format!("http://enlist/api/v1/nodes/{mac}/initrd?image={image}");
         let st = self
             .exec("curl")
-            .args([
-                "-sSf",
-                "-X",
-                "POST",
-                "-H",
-                &format!("Authorization: Bearer {}", token.trim()),
-                "-o",
-            ])
+            .args(["-sSf", "-X", "POST", "--unix-socket"])
+            .arg(self.dir.join("state/admin.sock"))
+            .arg("-o")
             .arg(&initrd)
             .arg(&url)
             .status()
