@@ -3,14 +3,22 @@
 #![no_main]
 
 use enlist_api::{
-    CommandResult, CommandsResponse, Heartbeat, Leaving, PeersResponse, RegisterRequest,
-    RegisterResponse, MAX_RESULT_MESSAGE,
+    CommandResult, CommandsResponse, Heartbeat, JobsDescriptor, Leaving, PeersResponse,
+    RegisterRequest, RegisterResponse, MAX_RESULT_MESSAGE,
 };
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(r) = serde_json::from_slice::<RegisterRequest>(data) {
-        let _ = r.info.check();
+        if r.check().is_ok() {
+            assert!(r.challenge.len() == 32 && r.challenge.bytes().all(|c| c.is_ascii_hexdigit()));
+        }
+    }
+    if let Ok(d) = serde_json::from_slice::<JobsDescriptor>(data) {
+        if d.check().is_ok() && d.enabled {
+            assert!(d.slurmd_port != 0);
+            assert!(d.slurmd_allow.iter().all(|a| a.parse::<std::net::Ipv4Addr>().is_ok()));
+        }
     }
     if let Ok(h) = serde_json::from_slice::<Heartbeat>(data) {
         if h.check().is_ok() {
