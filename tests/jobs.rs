@@ -737,3 +737,118 @@ fn a_rotated_munge_key_keeps_running_jobs_and_locks_the_old_key_out() {
     );
     assert!(!sinfo_nodes(&lab).is_empty(), "the current key still works");
 }
+
+/// A user and a group made on this machine for one test, removed when it ends.
+struct NewUser(&'static str, &'static str);
+
+impl NewUser {
+    fn make(user: &'static str, uid: u32, group: &'static str, gid: u32) -> NewUser {
+        NewUser(user, group).remove();
+        let ok = |c: &mut std::process::Command| assert!(c.status().unwrap().success(), "{c:?}");
+        ok(std::process::Command::new("groupadd").args(["-g", &gid.to_string(), group]));
+        ok(std::process::Command::new("useradd").args([
+            "-u",
+            &uid.to_string(),
+            "-U",
+            "-G",
+            group,
+            "-M",
+            "-s",
+            "/bin/sh",
+            user,
+        ]));
+        NewUser(user, group)
+    }
+}
+
+impl NewUser {
+    fn remove(&self) {
+        for (program, name) in [("userdel", self.0), ("groupdel", self.1)] {
+            let _ = std::process::Command::new(program)
+                .arg(name)
+                .stderr(std::process::Stdio::null())
+                .status();
+        }
+    }
+}
+
+impl Drop for NewUser {
+    fn drop(&mut self) {
+        self.remove();
+    }
+}
+
+#[test]
+#[ignore = "needs root, QEMU, Slurm and built images: run `cargo xtask test`"]
+/// A user made on the head after the head started runs a job as themselves within a minute:
+/// the job writes into `<home>/<user>` (made for them, theirs on the head), and reads a file
+/// only their supplementary group may read. (Accounts were read once, at start, from
+/// /etc/passwd, with no supplementary group.)
+fn a_user_added_on_the_head_runs_a_job_within_a_minute_with_their_groups() {
+    let mut lab = jobs_lab("accounts");
+    let mac = boot(&mut lab, "x86_64", "qemu-system-x86_64", 256);
+    wait_healthy(&lab, std::slice::from_ref(&mac));
+    wait_idle(&lab, 1, Duration::from_secs(240));
+
+    let _user = NewUser::make("enlistnew", 4343, "enlistgrp", 4444);
+    let added = Instant::now();
+    let home = lab.dir.join("home");
+    let secret = home.join("for-the-group.txt");
+    std::fs::write(&secret, "render farm\n").unwrap();
+    let chgrp = std::process::Command::new("chgrp")
+        .args(["enlistgrp", &secret.display().to_string()])
+        .status()
+        .unwrap();
+    assert!(chgrp.success());
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o640)).unwrap();
+
+    let mine = home.join("enlistnew");
+    let r = lab.wait_for(Duration::from_secs(60), "the new user's folder", || {
+        mine.is_dir()
+    });
+    if let Err(e) = r {
+        fail(&lab, &e);
+    }
+    // Within a minute of the account, the user's job runs on the node as them, by name (the
+    // node has their account), with their supplementary group.
+    let command = "id -un > who.txt; cat ../for-the-group.txt > seen.txt";
+    let read = |f: &str| std::fs::read_to_string(mine.join(f)).unwrap_or_default();
+    let until = added + Duration::from_secs(60);
+    loop {
+        let out = lab
+            .exec("runuser")
+            .args(["-u", "enlistnew", "--", "srun", "-N1", "--chdir"])
+            .arg(&mine)
+            .args(["sh", "-c", command])
+            .env("SLURM_CONF", lab.slurm_conf())
+            .output()
+            .unwrap();
+        if out.status.success() && read("who.txt").trim() == "enlistnew" {
+            break;
+        }
+        if Instant::now() > until {
+            fail(
+                &lab,
+                &format!(
+                    "the new user's job, a minute on: {} (who.txt: {:?})",
+                    text(&out),
+                    read("who.txt")
+                ),
+            );
+        }
+        std::thread::sleep(Duration::from_secs(3));
+    }
+    eprintln!(
+        "the new user's job ran by name {:?} after the account",
+        added.elapsed()
+    );
+    assert_eq!(
+        read("seen.txt").trim(),
+        "render farm",
+        "the supplementary group"
+    );
+    use std::os::unix::fs::MetadataExt;
+    let owner = std::fs::metadata(mine.join("who.txt")).unwrap().uid();
+    assert_eq!(owner, 4343, "the job's file is the user's on the head");
+}

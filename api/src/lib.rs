@@ -217,6 +217,10 @@ impl Heartbeat {
 pub struct HeartbeatResponse {
     /// Changes whenever the set of enlisted nodes changes; the agent refetches peers on change.
     pub peers_version: u64,
+    /// Changes whenever the accounts jobs run as change (a user added on the head): the agent
+    /// fetches its jobs descriptor again and rewrites /etc/passwd and /etc/group.
+    #[serde(default)]
+    pub accounts_version: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -576,6 +580,12 @@ pub struct JobsDescriptor {
     pub home: Option<HomeMount>,
     /// Who jobs run as, besides root: every node knows them.
     pub users: Vec<UserEntry>,
+    /// The groups those users are in (primary and supplementary), with their members.
+    #[serde(default)]
+    pub groups: Vec<GroupEntry>,
+    /// The version of `users` and `groups` ([`HeartbeatResponse::accounts_version`]).
+    #[serde(default)]
+    pub accounts_version: u64,
     /// The Slurm feature every enlisted node has (its arch is added).
     pub feature: String,
     /// Memory the node keeps for itself, MB (the rest is offered to jobs).
@@ -609,6 +619,25 @@ pub struct UserEntry {
     pub name: String,
     pub uid: u32,
     pub gid: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct GroupEntry {
+    pub name: String,
+    pub gid: u32,
+    /// Its members among the job users.
+    pub members: Vec<String>,
+}
+
+/// Most accounts a descriptor carries (users, groups, members of one group).
+pub const MAX_ACCOUNTS: usize = 20_000;
+
+/// A name /etc/passwd and /etc/group take: 1-32 of a-z, 0-9, `_`, `-`.
+fn account_name(n: &str) -> bool {
+    !n.is_empty()
+        && n.len() <= 32
+        && n.bytes()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'_' || c == b'-')
 }
 
 /// A clean absolute path: no `..`, no control characters, at most [`MAX_TEXT`] bytes.
@@ -654,14 +683,21 @@ impl JobsDescriptor {
                 return Err(format!("home server {:?} is not an IPv4 address", h.server));
             }
         }
+        if self.users.len() > MAX_ACCOUNTS || self.groups.len() > MAX_ACCOUNTS {
+            return Err(format!("more than {MAX_ACCOUNTS} users or groups"));
+        }
         for u in &self.users {
-            let ok = !u.name.is_empty()
-                && u.name.len() <= 32
-                && u.name.bytes().all(|c| {
-                    c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'_' || c == b'-'
-                });
-            if !ok || u.uid == 0 {
+            if !account_name(&u.name) || u.uid == 0 {
                 return Err(format!("user {:?}", u.name));
+            }
+        }
+        for g in &self.groups {
+            if !account_name(&g.name)
+                || g.gid == 0
+                || g.members.len() > MAX_ACCOUNTS
+                || !g.members.iter().all(|m| account_name(m))
+            {
+                return Err(format!("group {:?}", g.name));
             }
         }
         if self.slurmd_port == 0 || self.slurmd_allow.len() > 16 {

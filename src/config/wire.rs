@@ -325,7 +325,8 @@ pub struct Jobs {
     pub node_timeout: Duration,
     #[serde(default)]
     pub home: Home,
-    /// The users jobs run as: known to every node. Default: the head's accounts with UID >= 1000.
+    /// The users jobs run as: known to every node. Default: the head's NSS accounts (UIDs
+    /// 1000-59999) with their groups, read again every 10 s.
     #[serde(default)]
     pub users: Option<Vec<JobUser>>,
     /// Where users on the head find slurm.conf and munged's socket (the state folder is

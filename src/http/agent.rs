@@ -212,15 +212,20 @@ async fn heartbeat(State(s): State<Shared>, a: Agent) -> Response {
         Ok(hb) => hb,
         Err(e) => return agent_error(e),
     };
+    // The accounts jobs run as: a node that has another version fetches them again.
+    let with_accounts = |mut r: enlist_api::HeartbeatResponse| {
+        r.accounts_version = s.jobs.as_ref().map_or(0, |j| j.accounts_version());
+        r
+    };
     // A steady node's heartbeat is answered from memory, without a trip to the blocking pool.
     match s.registry.heartbeat_in_memory(a.mac, &hb) {
-        Ok(Some(r)) => return a.reply(&s, &r),
+        Ok(Some(r)) => return a.reply(&s, &with_accounts(r)),
         Ok(None) => {}
         Err(e) => return agent_error(e),
     }
     let (reg, mac) = (s.registry.clone(), a.mac);
     match blocking(move || reg.heartbeat(mac, &hb)).await {
-        Ok(r) => a.reply(&s, &r),
+        Ok(r) => a.reply(&s, &with_accounts(r)),
         Err(r) => r,
     }
 }
@@ -285,6 +290,8 @@ async fn jobs(State(s): State<Shared>, a: Agent) -> Response {
         bundle: None,
         home: None,
         users: vec![],
+        groups: vec![],
+        accounts_version: 0,
         feature: String::new(),
         mem_reserve_mb: 0,
         now_unix: crate::store::now(),

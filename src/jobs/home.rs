@@ -1,14 +1,14 @@
 //! The shared home: a folder on the head that every node mounts at the same path over NFSv4,
 //! so a job's input and output are where its user submitted it. Served by the kernel's NFS
-//! server where the head's kernel has one, else by NFS-Ganesha (userspace); and the users jobs
-//! run as, who must exist on every node.
+//! server where the head's kernel has one, else by NFS-Ganesha (userspace); and each job
+//! user's folder in it.
 
 use std::net::Ipv4Addr;
 use std::path::Path;
 
 use ipnet::Ipv4Net;
 
-use crate::config::{Config, HomeServer, JobUser};
+use crate::config::{Config, HomeServer};
 
 use super::supervise::Daemon;
 use super::{files, find, io, JobsError};
@@ -149,7 +149,7 @@ pub fn serve(
 
 /// Each job user's folder in the home (`<home>/<name>`, theirs, 0700), made if missing: a
 /// node's root is nobody on the home (root_squash), so only the head can make them.
-pub fn user_homes(home: &Path, users: &[JobUser]) -> Result<(), JobsError> {
+pub fn user_homes(home: &Path, users: &[enlist_api::UserEntry]) -> Result<(), JobsError> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     std::fs::create_dir_all(home).map_err(io(home))?;
     std::fs::set_permissions(home, std::fs::Permissions::from_mode(0o755)).map_err(io(home))?;
@@ -171,42 +171,4 @@ pub fn user_homes(home: &Path, users: &[JobUser]) -> Result<(), JobsError> {
         tracing::info!(user = %u.name, dir = %dir.display(), "jobs: made the user's home");
     }
     Ok(())
-}
-
-/// The head's accounts with UID >= 1000 (not `nobody`), from a passwd file.
-pub fn local_users(passwd: &Path) -> Vec<JobUser> {
-    std::fs::read_to_string(passwd)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split(':').collect();
-            let (uid, gid) = (f.get(2)?.parse().ok()?, f.get(3)?.parse().ok()?);
-            let name = f.first()?.to_string();
-            ((1000..60000).contains(&uid) && !name.is_empty()).then_some(JobUser { name, uid, gid })
-        })
-        .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn job_users_are_the_human_accounts() {
-        let d = tempfile::tempdir().unwrap();
-        let p = d.path().join("passwd");
-        std::fs::write(
-            &p,
-            "root:x:0:0:root:/root:/bin/bash\nalice:x:1000:1000::/home/alice:/bin/sh\nnobody:x:65534:65534::/:/usr/sbin/nologin\nbroken\n",
-        )
-        .unwrap();
-        assert_eq!(
-            local_users(&p),
-            vec![JobUser {
-                name: "alice".into(),
-                uid: 1000,
-                gid: 1000
-            }]
-        );
-    }
 }

@@ -10,10 +10,12 @@
 //! | `files`     | slurm.conf, cgroup.conf, ganesha.conf (pure)                           |
 //! | `slurm`     | scontrol and squeue: state, drain, requeue, delete                     |
 //! | `supervise` | the daemons as children, restarted when they die                       |
-//! | `home`      | the shared home: which NFS server, and the users jobs run as           |
+//! | `home`      | the shared home: which NFS server, each user's folder in it            |
+//! | `accounts`  | who jobs run as: the head's NSS accounts and their groups, kept fresh  |
 //! | `firewall`  | the cluster's ports on the head for enlisted nodes only (nftables)     |
 //! | `munge`     | the munge key: made once, rotated (nodes first, then the head's munged) |
 
+mod accounts;
 pub mod files;
 pub mod firewall;
 mod home;
@@ -27,10 +29,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use enlist_api::{BundleRef, HomeMount, JobsDescriptor, JobsRequest, Mac, UserEntry};
+use enlist_api::{BundleRef, HomeMount, JobsDescriptor, JobsRequest, Mac};
 use tokio::sync::watch;
 
-use crate::config::{Config, Controller, JobUser};
+use crate::config::{Config, Controller};
 use crate::image::store::ImageStore;
 use crate::lifecycle::NodeState;
 use crate::registry::{Registry, RegistryError, Update};
@@ -78,6 +80,8 @@ fn io(path: &Path) -> impl Fn(std::io::Error) -> JobsError + '_ {
 
 /// How often the nodes' scheduler state is read.
 const POLL: Duration = Duration::from_secs(5);
+/// How often the head's accounts are read again (a new user runs a job within a minute).
+const ACCOUNTS_EVERY: Duration = Duration::from_secs(10);
 /// The munge key's length (munge's own `mungekey` makes 1024 bytes).
 const MUNGE_KEY_BYTES: usize = 1024;
 
@@ -204,7 +208,8 @@ pub struct Jobs {
     munge_socket: String,
     /// slurmd's port in a site's slurm.conf (`jobs.external`; 6818 when it does not say).
     site_slurmd_port: u16,
-    users: Vec<JobUser>,
+    /// Who jobs run as, and a version nodes follow (bumped when it changes).
+    accounts: std::sync::Mutex<(u64, accounts::Accounts)>,
     nfs: Option<NfsServer>,
     daemons: Vec<(Daemon, Arc<DaemonState>)>,
     /// The cluster's ports for enlisted nodes only (None: `jobs.firewall: false`).
@@ -231,9 +236,9 @@ impl Jobs {
             return Err(e);
         }
         let paths = Paths::new(&cfg.state_dir, &cfg.jobs.run_dir);
-        let users = match &cfg.jobs.users {
-            Some(u) => u.clone(),
-            None => home::local_users(Path::new("/etc/passwd")),
+        let accounts = match &cfg.jobs.users {
+            Some(u) => accounts::fixed(u),
+            None => accounts::site(&[]),
         };
         let nfs = home::choose(cfg.jobs.home_server)?;
         let (slurm_conf, munge_key, mut daemons) = match &cfg.jobs.controller {
@@ -256,7 +261,7 @@ impl Jobs {
         if let Some(server) = nfs {
             let bind = head_ipv4(&cfg);
             daemons.extend(home::serve(server, &cfg, &paths.ganesha_dir, bind)?);
-            home::user_homes(&cfg.jobs.home, &users)?;
+            home::user_homes(&cfg.jobs.home, &accounts.users)?;
         }
         let (munge_socket, site_slurmd_port) = match &cfg.jobs.controller {
             Controller::Managed { .. } => (paths.munge_socket.display().to_string(), 0),
@@ -274,7 +279,7 @@ impl Jobs {
             cfg,
             registry,
             images,
-            users,
+            accounts: std::sync::Mutex::new((1, accounts)),
             nfs,
             daemons: daemons
                 .into_iter()
@@ -284,6 +289,55 @@ impl Jobs {
             metrics,
             forgetting: Default::default(),
         })))
+    }
+
+    /// Who jobs run as now, and its version.
+    pub fn accounts(&self) -> (u64, accounts::Accounts) {
+        self.accounts.lock().map(|a| a.clone()).unwrap_or_default()
+    }
+
+    /// The version of the accounts nodes should have (their heartbeats carry it).
+    pub fn accounts_version(&self) -> u64 {
+        self.accounts.lock().map(|a| a.0).unwrap_or(0)
+    }
+
+    /// Read the head's accounts again every few seconds (unless `jobs.users` fixes them):
+    /// a change bumps their version, which nodes see in their next heartbeat; a new user's
+    /// folder is made in the home.
+    async fn keep_accounts(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(ACCOUNTS_EVERY) => {}
+                _ = shutdown.wait_for(|v| *v) => return,
+            }
+            let queued = self.slurm.queued_users().await.unwrap_or_default();
+            let Ok(now) = tokio::task::spawn_blocking(move || accounts::site(&queued)).await else {
+                continue;
+            };
+            let changed = {
+                let Ok(mut a) = self.accounts.lock() else {
+                    return;
+                };
+                (a.1 != now).then(|| {
+                    let said = accounts::change(&a.1, &now);
+                    *a = (a.0 + 1, now.clone());
+                    said
+                })
+            };
+            let Some(said) = changed else { continue };
+            tracing::info!(
+                "jobs: accounts changed ({said}); nodes take them at their next heartbeat"
+            );
+            if self.nfs.is_some() {
+                let home = self.cfg.jobs.home.clone();
+                let users = now.users;
+                let made =
+                    tokio::task::spawn_blocking(move || home::user_homes(&home, &users)).await;
+                if let Ok(Err(e)) = made {
+                    tracing::warn!("jobs: {e}");
+                }
+            }
+        }
     }
 
     /// The munge key nodes get now.
@@ -313,6 +367,9 @@ impl Jobs {
         tasks.spawn(self.clone().follow(shutdown.clone()));
         if self.firewall.is_some() {
             tasks.spawn(self.clone().keep_guard(shutdown.clone()));
+        }
+        if self.cfg.jobs.users.is_none() {
+            tasks.spawn(self.clone().keep_accounts(shutdown.clone()));
         }
     }
 
@@ -371,6 +428,7 @@ impl Jobs {
         let mut nonce = [0u8; 16];
         rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut nonce);
         let key = self.registry.reply_key(mac);
+        let (accounts_version, accounts) = self.accounts();
         JobsDescriptor {
             enabled: true,
             controller,
@@ -386,15 +444,9 @@ impl Jobs {
                 server: head_ipv4(&self.cfg).to_string(),
                 path: self.cfg.jobs.home.display().to_string(),
             }),
-            users: self
-                .users
-                .iter()
-                .map(|u| UserEntry {
-                    name: u.name.clone(),
-                    uid: u.uid,
-                    gid: u.gid,
-                })
-                .collect(),
+            users: accounts.users,
+            groups: accounts.groups,
+            accounts_version,
             feature: self.cfg.jobs.feature.clone(),
             mem_reserve_mb: self.cfg.jobs.mem_reserve_mb,
             now_unix: crate::store::now(),

@@ -139,6 +139,15 @@ impl Slurm {
         Ok(out.split_whitespace().map(str::to_string).collect())
     }
 
+    /// The users whose jobs are in the queue (pending or running), by name.
+    pub async fn queued_users(&self) -> Result<Vec<String>, SlurmError> {
+        let out = self.run("squeue", &["-h", "-o", "%u"]).await?;
+        let mut users: Vec<String> = out.split_whitespace().map(str::to_string).collect();
+        users.sort();
+        users.dedup();
+        Ok(users)
+    }
+
     pub async fn requeue(&self, jobs: &[String]) -> Result<(), SlurmError> {
         if jobs.is_empty() {
             return Ok(());

@@ -293,6 +293,7 @@ impl Registry {
         Ok(
             (steady && self.updates.receiver_count() == 0).then_some(HeartbeatResponse {
                 peers_version: version,
+                accounts_version: 0,
             }),
         )
     }
@@ -317,6 +318,7 @@ impl Registry {
         }
         Ok(HeartbeatResponse {
             peers_version: self.inner().peers_version,
+            accounts_version: 0,
         })
     }
 

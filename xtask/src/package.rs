@@ -130,6 +130,17 @@ fn build_deb(dir: &Path, out: &Path, file: &str) -> anyhow::Result<PathBuf> {
     Ok(deb)
 }
 
+/// Removes what the postinst made outside the package's files: the slurm.conf link, if it is
+/// still ours.
+const POSTRM: &str = r#"#!/bin/sh
+set -e
+if [ "$1" = remove ] || [ "$1" = purge ]; then
+    if [ "$(readlink /etc/slurm/slurm.conf 2>/dev/null)" = /run/enlist/slurm.conf ]; then
+        rm -f /etc/slurm/slurm.conf
+    fi
+fi
+"#;
+
 const POSTINST: &str = r#"#!/bin/sh
 set -e
 if [ "$1" = configure ]; then
@@ -142,6 +153,12 @@ if [ "$1" = configure ]; then
     chmod 0700 /var/lib/enlist
     # The jobs' shared home (jobs.home.path): users on the head reach their part of it.
     mkdir -p /srv/enlist/home
+    # Users submit with Slurm's own tools and no SLURM_CONF: where they look by default is the
+    # head's slurm.conf (jobs.run_dir), unless the site has one of its own.
+    if [ ! -e /etc/slurm/slurm.conf ] && [ ! -L /etc/slurm/slurm.conf ]; then
+        mkdir -p /etc/slurm
+        ln -s /run/enlist/slurm.conf /etc/slurm/slurm.conf
+    fi
     if [ -d /run/systemd/system ]; then
         systemctl daemon-reload || true
     fi
@@ -247,6 +264,7 @@ fn head_package(out: &Path, version: &str) -> anyhow::Result<PathBuf> {
         0o644,
     )?;
     write(&dir.join("DEBIAN/postinst"), POSTINST.as_bytes(), 0o755)?;
+    write(&dir.join("DEBIAN/postrm"), POSTRM.as_bytes(), 0o755)?;
     write(&dir.join("DEBIAN/prerm"), PRERM.as_bytes(), 0o755)?;
     let control = format!(
         "Package: enlist\nVersion: {version}\nArchitecture: amd64\nSection: net\nPriority: optional\n\

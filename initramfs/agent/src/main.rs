@@ -146,6 +146,7 @@ fn heartbeat_loop(client: &Client, secs: u64, session_ok: &AtomicBool) {
                 if down_since.take().is_some() {
                     say("head reachable again");
                 }
+                jobs::accounts_seen(r.accounts_version);
                 if r.peers_version != peers_version {
                     match client
                         .post::<_, PeersResponse>(paths::PEERS, &serde_json::json!({}))

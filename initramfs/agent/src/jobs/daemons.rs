@@ -215,6 +215,9 @@ impl Running {
             while let Ok(answer) = rekey.try_recv() {
                 let _ = answer.send(self.rekey(client, request));
             }
+            if let Err(e) = super::refresh_accounts(client, request) {
+                say(&format!("jobs: cannot update the accounts: {e}"));
+            }
             let slurmd = &self.daemons[1];
             if !self.ready
                 && slurmd.child.is_some()

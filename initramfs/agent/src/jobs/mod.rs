@@ -17,7 +17,7 @@ mod firewall;
 mod runtime;
 mod system;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
@@ -30,6 +30,36 @@ static STARTED: AtomicBool = AtomicBool::new(false);
 
 /// How a munge key refresh asked for by the head went (a message for its command result).
 type RekeyAnswer = mpsc::Sender<Result<String, String>>;
+
+/// The version of the accounts this node wrote, and the one the head last said it has: the
+/// jobs thread fetches them again when the two differ (a user added on the head).
+static ACCOUNTS: AtomicU64 = AtomicU64::new(0);
+static ACCOUNTS_WANTED: AtomicU64 = AtomicU64::new(0);
+
+/// The head's accounts version, from a heartbeat.
+pub fn accounts_seen(version: u64) {
+    ACCOUNTS_WANTED.store(version, Ordering::SeqCst);
+}
+
+/// The head has other accounts than those written: fetch them and write them.
+fn refresh_accounts(client: &Client, request: &JobsRequest) -> Result<(), String> {
+    let wanted = ACCOUNTS_WANTED.load(Ordering::SeqCst);
+    if wanted == 0 || wanted == ACCOUNTS.load(Ordering::SeqCst) {
+        return Ok(());
+    }
+    let d = client
+        .post::<_, JobsDescriptor>(paths::JOBS, request)
+        .map_err(|f| f.to_string())?;
+    d.check()?;
+    system::write_accounts(&d.users, &d.groups)?;
+    ACCOUNTS.store(d.accounts_version, Ordering::SeqCst);
+    say(&format!(
+        "jobs: accounts updated ({} users, {} groups)",
+        d.users.len(),
+        d.groups.len()
+    ));
+    Ok(())
+}
 
 /// Where the jobs thread takes munge key refreshes while its daemons run.
 static REKEY: Mutex<Option<mpsc::Sender<RekeyAnswer>>> = Mutex::new(None);
@@ -123,7 +153,8 @@ fn join(client: &Client, d: &JobsDescriptor) -> Result<daemons::Running, String>
     // No slurmd before its port is closed to strangers (the filter comes with the runtime).
     let mut filter = firewall::Filter::new(d);
     filter.follow(client)?;
-    system::write_accounts(&d.users)?;
+    system::write_accounts(&d.users, &d.groups)?;
+    ACCOUNTS.store(d.accounts_version, Ordering::SeqCst);
     if let Some(home) = &d.home {
         system::mount_home(home)?;
     }

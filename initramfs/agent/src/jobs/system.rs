@@ -5,7 +5,7 @@
 use std::ffi::CString;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 
-use enlist_api::{HomeMount, UserEntry};
+use enlist_api::{GroupEntry, HomeMount, UserEntry};
 
 use crate::say;
 
@@ -112,10 +112,11 @@ pub fn write_munge_key(key: &[u8]) -> Result<(), String> {
     std::io::Write::write_all(&mut f, key).map_err(err)
 }
 
-/// /etc/passwd and /etc/group: root, nobody and the job users (same names and ids as on the
-/// head, so files in the shared home belong to the same people everywhere).
-pub fn write_accounts(users: &[UserEntry]) -> Result<(), String> {
-    let (passwd, group) = accounts(users);
+/// /etc/passwd and /etc/group: root, nobody, the job users and their groups (the same names
+/// and ids as on the head, so files in the shared home belong to the same people everywhere,
+/// and a job has its user's supplementary groups). Each replaced in one rename.
+pub fn write_accounts(users: &[UserEntry], groups: &[GroupEntry]) -> Result<(), String> {
+    let (passwd, group) = accounts(users, groups);
     for (path, text) in [
         ("/etc/passwd", passwd),
         ("/etc/group", group),
@@ -124,18 +125,28 @@ pub fn write_accounts(users: &[UserEntry]) -> Result<(), String> {
             "passwd: files\ngroup: files\nhosts: files\n".into(),
         ),
     ] {
-        std::fs::write(path, text).map_err(|e| format!("{path}: {e}"))?;
+        let tmp = format!("{path}.enlist-new");
+        std::fs::write(&tmp, text).map_err(|e| format!("{tmp}: {e}"))?;
+        std::fs::rename(&tmp, path).map_err(|e| format!("{path}: {e}"))?;
     }
     Ok(())
 }
 
-/// The text of /etc/passwd and /etc/group for these users.
-pub fn accounts(users: &[UserEntry]) -> (String, String) {
+/// The text of /etc/passwd and /etc/group for these users and groups (a user's primary group
+/// that is not among `groups` gets one named after the user).
+pub fn accounts(users: &[UserEntry], groups: &[GroupEntry]) -> (String, String) {
     let mut passwd = String::from(
         "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n",
     );
     let mut group = String::from("root:x:0:\nnogroup:x:65534:\n");
     let mut gids = vec![0, 65534];
+    for g in groups {
+        if gids.contains(&g.gid) {
+            continue;
+        }
+        gids.push(g.gid);
+        group.push_str(&format!("{}:x:{}:{}\n", g.name, g.gid, g.members.join(",")));
+    }
     for u in users {
         if u.uid == 0 || u.uid == 65534 {
             continue;
@@ -226,21 +237,30 @@ mod tests {
     }
 
     #[test]
-    fn accounts_have_root_and_each_user_once() {
+    fn accounts_have_root_each_user_once_and_their_groups() {
         let u = |name: &str, uid, gid| UserEntry {
             name: name.into(),
             uid,
             gid,
         };
-        let (p, g) = accounts(&[
-            u("alice", 1000, 1000),
-            u("bob", 1001, 1000),
-            u("root", 0, 0),
-        ]);
+        let groups = [GroupEntry {
+            name: "render".into(),
+            gid: 2000,
+            members: vec!["alice".into(), "bob".into()],
+        }];
+        let (p, g) = accounts(
+            &[
+                u("alice", 1000, 1000),
+                u("bob", 1001, 1000),
+                u("root", 0, 0),
+            ],
+            &groups,
+        );
         assert!(p.starts_with("root:x:0:0:"));
         assert!(p.contains("alice:x:1000:1000:alice:/home/alice:/bin/sh\n"));
         assert!(p.contains("bob:x:1001:1000:"));
         assert_eq!(p.lines().filter(|l| l.starts_with("root:")).count(), 1);
         assert_eq!(g.matches(":1000:").count(), 1, "{g}");
+        assert!(g.contains("render:x:2000:alice,bob\n"), "{g}");
     }
 }
