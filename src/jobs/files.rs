@@ -102,15 +102,22 @@ pub fn slurm_conf(s: &SlurmSettings) -> String {
     c
 }
 
-/// Where munged listens, per a slurm.conf (`AuthInfo=...socket=<path>...`); munge's own
-/// default when it does not say.
-pub fn munge_socket_in(slurm_conf: &str) -> String {
+/// The values of `key` in a slurm.conf's `Key=Value` lines (comments left out, keys in any
+/// case), in file order: Slurm takes the last.
+fn values<'a>(slurm_conf: &'a str, key: &'a str) -> impl DoubleEndedIterator<Item = &'a str> + 'a {
     slurm_conf
         .lines()
         .map(|l| l.split('#').next().unwrap_or("").trim())
         .filter_map(|l| l.split_once('='))
-        .filter(|(k, _)| k.trim().eq_ignore_ascii_case("AuthInfo"))
-        .flat_map(|(_, v)| v.split(','))
+        .filter(move |(k, _)| k.trim().eq_ignore_ascii_case(key))
+        .map(|(_, v)| v.trim())
+}
+
+/// Where munged listens, per a slurm.conf (`AuthInfo=...socket=<path>...`); munge's own
+/// default when it does not say.
+pub fn munge_socket_in(slurm_conf: &str) -> String {
+    values(slurm_conf, "AuthInfo")
+        .flat_map(|v| v.split(','))
         .filter_map(|opt| opt.trim().strip_prefix("socket="))
         .next_back()
         .unwrap_or("/run/munge/munge.socket.2")
@@ -119,12 +126,8 @@ pub fn munge_socket_in(slurm_conf: &str) -> String {
 
 /// slurmd's port per a slurm.conf (`SlurmdPort=`), Slurm's default 6818 when it does not say.
 pub fn slurmd_port_in(slurm_conf: &str) -> u16 {
-    slurm_conf
-        .lines()
-        .map(|l| l.split('#').next().unwrap_or("").trim())
-        .filter_map(|l| l.split_once('='))
-        .filter(|(k, _)| k.trim().eq_ignore_ascii_case("SlurmdPort"))
-        .filter_map(|(_, v)| v.trim().parse().ok())
+    values(slurm_conf, "SlurmdPort")
+        .filter_map(|v| v.parse().ok())
         .next_back()
         .unwrap_or(6818)
 }

@@ -59,15 +59,9 @@ pub fn choose(wanted: HomeServer) -> Result<Option<NfsServer>, JobsError> {
 
 /// The networks the home is exported to: the DHCP subnets, else the served interfaces' own.
 fn clients(cfg: &Config) -> Vec<Ipv4Net> {
-    let mut nets: Vec<Ipv4Net> = cfg.dhcp.subnets.iter().map(|s| s.subnet).collect();
+    let nets: Vec<Ipv4Net> = cfg.dhcp.subnets.iter().map(|s| s.subnet).collect();
     if nets.is_empty() {
-        nets = cfg
-            .dhcp
-            .interfaces
-            .iter()
-            .filter_map(|i| crate::netif::lookup(&i.name).ok())
-            .map(|i| i.net.trunc())
-            .collect();
+        return super::served_links(cfg);
     }
     nets
 }

@@ -628,17 +628,20 @@ fn guard(cfg: &Config, nfs: bool) -> Result<Option<firewall::Firewall>, JobsErro
     if ports.is_empty() {
         return Ok(None);
     }
-    let links = cfg
-        .dhcp
+    let fw = firewall::Firewall::new(find("nft", "nftables")?, ports, served_links(cfg));
+    fw.apply(&[])?;
+    tracing::info!(table = firewall::TABLE, "jobs: the cluster's ports on this head are for enlisted nodes only (nftables table inet {})", firewall::TABLE);
+    Ok(Some(fw))
+}
+
+/// The networks of the interfaces the head serves (DHCP and boot): where a node's MAC is seen.
+fn served_links(cfg: &Config) -> Vec<ipnet::Ipv4Net> {
+    cfg.dhcp
         .interfaces
         .iter()
         .filter_map(|i| crate::netif::lookup(&i.name).ok())
         .map(|i| i.net.trunc())
-        .collect();
-    let fw = firewall::Firewall::new(find("nft", "nftables")?, ports, links);
-    fw.apply(&[])?;
-    tracing::info!(table = firewall::TABLE, "jobs: the cluster's ports on this head are for enlisted nodes only (nftables table inet {})", firewall::TABLE);
-    Ok(Some(fw))
+        .collect()
 }
 
 /// The head's IPv4 address on the lab network (the public URL's host).
