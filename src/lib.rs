@@ -11,6 +11,7 @@ pub mod bootscript;
 pub mod config;
 pub mod cron;
 pub mod dhcp;
+pub mod env;
 pub mod exec;
 pub mod head;
 pub mod hostlist;

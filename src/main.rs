@@ -31,6 +31,11 @@ enum Cmd {
         #[command(subcommand)]
         cmd: cli::image::ImageCmd,
     },
+    /// Build and publish the job environments (the Debian userland jobs run in).
+    Env {
+        #[command(subcommand)]
+        cmd: cli::env::EnvCmd,
+    },
     /// Write the 1.44 MB boot floppy image.
     Floppy(cli::floppy::FloppyArgs),
     /// Write the boot disk as a hybrid ISO for CD or USB stick.
@@ -131,6 +136,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         Cmd::GenerateDocs { dir } => generate_docs(&dir),
         Cmd::CheckConfig { file } => cli::check_config(&file.unwrap_or(args.config)),
         Cmd::Image { cmd } => cli::image::run(&args.config, cmd),
+        Cmd::Env { cmd } => cli::env::run(&args.config, cmd),
         Cmd::Floppy(a) => cli::floppy::floppy(&args.config, a),
         Cmd::Usb(a) => cli::floppy::usb(&args.config, a),
         Cmd::Nodes { json } => cli::nodes::list(&args.config, json),

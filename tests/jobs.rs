@@ -852,3 +852,79 @@ fn a_user_added_on_the_head_runs_a_job_within_a_minute_with_their_groups() {
     let owner = std::fs::metadata(mine.join("who.txt")).unwrap().uid();
     assert_eq!(owner, 4343, "the job's file is the user's on the head");
 }
+
+#[test]
+#[ignore = "needs root, QEMU, Slurm, built images and Debian's mirror: run `cargo xtask test`"]
+/// The admin builds a job environment (a Debian userland, here with Python only, for both
+/// arches) with `enlist env build`; a 64 MB Pentium II and an x86_64 PC that join mount their
+/// arch's and run their jobs in it: a user's `python3` job prints 42 on each and writes into
+/// their home, and the job sees Debian's /usr, not the node OS's busybox. (Jobs saw busybox
+/// and the Slurm daemons only.)
+fn a_job_environment_gives_a_pentium_ii_and_an_x64_debians_python() {
+    let mut lab = jobs_lab("env");
+    let out = enlist_cli(
+        &lab,
+        &[
+            "env",
+            "build",
+            &root()
+                .join("tests/fixtures/env/small.yaml")
+                .display()
+                .to_string(),
+        ],
+    );
+    assert!(out.status.success(), "enlist env build: {}", text(&out));
+    let list = text(&enlist_cli(&lab, &["env", "list"]));
+    for arch in ["i386", "amd64"] {
+        assert!(list.contains(arch), "{list}");
+    }
+    assert!(
+        list.contains("current") && list.contains("python3-minimal"),
+        "{list}"
+    );
+    let macs = [
+        boot(&mut lab, "i586", "qemu-system-i386", 64),
+        boot(&mut lab, "x86_64", "qemu-system-x86_64", 256),
+    ];
+    wait_healthy(&lab, &macs);
+    wait_idle(&lab, 2, Duration::from_secs(300));
+    let home = lab.user_home();
+    let out = as_user(
+        &lab,
+        "srun",
+        &[
+            "-N2",
+            "--chdir",
+            &home.display().to_string(),
+            "sh",
+            "-c",
+            "echo $(python3 -c 'print(6*7)') $(readlink -f /bin/sh) $(uname -m) $(test -e /bin/busybox && echo busybox) | tee answer-$(hostname).txt",
+        ],
+    );
+    if !out.status.success() {
+        fail(&lab, &format!("srun: {}", text(&out)));
+    }
+    let said = String::from_utf8_lossy(&out.stdout).to_string();
+    let mut lines: Vec<&str> = said.lines().collect();
+    lines.sort();
+    assert_eq!(
+        lines,
+        ["42 /usr/bin/dash i686", "42 /usr/bin/dash x86_64"],
+        "Debian's Python and sh on each, no busybox: {said}"
+    );
+    use std::os::unix::fs::MetadataExt;
+    for mac in &macs {
+        let answer = home.join(format!("answer-{}.txt", lab.node_name(mac)));
+        let written = std::fs::read_to_string(&answer).unwrap_or_default();
+        assert!(
+            written.starts_with("42 "),
+            "{}: {written:?}",
+            answer.display()
+        );
+        assert_eq!(
+            std::fs::metadata(&answer).map(|m| m.uid()).unwrap_or(0),
+            enlist_lab::JOB_UID,
+            "the job ran as the user"
+        );
+    }
+}

@@ -578,6 +578,11 @@ pub struct JobsDescriptor {
     pub bundle: Option<BundleRef>,
     /// The shared home, mounted at the same path as on the head.
     pub home: Option<HomeMount>,
+    /// The job environment for the node's arch (a Debian userland, read-only over NFS):
+    /// munged, slurmd and every job step run chrooted in it. `None`: in the node OS, with
+    /// the runtime bundle (busybox and the Slurm daemons only).
+    #[serde(default)]
+    pub env: Option<EnvMount>,
     /// Who jobs run as, besides root: every node knows them.
     pub users: Vec<UserEntry>,
     /// The groups those users are in (primary and supplementary), with their members.
@@ -612,6 +617,17 @@ pub struct HomeMount {
     pub server: String,
     /// The path, the same on the head and the nodes.
     pub path: String,
+}
+
+/// A job environment's version, exported read-only by the head's NFS server.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct EnvMount {
+    /// The NFSv4 server's address.
+    pub server: String,
+    /// The version's root folder on the server.
+    pub path: String,
+    /// Its version (shown, and a changed one makes the node rebuild its job root).
+    pub version: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -681,6 +697,21 @@ impl JobsDescriptor {
             clean_path("home", &h.path)?;
             if h.server.parse::<std::net::Ipv4Addr>().is_err() {
                 return Err(format!("home server {:?} is not an IPv4 address", h.server));
+            }
+        }
+        if let Some(e) = &self.env {
+            clean_path("env", &e.path)?;
+            if e.server.parse::<std::net::Ipv4Addr>().is_err() {
+                return Err(format!("env server {:?} is not an IPv4 address", e.server));
+            }
+            if e.version.is_empty()
+                || e.version.len() > 64
+                || !e
+                    .version
+                    .bytes()
+                    .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_' || c == b'.')
+            {
+                return Err(format!("env version {:?}", e.version));
             }
         }
         if self.users.len() > MAX_ACCOUNTS || self.groups.len() > MAX_ACCOUNTS {

@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod client;
+pub mod env;
 pub mod exec;
 pub mod floppy;
 pub mod image;

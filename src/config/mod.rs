@@ -241,6 +241,8 @@ pub struct JobsConfig {
     pub run_dir: PathBuf,
     /// The head's nftables table keeps the cluster's ports for enlisted nodes.
     pub firewall: bool,
+    /// The job environments (`enlist env build`), exported read-only to the nodes.
+    pub env_dir: PathBuf,
 }
 
 /// Which slurmctld the nodes join.

@@ -22,7 +22,7 @@ impl TryFrom<wire::File> for Config {
         let images = ImagesConfig::try_from(f.images).map_err(|e| e.under("images"))?;
         let nodes = nodes(f.nodes, f.jobs.enabled).map_err(|e| e.under("nodes"))?;
         let admin = AdminConfig::try_from(f.admin).map_err(|e| e.under("admin"))?;
-        let jobs = jobs(f.jobs).map_err(|e| e.under("jobs"))?;
+        let jobs = jobs(f.jobs, &f.state_dir).map_err(|e| e.under("jobs"))?;
         let schedules = schedules(f.schedules).map_err(|e| e.under("schedules"))?;
         let reservations = dhcp
             .subnets
@@ -442,7 +442,7 @@ impl TryFrom<wire::Admin> for AdminConfig {
     }
 }
 
-fn jobs(j: wire::Jobs) -> Checked<JobsConfig> {
+fn jobs(j: wire::Jobs, state_dir: &std::path::Path) -> Checked<JobsConfig> {
     jobs_names(&j)?;
     if j.port == 0 || j.port == u16::MAX {
         return Err(Invalid::new(
@@ -482,6 +482,10 @@ fn jobs(j: wire::Jobs) -> Checked<JobsConfig> {
     if !j.run_dir.is_absolute() {
         return Err(Invalid::new("run_dir", "must be an absolute path"));
     }
+    let env_dir = j.env_dir.unwrap_or_else(|| state_dir.join("envs"));
+    if !env_dir.is_absolute() {
+        return Err(Invalid::new("env_dir", "must be an absolute path"));
+    }
     Ok(JobsConfig {
         enabled: j.enabled,
         controller,
@@ -497,6 +501,7 @@ fn jobs(j: wire::Jobs) -> Checked<JobsConfig> {
         users,
         run_dir: j.run_dir,
         firewall: j.firewall,
+        env_dir,
     })
 }
 

@@ -337,6 +337,10 @@ pub struct Jobs {
     /// shared home and srun's ports. Off only where the site's firewall does the same.
     #[serde(default = "default_true")]
     pub firewall: bool,
+    /// Where `enlist env build` publishes the job environments (exported read-only to the
+    /// nodes). Default: `<state_dir>/envs`.
+    #[serde(default)]
+    pub env_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -400,6 +404,7 @@ impl Default for Jobs {
             users: None,
             run_dir: default_run_dir(),
             firewall: true,
+            env_dir: None,
         }
     }
 }

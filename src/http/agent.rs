@@ -288,6 +288,7 @@ async fn jobs(State(s): State<Shared>, a: Agent) -> Response {
         munge_socket: String::new(),
         munge_key: None,
         bundle: None,
+        env: None,
         home: None,
         users: vec![],
         groups: vec![],

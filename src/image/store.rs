@@ -58,6 +58,26 @@ impl ImageStore {
         }
     }
 
+    /// A version's manifest.json read as `T` (`None`: a version built before it had one).
+    fn manifest<T: serde::de::DeserializeOwned>(
+        &self,
+        name: &str,
+        version: &str,
+    ) -> Result<Option<T>, ImageStoreError> {
+        let path = self.file(name, version, "manifest.json")?;
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => return Err(ImageStoreError::Io { path, source }),
+        };
+        serde_json::from_str(&text)
+            .map(Some)
+            .map_err(|e| ImageStoreError::Io {
+                path,
+                source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+            })
+    }
+
     /// The kernel options a version boots with (`cmdline` in its manifest.json; empty for
     /// images built before manifests had one).
     pub fn cmdline(&self, name: &str, version: &str) -> Result<String, ImageStoreError> {
@@ -66,18 +86,19 @@ impl ImageStore {
             #[serde(default)]
             cmdline: String,
         }
-        let path = self.file(name, version, "manifest.json")?;
-        let text = match std::fs::read_to_string(&path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(String::new()),
-            Err(source) => return Err(ImageStoreError::Io { path, source }),
-        };
-        serde_json::from_str::<Manifest>(&text)
+        Ok(self
+            .manifest::<Manifest>(name, version)?
             .map(|m| m.cmdline)
-            .map_err(|e| ImageStoreError::Io {
-                path,
-                source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
-            })
+            .unwrap_or_default())
+    }
+
+    /// The Debian architecture of a version (`arch` in its manifest: `i386`, `amd64`).
+    pub fn arch(&self, name: &str, version: &str) -> Result<Option<String>, ImageStoreError> {
+        #[derive(serde::Deserialize)]
+        struct Manifest {
+            arch: String,
+        }
+        Ok(self.manifest::<Manifest>(name, version)?.map(|m| m.arch))
     }
 
     /// The jobs' runtime bundle built beside a version, if it has one: its file name, sha256
@@ -98,17 +119,9 @@ impl ImageStore {
             sha256: String,
             bytes: u64,
         }
-        let path = self.file(name, version, "manifest.json")?;
-        let text = match std::fs::read_to_string(&path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(source) => return Err(ImageStoreError::Io { path, source }),
-        };
-        let m: Manifest = serde_json::from_str(&text).map_err(|e| ImageStoreError::Io {
-            path: path.clone(),
-            source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
-        })?;
-        Ok(m.bundle
+        Ok(self
+            .manifest::<Manifest>(name, version)?
+            .and_then(|m| m.bundle)
             .filter(|b| valid_component(&b.file))
             .map(|b| (b.file, b.sha256, b.bytes)))
     }
@@ -125,18 +138,10 @@ impl ImageStore {
             #[serde(default)]
             drivers: Vec<crate::image::build::DriverAlias>,
         }
-        let path = self.file(name, version, "manifest.json")?;
-        let text = match std::fs::read_to_string(&path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
-            Err(source) => return Err(ImageStoreError::Io { path, source }),
-        };
-        serde_json::from_str::<Manifest>(&text)
+        Ok(self
+            .manifest::<Manifest>(name, version)?
             .map(|m| m.drivers)
-            .map_err(|e| ImageStoreError::Io {
-                path,
-                source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
-            })
+            .unwrap_or_default())
     }
 
     /// Path of one file of one version. Components are validated, so the result is inside `dir`.
@@ -175,6 +180,34 @@ impl ImageStore {
             }
             std::fs::rename(&tmp, &final_dir).map_err(io(&final_dir))?;
         }
+        self.set_current(name, version)?;
+        Ok(final_dir)
+    }
+
+    /// Publish the folder `fill` makes as version `version` of `name`, and make it current:
+    /// `fill` works in a hidden folder that is renamed into place only when it succeeded.
+    pub fn publish_dir<E: From<ImageStoreError>>(
+        &self,
+        name: &str,
+        version: &str,
+        fill: impl FnOnce(&Path) -> Result<(), E>,
+    ) -> Result<PathBuf, E> {
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| ImageStoreError::Io { path, source }
+        };
+        if !valid_component(name) || !valid_component(version) {
+            return Err(ImageStoreError::BadName(format!("{name}/{version}")).into());
+        }
+        let base = self.dir.join(name);
+        let final_dir = base.join(version);
+        let tmp = base.join(format!(".{version}.tmp"));
+        if tmp.exists() {
+            std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
+        }
+        std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
+        fill(&tmp)?;
+        std::fs::rename(&tmp, &final_dir).map_err(io(&final_dir))?;
         self.set_current(name, version)?;
         Ok(final_dir)
     }

@@ -142,6 +142,8 @@ pub fn cgroup_conf() -> String {
 #[derive(Debug, Clone)]
 pub struct HomeExport<'a> {
     pub path: &'a Path,
+    /// The job environments, exported read-only.
+    pub envs: &'a Path,
     /// The address Ganesha listens on (the head's on the lab network).
     pub bind: Ipv4Addr,
     pub clients: &'a [Ipv4Net],
@@ -150,7 +152,8 @@ pub struct HomeExport<'a> {
 }
 
 /// ganesha.conf: NFSv4 over TCP only (no portmapper, no lock manager), the home folder at
-/// its own path in the pseudo file system, for the lab subnets.
+/// its own path in the pseudo file system, and the job environments read-only at theirs, for
+/// the lab subnets.
 pub fn ganesha_conf(h: &HomeExport) -> String {
     let clients: Vec<String> = h.clients.iter().map(|n| n.to_string()).collect();
     format!(
@@ -183,11 +186,23 @@ EXPORT {{
     CLIENT {{ Clients = {clients}; Access_Type = RW; }}
     FSAL {{ Name = VFS; }}
 }}
+EXPORT {{
+    Export_Id = 2;
+    Path = {envs};
+    Pseudo = {envs};
+    Protocols = 4;
+    Transports = TCP;
+    SecType = sys;
+    Squash = Root_Squash;
+    CLIENT {{ Clients = {clients}; Access_Type = RO; }}
+    FSAL {{ Name = VFS; }}
+}}
 LOG {{ Default_Log_Level = WARN; }}
 "#,
         bind = h.bind,
         recovery = h.recovery.display(),
         path = h.path.display(),
+        envs = h.envs.display(),
         clients = clients.join(", "),
     )
 }
@@ -268,6 +283,7 @@ mod tests {
         let nets: Vec<Ipv4Net> = vec!["10.77.0.0/24".parse().unwrap()];
         let c = ganesha_conf(&HomeExport {
             path: Path::new("/var/lib/enlist/home"),
+            envs: Path::new("/var/lib/enlist/envs"),
             bind: Ipv4Addr::new(10, 77, 0, 1),
             clients: &nets,
             recovery: Path::new("/var/lib/enlist/ganesha"),
@@ -278,6 +294,13 @@ mod tests {
         assert!(c.contains("Protocols = 4;"));
         assert!(c.contains("Squash = Root_Squash;"), "no root from a node");
         assert!(!c.contains("No_Root_Squash"));
+        let envs = c.split("Export_Id = 2;").nth(1).unwrap_or_default();
+        assert!(envs.contains("Path = /var/lib/enlist/envs;"), "{c}");
+        assert!(
+            envs.contains("Access_Type = RO;"),
+            "the environments are read-only"
+        );
+        assert!(envs.contains("Squash = Root_Squash;"));
     }
 
     #[test]

@@ -76,6 +76,13 @@ pub fn serve(
 ) -> Result<Vec<Daemon>, JobsError> {
     let home = &cfg.jobs.home;
     std::fs::create_dir_all(home).map_err(io(home))?;
+    let envs = &cfg.jobs.env_dir;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::create_dir_all(envs).map_err(io(envs))?;
+        // Nodes walk into it as nobody (root is squashed).
+        std::fs::set_permissions(envs, std::fs::Permissions::from_mode(0o755)).map_err(io(envs))?;
+    }
     let nets = clients(cfg);
     match server {
         NfsServer::Ganesha => {
@@ -84,6 +91,7 @@ pub fn serve(
             let conf_path = ganesha_dir.join("ganesha.conf");
             let conf = files::ganesha_conf(&files::HomeExport {
                 path: home,
+                envs,
                 bind,
                 clients: &nets,
                 recovery: &recovery,
@@ -116,10 +124,16 @@ pub fn serve(
             if let Some(dir) = exports.parent() {
                 std::fs::create_dir_all(dir).map_err(io(dir))?;
             }
+            let ro: Vec<String> = nets
+                .iter()
+                .map(|n| format!("{n}(ro,sync,no_subtree_check,root_squash)"))
+                .collect();
             let text = format!(
-                "# Written by enlist at every start\n{} {}\n",
+                "# Written by enlist at every start\n{} {}\n{} {}\n",
                 home.display(),
-                opts.join(" ")
+                opts.join(" "),
+                envs.display(),
+                ro.join(" ")
             );
             std::fs::write(exports, text).map_err(io(exports))?;
             let exportfs = find("exportfs", "nfs-kernel-server")?;

@@ -440,6 +440,7 @@ impl Jobs {
                 &self.current_key(),
             )),
             bundle: self.bundle(req),
+            env: self.env(req),
             home: self.nfs.map(|_| HomeMount {
                 server: head_ipv4(&self.cfg).to_string(),
                 path: self.cfg.jobs.home.display().to_string(),
@@ -486,6 +487,19 @@ impl Jobs {
             ),
             sha256,
             bytes,
+        })
+    }
+
+    /// The current job environment for the node's image's arch, if one is built.
+    fn env(&self, req: &JobsRequest) -> Option<enlist_api::EnvMount> {
+        self.nfs?;
+        let arch = self.images.arch(&req.image, &req.version).ok()??;
+        let store = ImageStore::new(&self.cfg.jobs.env_dir);
+        let (root, version) = crate::env::current(&store, &arch)?;
+        Some(enlist_api::EnvMount {
+            server: head_ipv4(&self.cfg).to_string(),
+            path: root.display().to_string(),
+            version,
         })
     }
 

@@ -95,6 +95,8 @@ pub const APT_PACKAGES: &[&str] = &[
     "nfs-kernel-server",
     "nfs-ganesha",
     "nfs-ganesha-vfs",
+    // the job environments (`enlist env build`): a Debian root for each node arch
+    "mmdebstrap",
     // the packages (`cargo xtask package`): a clean Debian 12 root to install them into, and a
     // check of their systemd unit
     "debootstrap",

@@ -9,11 +9,14 @@ use std::time::{Duration, Instant};
 use enlist_api::{JobsDescriptor, JobsRequest};
 
 use super::firewall::Filter;
+use super::root::JobRoot;
 use super::system::{MUNGE_DIR, MUNGE_KEY};
 use super::RekeyAnswer;
 use crate::client::Client;
 use crate::{say, sleep_unless_stopped, STOP};
 
+/// Paths below are as the daemons see them (in their root).
+///
 /// slurmd's pid file (slurm.conf's SlurmdPidFile, written by the head).
 const SLURMD_PID: &str = "/run/slurmd.pid";
 const MUNGED_PID: &str = "/run/munge/munged.pid";
@@ -25,8 +28,10 @@ struct Daemon {
     name: &'static str,
     program: &'static str,
     args: Vec<String>,
-    /// Where its own messages go (with --foreground they are on stderr).
+    /// Where its own messages go (with --foreground they are on stderr), in the node OS.
     log: &'static str,
+    /// The root it runs in.
+    root: JobRoot,
     child: Option<Child>,
     started: Instant,
     /// How long to wait before the next restart; doubles up to a minute.
@@ -39,8 +44,10 @@ pub struct Running {
     ready: bool,
     /// slurmd's filter, following the peer list.
     filter: Filter,
-    /// munged's socket (to know it is up again after a restart).
-    munge_socket: String,
+    /// munged's socket (to know it is up again after a restart), as the agent reaches it.
+    munge_socket: std::path::PathBuf,
+    /// Where the daemons run.
+    root: JobRoot,
 }
 
 /// slurmd's arguments: a dynamic node (`-Z`) that fetches slurm.conf from slurmctld, with the
@@ -91,6 +98,35 @@ pub fn job_memory_mb(meminfo: &str, reserve_mb: u64) -> u64 {
     (available_kb / 1024).saturating_sub(reserve_mb).max(1)
 }
 
+/// The node's Slurm features, for `--constraint`: the enlisted feature, its arch (`i686`,
+/// `x86_64`), `sse2` when the CPU has it (Debian's i386 numpy needs it), and its RAM tier
+/// (`ram64m`, `ram4g`: the installed memory rounded up to a power of two).
+pub fn features(feature: &str, arch: &str, cpuinfo: &str, meminfo: &str) -> String {
+    let mut f = vec![feature.to_string(), arch.to_string()];
+    let sse2 = cpuinfo
+        .lines()
+        .filter(|l| l.starts_with("flags"))
+        .any(|l| l.split_whitespace().any(|w| w == "sse2"));
+    if sse2 {
+        f.push("sse2".into());
+    }
+    let total_kb = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0);
+    if total_kb > 0 {
+        let mb = (total_kb / 1024).max(1).next_power_of_two();
+        f.push(if mb >= 1024 {
+            format!("ram{}g", mb / 1024)
+        } else {
+            format!("ram{mb}m")
+        });
+    }
+    f.join(",")
+}
+
 fn arch() -> String {
     std::fs::read_to_string("/proc/sys/kernel/arch")
         .map(|a| a.trim().to_string())
@@ -99,45 +135,56 @@ fn arch() -> String {
         .unwrap_or_else(|| "x86".into())
 }
 
-pub fn start(d: &JobsDescriptor, node: &str, filter: Filter) -> Result<Running, String> {
-    stop_previous("munged", MUNGED_PID);
-    stop_previous("slurmd", SLURMD_PID);
-    for dir in ["/var/spool/slurmd", "/var/log"] {
-        std::fs::create_dir_all(dir).map_err(|e| format!("{dir}: {e}"))?;
+pub fn start(
+    d: &JobsDescriptor,
+    node: &str,
+    filter: Filter,
+    root: JobRoot,
+) -> Result<Running, String> {
+    stop_previous("munged", &root.path(MUNGED_PID));
+    stop_previous("slurmd", &root.path(SLURMD_PID));
+    for dir in ["/var/spool/slurmd", "/var/log", "/run/enlist"] {
+        let dir = root.path(dir);
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     }
-    if let Some(parent) = Path::new(&d.munge_socket).parent() {
+    let socket = root.path(&d.munge_socket);
+    if let Some(parent) = socket.parent() {
         std::fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
     }
     let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
     let memory = job_memory_mb(&meminfo, d.mem_reserve_mb);
-    let features = format!("{},{}", d.feature, arch());
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let features = features(&d.feature, &arch(), &cpuinfo, &meminfo);
     let mut r = Running {
         daemons: vec![
             Daemon::new(
                 "munged",
                 "/usr/sbin/munged",
                 munged_args(&d.munge_socket),
-                "/run/munge/munged.out",
+                "/run/enlist/munged.out",
+                root.clone(),
             ),
             Daemon::new(
                 "slurmd",
                 "/usr/sbin/slurmd",
                 slurmd_args(node, &d.controller, memory, &features),
                 "/run/enlist/slurmd.out",
+                root.clone(),
             ),
         ],
         ready: false,
         filter,
-        munge_socket: d.munge_socket.clone(),
+        munge_socket: socket.clone(),
+        root: root.clone(),
     };
     r.daemons[0].spawn()?;
-    wait_for(Path::new(&d.munge_socket), Duration::from_secs(15)).map_err(|()| {
+    wait_for(&socket, Duration::from_secs(15)).map_err(|()| {
         format!(
             "munged did not open its socket: {}",
             last_line(r.daemons[0].log)
         )
     })?;
-    link_default_socket(&d.munge_socket)?;
+    link_default_socket(&root, &d.munge_socket)?;
     r.daemons[1].spawn()?;
     say(&format!(
         "jobs: munged and slurmd started ({memory} MB for jobs, features {features})"
@@ -151,12 +198,14 @@ impl Daemon {
         program: &'static str,
         args: Vec<String>,
         log: &'static str,
+        root: JobRoot,
     ) -> Daemon {
         Daemon {
             name,
             program,
             args,
             log,
+            root,
             child: None,
             started: Instant::now(),
             backoff: Duration::from_secs(5),
@@ -167,7 +216,9 @@ impl Daemon {
     fn spawn(&mut self) -> Result<(), String> {
         let log = std::fs::File::create(self.log).map_err(|e| format!("{}: {e}", self.log))?;
         let err = log.try_clone().map_err(|e| format!("{}: {e}", self.log))?;
-        let child = Command::new(self.program)
+        let child = self
+            .root
+            .command(self.program)
             .args(&self.args)
             .stdin(Stdio::null())
             .stdout(log)
@@ -187,7 +238,7 @@ impl Daemon {
         // Its own output first (an error before it opened its log), then slurmd's log file.
         let mut last = last_line(self.log);
         if last == NO_LOG && self.name == "slurmd" {
-            last = last_line(SLURMD_LOG);
+            last = last_line(&self.root.path(SLURMD_LOG).display().to_string());
         }
         Some(format!("{} exited ({status}): {last}", self.name))
     }
@@ -215,7 +266,7 @@ impl Running {
             while let Ok(answer) = rekey.try_recv() {
                 let _ = answer.send(self.rekey(client, request));
             }
-            if let Err(e) = super::refresh_accounts(client, request) {
+            if let Err(e) = super::refresh_accounts(client, request, &self.root) {
                 say(&format!("jobs: cannot update the accounts: {e}"));
             }
             let slurmd = &self.daemons[1];
@@ -233,7 +284,7 @@ impl Running {
     /// The head's new munge key in place, and munged restarted with it (slurmd keeps running:
     /// it asks munged for each credential).
     fn rekey(&mut self, client: &Client, request: &JobsRequest) -> Result<String, String> {
-        super::fetch_new_key(client, request)?;
+        super::fetch_new_key(client, request, &self.root)?;
         let munged = &mut self.daemons[0];
         if let Some(mut child) = munged.child.take() {
             let _ = Command::new("/bin/busybox")
@@ -243,7 +294,7 @@ impl Running {
         }
         let _ = std::fs::remove_file(&self.munge_socket);
         munged.spawn()?;
-        wait_for(Path::new(&self.munge_socket), Duration::from_secs(15))
+        wait_for(&self.munge_socket, Duration::from_secs(15))
             .map_err(|()| format!("munged did not come back: {}", last_line(munged.log)))?;
         say("jobs: munged restarted with the head's new munge key");
         Ok("munge key replaced, munged restarted".into())
@@ -273,17 +324,18 @@ impl Running {
 
 /// munge's default socket path, linked to the one slurm.conf names: slurmd fetches slurm.conf
 /// from slurmctld (configless) before it knows that path, authenticating through the default.
-fn link_default_socket(socket: &str) -> Result<(), String> {
+fn link_default_socket(root: &JobRoot, socket: &str) -> Result<(), String> {
     const DEFAULT: &str = "/run/munge/munge.socket.2";
     if socket == DEFAULT {
         return Ok(());
     }
-    let _ = std::fs::remove_file(DEFAULT);
-    std::os::unix::fs::symlink(socket, DEFAULT).map_err(|e| format!("{DEFAULT}: {e}"))
+    let link = root.path(DEFAULT);
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(socket, &link).map_err(|e| format!("{}: {e}", link.display()))
 }
 
 /// Stop a daemon an earlier agent started (init restarts the agent; the daemons outlive it).
-fn stop_previous(name: &str, pid_file: &str) {
+fn stop_previous(name: &str, pid_file: &Path) {
     let Some(pid) = std::fs::read_to_string(pid_file)
         .ok()
         .and_then(|p| p.trim().parse::<i32>().ok())
@@ -343,6 +395,25 @@ mod tests {
         assert_eq!(
             a.join(" "),
             "-D -Z -N node-770101 --conf-server 10.77.0.1:6817 --conf RealMemory=40 Feature=enlist,i686"
+        );
+    }
+
+    #[test]
+    fn features_say_the_arch_sse2_and_the_ram_tier() {
+        let p2 = "flags\t\t: fpu vme de pse tsc msr pae mce cx8 apic sep mtrr pge mca cmov mmx\n";
+        assert_eq!(
+            features("enlisted", "i686", p2, "MemTotal:   60216 kB\n"),
+            "enlisted,i686,ram64m"
+        );
+        let x64 = "flags\t\t: fpu mmx fxsr sse sse2 ht syscall nx lm\n";
+        assert_eq!(
+            features("enlisted", "x86_64", x64, "MemTotal: 3987512 kB\n"),
+            "enlisted,x86_64,sse2,ram4g"
+        );
+        assert_eq!(
+            features("enlisted", "x86", "", ""),
+            "enlisted,x86",
+            "nothing guessed"
         );
     }
 

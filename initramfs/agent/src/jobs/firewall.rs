@@ -6,7 +6,9 @@
 
 use std::io::Write;
 use std::net::Ipv4Addr;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
+
+use super::root::JobRoot;
 
 use enlist_api::JobsDescriptor;
 
@@ -42,10 +44,12 @@ pub struct Filter {
     fixed: Vec<Ipv4Addr>,
     /// The peer list generation the loaded rules were made from.
     loaded: Option<u64>,
+    /// Whose iptables loads them.
+    root: JobRoot,
 }
 
 impl Filter {
-    pub fn new(d: &JobsDescriptor) -> Filter {
+    pub fn new(d: &JobsDescriptor, root: JobRoot) -> Filter {
         Filter {
             port: d.slurmd_port,
             fixed: d
@@ -54,6 +58,7 @@ impl Filter {
                 .filter_map(|a| a.parse().ok())
                 .collect(),
             loaded: None,
+            root,
         }
     }
 
@@ -65,16 +70,17 @@ impl Filter {
         }
         let mut allowed = self.fixed.clone();
         allowed.extend(peers.iter().filter_map(|p| p.ip.parse::<Ipv4Addr>().ok()));
-        apply(self.port, &allowed)?;
+        apply(&self.root, self.port, &allowed)?;
         self.loaded = Some(generation);
         Ok(())
     }
 }
 
 /// Load the rules (the whole filter table, in one step).
-pub fn apply(port: u16, allowed: &[Ipv4Addr]) -> Result<(), String> {
+pub fn apply(root: &JobRoot, port: u16, allowed: &[Ipv4Addr]) -> Result<(), String> {
     super::system::load_modules(&["iptable_filter", "xt_tcpudp"]);
-    let mut child = Command::new(RESTORE)
+    let mut child = root
+        .command(RESTORE)
         .arg("-w")
         .stdin(Stdio::piped())
         .stdout(Stdio::null())

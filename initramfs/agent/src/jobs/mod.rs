@@ -4,6 +4,7 @@
 //!
 //! | module    | what                                                                 |
 //! |-----------|----------------------------------------------------------------------|
+//! | `root`    | where the daemons run: the node OS, or a job root from the job env   |
 //! | `runtime` | download, check and mount the runtime bundle; link it into `/`       |
 //! | `system`  | clock, kernel modules, accounts, munge key, the shared home          |
 //! | `daemons` | munged and slurmd: their arguments, start and supervision            |
@@ -14,6 +15,7 @@
 
 mod daemons;
 mod firewall;
+mod root;
 mod runtime;
 mod system;
 
@@ -42,7 +44,11 @@ pub fn accounts_seen(version: u64) {
 }
 
 /// The head has other accounts than those written: fetch them and write them.
-fn refresh_accounts(client: &Client, request: &JobsRequest) -> Result<(), String> {
+fn refresh_accounts(
+    client: &Client,
+    request: &JobsRequest,
+    root: &root::JobRoot,
+) -> Result<(), String> {
     let wanted = ACCOUNTS_WANTED.load(Ordering::SeqCst);
     if wanted == 0 || wanted == ACCOUNTS.load(Ordering::SeqCst) {
         return Ok(());
@@ -51,7 +57,7 @@ fn refresh_accounts(client: &Client, request: &JobsRequest) -> Result<(), String
         .post::<_, JobsDescriptor>(paths::JOBS, request)
         .map_err(|f| f.to_string())?;
     d.check()?;
-    system::write_accounts(&d.users, &d.groups)?;
+    system::write_accounts(root, &d.users, &d.groups, home_base(&d))?;
     ACCOUNTS.store(d.accounts_version, Ordering::SeqCst);
     say(&format!(
         "jobs: accounts updated ({} users, {} groups)",
@@ -144,29 +150,44 @@ fn join(client: &Client, d: &JobsDescriptor) -> Result<daemons::Running, String>
     report(client, "starting", "");
     system::set_clock(d.now_unix)?;
     system::load_modules(&["loop", "squashfs", "nfsv4"]);
+    let root = match &d.env {
+        Some(env) => root::prepare(env)?,
+        None => {
+            let bundle = d.bundle.as_ref().ok_or(
+                "the head has no Slurm runtime for this image (rebuild the image with a jobs: section)",
+            )?;
+            runtime::install(client, bundle)?;
+            root::JobRoot::node_os()
+        }
+    };
     let key = client.open_sealed(d.munge_key.as_ref(), "munge-key")?;
-    system::write_munge_key(&key)?;
-    let bundle = d.bundle.as_ref().ok_or(
-        "the head has no Slurm runtime for this image (rebuild the image with a jobs: section)",
-    )?;
-    runtime::install(client, bundle)?;
-    // No slurmd before its port is closed to strangers (the filter comes with the runtime).
-    let mut filter = firewall::Filter::new(d);
+    system::write_munge_key(&root, &key)?;
+    // No slurmd before its port is closed to strangers (iptables comes with the runtime).
+    let mut filter = firewall::Filter::new(d, root.clone());
     filter.follow(client)?;
-    system::write_accounts(&d.users, &d.groups)?;
+    system::write_accounts(&root, &d.users, &d.groups, home_base(d))?;
     ACCOUNTS.store(d.accounts_version, Ordering::SeqCst);
     if let Some(home) = &d.home {
-        system::mount_home(home)?;
+        system::mount_home(&root, home)?;
     }
-    daemons::start(d, &client.name(), filter)
+    daemons::start(d, &client.name(), filter, root)
+}
+
+/// Where the users' homes are (`<home>/<name>`).
+fn home_base(d: &JobsDescriptor) -> &str {
+    d.home.as_ref().map_or("/home", |h| h.path.as_str())
 }
 
 /// The munge key of a fresh jobs descriptor, in place (munged is restarted by the caller).
-fn fetch_new_key(client: &Client, request: &JobsRequest) -> Result<(), String> {
+fn fetch_new_key(
+    client: &Client,
+    request: &JobsRequest,
+    root: &root::JobRoot,
+) -> Result<(), String> {
     let d = client
         .post::<_, JobsDescriptor>(paths::JOBS, request)
         .map_err(|f| f.to_string())?;
     d.check()?;
     let key = client.open_sealed(d.munge_key.as_ref(), "munge-key")?;
-    system::write_munge_key(&key)
+    system::write_munge_key(root, &key)
 }

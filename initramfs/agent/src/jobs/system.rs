@@ -2,11 +2,11 @@
 //! the kernel modules of a modular kernel, the munge key, the accounts jobs run as, and the
 //! shared home over NFSv4.
 
-use std::ffi::CString;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 
 use enlist_api::{GroupEntry, HomeMount, UserEntry};
 
+use super::root::JobRoot;
 use crate::say;
 
 /// The munge key's folder and file (munged checks that only root can read them).
@@ -98,43 +98,58 @@ pub fn load_order(dep: &str, name: &str) -> Vec<String> {
 }
 
 /// The munge key, readable by root only, in a folder only root can write.
-pub fn write_munge_key(key: &[u8]) -> Result<(), String> {
-    let err = |e: std::io::Error| format!("{MUNGE_KEY}: {e}");
-    std::fs::create_dir_all(MUNGE_DIR).map_err(err)?;
-    std::fs::set_permissions(MUNGE_DIR, std::fs::Permissions::from_mode(0o700)).map_err(err)?;
-    let _ = std::fs::remove_file(MUNGE_KEY);
+pub fn write_munge_key(root: &JobRoot, key: &[u8]) -> Result<(), String> {
+    let (dir, file) = (root.path(MUNGE_DIR), root.path(MUNGE_KEY));
+    let err = |e: std::io::Error| format!("{}: {e}", file.display());
+    std::fs::create_dir_all(&dir).map_err(err)?;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).map_err(err)?;
+    let _ = std::fs::remove_file(&file);
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o400)
-        .open(MUNGE_KEY)
+        .open(&file)
         .map_err(err)?;
     std::io::Write::write_all(&mut f, key).map_err(err)
 }
 
 /// /etc/passwd and /etc/group: root, nobody, the job users and their groups (the same names
 /// and ids as on the head, so files in the shared home belong to the same people everywhere,
-/// and a job has its user's supplementary groups). Each replaced in one rename.
-pub fn write_accounts(users: &[UserEntry], groups: &[GroupEntry]) -> Result<(), String> {
-    let (passwd, group) = accounts(users, groups);
-    for (path, text) in [
-        ("/etc/passwd", passwd),
-        ("/etc/group", group),
-        (
-            "/etc/nsswitch.conf",
-            "passwd: files\ngroup: files\nhosts: files\n".into(),
-        ),
-    ] {
-        let tmp = format!("{path}.enlist-new");
-        std::fs::write(&tmp, text).map_err(|e| format!("{tmp}: {e}"))?;
-        std::fs::rename(&tmp, path).map_err(|e| format!("{path}: {e}"))?;
+/// and a job has its user's supplementary groups), in the node OS and the job root. Each
+/// replaced in one rename.
+pub fn write_accounts(
+    root: &JobRoot,
+    users: &[UserEntry],
+    groups: &[GroupEntry],
+    home: &str,
+) -> Result<(), String> {
+    let (passwd, group) = accounts(users, groups, home);
+    let mut roots = vec![JobRoot::node_os()];
+    if !root.is_node_os() {
+        roots.push(root.clone());
+    }
+    for r in roots {
+        for (file, text) in [
+            ("/etc/passwd", &passwd),
+            ("/etc/group", &group),
+            ("/etc/nsswitch.conf", &NSSWITCH.to_string()),
+        ] {
+            let path = r.path(file);
+            let tmp = path.with_extension("enlist-new");
+            std::fs::write(&tmp, text).map_err(|e| format!("{}: {e}", tmp.display()))?;
+            std::fs::rename(&tmp, &path).map_err(|e| format!("{}: {e}", path.display()))?;
+        }
     }
     Ok(())
 }
 
+/// Accounts from the files the agent writes, nothing else (no LDAP client on a node).
+const NSSWITCH: &str = "passwd: files\ngroup: files\nshadow: files\nhosts: files\n";
+
 /// The text of /etc/passwd and /etc/group for these users and groups (a user's primary group
-/// that is not among `groups` gets one named after the user).
-pub fn accounts(users: &[UserEntry], groups: &[GroupEntry]) -> (String, String) {
+/// that is not among `groups` gets one named after the user); each user's home is
+/// `<home>/<name>` in the shared home.
+pub fn accounts(users: &[UserEntry], groups: &[GroupEntry], home: &str) -> (String, String) {
     let mut passwd = String::from(
         "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n",
     );
@@ -152,8 +167,9 @@ pub fn accounts(users: &[UserEntry], groups: &[GroupEntry]) -> (String, String) 
             continue;
         }
         passwd.push_str(&format!(
-            "{n}:x:{uid}:{gid}:{n}:/home/{n}:/bin/sh\n",
+            "{n}:x:{uid}:{gid}:{n}:{home}/{n}:/bin/sh\n",
             n = u.name,
+            home = home.trim_end_matches('/'),
             uid = u.uid,
             gid = u.gid
         ));
@@ -165,46 +181,29 @@ pub fn accounts(users: &[UserEntry], groups: &[GroupEntry]) -> (String, String) 
     (passwd, group)
 }
 
-/// Mount the shared home (NFSv4 over TCP: no portmapper, no lock daemon) at its path,
-/// nosuid and nodev.
-#[allow(unsafe_code)] // mount(2): busybox's mount would take an nfs4 mount for NFSv3
-pub fn mount_home(h: &HomeMount) -> Result<(), String> {
-    if super::runtime::mounted(&h.path) {
-        return Ok(());
-    }
-    std::fs::create_dir_all(&h.path).map_err(|e| format!("{}: {e}", h.path))?;
-    let c = |s: &str| CString::new(s).map_err(|_| format!("{s:?} has a NUL byte"));
-    let source = c(&format!("{}:{}", h.server, h.path))?;
-    let target = c(&h.path)?;
-    let fstype = c("nfs4")?;
-    // The kernel's own option parser: the server's address must be given (mount.nfs would
-    // resolve it); hard mounts with short retries, so a job waits out a head restart.
-    let data = c(&format!(
-        "vers=4.0,addr={},clientaddr=0.0.0.0,proto=tcp,hard,timeo=50,retrans=4",
-        h.server
-    ))?;
-    // No set-user-ID programs and no device files from a file server every user writes to.
-    let flags = libc::MS_NOSUID | libc::MS_NODEV;
-    // SAFETY: NUL-terminated strings that live across the call.
-    let rc = unsafe {
-        libc::mount(
-            source.as_ptr(),
-            target.as_ptr(),
-            fstype.as_ptr(),
-            flags,
-            data.as_ptr().cast(),
+/// The kernel's NFS options for a mount from `server` (the kernel's own parser: the
+/// server's address must be given, mount.nfs would resolve it): NFSv4.0 over TCP (no
+/// portmapper, no lock daemon), hard with short retries, so a job waits out a head restart.
+pub fn nfs_options(server: &str) -> String {
+    format!("vers=4.0,addr={server},clientaddr=0.0.0.0,proto=tcp,hard,timeo=50,retrans=4")
+}
+
+/// Mount the shared home at its path in the job root, nosuid and nodev.
+pub fn mount_home(root: &JobRoot, h: &HomeMount) -> Result<(), String> {
+    let target = root.path(&h.path).display().to_string();
+    if !super::runtime::mounted(&target) {
+        // No set-user-ID programs and no device files from a file server every user writes to.
+        super::root::mount(
+            Some(&format!("{}:{}", h.server, h.path)),
+            &target,
+            Some("nfs4"),
+            libc::MS_NOSUID | libc::MS_NODEV,
+            &nfs_options(&h.server),
         )
-    };
-    if rc != 0 {
-        return Err(format!(
-            "cannot mount the shared home {}:{}: {}",
-            h.server,
-            h.path,
-            std::io::Error::last_os_error()
-        ));
+        .map_err(|e| format!("cannot mount the shared home {}:{}: {e}", h.server, h.path))?;
+        say(&format!("jobs: shared home {} mounted", h.path));
     }
-    say(&format!("jobs: shared home {} mounted", h.path));
-    Ok(())
+    super::root::link_home(root, &h.path)
 }
 
 #[cfg(test)]
@@ -255,9 +254,10 @@ mod tests {
                 u("root", 0, 0),
             ],
             &groups,
+            "/srv/enlist/home/",
         );
         assert!(p.starts_with("root:x:0:0:"));
-        assert!(p.contains("alice:x:1000:1000:alice:/home/alice:/bin/sh\n"));
+        assert!(p.contains("alice:x:1000:1000:alice:/srv/enlist/home/alice:/bin/sh\n"));
         assert!(p.contains("bob:x:1001:1000:"));
         assert_eq!(p.lines().filter(|l| l.starts_with("root:")).count(), 1);
         assert_eq!(g.matches(":1000:").count(), 1, "{g}");
