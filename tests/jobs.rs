@@ -855,45 +855,41 @@ fn a_user_added_on_the_head_runs_a_job_within_a_minute_with_their_groups() {
 
 #[test]
 #[ignore = "needs root, QEMU, Slurm, built images and Debian's mirror: run `cargo xtask test`"]
-/// The admin builds a job environment (a Debian userland, here with Python only, for both
-/// arches) with `enlist env build`; a 64 MB Pentium II and an x86_64 PC that join mount their
-/// arch's and run their jobs in it: a user's `python3` job prints 42 on each and writes into
-/// their home, and the job sees Debian's /usr, not the node OS's busybox. (Jobs saw busybox
-/// and the Slurm daemons only.)
-fn a_job_environment_gives_a_pentium_ii_and_an_x64_debians_python() {
+/// The admin builds job environments (Debian userlands: Python, and MPICH for the Pentium
+/// IIs) with `enlist env build`; two 64 MB Pentium IIs and an x86_64 PC that join mount their
+/// arch's and run their jobs in it. A user's `python3` job prints 42 on each and writes into
+/// their home, seeing Debian's /usr, not the node OS's busybox; a job over its memory is
+/// killed and the node runs the next; an MPI program compiled on a node runs over both
+/// Pentium IIs with `srun --mpi=pmi2`. (Jobs saw busybox and the Slurm daemons only, and
+/// nothing limited their memory.)
+fn job_environments_give_jobs_debians_python_and_mpi_with_memory_limits() {
     let mut lab = jobs_lab("env");
-    let out = enlist_cli(
-        &lab,
-        &[
-            "env",
-            "build",
-            &root()
-                .join("tests/fixtures/env/small.yaml")
-                .display()
-                .to_string(),
-        ],
-    );
-    assert!(out.status.success(), "enlist env build: {}", text(&out));
-    let list = text(&enlist_cli(&lab, &["env", "list"]));
-    for arch in ["i386", "amd64"] {
-        assert!(list.contains(arch), "{list}");
+    for recipe in ["i386-mpi.yaml", "amd64.yaml"] {
+        let path = root().join("tests/fixtures/env").join(recipe);
+        let out = enlist_cli(&lab, &["env", "build", &path.display().to_string()]);
+        assert!(
+            out.status.success(),
+            "enlist env build {recipe}: {}",
+            text(&out)
+        );
     }
-    assert!(
-        list.contains("current") && list.contains("python3-minimal"),
-        "{list}"
-    );
+    let list = text(&enlist_cli(&lab, &["env", "list"]));
+    for want in ["i386", "amd64", "current", "python3-minimal", "mpich"] {
+        assert!(list.contains(want), "{want}: {list}");
+    }
     let macs = [
+        boot(&mut lab, "i586", "qemu-system-i386", 64),
         boot(&mut lab, "i586", "qemu-system-i386", 64),
         boot(&mut lab, "x86_64", "qemu-system-x86_64", 256),
     ];
     wait_healthy(&lab, &macs);
-    wait_idle(&lab, 2, Duration::from_secs(300));
+    wait_idle(&lab, 3, Duration::from_secs(300));
     let home = lab.user_home();
     let out = as_user(
         &lab,
         "srun",
         &[
-            "-N2",
+            "-N3",
             "--chdir",
             &home.display().to_string(),
             "sh",
@@ -909,7 +905,11 @@ fn a_job_environment_gives_a_pentium_ii_and_an_x64_debians_python() {
     lines.sort();
     assert_eq!(
         lines,
-        ["42 /usr/bin/dash i686", "42 /usr/bin/dash x86_64"],
+        [
+            "42 /usr/bin/dash i686",
+            "42 /usr/bin/dash i686",
+            "42 /usr/bin/dash x86_64"
+        ],
         "Debian's Python and sh on each, no busybox: {said}"
     );
     use std::os::unix::fs::MetadataExt;
@@ -926,5 +926,109 @@ fn a_job_environment_gives_a_pentium_ii_and_an_x64_debians_python() {
             enlist_lab::JOB_UID,
             "the job ran as the user"
         );
+    }
+
+    // Memory: a job that asked for 20 MB and takes 60 is killed by Slurm's memory check
+    // ("Exceeded job memory limit"), and the node stays up and runs the next job.
+    let x64 = lab.node_name(&macs[2]);
+    let out = home.join("greedy.out");
+    let id = submit(
+        &lab,
+        &["-w", &x64, "--mem=20M", "-o", &out.display().to_string()],
+        "python3 -c 'import time; b = bytearray(60 << 20); time.sleep(60)'",
+    );
+    let state = wait_job_ended(&lab, &id, Duration::from_secs(120));
+    let said = std::fs::read_to_string(&out).unwrap_or_default();
+    assert_eq!(state, "FAILED", "job {id}: {said}");
+    assert!(
+        said.contains("Exceeded job memory limit"),
+        "job {id}: {said:?}"
+    );
+    let out = as_user(
+        &lab,
+        "srun",
+        &["-N1", "-w", &x64, "python3", "-c", "print('next')"],
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "next",
+        "{}",
+        text(&out)
+    );
+    if let Err(e) = lab.wait_state(&macs[2], "healthy", Duration::from_secs(5)) {
+        fail(&lab, &e);
+    }
+
+    // MPI: the user compiles on a Pentium II and runs over both (one arch: --constraint).
+    std::fs::copy(
+        root().join("tests/fixtures/env/hello-mpi.c"),
+        home.join("hello-mpi.c"),
+    )
+    .unwrap();
+    let chdir = format!("--chdir={}", home.display());
+    must_as_user(
+        &lab,
+        "srun",
+        &[
+            "-N1",
+            "--constraint=i686",
+            &chdir,
+            "mpicc",
+            "-o",
+            "hello-mpi",
+            "hello-mpi.c",
+        ],
+    );
+    let said = must_as_user(
+        &lab,
+        "srun",
+        &[
+            "--mpi=pmi2",
+            "-N2",
+            "--constraint=i686",
+            &chdir,
+            "./hello-mpi",
+        ],
+    );
+    let mut ranks: Vec<&str> = said.lines().filter(|l| l.starts_with("rank ")).collect();
+    ranks.sort();
+    let (p2a, p2b) = (lab.node_name(&macs[0]), lab.node_name(&macs[1]));
+    assert_eq!(ranks.len(), 2, "{said}");
+    assert!(
+        ranks[0].starts_with("rank 0 of 2 on ") && ranks[0].ends_with(", sum 1"),
+        "{said}"
+    );
+    assert!(
+        ranks[1].starts_with("rank 1 of 2 on ") && ranks[1].ends_with(", sum 1"),
+        "{said}"
+    );
+    assert!(
+        said.contains(&format!("on {p2a},")) && said.contains(&format!("on {p2b},")),
+        "a rank on each Pentium II: {said}"
+    );
+}
+
+/// Wait until job `id` has ended; its state (`scontrol show job`: kept for MinJobAge).
+fn wait_job_ended(lab: &Lab, id: &str, limit: Duration) -> String {
+    let until = Instant::now() + limit;
+    loop {
+        let shown = text(&slurm(lab, "scontrol", &["show", "job", id]));
+        let state = shown
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("JobState="))
+            .unwrap_or("")
+            .to_string();
+        if !state.is_empty()
+            && !["PENDING", "RUNNING", "CONFIGURING", "COMPLETING"].contains(&state.as_str())
+        {
+            return state;
+        }
+        if Instant::now() > until {
+            fail(
+                lab,
+                &format!("job {id} still {state:?} after {limit:?}: {shown}"),
+            );
+        }
+        std::thread::sleep(Duration::from_secs(2));
     }
 }

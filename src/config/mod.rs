@@ -228,7 +228,7 @@ pub struct JobsConfig {
     pub cluster_name: String,
     pub partition: String,
     pub feature: String,
-    pub def_mem_per_cpu_mb: u64,
+    pub def_mem_per_cpu: DefMem,
     pub mem_reserve_mb: u64,
     pub release_deadline: Duration,
     pub node_timeout: Duration,
@@ -243,6 +243,26 @@ pub struct JobsConfig {
     pub firewall: bool,
     /// The job environments (`enlist env build`), exported read-only to the nodes.
     pub env_dir: PathBuf,
+}
+
+/// Memory a job gets per CPU when it does not ask (`--mem`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DefMem {
+    /// The smallest per-CPU memory of the nodes up, kept current in slurmctld's partition
+    /// (a PC's memory is known only once it joins; a default job then fits any node).
+    Auto,
+    /// This many MB.
+    Fixed(u64),
+}
+
+impl DefMem {
+    /// What slurm.conf says: the fixed value, or a placeholder until a node has joined.
+    pub fn initial_mb(self) -> u64 {
+        match self {
+            DefMem::Auto => 16,
+            DefMem::Fixed(mb) => mb,
+        }
+    }
 }
 
 /// Which slurmctld the nodes join.

@@ -450,9 +450,22 @@ fn jobs(j: wire::Jobs, state_dir: &std::path::Path) -> Checked<JobsConfig> {
             "must be a port with the next one free for slurmd",
         ));
     }
-    if j.def_mem_per_cpu == 0 {
-        return Err(Invalid::new("def_mem_per_cpu", "must be at least 1 (MB)"));
-    }
+    let def_mem_per_cpu = match &j.def_mem_per_cpu {
+        wire::MemPerCpu::Mb(0) => {
+            return Err(Invalid::new(
+                "def_mem_per_cpu",
+                "must be at least 1 (MB), or auto",
+            ))
+        }
+        wire::MemPerCpu::Mb(n) => DefMem::Fixed(*n),
+        wire::MemPerCpu::Word(w) if w == "auto" => DefMem::Auto,
+        wire::MemPerCpu::Word(w) => {
+            return Err(Invalid::new(
+                "def_mem_per_cpu",
+                format!("{w:?}: a number of MB, or auto"),
+            ))
+        }
+    };
     if j.node_timeout < Duration::from_secs(10) {
         return Err(Invalid::new("node_timeout", "must be at least 10s"));
     }
@@ -492,7 +505,7 @@ fn jobs(j: wire::Jobs, state_dir: &std::path::Path) -> Checked<JobsConfig> {
         cluster_name: j.cluster_name,
         partition: j.partition,
         feature: j.feature,
-        def_mem_per_cpu_mb: j.def_mem_per_cpu,
+        def_mem_per_cpu,
         mem_reserve_mb: j.mem_reserve,
         release_deadline: j.release_deadline,
         node_timeout: j.node_timeout,

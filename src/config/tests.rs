@@ -198,3 +198,16 @@ fn the_64_bit_bios_image_defaults_to_the_uefi_one() {
     assert_eq!(cfg.bios_image(mac, false).as_str(), "i586");
     assert_eq!(cfg.bios_image(mac, true).as_str(), "amd64");
 }
+
+#[test]
+fn a_jobs_default_memory_is_auto_or_a_number_of_mb() {
+    let cfg = parse(GOOD).expect("the example");
+    assert_eq!(cfg.jobs.def_mem_per_cpu, DefMem::Auto);
+    let with = |v: &str| GOOD.replace("def_mem_per_cpu: auto", &format!("def_mem_per_cpu: {v}"));
+    let cfg = parse(&with("64")).expect("a number");
+    assert_eq!(cfg.jobs.def_mem_per_cpu, DefMem::Fixed(64));
+    for bad in ["0", "lots"] {
+        let e = parse(&with(bad)).expect_err(bad).to_string();
+        assert!(e.contains("def_mem_per_cpu"), "{bad}: {e}");
+    }
+}

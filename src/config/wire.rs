@@ -310,9 +310,10 @@ pub struct Jobs {
     /// slurmctld's port (slurmd listens on the next one).
     #[serde(default = "default_slurm_port")]
     pub port: u16,
-    /// Memory a job gets per CPU unless it asks, MB.
+    /// Memory a job gets per CPU unless it asks, MB; `auto`: the smallest node's memory per
+    /// CPU among those up (a default job fits any node).
     #[serde(default = "default_mem_per_cpu")]
-    pub def_mem_per_cpu: u64,
+    pub def_mem_per_cpu: MemPerCpu,
     /// Memory kept back from what a node has available with munged and slurmd running, MB
     /// (each job's slurmstepd): the rest is offered to jobs.
     #[serde(default = "default_mem_reserve")]
@@ -421,10 +422,18 @@ fn default_feature() -> String {
 fn default_slurm_port() -> u16 {
     6817
 }
-fn default_mem_per_cpu() -> u64 {
-    // The PCs of the original cluster have 32-128 MB; a job that needs more asks (--mem).
-    16
+/// `def_mem_per_cpu`: a number of MB, or `auto`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum MemPerCpu {
+    Mb(u64),
+    Word(String),
 }
+
+fn default_mem_per_cpu() -> MemPerCpu {
+    MemPerCpu::Word("auto".into())
+}
+
 fn default_mem_reserve() -> u64 {
     // MemAvailable is read with munged and slurmd running; what a job adds besides its own
     // memory is its slurmstepd (about 6 MB measured on i386).

@@ -83,10 +83,17 @@ pub fn slurm_conf(s: &SlurmSettings) -> String {
     line("ReturnToService", &2);
     line("SlurmdTimeout", &s.node_timeout.as_secs().max(10));
     line("JobRequeue", &1);
-    // The node OS has no cgroup controllers to spare: processes are tracked by parentage.
+    // The i586 node kernel has no cgroups (each is RAM and size of an 8 MB OS): processes
+    // are tracked by parentage, and memory is enforced by polling. Every 2 s slurmstepd reads
+    // its tasks' memory; a step over what its job asked (--mem, else DefMemPerCPU) is killed
+    // and the job ends OUT_OF_MEMORY. What a poll cannot catch (a job that fills a 64 MB PC
+    // within 2 s) is the kernel's OOM killer's, which the node points at the job: the agent,
+    // munged, slurmd and slurmstepd are exempt (oom_score_adj -1000; tasks get 0).
     line("ProctrackType", &"proctrack/linuxproc");
     line("TaskPlugin", &"task/none");
-    line("JobAcctGatherType", &"jobacct_gather/none");
+    line("JobAcctGatherType", &"jobacct_gather/linux");
+    line("JobAcctGatherFrequency", &"task=2");
+    line("JobAcctGatherParams", &"OverMemoryKill");
     line("MpiDefault", &"none");
     line("SwitchType", &"switch/none");
     line("SchedulerType", &"sched/backfill");

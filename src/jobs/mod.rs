@@ -506,10 +506,12 @@ impl Jobs {
     /// Read the scheduler's state of every node, every few seconds, for the dashboard.
     async fn poll(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         let mut warned = false;
+        let mut def_mem = DefMemFollower::default();
         loop {
             match self.slurm.nodes().await {
                 Ok(nodes) => {
                     warned = false;
+                    self.follow_def_mem(&mut def_mem, &nodes).await;
                     let reg = self.registry.clone();
                     // It may read the node table to publish changes: off the async threads.
                     let _ = tokio::task::spawn_blocking(move || reg.set_sched(nodes)).await;
@@ -525,6 +527,46 @@ impl Jobs {
                 _ = tokio::time::sleep(POLL) => {}
                 _ = shutdown.wait_for(|v| *v) => return,
             }
+        }
+    }
+
+    /// With `def_mem_per_cpu: auto` and our own slurmctld: keep the partition's default memory
+    /// per CPU at what the smallest node up can give (again every minute: a restarted
+    /// slurmctld reads slurm.conf's placeholder).
+    async fn follow_def_mem(
+        &self,
+        f: &mut DefMemFollower,
+        nodes: &std::collections::HashMap<String, slurm::SchedNode>,
+    ) {
+        if self.cfg.jobs.def_mem_per_cpu != crate::config::DefMem::Auto
+            || !matches!(self.cfg.jobs.controller, Controller::Managed { .. })
+        {
+            return;
+        }
+        let Some(mb) = slurm::smallest_mem_per_cpu(nodes) else {
+            return;
+        };
+        let stale =
+            f.at.is_none_or(|t| t.elapsed() > std::time::Duration::from_secs(60));
+        if f.applied == Some(mb) && !stale {
+            return;
+        }
+        match self
+            .slurm
+            .set_def_mem_per_cpu(&self.cfg.jobs.partition, mb)
+            .await
+        {
+            Ok(()) => {
+                if f.applied != Some(mb) {
+                    tracing::info!(
+                        partition = %self.cfg.jobs.partition,
+                        "jobs: a job that does not ask (--mem) gets {mb} MB per CPU: the smallest node up"
+                    );
+                }
+                f.applied = Some(mb);
+                f.at = Some(std::time::Instant::now());
+            }
+            Err(e) => tracing::warn!("jobs: cannot set the default memory per CPU: {e}"),
         }
     }
 
@@ -658,6 +700,13 @@ fn served_links(cfg: &Config) -> Vec<ipnet::Ipv4Net> {
         .collect()
 }
 
+/// What `follow_def_mem` last told slurmctld, and when.
+#[derive(Debug, Default)]
+struct DefMemFollower {
+    applied: Option<u64>,
+    at: Option<std::time::Instant>,
+}
+
 /// The head's IPv4 address on the lab network (the public URL's host).
 fn head_ipv4(cfg: &Config) -> Ipv4Addr {
     cfg.http
@@ -691,7 +740,7 @@ fn managed_files(cfg: &Config, paths: &Paths, port: u16) -> Result<Vec<u8>, Jobs
         state_dir: &paths.slurm_dir,
         feature: &cfg.jobs.feature,
         partition: &cfg.jobs.partition,
-        def_mem_per_cpu_mb: cfg.jobs.def_mem_per_cpu_mb,
+        def_mem_per_cpu_mb: cfg.jobs.def_mem_per_cpu.initial_mb(),
         node_timeout: cfg.jobs.node_timeout,
         max_nodes: cfg.nodes.max_nodes,
     });

@@ -69,6 +69,17 @@ pub fn parse_nodes(text: &str) -> HashMap<String, SchedNode> {
         .collect()
 }
 
+/// A default memory per CPU every node up can give: the smallest of their memory per CPU
+/// (MB; `None` while no node is up).
+pub fn smallest_mem_per_cpu(nodes: &HashMap<String, SchedNode>) -> Option<u64> {
+    nodes
+        .values()
+        .filter(|n| n.cpus > 0 && n.mem_mb > 0)
+        .filter(|n| !matches!(n.state.as_str(), "down" | "drained" | "unknown" | "future"))
+        .map(|n| (n.mem_mb / u64::from(n.cpus)).max(1))
+        .min()
+}
+
 /// scontrol's answer for a node it has no record of (22.05: "Invalid node name specified").
 fn unknown_node(message: &str) -> bool {
     message.contains("Invalid node name")
@@ -124,6 +135,15 @@ impl Slurm {
             n.jobs = jobs.get(name).copied().unwrap_or(0);
         }
         Ok(nodes)
+    }
+
+    /// A partition's default memory per CPU, MB (for jobs submitted from now on).
+    pub async fn set_def_mem_per_cpu(&self, partition: &str, mb: u64) -> Result<(), SlurmError> {
+        let (p, m) = (
+            format!("PartitionName={partition}"),
+            format!("DefMemPerCPU={mb}"),
+        );
+        self.run("scontrol", &["update", &p, &m]).await.map(|_| ())
     }
 
     pub async fn drain(&self, node: &str, reason: &str) -> Result<(), SlurmError> {
@@ -184,6 +204,30 @@ impl Slurm {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_default_memory_per_cpu_fits_the_smallest_node_up() {
+        let node = |state: &str, cpus, mem_mb| SchedNode {
+            state: state.into(),
+            cpus,
+            cpus_alloc: 0,
+            mem_mb,
+            mem_alloc_mb: 0,
+            jobs: 0,
+        };
+        let mut nodes = HashMap::new();
+        assert_eq!(smallest_mem_per_cpu(&nodes), None, "no node yet");
+        nodes.insert("p2".to_string(), node("idle", 1, 35));
+        nodes.insert("x64".to_string(), node("allocated", 4, 3800));
+        nodes.insert("gone".to_string(), node("down", 1, 10));
+        assert_eq!(
+            smallest_mem_per_cpu(&nodes),
+            Some(35),
+            "the down one does not count"
+        );
+        nodes.remove("p2");
+        assert_eq!(smallest_mem_per_cpu(&nodes), Some(950));
+    }
 
     #[test]
     fn deleting_a_node_slurm_no_longer_knows_is_done_but_a_busy_one_is_not() {

@@ -52,9 +52,13 @@ pub fn run(id: u64, spec: &ExecSpec, progress: &dyn Fn(&ExecResult)) -> ExecResu
             Ok(w) => w,
             Err(e) => return failed(result, &format!("pipe: {e}")),
         };
+        // An admin's command may be the OOM killer's choice, unlike the agent it comes from.
         std::process::Command::new("/bin/sh")
             .arg("-c")
-            .arg(&spec.command)
+            .arg(format!(
+                "echo 0 2>/dev/null >/proc/self/oom_score_adj; {}",
+                spec.command
+            ))
             .stdin(std::process::Stdio::null())
             .stdout(writer)
             .stderr(err)

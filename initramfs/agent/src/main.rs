@@ -68,8 +68,18 @@ fn main() {
         libc::signal(libc::SIGTERM, on_term as *const () as libc::sighandler_t);
         libc::signal(libc::SIGINT, on_term as *const () as libc::sighandler_t);
     }
+    exempt_from_the_oom_killer();
     let client = Arc::new(Client::new(conf));
     run(client);
+}
+
+/// The agent, and the daemons it starts (they inherit it), are never the OOM killer's choice:
+/// on a node whose memory is all RAM and jobs, a job that fills it is what must go.
+/// `enlist exec`'s commands and job tasks are set back to 0.
+fn exempt_from_the_oom_killer() {
+    if let Err(e) = std::fs::write("/proc/self/oom_score_adj", "-1000") {
+        say(&format!("cannot exempt the agent from the OOM killer: {e}"));
+    }
 }
 
 pub(crate) fn sleep_unless_stopped(d: Duration) {

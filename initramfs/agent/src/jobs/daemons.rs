@@ -220,6 +220,9 @@ impl Daemon {
             .root
             .command(self.program)
             .args(&self.args)
+            // The agent's oom_score_adj (-1000) is inherited: no daemon is the OOM killer's
+            // choice. slurmstepd sets its tasks' to 0 (they may be killed), then its own to this.
+            .env("SLURMSTEPD_OOM_ADJ", "-1000")
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(err)
