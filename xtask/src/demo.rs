@@ -61,7 +61,8 @@ pub fn lab(t: LabTask) -> anyhow::Result<()> {
                 .iter()
                 .map(|p| Profile::parse(p).ok_or_else(|| anyhow!("unknown profile {p:?}")))
                 .collect::<anyhow::Result<Vec<_>>>()?;
-            run_lab(&name, &profiles, &mode, port, !no_jobs)
+            let jobs = if no_jobs { Jobs::Off } else { Jobs::On };
+            run_lab(&name, &profiles, &mode, port, jobs)
         }
         LabTask::Boot { name, profile } => {
             let p =
@@ -96,8 +97,48 @@ pub fn demo(port: u16) -> anyhow::Result<()> {
         &[Profile::P2Pxe, Profile::P2Floppy, Profile::X64Pxe],
         "dhcp",
         port,
-        true,
+        Jobs::WithEnv,
     )
+}
+
+/// What the lab's head does besides booting PCs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Jobs {
+    Off,
+    /// Slurm and the shared home; jobs see the node OS (busybox).
+    On,
+    /// Also the job environment of `images/env.yaml` (built once into images/out/envs),
+    /// and the demo's POV-Ray animation.
+    WithEnv,
+}
+
+/// Where the demo keeps its job environments between runs (git-ignored, like the images).
+pub(crate) fn env_dir() -> PathBuf {
+    root().join("images/out/envs")
+}
+
+/// Build the default job environment for both arches unless it is there from a run before.
+pub(crate) fn ensure_envs(config: &std::path::Path) -> anyhow::Result<()> {
+    let missing = ["i386", "amd64"]
+        .iter()
+        .any(|a| !env_dir().join(a).join("current").exists());
+    if !missing {
+        println!(
+            "  job environments: {} (from an earlier run; `enlist env build images/env.yaml` rebuilds)",
+            env_dir().display()
+        );
+        return Ok(());
+    }
+    println!("$ enlist env build images/env.yaml   (Debian for both arches: a few minutes, once)");
+    let st = Command::new(enlist_bin())
+        .arg("--config")
+        .arg(config)
+        .args(["env", "build"])
+        .arg(root().join("images/env.yaml"))
+        .status()
+        .context("enlist env build")?;
+    anyhow::ensure!(st.success(), "enlist env build images/env.yaml: {st}");
+    Ok(())
 }
 
 fn run_lab(
@@ -105,8 +146,9 @@ fn run_lab(
     profiles: &[Profile],
     mode: &str,
     port: u16,
-    jobs: bool,
+    jobs_mode: Jobs,
 ) -> anyhow::Result<()> {
+    let jobs = jobs_mode != Jobs::Off;
     // Block SIGINT/SIGTERM here and wait for them below, so Ctrl-C ends in an orderly teardown
     // (Lab's Drop). Children get a clean signal mask from std::process.
     let mut sigs = SigSet::empty();
@@ -120,13 +162,17 @@ fn run_lab(
     if mode == "proxy" {
         lab.spawn(lab.campus_dhcp()).map_err(|e| anyhow!(e))?;
     }
+    let jobs_config = match jobs_mode {
+        Jobs::Off => String::new(),
+        Jobs::On => JOBS_CONFIG.to_string(),
+        Jobs::WithEnv => format!("{JOBS_CONFIG}  env_dir: {}\n", env_dir().display()),
+    };
     let config = lab
-        .write_config(
-            mode,
-            &root().join("images/out"),
-            if jobs { JOBS_CONFIG } else { "" },
-        )
+        .write_config(mode, &root().join("images/out"), &jobs_config)
         .map_err(|e| anyhow!(e))?;
+    if jobs_mode == Jobs::WithEnv {
+        ensure_envs(&config)?;
+    }
     let password = Command::new(enlist_bin())
         .args(["admin", "set-password", "--random", "--config"])
         .arg(&config)
@@ -190,6 +236,10 @@ fn run_lab(
             shown = true;
             if let Err(e) = first_jobs(&lab, profiles.len()) {
                 println!("  jobs: {e:#}");
+            } else if jobs_mode == Jobs::WithEnv {
+                if let Err(e) = render(&lab, profiles.len()) {
+                    println!("  render: {e:#}");
+                }
             }
         }
         if let Ok(Some(sig)) = wait_signal(&sigs, Duration::from_secs(2)) {
@@ -265,6 +315,93 @@ fn first_jobs(lab: &Lab, nodes: usize) -> anyhow::Result<()> {
     println!();
     Ok(())
 }
+
+/// The 2004 cluster's other workload: an animation rendered with POV-Ray, one frame per task
+/// of a job array over the PCs, into the shared home.
+fn render(lab: &Lab, nodes: usize) -> anyhow::Result<()> {
+    let home = lab.user_home();
+    let frames = nodes * 3;
+    write_render_job(&home, frames)?;
+    let array = format!("--array=1-{frames}");
+    let chdir = format!("--chdir={}", home.display());
+    let started = std::time::Instant::now();
+    let id = as_user(
+        lab,
+        "sbatch",
+        &[
+            "--parsable",
+            &array,
+            &chdir,
+            "-o",
+            "render-%a.log",
+            "render.sh",
+        ],
+    )?;
+    println!(
+        "  $ sbatch {array} render.sh   (POV-Ray, {frames} frames; job {}, as {})",
+        id.trim(),
+        enlist_lab::JOB_USER
+    );
+    let until = started + Duration::from_secs(1200);
+    while !slurm(lab, "squeue", &["-h"])?.trim().is_empty() {
+        anyhow::ensure!(
+            std::time::Instant::now() < until,
+            "the frames were not done in 20 min"
+        );
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    let mut done: Vec<(String, u64)> = std::fs::read_dir(&home)?
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("frame") && n.ends_with(".png"))
+        .map(|n| {
+            let len = std::fs::metadata(home.join(&n))
+                .map(|m| m.len())
+                .unwrap_or(0);
+            (n, len)
+        })
+        .collect();
+    done.sort();
+    println!(
+        "    {} of {frames} frames in {:.0} s: {}",
+        done.len(),
+        started.elapsed().as_secs_f64(),
+        done.iter()
+            .map(|(n, len)| format!("{n} ({len} B)"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    println!("  (the frames are in {} on the head)", home.display());
+    println!();
+    Ok(())
+}
+
+/// The scene and the array task's script in `dir`: `frames` frames of 160x120 (the frame
+/// is the array task's id, or the script's argument).
+pub(crate) fn write_render_job(dir: &std::path::Path, frames: usize) -> anyhow::Result<()> {
+    let write = |name: &str, text: String| {
+        let p = dir.join(name);
+        std::fs::write(&p, text).with_context(|| format!("writing {}", p.display()))
+    };
+    write("scene.pov", SCENE.to_string())?;
+    write(
+        "render.sh",
+        format!(
+            "#!/bin/sh\n# One frame of scene.pov per array task (povray's own animation options).\n\
+             f=${{SLURM_ARRAY_TASK_ID:-$1}}\n\
+             exec povray +Iscene.pov +Oframe.png +W160 +H120 -D +KFI1 +KFF{frames} +SF$f +EF$f\n"
+        ),
+    )
+}
+
+/// A ball rolling over a checkered floor: each frame's `clock` turns and moves it.
+const SCENE: &str = "#version 3.7;\n\
+global_settings { assumed_gamma 1.0 }\n\
+camera { location <0, 2, -6> look_at <0, 1, 0> }\n\
+light_source { <4, 8, -6> color rgb 1 }\n\
+plane { y, 0 pigment { checker color rgb 1 color rgb 0.2 } }\n\
+sphere { 0, 1 pigment { checker color rgb <1, 0.3, 0.2> color rgb 1 scale 0.5 }\n\
+  finish { phong 0.8 } rotate z*-clock*229 translate <-2 + 4*clock, 1, 0> }\n";
 
 /// The boot disk a profile needs (built by `cargo xtask floppy`).
 fn disk_for(p: Profile) -> PathBuf {

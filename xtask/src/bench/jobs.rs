@@ -14,15 +14,26 @@ use crate::{enlist_bin, root};
 /// The memory a 64 MB Pentium II must keep free for jobs (issue 12).
 const JOBS_MIB_GOAL: f64 = 32.0;
 
-pub fn run(tasks: usize, loops: u64) -> anyhow::Result<()> {
+pub fn run(tasks: usize, loops: u64, env: bool) -> anyhow::Result<()> {
     let images = root().join("images/out");
     let ns = "bench-jobs";
     let dir = root().join("lab").join(ns);
     let _ = std::fs::remove_dir_all(&dir);
     let mut lab = Lab::new(ns, &dir).map_err(|e| anyhow!(e))?;
+    let jobs_config = if env {
+        format!(
+            "{JOBS_CONFIG}  env_dir: {}\n",
+            crate::demo::env_dir().display()
+        )
+    } else {
+        JOBS_CONFIG.to_string()
+    };
     let config = lab
-        .write_config("dhcp", &images, JOBS_CONFIG)
+        .write_config("dhcp", &images, &jobs_config)
         .map_err(|e| anyhow!(e))?;
+    if env {
+        crate::demo::ensure_envs(&config)?;
+    }
     enlist_lab::ensure_job_user().map_err(|e| anyhow!("the lab's job user: {e}"))?;
     lab.start_head(&enlist_bin(), &config)
         .map_err(|e| anyhow!("{e}\n{}", lab.head_log()))?;
@@ -63,6 +74,11 @@ pub fn run(tasks: usize, loops: u64) -> anyhow::Result<()> {
     // (-w would ask for both nodes in every task; excluding the Pentium II leaves the two.)
     let two = array(&lab, &home, tasks, loops, &["-x", names[0].as_str()])?;
     let all = array(&lab, &home, tasks, loops, &[])?;
+    let frames = if env {
+        Some(render(&lab, &home, tasks)?)
+    } else {
+        None
+    };
 
     println!();
     println!(
@@ -98,7 +114,80 @@ pub fn run(tasks: usize, loops: u64) -> anyhow::Result<()> {
         all.as_secs_f64(),
         one.as_secs_f64() / all.as_secs_f64()
     );
+    if let Some((cluster, head)) = frames {
+        println!(
+            "| {tasks} POV-Ray frames (160x120) as an array on the 3 PCs | {:.1} s |",
+            cluster.as_secs_f64()
+        );
+        println!(
+            "| the same frames on the head alone (native, one after another) | {:.1} s (the PCs: {:.2}x the head's time; under TCG each PC is many times slower than the host) |",
+            head.as_secs_f64(),
+            cluster.as_secs_f64() / head.as_secs_f64()
+        );
+    }
     Ok(())
+}
+
+/// POV-Ray frames as an array over the PCs, and the same frames rendered on the head alone
+/// (in the amd64 job environment, chrooted: the head's own CPU, one frame after another).
+fn render(
+    lab: &Lab,
+    home: &std::path::Path,
+    frames: usize,
+) -> anyhow::Result<(Duration, Duration)> {
+    crate::demo::write_render_job(home, frames)?;
+    let t = Instant::now();
+    let id = lab
+        .slurm_user_out(
+            "sbatch",
+            &[
+                "--parsable",
+                &format!("--array=1-{frames}"),
+                &format!("--chdir={}", home.display()),
+                "-o",
+                "/dev/null",
+                "render.sh",
+            ],
+        )
+        .map_err(|e| anyhow!(e))?;
+    wait(Duration::from_secs(1800), "the frames", || {
+        Ok(lab
+            .slurm_out("squeue", &["-h", "-j", id.trim()])?
+            .trim()
+            .is_empty())
+    })?;
+    let cluster = t.elapsed();
+    let made = std::fs::read_dir(home)?
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().starts_with("frame"))
+        .filter(|e| e.metadata().map(|m| m.len() > 0).unwrap_or(false))
+        .count();
+    if made < frames {
+        bail!("{made} of {frames} frames were rendered on the PCs");
+    }
+    let env = crate::demo::env_dir().join("amd64");
+    let version = std::fs::read_to_string(env.join("current"))?;
+    let root = env.join(version.trim()).join("root");
+    let work = root.join("tmp/enlist-bench-render");
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work)?;
+    crate::demo::write_render_job(&work, frames)?;
+    let t = Instant::now();
+    for f in 1..=frames {
+        let st = std::process::Command::new("chroot")
+            .arg(&root)
+            .args(["sh", "-c"])
+            .arg(format!(
+                "cd /tmp/enlist-bench-render && sh render.sh {f} >/dev/null 2>&1"
+            ))
+            .status()?;
+        if !st.success() {
+            bail!("frame {f} on the head: {st}");
+        }
+    }
+    let head = t.elapsed();
+    let _ = std::fs::remove_dir_all(&work);
+    Ok((cluster, head))
 }
 
 fn cores() -> usize {

@@ -76,6 +76,10 @@ pub enum BenchTask {
         /// awk loop iterations per task.
         #[arg(long, default_value_t = 1_000_000)]
         loops: u64,
+        /// Run the jobs in the job environment of images/env.yaml (built once into
+        /// images/out/envs), and render POV-Ray frames on the PCs against the head alone.
+        #[arg(long)]
+        env: bool,
     },
     /// DHCP: Kea's perfdhcp, full DORA with durable leases; enlist vs dnsmasq.
     Dhcp {
@@ -154,7 +158,7 @@ pub fn run(t: BenchTask) -> anyhow::Result<()> {
             Ok(())
         }
         BenchTask::Image => image::run(),
-        BenchTask::Jobs { tasks, loops } => jobs::run(tasks, loops),
+        BenchTask::Jobs { tasks, loops, env } => jobs::run(tasks, loops, env),
         BenchTask::Dhcp {
             hostile: true,
             floods,
