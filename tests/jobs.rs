@@ -928,6 +928,25 @@ fn job_environments_give_jobs_debians_python_and_mpi_with_memory_limits() {
         );
     }
 
+    // Root on a node cannot change the environment every node runs (read-only, root squashed).
+    let p2 = lab.node_name(&macs[0]);
+    let out = enlist_cli(
+        &lab,
+        &[
+            "exec",
+            "-w",
+            &p2,
+            "--",
+            "touch /run/enlist/env/usr/bin/python3 /run/enlist/env/planted",
+        ],
+    );
+    let said = text(&out);
+    assert!(said.contains("Read-only file system"), "{said}");
+    assert!(
+        !list_env_files(&lab).iter().any(|f| f.ends_with("/planted")),
+        "nothing planted in the environment"
+    );
+
     // Memory: a job that asked for 20 MB and takes 60 is killed by Slurm's memory check
     // ("Exceeded job memory limit"), and the node stays up and runs the next job.
     let x64 = lab.node_name(&macs[2]);
@@ -1006,6 +1025,26 @@ fn job_environments_give_jobs_debians_python_and_mpi_with_memory_limits() {
         said.contains(&format!("on {p2a},")) && said.contains(&format!("on {p2b},")),
         "a rank on each Pentium II: {said}"
     );
+}
+
+/// The top-level entries of every published job environment version on the head.
+fn list_env_files(lab: &Lab) -> Vec<String> {
+    let envs = lab.dir.join("state/envs");
+    let mut out = Vec::new();
+    for arch in std::fs::read_dir(&envs).into_iter().flatten().flatten() {
+        for version in std::fs::read_dir(arch.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let root = version.path().join("root");
+            for e in std::fs::read_dir(&root).into_iter().flatten().flatten() {
+                out.push(e.path().display().to_string());
+            }
+        }
+    }
+    assert!(!out.is_empty(), "no environment under {}", envs.display());
+    out
 }
 
 /// Wait until job `id` has ended; its state (`scontrol show job`: kept for MinJobAge).
