@@ -74,85 +74,98 @@ pub fn serve(
     ganesha_dir: &Path,
     bind: Ipv4Addr,
 ) -> Result<Vec<Daemon>, JobsError> {
+    use std::os::unix::fs::PermissionsExt;
     let home = &cfg.jobs.home;
     std::fs::create_dir_all(home).map_err(io(home))?;
     let envs = &cfg.jobs.env_dir;
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::create_dir_all(envs).map_err(io(envs))?;
-        // Nodes walk into it as nobody (root is squashed).
-        std::fs::set_permissions(envs, std::fs::Permissions::from_mode(0o755)).map_err(io(envs))?;
-    }
+    std::fs::create_dir_all(envs).map_err(io(envs))?;
+    // Nodes walk into it as nobody (root is squashed).
+    std::fs::set_permissions(envs, std::fs::Permissions::from_mode(0o755)).map_err(io(envs))?;
     let nets = clients(cfg);
     match server {
-        NfsServer::Ganesha => {
-            let recovery = ganesha_dir.join("recovery");
-            std::fs::create_dir_all(&recovery).map_err(io(&recovery))?;
-            let conf_path = ganesha_dir.join("ganesha.conf");
-            let conf = files::ganesha_conf(&files::HomeExport {
-                path: home,
-                envs,
-                bind,
-                clients: &nets,
-                recovery: &recovery,
-            });
-            std::fs::write(&conf_path, conf).map_err(io(&conf_path))?;
-            let p = |x: &Path| x.display().to_string();
-            Ok(vec![Daemon {
-                name: "ganesha.nfsd",
-                program: find("ganesha.nfsd", "nfs-ganesha nfs-ganesha-vfs")?,
-                args: vec![
-                    "-F".into(),
-                    "-f".into(),
-                    p(&conf_path),
-                    "-L".into(),
-                    p(&ganesha_dir.join("ganesha.log")),
-                    "-p".into(),
-                    p(&ganesha_dir.join("ganesha.pid")),
-                ],
-                env: vec![],
-                log: ganesha_dir.join("ganesha.out"),
-            }])
-        }
+        NfsServer::Ganesha => Ok(vec![ganesha(home, envs, &nets, ganesha_dir, bind)?]),
         NfsServer::Kernel => {
-            let exports = Path::new("/etc/exports.d/enlist.exports");
-            let opts: Vec<String> = nets
-                .iter()
-                // root_squash: uid 0 from a node is nobody here.
-                .map(|n| format!("{n}(rw,sync,no_subtree_check,root_squash)"))
-                .collect();
-            if let Some(dir) = exports.parent() {
-                std::fs::create_dir_all(dir).map_err(io(dir))?;
-            }
-            let ro: Vec<String> = nets
-                .iter()
-                .map(|n| format!("{n}(ro,sync,no_subtree_check,root_squash)"))
-                .collect();
-            let text = format!(
-                "# Written by enlist at every start\n{} {}\n{} {}\n",
-                home.display(),
-                opts.join(" "),
-                envs.display(),
-                ro.join(" ")
-            );
-            std::fs::write(exports, text).map_err(io(exports))?;
-            let exportfs = find("exportfs", "nfs-kernel-server")?;
-            let st = std::process::Command::new(&exportfs)
-                .arg("-ra")
-                .status()
-                .map_err(io(&exportfs))?;
-            if !st.success() {
-                tracing::warn!(
-                    "jobs: exportfs -ra exited with {st}; check {}",
-                    exports.display()
-                );
-            }
-            if !kernel_nfsd_running() {
-                tracing::warn!("jobs: the kernel's NFS server is not running, so nodes cannot mount the shared home: systemctl enable --now nfs-server");
-            }
+            kernel_exports(home, envs, &nets)?;
             Ok(vec![])
         }
     }
+}
+
+/// Ganesha, configured to export the home and the job environments.
+fn ganesha(
+    home: &Path,
+    envs: &Path,
+    nets: &[Ipv4Net],
+    ganesha_dir: &Path,
+    bind: Ipv4Addr,
+) -> Result<Daemon, JobsError> {
+    let recovery = ganesha_dir.join("recovery");
+    std::fs::create_dir_all(&recovery).map_err(io(&recovery))?;
+    let conf_path = ganesha_dir.join("ganesha.conf");
+    let conf = files::ganesha_conf(&files::HomeExport {
+        path: home,
+        envs,
+        bind,
+        clients: nets,
+        recovery: &recovery,
+    });
+    std::fs::write(&conf_path, conf).map_err(io(&conf_path))?;
+    let p = |x: &Path| x.display().to_string();
+    Ok(Daemon {
+        name: "ganesha.nfsd",
+        program: find("ganesha.nfsd", "nfs-ganesha nfs-ganesha-vfs")?,
+        args: vec![
+            "-F".into(),
+            "-f".into(),
+            p(&conf_path),
+            "-L".into(),
+            p(&ganesha_dir.join("ganesha.log")),
+            "-p".into(),
+            p(&ganesha_dir.join("ganesha.pid")),
+        ],
+        env: vec![],
+        log: ganesha_dir.join("ganesha.out"),
+    })
+}
+
+/// The kernel's NFS server: the home read-write, the job environments read-only.
+fn kernel_exports(home: &Path, envs: &Path, nets: &[Ipv4Net]) -> Result<(), JobsError> {
+    let exports = Path::new("/etc/exports.d/enlist.exports");
+    let opts: Vec<String> = nets
+        .iter()
+        // root_squash: uid 0 from a node is nobody here.
+        .map(|n| format!("{n}(rw,sync,no_subtree_check,root_squash)"))
+        .collect();
+    if let Some(dir) = exports.parent() {
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+    }
+    let ro: Vec<String> = nets
+        .iter()
+        .map(|n| format!("{n}(ro,sync,no_subtree_check,root_squash)"))
+        .collect();
+    let text = format!(
+        "# Written by enlist at every start\n{} {}\n{} {}\n",
+        home.display(),
+        opts.join(" "),
+        envs.display(),
+        ro.join(" ")
+    );
+    std::fs::write(exports, text).map_err(io(exports))?;
+    let exportfs = find("exportfs", "nfs-kernel-server")?;
+    let st = std::process::Command::new(&exportfs)
+        .arg("-ra")
+        .status()
+        .map_err(io(&exportfs))?;
+    if !st.success() {
+        tracing::warn!(
+            "jobs: exportfs -ra exited with {st}; check {}",
+            exports.display()
+        );
+    }
+    if !kernel_nfsd_running() {
+        tracing::warn!("jobs: the kernel's NFS server is not running, so nodes cannot mount the shared home: systemctl enable --now nfs-server");
+    }
+    Ok(())
 }
 
 /// Each job user's folder in the home (`<home>/<name>`, theirs, 0700), made if missing: a
