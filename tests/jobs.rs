@@ -855,10 +855,11 @@ fn a_user_added_on_the_head_runs_a_job_within_a_minute_with_their_groups() {
 
 #[test]
 #[ignore = "needs root, QEMU, Slurm, built images and Debian's mirror: run `cargo xtask test`"]
-/// The admin builds job environments (Debian userlands: Python, and MPICH for the Pentium
-/// IIs) with `enlist env build`; two 64 MB Pentium IIs and an x86_64 PC that join mount their
-/// arch's and run their jobs in it. A user's `python3` job prints 42 on each and writes into
-/// their home, seeing Debian's /usr, not the node OS's busybox; a job over its memory is
+/// The admin builds job environments (Debian userlands: Python, numpy for the x86_64, MPICH
+/// for the Pentium IIs) with `enlist env build`; two 64 MB Pentium IIs and an x86_64 PC that
+/// join mount their arch's and run their jobs in it. A user's `python3` job prints 42 on each
+/// and writes into their home, seeing Debian's /usr, not the node OS's busybox (numpy works on
+/// the x86_64); root on a node cannot change the environment; a job over its memory is
 /// killed and the node runs the next; an MPI program compiled on a node runs over both
 /// Pentium IIs with `srun --mpi=pmi2`. (Jobs saw busybox and the Slurm daemons only, and
 /// nothing limited their memory.)
@@ -928,6 +929,27 @@ fn job_environments_give_jobs_debians_python_and_mpi_with_memory_limits() {
         );
     }
 
+    // numpy on the x86_64 (Debian's i386 numpy needs SSE2: README).
+    let x64 = lab.node_name(&macs[2]);
+    let out = as_user(
+        &lab,
+        "srun",
+        &[
+            "-N1",
+            "-w",
+            &x64,
+            "python3",
+            "-c",
+            "import numpy; print(numpy.arange(7).sum() * 2)",
+        ],
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "42",
+        "{}",
+        text(&out)
+    );
+
     // Root on a node cannot change the environment every node runs (read-only, root squashed).
     let p2 = lab.node_name(&macs[0]);
     let out = enlist_cli(
@@ -949,7 +971,6 @@ fn job_environments_give_jobs_debians_python_and_mpi_with_memory_limits() {
 
     // Memory: a job that asked for 20 MB and takes 60 is killed by Slurm's memory check
     // ("Exceeded job memory limit"), and the node stays up and runs the next job.
-    let x64 = lab.node_name(&macs[2]);
     let out = home.join("greedy.out");
     let id = submit(
         &lab,
