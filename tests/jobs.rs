@@ -587,20 +587,24 @@ fn a_stranger_on_the_segment_reaches_neither_slurm_nor_the_home_and_nodes_still_
         assert!(x.tcp_unanswered(&addr), "{addr} answered a stranger");
     }
     let home = lab.dir.join("home");
-    let nfs = x
-        .exec("timeout")
-        .args(["10", "nfs-ls"])
-        .arg(format!(
-            "nfs://10.77.0.1{}?version=4&uid=0&gid=0",
-            home.display()
-        ))
-        .output()
-        .unwrap();
-    assert!(
-        !nfs.status.success(),
-        "a stranger's NFSv4 listing of the home: {}",
-        text(&nfs)
-    );
+    // Neither the home nor the job environments' export (read-only, but every node runs it).
+    for export in [home.clone(), lab.dir.join("state/envs")] {
+        let nfs = x
+            .exec("timeout")
+            .args(["10", "nfs-ls"])
+            .arg(format!(
+                "nfs://10.77.0.1{}?version=4&uid=0&gid=0",
+                export.display()
+            ))
+            .output()
+            .unwrap();
+        assert!(
+            !nfs.status.success(),
+            "a stranger's NFSv4 listing of {}: {}",
+            export.display(),
+            text(&nfs)
+        );
+    }
     let r = lab.wait_for(Duration::from_secs(20), "refused packets counted", || {
         lab.metric("enlist_cluster_refused_packets") > 0.0
     });
