@@ -42,19 +42,7 @@ fn default_mirror() -> String {
 
 impl EnvRecipe {
     pub fn load(path: &Path) -> Result<EnvRecipe, RecipeError> {
-        let text = std::fs::read_to_string(path).map_err(|source| RecipeError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let r: EnvRecipe = serde_norway::from_str(&text).map_err(|e| {
-            let (line, column) = crate::config::yaml_position(&e);
-            RecipeError::Parse {
-                path: path.to_path_buf(),
-                line,
-                column,
-                message: e.to_string(),
-            }
-        })?;
+        let r: EnvRecipe = crate::image::recipe::load_yaml(path)?;
         r.check().map_err(|message| RecipeError::Invalid {
             path: path.to_path_buf(),
             message,

@@ -79,21 +79,26 @@ pub enum RecipeError {
     Invalid { path: PathBuf, message: String },
 }
 
+/// A YAML recipe file read as `T`; an error names the file (and the line and column).
+pub fn load_yaml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, RecipeError> {
+    let text = std::fs::read_to_string(path).map_err(|source| RecipeError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    serde_norway::from_str(&text).map_err(|e| {
+        let (line, column) = crate::config::yaml_position(&e);
+        RecipeError::Parse {
+            path: path.to_path_buf(),
+            line,
+            column,
+            message: e.to_string(),
+        }
+    })
+}
+
 impl Recipe {
     pub fn load(path: &Path) -> Result<(Recipe, PathBuf), RecipeError> {
-        let text = std::fs::read_to_string(path).map_err(|source| RecipeError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let r: Recipe = serde_norway::from_str(&text).map_err(|e| {
-            let (line, column) = crate::config::yaml_position(&e);
-            RecipeError::Parse {
-                path: path.to_path_buf(),
-                line,
-                column,
-                message: e.to_string(),
-            }
-        })?;
+        let r: Recipe = load_yaml(path)?;
         if !crate::image::store::valid_component(&r.name) {
             return Err(RecipeError::Invalid {
                 path: path.to_path_buf(),

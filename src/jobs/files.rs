@@ -163,6 +163,7 @@ pub struct HomeExport<'a> {
 /// the lab subnets.
 pub fn ganesha_conf(h: &HomeExport) -> String {
     let clients: Vec<String> = h.clients.iter().map(|n| n.to_string()).collect();
+    let clients = clients.join(", ");
     format!(
         r#"# Written by enlist at every start; edits are lost.
 NFS_CORE_PARAM {{
@@ -181,36 +182,32 @@ NFSV4 {{
     Only_Numeric_Owners = true;
 }}
 EXPORT_DEFAULTS {{ Access_Type = NONE; }}
-EXPORT {{
-    Export_Id = 1;
+{home}{envs}LOG {{ Default_Log_Level = WARN; }}
+"#,
+        bind = h.bind,
+        recovery = h.recovery.display(),
+        home = export(1, h.path, &clients, "RW"),
+        envs = export(2, h.envs, &clients, "RO"),
+    )
+}
+
+/// One EXPORT block: `path` at its own path in the pseudo file system, for `clients`. uid 0
+/// from a node is nobody here: root on a PC is no root of the home, nor of an environment.
+fn export(id: u16, path: &Path, clients: &str, access: &str) -> String {
+    format!(
+        r#"EXPORT {{
+    Export_Id = {id};
     Path = {path};
     Pseudo = {path};
     Protocols = 4;
     Transports = TCP;
     SecType = sys;
-    # uid 0 from a node is nobody here: root on a PC is no root of the home.
     Squash = Root_Squash;
-    CLIENT {{ Clients = {clients}; Access_Type = RW; }}
+    CLIENT {{ Clients = {clients}; Access_Type = {access}; }}
     FSAL {{ Name = VFS; }}
 }}
-EXPORT {{
-    Export_Id = 2;
-    Path = {envs};
-    Pseudo = {envs};
-    Protocols = 4;
-    Transports = TCP;
-    SecType = sys;
-    Squash = Root_Squash;
-    CLIENT {{ Clients = {clients}; Access_Type = RO; }}
-    FSAL {{ Name = VFS; }}
-}}
-LOG {{ Default_Log_Level = WARN; }}
 "#,
-        bind = h.bind,
-        recovery = h.recovery.display(),
-        path = h.path.display(),
-        envs = h.envs.display(),
-        clients = clients.join(", "),
+        path = path.display(),
     )
 }
 

@@ -89,13 +89,20 @@ pub fn munged_args(socket: &str) -> Vec<String> {
 /// Memory for jobs, MB: what is available now (the runtime mounted, before the daemons) less
 /// what the node keeps for itself.
 pub fn job_memory_mb(meminfo: &str, reserve_mb: u64) -> u64 {
-    let available_kb = meminfo
+    (meminfo_kb(meminfo, "MemAvailable") / 1024)
+        .saturating_sub(reserve_mb)
+        .max(1)
+}
+
+/// One `/proc/meminfo` figure, kB (0 when it is missing).
+fn meminfo_kb(meminfo: &str, key: &str) -> u64 {
+    meminfo
         .lines()
-        .find_map(|l| l.strip_prefix("MemAvailable:"))
-        .and_then(|v| v.split_whitespace().next())
+        .filter_map(|l| l.split_once(':'))
+        .find(|(k, _)| *k == key)
+        .and_then(|(_, v)| v.split_whitespace().next())
         .and_then(|v| v.parse::<u64>().ok())
-        .unwrap_or(0);
-    (available_kb / 1024).saturating_sub(reserve_mb).max(1)
+        .unwrap_or(0)
 }
 
 /// The node's Slurm features, for `--constraint`: the enlisted feature, its arch (`i686`,
@@ -110,12 +117,7 @@ pub fn features(feature: &str, arch: &str, cpuinfo: &str, meminfo: &str) -> Stri
     if sse2 {
         f.push("sse2".into());
     }
-    let total_kb = meminfo
-        .lines()
-        .find_map(|l| l.strip_prefix("MemTotal:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse::<u64>().ok())
-        .unwrap_or(0);
+    let total_kb = meminfo_kb(meminfo, "MemTotal");
     if total_kb > 0 {
         let mb = (total_kb / 1024).max(1).next_power_of_two();
         f.push(if mb >= 1024 {
