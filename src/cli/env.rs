@@ -70,10 +70,9 @@ fn list(store: &ImageStore) -> anyhow::Result<()> {
         println!("{arch}");
         for (version, _) in store.versions(&arch)?.into_iter().rev() {
             let asked = store
-                .file(&arch, &version, "manifest.json")
+                .manifest::<enlist::env::Manifest>(&arch, &version)
                 .ok()
-                .and_then(|p| std::fs::read_to_string(p).ok())
-                .and_then(|t| serde_json::from_str::<enlist::env::Manifest>(&t).ok())
+                .flatten()
                 .map(|m| {
                     format!(
                         "{} packages; asked: {}",

@@ -59,7 +59,7 @@ impl ImageStore {
     }
 
     /// A version's manifest.json read as `T` (`None`: a version built before it had one).
-    fn manifest<T: serde::de::DeserializeOwned>(
+    pub fn manifest<T: serde::de::DeserializeOwned>(
         &self,
         name: &str,
         version: &str,
