@@ -38,7 +38,7 @@ pub fn ipxe_commands(head: Option<&str>) -> Result<String, BootDiskError> {
             if !h.starts_with("http://") || h.contains(char::is_whitespace) {
                 return Err(BootDiskError::BadHead(h.into()));
             }
-            let url = format!("{}/boot/${{net0/mac:hexhyp}}.ipxe?via=floppy", h.trim_end_matches('/'));
+            let url = crate::bootpath::script_url_template(h, "${net0/mac:hexhyp}", "floppy");
             format!(
                 "dhcp net0 && chain --autofree {url} || echo enlist: no DHCP answer on net0, or head not reachable at {} - retrying in 10 s && sleep 10",
                 h.trim_end_matches('/')

@@ -153,14 +153,18 @@ impl BootFiles {
     /// Resolve a request. Blocking (reads files, may write the registry): call from a
     /// blocking context.
     pub fn resolve(&self, req: &Request) -> Result<Blob, ResolveError> {
-        let path = BootPath::parse(req.path)?;
+        self.resolve_path(&BootPath::parse(req.path)?, req)
+    }
+
+    /// [`BootFiles::resolve`] for a path already parsed (`req.path` is how it is shown).
+    pub fn resolve_path(&self, path: &BootPath, req: &Request) -> Result<Blob, ResolveError> {
         let kind = path.kind();
         let one = |data: Bytes| Blob {
             parts: vec![data],
             kind,
             mac: path.mac(),
         };
-        match &path {
+        match path {
             BootPath::Ipxe(file) => {
                 let data = self.read_inside(&self.ipxe_dir, &self.ipxe_dir.join(file), req.path)?;
                 Ok(one(data))

@@ -14,14 +14,7 @@
 use enlist_api::Mac;
 
 /// How a boot step travelled (for the node's boot timeline and the metrics).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Proto {
-    Dhcp,
-    Tftp,
-    Http,
-    Agent,
-}
+pub use enlist_api::admin::Proto;
 
 /// What kind of file a path is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -181,6 +174,27 @@ impl std::fmt::Display for BootPath {
     }
 }
 
+impl BootPath {
+    /// A boot path from an HTTP request's path (`/boot/...`, `/images/...`, `/ipxe/<file>`):
+    /// the one place the HTTP routes are told apart. iPXE binaries are under `ipxe/` over
+    /// HTTP (TFTP serves them at its root); anything else is not a boot path.
+    pub fn from_http(path: &str) -> Result<BootPath, PathRefused> {
+        let rel = path.strip_prefix('/').unwrap_or(path);
+        let not_found = || PathRefused {
+            path: rel.chars().take(MAX_PATH_LEN).collect(),
+            reason: "not-found",
+        };
+        match rel.split_once('/') {
+            Some(("ipxe", file)) => match BootPath::parse(file)? {
+                p @ BootPath::Ipxe(_) => Ok(p),
+                _ => Err(not_found()),
+            },
+            Some(("boot" | "images", _)) => BootPath::parse(rel),
+            _ => Err(not_found()),
+        }
+    }
+}
+
 /// A served path as admins see it in a boot's trace: a node initrd's one-boot token left out
 /// (`boot/<mac>/-/<image>/<version>/initrd`), since the trace is shown to whoever may read
 /// the node list.
@@ -196,24 +210,28 @@ pub fn without_token(path: &str) -> String {
     }
 }
 
-/// `http://10.77.0.1:8080` + a boot path.
+/// `http://10.77.0.1:8080` + a boot path (iPXE binaries are under `ipxe/` over HTTP; TFTP
+/// serves them at its root).
 pub fn http_url(http_base: &str, path: &BootPath) -> String {
-    format!("{}/{path}", http_base.trim_end_matches('/'))
+    let base = http_base.trim_end_matches('/');
+    match path {
+        BootPath::Ipxe(file) => format!("{base}/ipxe/{file}"),
+        _ => format!("{base}/{path}"),
+    }
+}
+
+/// A node's script URL with an iPXE expression in place of its MAC (`${net0/mac:hexhyp}`),
+/// for a boot disk that serves every PC, and how it came (`?via=floppy`).
+pub fn script_url_template(http_base: &str, mac_expr: &str, via: &str) -> String {
+    format!(
+        "{}/boot/{mac_expr}.ipxe?via={via}",
+        http_base.trim_end_matches('/')
+    )
 }
 
 /// The URL of a node's script over HTTP (DHCP hands it to iPXE; the script chains to it again).
 pub fn script_url(http_base: &str, mac: Mac) -> String {
     http_url(http_base, &BootPath::Script(mac))
-}
-
-/// `tftp://<host>` of an `http://<host>[:port]` base: where TFTP-only cards fetch their files.
-pub fn tftp_base(http_base: &str) -> String {
-    let host = http_base
-        .trim_start_matches("http://")
-        .split(['/', ':'])
-        .next()
-        .unwrap_or_default();
-    format!("tftp://{host}")
 }
 
 #[cfg(test)]
@@ -250,7 +268,36 @@ mod tests {
             script_url("http://10.77.0.1:8080/", MAC),
             "http://10.77.0.1:8080/boot/52-54-00-77-01-01.ipxe"
         );
-        assert_eq!(tftp_base("http://10.77.0.1:8080/"), "tftp://10.77.0.1");
+        assert_eq!(
+            http_url("http://10.77.0.1:8080", &BootPath::Ipxe("ipxe.efi".into())),
+            "http://10.77.0.1:8080/ipxe/ipxe.efi",
+            "iPXE binaries are under ipxe/ over HTTP"
+        );
+        // What http_url builds, from_http reads back; nothing else is a boot path over HTTP.
+        for p in [
+            BootPath::Ipxe("ipxe.efi".into()),
+            BootPath::Script(MAC),
+            BootPath::ImageFile {
+                image: "i586".into(),
+                version: "v1".into(),
+                file: "vmlinuz".into(),
+            },
+        ] {
+            let url = http_url("http://h", &p);
+            assert_eq!(BootPath::from_http(&url["http://h".len()..]), Ok(p));
+        }
+        for bad in [
+            "/ipxe/boot/x.ipxe",
+            "/undionly.kpxe",
+            "/ipxe/../x",
+            "/other/x",
+        ] {
+            assert!(BootPath::from_http(bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            script_url_template("http://h:8080/", "${net0/mac:hexhyp}", "floppy"),
+            "http://h:8080/boot/${net0/mac:hexhyp}.ipxe?via=floppy"
+        );
     }
 
     #[test]

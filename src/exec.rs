@@ -8,17 +8,13 @@ use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use enlist_api::{ExecResult, ExecSpec, Mac};
-use serde::Serialize;
-
 use crate::registry::{Registry, RegistryError};
+use enlist_api::{ExecResult, ExecSpec, Mac};
 
 /// Runs kept for their results.
 const MAX_RUNS: usize = 64;
 /// Nodes one run may name.
 pub const MAX_TARGETS: usize = 10_000;
-/// Nodes a run talks to at once unless told (clush's default fan-out).
-pub const DEFAULT_FANOUT: usize = 64;
 /// How long after its timeout a node's answer may still come (the agent's long poll, its
 /// report) before the node is unreachable.
 const GRACE: Duration = Duration::from_secs(15);
@@ -64,32 +60,7 @@ enum Outcome {
     Unreachable(String),
 }
 
-/// A run as the API shows it.
-#[derive(Debug, Serialize)]
-pub struct RunView {
-    pub id: u64,
-    pub command: String,
-    pub timeout_secs: u64,
-    /// Every node has answered or is unreachable.
-    pub done: bool,
-    pub results: Vec<NodeOutcome>,
-}
-
-/// One node's part of a run.
-#[derive(Debug, Serialize)]
-pub struct NodeOutcome {
-    pub node: String,
-    /// `queued` (waiting for the fan-out), `running`, `exited`, `signal`, `timeout` or
-    /// `unreachable`.
-    pub status: &'static str,
-    pub exit: Option<i32>,
-    pub signal: Option<i32>,
-    pub output: String,
-    /// Bytes of output not kept.
-    pub cut_bytes: u64,
-    /// Why a node is unreachable.
-    pub reason: Option<String>,
-}
+pub use enlist_api::admin::{ExecStatus, NodeOutcome, RunView};
 
 impl Execs {
     /// Send `spec` to `macs`, `fanout` nodes at a time; the run's id. Nodes that are not up
@@ -120,23 +91,28 @@ impl Execs {
             });
         }
         // Kept before its first command goes out: a quick node's answer finds its run.
-        let mut runs = self.lock();
-        runs.next += 1;
-        let id = runs.next;
-        if runs.list.len() >= MAX_RUNS {
-            runs.list.pop_front();
-        }
-        runs.list.push_back(Run {
-            id,
-            spec: spec.clone(),
-            who: who.to_string(),
-            fanout: fanout.max(1),
-            timeout: Duration::from_secs(spec.timeout_secs.into()),
-            targets,
-        });
-        if let Some(run) = runs.list.back_mut() {
-            run.send_more(registry, Instant::now())?;
-        }
+        let (id, notes) = {
+            let mut runs = self.lock();
+            runs.next += 1;
+            let id = runs.next;
+            if runs.list.len() >= MAX_RUNS {
+                runs.list.pop_front();
+            }
+            runs.list.push_back(Run {
+                id,
+                spec: spec.clone(),
+                who: who.to_string(),
+                fanout: fanout.max(1),
+                timeout: Duration::from_secs(spec.timeout_secs.into()),
+                targets,
+            });
+            let notes = match runs.list.back_mut() {
+                Some(run) => run.send_more(registry, Instant::now())?,
+                None => vec![],
+            };
+            (id, notes)
+        };
+        write_history(registry, notes)?;
         Ok(id)
     }
 
@@ -145,6 +121,25 @@ impl Execs {
     /// gives its place in the fan-out to the next node.
     pub fn answer(&self, registry: &Registry, mac: Mac, result: ExecResult) -> bool {
         let mut runs = self.lock();
+        let Some(notes) = Self::take_answer(&mut runs, registry, mac, result) else {
+            return false;
+        };
+        drop(runs);
+        if let Err(e) = write_history(registry, notes) {
+            tracing::warn!("exec: {e}");
+        }
+        true
+    }
+
+    /// [`Execs::answer`] under the runs' lock: the history lines to write once it is released
+    /// (the database is never written while it is held), or None when the answer matches no
+    /// running command.
+    fn take_answer(
+        runs: &mut Runs,
+        registry: &Registry,
+        mac: Mac,
+        result: ExecResult,
+    ) -> Option<Vec<Note>> {
         let found = runs.list.iter_mut().find_map(|r| {
             let i = r.targets.iter().position(|t| {
                 t.mac == mac
@@ -153,24 +148,37 @@ impl Execs {
             })?;
             Some((r, i))
         });
-        let Some((run, i)) = found else {
-            return false;
-        };
+        let (run, i) = found?;
         if !result.done {
             run.targets[i].so_far = Some(result);
-            return true;
+            return Some(vec![]);
         }
         run.targets[i].outcome = Outcome::Done(result);
-        if let Err(e) = run.send_more(registry, Instant::now()) {
+        Some(run.send_more(registry, Instant::now()).unwrap_or_else(|e| {
             tracing::warn!("exec #{}: {e}", run.id);
-        }
-        true
+            vec![]
+        }))
     }
 
     /// Run `id` as of `now`: nodes that went down, or are silent past the timeout and grace,
     /// become unreachable (and make room in the fan-out).
     pub fn view(&self, registry: &Registry, id: u64, now: Instant) -> Option<RunView> {
         let mut runs = self.lock();
+        let (view, notes) = Self::view_locked(&mut runs, registry, id, now)?;
+        drop(runs);
+        if let Err(e) = write_history(registry, notes) {
+            tracing::warn!("exec #{id}: {e}");
+        }
+        Some(view)
+    }
+
+    /// [`Execs::view`] under the runs' lock; the history lines to write once it is released.
+    fn view_locked(
+        runs: &mut Runs,
+        registry: &Registry,
+        id: u64,
+        now: Instant,
+    ) -> Option<(RunView, Vec<Note>)> {
         let run = runs.list.iter_mut().find(|r| r.id == id)?;
         let (timeout, mut freed) = (run.timeout, false);
         for t in run.targets.iter_mut() {
@@ -201,12 +209,14 @@ impl Execs {
             }
             freed = true;
         }
+        let mut notes = vec![];
         if freed {
-            if let Err(e) = run.send_more(registry, now) {
+            notes = run.send_more(registry, now).unwrap_or_else(|e| {
                 tracing::warn!("exec #{id}: {e}");
-            }
+                vec![]
+            });
         }
-        Some(RunView {
+        let view = RunView {
             id: run.id,
             command: run.spec.command.clone(),
             timeout_secs: run.timeout.as_secs(),
@@ -215,7 +225,8 @@ impl Execs {
                 .iter()
                 .all(|t| !matches!(t.outcome, Outcome::Running | Outcome::Queued)),
             results: run.targets.iter().map(Target::view).collect(),
-        })
+        };
+        Some((view, notes))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Runs> {
@@ -224,9 +235,11 @@ impl Execs {
 }
 
 impl Run {
-    /// Send the command to queued nodes while fewer than `fanout` run it. A node that went
-    /// down meanwhile is unreachable instead.
-    fn send_more(&mut self, registry: &Registry, now: Instant) -> Result<(), RegistryError> {
+    /// Send the command to queued nodes while fewer than `fanout` run it (queued in memory for
+    /// their agents); the history lines to write for them. A node that went down meanwhile is
+    /// unreachable instead.
+    fn send_more(&mut self, registry: &Registry, now: Instant) -> Result<Vec<Note>, RegistryError> {
+        let mut notes = vec![];
         let running = |ts: &[Target]| {
             ts.iter()
                 .filter(|t| matches!(t.outcome, Outcome::Running))
@@ -238,36 +251,51 @@ impl Run {
                 .iter_mut()
                 .find(|t| matches!(t.outcome, Outcome::Queued))
             else {
-                return Ok(());
+                return Ok(notes);
             };
             let state = registry.node(t.mac)?.state;
             if !state.is_alive() {
                 t.outcome = Outcome::Unreachable(format!("node is {state}"));
                 continue;
             }
-            match registry.exec_command(t.mac, self.spec.clone(), &self.who) {
-                Ok(id) => {
+            match registry.queue_exec(t.mac, self.spec.clone()) {
+                Some(id) => {
                     t.command_id = Some(id);
                     t.sent = Some(now);
                     t.outcome = Outcome::Running;
+                    let shown: String = self.spec.command.chars().take(200).collect();
+                    notes.push(Note {
+                        mac: t.mac,
+                        detail: format!("#{id} by {}: {shown}", self.who),
+                    });
                 }
                 // Up as far as its state says, but its agent has no session (the head
                 // restarted, or it is registering again): nothing is kept for later.
-                Err(RegistryError::NotOnline(_)) => {
-                    t.outcome = Outcome::Unreachable("not online: not run".into());
-                }
-                Err(e) => return Err(e),
+                None => t.outcome = Outcome::Unreachable("not online: not run".into()),
             }
         }
-        Ok(())
+        Ok(notes)
     }
+}
+
+/// A node's history line for a command sent to it, written once the runs' lock is released.
+struct Note {
+    mac: Mac,
+    detail: String,
+}
+
+fn write_history(registry: &Registry, notes: Vec<Note>) -> Result<(), RegistryError> {
+    for n in notes {
+        registry.note(n.mac, "exec", &n.detail)?;
+    }
+    Ok(())
 }
 
 impl Target {
     fn view(&self) -> NodeOutcome {
         let mut v = NodeOutcome {
             node: self.name.clone(),
-            status: "running",
+            status: ExecStatus::Running,
             exit: None,
             signal: None,
             output: String::new(),
@@ -281,18 +309,18 @@ impl Target {
                     v.cut_bytes = p.cut_bytes;
                 }
             }
-            Outcome::Queued => v.status = "queued",
+            Outcome::Queued => v.status = ExecStatus::Queued,
             Outcome::Unreachable(why) => {
-                v.status = "unreachable";
+                v.status = ExecStatus::Unreachable;
                 v.reason = Some(why.clone());
             }
             Outcome::Done(r) => {
                 v.status = if r.timed_out {
-                    "timeout"
+                    ExecStatus::Timeout
                 } else if r.signal.is_some() {
-                    "signal"
+                    ExecStatus::Signal
                 } else {
-                    "exited"
+                    ExecStatus::Exited
                 };
                 v.exit = r.exit;
                 v.signal = r.signal;
@@ -321,7 +349,7 @@ mod tests {
 
     use enlist_api::{ExecResult, ExecSpec};
 
-    use super::Execs;
+    use super::{ExecStatus, Execs};
     use crate::registry::tests::{boot, ip, registry, session_of, A, B};
 
     #[test]
@@ -343,15 +371,19 @@ mod tests {
         let now = Instant::now();
         let v = execs.view(&r, run, now).expect("run");
         assert!(!v.done);
-        assert_eq!(v.results[0].status, "running");
-        assert_eq!(v.results[1].status, "unreachable", "{v:?}");
+        assert_eq!(v.results[0].status, ExecStatus::Running);
+        assert_eq!(v.results[1].status, ExecStatus::Unreachable, "{v:?}");
 
         // A gets the command signed for it alone; B nothing.
         let (cmds, _) = r.take_commands(A);
         assert_eq!(cmds.len(), 1);
-        assert_eq!(cmds[0].exec.as_ref(), Some(&spec));
+        assert_eq!(cmds[0].order, enlist_api::Order::Exec(spec.clone()));
         assert!(enlist_api::verify_command(&key, &session, &cmds[0]));
-        assert!(r.take_commands(B).0.iter().all(|c| c.exec.is_none()));
+        assert!(r
+            .take_commands(B)
+            .0
+            .iter()
+            .all(|c| !matches!(c.order, enlist_api::Order::Exec(_))));
 
         let answer = |id| ExecResult {
             id,
@@ -371,7 +403,7 @@ mod tests {
         let v = execs.view(&r, run, now).expect("run");
         assert_eq!(
             (v.results[0].status, v.results[0].output.as_str()),
-            ("running", "i6")
+            (ExecStatus::Running, "i6")
         );
         assert!(
             !execs.answer(&r, A, answer(cmds[0].id + 1)),
@@ -387,7 +419,7 @@ mod tests {
         assert!(v.done);
         assert_eq!(
             (v.results[0].status, v.results[0].exit),
-            ("exited", Some(0))
+            (ExecStatus::Exited, Some(0))
         );
         assert_eq!(v.results[0].output, "i686\n");
 
@@ -396,7 +428,7 @@ mod tests {
         let later = Instant::now() + Duration::from_secs(5 + 16);
         let v = execs.view(&r, silent, later).expect("run");
         assert!(v.done);
-        assert_eq!(v.results[0].status, "unreachable");
+        assert_eq!(v.results[0].status, ExecStatus::Unreachable);
 
         let history = r.store().events_of(A, 100).expect("events");
         assert!(history
@@ -415,11 +447,11 @@ mod tests {
             timeout_secs: 5,
         };
         let run = execs.start(&r, &[A, B], &spec, 1, "admin").expect("start");
-        let statuses = || -> Vec<&'static str> {
+        let statuses = || -> Vec<ExecStatus> {
             let v = execs.view(&r, run, Instant::now()).expect("run");
             v.results.iter().map(|n| n.status).collect()
         };
-        assert_eq!(statuses(), ["running", "queued"]);
+        assert_eq!(statuses(), [ExecStatus::Running, ExecStatus::Queued]);
         assert!(r.take_commands(B).0.is_empty(), "B waits for its turn");
         let (a_cmds, _) = r.take_commands(A);
         let done = ExecResult {
@@ -432,7 +464,7 @@ mod tests {
             done: true,
         };
         assert!(execs.answer(&r, A, done));
-        assert_eq!(statuses(), ["exited", "running"]);
+        assert_eq!(statuses(), [ExecStatus::Exited, ExecStatus::Running]);
         assert_eq!(r.take_commands(B).0.len(), 1, "B's turn");
     }
 }

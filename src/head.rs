@@ -17,9 +17,9 @@ use crate::image::store::ImageStore;
 use crate::jobs::Jobs;
 use crate::metrics::Metrics;
 use crate::registry::Registry;
-use crate::schedule::Scheduler;
 use crate::store::Store;
 use crate::tftp;
+use crate::timetable::Timetable;
 
 /// The parts of a running head.
 pub struct Head {
@@ -33,7 +33,7 @@ pub struct Head {
     /// Jobs through Slurm, when on.
     pub jobs: Option<Arc<Jobs>>,
     /// Enlist and release groups on their schedules, when the config has any.
-    pub schedules: Option<Arc<Scheduler>>,
+    pub schedules: Option<Arc<Timetable>>,
     /// The state folder's lock, held while the head runs (one head per state folder; restore
     /// waits for it).
     lock: Option<StateLock>,
@@ -103,7 +103,7 @@ impl Head {
             nodes,
         ));
         let jobs = Jobs::new(cfg.clone(), registry.clone(), images, metrics.clone())?;
-        let schedules = Scheduler::new(
+        let schedules = Timetable::new(
             cfg.clone(),
             registry.clone(),
             jobs.clone(),
@@ -117,6 +117,7 @@ impl Head {
             auth: auth::Auth::new(store.clone(), api_token, cfg.admin.public_read, secure),
             max_streams: cfg.http.max_streams,
             streams: AtomicUsize::new(0),
+            workload: crate::jobs::workload_of(jobs.as_ref()),
             jobs: jobs.clone(),
             schedules: schedules.clone(),
             execs: Default::default(),

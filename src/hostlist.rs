@@ -40,6 +40,14 @@ pub fn expand(list: &str) -> Result<Vec<String>, BadHostList> {
     let bad = || BadHostList(list.into());
     let mut out = vec![];
     for item in top_level(list.trim())? {
+        // `a, b` is `a,b`; a name with a space or a control character inside is no host name.
+        let item = item.trim();
+        if item.is_empty() {
+            continue;
+        }
+        if item.contains(|c: char| c.is_whitespace() || c.is_control()) {
+            return Err(bad());
+        }
         let Some(open) = item.find('[') else {
             out.push(item.to_string());
             continue;
@@ -130,9 +138,12 @@ mod tests {
             "n[1-2]x[3]",
             "n[[1]]",
             "n[1-999999999]",
+            "node 1",
+            "no\0de",
         ] {
-            assert!(expand(bad).is_err(), "{bad}");
+            assert!(expand(bad).is_err(), "{bad:?}");
         }
+        assert_eq!(expand(" a, b ").unwrap(), ["a", "b"], "spaces around names");
     }
 
     #[test]

@@ -23,99 +23,16 @@
 
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+/// Where a node is: the API's type, so the CLI and dashboard read the same names.
+pub use enlist_api::admin::NodeState;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum NodeState {
-    /// A network-boot client asked for an address.
-    Seen,
-    /// It fetched boot files (iPXE, script, kernel, initrd).
-    Booting,
-    /// It fetched the node OS but its agent did not register in time.
-    Stuck,
-    /// Waiting for an admin's approval (enrollment `approve`).
-    Pending,
-    /// Its agent registered.
-    Registered,
-    /// Heartbeats arrive.
-    Healthy,
-    /// Released while it runs jobs: the scheduler gives it no more, and it leaves when they end
-    /// (or at the deadline, when they are requeued).
-    Draining,
-    /// The agent said it is going (reboot, power-off, release).
-    Leaving,
-    /// Left, or handed back to its own disk.
-    Gone,
-    /// Heartbeats stopped without a word (power cut, cable).
-    Lost,
-    /// Released by an admin while offline: its next network boot boots the local disk.
-    Released,
-}
-
-impl NodeState {
-    pub const ALL: [NodeState; 11] = [
-        NodeState::Seen,
-        NodeState::Booting,
-        NodeState::Stuck,
-        NodeState::Pending,
-        NodeState::Registered,
-        NodeState::Healthy,
-        NodeState::Draining,
-        NodeState::Leaving,
-        NodeState::Gone,
-        NodeState::Lost,
-        NodeState::Released,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            NodeState::Seen => "seen",
-            NodeState::Booting => "booting",
-            NodeState::Stuck => "stuck",
-            NodeState::Pending => "pending",
-            NodeState::Registered => "registered",
-            NodeState::Healthy => "healthy",
-            NodeState::Draining => "draining",
-            NodeState::Leaving => "leaving",
-            NodeState::Gone => "gone",
-            NodeState::Lost => "lost",
-            NodeState::Released => "released",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<NodeState> {
-        NodeState::ALL.into_iter().find(|n| n.as_str() == s)
-    }
-
-    /// An agent is running on the PC, as far as the head knows: only signed requests change it.
-    pub fn is_alive(self) -> bool {
-        matches!(
-            self,
-            NodeState::Pending | NodeState::Registered | NodeState::Healthy | NodeState::Draining
-        )
-    }
-
-    /// Listed in every node's /etc/hosts (and counted "up" on the dashboard).
-    pub fn is_peer(self) -> bool {
-        matches!(
-            self,
-            NodeState::Registered | NodeState::Healthy | NodeState::Draining
-        )
-    }
-
-    /// On its way up: the dashboard counts these as booting.
-    pub fn is_booting(self) -> bool {
-        matches!(
-            self,
-            NodeState::Seen | NodeState::Booting | NodeState::Stuck
-        )
-    }
-}
-
-impl std::fmt::Display for NodeState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
+/// The state a PC starts in when the head first sees it: `seen`, or `pending` when an admin
+/// must let it in first (enrollment `approve`; kept in memory as a candidate until then).
+pub fn first_state(awaits_approval: bool) -> NodeState {
+    if awaits_approval {
+        NodeState::Pending
+    } else {
+        NodeState::Seen
     }
 }
 

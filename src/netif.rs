@@ -94,7 +94,7 @@ pub fn set_arp_entry(
     sock: &impl std::os::fd::AsRawFd,
     iface: &str,
     ip: Ipv4Addr,
-    mac: [u8; 6],
+    mac: enlist_api::Mac,
 ) -> std::io::Result<()> {
     // SAFETY: arpreq is plain old data; all-zero is a valid value.
     let mut req: libc::arpreq = unsafe { std::mem::zeroed() };
@@ -124,7 +124,7 @@ pub fn set_arp_entry(
         );
     }
     req.arp_ha.sa_family = libc::ARPHRD_ETHER;
-    for (d, s) in req.arp_ha.sa_data.iter_mut().zip(mac) {
+    for (d, s) in req.arp_ha.sa_data.iter_mut().zip(mac.0) {
         *d = s as libc::c_char;
     }
     req.arp_flags = libc::ATF_COM;

@@ -412,7 +412,7 @@ async fn agents_authenticate_and_cannot_speak_for_other_nodes() {
     // A queued command arrives at once, signed for this session.
     h.head
         .registry
-        .command(a, enlist_api::CommandKind::Reboot)
+        .command(a, enlist_api::Order::Reboot)
         .expect("command");
     let (status, body) = send(
         &h.app,

@@ -222,7 +222,7 @@ fn offers_go_by_unicast_to_the_offered_address_unless_the_client_asks_for_broadc
             // RFC 2131 4.1: to yiaddr at chaddr; the sender puts that pairing in the ARP table.
             assert_eq!(*to.ip(), msg.yiaddr(), "{name}");
             assert_eq!(
-                link.as_ref().map(|m| &m[..]),
+                link.as_ref().map(|m| &m.0[..]),
                 disc.chaddr().get(..6),
                 "{name}"
             );

@@ -487,6 +487,11 @@ fn absurd_heartbeats_and_huge_results_are_refused() {
     let hb = br#"{"load1":1e39,"load5":0,"load15":0,"mem_free_kb":1,"uptime_secs":1}"#.to_vec();
     let (st, body) = post(&a, &mut n, paths::HEARTBEAT, hb);
     check(&lab, st == 400, &format!("load 1e39: {st} {body}"));
+    check(
+        &lab,
+        lab.metric("enlist_agent_refused_total{reason=\"bad-request\"}") == 1.0,
+        "the absurd heartbeat counted",
+    );
     let huge = serde_json::to_vec(&enlist_api::CommandResult {
         id: 1,
         ok: true,
@@ -1501,8 +1506,8 @@ fn with_admin_listen_the_cli_works_and_the_boot_network_has_no_login() {
 type Sent = (String, Vec<u8>, String);
 /// A request as a fake head read it: path, headers (lower-case names), body.
 type Received = (String, Vec<(String, String)>, Vec<u8>);
-/// A command a fake head sends: kind, what to run, expiry.
-type FakeCommand = (enlist_api::CommandKind, Option<enlist_api::ExecSpec>, i64);
+/// A command a fake head sends: what to do, expiry.
+type FakeCommand = (enlist_api::Order, i64);
 
 /// How a fake head answers the agent.
 #[derive(Clone)]
@@ -1643,19 +1648,17 @@ fn fake_reply(
                 .unwrap_or_default()
                 .into_iter()
                 .enumerate()
-                .map(|(i, (kind, exec, expires_unix))| {
+                .map(|(i, (order, expires_unix))| {
                     let id = i as u64 + 1;
                     let terms = enlist_api::CommandTerms {
                         id,
-                        kind,
-                        exec: exec.as_ref(),
+                        order: &order,
                         expires_unix,
                     };
                     enlist_api::Command {
                         id,
-                        kind,
                         signature: enlist_api::sign_command(&f.key, &session, terms),
-                        exec,
+                        order,
                         expires_unix,
                     }
                 })
@@ -1793,8 +1796,7 @@ fn marker_command(marker: &std::path::Path, expires_unix: i64) -> FakeHead {
         name: "victim",
         answer: Answer::Honest,
         commands: vec![(
-            enlist_api::CommandKind::Exec,
-            Some(enlist_api::ExecSpec {
+            enlist_api::Order::Exec(enlist_api::ExecSpec {
                 command: format!("echo ran > {}", marker.display()),
                 timeout_secs: 10,
             }),

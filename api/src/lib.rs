@@ -22,7 +22,10 @@
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+pub mod admin;
 mod mac;
+#[cfg(feature = "schema")]
+pub mod openapi;
 pub mod seal;
 
 use hmac::{Hmac, Mac as _};
@@ -30,6 +33,27 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 pub use mac::{BadMac, Mac};
+
+/// Serde for a wire type whose values are checked as they are read: its derived
+/// (`#[serde(remote = "Self")]`) impls, with its `check()` after deserializing, so no caller can
+/// forget it.
+macro_rules! checked_on_parse {
+    ($t:ty) => {
+        impl Serialize for $t {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                <$t>::serialize(self, s)
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $t {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let v = <$t>::deserialize(d)?;
+                v.check().map_err(serde::de::Error::custom)?;
+                Ok(v)
+            }
+        }
+    };
+}
 
 /// Longest text field in an agent body (CPU model, kernel, NIC names).
 pub const MAX_TEXT: usize = 256;
@@ -90,6 +114,8 @@ fn ipv4_or_empty(what: &str, s: &str) -> Result<(), String> {
 
 /// What the agent reports about its PC when it registers.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(remote = "Self")]
 pub struct NodeInfo {
     pub cpu_model: String,
     pub cpu_mhz: u32,
@@ -104,11 +130,14 @@ pub struct NodeInfo {
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Nic {
     pub name: String,
     pub mac: String,
     pub driver: String,
 }
+
+checked_on_parse!(NodeInfo);
 
 impl NodeInfo {
     /// Whether every field is within what a real PC reports.
@@ -143,11 +172,14 @@ impl NodeInfo {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct NonceResponse {
     pub nonce: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(remote = "Self")]
 pub struct RegisterRequest {
     pub info: NodeInfo,
     /// Chosen by the agent for this registration (32 hex digits, from its random source): the
@@ -155,6 +187,8 @@ pub struct RegisterRequest {
     /// very request is believed.
     pub challenge: String,
 }
+
+checked_on_parse!(RegisterRequest);
 
 impl RegisterRequest {
     /// A challenge is 32 hex digits.
@@ -172,6 +206,7 @@ fn is_hex_id(s: &str) -> bool {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(remote = "Self")]
 pub struct RegisterResponse {
     pub session: String,
     pub name: String,
@@ -183,6 +218,8 @@ pub struct RegisterResponse {
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(remote = "Self")]
 pub struct Heartbeat {
     pub load1: f32,
     pub load5: f32,
@@ -193,6 +230,8 @@ pub struct Heartbeat {
 
 /// Largest load average believed (a PC with thousands of runnable tasks is still below it).
 pub const MAX_LOAD: f32 = 1.0e6;
+
+checked_on_parse!(Heartbeat);
 
 impl Heartbeat {
     /// Whether the values are ones a real PC reports: finite, non-negative load averages.
@@ -224,10 +263,13 @@ pub struct HeartbeatResponse {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(remote = "Self")]
 pub struct Peer {
     pub name: String,
     pub ip: String,
 }
+
+checked_on_parse!(Peer);
 
 impl Peer {
     pub fn check(&self) -> Result<(), String> {
@@ -254,6 +296,8 @@ fn check_peers(peers: &[Peer]) -> Result<(), String> {
     peers.iter().try_for_each(Peer::check)
 }
 
+checked_on_parse!(RegisterResponse);
+
 impl RegisterResponse {
     /// What the agent checks before using a registration reply: a name it may put in
     /// /etc/hosts, a heartbeat period it can live with, well-formed peers.
@@ -274,6 +318,8 @@ impl RegisterResponse {
     }
 }
 
+checked_on_parse!(PeersResponse);
+
 impl PeersResponse {
     pub fn check(&self) -> Result<(), String> {
         check_peers(&self.peers)
@@ -281,36 +327,40 @@ impl PeersResponse {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(remote = "Self")]
 pub struct PeersResponse {
     pub version: u64,
     pub peers: Vec<Peer>,
 }
 
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "kebab-case")]
-pub enum CommandKind {
+/// What a command tells a node's agent to do, with what it needs: a closed set (on the wire,
+/// `"kind": "reboot"`, or `"kind": "exec", "exec": {...}`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "kind", content = "exec", rename_all = "kebab-case")]
+pub enum Order {
     Reboot,
     PowerOff,
     /// Reboot so that the PC goes back to its own disk (the head answers its next PXE request
     /// with "boot locally").
     Release,
     RefreshPeers,
-    /// Run [`Command::exec`] (`enlist exec`) and post an [`ExecResult`].
-    Exec,
+    /// Run a shell command (`enlist exec`) and post an [`ExecResult`].
+    Exec(ExecSpec),
     /// The cluster's munge key was replaced (`enlist jobs rotate-key`): fetch the jobs
     /// descriptor again, put its key in place and restart munged.
     Rekey,
 }
 
-impl CommandKind {
-    pub fn as_str(self) -> &'static str {
+impl Order {
+    /// Its name on the wire and in a node's history.
+    pub fn kind(&self) -> &'static str {
         match self {
-            CommandKind::Reboot => "reboot",
-            CommandKind::PowerOff => "power-off",
-            CommandKind::Release => "release",
-            CommandKind::RefreshPeers => "refresh-peers",
-            CommandKind::Exec => "exec",
-            CommandKind::Rekey => "rekey",
+            Order::Reboot => "reboot",
+            Order::PowerOff => "power-off",
+            Order::Release => "release",
+            Order::RefreshPeers => "refresh-peers",
+            Order::Exec(_) => "exec",
+            Order::Rekey => "rekey",
         }
     }
 }
@@ -319,10 +369,9 @@ impl CommandKind {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Command {
     pub id: u64,
-    pub kind: CommandKind,
-    /// What to run, for [`CommandKind::Exec`] (covered by the signature).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub exec: Option<ExecSpec>,
+    /// What to do (covered by the signature, an exec's shell command and timeout too).
+    #[serde(flatten)]
+    pub order: Order,
     /// After this instant (unix seconds, the head's clock) the agent refuses it: a command
     /// held back and delivered late, or played back, does not run (covered by the signature).
     pub expires_unix: i64,
@@ -345,12 +394,25 @@ pub const MAX_EXEC_TIMEOUT: u32 = 24 * 3600;
 /// (with everything it started) after `timeout_secs`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
+#[serde(remote = "Self")]
 pub struct ExecSpec {
     pub command: String,
     pub timeout_secs: u32,
 }
 
+checked_on_parse!(ExecSpec);
+
 impl ExecSpec {
+    /// A checked spec.
+    pub fn new(command: String, timeout_secs: u32) -> Result<ExecSpec, String> {
+        let spec = ExecSpec {
+            command,
+            timeout_secs,
+        };
+        spec.check()?;
+        Ok(spec)
+    }
+
     pub fn check(&self) -> Result<(), String> {
         if self.command.trim().is_empty() {
             return Err("empty command".into());
@@ -375,7 +437,9 @@ impl ExecSpec {
 
 /// How a command ran on a node.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
+#[serde(remote = "Self")]
 pub struct ExecResult {
     /// The command's id ([`Command::id`]).
     pub id: u64,
@@ -400,6 +464,8 @@ fn ended() -> bool {
     true
 }
 
+checked_on_parse!(ExecResult);
+
 impl ExecResult {
     pub fn check(&self) -> Result<(), String> {
         if self.output.len() > MAX_EXEC_OUTPUT {
@@ -415,6 +481,7 @@ pub struct CommandsResponse {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct CommandResult {
     pub id: u64,
     pub ok: bool,
@@ -447,6 +514,7 @@ impl CommandResult {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Leaving {
     /// `reboot`, `poweroff`, `release`, `shutdown`.
     pub reason: String,
@@ -560,6 +628,7 @@ impl RequestAuth<'_> {
 
 /// What a node asks to join the scheduler: its image (the runtime bundle is built beside it).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct JobsRequest {
     pub image: String,
     pub version: String,
@@ -567,6 +636,7 @@ pub struct JobsRequest {
 
 /// How a node joins the scheduler, from the head (signed; the munge key sealed for the node).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(remote = "Self")]
 pub struct JobsDescriptor {
     pub enabled: bool,
     /// `host:port` of slurmctld (`slurmd --conf-server`).
@@ -668,6 +738,8 @@ fn clean_path(what: &str, p: &str) -> Result<(), String> {
     Ok(())
 }
 
+checked_on_parse!(JobsDescriptor);
+
 impl JobsDescriptor {
     /// What the agent checks before acting on it (it runs as root).
     pub fn check(&self) -> Result<(), String> {
@@ -753,6 +825,7 @@ impl JobsDescriptor {
 
 /// What the agent says of its part in the jobs (shown on the node and in its events).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct NodeStatus {
     /// `starting`, `ready`, `failed`, `off`.
     pub jobs: String,
@@ -798,7 +871,7 @@ impl ReplyAuth<'_> {
 fn command_parts<'a>(
     session: &'a str,
     id: &'a str,
-    kind: CommandKind,
+    kind: &'static str,
     exec: &'a str,
     expires: &'a str,
 ) -> [&'a [u8]; 6] {
@@ -806,7 +879,7 @@ fn command_parts<'a>(
         b"enlist-cmd-v3",
         session.as_bytes(),
         id.as_bytes(),
-        kind.as_str().as_bytes(),
+        kind.as_bytes(),
         exec.as_bytes(),
         expires.as_bytes(),
     ]
@@ -816,29 +889,42 @@ fn command_parts<'a>(
 #[derive(Debug, Clone, Copy)]
 pub struct CommandTerms<'a> {
     pub id: u64,
-    pub kind: CommandKind,
-    pub exec: Option<&'a ExecSpec>,
+    pub order: &'a Order,
     pub expires_unix: i64,
+}
+
+/// The bytes an order's signature covers beyond its kind: an exec's timeout and command.
+fn order_data(order: &Order) -> String {
+    match order {
+        Order::Exec(spec) => spec.signed(),
+        _ => String::new(),
+    }
 }
 
 /// Signature the head puts on a command for the node in `session`.
 pub fn sign_command(key: &NodeKey, session: &str, terms: CommandTerms) -> String {
     let (id, exec, expires) = (
         terms.id.to_string(),
-        terms.exec.map(ExecSpec::signed).unwrap_or_default(),
+        order_data(terms.order),
         terms.expires_unix.to_string(),
     );
-    key.sign_parts(&command_parts(session, &id, terms.kind, &exec, &expires))
+    key.sign_parts(&command_parts(
+        session,
+        &id,
+        terms.order.kind(),
+        &exec,
+        &expires,
+    ))
 }
 
 /// Whether a command really comes from the head that holds this node's key (its expiry is
 /// the caller's to judge, on the head's clock).
 pub fn verify_command(key: &NodeKey, session: &str, cmd: &Command) -> bool {
     let id = cmd.id.to_string();
-    let exec = cmd.exec.as_ref().map(ExecSpec::signed).unwrap_or_default();
+    let exec = order_data(&cmd.order);
     let expires = cmd.expires_unix.to_string();
     key.verify_parts(
-        &command_parts(session, &id, cmd.kind, &exec, &expires),
+        &command_parts(session, &id, cmd.order.kind(), &exec, &expires),
         &cmd.signature,
     )
 }
@@ -846,6 +932,31 @@ pub fn verify_command(key: &NodeKey, session: &str, cmd: &Command) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn wire_values_are_checked_as_they_are_read() {
+        let hb = |load: &str| {
+            format!(r#"{{"load1":{load},"load5":0,"load15":0,"mem_free_kb":1,"uptime_secs":1}}"#)
+        };
+        let good: Heartbeat = serde_json::from_str(&hb("0.5")).unwrap();
+        assert_eq!(good.load1, 0.5);
+        let err = serde_json::from_str::<Heartbeat>(&hb("1e39")).unwrap_err();
+        assert!(err.to_string().contains("is not a load average"), "{err}");
+        // Written as derived (no recursion), read back the same.
+        let again: Heartbeat =
+            serde_json::from_str(&serde_json::to_string(&good).unwrap()).unwrap();
+        assert_eq!(again, good);
+        let peers = r#"{"version":1,"peers":[{"name":"a\n1.2.3.4 head","ip":"10.0.0.1"}]}"#;
+        assert!(
+            serde_json::from_str::<PeersResponse>(peers).is_err(),
+            "a name with a newline"
+        );
+        let long = format!(
+            r#"{{"command":"{}","timeout_secs":5}}"#,
+            "x".repeat(MAX_EXEC_COMMAND + 1)
+        );
+        assert!(serde_json::from_str::<ExecSpec>(&long).is_err());
+    }
 
     fn key(b: u8) -> NodeKey {
         NodeKey([b; 32])
@@ -875,11 +986,10 @@ mod tests {
         assert!(!auth(5).verify(&k, b"{}", "zz"), "garbage signature");
     }
 
-    fn terms(id: u64, kind: CommandKind, exec: Option<&ExecSpec>) -> CommandTerms<'_> {
+    fn terms(id: u64, order: &Order) -> CommandTerms<'_> {
         CommandTerms {
             id,
-            kind,
-            exec,
+            order,
             expires_unix: 1000,
         }
     }
@@ -887,11 +997,10 @@ mod tests {
     #[test]
     fn command_signature_checks_kind_session_and_expiry() {
         let k = key(1);
-        let sig = sign_command(&k, "sess", terms(3, CommandKind::Reboot, None));
+        let sig = sign_command(&k, "sess", terms(3, &Order::Reboot));
         let cmd = Command {
             id: 3,
-            kind: CommandKind::Reboot,
-            exec: None,
+            order: Order::Reboot,
             expires_unix: 1000,
             signature: sig.clone(),
         };
@@ -903,7 +1012,7 @@ mod tests {
         };
         assert!(!verify_command(&k, "sess", &later), "expiry is signed");
         let forged = Command {
-            kind: CommandKind::PowerOff,
+            order: Order::PowerOff,
             ..cmd
         };
         assert!(!verify_command(&k, "sess", &forged));
@@ -918,27 +1027,39 @@ mod tests {
         };
         let cmd = Command {
             id: 4,
-            kind: CommandKind::Exec,
-            signature: sign_command(&k, "s", terms(4, CommandKind::Exec, Some(&spec))),
-            exec: Some(spec.clone()),
+            signature: sign_command(&k, "s", terms(4, &Order::Exec(spec.clone()))),
+            order: Order::Exec(spec.clone()),
             expires_unix: 1000,
         };
         assert!(verify_command(&k, "s", &cmd));
         let mut other = cmd.clone();
-        other.exec = Some(ExecSpec {
+        other.order = Order::Exec(ExecSpec {
             command: "rm -rf /".into(),
             ..spec.clone()
         });
         assert!(!verify_command(&k, "s", &other), "another command");
         let mut longer = cmd.clone();
-        longer.exec = Some(ExecSpec {
+        longer.order = Order::Exec(ExecSpec {
             timeout_secs: 11,
             ..spec
         });
         assert!(!verify_command(&k, "s", &longer), "another timeout");
-        let mut bare = cmd;
-        bare.exec = None;
-        assert!(!verify_command(&k, "s", &bare), "the spec dropped");
+        // On the wire as before; an exec without its command does not even parse.
+        let wire = serde_json::to_value(&cmd).unwrap();
+        assert_eq!(wire["kind"], "exec");
+        assert_eq!(wire["exec"]["command"], "uname -m");
+        let back: Command = serde_json::from_value(wire.clone()).unwrap();
+        assert!(verify_command(&k, "s", &back));
+        let mut bare = wire;
+        bare.as_object_mut().unwrap().remove("exec");
+        assert!(
+            serde_json::from_value::<Command>(bare).is_err(),
+            "the spec dropped"
+        );
+        let reboot: Command =
+            serde_json::from_str(r#"{"id":1,"kind":"reboot","expires_unix":5,"signature":"x"}"#)
+                .unwrap();
+        assert_eq!(reboot.order, Order::Reboot);
     }
 
     #[test]

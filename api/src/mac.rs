@@ -109,6 +109,21 @@ impl<'de> Deserialize<'de> for Mac {
     }
 }
 
+#[cfg(feature = "schema")]
+impl schemars::JsonSchema for Mac {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Mac".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "description": "A MAC address, lower-case colon form (52:54:00:ab:cd:01)",
+            "pattern": "^([0-9a-f]{2}:){5}[0-9a-f]{2}$"
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::Mac;

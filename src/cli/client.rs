@@ -5,9 +5,11 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
+use enlist_api::admin::ErrorBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
-use serde_json::Value;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 
 /// A running head, reached through its admin socket.
 pub struct Head {
@@ -27,26 +29,42 @@ pub fn head(config: &Path) -> anyhow::Result<Head> {
 }
 
 impl Head {
-    /// An admin API call with an optional JSON body; its JSON answer (null for 204), or the
-    /// head's error message.
-    pub fn call(&self, method: &str, path: &str, body: Option<&Value>) -> anyhow::Result<Value> {
+    /// `GET path`, its answer read as `T`.
+    pub fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+        self.call("GET", path, vec![])
+    }
+
+    /// `POST path` with `body` as JSON (none when `None`), its answer read as `T`.
+    pub fn post<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: Option<&impl Serialize>,
+    ) -> anyhow::Result<T> {
+        let payload = match body {
+            Some(b) => serde_json::to_vec(b)?,
+            None => vec![],
+        };
+        self.call("POST", path, payload)
+    }
+
+    /// An admin API call; its answer, or the head's error message.
+    fn call<T: DeserializeOwned>(
+        &self,
+        method: &str,
+        path: &str,
+        payload: Vec<u8>,
+    ) -> anyhow::Result<T> {
         let (status, bytes) = self
             .rt
-            .block_on(self.send(method, path, body))
+            .block_on(self.send(method, path, payload))
             .with_context(|| self.unreachable())?;
-        let json: Value = if bytes.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_slice(&bytes)
-                .with_context(|| format!("{method} {path}: the head's answer is not JSON"))?
-        };
         if !(200..300).contains(&status) {
-            anyhow::bail!(
-                "{method} {path}: HTTP {status}: {}",
-                json["error"].as_str().unwrap_or("(no detail)")
-            );
+            let why = serde_json::from_slice::<ErrorBody>(&bytes)
+                .map_or_else(|_| "(no detail)".to_string(), |e| e.error);
+            anyhow::bail!("{method} {path}: HTTP {status}: {why}");
         }
-        Ok(json)
+        serde_json::from_slice(&bytes)
+            .with_context(|| format!("{method} {path}: the head's answer is not what this enlist reads (a head of another version?)"))
     }
 
     fn unreachable(&self) -> String {
@@ -60,16 +78,12 @@ impl Head {
         &self,
         method: &str,
         path: &str,
-        body: Option<&Value>,
+        payload: Vec<u8>,
     ) -> anyhow::Result<(u16, Bytes)> {
         let stream = tokio::net::UnixStream::connect(&self.socket).await?;
         let (mut sender, conn) =
             hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
         tokio::spawn(conn);
-        let payload = match body {
-            Some(b) => serde_json::to_vec(b)?,
-            None => vec![],
-        };
         let req = hyper::Request::builder()
             .method(method)
             .uri(path)

@@ -9,9 +9,11 @@ use std::io::Write;
 use std::path::Path;
 use std::time::Duration;
 
-use anyhow::Context;
 use clap::Args;
-use serde_json::{json, Value};
+use enlist_api::admin::{
+    ExecRequest, ExecStarted, ExecStatus, NodeOutcome, RunView, DEFAULT_EXEC_TIMEOUT_SECS,
+    DEFAULT_FANOUT,
+};
 
 use super::client::head;
 
@@ -27,10 +29,10 @@ pub struct ExecArgs {
     #[arg(long, short = 'a')]
     all: bool,
     /// Nodes running the command at once at most.
-    #[arg(long, short = 'f', default_value_t = 64)]
+    #[arg(long, short = 'f', default_value_t = DEFAULT_FANOUT)]
     fanout: usize,
     /// Seconds a node may take before its command is killed.
-    #[arg(long, short = 'u', default_value_t = 60)]
+    #[arg(long, short = 'u', default_value_t = DEFAULT_EXEC_TIMEOUT_SECS)]
     timeout: u32,
     /// Fold identical answers of several nodes under one header.
     #[arg(short = 'b')]
@@ -43,47 +45,33 @@ pub struct ExecArgs {
     command: Vec<String>,
 }
 
-/// One node's answer as the API gives it.
+/// One node's answer as the terminal shows it (output made printable), ordered so identical
+/// answers fold together.
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord)]
-struct Answer {
-    status: String,
-    exit: Option<i64>,
-    signal: Option<i64>,
-    reason: String,
-    output: String,
-    cut_bytes: u64,
-}
+struct Answer(NodeOutcome);
 
 impl Answer {
-    fn from(v: &Value) -> Answer {
-        Answer {
-            status: v["status"].as_str().unwrap_or("").to_string(),
-            exit: v["exit"].as_i64(),
-            signal: v["signal"].as_i64(),
-            reason: printable(v["reason"].as_str().unwrap_or("")),
-            output: printable(v["output"].as_str().unwrap_or("")),
-            cut_bytes: v["cut_bytes"].as_u64().unwrap_or(0),
-        }
-    }
-
-    /// Its code for `-S`.
-    fn code(&self) -> i64 {
-        match self.status.as_str() {
-            "exited" => self.exit.unwrap_or(0),
-            "signal" => 128 + self.signal.unwrap_or(0),
-            "timeout" => 124,
-            _ => 255,
-        }
+    fn from(o: &NodeOutcome) -> Answer {
+        Answer(NodeOutcome {
+            node: String::new(),
+            output: printable(&o.output),
+            reason: o.reason.as_deref().map(printable),
+            ..o.clone()
+        })
     }
 
     /// What goes to stderr besides the output, if anything.
     fn complaint(&self) -> Option<String> {
-        match self.status.as_str() {
-            "exited" if self.exit == Some(0) => None,
-            "exited" => Some(format!("exited with exit code {}", self.exit.unwrap_or(0))),
-            "signal" => Some(format!("killed by signal {}", self.signal.unwrap_or(0))),
-            "timeout" => Some("command timeout".into()),
-            _ => Some(format!("unreachable: {}", self.reason)),
+        let o = &self.0;
+        match o.status {
+            ExecStatus::Exited if o.exit == Some(0) => None,
+            ExecStatus::Exited => Some(format!("exited with exit code {}", o.exit.unwrap_or(0))),
+            ExecStatus::Signal => Some(format!("killed by signal {}", o.signal.unwrap_or(0))),
+            ExecStatus::Timeout => Some("command timeout".into()),
+            _ => Some(format!(
+                "unreachable: {}",
+                o.reason.as_deref().unwrap_or("")
+            )),
         }
     }
 }
@@ -114,58 +102,49 @@ fn printable(s: &str) -> String {
 
 pub fn run(config: &Path, a: ExecArgs) -> anyhow::Result<i32> {
     let h = head(config)?;
-    let body = json!({
-        "command": a.command.join(" "),
-        "timeout_secs": a.timeout,
-        "fanout": a.fanout,
-        "nodes": a.nodes,
-        "group": a.group,
-        "all": a.all,
-    });
-    let started = h.call("POST", "/api/v1/exec", Some(&body))?;
-    let id = started["id"].as_u64().context("the head gave no run id")?;
+    let request = ExecRequest {
+        command: a.command.join(" "),
+        timeout_secs: Some(a.timeout),
+        nodes: a.nodes,
+        group: a.group,
+        all: a.all,
+        fanout: Some(a.fanout),
+    };
+    let started: ExecStarted = h.post("/api/v1/exec", Some(&request))?;
     // Per node: bytes of its output printed so far, and whether it has ended.
     let mut printed: BTreeMap<String, (usize, bool)> = BTreeMap::new();
     let view = loop {
-        let v = h.call("GET", &format!("/api/v1/exec/{id}"), None)?;
+        let v: RunView = h.get(&format!("/api/v1/exec/{}", started.id))?;
         if !a.fold {
-            for r in v["results"].as_array().into_iter().flatten() {
-                let answer = Answer::from(r);
-                let node = r["node"].as_str().unwrap_or("?").to_string();
-                let seen = printed.entry(node.clone()).or_default();
+            for r in &v.results {
+                let seen = printed.entry(r.node.clone()).or_default();
                 if !seen.1 {
-                    *seen = print_new(&node, &answer, seen.0);
+                    *seen = print_new(&r.node, &Answer::from(r), seen.0);
                 }
             }
         }
-        if v["done"].as_bool().unwrap_or(true) {
+        if v.done {
             break v;
         }
         std::thread::sleep(Duration::from_millis(300));
     };
-    let answers: Vec<(String, Answer)> = view["results"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|r| {
-            (
-                r["node"].as_str().unwrap_or("?").to_string(),
-                Answer::from(r),
-            )
-        })
+    let answers: Vec<(String, Answer)> = view
+        .results
+        .iter()
+        .map(|r| (r.node.clone(), Answer::from(r)))
         .collect();
     if a.fold {
         print_folded(&answers);
     }
-    let rc = answers.iter().map(|(_, a)| a.code()).max().unwrap_or(0);
-    Ok(if a.maxrc { rc.clamp(0, 255) as i32 } else { 0 })
+    let rc = answers.iter().map(|(_, a)| a.0.code()).max().unwrap_or(0);
+    Ok(if a.maxrc { rc.clamp(0, 255) } else { 0 })
 }
 
 /// Print what `node` has printed since byte `from`: whole lines while it runs, the rest and
 /// how it ended once it has. Returns the new position and whether it has ended.
 fn print_new(node: &str, a: &Answer, from: usize) -> (usize, bool) {
-    let ended = !matches!(a.status.as_str(), "running" | "queued");
-    let new = a.output.get(from..).unwrap_or("");
+    let ended = !a.0.status.pending();
+    let new = a.0.output.get(from..).unwrap_or("");
     let upto = if ended {
         new.len()
     } else {
@@ -177,8 +156,11 @@ fn print_new(node: &str, a: &Answer, from: usize) -> (usize, bool) {
         let _ = writeln!(out, "{node}: {line}");
     }
     if ended {
-        if a.cut_bytes > 0 {
-            eprintln!("{node}: [output cut: {} more bytes not shown]", a.cut_bytes);
+        if a.0.cut_bytes > 0 {
+            eprintln!(
+                "{node}: [output cut: {} more bytes not shown]",
+                a.0.cut_bytes
+            );
         }
         if let Some(c) = a.complaint() {
             eprintln!("enlist: {node}: {c}");
@@ -195,20 +177,20 @@ fn print_folded(answers: &[(String, Answer)]) {
     }
     let mut text = String::new();
     for (a, nodes) in &groups {
-        if !a.output.is_empty() || a.cut_bytes > 0 {
+        if !a.0.output.is_empty() || a.0.cut_bytes > 0 {
             let set = enlist::hostlist::fold(nodes);
             text.push_str(&format!(
                 "---------------\n{set} ({})\n---------------\n",
                 nodes.len()
             ));
-            text.push_str(&a.output);
-            if !a.output.ends_with('\n') {
+            text.push_str(&a.0.output);
+            if !a.0.output.ends_with('\n') {
                 text.push('\n');
             }
-            if a.cut_bytes > 0 {
+            if a.0.cut_bytes > 0 {
                 text.push_str(&format!(
                     "[output cut: {} more bytes not shown]\n",
-                    a.cut_bytes
+                    a.0.cut_bytes
                 ));
             }
         }

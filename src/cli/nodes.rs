@@ -4,7 +4,9 @@
 use std::path::Path;
 
 use clap::Subcommand;
-use serde_json::Value;
+use enlist_api::admin::{
+    Enrollment, EnrollmentRequest, NodeAction, NodeDetail, NodeList, NodeView, Rotation,
+};
 
 use super::client::{head, Head};
 
@@ -28,59 +30,47 @@ pub enum NodeCmd {
     Show { node: String },
 }
 
-fn call(h: &Head, method: &str, path: &str) -> anyhow::Result<Value> {
-    h.call(method, path, None)
-}
-
-fn s(v: &Value) -> String {
-    match v {
-        Value::Null => "-".into(),
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    }
+/// An optional value as the table shows it.
+fn or_dash(v: Option<impl ToString>) -> String {
+    v.map_or_else(|| "-".to_string(), |v| v.to_string())
 }
 
 /// A node's part in the jobs: the scheduler's state and running jobs (`allocated/2`), else
 /// what its agent reports (`starting`, `failed: ...`), else `-` (jobs off).
-fn sched(n: &Value) -> String {
-    let st = &n["sched"];
-    if let Some(state) = st["state"].as_str() {
-        return match st["jobs"].as_u64().unwrap_or(0) {
-            0 => state.to_string(),
-            j => format!("{state}/{j}"),
+fn sched(n: &NodeView) -> String {
+    if let Some(st) = &n.sched {
+        return match st.jobs {
+            0 => st.state.clone(),
+            j => format!("{}/{j}", st.state),
         };
     }
-    s(&n["jobs"]).chars().take(18).collect()
+    or_dash(n.jobs.as_deref()).chars().take(18).collect()
 }
 
 pub fn list(config: &Path, json: bool) -> anyhow::Result<()> {
     let h = head(config)?;
-    let v = call(&h, "GET", "/api/v1/nodes")?;
+    let NodeList { nodes } = h.get("/api/v1/nodes")?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&v["nodes"])?);
+        println!("{}", serde_json::to_string_pretty(&nodes)?);
         return Ok(());
     }
     println!(
         "{:<16} {:<18} {:<15} {:<11} {:<18} {:<28} {:>7} {:>6}",
         "NAME", "MAC", "IP", "STATE", "JOBS", "CPU", "RAM MB", "LOAD"
     );
-    let nodes = v["nodes"].as_array().cloned().unwrap_or_default();
     for n in &nodes {
-        let cpu: String = s(&n["info"]["cpu_model"]).chars().take(28).collect();
-        let ram = n["info"]["mem_total_kb"]
-            .as_u64()
-            .map(|k| (k / 1024).to_string())
-            .unwrap_or("-".into());
-        let load = n["heartbeat"]["load1"]
-            .as_f64()
-            .map(|l| format!("{l:.2}"))
-            .unwrap_or("-".into());
+        let cpu: String = or_dash(n.info.as_ref().map(|i| &i.cpu_model))
+            .chars()
+            .take(28)
+            .collect();
+        let ram = or_dash(n.info.as_ref().map(|i| i.mem_total_kb / 1024));
+        let load = or_dash(n.heartbeat.as_ref().map(|h| format!("{:.2}", h.load1)));
         println!(
             "{:<16} {:<18} {:<15} {:<11} {:<18} {:<28} {:>7} {:>6}",
-            s(&n["name"]),
-            s(&n["mac"]),
-            s(&n["ip"]),
-            s(&n["state"]),
+            n.name,
+            n.mac.to_string(),
+            or_dash(n.ip),
+            n.state.as_str(),
             sched(n),
             cpu,
             ram,
@@ -95,37 +85,41 @@ pub fn list(config: &Path, json: bool) -> anyhow::Result<()> {
 }
 
 /// One line per node the head can say why it has not joined (`name: why`).
-fn problems(nodes: &[Value]) -> String {
+fn problems(nodes: &[NodeView]) -> String {
     nodes
         .iter()
-        .filter_map(|n| Some(format!("  {}: {}\n", s(&n["name"]), n["problem"].as_str()?)))
+        .filter_map(|n| Some(format!("  {}: {}\n", n.name, n.problem.as_deref()?)))
         .collect()
 }
 
 pub fn act(config: &Path, cmd: NodeCmd) -> anyhow::Result<()> {
     let h = head(config)?;
-    let (action, node) = match &cmd {
-        NodeCmd::Release { node } => ("release", node),
-        NodeCmd::Reboot { node } => ("reboot", node),
-        NodeCmd::Approve { node } => ("approve", node),
-        NodeCmd::Enlist { node } => ("enlist", node),
-        NodeCmd::PowerOff { node } => ("power-off", node),
-        NodeCmd::Wake { node } => ("wake", node),
-        NodeCmd::Group { node, group } => {
-            let body = serde_json::json!({ "group": group });
-            let v = h.call("POST", &format!("/api/v1/nodes/{node}/group"), Some(&body))?;
-            println!("{}: group {}", s(&v["name"]), s(&v["group"]));
-            return Ok(());
-        }
+    let (node, action) = match cmd {
+        NodeCmd::Release { node } => (node, NodeAction::Release),
+        NodeCmd::Reboot { node } => (node, NodeAction::Reboot),
+        NodeCmd::Approve { node } => (node, NodeAction::Approve),
+        NodeCmd::Enlist { node } => (node, NodeAction::Enlist),
+        NodeCmd::PowerOff { node } => (node, NodeAction::PowerOff),
+        NodeCmd::Wake { node } => (node, NodeAction::Wake),
+        NodeCmd::Group { node, group } => (node, NodeAction::Group(group)),
         NodeCmd::Show { node } => {
-            let v = call(&h, "GET", &format!("/api/v1/nodes/{node}"))?;
-            println!("{}", serde_json::to_string_pretty(&v)?);
+            let d: NodeDetail = h.get(&format!("/api/v1/nodes/{node}"))?;
+            println!("{}", serde_json::to_string_pretty(&d)?);
             return Ok(());
         }
     };
-    let v = call(&h, "POST", &format!("/api/v1/nodes/{node}/{action}"))?;
-    println!("{}: {action} sent; state {}", s(&v["name"]), s(&v["state"]));
+    let v = send(&h, &node, &action)?;
+    match action {
+        NodeAction::Group(_) => println!("{}: group {}", v.name, v.group),
+        a => println!("{}: {} sent; state {}", v.name, a.name(), v.state),
+    }
     Ok(())
+}
+
+/// Send `action` to `node`; the node as it is then.
+fn send(h: &Head, node: &str, action: &NodeAction) -> anyhow::Result<NodeView> {
+    let (name, body) = action.request();
+    h.post(&format!("/api/v1/nodes/{node}/{name}"), body.as_ref())
 }
 
 /// `enlist enroll`: open the enrollment window for `length`, close it, or say how it stands.
@@ -135,16 +129,15 @@ pub fn enroll(
     close: bool,
 ) -> anyhow::Result<()> {
     let h = head(config)?;
-    let v = match (length, close) {
-        (None, false) => call(&h, "GET", "/api/v1/enrollment")?,
+    let v: Enrollment = match (length, close) {
+        (None, false) => h.get("/api/v1/enrollment")?,
         (length, _) => {
-            let secs = length.map_or(0, |d| d.as_secs());
-            let body = serde_json::json!({ "for_secs": secs });
-            h.call("POST", "/api/v1/enrollment", Some(&body))?
+            let for_secs = length.map_or(0, |d| d.as_secs());
+            h.post("/api/v1/enrollment", Some(&EnrollmentRequest { for_secs }))?
         }
     };
-    let policy = s(&v["policy"]);
-    match v["window_secs"].as_u64() {
+    let policy = v.policy;
+    match v.window_secs {
         Some(left) => println!(
             "enrollment window open for {}: new PCs that boot now join with no approval (policy otherwise: {policy})",
             humantime::format_duration(std::time::Duration::from_secs(left))
@@ -166,15 +159,7 @@ pub fn jobs(config: &Path, cmd: JobsCmd) -> anyhow::Result<()> {
     let h = head(config)?;
     match cmd {
         JobsCmd::RotateKey => {
-            let v = h.call("POST", "/api/v1/jobs/rotate-key", None)?;
-            let names = |k: &str| -> Vec<String> {
-                v[k].as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|n| n.as_str().map(str::to_string))
-                    .collect()
-            };
-            let (told, silent) = (names("told"), names("silent"));
+            let Rotation { told, silent } = h.post("/api/v1/jobs/rotate-key", None::<&()>)?;
             println!(
                 "munge key replaced; {} node(s) told, the head's munged restarted",
                 told.len()
@@ -196,13 +181,11 @@ pub fn wake(config: &Path, node: Option<String>, group: Option<String>) -> anyho
     let names: Vec<String> = match (node, group) {
         (Some(n), None) => vec![n],
         (None, Some(g)) => {
-            let v = call(&h, "GET", "/api/v1/nodes")?;
-            let names: Vec<String> = v["nodes"]
-                .as_array()
+            let NodeList { nodes } = h.get("/api/v1/nodes")?;
+            let names: Vec<String> = nodes
                 .into_iter()
-                .flatten()
-                .filter(|n| n["group"] == g.as_str())
-                .filter_map(|n| n["name"].as_str().map(str::to_string))
+                .filter(|n| n.group == g)
+                .map(|n| n.name)
                 .collect();
             anyhow::ensure!(!names.is_empty(), "no node in group {g:?}");
             names
@@ -213,7 +196,7 @@ pub fn wake(config: &Path, node: Option<String>, group: Option<String>) -> anyho
         if i > 0 {
             std::thread::sleep(enlist::wol::PACE);
         }
-        call(&h, "POST", &format!("/api/v1/nodes/{name}/wake"))?;
+        send(&h, name, &NodeAction::Wake)?;
         println!("{name}: magic packet sent");
     }
     Ok(())
@@ -225,14 +208,28 @@ mod tests {
 
     #[test]
     fn only_nodes_with_a_problem_are_listed_under_the_table() {
-        let nodes = serde_json::json!([
-            { "name": "node-01", "problem": null },
-            { "name": "node-02", "problem": "never registered; last seen: initrd by http, 75 s ago" },
-            { "name": "node-03" },
-        ]);
+        let nodes: Vec<NodeView> = serde_json::from_value(serde_json::json!([
+            view("52:54:00:00:00:01", "node-01", None),
+            view(
+                "52:54:00:00:00:02",
+                "node-02",
+                Some("never registered; last seen: initrd by http, 75 s ago")
+            ),
+            view("52:54:00:00:00:03", "node-03", None),
+        ]))
+        .expect("views");
         assert_eq!(
-            problems(nodes.as_array().expect("array")),
+            problems(&nodes),
             "  node-02: never registered; last seen: initrd by http, 75 s ago\n"
         );
+    }
+
+    fn view(mac: &str, name: &str, problem: Option<&str>) -> serde_json::Value {
+        serde_json::json!({
+            "mac": mac, "name": name, "group": "default", "state": "stuck", "ip": null,
+            "released": false, "approved": true, "candidate": false, "info": null,
+            "heartbeat": null, "silent_secs": null, "online": false, "boot_seconds": null,
+            "boot": [], "created": 0, "sched": null, "jobs": null, "problem": problem,
+        })
     }
 }

@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use clap::Subcommand;
-use serde_json::Value;
+use enlist_api::admin::{GroupSchedule, ScheduleAction, ScheduleList};
 
 use super::client::head;
 
@@ -25,44 +25,39 @@ pub fn run(config: &Path, cmd: Option<ScheduleCmd>) -> anyhow::Result<()> {
     let h = head(config)?;
     let (group, action) = match cmd.unwrap_or(ScheduleCmd::List) {
         ScheduleCmd::List => {
-            let v = h.call("GET", "/api/v1/schedules", None)?;
-            let list = v["schedules"].as_array().cloned().unwrap_or_default();
-            if list.is_empty() {
+            let ScheduleList { schedules } = h.get("/api/v1/schedules")?;
+            if schedules.is_empty() {
                 println!("no schedules: see schedules: in the config");
             }
-            for s in &list {
+            for s in &schedules {
                 println!("{}", line(s));
             }
             return Ok(());
         }
-        ScheduleCmd::Skip { group } => (group, "skip"),
-        ScheduleCmd::Unskip { group } => (group, "unskip"),
-        ScheduleCmd::RunNow { group } => (group, "run-now"),
+        ScheduleCmd::Skip { group } => (group, ScheduleAction::Skip),
+        ScheduleCmd::Unskip { group } => (group, ScheduleAction::Unskip),
+        ScheduleCmd::RunNow { group } => (group, ScheduleAction::RunNow),
     };
-    let v = h.call("POST", &format!("/api/v1/schedules/{group}/{action}"), None)?;
+    let path = format!("/api/v1/schedules/{group}/{}", action.name());
+    let v: GroupSchedule = h.post(&path, None::<&()>)?;
     println!("{}", line(&v));
     Ok(())
 }
 
 /// `night: enlisted since 2026-11-27T20:00:00+01:00; next: released at ... (skipped)`.
-fn line(s: &Value) -> String {
-    let text = |v: &Value| v.as_str().unwrap_or("-").to_string();
-    let mut out = format!("{}: {}", text(&s["group"]), text(&s["phase"]));
-    if let Some(since) = s["since"].as_str() {
+fn line(s: &GroupSchedule) -> String {
+    let mut out = format!("{}: {}", s.group, s.phase);
+    if let Some(since) = &s.since {
         out += &format!(" since {since}");
     }
-    match s["next"].as_object() {
+    match &s.next {
         Some(n) => {
-            out += &format!("; next: {} at {}", text(&n["phase"]), text(&n["at"]));
-            if n["skipped"].as_bool() == Some(true) {
+            out += &format!("; next: {} at {}", n.phase, n.at);
+            if n.skipped {
                 out += " (skipped)";
             }
         }
         None => out += "; no change ahead",
     }
-    out + &format!(
-        "  [enlist \"{}\", release \"{}\"]",
-        text(&s["enlist"]),
-        text(&s["release"])
-    )
+    out + &format!("  [enlist \"{}\", release \"{}\"]", s.enlist, s.release)
 }

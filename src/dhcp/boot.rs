@@ -40,10 +40,9 @@ pub fn select(
     match client.firmware {
         Firmware::Bios => BootTarget::Tftp(files.bios.clone()),
         Firmware::EfiX64 => BootTarget::Tftp(files.efi_x64.clone()),
-        Firmware::EfiHttp => BootTarget::Http(format!(
-            "{}/ipxe/{}",
-            http_base.trim_end_matches('/'),
-            files.efi_x64
+        Firmware::EfiHttp => BootTarget::Http(crate::bootpath::http_url(
+            http_base,
+            &BootPath::Ipxe(files.efi_x64.clone()),
         )),
         Firmware::Other(_) | Firmware::None => BootTarget::None,
     }

@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use dhcproto::v4::{DhcpOption, Flags, Message, MessageType, Opcode};
+use enlist_api::Mac;
 use ipnet::Ipv4Net;
 
 use crate::config::{Config, DhcpMode, SubnetConfig};
@@ -76,7 +77,7 @@ pub enum Outcome {
         /// Set when `to` is the address being offered to a client that has none yet and asked
         /// for no broadcast (RFC 2131 4.1): its hardware address, which the sender puts in the
         /// ARP table before sending (or, if it cannot, broadcasts instead).
-        link: Option<[u8; 6]>,
+        link: Option<Mac>,
     },
     Drop(&'static str),
 }
@@ -585,9 +586,9 @@ fn relay_or(msg: &Message, iface: Ipv4Addr) -> Ipv4Addr {
 
 /// The client's Ethernet address, if a reply may go to it by unicast although it has no
 /// address yet: not a NAK, an address offered, and no broadcast asked for.
-fn unicast_link(req: &Message, reply: &Message, nak: bool) -> Option<[u8; 6]> {
+fn unicast_link(req: &Message, reply: &Message, nak: bool) -> Option<Mac> {
     if nak || req.flags().broadcast() || reply.yiaddr().is_unspecified() {
         return None;
     }
-    super::client::ethernet_mac(req).map(|m| m.0)
+    super::client::ethernet_mac(req)
 }

@@ -10,13 +10,17 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use enlist_api::CommandKind;
+use enlist_api::admin::{
+    ActionBody, BadAction, Enrollment, EnrollmentRequest, EventList, LoginAnswer, LoginRequest,
+    NodeAction, NodeDetail, NodeList, SessionView, Summary,
+};
+use enlist_api::Order;
 use futures_util::{Stream, StreamExt};
 use serde::Deserialize;
 use tokio_stream::wrappers::BroadcastStream;
 
-use crate::jobs::release_node;
 use crate::registry::{RegistryError, Update};
+use crate::workload::release_node;
 
 use super::auth::{session_cookie, Admin, Login, Viewer, COOKIE};
 use super::{error, Shared};
@@ -37,22 +41,15 @@ pub fn routes() -> Router<Shared> {
 }
 
 /// The enrollment policy, and the window open now (seconds left), if one is.
-fn enrollment_view(s: &Shared) -> serde_json::Value {
-    serde_json::json!({
-        "policy": s.registry.config().nodes.enrollment.as_str(),
-        "window_secs": s.registry.enrollment_left().map(|d| d.as_secs()),
-    })
+fn enrollment_view(s: &Shared) -> Enrollment {
+    Enrollment {
+        policy: s.registry.config().nodes.enrollment.as_str().to_string(),
+        window_secs: s.registry.enrollment_left().map(|d| d.as_secs()),
+    }
 }
 
 async fn enrollment(State(s): State<Shared>, _v: Viewer) -> Response {
     Json(enrollment_view(&s)).into_response()
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct EnrollmentRequest {
-    /// Seconds the window stays open (0 closes it); at most a day.
-    for_secs: u64,
 }
 
 /// Open (or close) the enrollment window: new PCs that boot meanwhile become nodes with no
@@ -74,12 +71,6 @@ async fn open_enrollment(
     Json(enrollment_view(&s)).into_response()
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct LoginRequest {
-    password: String,
-}
-
 async fn login(
     State(s): State<Shared>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -94,7 +85,7 @@ async fn login(
                     s.auth.cookie_attributes()
                 ),
             )],
-            Json(serde_json::json!({ "csrf": csrf })),
+            Json(LoginAnswer { csrf }),
         )
             .into_response(),
         Ok(Login::Wrong) => {
@@ -139,11 +130,11 @@ async fn logout(State(s): State<Shared>, _admin: Admin, headers: HeaderMap) -> R
 /// Who is looking: logged in or not, and the CSRF token to send with actions.
 async fn session(State(s): State<Shared>, headers: HeaderMap) -> Response {
     let csrf = session_cookie(&headers).and_then(|t| s.auth.session_csrf(&t));
-    Json(serde_json::json!({
-        "logged_in": csrf.is_some(),
-        "csrf": csrf,
-        "public_read": s.auth.public_read(),
-    }))
+    Json(SessionView {
+        logged_in: csrf.is_some(),
+        csrf,
+        public_read: s.auth.public_read(),
+    })
     .into_response()
 }
 
@@ -173,7 +164,7 @@ pub(super) async fn blocking<T: Send + 'static>(
 async fn nodes(State(s): State<Shared>, _v: Viewer) -> Response {
     let reg = s.registry.clone();
     match blocking(move || reg.views()).await {
-        Ok(v) => Json(serde_json::json!({ "nodes": v })).into_response(),
+        Ok(nodes) => Json(NodeList { nodes }).into_response(),
         Err(r) => r,
     }
 }
@@ -187,22 +178,9 @@ async fn node(State(s): State<Shared>, _v: Viewer, Path(node): Path<String>) -> 
     })
     .await;
     match r {
-        Ok((view, events)) => {
-            Json(serde_json::json!({ "node": view, "events": events })).into_response()
-        }
+        Ok((node, events)) => Json(NodeDetail { node, events }).into_response(),
         Err(r) => r,
     }
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct ActionBody {
-    /// rename: the new name.
-    #[serde(default)]
-    name: Option<String>,
-    /// group: the node's new group.
-    #[serde(default)]
-    group: Option<String>,
 }
 
 async fn action(
@@ -219,47 +197,36 @@ async fn action(
             Err(e) => return error(StatusCode::BAD_REQUEST, format!("body: {e}")),
         }
     };
+    let action = match NodeAction::parse(&action, body) {
+        Ok(a) => a,
+        Err(e @ BadAction::Unknown(_)) => return error(StatusCode::NOT_FOUND, e.to_string()),
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+    };
     let reg = s.registry.clone();
-    let jobs = s.jobs.clone();
+    let workload = s.workload.clone();
     let rt = tokio::runtime::Handle::current();
     let r = blocking(move || {
         let mac = reg.find(&node)?.mac;
-        match action.as_str() {
-            "approve" => reg.approve(mac)?,
+        match action {
+            NodeAction::Approve => reg.approve(mac)?,
             // With jobs on, the scheduler drains the node first (in the background: it may
             // wait for its jobs); the view answered is the node draining.
-            "release" => release_node(&rt, &reg, jobs.as_ref(), mac)?,
-            "enlist" => reg.enlist(mac)?,
-            "reboot" => {
-                reg.command(mac, CommandKind::Reboot)?;
-            }
-            "power-off" => {
-                reg.command(mac, CommandKind::PowerOff)?;
-            }
-            "refresh-peers" => {
-                reg.command(mac, CommandKind::RefreshPeers)?;
-            }
+            NodeAction::Release => release_node(&rt, &reg, &workload, mac)?,
+            NodeAction::Enlist => reg.enlist(mac)?,
+            NodeAction::Reboot => reg.command(mac, Order::Reboot).map(drop)?,
+            NodeAction::PowerOff => reg.command(mac, Order::PowerOff).map(drop)?,
+            NodeAction::RefreshPeers => reg.command(mac, Order::RefreshPeers).map(drop)?,
             // Wake-on-LAN: the magic packet on every served interface (and the PC's relayed
             // subnet); what happened goes into its history.
-            "wake" => {
-                reg.wake(mac)?;
-            }
-            "rename" => {
-                let name = body.name.unwrap_or_default();
-                reg.rename(mac, &name)?;
-            }
-            "group" => {
-                let group = body.group.unwrap_or_default();
-                reg.set_group(mac, &group)?;
-            }
-            other => return Ok(Err(other.to_string())),
+            NodeAction::Wake => reg.wake(mac).map(drop)?,
+            NodeAction::Rename(name) => reg.rename(mac, &name)?,
+            NodeAction::Group(group) => reg.set_group(mac, &group)?,
         }
-        Ok(Ok(reg.view(&reg.node(mac)?)))
+        Ok(reg.view(&reg.node(mac)?))
     })
     .await;
     match r {
-        Ok(Ok(view)) => Json(view).into_response(),
-        Ok(Err(other)) => error(StatusCode::NOT_FOUND, format!("no action {other:?}")),
+        Ok(view) => Json(view).into_response(),
         Err(r) => r,
     }
 }
@@ -278,25 +245,15 @@ async fn events(State(s): State<Shared>, _v: Viewer, Query(q): Query<EventsQuery
     let reg = s.registry.clone();
     let limit = q.limit.clamp(1, 1000);
     match blocking(move || Ok(reg.store().recent_events(limit)?)).await {
-        Ok(ev) => Json(serde_json::json!({ "events": ev })).into_response(),
+        Ok(events) => Json(EventList { events }).into_response(),
         Err(r) => r,
     }
 }
 
 /// Nodes per state: what the dashboard's header shows, to anyone (counts are not secret).
 async fn summary(State(s): State<Shared>) -> Response {
-    let counts: std::collections::BTreeMap<&str, i64> = s
-        .registry
-        .counts()
-        .into_iter()
-        .filter(|(_, n)| *n > 0)
-        .map(|(st, n)| (st.as_str(), n))
-        .collect();
-    Json(serde_json::json!({
-        "nodes": counts,
-        "jobs": s.jobs.as_ref().map(|_| s.registry.sched_totals()),
-    }))
-    .into_response()
+    let jobs = s.jobs.as_ref().map(|_| s.registry.sched_totals());
+    Json(Summary::new(s.registry.counts(), jobs)).into_response()
 }
 
 #[derive(Deserialize)]

@@ -134,9 +134,14 @@ impl FromRequest<Shared> for Agent {
 }
 
 impl Agent {
-    fn body<T: DeserializeOwned>(&self) -> Result<T, AgentError> {
-        serde_json::from_slice(&self.raw.body)
-            .map_err(|e| AgentError::BadRequest(format!("body: {e}")))
+    /// The body, read and checked (every wire type checks its values as it is parsed); a
+    /// refusal is counted as the registry counts its own.
+    fn body<T: DeserializeOwned>(&self, s: &Shared) -> Result<T, AgentError> {
+        serde_json::from_slice(&self.raw.body).map_err(|e| {
+            let e = AgentError::BadRequest(format!("body: {e}"));
+            s.metrics.refused(&s.metrics.agent_refused, e.reason());
+            e
+        })
     }
 
     /// A JSON reply signed for this node and request.
@@ -208,7 +213,7 @@ async fn register(State(s): State<Shared>, req: Request) -> Response {
 }
 
 async fn heartbeat(State(s): State<Shared>, a: Agent) -> Response {
-    let hb: Heartbeat = match a.body() {
+    let hb: Heartbeat = match a.body(&s) {
         Ok(hb) => hb,
         Err(e) => return agent_error(e),
     };
@@ -253,7 +258,7 @@ async fn commands(State(s): State<Shared>, a: Agent) -> Response {
 }
 
 async fn result(State(s): State<Shared>, a: Agent) -> Response {
-    let r: CommandResult = match a.body() {
+    let r: CommandResult = match a.body(&s) {
         Ok(r) => r,
         Err(e) => return agent_error(e),
     };
@@ -265,7 +270,7 @@ async fn result(State(s): State<Shared>, a: Agent) -> Response {
 }
 
 async fn leaving(State(s): State<Shared>, a: Agent) -> Response {
-    let l: Leaving = match a.body() {
+    let l: Leaving = match a.body(&s) {
         Ok(l) => l,
         Err(e) => return agent_error(e),
     };
@@ -278,7 +283,7 @@ async fn leaving(State(s): State<Shared>, a: Agent) -> Response {
 
 /// How this node joins the scheduler (off when jobs are off); its munge key sealed for it.
 async fn jobs(State(s): State<Shared>, a: Agent) -> Response {
-    let req: JobsRequest = match a.body() {
+    let req: JobsRequest = match a.body(&s) {
         Ok(r) => r,
         Err(e) => return agent_error(e),
     };
@@ -299,24 +304,29 @@ async fn jobs(State(s): State<Shared>, a: Agent) -> Response {
         slurmd_port: 0,
         slurmd_allow: vec![],
     };
-    let descriptor = match &s.jobs {
-        None => off(),
-        // Only a node that may be in the cluster gets the key: enlisted and let in (not one
-        // being released, held back, or waiting for approval).
-        Some(jobs) => match s.registry.node(a.mac) {
-            Ok(row) if row.state.is_peer() && row.approved && !row.released => {
-                jobs.descriptor(a.mac, &req)
-            }
-            Ok(_) => off(),
-            Err(e) => return agent_error(AgentError::BadRequest(e.to_string())),
-        },
+    let Some(jobs) = s.jobs.clone() else {
+        return a.reply(&s, &off());
     };
-    a.reply(&s, &descriptor)
+    // Only a node that may be in the cluster gets the key: enlisted and let in (not one
+    // being released, held back, or waiting for approval).
+    let (reg, mac) = (s.registry.clone(), a.mac);
+    let r = blocking(move || {
+        let row = reg
+            .node(mac)
+            .map_err(|e| AgentError::BadRequest(e.to_string()))?;
+        let member = row.state.is_peer() && row.approved && !row.released;
+        Ok(member.then(|| jobs.descriptor(mac, &req)))
+    })
+    .await;
+    match r {
+        Ok(d) => a.reply(&s, &d.unwrap_or_else(off)),
+        Err(r) => r,
+    }
 }
 
 /// What the agent says of its part in the jobs.
 async fn status(State(s): State<Shared>, a: Agent) -> Response {
-    let st: NodeStatus = match a.body() {
+    let st: NodeStatus = match a.body(&s) {
         Ok(r) => r,
         Err(e) => return agent_error(e),
     };
@@ -331,28 +341,37 @@ async fn status(State(s): State<Shared>, a: Agent) -> Response {
 
 /// A node's answer to an `enlist exec` command: kept with its run, noted in its history.
 async fn exec_result(State(s): State<Shared>, a: Agent) -> Response {
-    let r: ExecResult = match a.body() {
+    // Checked as it is read (its output within MAX_EXEC_OUTPUT), as every agent body is.
+    let r: ExecResult = match a.body(&s) {
         Ok(r) => r,
         Err(e) => return agent_error(e),
     };
-    if let Err(e) = r.check() {
-        return agent_error(AgentError::BadRequest(e));
-    }
     let summary = r.done.then(|| crate::exec::summary(&r));
-    if !s.execs.answer(&s.registry, a.mac, r) {
-        tracing::debug!(mac = %a.mac, "exec answer dropped: no such command running");
-        s.metrics.refused(&s.metrics.http_refused, "exec-unknown");
-        return a.reply(&s, &serde_json::Value::Null);
-    }
-    // Progress reports (output so far) are not history; how it ended is.
-    let Some(summary) = summary else {
-        return a.reply(&s, &serde_json::Value::Null);
-    };
-    let (reg, mac) = (s.registry.clone(), a.mac);
-    match tokio::task::spawn_blocking(move || reg.note(mac, "exec", &summary)).await {
-        Ok(Ok(())) => a.reply(&s, &serde_json::Value::Null),
-        Ok(Err(e)) => agent_error(AgentError::BadRequest(e.to_string())),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    let (reg, execs, mac) = (s.registry.clone(), s.execs.clone(), a.mac);
+    // The run's bookkeeping and the history write (the next node's command, how this one
+    // ended) touch the database: off the async workers.
+    let answered = blocking(move || {
+        if !execs.answer(&reg, mac, r) {
+            return Ok(false);
+        }
+        // Progress reports (output so far) are not history; how it ended is.
+        match summary {
+            Some(summary) => reg
+                .note(mac, "exec", &summary)
+                .map(|()| true)
+                .map_err(|e| AgentError::BadRequest(e.to_string())),
+            None => Ok(true),
+        }
+    })
+    .await;
+    match answered {
+        Ok(true) => a.reply(&s, &serde_json::Value::Null),
+        Ok(false) => {
+            tracing::debug!(mac = %a.mac, "exec answer dropped: no such command running");
+            s.metrics.refused(&s.metrics.http_refused, "exec-unknown");
+            a.reply(&s, &serde_json::Value::Null)
+        }
+        Err(r) => r,
     }
 }
 

@@ -4,8 +4,8 @@
 use std::net::SocketAddr;
 
 use axum::body::Body;
-use axum::extract::{ConnectInfo, Path, Query, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::extract::{ConnectInfo, Query, State};
+use axum::http::{header, HeaderMap, StatusCode, Uri};
 use axum::response::Response;
 use axum::routing::get;
 use axum::Router;
@@ -23,8 +23,8 @@ pub fn routes() -> Router<Shared> {
     Router::new()
         .route("/boot.ipxe", get(script_by_query))
         .route("/boot/{*path}", get(boot_path))
-        .route("/ipxe/{*path}", get(ipxe_file))
-        .route("/images/{*path}", get(image_file))
+        .route("/ipxe/{*path}", get(plain_file))
+        .route("/images/{*path}", get(plain_file))
 }
 
 #[derive(Deserialize)]
@@ -60,43 +60,47 @@ async fn script_by_query(
     let Some(mac) = Mac::parse(&q.mac) else {
         return refuse(&s, peer, StatusCode::BAD_REQUEST, "bad-mac", "boot script");
     };
-    let path = BootPath::Script(mac).to_string();
-    file(s, peer, path, boot_method(q.via.as_deref()), headers).await
+    let method = boot_method(q.via.as_deref());
+    file(s, peer, BootPath::Script(mac), method, headers).await
 }
 
+/// `/boot/...` (a node's script or initrd), as iPXE asks, with how it came (`?via=`).
 async fn boot_path(
     State(s): State<Shared>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    Path(path): Path<String>,
+    uri: Uri,
     Query(q): Query<ViaQuery>,
     headers: HeaderMap,
 ) -> Response {
-    file(
-        s,
-        peer,
-        format!("boot/{path}"),
-        boot_method(q.via.as_deref()),
-        headers,
-    )
-    .await
+    let method = boot_method(q.via.as_deref());
+    by_uri(s, peer, &uri, method, headers).await
 }
 
-async fn ipxe_file(
+/// `/ipxe/<file>` and `/images/...`.
+async fn plain_file(
     State(s): State<Shared>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    Path(path): Path<String>,
+    uri: Uri,
     headers: HeaderMap,
 ) -> Response {
-    file(s, peer, path, "pxe", headers).await
+    by_uri(s, peer, &uri, "pxe", headers).await
 }
 
-async fn image_file(
-    State(s): State<Shared>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    Path(path): Path<String>,
+/// The boot path an HTTP request names ([`BootPath::from_http`]), sent.
+async fn by_uri(
+    s: Shared,
+    peer: SocketAddr,
+    uri: &Uri,
+    method: &'static str,
     headers: HeaderMap,
 ) -> Response {
-    file(s, peer, format!("images/{path}"), "pxe", headers).await
+    match BootPath::from_http(uri.path()) {
+        Ok(p) => file(s, peer, p, method, headers).await,
+        Err(e) => {
+            let shown = e.path.clone();
+            refuse_resolve(&s, peer, &shown, &ResolveError::Refused(e))
+        }
+    }
 }
 
 fn refuse(s: &Shared, peer: SocketAddr, status: StatusCode, reason: &str, what: &str) -> Response {
@@ -120,23 +124,25 @@ fn refuse_resolve(s: &Shared, peer: SocketAddr, path: &str, e: &ResolveError) ->
     refuse(s, peer, status, e.reason(), path)
 }
 
-/// Resolve `path` for `peer` and send it (or the part a Range header asks for).
+/// Resolve `boot` for `peer` and send it (or the part a Range header asks for).
 async fn file(
     s: Shared,
     peer: SocketAddr,
-    path: String,
+    boot: BootPath,
     method: &'static str,
     headers: HeaderMap,
 ) -> Response {
     let files = s.files.clone();
+    let path = boot.to_string();
     let p = path.clone();
     let resolved = tokio::task::spawn_blocking(move || {
-        files.resolve(&Request {
+        let req = Request {
             path: &p,
             from: peer.ip(),
             proto: Proto::Http,
             method,
-        })
+        };
+        files.resolve_path(&boot, &req)
     })
     .await;
     let blob = match resolved {

@@ -47,3 +47,22 @@ fn page(body: &'static str, ctype: &'static str) -> impl IntoResponse {
         body,
     )
 }
+
+#[cfg(test)]
+mod tests {
+    /// The served document is the one the API types make. After changing them:
+    /// `ENLIST_WRITE_OPENAPI=1 cargo test openapi_json` rewrites the file.
+    #[test]
+    fn openapi_json_is_what_the_api_types_generate() {
+        let made = enlist_api::openapi::document_text();
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/src/http/openapi.json");
+        if std::env::var_os("ENLIST_WRITE_OPENAPI").is_some() {
+            std::fs::write(path, &made).unwrap();
+        }
+        assert!(
+            made == super::OPENAPI,
+            "src/http/openapi.json differs from what enlist_api::openapi makes: \
+             run ENLIST_WRITE_OPENAPI=1 cargo test openapi_json"
+        );
+    }
+}

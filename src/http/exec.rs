@@ -10,8 +10,8 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use enlist_api::{ExecSpec, Mac};
-use serde::Deserialize;
+use enlist_api::admin::{ExecOrder, ExecRequest, ExecStarted, Targets};
+use enlist_api::Mac;
 
 use crate::exec::MAX_TARGETS;
 use crate::registry::{Registry, RegistryError};
@@ -22,31 +22,10 @@ use super::{error, Shared};
 
 /// What `enlist exec` waits for a node unless told: clush's default is none; a node that hangs
 /// must not hang the admin's terminal.
-const DEFAULT_TIMEOUT_SECS: u32 = 60;
-
 pub fn routes() -> Router<Shared> {
     Router::new()
         .route("/api/v1/exec", post(start))
         .route("/api/v1/exec/{id}", get(read))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ExecRequest {
-    command: String,
-    #[serde(default)]
-    timeout_secs: Option<u32>,
-    /// A host list: `node-[01-03],lab-pc-7`.
-    #[serde(default)]
-    nodes: Option<String>,
-    #[serde(default)]
-    group: Option<String>,
-    /// Every node that is up.
-    #[serde(default)]
-    all: bool,
-    /// Nodes running it at once at most (clush's fan-out).
-    #[serde(default)]
-    fanout: Option<usize>,
 }
 
 async fn start(
@@ -55,17 +34,14 @@ async fn start(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Json(req): Json<ExecRequest>,
 ) -> Response {
-    let spec = ExecSpec {
-        command: req.command.clone(),
-        timeout_secs: req.timeout_secs.unwrap_or(DEFAULT_TIMEOUT_SECS),
+    let order = match ExecOrder::try_from(req) {
+        Ok(o) => o,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
-    if let Err(e) = spec.check() {
-        return error(StatusCode::BAD_REQUEST, e);
-    }
     let (reg, execs) = (s.registry.clone(), s.execs.clone());
     let who = format!("admin from {}", peer.ip());
     let r = blocking(move || {
-        let macs = match targets(&reg, &req) {
+        let macs = match targets(&reg, &order.targets) {
             Ok(m) => m,
             Err(why) => return Ok(Err(why)),
         };
@@ -73,30 +49,20 @@ async fn start(
             .iter()
             .filter_map(|m| reg.node(*m).ok().map(|r| r.name))
             .collect();
-        let fanout = req.fanout.unwrap_or(crate::exec::DEFAULT_FANOUT);
-        let id = execs.start(&reg, &macs, &spec, fanout, &who)?;
-        Ok(Ok((id, names)))
+        let id = execs.start(&reg, &macs, &order.spec, order.fanout, &who)?;
+        Ok(Ok(ExecStarted { id, nodes: names }))
     })
     .await;
     match r {
-        Ok(Ok((id, nodes))) => (
-            StatusCode::ACCEPTED,
-            Json(serde_json::json!({ "id": id, "nodes": nodes })),
-        )
-            .into_response(),
+        Ok(Ok(started)) => (StatusCode::ACCEPTED, Json(started)).into_response(),
         Ok(Err(why)) => error(StatusCode::BAD_REQUEST, why),
         Err(r) => r,
     }
 }
 
-/// The nodes a request names, each once, in name order.
-fn targets(reg: &Registry, req: &ExecRequest) -> Result<Vec<Mac>, String> {
-    let chosen = [req.nodes.is_some(), req.group.is_some(), req.all];
-    if chosen.iter().filter(|c| **c).count() != 1 {
-        return Err("name the nodes: exactly one of nodes, group, all".into());
-    }
+fn targets(reg: &Registry, targets: &Targets) -> Result<Vec<Mac>, String> {
     let mut macs = Vec::new();
-    if let Some(list) = &req.nodes {
+    if let Targets::Nodes(list) = targets {
         let names = crate::hostlist::expand(list).map_err(|e| format!("nodes: {e}"))?;
         if names.len() > MAX_TARGETS {
             return Err(format!("nodes: more than {MAX_TARGETS}"));
@@ -111,15 +77,19 @@ fn targets(reg: &Registry, req: &ExecRequest) -> Result<Vec<Mac>, String> {
             macs.push(row.mac);
         }
     } else {
+        let group = match targets {
+            Targets::Group(g) => Some(g),
+            _ => None,
+        };
         let views = reg.views().map_err(|e| e.to_string())?;
         macs = views
             .iter()
             .filter(|v| v.state.is_alive() && !v.candidate)
-            .filter(|v| req.group.as_ref().is_none_or(|g| &v.group == g))
+            .filter(|v| group.is_none_or(|g| &v.group == g))
             .map(|v| v.mac)
             .collect();
         if macs.is_empty() {
-            return Err(match &req.group {
+            return Err(match group {
                 Some(g) => format!("no node of group {g:?} is up"),
                 None => "no node is up".into(),
             });

@@ -46,10 +46,12 @@ pub struct AppState {
     pub streams: AtomicUsize,
     /// Jobs through Slurm, when `jobs.enabled`.
     pub jobs: Option<Arc<crate::jobs::Jobs>>,
+    /// The workload manager releases go through (Slurm, or none when jobs are off).
+    pub workload: Arc<dyn crate::workload::Workload>,
     /// `enlist exec` runs and their answers.
     pub execs: Arc<crate::exec::Execs>,
     /// Group schedules, when the config has any.
-    pub schedules: Option<Arc<crate::schedule::Scheduler>>,
+    pub schedules: Option<Arc<crate::timetable::Timetable>>,
 }
 
 pub type Shared = Arc<AppState>;

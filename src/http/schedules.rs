@@ -6,9 +6,10 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use enlist_api::admin::{ScheduleAction, ScheduleList};
 use jiff::Timestamp;
 
-use crate::schedule::ScheduleError;
+use crate::timetable::TimetableError;
 
 use super::auth::{Admin, Viewer};
 use super::{error, Shared};
@@ -25,7 +26,7 @@ async fn list(State(s): State<Shared>, _v: Viewer) -> Response {
         .as_ref()
         .map(|sched| sched.list(Timestamp::now()))
         .unwrap_or_default();
-    Json(serde_json::json!({ "schedules": list })).into_response()
+    Json(ScheduleList { schedules: list }).into_response()
 }
 
 /// `skip`, `unskip` or `run-now`; a run-now is acted on at once, not at the next look.
@@ -38,21 +39,23 @@ async fn change(
         return error(StatusCode::NOT_FOUND, "no schedules are configured");
     };
     let now = Timestamp::now();
-    let r = match action.as_str() {
-        "skip" => sched.skip(&group, true, now),
-        "unskip" => sched.skip(&group, false, now),
-        "run-now" => sched.run_now(&group, now),
-        other => return error(StatusCode::NOT_FOUND, format!("no action {other:?}")),
+    let Some(action) = ScheduleAction::parse(&action) else {
+        return error(StatusCode::NOT_FOUND, format!("no action {action:?}"));
+    };
+    let r = match action {
+        ScheduleAction::Skip => sched.skip(&group, true, now),
+        ScheduleAction::Unskip => sched.skip(&group, false, now),
+        ScheduleAction::RunNow => sched.run_now(&group, now),
     };
     match r {
         Ok(view) => {
-            tracing::info!(%group, %action, "schedule changed by admin");
-            if action == "run-now" {
+            tracing::info!(%group, action = action.name(), "schedule changed by admin");
+            if action == ScheduleAction::RunNow {
                 tokio::spawn(async move { sched.tick(Timestamp::now()).await });
             }
             Json(view).into_response()
         }
-        Err(e @ (ScheduleError::NoSchedule(_) | ScheduleError::NothingAhead(_))) => {
+        Err(e @ (TimetableError::NoSchedule(_) | TimetableError::NothingAhead(_))) => {
             error(StatusCode::NOT_FOUND, e.to_string())
         }
         Err(e) => {

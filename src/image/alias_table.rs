@@ -11,7 +11,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::build::DriverAlias;
+use super::manifest::DriverAlias;
 
 /// The release of a kernel image from its file name, `vmlinuz-<release>` (as `cargo xtask
 /// node kernel` names it and `enlist image build` expects it).
@@ -81,7 +81,7 @@ pub fn render(
          # have as modules in {source}. Written by `cargo xtask node kernel`.\n"
     );
     let mut without = Vec::new();
-    for name in builtin.lines().filter_map(super::build::module_name) {
+    for name in builtin.lines().filter_map(module_name) {
         let pci: Vec<String> = module_aliases(&name)
             .unwrap_or_default()
             .into_iter()
@@ -96,6 +96,16 @@ pub fn render(
         }
     }
     (text, without)
+}
+
+/// Module name as the kernel knows it: file stem with `-` as `_`.
+pub(super) fn module_name(path: &str) -> Option<String> {
+    let file = path.rsplit('/').next()?;
+    let stem = file
+        .strip_suffix(".ko")
+        .or_else(|| file.strip_suffix(".ko.xz"))
+        .or_else(|| file.strip_suffix(".ko.zst"))?;
+    Some(stem.replace('-', "_"))
 }
 
 #[cfg(test)]

@@ -9,124 +9,18 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
-use serde::Serialize;
 use sha2::{Digest, Sha256};
 
+use super::alias_table::module_name;
 use super::cpio::Archive;
-use super::deb::{self, DebError, Entry};
-use super::recipe::{matches, Compression, Recipe, RecipeError};
-use super::store::{ImageStore, ImageStoreError};
-
-#[derive(Debug, thiserror::Error)]
-pub enum BuildError {
-    #[error(transparent)]
-    Recipe(#[from] RecipeError),
-    #[error(transparent)]
-    Deb(#[from] DebError),
-    #[error(transparent)]
-    Store(#[from] ImageStoreError),
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("no package matching {pattern:?} in {dir} (run `cargo xtask node fetch`)")]
-    NoPackage { pattern: String, dir: PathBuf },
-    #[error("cannot download the package for {pattern:?}: {why}")]
-    Download { pattern: String, why: String },
-    #[error("{count} packages match {pattern:?} in {dir}; keep one")]
-    ManyPackages {
-        pattern: String,
-        dir: PathBuf,
-        count: usize,
-    },
-    #[error("{deb}: no {what} found")]
-    Missing { deb: PathBuf, what: String },
-    #[error("module {module:?} (needed by {needed_by}) is not in {deb}")]
-    NoModule {
-        module: String,
-        needed_by: String,
-        deb: PathBuf,
-    },
-    #[error("{kernel}: a kernel image with its drivers built in has no modules; the recipe lists {modules:?}")]
-    ModulesWithoutPackage {
-        kernel: PathBuf,
-        modules: Vec<String>,
-    },
-    #[error("{path}: a kernel image's file name must be vmlinuz-<release>")]
-    KernelName { path: PathBuf },
-    #[error("{path}: the agent binary is missing (run `cargo xtask node agent`)")]
-    NoAgent { path: PathBuf },
-    #[error("image is {size} bytes, over the recipe's max_bytes {max}")]
-    TooBig { size: u64, max: u64 },
-    #[error("compressing the initrd: {0}")]
-    Compress(std::io::Error),
-    #[error("jobs runtime: no file in its packages matches {pattern:?} (jobs.files)")]
-    BundleFile { pattern: String },
-    #[error("jobs runtime: {needed_by} needs {library}, which none of jobs.packages has: add its package (and fetch it with `cargo xtask node fetch`)")]
-    BundleLibrary { library: String, needed_by: String },
-    #[error("jobs runtime: mksquashfs: {detail}")]
-    Squashfs { detail: String },
-    #[error("writing the manifest: {0}")]
-    Manifest(serde_json::Error),
-    #[error(transparent)]
-    AliasTable(#[from] super::alias_table::AliasLineError),
-}
-
-#[derive(Debug, Serialize)]
-pub struct Manifest {
-    pub name: String,
-    pub version: String,
-    pub arch: String,
-    pub kernel_version: String,
-    /// Kernel options from the recipe; the head puts them on every node's kernel line.
-    pub cmdline: String,
-    pub packages: Vec<PackageRecord>,
-    pub modules: Vec<String>,
-    pub files: Vec<FileRecord>,
-    /// The PCI devices its network drivers take: the head warns when a booting PC's card is
-    /// none of them. For a kernel with its drivers built in, from the table beside it
-    /// (`modules.alias-<release>`, see `alias_table`); empty without one: then the head
-    /// cannot tell.
-    pub drivers: Vec<DriverAlias>,
-    /// The jobs' runtime bundle, when the recipe has a `jobs:` section.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub bundle: Option<BundleRecord>,
-}
-
-/// The jobs' runtime bundle of an image: the head offers `file` to the image's nodes.
-#[derive(Debug, Serialize)]
-pub struct BundleRecord {
-    pub file: String,
-    pub bytes: u64,
-    pub sha256: String,
-    pub packages: Vec<PackageRecord>,
-    /// What is in it (programs, plugins, libraries, loader).
-    pub contents: Vec<String>,
-}
-
-/// A driver and a device pattern it takes (`pci:v00001011d00000019sv*sd*bc*sc*i*`).
-#[derive(Debug, Serialize, serde::Deserialize, Clone, PartialEq, Eq)]
-pub struct DriverAlias {
-    pub pattern: String,
-    pub driver: String,
-}
-
-/// The bundle's file name beside vmlinuz and initrd.
-pub const BUNDLE_FILE: &str = "jobs-runtime.sqfs";
-
-#[derive(Debug, Serialize)]
-pub struct PackageRecord {
-    pub file: String,
-    pub sha256: String,
-}
-
-#[derive(Debug, Serialize)]
-pub struct FileRecord {
-    pub name: String,
-    pub bytes: u64,
-    pub sha256: String,
-}
+use super::deb::{self, Entry};
+use super::error::{io_at, BuildError};
+use super::manifest::{
+    BundleRecord, DriverAlias, FileRecord, Manifest, PackageRecord, BUNDLE_FILE,
+};
+use super::packages::find_package;
+use super::recipe::{Compression, Recipe};
+use super::store::ImageStore;
 
 pub struct Built {
     pub manifest: Manifest,
@@ -135,39 +29,8 @@ pub struct Built {
     pub max_bytes: Option<u64>,
 }
 
-fn io_at(path: &Path) -> impl Fn(std::io::Error) -> BuildError + '_ {
-    move |source| BuildError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
-}
-
 fn sha256_hex(data: &[u8]) -> String {
     hex::encode(Sha256::digest(data))
-}
-
-pub fn find_package(dir: &Path, pattern: &str) -> Result<PathBuf, BuildError> {
-    let mut found = Vec::new();
-    for e in std::fs::read_dir(dir).map_err(io_at(dir))? {
-        let e = e.map_err(io_at(dir))?;
-        if let Some(name) = e.file_name().to_str() {
-            if matches(pattern, name) {
-                found.push(e.path());
-            }
-        }
-    }
-    match found.len() {
-        0 => Err(BuildError::NoPackage {
-            pattern: pattern.into(),
-            dir: dir.into(),
-        }),
-        1 => Ok(found.remove(0)),
-        count => Err(BuildError::ManyPackages {
-            pattern: pattern.into(),
-            dir: dir.into(),
-            count,
-        }),
-    }
 }
 
 /// The Debian package a file pattern names (`busybox-static_*_i386.deb` is
@@ -227,16 +90,6 @@ fn download_missing(dir: &Path, r: &Recipe, log: &mut dyn FnMut(&str)) -> Result
         }
     }
     Ok(())
-}
-
-/// Module name as the kernel knows it: file stem with `-` as `_`.
-pub(super) fn module_name(path: &str) -> Option<String> {
-    let file = path.rsplit('/').next()?;
-    let stem = file
-        .strip_suffix(".ko")
-        .or_else(|| file.strip_suffix(".ko.xz"))
-        .or_else(|| file.strip_suffix(".ko.zst"))?;
-    Some(stem.replace('-', "_"))
 }
 
 /// Module directories whose contents we keep in memory while reading the kernel package: NIC

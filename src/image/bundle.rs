@@ -10,25 +10,10 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use serde::Deserialize;
-
-use super::build::{find_package, BuildError};
 use super::deb::{self, Entry};
-use super::recipe::matches;
-
-/// The recipe's `jobs:` section.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct JobsRuntime {
-    /// Package file patterns, in the recipe's `packages` folder.
-    pub packages: Vec<String>,
-    /// Files to take from them (patterns, `*` stands for any run of characters). The libraries
-    /// they need and the loader come along by themselves.
-    pub files: Vec<String>,
-    /// Symlinks a package's install script would make (`update-alternatives`): path, target.
-    #[serde(default)]
-    pub links: BTreeMap<String, String>,
-}
+use super::error::{io_at, BuildError};
+use super::packages::find_package;
+use super::recipe::{matches, JobsRuntime};
 
 /// One file of the packages.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -295,13 +280,6 @@ fn tempdir() -> Result<TempDir, BuildError> {
     let dir = std::env::temp_dir().join(format!("enlist-bundle-{}", hex::encode(name)));
     std::fs::create_dir(&dir).map_err(io_at(&dir))?;
     Ok(TempDir(dir))
-}
-
-fn io_at(path: &Path) -> impl Fn(std::io::Error) -> BuildError + '_ {
-    move |source| BuildError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
 }
 
 #[cfg(test)]

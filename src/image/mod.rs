@@ -7,5 +7,8 @@ pub mod bundle;
 pub mod cpio;
 pub mod deb;
 mod elf;
+pub mod error;
+pub mod manifest;
+pub mod packages;
 pub mod recipe;
 pub mod store;

@@ -1,5 +1,6 @@
 //! Image recipes (`images/*.yaml`): what goes into a node OS image.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -41,7 +42,7 @@ pub struct Recipe {
     /// The jobs' runtime (slurmd, munged, plugins, libraries), built beside the image for
     /// the nodes to download when they join the scheduler; no `jobs:`, no jobs on this image.
     #[serde(default)]
-    pub jobs: Option<super::bundle::JobsRuntime>,
+    pub jobs: Option<JobsRuntime>,
     /// Download the packages that are not in `packages` yet with `apt-get download` (apt
     /// checks each against the signed index of the head's sources): for a head installed
     /// from packages, which has no `cargo xtask node fetch`. Each pattern must then name its
@@ -131,6 +132,20 @@ pub fn matches(pattern: &str, name: &str) -> bool {
         }
     }
     true
+}
+
+/// The recipe's `jobs:` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobsRuntime {
+    /// Package file patterns, in the recipe's `packages` folder.
+    pub packages: Vec<String>,
+    /// Files to take from them (patterns, `*` stands for any run of characters). The libraries
+    /// they need and the loader come along by themselves.
+    pub files: Vec<String>,
+    /// Symlinks a package's install script would make (`update-alternatives`): path, target.
+    #[serde(default)]
+    pub links: BTreeMap<String, String>,
 }
 
 #[cfg(test)]

@@ -6,7 +6,11 @@
 //! explicitly, so a node that is half-way through downloading keeps getting the files it
 //! started with while a new version is published.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use super::manifest::{DriverAlias, Manifest};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ImageStoreError {
@@ -23,16 +27,27 @@ pub enum ImageStoreError {
     NoOlder { name: String, current: String },
 }
 
+/// Image manifests read, by image name and version.
+type ManifestCache = HashMap<(String, String), Arc<Manifest>>;
+
+/// Manifests kept in memory at most (the cache is emptied when full).
+const MAX_CACHED_MANIFESTS: usize = 64;
+
 #[derive(Debug, Clone)]
 pub struct ImageStore {
     dir: PathBuf,
+    /// Manifests read so far, by image and version; shared by the clones.
+    manifests: Arc<Mutex<ManifestCache>>,
 }
 
 pub use crate::bootpath::valid_component;
 
 impl ImageStore {
     pub fn new(dir: impl Into<PathBuf>) -> ImageStore {
-        ImageStore { dir: dir.into() }
+        ImageStore {
+            dir: dir.into(),
+            manifests: Arc::default(),
+        }
     }
 
     pub fn dir(&self) -> &Path {
@@ -78,27 +93,48 @@ impl ImageStore {
             })
     }
 
+    /// An image version's manifest (`None`: a version built before it had one). Versions
+    /// never change once published, so each is read once and kept (a few dozen at most).
+    pub fn image_manifest(
+        &self,
+        name: &str,
+        version: &str,
+    ) -> Result<Option<Arc<Manifest>>, ImageStoreError> {
+        let key = (name.to_string(), version.to_string());
+        if let Some(m) = self.cache().get(&key) {
+            return Ok(Some(m.clone()));
+        }
+        let Some(m) = self.manifest::<Manifest>(name, version)? else {
+            return Ok(None);
+        };
+        let m = Arc::new(m);
+        let mut cache = self.cache();
+        if cache.len() >= MAX_CACHED_MANIFESTS {
+            cache.clear();
+        }
+        cache.insert(key, m.clone());
+        Ok(Some(m))
+    }
+
+    fn cache(&self) -> std::sync::MutexGuard<'_, ManifestCache> {
+        self.manifests.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// The kernel options a version boots with (`cmdline` in its manifest.json; empty for
     /// images built before manifests had one).
     pub fn cmdline(&self, name: &str, version: &str) -> Result<String, ImageStoreError> {
-        #[derive(serde::Deserialize)]
-        struct Manifest {
-            #[serde(default)]
-            cmdline: String,
-        }
         Ok(self
-            .manifest::<Manifest>(name, version)?
-            .map(|m| m.cmdline)
+            .image_manifest(name, version)?
+            .map(|m| m.cmdline.clone())
             .unwrap_or_default())
     }
 
     /// The Debian architecture of a version (`arch` in its manifest: `i386`, `amd64`).
     pub fn arch(&self, name: &str, version: &str) -> Result<Option<String>, ImageStoreError> {
-        #[derive(serde::Deserialize)]
-        struct Manifest {
-            arch: String,
-        }
-        Ok(self.manifest::<Manifest>(name, version)?.map(|m| m.arch))
+        Ok(self
+            .image_manifest(name, version)?
+            .map(|m| m.arch.clone())
+            .filter(|a| !a.is_empty()))
     }
 
     /// The jobs' runtime bundle built beside a version, if it has one: its file name, sha256
@@ -108,39 +144,19 @@ impl ImageStore {
         name: &str,
         version: &str,
     ) -> Result<Option<(String, String, u64)>, ImageStoreError> {
-        #[derive(serde::Deserialize)]
-        struct Manifest {
-            #[serde(default)]
-            bundle: Option<Bundle>,
-        }
-        #[derive(serde::Deserialize)]
-        struct Bundle {
-            file: String,
-            sha256: String,
-            bytes: u64,
-        }
         Ok(self
-            .manifest::<Manifest>(name, version)?
-            .and_then(|m| m.bundle)
+            .image_manifest(name, version)?
+            .and_then(|m| m.bundle.clone())
             .filter(|b| valid_component(&b.file))
             .map(|b| (b.file, b.sha256, b.bytes)))
     }
 
     /// The PCI patterns of a version's network driver modules (`drivers` in its manifest;
     /// empty when the image does not tell, as one with its drivers built in).
-    pub fn drivers(
-        &self,
-        name: &str,
-        version: &str,
-    ) -> Result<Vec<crate::image::build::DriverAlias>, ImageStoreError> {
-        #[derive(serde::Deserialize)]
-        struct Manifest {
-            #[serde(default)]
-            drivers: Vec<crate::image::build::DriverAlias>,
-        }
+    pub fn drivers(&self, name: &str, version: &str) -> Result<Vec<DriverAlias>, ImageStoreError> {
         Ok(self
-            .manifest::<Manifest>(name, version)?
-            .map(|m| m.drivers)
+            .image_manifest(name, version)?
+            .map(|m| m.drivers.clone())
             .unwrap_or_default())
     }
 

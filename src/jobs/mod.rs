@@ -27,7 +27,7 @@ use std::net::Ipv4Addr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use enlist_api::{BundleRef, HomeMount, JobsDescriptor, JobsRequest, Mac};
 use tokio::sync::watch;
@@ -36,6 +36,7 @@ use crate::config::{Config, Controller};
 use crate::image::store::ImageStore;
 use crate::lifecycle::NodeState;
 use crate::registry::{Registry, RegistryError, Update};
+use crate::workload::{self, ReleaseLimits, Workload};
 
 pub use home::NfsServer;
 pub use munge::Rotation;
@@ -481,9 +482,13 @@ impl Jobs {
         let (name, version) = (req.image.as_str(), req.version.as_str());
         let (file, sha256, bytes) = self.images.bundle(name, version).ok()??;
         Some(BundleRef {
-            url: format!(
-                "{}/images/{name}/{version}/{file}",
-                self.cfg.http.public_url.base()
+            url: crate::bootpath::http_url(
+                self.cfg.http.public_url.base(),
+                &crate::bootpath::BootPath::ImageFile {
+                    image: name.into(),
+                    version: version.into(),
+                    file,
+                },
             ),
             sha256,
             bytes,
@@ -586,8 +591,9 @@ impl Jobs {
                         .lock()
                         .is_ok_and(|mut f| f.insert(v.name.clone()));
                     if first {
-                        let (jobs, name) = (self.clone(), v.name.clone());
-                        tokio::spawn(async move { jobs.forget(&name).await });
+                        let (slurm, name) = (self.slurm.clone(), v.name.clone());
+                        let limits = ReleaseLimits::of(&self.cfg);
+                        tokio::spawn(async move { workload::forget(&slurm, &name, limits).await });
                     }
                 }
                 Ok(Update::Node(v)) if v.state.is_alive() => {
@@ -602,67 +608,17 @@ impl Jobs {
         }
     }
 
-    /// Delete a node from the scheduler, trying for a while: slurmctld refuses while it still
-    /// counts jobs there (it requeues them once it has marked the node down).
-    async fn forget(&self, name: &str) {
-        let until = Instant::now() + self.cfg.jobs.node_timeout * 3;
-        loop {
-            match self.slurm.delete(name).await {
-                Ok(()) => {
-                    tracing::info!(node = name, "jobs: node deleted from the scheduler");
-                    return;
-                }
-                Err(e) if Instant::now() > until => {
-                    tracing::warn!(
-                        node = name,
-                        "jobs: cannot delete the node from the scheduler: {e}"
-                    );
-                    return;
-                }
-                Err(_) => tokio::time::sleep(Duration::from_secs(5)).await,
-            }
-        }
+    /// Slurm as the node lifecycle's [`Workload`].
+    pub fn workload(&self) -> Arc<dyn Workload> {
+        Arc::new(self.slurm.clone())
     }
+}
 
-    /// Release a node: drain it in the scheduler, wait for its jobs (requeue them at the
-    /// deadline), delete it from the scheduler, then hand the PC back (the agent reboots it to
-    /// its own disk). A node the scheduler does not know is released at once.
-    pub async fn release(self: Arc<Self>, mac: Mac) -> Result<(), JobsError> {
-        let row = self.registry.node(mac)?;
-        // Asked now: a node that joined since the last poll may already run a job.
-        let known = match self.slurm.knows(&row.name).await {
-            Ok(k) => k,
-            Err(_) => self.registry.sched_of(&row.name).is_some(),
-        };
-        if !known || !row.state.is_alive() {
-            self.registry.release(mac)?;
-            // Its slurmd may be registering this very moment: make sure it does not stay.
-            self.forget(&row.name).await;
-            return Ok(());
-        }
-        let deadline = self.cfg.jobs.release_deadline;
-        self.registry.drain_started(mac, deadline)?;
-        self.slurm.drain(&row.name, "released by enlist").await?;
-        let until = Instant::now() + deadline;
-        loop {
-            let jobs = self.slurm.jobs_on(&row.name).await?;
-            if jobs.is_empty() {
-                break;
-            }
-            if Instant::now() >= until {
-                self.registry.note(
-                    mac,
-                    "jobs",
-                    &format!("deadline reached: requeueing {}", jobs.join(",")),
-                )?;
-                self.slurm.requeue(&jobs).await?;
-                tokio::time::sleep(Duration::from_secs(2)).await;
-                continue;
-            }
-            tokio::time::sleep(Duration::from_secs(2)).await;
-        }
-        self.forget(&row.name).await;
-        Ok(self.registry.release(mac)?)
+/// The workload manager node releases go through: Slurm when jobs are on, else none.
+pub fn workload_of(jobs: Option<&Arc<Jobs>>) -> Arc<dyn Workload> {
+    match jobs {
+        Some(j) => j.workload(),
+        None => Arc::new(workload::NoWorkload),
     }
 }
 
@@ -790,28 +746,6 @@ fn managed_daemons(paths: &Paths) -> Result<Vec<Daemon>, JobsError> {
             log: paths.slurm_dir.join("slurmctld.out"),
         },
     ])
-}
-
-/// Release a node the way this head is set up to: through the scheduler when jobs are on (in
-/// the background on `rt`, since draining may wait for the node's jobs; the node shows
-/// `draining` meanwhile), else at once. The admin API's release and a schedule's morning
-/// release both come here, so the two cannot disagree. Call it from a blocking thread.
-pub fn release_node(
-    rt: &tokio::runtime::Handle,
-    registry: &Registry,
-    jobs: Option<&Arc<Jobs>>,
-    mac: Mac,
-) -> Result<(), RegistryError> {
-    let Some(jobs) = jobs else {
-        return registry.release(mac);
-    };
-    let jobs = jobs.clone();
-    rt.spawn(async move {
-        if let Err(e) = jobs.release(mac).await {
-            tracing::error!(%mac, "release: {e}");
-        }
-    });
-    Ok(())
 }
 
 #[cfg(test)]

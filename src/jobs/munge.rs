@@ -14,8 +14,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use enlist_api::{CommandKind, Mac};
-use serde::Serialize;
+use enlist_api::{Mac, Order};
 
 use crate::config::Controller;
 use crate::registry::RegistryError;
@@ -25,15 +24,7 @@ use super::{io, Jobs, JobsError, MUNGE_KEY_BYTES};
 /// How long a rotation waits for the nodes to say they have the new key.
 const NODES_WAIT: Duration = Duration::from_secs(60);
 
-/// What a rotation did.
-#[derive(Debug, Clone, Serialize)]
-pub struct Rotation {
-    /// Nodes told to take the new key.
-    pub told: Vec<String>,
-    /// Of those, the ones that did not say they have it within a minute (they get it when
-    /// they next join: a reboot).
-    pub silent: Vec<String>,
-}
+pub use enlist_api::admin::Rotation;
 
 /// The munge key: read, or made now (1024 random bytes, mode 0400) and kept.
 pub fn load_or_make(path: &Path) -> Result<Vec<u8>, JobsError> {
@@ -125,7 +116,7 @@ fn tell_nodes(reg: &crate::registry::Registry) -> Result<Vec<(Mac, u64, String)>
     let mut told = vec![];
     for (mac, _) in members {
         let name = reg.node(mac)?.name;
-        match reg.command(mac, CommandKind::Rekey) {
+        match reg.command(mac, Order::Rekey) {
             Ok(id) => told.push((mac, id, name)),
             // Up but between sessions: it fetches the new key when it registers again.
             Err(RegistryError::NotOnline(_)) => {}

@@ -7,6 +7,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use crate::registry::SchedInfo as SchedNode;
+use crate::workload::{Workload, WorkloadError};
+use futures_util::future::BoxFuture;
 
 /// How long one Slurm command may take.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(15);
@@ -198,6 +200,54 @@ impl Slurm {
             Err(SlurmError::Failed { message, .. }) if unknown_node(&message) => Ok(()),
             other => other.map(|_| ()),
         }
+    }
+}
+
+impl From<SlurmError> for WorkloadError {
+    fn from(e: SlurmError) -> WorkloadError {
+        WorkloadError {
+            manager: "slurm",
+            message: e.to_string(),
+        }
+    }
+}
+
+/// Slurm as the node lifecycle sees it: dynamic nodes drained, their jobs requeued, deleted.
+impl Workload for Slurm {
+    fn name(&self) -> &'static str {
+        "slurm"
+    }
+
+    fn holds_jobs(&self) -> bool {
+        true
+    }
+
+    fn nodes(&self) -> BoxFuture<'_, Result<HashMap<String, SchedNode>, WorkloadError>> {
+        Box::pin(async { Ok(Slurm::nodes(self).await?) })
+    }
+
+    fn knows<'a>(&'a self, node: &'a str) -> BoxFuture<'a, Result<bool, WorkloadError>> {
+        Box::pin(async move { Ok(Slurm::knows(self, node).await?) })
+    }
+
+    fn drain<'a>(
+        &'a self,
+        node: &'a str,
+        reason: &'a str,
+    ) -> BoxFuture<'a, Result<(), WorkloadError>> {
+        Box::pin(async move { Ok(Slurm::drain(self, node, reason).await?) })
+    }
+
+    fn jobs_on<'a>(&'a self, node: &'a str) -> BoxFuture<'a, Result<Vec<String>, WorkloadError>> {
+        Box::pin(async move { Ok(Slurm::jobs_on(self, node).await?) })
+    }
+
+    fn requeue<'a>(&'a self, jobs: &'a [String]) -> BoxFuture<'a, Result<(), WorkloadError>> {
+        Box::pin(async move { Ok(Slurm::requeue(self, jobs).await?) })
+    }
+
+    fn forget<'a>(&'a self, node: &'a str) -> BoxFuture<'a, Result<(), WorkloadError>> {
+        Box::pin(async move { Ok(Slurm::delete(self, node).await?) })
     }
 }
 

@@ -112,8 +112,8 @@ impl Registry {
 
     fn register_inner(&self, req: &Signed) -> Result<Registered, AgentError> {
         let (mac, mut row) = self.registration_signer(req)?;
+        // Checked as it is read (a challenge of 32 hex digits, the inventory's bounds).
         let request: RegisterRequest = body(req.body)?;
-        request.check().map_err(AgentError::BadRequest)?;
         let info: NodeInfo = request.info;
         // The same MAC on other hardware: held back for an admin, no session, no secrets.
         if let Some(change) = super::quarantine::registration_change(&row, &info) {
@@ -333,25 +333,23 @@ impl Registry {
         let cmds: Vec<Command> = live
             .commands
             .drain(..)
-            .map(|(id, kind, exec)| {
+            .map(|(id, order)| {
                 let terms = enlist_api::CommandTerms {
                     id,
-                    kind,
-                    exec: exec.as_ref(),
+                    order: &order,
                     expires_unix,
                 };
                 Command {
                     id,
-                    kind,
                     signature: enlist_api::sign_command(&key, &session, terms),
-                    exec,
+                    order,
                     expires_unix,
                 }
             })
             .collect();
         for c in cmds
             .iter()
-            .filter(|c| c.kind != enlist_api::CommandKind::Exec)
+            .filter(|c| !matches!(c.order, enlist_api::Order::Exec(_)))
         {
             if live.awaiting.len() >= super::live::AWAITED {
                 live.awaiting.pop_front();

@@ -249,7 +249,7 @@ impl Registry {
 
     fn await_approval(&self, mac: Mac, from: IpAddr) -> Result<BootDecision, RegistryError> {
         let mut row = self.new_row(mac, false, Some(from))?;
-        row.state = crate::lifecycle::NodeState::Pending;
+        row.state = crate::lifecycle::first_state(true);
         row.ip = match from {
             IpAddr::V4(v4) => Some(v4),
             IpAddr::V6(_) => None,

@@ -7,8 +7,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use enlist_api::{CommandKind, ExecSpec, Heartbeat, Mac, NodeInfo, Peer};
-use serde::Serialize;
+use enlist_api::{Heartbeat, Mac, NodeInfo, Order, Peer};
 use tokio::sync::Notify;
 
 use crate::bootpath::Proto;
@@ -18,7 +17,7 @@ use crate::store::NodeRow;
 
 use super::admission::{Admission, AdmissionLimits, EnrollmentWindow};
 use super::tokens::BootTokens;
-use super::view::{NodeView, SchedInfo};
+use enlist_api::admin::SchedInfo;
 
 /// Steps kept per boot trace (a boot has about ten).
 const TRACE_STEPS: usize = 40;
@@ -31,16 +30,7 @@ const CANDIDATES: usize = 1024;
 /// An approval candidate not heard from for this long is forgotten (it retries while waiting).
 const CANDIDATE_TTL: Duration = Duration::from_secs(600);
 
-/// One step of a boot, for the node's timeline.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct BootStep {
-    /// Unix time in milliseconds.
-    pub at_ms: i64,
-    /// `dhcp`, `ipxe`, `script`, `kernel`, `initrd`, `registered`, ...
-    pub step: String,
-    pub via: Proto,
-    pub detail: String,
-}
+pub use enlist_api::admin::BootStep;
 
 /// The in-memory part of a node.
 #[derive(Default)]
@@ -55,7 +45,7 @@ pub(super) struct Live {
     pub last_seen: Option<Instant>,
     /// Commands not yet fetched by the agent (signed when delivered), for its current
     /// session only: they end with it.
-    pub commands: VecDeque<(u64, CommandKind, Option<ExecSpec>)>,
+    pub commands: VecDeque<(u64, Order)>,
     /// Commands that ended with a session before their agent fetched them: never run (exec
     /// runs report them so). The last [`AWAITED`].
     pub dropped: VecDeque<u64>,
@@ -99,7 +89,7 @@ pub(super) const HISTORY_REFILL: Duration = Duration::from_secs(6);
 impl Live {
     /// Forget the queued commands (their session ended) and the results awaited.
     fn drop_commands(&mut self) {
-        for (id, _, _) in self.commands.drain(..) {
+        for (id, _) in self.commands.drain(..) {
             if self.dropped.len() >= AWAITED {
                 self.dropped.pop_front();
             }
@@ -213,15 +203,6 @@ impl Inner {
         }
     }
 
-    pub fn view(&self, row: &NodeRow) -> NodeView {
-        NodeView::new(
-            row,
-            self.live.get(&row.mac),
-            self.candidates.contains_key(&row.mac),
-            self.sched.get(&row.name).cloned(),
-        )
-    }
-
     pub fn online(&self, mac: Mac) -> bool {
         self.live.get(&mac).is_some_and(|l| l.session.is_some())
     }
@@ -328,16 +309,11 @@ impl Inner {
     /// Queue a command for `mac`'s current session; None when it has none (a command is
     /// never kept for a later session: it would run days later, or for whoever registers
     /// with that MAC next).
-    pub fn queue_command(
-        &mut self,
-        mac: Mac,
-        kind: CommandKind,
-        exec: Option<ExecSpec>,
-    ) -> Option<u64> {
+    pub fn queue_command(&mut self, mac: Mac, order: Order) -> Option<u64> {
         let live = self.live.get_mut(&mac).filter(|l| l.session.is_some())?;
         let id = self.next_command;
         self.next_command += 1;
-        live.commands.push_back((id, kind, exec));
+        live.commands.push_back((id, order));
         live.notify.notify_waiters();
         Some(id)
     }

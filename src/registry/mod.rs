@@ -26,7 +26,7 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use enlist_api::{CommandKind, ExecSpec, Mac, Peer};
+use enlist_api::{ExecSpec, Mac, Order, Peer};
 use tokio::sync::broadcast;
 
 use crate::config::{valid_host_label, Config, Enrollment};
@@ -73,7 +73,7 @@ pub enum Update {
 }
 
 /// The PCI patterns of one image version's network drivers.
-pub(crate) type DriverTable = Arc<Vec<crate::image::build::DriverAlias>>;
+pub(crate) type DriverTable = Arc<Vec<crate::image::manifest::DriverAlias>>;
 
 pub struct Registry {
     cfg: Arc<Config>,
@@ -315,7 +315,7 @@ impl Registry {
             mac,
             name: self.new_name(mac)?,
             group: self.cfg.group_for(mac, from),
-            state: NodeState::Seen,
+            state: lifecycle::first_state(false),
             ip: None,
             info: None,
             heartbeat: None,
@@ -387,17 +387,16 @@ impl Registry {
     }
 
     /// Queue a command for a node's agent, in its current session. Returns its id.
-    pub fn command(&self, mac: Mac, kind: CommandKind) -> Result<u64, RegistryError> {
+    pub fn command(&self, mac: Mac, order: Order) -> Result<u64, RegistryError> {
         let mut row = self.node(mac)?;
+        let release = order == Order::Release;
+        let kind = order.kind();
         let id = self
             .inner()
-            .queue_command(mac, kind, None)
+            .queue_command(mac, order)
             .ok_or_else(|| RegistryError::NotOnline(row.name.clone()))?;
-        self.save(
-            &row,
-            Some(("command", &format!("#{id} {} sent", kind.as_str()))),
-        )?;
-        if kind == CommandKind::Release {
+        self.save(&row, Some(("command", &format!("#{id} {kind} sent"))))?;
+        if release {
             row.released = true;
             self.save(
                 &row,
@@ -407,25 +406,19 @@ impl Registry {
         Ok(id)
     }
 
-    /// Hand a PC back to its own disk: mark it released and tell its agent to reboot.
-    /// Queue a shell command for a node's agent (signed for it when delivered); recorded in
-    /// its history with who asked.
-    pub fn exec_command(&self, mac: Mac, spec: ExecSpec, who: &str) -> Result<u64, RegistryError> {
-        let row = self.node(mac)?;
-        let shown: String = spec.command.chars().take(200).collect();
-        let id = self
-            .inner()
-            .queue_command(mac, CommandKind::Exec, Some(spec))
-            .ok_or_else(|| RegistryError::NotOnline(row.name.clone()))?;
-        self.save(&row, Some(("exec", &format!("#{id} by {who}: {shown}"))))?;
-        Ok(id)
+    /// Queue a shell command for a node's agent (signed for it when delivered); its id, or
+    /// None when the agent has no session. In memory only: the caller records it in the
+    /// node's history ([`Registry::note`]).
+    pub fn queue_exec(&self, mac: Mac, spec: ExecSpec) -> Option<u64> {
+        self.inner().queue_command(mac, Order::Exec(spec))
     }
 
+    /// Hand a PC back to its own disk: mark it released and tell its agent to reboot.
     pub fn release(&self, mac: Mac) -> Result<(), RegistryError> {
         let mut row = self.node(mac)?;
         let online = self.inner().online(mac);
         if online && row.state.is_alive() {
-            self.command(mac, CommandKind::Release)?;
+            self.command(mac, Order::Release)?;
         } else {
             row.released = true;
             self.apply(&mut row, Event::ReleasedOffline, "released while offline")?;
@@ -664,9 +657,10 @@ impl Registry {
     /// Whether command `id` of `mac` is still to be fetched or answered (not dropped).
     pub fn command_pending(&self, mac: Mac, id: u64) -> bool {
         let inner = self.inner();
-        inner.live.get(&mac).is_some_and(|l| {
-            l.commands.iter().any(|(c, _, _)| *c == id) || l.awaiting.contains(&id)
-        })
+        inner
+            .live
+            .get(&mac)
+            .is_some_and(|l| l.commands.iter().any(|(c, _)| *c == id) || l.awaiting.contains(&id))
     }
 
     /// Whether command `id` of `mac` ended with its session before its agent fetched it (so

@@ -38,14 +38,8 @@ pub struct NodeRow {
     pub quarantine: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct EventRow {
-    pub id: i64,
-    pub mac: Mac,
-    pub ts: i64,
-    pub kind: String,
-    pub detail: String,
-}
+/// A row of the events table is what the API shows of an event.
+pub use enlist_api::admin::Event as EventRow;
 
 impl NodeRow {
     /// Whether its node OS reported a CPU with long mode (the `lm` flag): such a PC can boot

@@ -194,15 +194,31 @@ fn run_lab(
     for p in profiles {
         lab.boot(*p, Some(&disk_for(*p))).map_err(|e| anyhow!(e))?;
     }
+    print_banner(&lab, name, profiles.len(), mode, port, &password, jobs);
+    watch(&lab, profiles.len(), jobs_mode, &sigs);
+    drop(lab);
+    Ok(())
+}
+
+/// Where to look: the dashboard, the login, the logs, Slurm and the home.
+fn print_banner(
+    lab: &Lab,
+    name: &str,
+    pcs: usize,
+    mode: &str,
+    port: u16,
+    password: &str,
+    jobs: bool,
+) {
     println!();
     println!(
         "  enlist lab {name} is running ({} PCs booting; mode {mode})",
-        profiles.len()
+        pcs
     );
     println!("  dashboard:  http://127.0.0.1:{port}/");
     println!("  login:      password {password}");
-    println!("  head log:   {}", dir.join("head.log").display());
-    println!("  consoles:   {}/*.serial.log", dir.display());
+    println!("  head log:   {}", lab.dir.join("head.log").display());
+    println!("  consoles:   {}/*.serial.log", lab.dir.display());
     if jobs {
         println!(
             "  slurm:      sudo ip netns exec {name} runuser -u {} -- env SLURM_CONF={} sinfo",
@@ -213,7 +229,12 @@ fn run_lab(
     }
     println!("  Ctrl-C stops everything and cleans up.");
     println!();
-    let mut shown = !jobs;
+}
+
+/// Report the PCs' states until a signal arrives; with jobs on, run the first jobs (and the
+/// renders) once every PC is idle in Slurm.
+fn watch(lab: &Lab, pcs: usize, jobs_mode: Jobs, sigs: &SigSet) {
+    let mut shown = jobs_mode == Jobs::Off;
     // Report state changes until a signal arrives.
     let mut last = Vec::new();
     loop {
@@ -232,23 +253,21 @@ fn run_lab(
             println!("  {}", states.join(" | "));
             last = states;
         }
-        if !shown && lab.slurm_idle() >= profiles.len() {
+        if !shown && lab.slurm_idle() >= pcs {
             shown = true;
-            if let Err(e) = first_jobs(&lab, profiles.len()) {
+            if let Err(e) = first_jobs(lab, pcs) {
                 println!("  jobs: {e:#}");
             } else if jobs_mode == Jobs::WithEnv {
-                if let Err(e) = render(&lab, profiles.len()) {
+                if let Err(e) = render(lab, pcs) {
                     println!("  render: {e:#}");
                 }
             }
         }
-        if let Ok(Some(sig)) = wait_signal(&sigs, Duration::from_secs(2)) {
+        if let Ok(Some(sig)) = wait_signal(sigs, Duration::from_secs(2)) {
             eprintln!("xtask: {sig:?}: tearing the lab down");
             break;
         }
     }
-    drop(lab);
-    Ok(())
 }
 
 /// A Slurm tool on the head, as its admin runs it (in the lab's namespace).

@@ -13,13 +13,14 @@ use anyhow::{bail, Context};
 use crate::{root, sh};
 
 /// Every target in `fuzz/fuzz_targets`.
-pub const TARGETS: [&str; 6] = [
+pub const TARGETS: [&str; 7] = [
     "dhcp",
     "tftp_packet",
     "http_range",
     "config",
     "agent_bodies",
     "boot_path",
+    "text_parsers",
 ];
 
 #[derive(clap::Args)]
@@ -122,6 +123,12 @@ fn seed(corpus: &Path, target: &str) -> anyhow::Result<()> {
             write("initrd", b"boot/52-54-00-77-01-01/0123abcd/i586/v1/initrd")?;
             write("image", b"images/i586/20261127-1/vmlinuz")?;
             write("ipxe", b"undionly.kpxe")?;
+        }
+        "text_parsers" => {
+            write("hostlist", b"node-[01-03,07],lab-pc-[8-9]a,x")?;
+            write("scontrol", b"NodeName=node-01 Arch=i686 CPUTot=1 CPUAlloc=0 RealMemory=33 AllocMem=0 State=IDLE+DYNAMIC_NORM Partitions=enlist\nNodeName=node-02 CPUTot=4 CPUAlloc=2 RealMemory=480 AllocMem=100 State=MIXED\n")?;
+            write("squeue", b"node-01\nnode-[01-02]\n")?;
+            write("aliases", b"alias pci:v00008086d00001229sv*sd*bc*sc*i* e100\nalias pci:v000010ECd00008139sv*sd*bc*sc*i* 8139too\n")?;
         }
         _ => bail!("no seeds for target {target:?}"),
     }

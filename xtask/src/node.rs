@@ -189,18 +189,7 @@ fn kernel() -> anyhow::Result<()> {
     }
 
     let src = root().join("target/node-kernel/linux");
-    if src.exists() {
-        std::fs::remove_dir_all(&src)?;
-    }
-    std::fs::create_dir_all(&src)?;
-    // The package holds the source as /usr/src/linux-source-X.Y.tar.xz.
-    sh(Command::new("bash").arg("-c").arg(format!(
-        "set -o pipefail; dpkg-deb --fsys-tarfile '{}' \
-           | tar -xO --wildcards './usr/src/linux-source-*.tar.xz' \
-           | tar -xJ -C '{}' --strip-components=1",
-        deb.display(),
-        src.display()
-    )))?;
+    unpack_source(&deb, &src)?;
     let make = || {
         let mut c = Command::new("make");
         c.current_dir(&src)
@@ -219,29 +208,7 @@ fn kernel() -> anyhow::Result<()> {
         .args(["-m", ".config"])
         .arg(&fragment_path))?;
     sh(make().arg("olddefconfig"))?;
-    let config = std::fs::read_to_string(src.join(".config"))?;
-    for (n, line) in fragment.lines().enumerate() {
-        let want = line.trim();
-        let Some(name) = want
-            .strip_prefix("# ")
-            .and_then(|l| l.strip_suffix(" is not set"))
-            .or_else(|| want.split_once('=').map(|(k, _)| k))
-        else {
-            continue;
-        };
-        let ok = if want.starts_with('#') {
-            !config.lines().any(|l| l.starts_with(&format!("{name}=")))
-        } else {
-            config.lines().any(|l| l == want)
-        };
-        if !ok {
-            bail!(
-                "{}:{}: `{want}` did not survive olddefconfig (an option it depends on is off)",
-                fragment_path.display(),
-                n + 1
-            );
-        }
-    }
+    check_config(&src, &fragment, &fragment_path)?;
     let jobs = std::thread::available_parallelism().map_or(2, |n| n.get() + 1);
     sh(make().arg(format!("-j{jobs}")).arg("bzImage"))?;
     let release = output(make().args(["-s", "kernelrelease"]))?;
@@ -265,6 +232,52 @@ fn kernel() -> anyhow::Result<()> {
         std::fs::metadata(&out)?.len()
     );
     kernel_device_table(&cache, &out)
+}
+
+/// Unpack the kernel source from its Debian package (which holds it as
+/// /usr/src/linux-source-X.Y.tar.xz) into `src`, emptied first.
+fn unpack_source(deb: &Path, src: &Path) -> anyhow::Result<()> {
+    if src.exists() {
+        std::fs::remove_dir_all(src)?;
+    }
+    std::fs::create_dir_all(src)?;
+    sh(Command::new("bash").arg("-c").arg(format!(
+        "set -o pipefail; dpkg-deb --fsys-tarfile '{}' \
+           | tar -xO --wildcards './usr/src/linux-source-*.tar.xz' \
+           | tar -xJ -C '{}' --strip-components=1",
+        deb.display(),
+        src.display()
+    )))?;
+    Ok(())
+}
+
+/// Every line of the options file holds in the merged `.config`: one that olddefconfig
+/// dropped (an option it depends on is off) is named with its file and line.
+fn check_config(src: &Path, fragment: &str, fragment_path: &Path) -> anyhow::Result<()> {
+    let config = std::fs::read_to_string(src.join(".config"))?;
+    for (n, line) in fragment.lines().enumerate() {
+        let want = line.trim();
+        let Some(name) = want
+            .strip_prefix("# ")
+            .and_then(|l| l.strip_suffix(" is not set"))
+            .or_else(|| want.split_once('=').map(|(k, _)| k))
+        else {
+            continue;
+        };
+        let ok = if want.starts_with('#') {
+            !config.lines().any(|l| l.starts_with(&format!("{name}=")))
+        } else {
+            config.lines().any(|l| l == want)
+        };
+        if !ok {
+            bail!(
+                "{}:{}: `{want}` did not survive olddefconfig (an option it depends on is off)",
+                fragment_path.display(),
+                n + 1
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Write the table of the PCI devices the kernel's built-in drivers take beside it (see

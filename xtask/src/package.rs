@@ -198,36 +198,7 @@ fi
 fn head_package(out: &Path, version: &str) -> anyhow::Result<PathBuf> {
     let dir = stage(out, "enlist")?;
     copy(&enlist_bin(), &dir.join("usr/bin/enlist"), 0o755)?;
-    let docs = out.join("docs");
-    let _ = std::fs::remove_dir_all(&docs);
-    sh(Command::new(enlist_bin()).arg("generate-docs").arg(&docs))?;
-    for e in std::fs::read_dir(&docs)? {
-        let path = e?.path();
-        if path.extension().is_some_and(|x| x == "1") {
-            let name = path
-                .file_name()
-                .context("man page name")?
-                .to_string_lossy()
-                .to_string();
-            let page = dir.join("usr/share/man/man1").join(format!("{name}.gz"));
-            gzip(&path, &page)?;
-        }
-    }
-    copy(
-        &docs.join("enlist.bash"),
-        &dir.join("usr/share/bash-completion/completions/enlist"),
-        0o644,
-    )?;
-    copy(
-        &docs.join("_enlist"),
-        &dir.join("usr/share/zsh/vendor-completions/_enlist"),
-        0o644,
-    )?;
-    copy(
-        &docs.join("enlist.fish"),
-        &dir.join("usr/share/fish/vendor_completions.d/enlist.fish"),
-        0o644,
-    )?;
+    stage_docs(out, &dir)?;
     // Readable by the boot-only head's user (it holds no secret: those are in the state folder).
     copy(
         &root().join("config.example.yaml"),
@@ -285,6 +256,41 @@ fn head_package(out: &Path, version: &str) -> anyhow::Result<PathBuf> {
     );
     write(&dir.join("DEBIAN/control"), control.as_bytes(), 0o644)?;
     build_deb(&dir, out, &format!("enlist_{version}_amd64.deb"))
+}
+
+/// The man pages and shell completions `enlist generate-docs` writes, staged in `dir`.
+fn stage_docs(out: &Path, dir: &Path) -> anyhow::Result<()> {
+    let docs = out.join("docs");
+    let _ = std::fs::remove_dir_all(&docs);
+    sh(Command::new(enlist_bin()).arg("generate-docs").arg(&docs))?;
+    for e in std::fs::read_dir(&docs)? {
+        let path = e?.path();
+        if path.extension().is_some_and(|x| x == "1") {
+            let name = path
+                .file_name()
+                .context("man page name")?
+                .to_string_lossy()
+                .to_string();
+            let page = dir.join("usr/share/man/man1").join(format!("{name}.gz"));
+            gzip(&path, &page)?;
+        }
+    }
+    copy(
+        &docs.join("enlist.bash"),
+        &dir.join("usr/share/bash-completion/completions/enlist"),
+        0o644,
+    )?;
+    copy(
+        &docs.join("_enlist"),
+        &dir.join("usr/share/zsh/vendor-completions/_enlist"),
+        0o644,
+    )?;
+    copy(
+        &docs.join("enlist.fish"),
+        &dir.join("usr/share/fish/vendor_completions.d/enlist.fish"),
+        0o644,
+    )?;
+    Ok(())
 }
 
 /// What the head package must hold.
@@ -440,7 +446,7 @@ fn kit(dir: &Path, image: &str) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(&recipe_path)?;
     let (recipe, base) = enlist::image::recipe::Recipe::load(&recipe_path)?;
     let packages = base.join(&recipe.packages);
-    let kernel_path = enlist::image::build::find_package(&packages, &recipe.kernel)?;
+    let kernel_path = enlist::image::packages::find_package(&packages, &recipe.kernel)?;
     let kernel_file = kernel_path
         .file_name()
         .context("kernel file name")?
@@ -539,18 +545,7 @@ fn install_test(head: &Path, images: &Path) -> anyhow::Result<()> {
     sh(Command::new("chroot")
         .arg(&chroot)
         .args(["dpkg", "--add-architecture", "i386"]))?;
-    // Set-up's apt-get update, with one index that cannot be had (a mirror that is away): it
-    // says which it skipped and the install goes on from the others.
-    let broken = chroot.join("etc/apt/sources.list.d/away.list");
-    std::fs::write(
-        &broken,
-        "deb http://mirror-away.invalid/debian bookworm main\n",
-    )?;
-    let skipped = crate::setup::apt_update_in(Some(&chroot));
-    std::fs::remove_file(&broken)?;
-    if !skipped.iter().any(|s| s.contains("mirror-away.invalid")) {
-        bail!("apt-get update with an unreachable index: expected it named as skipped, got {skipped:?}");
-    }
+    update_with_a_mirror_away(&chroot)?;
     let debs: Vec<String> = [head, images]
         .iter()
         .map(|d| {
@@ -592,6 +587,22 @@ fn install_test(head: &Path, images: &Path) -> anyhow::Result<()> {
     let r = boot_from_installed(&chroot);
     let _ = Command::new("umount").arg(&proc_dir).status();
     r
+}
+
+/// Set-up's apt-get update, with one index that cannot be had (a mirror that is away): it
+/// says which it skipped and the install goes on from the others.
+fn update_with_a_mirror_away(chroot: &Path) -> anyhow::Result<()> {
+    let broken = chroot.join("etc/apt/sources.list.d/away.list");
+    std::fs::write(
+        &broken,
+        "deb http://mirror-away.invalid/debian bookworm main\n",
+    )?;
+    let skipped = crate::setup::apt_update_in(Some(chroot));
+    std::fs::remove_file(&broken)?;
+    if !skipped.iter().any(|s| s.contains("mirror-away.invalid")) {
+        bail!("apt-get update with an unreachable index: expected it named as skipped, got {skipped:?}");
+    }
+    Ok(())
 }
 
 /// The installed head, started as its unit starts it, in a lab namespace; a Pentium II boots

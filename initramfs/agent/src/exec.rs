@@ -47,26 +47,7 @@ pub fn run(id: u64, spec: &ExecSpec, progress: &dyn Fn(&ExecResult)) -> ExecResu
         Ok(p) => p,
         Err(e) => return failed(result, &format!("pipe: {e}")),
     };
-    let child = {
-        let err = match writer.try_clone() {
-            Ok(w) => w,
-            Err(e) => return failed(result, &format!("pipe: {e}")),
-        };
-        // An admin's command may be the OOM killer's choice, unlike the agent it comes from.
-        std::process::Command::new("/bin/sh")
-            .arg("-c")
-            .arg(format!(
-                "echo 0 2>/dev/null >/proc/self/oom_score_adj; {}",
-                spec.command
-            ))
-            .stdin(std::process::Stdio::null())
-            .stdout(writer)
-            .stderr(err)
-            .process_group(0)
-            .spawn()
-        // The Command and its copies of the pipe's write end are dropped here: the reader
-        // sees the end of the output when the command's processes have all closed it.
-    };
+    let child = shell(spec, writer);
     let mut child = match child {
         Ok(c) => c,
         Err(e) => return failed(result, &format!("/bin/sh: {e}")),
@@ -114,6 +95,25 @@ pub fn run(id: u64, spec: &ExecSpec, progress: &dyn Fn(&ExecResult)) -> ExecResu
     }
     (result.output, result.cut_bytes) = bounded_text(&bytes, more);
     result
+}
+
+/// `/bin/sh -c` with the command, in its own process group, its stdout and stderr `writer`.
+fn shell(spec: &ExecSpec, writer: std::io::PipeWriter) -> std::io::Result<std::process::Child> {
+    let err = writer.try_clone()?;
+    // An admin's command may be the OOM killer's choice, unlike the agent it comes from.
+    std::process::Command::new("/bin/sh")
+        .arg("-c")
+        .arg(format!(
+            "echo 0 2>/dev/null >/proc/self/oom_score_adj; {}",
+            spec.command
+        ))
+        .stdin(std::process::Stdio::null())
+        .stdout(writer)
+        .stderr(err)
+        .process_group(0)
+        .spawn()
+    // The Command and its copies of the pipe's write end are dropped here: the reader sees
+    // the end of the output when the command's processes have all closed it.
 }
 
 /// Output bytes as text of at most [`MAX_EXEC_OUTPUT`] bytes, and what was cut.

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use enlist_api::{
-    paths, CommandKind, CommandResult, CommandsResponse, HeartbeatResponse, Leaving, PeersResponse,
+    paths, CommandResult, CommandsResponse, HeartbeatResponse, Leaving, Order, PeersResponse,
 };
 
 use client::{Client, Failure};
@@ -215,19 +215,19 @@ fn poll_commands(client: &Arc<Client>, session_ok: &AtomicBool) {
                 say(&format!("ignoring command #{}: {why}", cmd.id));
                 continue;
             }
-            match (cmd.kind, cmd.exec) {
-                (CommandKind::Exec, Some(spec)) => match spec.check() {
+            match cmd.order {
+                Order::Exec(spec) => match spec.check() {
                     Ok(()) => exec::spawn(client.clone(), cmd.id, spec),
                     Err(why) => say(&format!("ignoring command #{}: {why}", cmd.id)),
                 },
-                (kind, _) => execute(client, cmd.id, kind),
+                order => execute(client, cmd.id, &order),
             }
         }
     }
 }
 
-fn execute(client: &Client, id: u64, kind: CommandKind) {
-    say(&format!("command #{id}: {}", kind.as_str()));
+fn execute(client: &Client, id: u64, order: &Order) {
+    say(&format!("command #{id}: {}", order.kind()));
     let report = |ok: bool, message: &str| {
         let r = CommandResult {
             id,
@@ -257,17 +257,17 @@ fn execute(client: &Client, id: u64, kind: CommandKind) {
             say(&format!("{applet} failed: {e}"));
         }
     };
-    match kind {
-        CommandKind::Reboot => leave_and("reboot", "reboot"),
-        CommandKind::Release => leave_and("release", "reboot"),
-        CommandKind::PowerOff => leave_and("poweroff", "poweroff"),
-        // Without its command (an old head?): nothing to run.
-        CommandKind::Exec => report(false, "exec without a command"),
-        CommandKind::Rekey => match jobs::rekey() {
+    match order {
+        Order::Reboot => leave_and("reboot", "reboot"),
+        Order::Release => leave_and("release", "reboot"),
+        Order::PowerOff => leave_and("poweroff", "poweroff"),
+        // Run by its own thread (see the command loop), never here.
+        Order::Exec(_) => report(false, "exec is not run here"),
+        Order::Rekey => match jobs::rekey() {
             Ok(m) => report(true, &m),
             Err(e) => report(false, &e),
         },
-        CommandKind::RefreshPeers => {
+        Order::RefreshPeers => {
             match client.post::<_, PeersResponse>(paths::PEERS, &serde_json::json!({})) {
                 Ok(p) => match p.check() {
                     Ok(()) => {

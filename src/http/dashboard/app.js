@@ -84,9 +84,10 @@ function render() {
   const tbody = $('#nodes tbody');
   tbody.replaceChildren();
   const sorted = [...nodes.values()].sort((a, b) => a.name.localeCompare(b.name, undefined, { numeric: true }));
-  const byState = {};
+  const byGroup = {};
   for (const n of sorted) {
-    byState[n.state] = (byState[n.state] || 0) + 1;
+    const g = stateGroups[n.state];
+    if (g) byGroup[g] = (byGroup[g] || 0) + 1;
     const info = n.info || {};
     const hb = n.heartbeat || {};
     const tick = el('input', { type: 'checkbox', className: 'sel', checked: selected.has(n.mac), hidden: !loggedIn });
@@ -108,7 +109,8 @@ function render() {
       el('td', {}, ...actionsFor(n)));
     tbody.append(tr);
   }
-  if (loggedIn || publicRead) counters(byState);
+  // The head says which counter each state goes to (the summary's state_groups).
+  if (Object.keys(stateGroups).length) counters(byGroup); else soonSummary();
   renderStorm(sorted);
   renderDetail();
 }
@@ -235,13 +237,18 @@ function showExec(v) {
   }
 }
 
-// The header's counters from nodes per state (every state the head knows of).
-function counters(byState) {
-  const sum = (...states) => states.reduce((t, s) => t + (byState[s] || 0), 0);
-  $('#c-up').textContent = sum('healthy', 'registered', 'draining');
-  $('#c-booting').textContent = sum('seen', 'booting', 'stuck');
-  $('#c-pending').textContent = sum('pending');
-  $('#c-lost').textContent = sum('lost');
+// The header's counters: the head groups the states (StateGroup in the API); the node list
+// is counted with its mapping as it changes, else the summary's counts are shown.
+let stateGroups = {};
+function counters(groups) {
+  for (const g of ['up', 'booting', 'pending', 'lost']) $('#c-' + g).textContent = groups[g] || 0;
+}
+
+// The grouping not known yet (the summary not read): read it soon, once for a burst of changes.
+let summarySoon = null;
+function soonSummary() {
+  if (summarySoon) return;
+  summarySoon = setTimeout(() => { summarySoon = null; summary(); }, 300);
 }
 
 // The enrollment window (admins): open, how long it stays so, and the policy otherwise.
@@ -263,11 +270,14 @@ async function enrollment(forSecs) {
   } catch (err) { message('enrollment: ' + err.message); }
 }
 
-// Logged out (and no public read): the counts alone, which are not secret.
+// The header's counters and the jobs capacity (public: counts are not secret).
 async function summary() {
   try {
     const s = await api('GET', '/api/v1/summary');
-    if (!loggedIn && !publicRead) counters(s.nodes || {});
+    const first = !Object.keys(stateGroups).length;
+    stateGroups = s.state_groups || {};
+    if (!loggedIn && !publicRead) counters(s.groups || {});
+    else if (first) render();
     jobsCounter(s.jobs);
   } catch (e) { /* the head is away; the counters keep their last values */ }
 }

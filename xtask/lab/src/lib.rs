@@ -693,62 +693,23 @@ impl Lab {
         };
         let mut cmd = self.qemu(qemu, &name, &serial, &tap)?;
         match profile {
-            Profile::P2Pxe => {
-                cmd.args([
-                    "-m",
-                    "128",
-                    "-device",
-                    &format!("i82557b,netdev=n0,mac={mac}"),
-                    "-boot",
-                    "n",
-                ]);
+            Profile::X64Pxe | Profile::X64PxeE1000e | Profile::X64Uefi => {
+                self.x64_machine(&mut cmd, profile, &name, &mac)?
             }
-            Profile::P2Floppy
-            | Profile::P2FloppyRtl8139
-            | Profile::P2FloppyTulip
-            | Profile::P2FloppyNe2kIsa => {
-                let f = floppy.ok_or("p2-floppy needs a floppy image")?;
-                let nic = match profile {
-                    Profile::P2FloppyRtl8139 => format!("rtl8139,netdev=n0,mac={mac},romfile="),
-                    Profile::P2FloppyTulip => format!("tulip,netdev=n0,mac={mac},romfile="),
-                    // An ISA card has no option ROM; its port and IRQ are set by jumpers.
-                    Profile::P2FloppyNe2kIsa => {
-                        format!("ne2k_isa,netdev=n0,mac={mac},iobase=0x300,irq=5")
-                    }
-                    _ => format!("ne2k_pci,netdev=n0,mac={mac},romfile="),
-                };
-                cmd.args(["-m", "64", "-device", &nic]).args([
-                    "-drive",
-                    &format!("file={},if=floppy,format=raw,readonly=on", f.display()),
-                    "-boot",
-                    "a",
-                ]);
-            }
-            Profile::P2Usb => {
-                let f = floppy.ok_or("p2-usb needs the ISO image")?;
-                cmd.args([
-                    "-m",
-                    "64",
-                    "-device",
-                    &format!("ne2k_pci,netdev=n0,mac={mac},romfile="),
-                ])
-                .args([
-                    "-drive",
-                    &format!("file={},media=cdrom,format=raw,readonly=on", f.display()),
-                    "-boot",
-                    "d",
-                ]);
-            }
-            Profile::P2PxeVmxnet3 => {
-                cmd.args([
-                    "-m",
-                    "64",
-                    "-device",
-                    &format!("vmxnet3,netdev=n0,mac={mac}"),
-                    "-boot",
-                    "n",
-                ]);
-            }
+            _ => p2_machine(&mut cmd, profile, &mac, floppy)?,
+        }
+        self.launch(cmd, name, mac, serial)
+    }
+
+    /// A 64-bit PC's memory, card and firmware (OVMF with its own variables for UEFI).
+    fn x64_machine(
+        &self,
+        cmd: &mut Command,
+        profile: Profile,
+        name: &str,
+        mac: &str,
+    ) -> Result<(), String> {
+        match profile {
             Profile::X64Pxe | Profile::X64PxeE1000e => {
                 let card = if profile == Profile::X64Pxe {
                     "e1000"
@@ -785,8 +746,9 @@ impl Lab {
                     &format!("if=pflash,format=raw,file={}", vars.display()),
                 ]);
             }
+            _ => return Err(format!("{} is not a 64-bit PC", profile.name())),
         }
-        self.launch(cmd, name, mac, serial)
+        Ok(())
     }
 
     /// The kernel of `image` in `images_dir` and the initrd the running head gives node `mac`
@@ -943,4 +905,73 @@ impl Drop for Lab {
         self.cables.clear();
         Lab::cleanup(&self.ns);
     }
+}
+
+/// A Pentium II's memory, card and boot device (its floppy or ISO where it boots from one).
+fn p2_machine(
+    cmd: &mut Command,
+    profile: Profile,
+    mac: &str,
+    floppy: Option<&Path>,
+) -> Result<(), String> {
+    match profile {
+        Profile::P2Pxe => {
+            cmd.args([
+                "-m",
+                "128",
+                "-device",
+                &format!("i82557b,netdev=n0,mac={mac}"),
+                "-boot",
+                "n",
+            ]);
+        }
+        Profile::P2Floppy
+        | Profile::P2FloppyRtl8139
+        | Profile::P2FloppyTulip
+        | Profile::P2FloppyNe2kIsa => {
+            let f = floppy.ok_or("p2-floppy needs a floppy image")?;
+            let nic = match profile {
+                Profile::P2FloppyRtl8139 => format!("rtl8139,netdev=n0,mac={mac},romfile="),
+                Profile::P2FloppyTulip => format!("tulip,netdev=n0,mac={mac},romfile="),
+                // An ISA card has no option ROM; its port and IRQ are set by jumpers.
+                Profile::P2FloppyNe2kIsa => {
+                    format!("ne2k_isa,netdev=n0,mac={mac},iobase=0x300,irq=5")
+                }
+                _ => format!("ne2k_pci,netdev=n0,mac={mac},romfile="),
+            };
+            cmd.args(["-m", "64", "-device", &nic]).args([
+                "-drive",
+                &format!("file={},if=floppy,format=raw,readonly=on", f.display()),
+                "-boot",
+                "a",
+            ]);
+        }
+        Profile::P2Usb => {
+            let f = floppy.ok_or("p2-usb needs the ISO image")?;
+            cmd.args([
+                "-m",
+                "64",
+                "-device",
+                &format!("ne2k_pci,netdev=n0,mac={mac},romfile="),
+            ])
+            .args([
+                "-drive",
+                &format!("file={},media=cdrom,format=raw,readonly=on", f.display()),
+                "-boot",
+                "d",
+            ]);
+        }
+        Profile::P2PxeVmxnet3 => {
+            cmd.args([
+                "-m",
+                "64",
+                "-device",
+                &format!("vmxnet3,netdev=n0,mac={mac}"),
+                "-boot",
+                "n",
+            ]);
+        }
+        _ => return Err(format!("{} is not a Pentium II", profile.name())),
+    }
+    Ok(())
 }

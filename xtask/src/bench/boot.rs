@@ -6,6 +6,7 @@
 //! (an x86_64 PC with an e1000) boots i586 by TFTP under dnsmasq, and under enlist, whose
 //! script tests the CPU, the larger x86_64 image by HTTP.
 
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::anyhow;
@@ -37,99 +38,17 @@ fn one_run(
     let mut lab = Lab::new(&ns, &dir).map_err(|e| anyhow!(e))?;
     lab.loss_percent = loss;
     let images = root().join("images/out");
-    let config = if server == "enlist" {
-        lab.write_config("dhcp", &images, "")
-            .map_err(|e| anyhow!(e))?
-    } else {
-        // The head only answers agents here; dnsmasq does DHCP and TFTP on the bridge.
-        let cfg = dir.join("config.yaml");
-        std::fs::write(
-            &cfg,
-            format!(
-                "state_dir: {}\nhttp: {{ listen: 0.0.0.0:8080, public_url: http://10.77.0.1:8080 }}\n\
-                 tftp: {{ enabled: false }}\ndhcp: {{ interfaces: [{{ name: lo, mode: proxy }}] }}\n\
-                 images: {{ dir: {}, default: i586 }}\nnodes: {{ heartbeat: 2s }}\n",
-                dir.join("state").display(),
-                images.display()
-            ),
-        )?;
-        cfg
-    };
+    let config = head_config(&lab, &dir, &images, server)?;
     lab.start_head(&enlist_bin(), &config)
         .map_err(|e| anyhow!(e))?;
     if server == "dnsmasq" {
-        // The head's own view of the published image: version and kernel options.
-        let store = enlist::image::store::ImageStore::new(&images);
-        let version = store.current("i586")?;
-        let tftp = dir.join("tftp");
-        std::fs::create_dir_all(&tftp)?;
-        std::fs::copy(
-            images.join(format!("i586/{version}/vmlinuz")),
-            tftp.join("vmlinuz"),
-        )?;
-        // Each PC's initrd with its key, as an admin fetches it for a PC booted by hand.
-        for n in 1..=nodes {
-            let (_, initrd) = lab
-                .direct_boot_files(&images, "i586", &mac_of(n))
-                .map_err(|e| anyhow!(e))?;
-            let mac = mac_of(n).replace(':', "-");
-            std::fs::copy(&initrd, tftp.join(format!("{mac}.initrd")))?;
-        }
-        // The same kernel options as enlist's script: the image's own, then the lab's.
-        let image_cmdline = store.cmdline("i586", &version)?;
-        std::fs::write(
-            tftp.join("boot.ipxe"),
-            format!(
-                "#!ipxe\nkernel tftp://10.77.0.1/vmlinuz initrd=initrd enlist.boot=pxe BOOTIF=01-${{netX/mac:hexhyp}} {image_cmdline} console=ttyS0,115200\n\
-                 initrd --name initrd tftp://10.77.0.1/${{netX/mac:hexhyp}}.initrd\nboot\n"
-            ),
-        )?;
-        let mut c = lab.exec("dnsmasq");
-        c.args([
-            "--keep-in-foreground",
-            "--port=0",
-            "--interface=br0",
-            "--bind-interfaces",
-            "--no-ping",
-        ])
-        .args([
-            "--dhcp-range=10.77.0.100,10.77.0.199,255.255.255.0,10m",
-            "--enable-tftp",
-            "--dhcp-boot=boot.ipxe",
-        ])
-        .arg(format!("--tftp-root={}", tftp.display()))
-        .arg(format!(
-            "--dhcp-leasefile={}",
-            dir.join("dnsmasq.leases").display()
-        ))
-        .arg(format!("--pid-file={}", dir.join("dnsmasq.pid").display()));
-        lab.spawn(c).map_err(|e| anyhow!(e))?;
-        std::thread::sleep(Duration::from_secs(1));
+        start_dnsmasq(&mut lab, &dir, &images, nodes)?;
     }
     let start = Instant::now();
     for _ in 0..nodes {
         lab.boot(profile, None).map_err(|e| anyhow!(e))?;
     }
-    let mut times: Vec<NodeTimes> = (0..nodes)
-        .map(|_| NodeTimes {
-            userland: None,
-            registered: None,
-        })
-        .collect();
-    while start.elapsed() < LIMIT && times.iter().any(|t| t.registered.is_none()) {
-        for (i, t) in times.iter_mut().enumerate() {
-            if t.userland.is_none() && lab.pcs[i].serial_log().contains(" is up: ") {
-                t.userland = Some(start.elapsed().as_secs_f64());
-            }
-            if t.registered.is_none() {
-                let st = lab.node_state(&mac_of(i + 1));
-                if matches!(st.as_deref(), Some("registered") | Some("healthy")) {
-                    t.registered = Some(start.elapsed().as_secs_f64());
-                }
-            }
-        }
-        std::thread::sleep(Duration::from_millis(250));
-    }
+    let mut times = wait_for_nodes(&lab, nodes, start);
     // A node that registered but whose agent or kernel then fails is a failed boot too.
     std::thread::sleep(Duration::from_secs(2));
     for (i, t) in times.iter_mut().enumerate() {
@@ -153,6 +72,107 @@ fn one_run(
         println!("run {run} {server:<7} cables: {passed} frames passed, {dropped} dropped ({loss}% each way)");
     }
     Ok(times)
+}
+
+/// The head's config: serving DHCP and TFTP itself, or only the agents (dnsmasq serves the
+/// rest).
+fn head_config(lab: &Lab, dir: &Path, images: &Path, server: &str) -> anyhow::Result<PathBuf> {
+    Ok(if server == "enlist" {
+        lab.write_config("dhcp", images, "")
+            .map_err(|e| anyhow!(e))?
+    } else {
+        // The head only answers agents here; dnsmasq does DHCP and TFTP on the bridge.
+        let cfg = dir.join("config.yaml");
+        std::fs::write(
+                &cfg,
+                format!(
+                    "state_dir: {}\nhttp: {{ listen: 0.0.0.0:8080, public_url: http://10.77.0.1:8080 }}\n\
+                     tftp: {{ enabled: false }}\ndhcp: {{ interfaces: [{{ name: lo, mode: proxy }}] }}\n\
+                     images: {{ dir: {}, default: i586 }}\nnodes: {{ heartbeat: 2s }}\n",
+                    dir.join("state").display(),
+                    images.display()
+                ),
+            )?;
+        cfg
+    })
+}
+
+/// dnsmasq doing DHCP and TFTP on the bridge, with the files an admin would give it: the
+/// image's kernel, each PC's initrd with its key, and a boot script with the same options.
+fn start_dnsmasq(lab: &mut Lab, dir: &Path, images: &Path, nodes: usize) -> anyhow::Result<()> {
+    // The head's own view of the published image: version and kernel options.
+    let store = enlist::image::store::ImageStore::new(images);
+    let version = store.current("i586")?;
+    let tftp = dir.join("tftp");
+    std::fs::create_dir_all(&tftp)?;
+    std::fs::copy(
+        images.join(format!("i586/{version}/vmlinuz")),
+        tftp.join("vmlinuz"),
+    )?;
+    // Each PC's initrd with its key, as an admin fetches it for a PC booted by hand.
+    for n in 1..=nodes {
+        let (_, initrd) = lab
+            .direct_boot_files(images, "i586", &mac_of(n))
+            .map_err(|e| anyhow!(e))?;
+        let mac = mac_of(n).replace(':', "-");
+        std::fs::copy(&initrd, tftp.join(format!("{mac}.initrd")))?;
+    }
+    // The same kernel options as enlist's script: the image's own, then the lab's.
+    let image_cmdline = store.cmdline("i586", &version)?;
+    std::fs::write(
+        tftp.join("boot.ipxe"),
+        format!(
+            "#!ipxe\nkernel tftp://10.77.0.1/vmlinuz initrd=initrd enlist.boot=pxe BOOTIF=01-${{netX/mac:hexhyp}} {image_cmdline} console=ttyS0,115200\n\
+             initrd --name initrd tftp://10.77.0.1/${{netX/mac:hexhyp}}.initrd\nboot\n"
+        ),
+    )?;
+    let mut c = lab.exec("dnsmasq");
+    c.args([
+        "--keep-in-foreground",
+        "--port=0",
+        "--interface=br0",
+        "--bind-interfaces",
+        "--no-ping",
+    ])
+    .args([
+        "--dhcp-range=10.77.0.100,10.77.0.199,255.255.255.0,10m",
+        "--enable-tftp",
+        "--dhcp-boot=boot.ipxe",
+    ])
+    .arg(format!("--tftp-root={}", tftp.display()))
+    .arg(format!(
+        "--dhcp-leasefile={}",
+        dir.join("dnsmasq.leases").display()
+    ))
+    .arg(format!("--pid-file={}", dir.join("dnsmasq.pid").display()));
+    lab.spawn(c).map_err(|e| anyhow!(e))?;
+    std::thread::sleep(Duration::from_secs(1));
+    Ok(())
+}
+
+/// When each PC reached its userland and registered (as far as it did within [`LIMIT`]).
+fn wait_for_nodes(lab: &Lab, nodes: usize, start: Instant) -> Vec<NodeTimes> {
+    let mut times: Vec<NodeTimes> = (0..nodes)
+        .map(|_| NodeTimes {
+            userland: None,
+            registered: None,
+        })
+        .collect();
+    while start.elapsed() < LIMIT && times.iter().any(|t| t.registered.is_none()) {
+        for (i, t) in times.iter_mut().enumerate() {
+            if t.userland.is_none() && lab.pcs[i].serial_log().contains(" is up: ") {
+                t.userland = Some(start.elapsed().as_secs_f64());
+            }
+            if t.registered.is_none() {
+                let st = lab.node_state(&mac_of(i + 1));
+                if matches!(st.as_deref(), Some("registered") | Some("healthy")) {
+                    t.registered = Some(start.elapsed().as_secs_f64());
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    times
 }
 
 /// A failed boot is worth a look: keep the head log, the serial consoles and a screenshot of

@@ -49,30 +49,13 @@ fn boot_one(http: &ureq::Agent, mac: &str) -> anyhow::Result<u64> {
     Ok(total)
 }
 
-pub fn run(nodes: usize, link_mbit: u32) -> anyhow::Result<()> {
-    let images = root().join("images/out");
-    if !images.join("i586/current").exists() {
-        bail!("no i586 image in images/out: run `cargo xtask node images` first");
-    }
-    let pair = Pair::new("bench-http")?;
-    pair.shape(link_mbit)?;
-    let dir = root().join("lab/bench-http");
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir)?;
-    let mut head = pair.spawn_enlist(
-        &dir.join("enlist.yaml"),
-        &format!(
-            "state_dir: {st}\nhttp: {{ listen: {SRV_IP}:{PORT}, public_url: http://{SRV_IP}:{PORT} }}\n\
-             tftp: {{ enabled: false }}\ndhcp: {{ interfaces: [{{ name: lo, mode: proxy }}] }}\n\
-             images: {{ dir: {img}, default: i586 }}\n",
-            st = dir.display(),
-            img = images.display()
-        ),
-    )?;
-    let pid = head.id();
-    std::thread::sleep(Duration::from_secs(1));
+/// Each client's fetch, the head's CPU time at the start, and the start.
+type Burst = (Vec<anyhow::Result<Fetch>>, f64, Instant);
+
+/// `nodes` clients in the client namespace fetch their boot files at once.
+fn burst(pair: &Pair, nodes: usize, pid: u32) -> anyhow::Result<Burst> {
     let barrier = Arc::new(Barrier::new(nodes + 1));
-    let (results, cpu0, start) = in_netns(&pair.cli, move || {
+    in_netns(&pair.cli, move || {
         let threads: Vec<_> = (0..nodes)
             .map(|i| {
                 let barrier = barrier.clone();
@@ -103,7 +86,32 @@ pub fn run(nodes: usize, link_mbit: u32) -> anyhow::Result<()> {
             })
             .collect::<Vec<_>>();
         (results, cpu0, start)
-    })?;
+    })
+}
+
+pub fn run(nodes: usize, link_mbit: u32) -> anyhow::Result<()> {
+    let images = root().join("images/out");
+    if !images.join("i586/current").exists() {
+        bail!("no i586 image in images/out: run `cargo xtask node images` first");
+    }
+    let pair = Pair::new("bench-http")?;
+    pair.shape(link_mbit)?;
+    let dir = root().join("lab/bench-http");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let mut head = pair.spawn_enlist(
+        &dir.join("enlist.yaml"),
+        &format!(
+            "state_dir: {st}\nhttp: {{ listen: {SRV_IP}:{PORT}, public_url: http://{SRV_IP}:{PORT} }}\n\
+             tftp: {{ enabled: false }}\ndhcp: {{ interfaces: [{{ name: lo, mode: proxy }}] }}\n\
+             images: {{ dir: {img}, default: i586 }}\n",
+            st = dir.display(),
+            img = images.display()
+        ),
+    )?;
+    let pid = head.id();
+    std::thread::sleep(Duration::from_secs(1));
+    let (results, cpu0, start) = burst(&pair, nodes, pid)?;
     let wall = start.elapsed().as_secs_f64();
     let (cpu1, rss_kb) = proc_stat(pid);
     let _ = head.kill();

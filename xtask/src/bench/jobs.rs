@@ -43,18 +43,7 @@ pub fn run(tasks: usize, loops: u64, env: bool) -> anyhow::Result<()> {
     // Power-on to first job step: a job waits in the queue before any PC exists.
     let t0 = Instant::now();
     let first = submit(&lab, &home, &[], "hostname > first.out")?;
-    let pcs = [
-        ("i586", "qemu-system-i386", 64),
-        ("x86_64", "qemu-system-x86_64", 256),
-        ("x86_64", "qemu-system-x86_64", 256),
-    ];
-    let mut macs = Vec::new();
-    for (image, qemu, mem) in pcs {
-        let i = lab
-            .boot_image_direct(&images, image, qemu, mem)
-            .map_err(|e| anyhow!(e))?;
-        macs.push(lab.pcs[i].mac.clone());
-    }
+    let macs = boot_pcs(&mut lab, &images)?;
     wait(Duration::from_secs(400), "the first job", || {
         Ok(lab
             .slurm_out("squeue", &["-h", "-j", &first])?
@@ -80,6 +69,45 @@ pub fn run(tasks: usize, loops: u64, env: bool) -> anyhow::Result<()> {
         None
     };
 
+    let times = Times {
+        to_first,
+        one,
+        two,
+        all,
+        frames,
+    };
+    print_table(tasks, loops, &p2, &times);
+    Ok(())
+}
+
+/// A 64 MB Pentium II and two x86_64 PCs, booted straight into their images; their MACs.
+fn boot_pcs(lab: &mut Lab, images: &std::path::Path) -> anyhow::Result<Vec<String>> {
+    let pcs = [
+        ("i586", "qemu-system-i386", 64),
+        ("x86_64", "qemu-system-x86_64", 256),
+        ("x86_64", "qemu-system-x86_64", 256),
+    ];
+    let mut macs = Vec::new();
+    for (image, qemu, mem) in pcs {
+        let i = lab
+            .boot_image_direct(images, image, qemu, mem)
+            .map_err(|e| anyhow!(e))?;
+        macs.push(lab.pcs[i].mac.clone());
+    }
+    Ok(macs)
+}
+
+/// What the run measured.
+struct Times {
+    to_first: Duration,
+    one: Duration,
+    two: Duration,
+    all: Duration,
+    /// POV-Ray frames on the PCs and on the head (with `--env`).
+    frames: Option<(Duration, Duration)>,
+}
+
+fn print_table(tasks: usize, loops: u64, p2: &Memory, t: &Times) {
     println!();
     println!(
         "Jobs (QEMU TCG on {} host cores; PCs boot with -kernel):",
@@ -89,7 +117,7 @@ pub fn run(tasks: usize, loops: u64, env: bool) -> anyhow::Result<()> {
     println!("|---|---|");
     println!(
         "| power-on of 3 PCs to the first job step done | {:.1} s |",
-        to_first.as_secs_f64()
+        t.to_first.as_secs_f64()
     );
     println!(
         "| Pentium II 64 MB: MemAvailable with munged + slurmd running | {:.1} MiB (goal >= {JOBS_MIB_GOAL} MiB: {}) |",
@@ -102,19 +130,19 @@ pub fn run(tasks: usize, loops: u64, env: bool) -> anyhow::Result<()> {
     );
     println!(
         "| array of {tasks} x {loops} awk loops on 1 x86_64 node | {:.1} s |",
-        one.as_secs_f64()
+        t.one.as_secs_f64()
     );
     println!(
         "| same array on 2 x86_64 nodes | {:.1} s (speedup {:.2}) |",
-        two.as_secs_f64(),
-        one.as_secs_f64() / two.as_secs_f64()
+        t.two.as_secs_f64(),
+        t.one.as_secs_f64() / t.two.as_secs_f64()
     );
     println!(
         "| same array on all 3 nodes (incl. the Pentium II) | {:.1} s (speedup {:.2} over 1 node) |",
-        all.as_secs_f64(),
-        one.as_secs_f64() / all.as_secs_f64()
+        t.all.as_secs_f64(),
+        t.one.as_secs_f64() / t.all.as_secs_f64()
     );
-    if let Some((cluster, head)) = frames {
+    if let Some((cluster, head)) = t.frames {
         println!(
             "| {tasks} POV-Ray frames (160x120) as an array on the 3 PCs | {:.1} s |",
             cluster.as_secs_f64()
@@ -125,7 +153,6 @@ pub fn run(tasks: usize, loops: u64, env: bool) -> anyhow::Result<()> {
             cluster.as_secs_f64() / head.as_secs_f64()
         );
     }
-    Ok(())
 }
 
 /// POV-Ray frames as an array over the PCs, and the same frames rendered on the head alone

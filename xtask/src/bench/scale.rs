@@ -3,6 +3,7 @@
 //! then heartbeats every `interval` seconds. Reports registration time, the head's CPU and RSS
 //! during the steady heartbeat phase, and heartbeat latency percentiles.
 
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -74,12 +75,21 @@ fn register(http: &ureq::Agent, a: &mut Agent) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn run(agents: usize, interval: u64, seconds: u64) -> anyhow::Result<()> {
-    let ns = "bench-scale";
+/// What the agents' threads count.
+#[derive(Clone, Default)]
+struct Counts {
+    /// Heartbeat round trips in the steady phase, ms.
+    latencies: Arc<Mutex<Vec<f64>>>,
+    errors: Arc<AtomicUsize>,
+    registered: Arc<AtomicUsize>,
+}
+
+/// The namespace with its loopback up, and the head's config in `dir`. The simulated PCs all
+/// come from one address: its connection cap is raised above the 64 agent threads.
+fn setup(ns: &str, dir: &Path, interval: u64) -> anyhow::Result<PathBuf> {
     enlist_lab::Lab::cleanup(ns);
-    let dir = root().join("lab").join(ns);
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir)?;
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir)?;
     let ip = |args: &[&str]| {
         enlist_lab::run(std::process::Command::new("ip").args(args)).map_err(|e| anyhow!(e))
     };
@@ -89,15 +99,20 @@ pub fn run(agents: usize, interval: u64, seconds: u64) -> anyhow::Result<()> {
     std::fs::write(
         &cfg,
         format!(
-            "state_dir: {st}\nhttp: {{ listen: 127.0.0.1:18090, public_url: {URL} }}\ntftp: {{ enabled: false }}\n\
+            "state_dir: {st}\nhttp: {{ listen: 127.0.0.1:18090, public_url: {URL}, max_connections_per_client: 256 }}\ntftp: {{ enabled: false }}\n\
              dhcp: {{ interfaces: [{{ name: lo, mode: proxy }}] }}\nimages: {{ dir: {st}, default: i586 }}\n\
              nodes: {{ heartbeat: {interval}s, lost_after: {lost}s }}\n",
             st = dir.display(),
             lost = interval * 4
         ),
     )?;
-    // The simulated nodes exist before the head starts, as if each had booted (a node is
-    // known from its boot before its agent may register), with key epoch 0.
+    Ok(cfg)
+}
+
+/// The simulated nodes, put in the head's database before it starts, as if each had booted
+/// (a node is known from its boot before its agent may register), with key epoch 0; their
+/// agents with their keys.
+fn simulated_nodes(dir: &Path, agents: usize) -> anyhow::Result<Vec<Agent>> {
     let store = enlist::store::Store::open(&dir.join("enlist.db"))?;
     let keys = enlist::registry::Keys::load(&store)?;
     let macs: Vec<enlist_api::Mac> = (0..agents)
@@ -134,18 +149,7 @@ pub fn run(agents: usize, interval: u64, seconds: u64) -> anyhow::Result<()> {
         })
         .collect();
     store.insert_nodes(&rows)?;
-    drop(store);
-    let mut head = std::process::Command::new("ip")
-        .args(["netns", "exec", ns])
-        .arg(enlist_bin())
-        .args(["serve", "--config"])
-        .arg(&cfg)
-        .env("ENLIST_LOG", "warn")
-        .spawn()
-        .context("starting the head")?;
-    let pid = head.id();
-    std::thread::sleep(Duration::from_secs(1));
-    let all: Vec<Agent> = macs
+    Ok(macs
         .iter()
         .map(|m| Agent {
             mac: m.to_string(),
@@ -153,100 +157,72 @@ pub fn run(agents: usize, interval: u64, seconds: u64) -> anyhow::Result<()> {
             session: String::new(),
             seq: 0,
         })
-        .collect();
-    let threads = 64.min(agents.max(1));
-    let per = agents.div_ceil(threads);
-    let groups: Vec<Vec<Agent>> = {
-        let mut it = all.into_iter();
-        (0..threads)
-            .map(|_| it.by_ref().take(per).collect())
-            .collect()
-    };
-    let latencies = Arc::new(Mutex::new(Vec::<f64>::new()));
-    let errors = Arc::new(AtomicUsize::new(0));
-    let registered = Arc::new(AtomicUsize::new(0));
-    let start = Instant::now();
-    let measure_from = Duration::from_secs(interval); // skip the first round (state changes)
-    let (lat, err, reg) = (latencies.clone(), errors.clone(), registered.clone());
-    let cpu_window = Arc::new(Mutex::new(None::<((f64, u64), Instant)>));
-    let cpu_w = cpu_window.clone();
-    let handle = std::thread::spawn(move || {
-        in_netns(ns, move || {
-            let hs: Vec<_> = groups
-                .into_iter()
-                .map(|mut group| {
-                    let (lat, err, reg) = (lat.clone(), err.clone(), reg.clone());
-                    std::thread::spawn(move || {
-                        let http = ureq::AgentBuilder::new()
-                            .timeout(Duration::from_secs(10))
-                            .build();
-                        for a in group.iter_mut() {
-                            if register(&http, a).is_err() {
-                                err.fetch_add(1, Ordering::Relaxed);
-                            }
-                            reg.fetch_add(1, Ordering::Relaxed);
-                        }
-                        let hb = serde_json::to_vec(&Heartbeat::default()).unwrap_or_default();
-                        let phase_start = Instant::now();
-                        let n = group.len().max(1) as u32;
-                        let mut round = 0u32;
-                        while phase_start.elapsed() < Duration::from_secs(seconds) {
-                            for (i, a) in group.iter_mut().enumerate() {
-                                // Spread each agent's heartbeat evenly over the interval.
-                                let due = Duration::from_secs(interval) * round
-                                    + Duration::from_secs(interval) * i as u32 / n;
-                                if let Some(wait) = due.checked_sub(phase_start.elapsed()) {
-                                    std::thread::sleep(wait);
-                                }
-                                let t = Instant::now();
-                                match post(&http, a, paths::HEARTBEAT, &hb, None) {
-                                    Ok(_) => {
-                                        if phase_start.elapsed() > measure_from {
-                                            lat.lock()
-                                                .map(|mut l| {
-                                                    l.push(t.elapsed().as_secs_f64() * 1000.0)
-                                                })
-                                                .ok();
-                                        }
-                                    }
-                                    Err(_) => {
-                                        err.fetch_add(1, Ordering::Relaxed);
-                                    }
-                                }
-                            }
-                            round += 1;
-                        }
-                    })
-                })
-                .collect();
-            for h in hs {
-                let _ = h.join();
+        .collect())
+}
+
+/// One thread's agents: register each, then send heartbeats for `seconds`, each agent's
+/// spread evenly over the interval; round trips after `measure_from` are counted.
+fn drive(
+    group: &mut [Agent],
+    counts: &Counts,
+    interval: u64,
+    seconds: u64,
+    measure_from: Duration,
+) {
+    let http = ureq::AgentBuilder::new()
+        .timeout(Duration::from_secs(10))
+        .build();
+    for a in group.iter_mut() {
+        if let Err(e) = register(&http, a) {
+            if counts.errors.fetch_add(1, Ordering::Relaxed) == 0 {
+                eprintln!("xtask bench: first error: registration: {e:#}");
             }
-        })
-    });
-    // Registration phase.
-    while registered.load(Ordering::Relaxed) < agents && start.elapsed() < Duration::from_secs(1800)
-    {
-        std::thread::sleep(Duration::from_millis(200));
+        }
+        counts.registered.fetch_add(1, Ordering::Relaxed);
     }
-    let reg_secs = start.elapsed().as_secs_f64();
-    println!(
-        "{agents} agents registered in {reg_secs:.1} s ({:.0}/s)",
-        agents as f64 / reg_secs
-    );
-    std::thread::sleep(measure_from);
-    *cpu_w.lock().map_err(|_| anyhow!("lock"))? = Some((proc_stat(pid), Instant::now()));
-    let _ = handle.join();
-    let (cpu1, rss1) = proc_stat(pid);
-    let ((cpu0, _), t0) = cpu_window
+    let hb = serde_json::to_vec(&Heartbeat::default()).unwrap_or_default();
+    let phase_start = Instant::now();
+    let n = group.len().max(1) as u32;
+    let mut round = 0u32;
+    while phase_start.elapsed() < Duration::from_secs(seconds) {
+        for (i, a) in group.iter_mut().enumerate() {
+            let due = Duration::from_secs(interval) * round
+                + Duration::from_secs(interval) * i as u32 / n;
+            if let Some(wait) = due.checked_sub(phase_start.elapsed()) {
+                std::thread::sleep(wait);
+            }
+            let t = Instant::now();
+            match post(&http, a, paths::HEARTBEAT, &hb, None) {
+                Ok(_) if phase_start.elapsed() > measure_from => {
+                    let ms = t.elapsed().as_secs_f64() * 1000.0;
+                    counts.latencies.lock().map(|mut l| l.push(ms)).ok();
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    if counts.errors.fetch_add(1, Ordering::Relaxed) == 0 {
+                        eprintln!("xtask bench: first error: heartbeat: {e:#}");
+                    }
+                }
+            }
+        }
+        round += 1;
+    }
+}
+
+/// The table row: heartbeats per second, the head's CPU and RSS, latencies, errors.
+fn report(
+    agents: usize,
+    interval: u64,
+    window: f64,
+    cpu: f64,
+    rss_kb: u64,
+    counts: &Counts,
+) -> anyhow::Result<()> {
+    let mut l = counts
+        .latencies
         .lock()
         .map_err(|_| anyhow!("lock"))?
-        .unwrap_or(((0.0, 0), Instant::now()));
-    let window = t0.elapsed().as_secs_f64().max(0.001);
-    let _ = head.kill();
-    let _ = head.wait();
-    enlist_lab::Lab::cleanup(ns);
-    let mut l = latencies.lock().map_err(|_| anyhow!("lock"))?.clone();
+        .clone();
     l.sort_by(|a, b| a.total_cmp(b));
     let pct = |p: f64| {
         l.get(((l.len() as f64 * p) as usize).min(l.len().saturating_sub(1)))
@@ -260,11 +236,76 @@ pub fn run(agents: usize, interval: u64, seconds: u64) -> anyhow::Result<()> {
     println!(
         "| {agents} | {:.0} | {:.1} | {:.1} | {:.2} | {:.2} | {} |",
         l.len() as f64 / window,
-        100.0 * (cpu1 - cpu0) / window,
-        rss1 as f64 / 1024.0,
+        100.0 * cpu / window,
+        rss_kb as f64 / 1024.0,
         pct(0.5),
         pct(0.99),
-        errors.load(Ordering::Relaxed)
+        counts.errors.load(Ordering::Relaxed)
     );
     Ok(())
+}
+
+pub fn run(agents: usize, interval: u64, seconds: u64) -> anyhow::Result<()> {
+    let ns = "bench-scale";
+    let dir = root().join("lab").join(ns);
+    let cfg = setup(ns, &dir, interval)?;
+    let all = simulated_nodes(&dir, agents)?;
+    let mut head = std::process::Command::new("ip")
+        .args(["netns", "exec", ns])
+        .arg(enlist_bin())
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .env("ENLIST_LOG", "warn")
+        .spawn()
+        .context("starting the head")?;
+    let pid = head.id();
+    std::thread::sleep(Duration::from_secs(1));
+    let threads = 64.min(agents.max(1));
+    let per = agents.div_ceil(threads);
+    let groups: Vec<Vec<Agent>> = {
+        let mut it = all.into_iter();
+        (0..threads)
+            .map(|_| it.by_ref().take(per).collect())
+            .collect()
+    };
+    let counts = Counts::default();
+    let start = Instant::now();
+    let measure_from = Duration::from_secs(interval); // skip the first round (state changes)
+    let c = counts.clone();
+    let handle = std::thread::spawn(move || {
+        in_netns(ns, move || {
+            let hs: Vec<_> = groups
+                .into_iter()
+                .map(|mut group| {
+                    let c = c.clone();
+                    std::thread::spawn(move || {
+                        drive(&mut group, &c, interval, seconds, measure_from)
+                    })
+                })
+                .collect();
+            for h in hs {
+                let _ = h.join();
+            }
+        })
+    });
+    // Registration phase.
+    while counts.registered.load(Ordering::Relaxed) < agents
+        && start.elapsed() < Duration::from_secs(1800)
+    {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let reg_secs = start.elapsed().as_secs_f64();
+    println!(
+        "{agents} agents registered in {reg_secs:.1} s ({:.0}/s)",
+        agents as f64 / reg_secs
+    );
+    std::thread::sleep(measure_from);
+    let ((cpu0, _), t0) = (proc_stat(pid), Instant::now());
+    let _ = handle.join();
+    let (cpu1, rss1) = proc_stat(pid);
+    let window = t0.elapsed().as_secs_f64().max(0.001);
+    let _ = head.kill();
+    let _ = head.wait();
+    enlist_lab::Lab::cleanup(ns);
+    report(agents, interval, window, cpu1 - cpu0, rss1, &counts)
 }

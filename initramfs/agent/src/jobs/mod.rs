@@ -168,7 +168,7 @@ fn join(client: &Client, d: &JobsDescriptor) -> Result<daemons::Running, String>
     system::write_accounts(&root, &d.users, &d.groups, home_base(d))?;
     ACCOUNTS.store(d.accounts_version, Ordering::SeqCst);
     if let Some(home) = &d.home {
-        system::mount_home(&root, home)?;
+        root::mount_home(&root, home)?;
     }
     daemons::start(d, &client.name(), filter, root)
 }

@@ -13,7 +13,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use enlist_api::EnvMount;
+use enlist_api::{EnvMount, HomeMount};
 
 use crate::say;
 
@@ -68,7 +68,7 @@ pub fn prepare(env: &EnvMount) -> Result<JobRoot, String> {
             ENV,
             Some("nfs4"),
             libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV,
-            &super::system::nfs_options(&env.server),
+            &nfs_options(&env.server),
         )
         .map_err(|e| {
             format!(
@@ -268,6 +268,31 @@ pub fn mount(
         return Err(std::io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// The kernel's NFS options for a mount from `server` (the kernel's own parser: the
+/// server's address must be given, mount.nfs would resolve it): NFSv4.0 over TCP (no
+/// portmapper, no lock daemon), hard with short retries, so a job waits out a head restart.
+pub fn nfs_options(server: &str) -> String {
+    format!("vers=4.0,addr={server},clientaddr=0.0.0.0,proto=tcp,hard,timeo=50,retrans=4")
+}
+
+/// Mount the shared home at its path in the job root, nosuid and nodev.
+pub fn mount_home(root: &JobRoot, h: &HomeMount) -> Result<(), String> {
+    let target = root.path(&h.path).display().to_string();
+    if !super::runtime::mounted(&target) {
+        // No set-user-ID programs and no device files from a file server every user writes to.
+        mount(
+            Some(&format!("{}:{}", h.server, h.path)),
+            &target,
+            Some("nfs4"),
+            libc::MS_NOSUID | libc::MS_NODEV,
+            &nfs_options(&h.server),
+        )
+        .map_err(|e| format!("cannot mount the shared home {}:{}: {e}", h.server, h.path))?;
+        say(&format!("jobs: shared home {} mounted", h.path));
+    }
+    link_home(root, &h.path)
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 
-use enlist_api::{GroupEntry, HomeMount, UserEntry};
+use enlist_api::{GroupEntry, UserEntry};
 
 use super::root::JobRoot;
 use crate::say;
@@ -179,31 +179,6 @@ pub fn accounts(users: &[UserEntry], groups: &[GroupEntry], home: &str) -> (Stri
         }
     }
     (passwd, group)
-}
-
-/// The kernel's NFS options for a mount from `server` (the kernel's own parser: the
-/// server's address must be given, mount.nfs would resolve it): NFSv4.0 over TCP (no
-/// portmapper, no lock daemon), hard with short retries, so a job waits out a head restart.
-pub fn nfs_options(server: &str) -> String {
-    format!("vers=4.0,addr={server},clientaddr=0.0.0.0,proto=tcp,hard,timeo=50,retrans=4")
-}
-
-/// Mount the shared home at its path in the job root, nosuid and nodev.
-pub fn mount_home(root: &JobRoot, h: &HomeMount) -> Result<(), String> {
-    let target = root.path(&h.path).display().to_string();
-    if !super::runtime::mounted(&target) {
-        // No set-user-ID programs and no device files from a file server every user writes to.
-        super::root::mount(
-            Some(&format!("{}:{}", h.server, h.path)),
-            &target,
-            Some("nfs4"),
-            libc::MS_NOSUID | libc::MS_NODEV,
-            &nfs_options(&h.server),
-        )
-        .map_err(|e| format!("cannot mount the shared home {}:{}: {e}", h.server, h.path))?;
-        say(&format!("jobs: shared home {} mounted", h.path));
-    }
-    super::root::link_home(root, &h.path)
 }
 
 #[cfg(test)]

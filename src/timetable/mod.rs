@@ -1,6 +1,6 @@
 //! Schedules: each scheduled group (a room) is enlisted and released at the times its cron
 //! expressions name, in the head's local time. [`window`] says, purely, where a schedule stands
-//! at an instant; [`Scheduler`] keeps the admin's overrides (skip the next change, run it now)
+//! at an instant; [`Timetable`] keeps the admin's overrides (skip the next change, run it now)
 //! in the state folder and acts when a group's phase differs from what it last acted on:
 //!
 //! - enlisted: the group's released nodes are enlisted again, and every PC of the group that
@@ -23,12 +23,12 @@ use std::time::Duration;
 use enlist_api::Mac;
 use jiff::tz::TimeZone;
 use jiff::Timestamp;
-use serde::Serialize;
 use tokio::sync::watch;
 
 use crate::config::{Config, ScheduleConfig};
-use crate::jobs::{release_node, Jobs};
+use crate::jobs::{workload_of, Jobs};
 use crate::registry::{Registry, RegistryError};
+use crate::workload::{release_node, Workload};
 
 pub use window::{Overrides, Phase, Ran, Status};
 
@@ -39,7 +39,7 @@ const TICK: Duration = Duration::from_secs(5);
 pub const OVERRIDES_FILE: &str = "schedules.json";
 
 #[derive(Debug, thiserror::Error)]
-pub enum ScheduleError {
+pub enum TimetableError {
     #[error("group {0:?} has no schedule (schedules: in the config)")]
     NoSchedule(String),
     #[error("group {0:?} has no scheduled change ahead")]
@@ -52,32 +52,14 @@ pub enum ScheduleError {
     Task(String),
 }
 
-/// A group's schedule as the API and dashboard show it.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct GroupSchedule {
-    pub group: String,
-    pub enlist: String,
-    pub release: String,
-    pub phase: Phase,
-    /// Local time (RFC 3339 with offset) it took this phase, if known.
-    pub since: Option<String>,
-    pub next: Option<NextChange>,
-}
+pub use enlist_api::admin::{GroupSchedule, NextChange};
 
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct NextChange {
-    pub phase: Phase,
-    /// Local time, RFC 3339 with offset.
-    pub at: String,
-    /// Unix seconds.
-    pub at_unix: i64,
-    pub skipped: bool,
-}
-
-pub struct Scheduler {
+pub struct Timetable {
     cfg: Arc<Config>,
     registry: Arc<Registry>,
     jobs: Option<Arc<Jobs>>,
+    /// Releases go through it (Slurm drains first; none releases at once).
+    workload: Arc<dyn Workload>,
     /// The head's local time zone (the config's times are in it).
     tz: TimeZone,
     path: PathBuf,
@@ -91,7 +73,7 @@ struct State {
     acted: HashMap<String, Phase>,
 }
 
-impl Scheduler {
+impl Timetable {
     /// The head's scheduler, if the config has schedules; the registry learns at once which
     /// groups are released now.
     pub fn new(
@@ -99,15 +81,16 @@ impl Scheduler {
         registry: Arc<Registry>,
         jobs: Option<Arc<Jobs>>,
         tz: TimeZone,
-    ) -> Result<Option<Arc<Scheduler>>, ScheduleError> {
+    ) -> Result<Option<Arc<Timetable>>, TimetableError> {
         if cfg.schedules.is_empty() {
             return Ok(None);
         }
         let path = cfg.state_dir.join(OVERRIDES_FILE);
         let overrides = load_overrides(&path)?;
-        let s = Arc::new(Scheduler {
+        let s = Arc::new(Timetable {
             cfg,
             registry,
+            workload: workload_of(jobs.as_ref()),
             jobs,
             tz,
             path,
@@ -124,10 +107,10 @@ impl Scheduler {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn schedule(&self, group: &str) -> Result<&ScheduleConfig, ScheduleError> {
+    fn schedule(&self, group: &str) -> Result<&ScheduleConfig, TimetableError> {
         self.cfg
             .schedule_of(group)
-            .ok_or_else(|| ScheduleError::NoSchedule(group.into()))
+            .ok_or_else(|| TimetableError::NoSchedule(group.into()))
     }
 
     fn status(&self, s: &ScheduleConfig, now: Timestamp) -> Status {
@@ -177,18 +160,18 @@ impl Scheduler {
         group: &str,
         skip: bool,
         now: Timestamp,
-    ) -> Result<GroupSchedule, ScheduleError> {
+    ) -> Result<GroupSchedule, TimetableError> {
         let s = self.schedule(group)?;
         let next = self
             .status(s, now)
             .next
-            .ok_or_else(|| ScheduleError::NothingAhead(group.into()))?;
+            .ok_or_else(|| TimetableError::NothingAhead(group.into()))?;
         self.change(group, |o| o.skip = skip.then_some(next.at))?;
         Ok(self.view(s, now))
     }
 
     /// Make the group's next change now (it holds until the scheduled change after it).
-    pub fn run_now(&self, group: &str, now: Timestamp) -> Result<GroupSchedule, ScheduleError> {
+    pub fn run_now(&self, group: &str, now: Timestamp) -> Result<GroupSchedule, TimetableError> {
         let s = self.schedule(group)?;
         let phase = self.status(s, now).phase.other();
         self.change(group, |o| o.ran = Some(Ran { phase, at: now }))?;
@@ -196,7 +179,7 @@ impl Scheduler {
     }
 
     /// Change a group's overrides and write them all ([`crate::store::replace_file`]).
-    fn change(&self, group: &str, f: impl FnOnce(&mut Overrides)) -> Result<(), ScheduleError> {
+    fn change(&self, group: &str, f: impl FnOnce(&mut Overrides)) -> Result<(), TimetableError> {
         let mut state = self.state();
         let mut all = state.overrides.clone();
         f(all.entry(group.to_string()).or_default());
@@ -261,12 +244,12 @@ impl Scheduler {
     }
 
     /// The group's nodes (approved ones), with whether an agent is up on each.
-    async fn members(&self, group: &str) -> Result<Vec<(Mac, bool, bool)>, ScheduleError> {
+    async fn members(&self, group: &str) -> Result<Vec<(Mac, bool, bool)>, TimetableError> {
         let reg = self.registry.clone();
         let group = group.to_string();
         let rows = tokio::task::spawn_blocking(move || reg.store().nodes())
             .await
-            .map_err(|e| ScheduleError::Task(e.to_string()))?
+            .map_err(|e| TimetableError::Task(e.to_string()))?
             .map_err(RegistryError::from)?;
         Ok(rows
             .into_iter()
@@ -276,7 +259,7 @@ impl Scheduler {
     }
 
     /// Enlist the group's released nodes and wake every PC of it that is not up, paced.
-    async fn enlist_group(&self, group: &str) -> Result<(), ScheduleError> {
+    async fn enlist_group(&self, group: &str) -> Result<(), TimetableError> {
         for (mac, alive, released) in self.members(group).await? {
             let reg = self.registry.clone();
             let why = format!("group {group} enlisted");
@@ -305,17 +288,17 @@ impl Scheduler {
 
     /// Release every node of the group: through Slurm when jobs are on (each drains on its
     /// own: a long job does not hold up the room).
-    async fn release_group(&self, group: &str) -> Result<(), ScheduleError> {
+    async fn release_group(&self, group: &str) -> Result<(), TimetableError> {
         for (mac, _alive, released) in self.members(group).await? {
             if released {
                 continue;
             }
             let why = format!("group {group} released");
-            let (reg, jobs) = (self.registry.clone(), self.jobs.clone());
+            let (reg, workload) = (self.registry.clone(), self.workload.clone());
             let rt = tokio::runtime::Handle::current();
             let r = tokio::task::spawn_blocking(move || -> Result<(), RegistryError> {
                 reg.note(mac, "schedule", &why)?;
-                release_node(&rt, &reg, jobs.as_ref(), mac)
+                release_node(&rt, &reg, &workload, mac)
             })
             .await;
             if let Ok(Err(e)) = r {
@@ -346,18 +329,18 @@ impl Scheduler {
     }
 }
 
-fn load_overrides(path: &std::path::Path) -> Result<HashMap<String, Overrides>, ScheduleError> {
+fn load_overrides(path: &std::path::Path) -> Result<HashMap<String, Overrides>, TimetableError> {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(HashMap::new()),
         Err(e) => {
-            return Err(ScheduleError::File {
+            return Err(TimetableError::File {
                 path: path.into(),
                 message: e.to_string(),
             })
         }
     };
-    serde_json::from_str(&text).map_err(|e| ScheduleError::File {
+    serde_json::from_str(&text).map_err(|e| TimetableError::File {
         path: path.into(),
         message: format!(
             "line {}: {e} (remove the file to drop every skip and run-now)",
@@ -369,8 +352,8 @@ fn load_overrides(path: &std::path::Path) -> Result<HashMap<String, Overrides>, 
 fn save_overrides(
     path: &std::path::Path,
     all: &HashMap<String, Overrides>,
-) -> Result<(), ScheduleError> {
-    let err = |message: String| ScheduleError::File {
+) -> Result<(), TimetableError> {
+    let err = |message: String| TimetableError::File {
         path: path.into(),
         message,
     };

@@ -13,31 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::ScheduleConfig;
 
-/// What a scheduled group is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Phase {
-    /// Its PCs boot the node OS (and are woken).
-    Enlisted,
-    /// Its PCs boot their own disks.
-    Released,
-}
-
-impl Phase {
-    pub fn other(self) -> Phase {
-        match self {
-            Phase::Enlisted => Phase::Released,
-            Phase::Released => Phase::Enlisted,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Phase::Enlisted => "enlisted",
-            Phase::Released => "released",
-        }
-    }
-}
+pub use enlist_api::admin::Phase;
 
 /// An admin's changes to a group's schedule (kept in the state folder).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use enlist_api::CommandKind;
+use enlist_api::Order;
 use jiff::tz::TimeZone;
 
 use super::window::tests::at;
@@ -22,14 +22,14 @@ fn state_dir(test: &str) -> PathBuf {
 }
 
 /// A head whose nodes join group `night`, enlisted 20:00-07:00 every day (UTC).
-fn head(dir: &std::path::Path) -> (Arc<Registry>, Arc<Scheduler>) {
+fn head(dir: &std::path::Path) -> (Arc<Registry>, Arc<Timetable>) {
     let extra = format!(
         "state_dir: {}\nschedules:\n  - {{ group: night, enlist: \"0 20 * * *\", release: \"0 7 * * *\" }}\n",
         dir.display()
     );
     let reg = registry_from("proxy", ", group: night", &extra);
     let cfg = Arc::new(reg.config().clone());
-    let s = Scheduler::new(cfg, reg.clone(), None, TimeZone::UTC)
+    let s = Timetable::new(cfg, reg.clone(), None, TimeZone::UTC)
         .expect("scheduler")
         .expect("schedules are configured");
     (reg, s)
@@ -83,7 +83,7 @@ async fn a_room_is_local_by_day_woken_and_enlisted_at_night_and_released_in_the_
     s.tick(at("2026-12-01T07:00")).await;
     let (commands, _) = reg.take_commands(A);
     assert!(
-        commands.iter().any(|c| c.kind == CommandKind::Release),
+        commands.iter().any(|c| c.order == Order::Release),
         "{commands:?}"
     );
     assert!(reg.node(A).expect("A").released);
@@ -134,7 +134,7 @@ async fn skip_and_run_now_change_the_night_and_outlive_the_head() {
 
     assert!(matches!(
         s.skip("day", true, at("2026-11-30T21:00")),
-        Err(ScheduleError::NoSchedule(_))
+        Err(TimetableError::NoSchedule(_))
     ));
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -143,9 +143,9 @@ async fn skip_and_run_now_change_the_night_and_outlive_the_head() {
 fn head_on_same_dir(
     reg: &Arc<Registry>,
     _dir: &std::path::Path,
-) -> (Arc<Registry>, Arc<Scheduler>) {
+) -> (Arc<Registry>, Arc<Timetable>) {
     let cfg = Arc::new(reg.config().clone());
-    let s = Scheduler::new(cfg, reg.clone(), None, TimeZone::UTC)
+    let s = Timetable::new(cfg, reg.clone(), None, TimeZone::UTC)
         .expect("scheduler")
         .expect("schedules");
     (reg.clone(), s)
@@ -161,7 +161,7 @@ fn a_damaged_overrides_file_is_named() {
     );
     let reg = registry_from("proxy", "", &extra);
     let cfg = Arc::new(reg.config().clone());
-    match Scheduler::new(cfg, reg, None, TimeZone::UTC) {
+    match Timetable::new(cfg, reg, None, TimeZone::UTC) {
         Err(e) => {
             let e = e.to_string();
             assert!(e.contains("schedules.json") && e.contains("line 1"), "{e}");
