@@ -83,6 +83,10 @@ pub struct Metrics {
     /// another address, a stale token), by reason.
     pub registry_refused: Family<Labels, Counter>,
     pub nodes: Family<Labels, Gauge>,
+    /// Wake-on-LAN for work (Slurm, schedules), by group and outcome: `sent`, `woke`,
+    /// `did-not-wake`, `in-use` (not sent: the PC is up on its own OS), `closed` (not sent:
+    /// outside its window). The rate of `woke` to `sent` tells which rooms' BIOSes to fix.
+    pub wakes: Family<Labels, Counter>,
     /// Packets to the cluster's ports on the head (slurmctld, the home, srun) from hosts that
     /// are no enlisted node, dropped by its firewall (read from nftables every few seconds).
     pub cluster_refused: Gauge,
@@ -188,6 +192,12 @@ impl Metrics {
                 Family::default(),
             ),
             nodes: add(&mut r, "nodes", "Nodes by state", Family::default()),
+            wakes: add(
+                &mut r,
+                "wakes",
+                "Wake-on-LAN for work, by group and outcome (sent, woke, did-not-wake, in-use, closed)",
+                Family::default(),
+            ),
             cluster_refused: add(
                 &mut r,
                 "cluster_refused_packets",

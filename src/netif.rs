@@ -89,13 +89,48 @@ pub fn mtu_for_addr(addr: Ipv4Addr) -> Option<u32> {
 ///
 /// By hand: the SIOCSARP ioctl (what dnsmasq uses) is a dozen lines; no maintained crate wraps
 /// it, and a netlink crate would be a large dependency for one neighbour entry.
-#[allow(unsafe_code)] // the SIOCSARP ioctl and its C struct
+#[allow(unsafe_code)] // the SIOCSARP ioctl
 pub fn set_arp_entry(
     sock: &impl std::os::fd::AsRawFd,
     iface: &str,
     ip: Ipv4Addr,
     mac: enlist_api::Mac,
 ) -> std::io::Result<()> {
+    let mut req = arp_request(iface, ip)?;
+    req.arp_ha.sa_family = libc::ARPHRD_ETHER;
+    for (d, s) in req.arp_ha.sa_data.iter_mut().zip(mac.0) {
+        *d = s as libc::c_char;
+    }
+    req.arp_flags = libc::ATF_COM;
+    // SAFETY: SIOCSARP reads one arpreq, which lives across the call.
+    let rc = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSARP, &req) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Forget what `iface`'s ARP table says of `ip` (none there is fine).
+#[allow(unsafe_code)] // the SIOCDARP ioctl
+fn drop_arp_entry(
+    sock: &impl std::os::fd::AsRawFd,
+    iface: &str,
+    ip: Ipv4Addr,
+) -> std::io::Result<()> {
+    let req = arp_request(iface, ip)?;
+    // SAFETY: SIOCDARP reads one arpreq, which lives across the call.
+    let rc = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCDARP, &req) };
+    let e = std::io::Error::last_os_error();
+    match rc {
+        0 => Ok(()),
+        _ if e.raw_os_error() == Some(libc::ENXIO) => Ok(()),
+        _ => Err(e),
+    }
+}
+
+/// An `arpreq` for `ip` on `iface`, hardware address empty.
+#[allow(unsafe_code)] // the C struct
+fn arp_request(iface: &str, ip: Ipv4Addr) -> std::io::Result<libc::arpreq> {
     // SAFETY: arpreq is plain old data; all-zero is a valid value.
     let mut req: libc::arpreq = unsafe { std::mem::zeroed() };
     let name = iface.as_bytes();
@@ -123,17 +158,51 @@ pub fn set_arp_entry(
             pa,
         );
     }
-    req.arp_ha.sa_family = libc::ARPHRD_ETHER;
-    for (d, s) in req.arp_ha.sa_data.iter_mut().zip(mac.0) {
-        *d = s as libc::c_char;
+    Ok(req)
+}
+
+/// Whether something answers ARP for `ip` on `iface` within `wait`, and with which MAC: the
+/// table's entry is dropped, one datagram to the discard port makes the kernel ask afresh,
+/// and `/proc/net/arp` says whether an answer came. Blocking. Needs CAP_NET_ADMIN.
+pub fn answers_arp(
+    iface: &str,
+    ip: Ipv4Addr,
+    wait: std::time::Duration,
+) -> std::io::Result<Option<enlist_api::Mac>> {
+    let s = socket2::Socket::new(
+        socket2::Domain::IPV4,
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )?;
+    drop_arp_entry(&s, iface, ip)?;
+    s.bind_device(Some(iface.as_bytes()))?;
+    s.send_to(&[0u8], &std::net::SocketAddrV4::new(ip, 9).into())?;
+    let until = std::time::Instant::now() + wait;
+    loop {
+        let table = std::fs::read_to_string("/proc/net/arp")?;
+        if let Some(mac) = arp_answer(&table, iface, ip) {
+            return Ok(Some(mac));
+        }
+        if std::time::Instant::now() >= until {
+            return Ok(None);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
     }
-    req.arp_flags = libc::ATF_COM;
-    // SAFETY: SIOCSARP reads one arpreq, which lives across the call.
-    let rc = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSARP, &req) };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
+}
+
+/// The MAC `/proc/net/arp` has for `ip` on `iface`, if complete (flag 0x2: an answer came).
+pub fn arp_answer(table: &str, iface: &str, ip: Ipv4Addr) -> Option<enlist_api::Mac> {
+    table.lines().skip(1).find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        let [addr, _, flags, hw, _, dev] = f.as_slice() else {
+            return None;
+        };
+        let complete =
+            u32::from_str_radix(flags.trim_start_matches("0x"), 16).is_ok_and(|v| v & 2 != 0);
+        (*addr == ip.to_string() && *dev == iface && complete)
+            .then(|| enlist_api::Mac::parse(hw))
+            .flatten()
+    })
 }
 
 /// Give `socket` (`what`, for the log) a receive buffer of `wanted` bytes, past

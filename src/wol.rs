@@ -69,6 +69,35 @@ pub fn wake(cfg: &Config, mac: Mac, ip: Option<Ipv4Addr>) -> Result<Vec<String>,
     }
 }
 
+/// How long a PC is given to answer ARP before it counts as off.
+const IN_USE_WAIT: std::time::Duration = std::time::Duration::from_millis(1500);
+
+/// Whether the PC last seen at `ip` is up already (on its own OS: something answers ARP
+/// there), said as why it is not woken. None when nothing answers, or when the head cannot
+/// ask (a relayed subnet: ARP does not cross a router). Blocking (up to 1.5 s).
+pub fn in_use(cfg: &Config, ip: Ipv4Addr) -> Option<String> {
+    for i in &cfg.dhcp.interfaces {
+        let Ok(nif) = crate::netif::lookup(&i.name) else {
+            continue;
+        };
+        if !nif.net.trunc().contains(&ip) {
+            continue;
+        }
+        return match crate::netif::answers_arp(&i.name, ip, IN_USE_WAIT) {
+            Ok(Some(mac)) => Some(format!(
+                "in use: {ip} answers ARP on {} (as {mac}): another OS is up",
+                i.name
+            )),
+            Ok(None) => None,
+            Err(e) => {
+                tracing::debug!(%ip, iface = %i.name, "cannot ask ARP whether the PC is up: {e}");
+                None
+            }
+        };
+    }
+    None
+}
+
 fn send(iface: Option<&str>, to: SocketAddrV4, packet: &[u8]) -> std::io::Result<()> {
     let s = socket2::Socket::new(
         socket2::Domain::IPV4,
@@ -95,6 +124,31 @@ mod tests {
         for i in 0..16 {
             assert_eq!(&p[6 + 6 * i..12 + 6 * i], &mac.0, "copy {i}");
         }
+    }
+
+    #[test]
+    fn an_arp_answer_is_a_complete_entry_on_that_interface() {
+        let table =
+            "IP address       HW type     Flags       HW address            Mask     Device\n\
+            10.77.0.101      0x1         0x2         52:54:00:77:01:01     *        br0\n\
+            10.77.0.102      0x1         0x0         00:00:00:00:00:00     *        br0\n\
+            10.78.0.101      0x1         0x2         52:54:00:77:01:03     *        eth1\n";
+        let ip = |d| Ipv4Addr::new(10, 77, 0, d);
+        assert_eq!(
+            crate::netif::arp_answer(table, "br0", ip(101)),
+            Mac::parse("52:54:00:77:01:01")
+        );
+        assert_eq!(
+            crate::netif::arp_answer(table, "br0", ip(102)),
+            None,
+            "asked, no answer"
+        );
+        assert_eq!(
+            crate::netif::arp_answer(table, "eth1", ip(101)),
+            None,
+            "other interface"
+        );
+        assert_eq!(crate::netif::arp_answer("", "br0", ip(101)), None);
     }
 
     #[test]

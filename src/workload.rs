@@ -56,6 +56,35 @@ pub trait Workload: Send + Sync {
 
     /// Forget the node (it may refuse while it still counts jobs there).
     fn forget<'a>(&'a self, node: &'a str) -> BoxFuture<'a, Result<(), WorkloadError>>;
+
+    /// Keep the node known but asleep (powered down): the manager asks the head to wake it
+    /// when work needs it ([`crate::timetable`]'s on-demand groups).
+    fn put_to_sleep<'a>(
+        &'a self,
+        node: &'a str,
+        reason: &'a str,
+    ) -> BoxFuture<'a, Result<(), WorkloadError>>;
+
+    /// Hold the node out of service, with why (did not wake, in use); what waited for it
+    /// goes back to the queue.
+    fn hold_out<'a>(
+        &'a self,
+        node: &'a str,
+        reason: &'a str,
+    ) -> BoxFuture<'a, Result<(), WorkloadError>>;
+
+    /// Put a held-out node back in service (asleep, if it was).
+    fn restore<'a>(&'a self, node: &'a str) -> BoxFuture<'a, Result<(), WorkloadError>>;
+
+    /// Keep `nodes` from work in `[from, until)` (unix seconds) under the hold `name`, so a
+    /// job that would still run at `from` does not start on them; no nodes: drop the hold.
+    fn hold_window<'a>(
+        &'a self,
+        name: &'a str,
+        nodes: &'a [String],
+        from: i64,
+        until: i64,
+    ) -> BoxFuture<'a, Result<(), WorkloadError>>;
 }
 
 /// No workload manager (jobs off): no node is known, none holds jobs.
@@ -91,6 +120,32 @@ impl Workload for NoWorkload {
     }
 
     fn forget<'a>(&'a self, _: &'a str) -> BoxFuture<'a, Result<(), WorkloadError>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    fn put_to_sleep<'a>(
+        &'a self,
+        _: &'a str,
+        _: &'a str,
+    ) -> BoxFuture<'a, Result<(), WorkloadError>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    fn hold_out<'a>(&'a self, _: &'a str, _: &'a str) -> BoxFuture<'a, Result<(), WorkloadError>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    fn restore<'a>(&'a self, _: &'a str) -> BoxFuture<'a, Result<(), WorkloadError>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    fn hold_window<'a>(
+        &'a self,
+        _: &'a str,
+        _: &'a [String],
+        _: i64,
+        _: i64,
+    ) -> BoxFuture<'a, Result<(), WorkloadError>> {
         Box::pin(async { Ok(()) })
     }
 }
@@ -178,10 +233,19 @@ pub async fn release(
         Ok(k) => k,
         Err(_) => registry.sched_of(&row.name).is_some(),
     };
+    // A node of an on-demand group stays known, asleep, for the manager to wake it.
+    let keep = registry.config().on_demand(&row.group);
     if !known || !row.state.is_alive() {
         on_registry(&registry, move |r| r.release(mac)).await?;
-        // Its manager's daemon may be registering this very moment: make sure it does not stay.
-        forget(workload.as_ref(), &row.name, limits).await;
+        if keep {
+            if known {
+                sleep_node(workload.as_ref(), &row.name).await;
+            }
+        } else {
+            // Its manager's daemon may be registering this very moment: make sure it does
+            // not stay.
+            forget(workload.as_ref(), &row.name, limits).await;
+        }
         return Ok(());
     }
     let deadline = limits.deadline;
@@ -200,8 +264,23 @@ pub async fn release(
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
+    if keep {
+        // Handed back first: the manager's suspend (the head's release again) finds it done.
+        on_registry(&registry, move |r| r.release(mac)).await?;
+        sleep_node(workload.as_ref(), &row.name).await;
+        return Ok(());
+    }
     forget(workload.as_ref(), &row.name, limits).await;
     on_registry(&registry, move |r| r.release(mac)).await
+}
+
+/// Put a released node of an on-demand group to sleep in the manager (logged, not fatal: the
+/// manager marks a silent node down anyway).
+pub async fn sleep_node(workload: &dyn Workload, name: &str) {
+    match workload.put_to_sleep(name, "released by enlist").await {
+        Ok(()) => tracing::info!(node = name, "node asleep in the workload manager"),
+        Err(e) => tracing::warn!(node = name, "cannot put the node to sleep: {e}"),
+    }
 }
 
 /// Release a node the way this head is set up to: through the workload manager when one may

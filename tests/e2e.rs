@@ -287,14 +287,8 @@ fn browser_passed(lab: &Lab, out: &std::process::Output) -> String {
 
 /// A new random admin password for the lab's head.
 fn admin_password(lab: &Lab) -> String {
-    let out = std::process::Command::new(enlist())
-        .args(["admin", "set-password", "--random", "--config"])
-        .arg(lab.dir.join("config.yaml"))
-        .output()
-        .expect("set-password");
-    let password = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    assert!(password.len() >= 8, "set-password printed {password:?}");
-    password
+    lab.admin_password(&enlist())
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// The published kernel of `image`, and the per-node initrd exactly as the head serves it
@@ -480,109 +474,6 @@ fn floppy_pc_waits_for_a_head_that_is_down_and_joins_when_it_comes_up() {
     check(&lab, lab.wait_state(&mac, "healthy", BOOT_LIMIT));
 }
 
-/// The first whole local minute at least `lead` from now (the head's clock and zone are this
-/// machine's).
-fn whole_minute_after(lead: Duration) -> jiff::ZonedDateTime {
-    let tz = jiff::tz::TimeZone::system();
-    let t = jiff::Timestamp::now()
-        .checked_add(jiff::SignedDuration::from_secs(lead.as_secs() as i64 + 60))
-        .unwrap();
-    let z = t.to_zoned_datetime(tz.clone());
-    let dt = z.date().at(z.hour(), z.minute(), 0, 0);
-    tz.to_ambiguous_timestamp(dt)
-        .compatible()
-        .unwrap()
-        .to_zoned_datetime(tz)
-}
-
-fn cron_at(z: &jiff::ZonedDateTime) -> String {
-    format!("{} {} * * *", z.minute(), z.hour())
-}
-
-#[test]
-#[ignore = "needs root, QEMU and built images: run `cargo xtask test`"]
-fn a_scheduled_room_boots_its_own_disk_by_day_is_woken_at_night_and_released_at_morning() {
-    // The real clock: the window opens at a whole minute 75-135 s from now and closes 2
-    // minutes later (the logic itself is tested with an injected clock in src/schedule).
-    let enlist_at = whole_minute_after(Duration::from_secs(75));
-    let release_at = enlist_at
-        .checked_add(jiff::SignedDuration::from_secs(120))
-        .unwrap();
-    let extra = format!(
-        "  group: night\nschedules:\n  - group: night\n    enlist: \"{}\"\n    release: \"{}\"\n",
-        cron_at(&enlist_at),
-        cron_at(&release_at)
-    );
-    let ns = format!("e2e-sched-{}", std::process::id() % 10000);
-    let dir = root().join("lab").join(&ns);
-    let _ = std::fs::remove_dir_all(&dir);
-    let mut lab = Lab::new(&ns, &dir).unwrap_or_else(|e| panic!("lab: {e}"));
-    let cfg = lab
-        .write_config("dhcp", &root().join("images/out"), &extra)
-        .unwrap_or_else(|e| panic!("{e}"));
-    lab.start_head(&enlist(), &cfg)
-        .unwrap_or_else(|e| panic!("{e}\n{}", lab.head_log()));
-
-    // Daytime: a PC switched on boots its own disk.
-    let i = lab
-        .boot(Profile::P2Pxe, None)
-        .unwrap_or_else(|e| panic!("{e}"));
-    let mac = lab.pcs[i].mac.clone();
-    let r = lab.wait_for(BOOT_LIMIT, "local disk boot answer by day", || {
-        count_events(&lab, &mac, "answered with local disk boot") >= 1
-    });
-    check(&lab, r);
-    assert!(
-        jiff::Timestamp::now() < enlist_at.timestamp(),
-        "the daytime boot took past the window's start"
-    );
-    assert_eq!(lab.node_state(&mac).as_deref(), Some("gone"));
-    let v = lab.curl("/api/v1/schedules").unwrap();
-    assert_eq!(v["schedules"][0]["phase"], "released", "{v}");
-    assert_eq!(v["schedules"][0]["next"]["phase"], "enlisted", "{v}");
-    dashboard_schedules(&lab);
-
-    // The window opens: the head sends the PC its magic packet. QEMU has no Wake-on-LAN, so
-    // the test powers it on when the head has sent it; it boots the node OS.
-    let r = lab.wait_for(
-        Duration::from_secs(280),
-        "Wake-on-LAN at the window's start",
-        || count_events(&lab, &mac, "magic packet sent (br0") >= 1,
-    );
-    check(&lab, r);
-    assert!(jiff::Timestamp::now() >= enlist_at.timestamp());
-    let r = lab.pcs[i].power_cycle();
-    check(&lab, r);
-    check(&lab, lab.wait_state(&mac, "healthy", BOOT_LIMIT));
-    assert!(
-        jiff::Timestamp::now() < release_at.timestamp(),
-        "the night boot took past the window's end"
-    );
-
-    // The window closes: the node is released, reboots, and boots its own disk again.
-    let r = lab.wait_for(
-        Duration::from_secs(400),
-        "local disk answer after the release",
-        || count_events(&lab, &mac, "answered with local disk boot") >= 2,
-    );
-    check(&lab, r);
-    assert!(count_events(&lab, &mac, "group night released") >= 1);
-    assert!(jiff::Timestamp::now() >= release_at.timestamp());
-    assert_eq!(lab.node_state(&mac).as_deref(), Some("gone"));
-}
-
-/// The dashboard shows the group's schedule; the admin skips its next change and un-skips it.
-fn dashboard_schedules(lab: &Lab) {
-    let password = admin_password(lab);
-    let out = lab
-        .exec("node")
-        .arg(root().join("tests/browser/schedules.mjs"))
-        .args(["http://10.77.0.1:8080/", &password, "night"])
-        .output()
-        .expect("node");
-    browser_passed(lab, &out);
-}
-
 /// A PC whose card the image it will boot cannot drive: the head says so when iPXE's DHCP
 /// names the card, before the node OS could fail to find it, and once it has fetched the node
 /// OS and not registered within `nodes.stuck_after` it is shown as stuck, with why, in
@@ -647,10 +538,10 @@ fn a_card_the_image_has_no_driver_for_is_named_at_boot_and_the_pc_shown_stuck() 
 
     // And the dashboard's.
     let out = lab
-        .exec("node")
-        .arg(root().join("tests/browser/stuck.mjs"))
-        .args(["http://10.77.0.1:8080/", &password, &vmxnet, "15ad:07b0"])
-        .output()
-        .expect("node");
-    eprintln!("{}", browser_passed(&lab, &out));
+        .browser(
+            &root().join("tests/browser/stuck.mjs"),
+            &["http://10.77.0.1:8080/", &password, &vmxnet, "15ad:07b0"],
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+    eprintln!("{out}");
 }

@@ -198,6 +198,12 @@ pub struct NodeView {
     /// its card has no driver in its image, or it fetched its node OS and never registered
     /// (stuck), with the last thing the head saw of it.
     pub problem: Option<String>,
+    /// Wake-on-LAN packets sent to it for Slurm or a schedule, and how many of those woke
+    /// it (it registered in time): the rate tells which BIOS to look at.
+    #[serde(default)]
+    pub wakes_tried: u32,
+    #[serde(default)]
+    pub wakes_woke: u32,
 }
 
 /// A node as the scheduler (Slurm) sees it.
@@ -212,6 +218,13 @@ pub struct SchedInfo {
     pub mem_alloc_mb: u64,
     /// Jobs running on it.
     pub jobs: u32,
+    /// Powered down by Slurm's power saving (`idle~`): the PC is its owner's until a job
+    /// needs it and the head wakes it.
+    #[serde(default)]
+    pub asleep: bool,
+    /// Why Slurm holds it out (`sinfo -R`): did not wake, in use, released.
+    #[serde(default)]
+    pub reason: Option<String>,
 }
 
 /// The cluster as the scheduler sees it: the nodes in service (idle, mixed, allocated) and
@@ -315,6 +328,9 @@ pub enum NodeAction {
     RefreshPeers,
     /// Wake-on-LAN.
     Wake,
+    /// Make the workload manager forget the node (Slurm keeps one that joined once, asleep,
+    /// to wake it for work): for a PC gone for good. Refused while the node is up.
+    Forget,
     Rename(String),
     Group(String),
 }
@@ -352,7 +368,7 @@ impl std::fmt::Display for BadAction {
 
 impl NodeAction {
     /// Every action's path segment, for the router and the OpenAPI document.
-    pub const NAMES: [&'static str; 9] = [
+    pub const NAMES: [&'static str; 10] = [
         "approve",
         "release",
         "enlist",
@@ -360,6 +376,7 @@ impl NodeAction {
         "power-off",
         "refresh-peers",
         "wake",
+        "forget",
         "rename",
         "group",
     ];
@@ -373,6 +390,7 @@ impl NodeAction {
             NodeAction::PowerOff => "power-off",
             NodeAction::RefreshPeers => "refresh-peers",
             NodeAction::Wake => "wake",
+            NodeAction::Forget => "forget",
             NodeAction::Rename(_) => "rename",
             NodeAction::Group(_) => "group",
         }
@@ -388,6 +406,7 @@ impl NodeAction {
             "power-off" => NodeAction::PowerOff,
             "refresh-peers" => NodeAction::RefreshPeers,
             "wake" => NodeAction::Wake,
+            "forget" => NodeAction::Forget,
             "rename" => NodeAction::Rename(body.name.ok_or(BadAction::Missing("name"))?),
             "group" => NodeAction::Group(body.group.ok_or(BadAction::Missing("group"))?),
             other => return Err(BadAction::Unknown(other.to_string())),
@@ -704,6 +723,32 @@ pub struct Rotation {
     /// Of those, the ones that did not say they have it within a minute (they get it when
     /// they next join: a reboot).
     pub silent: Vec<String>,
+}
+
+/// `POST /api/v1/jobs/resume` and `/api/v1/jobs/suspend`: the nodes Slurm's power saving
+/// names (its ResumeProgram and SuspendProgram, `enlist jobs resume|suspend`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct PowerRequest {
+    /// A Slurm host list: `node-[525400770101-525400770103]`.
+    pub nodes: String,
+}
+
+/// What the head did with each node of a [`PowerRequest`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct PowerAnswer {
+    /// Woken (magic packet sent) or released.
+    pub done: Vec<String>,
+    /// Left alone, each with why (in use, outside its window, unknown).
+    pub skipped: Vec<PowerSkip>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct PowerSkip {
+    pub node: String,
+    pub why: String,
 }
 
 /// Every error answer: `{"error": "..."}`.

@@ -98,6 +98,7 @@ fn action_summary(name: &str) -> &'static str {
         "power-off" => "Power the PC off",
         "refresh-peers" => "Make the node rewrite /etc/hosts",
         "wake" => "Wake the PC by Wake-on-LAN (magic packet on every served interface, and to the directed broadcast of its relayed subnet); recorded in its history",
+        "forget" => "Make the workload manager forget a node that is not up (Slurm keeps one that joined once, asleep, to wake it for work): for a PC gone for good; 409 while it is up",
         "rename" => "Rename the node (body: name)",
         "group" => "Put the node in a group (body: group, a host label), recorded in its history",
         _ => "",
@@ -214,6 +215,18 @@ fn admin_operations() -> Vec<Operation> {
             .answers(200, "who was told, who did not confirm", Some(schema::<admin::Rotation>))
             .or(409, "jobs off, or the site's own controller (jobs.external)"),
     );
+    ops.extend([
+        op("post", "/api/v1/jobs/resume", "admin", Admin, "Slurm's ResumeProgram (enlist jobs resume): wake the nodes of a host list. A node outside its group's window, or whose PC is up on its own OS (it answers ARP), is held out of Slurm's service with why; the others are sent their magic packet, paced, and watched: one not registered within jobs.wake_timeout did not wake")
+            .takes(schema::<admin::PowerRequest>)
+            .answers(200, "woken, and left alone with why", Some(schema::<admin::PowerAnswer>))
+            .or(400, "not a host list")
+            .or(409, "no group is woken on demand"),
+        op("post", "/api/v1/jobs/suspend", "admin", Admin, "Slurm's SuspendProgram (enlist jobs suspend): release the nodes of a host list (rebooted to their own disk); Slurm keeps them, asleep (idle~)")
+            .takes(schema::<admin::PowerRequest>)
+            .answers(200, "released, and left alone with why", Some(schema::<admin::PowerAnswer>))
+            .or(400, "not a host list")
+            .or(409, "no group is woken on demand"),
+    ]);
     ops
 }
 

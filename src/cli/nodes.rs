@@ -5,7 +5,8 @@ use std::path::Path;
 
 use clap::Subcommand;
 use enlist_api::admin::{
-    Enrollment, EnrollmentRequest, NodeAction, NodeDetail, NodeList, NodeView, Rotation,
+    Enrollment, EnrollmentRequest, NodeAction, NodeDetail, NodeList, NodeView, PowerAnswer,
+    PowerRequest, Rotation,
 };
 
 use super::client::{head, Head};
@@ -24,6 +25,9 @@ pub enum NodeCmd {
     PowerOff { node: String },
     /// Wake the PC (Wake-on-LAN magic packet; its BIOS must allow it).
     Wake { node: String },
+    /// Make Slurm forget a node that is not up (one that joined once stays known, asleep,
+    /// to be woken for work): for a PC gone for good.
+    Forget { node: String },
     /// Put the node in a group (`enlist exec -g`, `enlist wake --group`).
     Group { node: String, group: String },
     /// Show one node and its event history.
@@ -39,9 +43,11 @@ fn or_dash(v: Option<impl ToString>) -> String {
 /// what its agent reports (`starting`, `failed: ...`), else `-` (jobs off).
 fn sched(n: &NodeView) -> String {
     if let Some(st) = &n.sched {
+        // Slurm's own mark for a node asleep (power saving): `idle~`.
+        let asleep = if st.asleep { "~" } else { "" };
         return match st.jobs {
-            0 => st.state.clone(),
-            j => format!("{}/{j}", st.state),
+            0 => format!("{}{asleep}", st.state),
+            j => format!("{}{asleep}/{j}", st.state),
         };
     }
     or_dash(n.jobs.as_deref()).chars().take(18).collect()
@@ -55,8 +61,8 @@ pub fn list(config: &Path, json: bool) -> anyhow::Result<()> {
         return Ok(());
     }
     println!(
-        "{:<16} {:<18} {:<15} {:<11} {:<18} {:<28} {:>7} {:>6}",
-        "NAME", "MAC", "IP", "STATE", "JOBS", "CPU", "RAM MB", "LOAD"
+        "{:<16} {:<18} {:<15} {:<11} {:<18} {:<28} {:>7} {:>6} {:>6}",
+        "NAME", "MAC", "IP", "STATE", "JOBS", "CPU", "RAM MB", "LOAD", "WOKE"
     );
     for n in &nodes {
         let cpu: String = or_dash(n.info.as_ref().map(|i| &i.cpu_model))
@@ -66,7 +72,7 @@ pub fn list(config: &Path, json: bool) -> anyhow::Result<()> {
         let ram = or_dash(n.info.as_ref().map(|i| i.mem_total_kb / 1024));
         let load = or_dash(n.heartbeat.as_ref().map(|h| format!("{:.2}", h.load1)));
         println!(
-            "{:<16} {:<18} {:<15} {:<11} {:<18} {:<28} {:>7} {:>6}",
+            "{:<16} {:<18} {:<15} {:<11} {:<18} {:<28} {:>7} {:>6} {:>6}",
             n.name,
             n.mac.to_string(),
             or_dash(n.ip),
@@ -74,14 +80,39 @@ pub fn list(config: &Path, json: bool) -> anyhow::Result<()> {
             sched(n),
             cpu,
             ram,
-            load
+            load,
+            woke(n)
         );
     }
     let problems = problems(&nodes);
     if !problems.is_empty() {
         println!("\nNot joined, and why:\n{problems}");
     }
+    let held = held_out(&nodes);
+    if !held.is_empty() {
+        println!("\nHeld out of the jobs, and why:\n{held}");
+    }
     Ok(())
+}
+
+/// Wake-on-LAN success: `woke/tried` (`-` if never woken for work).
+fn woke(n: &NodeView) -> String {
+    match n.wakes_tried {
+        0 => "-".into(),
+        t => format!("{}/{t}", n.wakes_woke),
+    }
+}
+
+/// One line per node the scheduler holds out, with its reason (`sinfo -R`).
+fn held_out(nodes: &[NodeView]) -> String {
+    nodes
+        .iter()
+        .filter_map(|n| {
+            let s = n.sched.as_ref()?;
+            let why = s.reason.as_deref()?;
+            Some(format!("  {}: {} ({why})\n", n.name, s.state))
+        })
+        .collect()
 }
 
 /// One line per node the head can say why it has not joined (`name: why`).
@@ -101,6 +132,7 @@ pub fn act(config: &Path, cmd: NodeCmd) -> anyhow::Result<()> {
         NodeCmd::Enlist { node } => (node, NodeAction::Enlist),
         NodeCmd::PowerOff { node } => (node, NodeAction::PowerOff),
         NodeCmd::Wake { node } => (node, NodeAction::Wake),
+        NodeCmd::Forget { node } => (node, NodeAction::Forget),
         NodeCmd::Group { node, group } => (node, NodeAction::Group(group)),
         NodeCmd::Show { node } => {
             let d: NodeDetail = h.get(&format!("/api/v1/nodes/{node}"))?;
@@ -152,6 +184,12 @@ pub enum JobsCmd {
     /// Replace the cluster's munge key: the nodes that are up take the new one, then the
     /// head's munged (a key copied from a node before is worthless after).
     RotateKey,
+    /// Slurm's ResumeProgram (slurmctld runs it): wake the nodes of a host list.
+    #[command(hide = true)]
+    Resume { nodes: String },
+    /// Slurm's SuspendProgram (slurmctld runs it): release the nodes of a host list.
+    #[command(hide = true)]
+    Suspend { nodes: String },
 }
 
 /// `enlist jobs ...`.
@@ -172,7 +210,27 @@ pub fn jobs(config: &Path, cmd: JobsCmd) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        JobsCmd::Resume { nodes } => power(&h, "resume", nodes),
+        JobsCmd::Suspend { nodes } => power(&h, "suspend", nodes),
     }
+}
+
+/// `enlist jobs resume|suspend HOSTLIST`: what the head did, one line per node (slurmctld
+/// does not keep a program's output; the head's log and the nodes' histories do). Fails
+/// when nothing was done.
+fn power(h: &Head, what: &str, nodes: String) -> anyhow::Result<()> {
+    let PowerAnswer { done, skipped } = h.post(
+        &format!("/api/v1/jobs/{what}"),
+        Some(&PowerRequest { nodes }),
+    )?;
+    for n in &done {
+        println!("{n}: {what}d");
+    }
+    for s in &skipped {
+        println!("{}: not {what}d: {}", s.node, s.why);
+    }
+    anyhow::ensure!(!done.is_empty() || skipped.is_empty(), "no node {what}d");
+    Ok(())
 }
 
 /// `enlist wake NODE` or `enlist wake --group G`: Wake-on-LAN, one PC every [`enlist::wol::PACE`].

@@ -193,6 +193,17 @@ pub struct ScheduleConfig {
     pub group: String,
     pub enlist: crate::cron::Cron,
     pub release: crate::cron::Cron,
+    pub wake: Wake,
+}
+
+/// Which of a scheduled group's PCs are woken in its window (`schedules[].wake`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wake {
+    /// Every PC at the window's start.
+    All,
+    /// As many as Slurm's waiting jobs need (Slurm's power saving: resume = Wake-on-LAN,
+    /// suspend = release), only inside the window.
+    OnDemand,
 }
 
 #[derive(Debug, Clone)]
@@ -232,6 +243,12 @@ pub struct JobsConfig {
     pub mem_reserve_mb: u64,
     pub release_deadline: Duration,
     pub node_timeout: Duration,
+    /// Slurm's SuspendTime for on-demand nodes.
+    pub idle_release: Duration,
+    /// Slurm's ResumeTimeout: a woken PC not registered by then did not wake.
+    pub wake_timeout: Duration,
+    /// The partition's DefaultTime (None: unlimited).
+    pub default_time: Option<Duration>,
     pub home_server: HomeServer,
     /// The shared home on the head, mounted at the same path on every node.
     pub home: PathBuf,
@@ -326,8 +343,24 @@ impl Config {
     }
 
     /// The schedule of `group`, if it has one.
+    /// The file this config was read from.
+    pub fn path(&self) -> &Path {
+        &self.source.path
+    }
+
     pub fn schedule_of(&self, group: &str) -> Option<&ScheduleConfig> {
         self.schedules.iter().find(|s| s.group == group)
+    }
+
+    /// Whether the group's PCs are woken by Slurm when jobs wait (its schedule's `wake`).
+    pub fn on_demand(&self, group: &str) -> bool {
+        self.schedule_of(group)
+            .is_some_and(|s| s.wake == Wake::OnDemand)
+    }
+
+    /// Whether any group is woken on demand (Slurm's power saving is on).
+    pub fn any_on_demand(&self) -> bool {
+        self.schedules.iter().any(|s| s.wake == Wake::OnDemand)
     }
 
     pub fn reservation_for(&self, mac: Mac) -> Option<&Reservation> {

@@ -23,7 +23,9 @@ impl TryFrom<wire::File> for Config {
         let nodes = nodes(f.nodes, f.jobs.enabled).map_err(|e| e.under("nodes"))?;
         let admin = AdminConfig::try_from(f.admin).map_err(|e| e.under("admin"))?;
         let jobs = jobs(f.jobs, &f.state_dir).map_err(|e| e.under("jobs"))?;
-        let schedules = schedules(f.schedules).map_err(|e| e.under("schedules"))?;
+        let managed = jobs.enabled && matches!(jobs.controller, Controller::Managed { .. });
+        let schedules = schedules(f.schedules, managed).map_err(|e| e.under("schedules"))?;
+        let jobs = with_default_time(jobs, &schedules);
         let reservations = dhcp
             .subnets
             .iter()
@@ -285,8 +287,27 @@ fn reservation(r: wire::Reservation) -> Checked<Reservation> {
     })
 }
 
+/// `schedules[].wake`: on demand needs enlist's own slurmctld (its power saving calls the
+/// head); the default follows.
+fn wake(word: Option<&str>, managed: bool) -> Result<Wake, String> {
+    match (word, managed) {
+        (None, true) | (Some("on-demand"), true) => Ok(Wake::OnDemand),
+        (None, false) | (Some("all"), _) => Ok(Wake::All),
+        (Some("on-demand"), false) => Err("on-demand needs jobs.enabled with enlist's own slurmctld (not jobs.external): Slurm wakes the PCs through the head".into()),
+        (Some(w), _) => Err(format!("{w:?}: all or on-demand")),
+    }
+}
+
+/// With an on-demand window a job must say how long it runs (or get this): 1h unless set.
+fn with_default_time(mut jobs: JobsConfig, schedules: &[ScheduleConfig]) -> JobsConfig {
+    if jobs.default_time.is_none() && schedules.iter().any(|s| s.wake == Wake::OnDemand) {
+        jobs.default_time = Some(Duration::from_secs(3600));
+    }
+    jobs
+}
+
 /// Schedules: a valid group each, at most one per group, two cron expressions.
-fn schedules(list: Vec<wire::Schedule>) -> Checked<Vec<ScheduleConfig>> {
+fn schedules(list: Vec<wire::Schedule>, managed: bool) -> Checked<Vec<ScheduleConfig>> {
     let mut seen = HashSet::new();
     let mut out = vec![];
     for (i, s) in list.into_iter().enumerate() {
@@ -301,6 +322,7 @@ fn schedules(list: Vec<wire::Schedule>) -> Checked<Vec<ScheduleConfig>> {
         out.push(ScheduleConfig {
             enlist: s.enlist.parse().map_err(|m| at("enlist", m))?,
             release: s.release.parse().map_err(|m| at("release", m))?,
+            wake: wake(s.wake.as_deref(), managed).map_err(|m| at("wake", m))?,
             group: s.group,
         });
     }
@@ -466,9 +488,7 @@ fn jobs(j: wire::Jobs, state_dir: &std::path::Path) -> Checked<JobsConfig> {
             ))
         }
     };
-    if j.node_timeout < Duration::from_secs(10) {
-        return Err(Invalid::new("node_timeout", "must be at least 10s"));
-    }
+    jobs_durations(&j)?;
     let controller = match j.external {
         None => Controller::Managed { port: j.port },
         Some(e) => {
@@ -509,6 +529,9 @@ fn jobs(j: wire::Jobs, state_dir: &std::path::Path) -> Checked<JobsConfig> {
         mem_reserve_mb: j.mem_reserve,
         release_deadline: j.release_deadline,
         node_timeout: j.node_timeout,
+        idle_release: j.idle_release,
+        wake_timeout: j.wake_timeout,
+        default_time: j.default_time,
         home_server: j.home.server,
         home,
         users,
@@ -516,6 +539,28 @@ fn jobs(j: wire::Jobs, state_dir: &std::path::Path) -> Checked<JobsConfig> {
         firewall: j.firewall,
         env_dir,
     })
+}
+
+/// The jobs' durations, within what Slurm takes.
+fn jobs_durations(j: &wire::Jobs) -> Checked<()> {
+    if j.node_timeout < Duration::from_secs(10) {
+        return Err(Invalid::new("node_timeout", "must be at least 10s"));
+    }
+    for (key, d, min) in [
+        ("idle_release", j.idle_release, 10),
+        ("wake_timeout", j.wake_timeout, 30),
+    ] {
+        if d < Duration::from_secs(min) || d > Duration::from_secs(65_000) {
+            return Err(Invalid::new(key, format!("must be {min}s to 18h")));
+        }
+    }
+    if j.default_time.is_some_and(|d| d < Duration::from_secs(60)) {
+        return Err(Invalid::new(
+            "default_time",
+            "must be at least 1m (Slurm counts minutes)",
+        ));
+    }
+    Ok(())
 }
 
 /// The Slurm names enlist writes into slurm.conf: plain words.

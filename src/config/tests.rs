@@ -40,6 +40,32 @@ fn example_config_is_valid_and_typed() {
     let cfg = parse(&with_schedule()).expect("the example's schedule, uncommented");
     let night = cfg.schedule_of("room-101").expect("the example's schedule");
     assert_eq!(night.enlist.to_string(), "0 20 * * mon-fri");
+    assert_eq!(night.wake, Wake::OnDemand);
+    assert!(cfg.on_demand("room-101") && !cfg.on_demand("other"));
+    assert_eq!(
+        cfg.jobs.default_time,
+        Some(Duration::from_secs(3600)),
+        "a job needs a limit to fit a window"
+    );
+    assert_eq!(cfg.jobs.wake_timeout, Duration::from_secs(600));
+}
+
+#[test]
+fn on_demand_wakes_need_enlists_own_slurm_and_all_is_the_default_without_it() {
+    let no_jobs = with_schedule().replace("  enabled: true", "  enabled: false");
+    assert_ne!(no_jobs, with_schedule(), "the example turns jobs on");
+    let err = parse(&no_jobs).unwrap_err().to_string();
+    assert!(
+        err.contains("schedules[0].wake") && err.contains("on-demand needs"),
+        "{err}"
+    );
+    let cfg = parse(&no_jobs.replace("wake: on-demand", "wake: all")).expect("all");
+    assert_eq!(cfg.schedules[0].wake, Wake::All);
+    assert_eq!(cfg.jobs.default_time, None, "no window to fit");
+    let cfg = parse(&no_jobs.replace("    wake: on-demand\n", "")).expect("default");
+    assert_eq!(cfg.schedules[0].wake, Wake::All);
+    let err = parse(&with_schedule().replace("wake: on-demand", "wake: sometimes")).unwrap_err();
+    assert!(err.to_string().contains("all or on-demand"), "{err}");
 }
 
 /// The example with its commented `schedules:` section taken in.

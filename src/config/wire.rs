@@ -43,6 +43,12 @@ pub struct Schedule {
     pub enlist: String,
     /// Cron expression, e.g. "0 7 * * mon-fri" (no release on weekends: enlisted all weekend).
     pub release: String,
+    /// `on-demand`: between `enlist` and `release` the group's PCs may be enlisted, and
+    /// Slurm wakes as many as waiting jobs need (idle ones are released after
+    /// `jobs.idle_release`); `all`: every PC of the group is woken at `enlist`. Default:
+    /// `on-demand` when jobs run on enlist's own slurmctld, else `all`.
+    #[serde(default)]
+    pub wake: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -324,6 +330,19 @@ pub struct Jobs {
     /// A node silent this long is down for Slurm, and its jobs requeued.
     #[serde(with = "humantime_serde", default = "default_node_timeout")]
     pub node_timeout: Duration,
+    /// A node of an on-demand group (`schedules[].wake`) idle this long is released (Slurm's
+    /// SuspendTime); it stays known to Slurm, powered down, until a job wakes it.
+    #[serde(with = "humantime_serde", default = "default_idle_release")]
+    pub idle_release: Duration,
+    /// How long a woken PC may take from the magic packet to a running slurmd (power-on,
+    /// POST, PXE, node OS: Slurm's ResumeTimeout); one that takes longer "did not wake".
+    #[serde(with = "humantime_serde", default = "default_wake_timeout")]
+    pub wake_timeout: Duration,
+    /// The time limit of a job that gives none (`--time`): with on-demand windows a job
+    /// starts only if it ends before its room is given back, so it needs one. Default: 1h
+    /// with an on-demand schedule, else unlimited.
+    #[serde(with = "humantime_serde", default)]
+    pub default_time: Option<Duration>,
     #[serde(default)]
     pub home: Home,
     /// The users jobs run as: known to every node. Default: the head's NSS accounts (UIDs
@@ -401,6 +420,9 @@ impl Default for Jobs {
             mem_reserve: default_mem_reserve(),
             release_deadline: default_release_deadline(),
             node_timeout: default_node_timeout(),
+            idle_release: default_idle_release(),
+            wake_timeout: default_wake_timeout(),
+            default_time: None,
             home: Home::default(),
             users: None,
             run_dir: default_run_dir(),
@@ -410,6 +432,12 @@ impl Default for Jobs {
     }
 }
 
+fn default_idle_release() -> Duration {
+    Duration::from_secs(600)
+}
+fn default_wake_timeout() -> Duration {
+    Duration::from_secs(600)
+}
 fn default_cluster_name() -> String {
     "enlist".into()
 }

@@ -143,7 +143,7 @@ pub(super) fn registry_error(e: RegistryError) -> Response {
         RegistryError::UnknownNode(_) | RegistryError::NotFound(_) => {
             error(StatusCode::NOT_FOUND, e.to_string())
         }
-        RegistryError::NameTaken(_) | RegistryError::NotOnline(_) => {
+        RegistryError::NameTaken(_) | RegistryError::NotOnline(_) | RegistryError::Up(_) => {
             error(StatusCode::CONFLICT, e.to_string())
         }
         RegistryError::BadName(_) => error(StatusCode::BAD_REQUEST, e.to_string()),
@@ -219,6 +219,7 @@ async fn action(
             // Wake-on-LAN: the magic packet on every served interface (and the PC's relayed
             // subnet); what happened goes into its history.
             NodeAction::Wake => reg.wake(mac).map(drop)?,
+            NodeAction::Forget => forget(&rt, &reg, workload.as_ref(), mac)?,
             NodeAction::Rename(name) => reg.rename(mac, &name)?,
             NodeAction::Group(group) => reg.set_group(mac, &group)?,
         }
@@ -229,6 +230,25 @@ async fn action(
         Ok(view) => Json(view).into_response(),
         Err(r) => r,
     }
+}
+
+/// `enlist node forget`: the workload manager drops a node that is not up (Slurm deletes its
+/// record, asleep or down); its history stays. Call from a blocking thread.
+fn forget(
+    rt: &tokio::runtime::Handle,
+    reg: &crate::registry::Registry,
+    workload: &dyn crate::workload::Workload,
+    mac: enlist_api::Mac,
+) -> Result<(), RegistryError> {
+    let row = reg.node(mac)?;
+    if row.state.is_alive() && !row.released {
+        return Err(RegistryError::Up(row.name));
+    }
+    let said = match rt.block_on(workload.forget(&row.name)) {
+        Ok(()) => format!("forgotten by the workload manager ({})", workload.name()),
+        Err(e) => format!("not forgotten by the workload manager: {e}"),
+    };
+    reg.note(mac, "jobs", &said)
 }
 
 #[derive(Deserialize)]

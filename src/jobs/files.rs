@@ -27,7 +27,40 @@ pub struct SlurmSettings<'a> {
     /// A node silent this long is down for Slurm (its jobs are requeued).
     pub node_timeout: Duration,
     pub max_nodes: usize,
+    /// A job's time limit when it gives none (None: unlimited).
+    pub default_time: Option<Duration>,
+    /// Slurm's power saving, for the on-demand groups' nodes (None: no group is).
+    pub power: Option<PowerSaving<'a>>,
 }
+
+/// Slurm's power saving as enlist runs it: resume = Wake-on-LAN through the head, suspend =
+/// release. Only the nodes of on-demand groups take part: they join with the feature
+/// [`on_demand_feature`], which puts them in a hidden partition that carries the
+/// SuspendTime (Slurm 22.05 has no SuspendExcStates, and reads SuspendExcParts once, before
+/// any dynamic node exists; a partition's SuspendTime is applied to each node as it joins).
+#[derive(Debug, Clone)]
+pub struct PowerSaving<'a> {
+    pub resume_program: &'a Path,
+    pub suspend_program: &'a Path,
+    /// SuspendTime of the on-demand nodes.
+    pub idle_release: Duration,
+    /// ResumeTimeout: power-on to slurmd.
+    pub wake_timeout: Duration,
+}
+
+/// The Slurm feature the nodes of on-demand groups join with instead of `feature`.
+pub fn on_demand_feature(feature: &str) -> String {
+    format!("{feature}-ondemand")
+}
+
+/// The hidden partition that gives on-demand nodes their SuspendTime.
+pub fn on_demand_partition(partition: &str) -> String {
+    format!("{partition}-ondemand")
+}
+
+/// How long a released node shows `powering down` before Slurm counts it asleep (`idle~`)
+/// and may wake it again: the PC's reboot to its own disk.
+const SUSPEND_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The ports srun listens on (on the head) for the nodes' job steps: a range the head's
 /// firewall keeps for enlisted nodes (Slurm's own example range).
@@ -98,15 +131,58 @@ pub fn slurm_conf(s: &SlurmSettings) -> String {
     line("SwitchType", &"switch/none");
     line("SchedulerType", &"sched/backfill");
     line("MailProg", &"/bin/true");
+    partitions(&mut line, s);
+    c
+}
+
+/// The partition of enlisted nodes (and, with power saving, its lines and the on-demand
+/// nodes' hidden partition that carries their SuspendTime).
+fn partitions(line: &mut dyn FnMut(&str, &dyn std::fmt::Display), s: &SlurmSettings) {
     line("Nodeset", &format!("enlisted Feature={}", s.feature));
+    let default_time = s
+        .default_time
+        .map(|t| format!(" DefaultTime={}", t.as_secs().div_ceil(60)))
+        .unwrap_or_default();
+    let Some(p) = &s.power else {
+        line(
+            "PartitionName",
+            &format!(
+                "{} Nodes=enlisted Default=YES MaxTime=INFINITE{default_time} State=UP",
+                s.partition
+            ),
+        );
+        return;
+    };
+    power_saving(line, p);
+    line(
+        "Nodeset",
+        &format!("ondemand Feature={}", on_demand_feature(s.feature)),
+    );
     line(
         "PartitionName",
         &format!(
-            "{} Nodes=enlisted Default=YES MaxTime=INFINITE State=UP",
+            "{} Nodes=enlisted,ondemand Default=YES MaxTime=INFINITE{default_time} State=UP",
             s.partition
         ),
     );
-    c
+    line(
+        "PartitionName",
+        &format!(
+            "{} Nodes=ondemand Hidden=YES MaxTime=INFINITE{default_time} SuspendTime={} State=UP",
+            on_demand_partition(s.partition),
+            p.idle_release.as_secs().max(1)
+        ),
+    );
+}
+
+/// slurm.conf's power-saving lines (the SuspendTime is the on-demand partition's).
+fn power_saving(line: &mut dyn FnMut(&str, &dyn std::fmt::Display), p: &PowerSaving) {
+    line("ResumeProgram", &p.resume_program.display());
+    line("SuspendProgram", &p.suspend_program.display());
+    line("ResumeTimeout", &p.wake_timeout.as_secs());
+    line("SuspendTimeout", &SUSPEND_TIMEOUT.as_secs());
+    // Powered-down nodes are shown to everyone in sinfo.
+    line("PrivateData", &"cloud");
 }
 
 /// The values of `key` in a slurm.conf's `Key=Value` lines (comments left out, keys in any
@@ -229,6 +305,8 @@ mod tests {
             def_mem_per_cpu_mb: 128,
             node_timeout: Duration::from_secs(30),
             max_nodes: 1024,
+            default_time: None,
+            power: None,
         }
     }
 
@@ -236,6 +314,47 @@ mod tests {
     fn value<'a>(text: &'a str, key: &str) -> Option<&'a str> {
         text.lines()
             .find_map(|l| l.strip_prefix(&format!("{key}=")))
+    }
+
+    #[test]
+    fn on_demand_nodes_alone_sleep_when_idle_and_wake_through_the_head() {
+        let (state, munge) = (PathBuf::from("/s"), PathBuf::from("/s/munge.socket.2"));
+        let (resume, suspend) = (
+            PathBuf::from("/s/slurm/resume"),
+            PathBuf::from("/s/slurm/suspend"),
+        );
+        let mut s = settings(&state, &munge);
+        s.default_time = Some(Duration::from_secs(3600));
+        s.power = Some(PowerSaving {
+            resume_program: &resume,
+            suspend_program: &suspend,
+            idle_release: Duration::from_secs(600),
+            wake_timeout: Duration::from_secs(300),
+        });
+        let c = slurm_conf(&s);
+        assert_eq!(value(&c, "ResumeProgram"), Some("/s/slurm/resume"));
+        assert_eq!(value(&c, "SuspendProgram"), Some("/s/slurm/suspend"));
+        assert_eq!(value(&c, "ResumeTimeout"), Some("300"));
+        assert_eq!(value(&c, "SuspendTime"), None, "not for every node");
+        let lines = |key: &str| -> Vec<&str> {
+            c.lines()
+                .filter_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+                .collect()
+        };
+        assert_eq!(
+            lines("Nodeset"),
+            [
+                "enlisted Feature=enlist",
+                "ondemand Feature=enlist-ondemand"
+            ]
+        );
+        assert_eq!(
+            lines("PartitionName"),
+            [
+                "enlist Nodes=enlisted,ondemand Default=YES MaxTime=INFINITE DefaultTime=60 State=UP",
+                "enlist-ondemand Nodes=ondemand Hidden=YES MaxTime=INFINITE DefaultTime=60 SuspendTime=600 State=UP",
+            ]
+        );
     }
 
     #[test]

@@ -449,11 +449,25 @@ impl Jobs {
             users: accounts.users,
             groups: accounts.groups,
             accounts_version,
-            feature: self.cfg.jobs.feature.clone(),
+            feature: self.feature_of(mac),
             mem_reserve_mb: self.cfg.jobs.mem_reserve_mb,
             now_unix: crate::store::now(),
             slurmd_port: self.slurmd_port(),
             slurmd_allow: self.slurmd_allow(),
+        }
+    }
+
+    /// The Slurm feature node `mac` joins with: an on-demand group's nodes have their own
+    /// (Slurm's power saving applies to them alone).
+    fn feature_of(&self, mac: Mac) -> String {
+        let on_demand = self
+            .registry
+            .node(mac)
+            .is_ok_and(|r| self.cfg.on_demand(&r.group));
+        if on_demand {
+            files::on_demand_feature(&self.cfg.jobs.feature)
+        } else {
+            self.cfg.jobs.feature.clone()
         }
     }
 
@@ -593,7 +607,15 @@ impl Jobs {
                     if first {
                         let (slurm, name) = (self.slurm.clone(), v.name.clone());
                         let limits = ReleaseLimits::of(&self.cfg);
-                        tokio::spawn(async move { workload::forget(&slurm, &name, limits).await });
+                        // An on-demand node stays known, asleep: Slurm wakes it for work.
+                        let keep = self.cfg.on_demand(&v.group);
+                        tokio::spawn(async move {
+                            if keep {
+                                workload::sleep_node(&slurm, &name).await;
+                            } else {
+                                workload::forget(&slurm, &name, limits).await;
+                            }
+                        });
                     }
                 }
                 Ok(Update::Node(v)) if v.state.is_alive() => {
@@ -687,6 +709,13 @@ fn managed_files(cfg: &Config, paths: &Paths, port: u16) -> Result<Vec<u8>, Jobs
     std::fs::create_dir_all(&state).map_err(io(&state))?;
     let key = munge::load_or_make(&paths.munge_key)?;
     let host = hostname();
+    let (resume, suspend) = (
+        paths.slurm_dir.join("resume"),
+        paths.slurm_dir.join("suspend"),
+    );
+    if cfg.any_on_demand() {
+        power_programs(cfg, &resume, &suspend)?;
+    }
     let conf = files::slurm_conf(&files::SlurmSettings {
         cluster: &cfg.jobs.cluster_name,
         host: &host,
@@ -699,12 +728,42 @@ fn managed_files(cfg: &Config, paths: &Paths, port: u16) -> Result<Vec<u8>, Jobs
         def_mem_per_cpu_mb: cfg.jobs.def_mem_per_cpu.initial_mb(),
         node_timeout: cfg.jobs.node_timeout,
         max_nodes: cfg.nodes.max_nodes,
+        default_time: cfg.jobs.default_time,
+        power: cfg.any_on_demand().then(|| files::PowerSaving {
+            resume_program: &resume,
+            suspend_program: &suspend,
+            idle_release: cfg.jobs.idle_release,
+            wake_timeout: cfg.jobs.wake_timeout,
+        }),
     });
     std::fs::write(&paths.slurm_conf, conf).map_err(io(&paths.slurm_conf))?;
     // Beside slurm.conf: slurmctld reads it from there.
     let cgroup = paths.run_dir.join("cgroup.conf");
     std::fs::write(&cgroup, files::cgroup_conf()).map_err(io(&cgroup))?;
     Ok(key)
+}
+
+/// slurmctld's ResumeProgram and SuspendProgram: `enlist jobs resume|suspend HOSTLIST` with
+/// this head's config (slurmctld runs them as root, on this host; they reach the head through
+/// its admin socket).
+fn power_programs(cfg: &Config, resume: &Path, suspend: &Path) -> Result<(), JobsError> {
+    let exe = std::env::current_exe().map_err(io(Path::new("/proc/self/exe")))?;
+    let config = std::fs::canonicalize(cfg.path()).unwrap_or_else(|_| cfg.path().to_path_buf());
+    for (path, what) in [(resume, "resume"), (suspend, "suspend")] {
+        let script = format!(
+            "#!/bin/sh\n# Written by enlist at every start: slurmctld's {what} program.\nexec {} --config {} jobs {what} \"$1\"\n",
+            shell_quote(&exe.display().to_string()),
+            shell_quote(&config.display().to_string()),
+        );
+        std::fs::write(path, script).map_err(io(path))?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700)).map_err(io(path))?;
+    }
+    Ok(())
+}
+
+/// A word for sh, in single quotes.
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
 }
 
 fn hostname() -> String {

@@ -50,6 +50,14 @@ fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
         .find_map(|t| t.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
 }
 
+/// `Reason=` of a `scontrol show node -o` line (it has spaces: it runs to the ` [who@when]`
+/// Slurm appends, or to the end).
+fn reason(line: &str) -> Option<String> {
+    let (_, r) = line.split_once(" Reason=")?;
+    let r = r.split(" [").next().unwrap_or(r).trim();
+    (!r.is_empty() && r != "(null)").then(|| r.to_string())
+}
+
 /// Nodes from `scontrol show node -o` (one line each).
 pub fn parse_nodes(text: &str) -> HashMap<String, SchedNode> {
     text.lines()
@@ -65,6 +73,8 @@ pub fn parse_nodes(text: &str) -> HashMap<String, SchedNode> {
                     mem_mb: num("RealMemory"),
                     mem_alloc_mb: num("AllocMem"),
                     jobs: 0,
+                    asleep: field(l, "State").is_some_and(|s| s.contains("POWERED_DOWN")),
+                    reason: reason(l),
                 },
             ))
         })
@@ -203,6 +213,78 @@ impl Slurm {
     }
 }
 
+/// A unix time as slurmctld reads it: local time, to the second (it runs on this host, in
+/// its time zone).
+fn slurm_time(unix: i64) -> String {
+    jiff::Timestamp::from_second(unix)
+        .unwrap_or(jiff::Timestamp::UNIX_EPOCH)
+        .to_zoned_datetime(jiff::tz::TimeZone::system())
+        .strftime("%Y-%m-%dT%H:%M:%S")
+        .to_string()
+}
+
+impl Slurm {
+    /// Set a node's state (`power_down_force`, `down`, `resume`), with a reason if given.
+    async fn set_state(
+        &self,
+        node: &str,
+        state: &str,
+        reason: Option<&str>,
+    ) -> Result<(), SlurmError> {
+        let n = format!("nodename={node}");
+        let st = format!("state={state}");
+        let mut args = vec!["update", n.as_str(), st.as_str()];
+        let r = reason.map(|r| format!("reason={r}"));
+        if let Some(r) = &r {
+            args.push(r);
+        }
+        self.run("scontrol", &args).await.map(|_| ())
+    }
+
+    /// A maintenance reservation of `nodes` over `[from, until)`: Slurm starts no job on them
+    /// that would still run at `from` ("ReqNodeNotAvail, Reserved for maintenance"). Made
+    /// anew each time (an active reservation's start cannot move).
+    async fn reserve(
+        &self,
+        name: &str,
+        nodes: &[String],
+        from: i64,
+        until: i64,
+    ) -> Result<(), SlurmError> {
+        let n = format!("reservationname={name}");
+        // Not there yet is fine.
+        let _ = self.run("scontrol", &["delete", &n]).await;
+        if nodes.is_empty() {
+            return Ok(());
+        }
+        let start = if from <= crate::store::now() {
+            "now".to_string()
+        } else {
+            slurm_time(from)
+        };
+        let (s, e) = (
+            format!("starttime={start}"),
+            format!("endtime={}", slurm_time(until)),
+        );
+        let list = format!("nodes={}", nodes.join(","));
+        self.run(
+            "scontrol",
+            &[
+                "create",
+                "reservation",
+                &n,
+                &s,
+                &e,
+                &list,
+                "users=root",
+                "flags=MAINT,IGNORE_JOBS",
+            ],
+        )
+        .await
+        .map(|_| ())
+    }
+}
+
 impl From<SlurmError> for WorkloadError {
     fn from(e: SlurmError) -> WorkloadError {
         WorkloadError {
@@ -249,6 +331,50 @@ impl Workload for Slurm {
     fn forget<'a>(&'a self, node: &'a str) -> BoxFuture<'a, Result<(), WorkloadError>> {
         Box::pin(async move { Ok(Slurm::delete(self, node).await?) })
     }
+
+    /// `power_down_force`: slurmctld runs the SuspendProgram (the head: released already)
+    /// and shows the node `idle~` after SuspendTimeout.
+    fn put_to_sleep<'a>(
+        &'a self,
+        node: &'a str,
+        reason: &'a str,
+    ) -> BoxFuture<'a, Result<(), WorkloadError>> {
+        Box::pin(async move {
+            Ok(self
+                .set_state(node, "power_down_force", Some(reason))
+                .await?)
+        })
+    }
+
+    /// `down` with the reason `sinfo -R` shows (jobs waiting for the node are requeued), then
+    /// `power_down_force`: a DOWN node's power-up is aborted, so its ResumeTimeout does not
+    /// come to overwrite the reason, and it ends asleep and down (`down~`).
+    fn hold_out<'a>(
+        &'a self,
+        node: &'a str,
+        reason: &'a str,
+    ) -> BoxFuture<'a, Result<(), WorkloadError>> {
+        Box::pin(async move {
+            self.set_state(node, "down", Some(reason)).await?;
+            Ok(self
+                .set_state(node, "power_down_force", Some(reason))
+                .await?)
+        })
+    }
+
+    fn restore<'a>(&'a self, node: &'a str) -> BoxFuture<'a, Result<(), WorkloadError>> {
+        Box::pin(async move { Ok(self.set_state(node, "resume", None).await?) })
+    }
+
+    fn hold_window<'a>(
+        &'a self,
+        name: &'a str,
+        nodes: &'a [String],
+        from: i64,
+        until: i64,
+    ) -> BoxFuture<'a, Result<(), WorkloadError>> {
+        Box::pin(async move { Ok(self.reserve(name, nodes, from, until).await?) })
+    }
 }
 
 #[cfg(test)]
@@ -264,6 +390,8 @@ mod tests {
             mem_mb,
             mem_alloc_mb: 0,
             jobs: 0,
+            asleep: false,
+            reason: None,
         };
         let mut nodes = HashMap::new();
         assert_eq!(smallest_mem_per_cpu(&nodes), None, "no node yet");
@@ -312,6 +440,21 @@ NodeName=node-770102 Arch=x86_64 CoresPerSocket=2 CPUAlloc=0 CPUTot=2 RealMemory
             ("allocated", 1, 1, 36, 32, 2)
         );
         assert_eq!(n["node-770102"].state, "drained");
+    }
+
+    #[test]
+    fn an_asleep_node_and_why_it_is_held_out() {
+        let line = "NodeName=node-770102 Arch=i686 CPUTot=1 RealMemory=95 State=DOWN+DYNAMIC_NORM+POWERED_DOWN ThreadsPerCore=1 Reason=did not wake (Wake-on-LAN): woke 1 of 2 tries [root@2026-12-04T03:40:01]";
+        let n = &parse_nodes(line)["node-770102"];
+        assert!(n.asleep);
+        assert_eq!(n.state, "down");
+        assert_eq!(
+            n.reason.as_deref(),
+            Some("did not wake (Wake-on-LAN): woke 1 of 2 tries")
+        );
+        let awake = &parse_nodes(SHOW)["node-770101"];
+        assert!(!awake.asleep);
+        assert_eq!(awake.reason, None);
     }
 
     #[test]

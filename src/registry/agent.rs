@@ -206,6 +206,18 @@ impl Registry {
             self.save(row, None)?;
         }
         row.last_seen = Some(now());
+        let woke = self.inner().waking.remove(&mac);
+        if let Some(sent) = woke {
+            row.wakes_woke += 1;
+            let said = format!(
+                "woke: registered {}s after its magic packet ({} of {} woke)",
+                sent.elapsed().as_secs(),
+                row.wakes_woke,
+                row.wakes_tried
+            );
+            self.save(row, Some(("wake", &said)))?;
+            self.count_wake(&row.group, "woke");
+        }
         let image_note = (!was_64bit && row.cpu_64bit())
             .then(|| self.next_image_note(mac))
             .flatten();

@@ -143,6 +143,9 @@ pub(super) struct Inner {
     /// Groups whose schedule has them released now: their PCs boot their own disks. Every
     /// scheduled group until the schedules say otherwise (before the head's first look).
     pub released_groups: std::collections::HashSet<String>,
+    /// PCs sent a magic packet and not registered since, with when: each either registers
+    /// (it woke) or is found overdue (it did not wake).
+    pub waking: HashMap<Mac, Instant>,
 }
 
 impl Inner {
@@ -167,6 +170,7 @@ impl Inner {
             swept_once: false,
             sched: HashMap::new(),
             released_groups: cfg.schedules.iter().map(|s| s.group.clone()).collect(),
+            waking: HashMap::new(),
         }
     }
 

@@ -24,7 +24,7 @@ mod view;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use enlist_api::{ExecSpec, Mac, Order, Peer};
 use tokio::sync::broadcast;
@@ -60,6 +60,9 @@ pub enum RegistryError {
     /// A command for a node whose agent has no session now: nothing is queued.
     #[error("node {0} is not online (its agent has no session): nothing sent")]
     NotOnline(String),
+    /// The node is up: what was asked needs it released or off.
+    #[error("node {0} is up: release it first")]
+    Up(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -327,6 +330,8 @@ impl Registry {
             approved,
             created: ts,
             quarantine: None,
+            wakes_tried: 0,
+            wakes_woke: 0,
         })
     }
 
@@ -603,7 +608,7 @@ impl Registry {
         Ok(())
     }
 
-    /// Set the groups a schedule has released now (see [`crate::schedule`]).
+    /// Set the groups a schedule has released now (see [`crate::timetable`]).
     pub fn set_released_groups(&self, groups: std::collections::HashSet<String>) {
         self.inner().released_groups = groups;
     }
@@ -617,6 +622,65 @@ impl Registry {
         };
         self.note(mac, "wake", &said)?;
         Ok(said)
+    }
+
+    /// Wake a PC for work (Slurm, a schedule): the magic packet as [`Registry::wake`], counted,
+    /// and watched: it woke if it registers, else [`Registry::overdue_wakes`] finds it.
+    pub fn wake_counted(&self, mac: Mac, why: &str) -> Result<String, RegistryError> {
+        let mut row = self.node(mac)?;
+        row.wakes_tried += 1;
+        let said = match crate::wol::wake(&self.cfg, mac, row.ip) {
+            Ok(sent) => format!("{why}: magic packet sent ({})", sent.join(", ")),
+            Err(e) => format!("{why}: magic packet not sent: {e}"),
+        };
+        self.save(&row, Some(("wake", &said)))?;
+        self.inner().waking.insert(mac, Instant::now());
+        self.count_wake(&row.group, "sent");
+        Ok(said)
+    }
+
+    /// Count a wake for work of a node of `group` (see [`Metrics::wakes`]).
+    pub fn count_wake(&self, group: &str, outcome: &str) {
+        self.metrics
+            .wakes
+            .get_or_create(&labels(&[("group", group), ("outcome", outcome)]))
+            .inc();
+    }
+
+    /// The PCs woken more than `timeout` ago that have not registered (no longer watched),
+    /// each with its count of wakes and of those that worked, for its history and the reason
+    /// the workload manager shows.
+    pub fn overdue_wakes(
+        &self,
+        timeout: Duration,
+    ) -> Result<Vec<(NodeRow, String)>, RegistryError> {
+        let overdue: Vec<Mac> = {
+            let mut inner = self.inner();
+            let late: Vec<Mac> = inner
+                .waking
+                .iter()
+                .filter(|(_, at)| at.elapsed() > timeout)
+                .map(|(m, _)| *m)
+                .collect();
+            for m in &late {
+                inner.waking.remove(m);
+            }
+            late
+        };
+        let mut out = vec![];
+        for mac in overdue {
+            let row = self.node(mac)?;
+            let said = format!(
+                "did not wake within {}s of its magic packet (woke {} of {} tries); not tried again before its group's next window",
+                timeout.as_secs(),
+                row.wakes_woke,
+                row.wakes_tried
+            );
+            self.save(&row, Some(("wake", &said)))?;
+            self.count_wake(&row.group, "did-not-wake");
+            out.push((row, said));
+        }
+        Ok(out)
     }
 
     /// An event in the node's history (from the head's own services: jobs, schedules).

@@ -68,6 +68,8 @@ fn node_view(
         created: row.created,
         sched,
         jobs: live.and_then(|l| l.jobs.clone()),
+        wakes_tried: row.wakes_tried,
+        wakes_woke: row.wakes_woke,
     }
 }
 

@@ -125,6 +125,9 @@ const MIGRATIONS: &[&str] = &[
     // 2: why a node is held back from the cluster (its inventory changed, or another PC
     // booted with its MAC while it was up); NULL when it is not.
     "ALTER TABLE nodes ADD COLUMN quarantine TEXT",
+    // 3: Wake-on-LAN packets sent to the PC (for Slurm or a schedule) and how many woke it.
+    "ALTER TABLE nodes ADD COLUMN wakes_tried INTEGER NOT NULL DEFAULT 0;
+     ALTER TABLE nodes ADD COLUMN wakes_woke INTEGER NOT NULL DEFAULT 0",
 ];
 
 /// The schema version this build writes.

@@ -36,6 +36,9 @@ pub struct NodeRow {
     /// Why it is held back (not approved) though it was a node: its inventory changed, or
     /// another PC booted with its MAC while it was up. Cleared by an admin's approval.
     pub quarantine: Option<String>,
+    /// Magic packets sent to wake it, and how many of those it answered by registering.
+    pub wakes_tried: u32,
+    pub wakes_woke: u32,
 }
 
 /// A row of the events table is what the API shows of an event.
@@ -57,7 +60,7 @@ impl NodeRow {
     }
 }
 
-const NODE_COLS: &str = "mac, name, grp, state, ip, info, heartbeat, last_seen, first_dhcp, boot_seconds, key_epoch, released, approved, created, quarantine";
+const NODE_COLS: &str = "mac, name, grp, state, ip, info, heartbeat, last_seen, first_dhcp, boot_seconds, key_epoch, released, approved, created, quarantine, wakes_tried, wakes_woke";
 
 fn node_from_row(r: &rusqlite::Row) -> rusqlite::Result<NodeRow> {
     Ok(NodeRow {
@@ -76,6 +79,8 @@ fn node_from_row(r: &rusqlite::Row) -> rusqlite::Result<NodeRow> {
         approved: r.get(12)?,
         created: r.get(13)?,
         quarantine: r.get(14)?,
+        wakes_tried: r.get(15)?,
+        wakes_woke: r.get(16)?,
     })
 }
 
@@ -120,16 +125,17 @@ impl Store {
             let tx = c.transaction()?;
             tx.execute(
                 &format!(
-                    "INSERT INTO nodes({NODE_COLS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15)
+                    "INSERT INTO nodes({NODE_COLS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17)
                      ON CONFLICT(mac) DO UPDATE SET name=excluded.name, grp=excluded.grp, state=excluded.state,
                        ip=excluded.ip, info=excluded.info, heartbeat=excluded.heartbeat, last_seen=excluded.last_seen,
                        first_dhcp=excluded.first_dhcp, boot_seconds=excluded.boot_seconds, key_epoch=excluded.key_epoch,
-                       released=excluded.released, approved=excluded.approved, quarantine=excluded.quarantine"
+                       released=excluded.released, approved=excluded.approved, quarantine=excluded.quarantine,
+                       wakes_tried=excluded.wakes_tried, wakes_woke=excluded.wakes_woke"
                 ),
                 params![
                     mac_sql(&n.mac), n.name, n.group, n.state.as_str(), n.ip.map(|i| i.to_string()),
                     n.info, n.heartbeat, n.last_seen, n.first_dhcp, n.boot_seconds, n.key_epoch,
-                    n.released, n.approved, n.created, n.quarantine
+                    n.released, n.approved, n.created, n.quarantine, n.wakes_tried, n.wakes_woke
                 ],
             )?;
             let ev = match event {
@@ -161,7 +167,7 @@ impl Store {
             let mut n = 0;
             {
                 let mut st = tx.prepare(&format!(
-                    "INSERT OR IGNORE INTO nodes({NODE_COLS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15)"
+                    "INSERT OR IGNORE INTO nodes({NODE_COLS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17)"
                 ))?;
                 for r in rows {
                     n += st.execute(params![
@@ -234,6 +240,8 @@ mod tests {
             approved: false,
             created: 1,
             quarantine: None,
+            wakes_tried: 0,
+            wakes_woke: 0,
         }
     }
 

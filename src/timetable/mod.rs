@@ -13,6 +13,7 @@
 //! disk, so a PC a student switches on in the daytime is not enlisted. The head acts on the
 //! current phase once when it starts (a missed 20:00 still wakes the room at 20:30).
 
+pub mod on_demand;
 pub mod window;
 
 use std::collections::{HashMap, HashSet};
@@ -50,6 +51,8 @@ pub enum TimetableError {
     Registry(#[from] RegistryError),
     #[error("schedule: a task failed: {0}")]
     Task(String),
+    #[error("{0}")]
+    BadRequest(String),
 }
 
 pub use enlist_api::admin::{GroupSchedule, NextChange};
@@ -67,10 +70,12 @@ pub struct Timetable {
 }
 
 #[derive(Default)]
-struct State {
+pub(super) struct State {
     overrides: HashMap<String, Overrides>,
     /// The phase the head last acted on, per group (none yet: it acts at its first look).
     acted: HashMap<String, Phase>,
+    /// What the workload manager was last told to hold for each on-demand group, and when.
+    holds: HashMap<String, (on_demand::Hold, std::time::Instant)>,
 }
 
 impl Timetable {
@@ -97,13 +102,14 @@ impl Timetable {
             state: Mutex::new(State {
                 overrides,
                 acted: HashMap::new(),
+                holds: HashMap::new(),
             }),
         });
         s.phases(Timestamp::now());
         Ok(Some(s))
     }
 
-    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+    pub(super) fn state(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -113,7 +119,7 @@ impl Timetable {
             .ok_or_else(|| TimetableError::NoSchedule(group.into()))
     }
 
-    fn status(&self, s: &ScheduleConfig, now: Timestamp) -> Status {
+    pub(super) fn status(&self, s: &ScheduleConfig, now: Timestamp) -> Status {
         let o = self
             .state()
             .overrides
@@ -234,6 +240,7 @@ impl Timetable {
         for (group, phase) in due {
             tracing::info!(%group, phase = phase.as_str(), "schedule: group {group} is {}", phase.as_str());
             let r = match phase {
+                Phase::Enlisted if self.cfg.on_demand(&group) => self.open_on_demand(&group).await,
                 Phase::Enlisted => self.enlist_group(&group).await,
                 Phase::Released => self.release_group(&group).await,
             };
@@ -241,10 +248,17 @@ impl Timetable {
                 tracing::error!(%group, "schedule: {e}");
             }
         }
+        if self.cfg.any_on_demand() {
+            self.keep_holds(now).await;
+            self.overdue_wakes().await;
+        }
     }
 
     /// The group's nodes (approved ones), with whether an agent is up on each.
-    async fn members(&self, group: &str) -> Result<Vec<(Mac, bool, bool)>, TimetableError> {
+    pub(super) async fn members(
+        &self,
+        group: &str,
+    ) -> Result<Vec<(Mac, bool, bool)>, TimetableError> {
         let reg = self.registry.clone();
         let group = group.to_string();
         let rows = tokio::task::spawn_blocking(move || reg.store().nodes())

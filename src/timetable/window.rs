@@ -72,6 +72,31 @@ pub fn status(s: &ScheduleConfig, o: &Overrides, now: Timestamp, tz: &TimeZone) 
     Status { phase, since, next }
 }
 
+/// The group's next closed time at `now`: from when (now, if it is closed) until when it
+/// opens again (None: no window ahead within a few changes). What the workload manager is
+/// told to keep free of work, so no job runs past the window's end.
+pub fn closed_period(
+    s: &ScheduleConfig,
+    o: &Overrides,
+    now: Timestamp,
+    tz: &TimeZone,
+) -> (Timestamp, Option<Timestamp>) {
+    let first = status(s, o, now, tz);
+    let mut from = (first.phase == Phase::Released).then_some(now);
+    let mut next = first.next;
+    for _ in 0..STEPS {
+        let Some(n) = next else { break };
+        let then = status(s, o, n.at, tz);
+        match (from, then.phase) {
+            (None, Phase::Released) => from = Some(n.at),
+            (Some(_), Phase::Enlisted) => return (from.unwrap_or(now), Some(n.at)),
+            _ => {}
+        }
+        next = then.next;
+    }
+    (from.unwrap_or(now), None)
+}
+
 /// The last scheduled event at or before `t` that was not skipped.
 fn last_event(
     s: &ScheduleConfig,
@@ -129,7 +154,48 @@ pub(crate) mod tests {
             group: "room-101".into(),
             enlist: enlist.parse().expect("enlist"),
             release: release.parse().expect("release"),
+            wake: crate::config::Wake::OnDemand,
         }
+    }
+
+    #[test]
+    fn the_closed_time_runs_from_the_next_release_to_the_window_after_it() {
+        let s = nights_and_weekends();
+        let o = Overrides::default();
+        let tz = TimeZone::UTC;
+        // Friday night: closed from Monday 07:00 to Monday 20:00 (the weekend is open).
+        let (from, until) = closed_period(&s, &o, at("2026-11-27T22:00"), &tz);
+        assert_eq!(
+            (from, until),
+            (at("2026-11-30T07:00"), Some(at("2026-11-30T20:00")))
+        );
+        // Closed now (Monday noon): from now until 20:00.
+        let now = at("2026-11-30T12:00");
+        assert_eq!(
+            closed_period(&s, &o, now, &tz),
+            (now, Some(at("2026-11-30T20:00")))
+        );
+        // The next window skipped: closed until Tuesday's.
+        let skipped = Overrides {
+            skip: Some(at("2026-11-30T20:00")),
+            ran: None,
+        };
+        assert_eq!(
+            closed_period(&s, &skipped, now, &tz),
+            (now, Some(at("2026-12-01T20:00")))
+        );
+        // Opened by hand at noon: closed from Tuesday 07:00.
+        let ran = Overrides {
+            skip: None,
+            ran: Some(Ran {
+                phase: Phase::Enlisted,
+                at: now,
+            }),
+        };
+        assert_eq!(
+            closed_period(&s, &ran, now, &tz),
+            (at("2026-12-01T07:00"), Some(at("2026-12-01T20:00")))
+        );
     }
 
     /// An instant from a UTC wall-clock time (`2026-11-30T20:00`).

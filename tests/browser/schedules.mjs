@@ -1,6 +1,6 @@
 // Browser test of the dashboard's schedules: log in, see the group's phase and next change,
 // skip that change and un-skip it. Usage: node schedules.mjs URL PASSWORD GROUP
-// (run inside the lab namespace by tests/e2e.rs).
+// (run inside the lab namespace by tests/jobs.rs).
 import { logIn, run } from './run.mjs';
 
 const [url, password, group] = process.argv.slice(2);

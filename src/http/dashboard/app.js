@@ -180,7 +180,10 @@ function renderBoot(n) {
 function schedText(n) {
   if (n.sched) {
     const j = n.sched.jobs;
-    return n.sched.state + (j ? ' · ' + j + (j === 1 ? ' job' : ' jobs') : '');
+    // Slurm's mark for a node asleep (power saving), and why it is held out (sinfo -R).
+    return n.sched.state + (n.sched.asleep ? '~ (asleep)' : '') +
+      (j ? ' · ' + j + (j === 1 ? ' job' : ' jobs') : '') +
+      (n.sched.reason ? ': ' + text(n.sched.reason) : '');
   }
   return n.jobs ? text(n.jobs) : '-';
 }
@@ -306,6 +309,7 @@ async function renderDetail() {
     ['Booted by', text(info.boot_method)], ['NICs', (Array.isArray(info.nics) ? info.nics : []).map((x) => text(x.name) + ' ' + text(x.mac) + ' ' + text(x.driver)).join(', ') || '-'],
     ['Boot took', num(n.boot_seconds, 1) === '-' ? '-' : num(n.boot_seconds, 1) + ' s'], ['Uptime', num(hb.uptime_secs, 0) === '-' ? '-' : num(hb.uptime_secs, 0) + ' s'],
     ['Released', n.released ? 'yes (boots from its own disk)' : 'no'], ['Approved', n.approved ? 'yes' : 'no'],
+    ['Woke', n.wakes_tried ? num(n.wakes_woke, 0) + ' of ' + num(n.wakes_tried, 0) + ' Wake-on-LAN tries' : '-'],
   ];
   $('#d-facts').replaceChildren(...facts.flatMap(([k, v]) => [el('dt', { textContent: k }), el('dd', { textContent: String(v) })]));
   $('#d-actions').replaceChildren(...actionsFor(n));

@@ -9,6 +9,7 @@
 
 pub mod cable;
 pub mod host;
+pub mod wol;
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -456,6 +457,39 @@ impl Lab {
         run(Command::new(enlist)
             .args(["enroll", "--for", length, "--config"])
             .arg(self.dir.join("config.yaml")))
+    }
+
+    /// A new random admin password for the head (`enlist admin set-password --random`).
+    pub fn admin_password(&self, enlist: &Path) -> Result<String, String> {
+        let password = run(Command::new(enlist)
+            .args(["admin", "set-password", "--random", "--config"])
+            .arg(self.dir.join("config.yaml")))?
+        .trim()
+        .to_string();
+        if password.len() < 8 {
+            return Err(format!("set-password printed {password:?}"));
+        }
+        Ok(password)
+    }
+
+    /// Run a browser test script of `tests/browser` (Node and Debian's chromium) inside the
+    /// lab's namespace; its output, or why it failed with the lab's report.
+    pub fn browser(&self, script: &Path, args: &[&str]) -> Result<String, String> {
+        let out = self
+            .exec("node")
+            .arg(script)
+            .args(args)
+            .output()
+            .map_err(|e| format!("node: {e}"))?;
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if !out.status.success() {
+            return Err(format!("browser test failed:\n{text}\n{}", self.report()));
+        }
+        Ok(text)
     }
 
     /// `kill -9` the head.

@@ -146,6 +146,8 @@ fn simulated_nodes(dir: &Path, agents: usize) -> anyhow::Result<Vec<Agent>> {
             approved: true,
             created: now,
             quarantine: None,
+            wakes_tried: 0,
+            wakes_woke: 0,
         })
         .collect();
     store.insert_nodes(&rows)?;
