@@ -247,7 +247,7 @@ fn head_package(out: &Path, version: &str) -> anyhow::Result<PathBuf> {
         "Package: enlist\nVersion: {version}\nArchitecture: amd64\nSection: net\nPriority: optional\n\
          Maintainer: enlist developers <enlist@localhost>\nInstalled-Size: {size}\n\
          Depends: libc6 (>= 2.36), libgcc-s1, ipxe, squashfs-tools\n\
-         Recommends: enlist-node-images (= {version}), slurmctld, slurm-client, munge, nfs-ganesha, nfs-ganesha-vfs, nftables, mmdebstrap\n\
+         Recommends: enlist-node-images (= {version}), slurmctld, slurm-client, munge, nfs-ganesha, nfs-ganesha-vfs, nftables, mmdebstrap, arch-test\n\
          Description: network boot for a room of PCs, as a cluster\n \
          One head service (DHCP, TFTP, HTTP, dashboard, API) boots ordinary PCs over the\n \
          network into a small RAM-resident node OS, runs jobs on them through Slurm and\n \

@@ -96,8 +96,11 @@ pub const APT_PACKAGES: &[&str] = &[
     "nfs-kernel-server",
     "nfs-ganesha",
     "nfs-ganesha-vfs",
-    // the job environments (`enlist env build`): a Debian root for each node arch
+    // the job environments (`enlist env build`): a Debian root for each node arch (mmdebstrap
+    // refuses a foreign arch, i386 on an amd64 head, without arch-test, which it only
+    // recommends)
     "mmdebstrap",
+    "arch-test",
     // the packages (`cargo xtask package`): a clean Debian 12 root to install them into, and a
     // check of their systemd unit
     "debootstrap",
