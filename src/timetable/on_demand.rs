@@ -39,6 +39,15 @@ pub fn hold_name(group: &str) -> String {
 impl Timetable {
     /// Slurm's ResumeProgram: wake the nodes of `hostlist` that may and need to be woken.
     pub async fn resume(&self, hostlist: &str) -> Result<PowerAnswer, TimetableError> {
+        self.resume_at(hostlist, Timestamp::now()).await
+    }
+
+    /// [`Timetable::resume`] with the clock at `now`.
+    pub async fn resume_at(
+        &self,
+        hostlist: &str,
+        now: Timestamp,
+    ) -> Result<PowerAnswer, TimetableError> {
         let rows = self.rows_named(hostlist).await?;
         let mut answer = PowerAnswer::default();
         for (name, row) in rows {
@@ -48,7 +57,7 @@ impl Timetable {
                     .push(skip(&name, "no such node on this head"));
                 continue;
             };
-            match self.wake_for_work(&row).await {
+            match self.wake_for_work(&row, now).await {
                 Ok(()) => answer.done.push(name),
                 Err(why) => {
                     self.hold_out(&row, &why).await;
@@ -60,10 +69,10 @@ impl Timetable {
     }
 
     /// Wake one node for Slurm, or say why not.
-    async fn wake_for_work(&self, row: &NodeRow) -> Result<(), String> {
+    async fn wake_for_work(&self, row: &NodeRow, now: Timestamp) -> Result<(), String> {
         let group = row.group.clone();
         if let Some(s) = self.cfg.schedule_of(&group) {
-            let st = self.status(s, Timestamp::now());
+            let st = self.status(s, now);
             if st.phase == Phase::Released {
                 self.registry.count_wake(&group, "closed");
                 return Err(format!("outside group {group}'s window: not woken"));

@@ -170,3 +170,78 @@ fn a_damaged_overrides_file_is_named() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// An on-demand room (jobs on, so `wake` defaults to on-demand) with no workload manager
+/// behind it: Slurm's resume wakes a PC inside its window only (counted, and "did not wake"
+/// once overdue, said once); unknown nodes and bad host lists are answered; suspend hands
+/// the PC back.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_on_demand_room_is_woken_for_work_inside_its_window_only_and_counts_its_wakes() {
+    let dir = state_dir("demand");
+    let extra = format!(
+        "state_dir: {}\njobs: {{ enabled: true }}\nschedules:\n  - {{ group: night, enlist: \"0 20 * * *\", release: \"0 7 * * *\" }}\n",
+        dir.display()
+    );
+    let reg = registry_from("proxy", ", group: night, enrollment: open", &extra);
+    assert!(reg.config().on_demand("night"));
+    let cfg = Arc::new(reg.config().clone());
+    let s = Timetable::new(cfg, reg.clone(), None, TimeZone::UTC)
+        .expect("scheduler")
+        .expect("schedules are configured");
+    s.tick(at("2026-11-30T20:00")).await;
+    boot(&reg, A, ip(100));
+    let name = reg.node(A).expect("A").name;
+
+    // Closed (the next day at noon): Slurm's resume wakes nothing and says why.
+    let a = s
+        .resume_at(&name, at("2026-12-01T12:00"))
+        .await
+        .expect("resume");
+    assert!(a.done.is_empty(), "{a:?}");
+    assert!(
+        a.skipped[0].why.contains("outside group night's window"),
+        "{a:?}"
+    );
+    assert!(events(&reg, A, "wake")
+        .iter()
+        .all(|e| !e.contains("magic packet")));
+
+    // Slurm needs it: one magic packet, counted; never registered, so it did not wake.
+    let a = s
+        .resume_at(&name, at("2026-11-30T21:00"))
+        .await
+        .expect("resume");
+    assert_eq!(a.done, std::slice::from_ref(&name), "{a:?}");
+    let row = reg.node(A).expect("A");
+    assert_eq!((row.wakes_tried, row.wakes_woke), (1, 0));
+    let late = reg.overdue_wakes(Duration::ZERO).expect("overdue");
+    assert_eq!(late.len(), 1);
+    assert!(late[0].1.contains("did not wake"), "{}", late[0].1);
+    assert!(
+        reg.overdue_wakes(Duration::ZERO)
+            .expect("overdue")
+            .is_empty(),
+        "once"
+    );
+
+    // A host list naming a node the head does not know, and a bad one.
+    let a = s
+        .resume_at("node-nope", at("2026-11-30T21:00"))
+        .await
+        .expect("resume");
+    assert_eq!(a.skipped[0].why, "no such node on this head");
+    assert!(matches!(
+        s.resume_at("node-[1-", at("2026-11-30T21:00")).await,
+        Err(TimetableError::BadRequest(_))
+    ));
+
+    // Idle: Slurm's suspend hands the PC back (its agent is told to).
+    let a = s.suspend(&name).await.expect("suspend");
+    assert_eq!(a.done, [name], "{a:?}");
+    let (commands, _) = reg.take_commands(A);
+    assert!(
+        commands.iter().any(|c| c.order == Order::Release),
+        "{commands:?}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
