@@ -237,14 +237,10 @@ pub async fn release(
     let keep = registry.config().on_demand(&row.group);
     if !known || !row.state.is_alive() {
         on_registry(&registry, move |r| r.release(mac)).await?;
-        if keep {
-            if known {
-                sleep_node(workload.as_ref(), &row.name).await;
-            }
-        } else {
-            // Its manager's daemon may be registering this very moment: make sure it does
-            // not stay.
-            forget(workload.as_ref(), &row.name, limits).await;
+        // Its manager's daemon may be registering this very moment: make sure it does not
+        // stay (a node to keep that the manager does not know has nothing to put to sleep).
+        if known || !keep {
+            let_go(workload.as_ref(), &row.name, keep, limits).await;
         }
         return Ok(());
     }
@@ -272,6 +268,16 @@ pub async fn release(
     }
     forget(workload.as_ref(), &row.name, limits).await;
     on_registry(&registry, move |r| r.release(mac)).await
+}
+
+/// The manager lets go of a node that left: it keeps one of an on-demand group asleep
+/// (`keep`), else forgets it.
+pub async fn let_go(workload: &dyn Workload, name: &str, keep: bool, limits: ReleaseLimits) {
+    if keep {
+        sleep_node(workload, name).await;
+    } else {
+        forget(workload, name, limits).await;
+    }
 }
 
 /// Put a released node of an on-demand group to sleep in the manager (logged, not fatal: the

@@ -315,7 +315,7 @@ async fn jobs(State(s): State<Shared>, a: Agent) -> Response {
             .node(mac)
             .map_err(|e| AgentError::BadRequest(e.to_string()))?;
         let member = row.state.is_peer() && row.approved && !row.released;
-        Ok(member.then(|| jobs.descriptor(mac, &req)))
+        Ok(member.then(|| jobs.descriptor(mac, &row.group, &req)))
     })
     .await;
     match r {

@@ -418,9 +418,9 @@ impl Jobs {
         }
     }
 
-    /// How node `mac` (booted from `req`'s image) joins the scheduler. Its munge key is sealed
-    /// with its own key.
-    pub fn descriptor(&self, mac: Mac, req: &JobsRequest) -> JobsDescriptor {
+    /// How node `mac` of `group` (booted from `req`'s image) joins the scheduler. Its munge
+    /// key is sealed with its own key.
+    pub fn descriptor(&self, mac: Mac, group: &str, req: &JobsRequest) -> JobsDescriptor {
         let host = self.cfg.http.public_url.host();
         let controller = match &self.cfg.jobs.controller {
             Controller::Managed { port } => format!("{host}:{port}"),
@@ -449,7 +449,7 @@ impl Jobs {
             users: accounts.users,
             groups: accounts.groups,
             accounts_version,
-            feature: self.feature_of(mac),
+            feature: self.feature_of(group),
             mem_reserve_mb: self.cfg.jobs.mem_reserve_mb,
             now_unix: crate::store::now(),
             slurmd_port: self.slurmd_port(),
@@ -457,14 +457,10 @@ impl Jobs {
         }
     }
 
-    /// The Slurm feature node `mac` joins with: an on-demand group's nodes have their own
-    /// (Slurm's power saving applies to them alone).
-    fn feature_of(&self, mac: Mac) -> String {
-        let on_demand = self
-            .registry
-            .node(mac)
-            .is_ok_and(|r| self.cfg.on_demand(&r.group));
-        if on_demand {
+    /// The Slurm feature a node of `group` joins with: an on-demand group's nodes have their
+    /// own (Slurm's power saving applies to them alone).
+    fn feature_of(&self, group: &str) -> String {
+        if self.cfg.on_demand(group) {
             files::on_demand_feature(&self.cfg.jobs.feature)
         } else {
             self.cfg.jobs.feature.clone()
@@ -609,13 +605,9 @@ impl Jobs {
                         let limits = ReleaseLimits::of(&self.cfg);
                         // An on-demand node stays known, asleep: Slurm wakes it for work.
                         let keep = self.cfg.on_demand(&v.group);
-                        tokio::spawn(async move {
-                            if keep {
-                                workload::sleep_node(&slurm, &name).await;
-                            } else {
-                                workload::forget(&slurm, &name, limits).await;
-                            }
-                        });
+                        tokio::spawn(
+                            async move { workload::let_go(&slurm, &name, keep, limits).await },
+                        );
                     }
                 }
                 Ok(Update::Node(v)) if v.state.is_alive() => {

@@ -616,12 +616,17 @@ impl Registry {
     /// Send a node's PC the Wake-on-LAN packet; its history says where it went.
     pub fn wake(&self, mac: Mac) -> Result<String, RegistryError> {
         let ip = self.node(mac)?.ip;
-        let said = match crate::wol::wake(&self.cfg, mac, ip) {
-            Ok(sent) => format!("magic packet sent ({})", sent.join(", ")),
-            Err(e) => format!("magic packet not sent: {e}"),
-        };
+        let said = self.magic_packet(mac, ip);
         self.note(mac, "wake", &said)?;
         Ok(said)
+    }
+
+    /// Send the PC last seen at `ip` its magic packet; where it went, for its history.
+    fn magic_packet(&self, mac: Mac, ip: Option<std::net::Ipv4Addr>) -> String {
+        match crate::wol::wake(&self.cfg, mac, ip) {
+            Ok(sent) => format!("magic packet sent ({})", sent.join(", ")),
+            Err(e) => format!("magic packet not sent: {e}"),
+        }
     }
 
     /// Wake a PC for work (Slurm, a schedule): the magic packet as [`Registry::wake`], counted,
@@ -629,10 +634,7 @@ impl Registry {
     pub fn wake_counted(&self, mac: Mac, why: &str) -> Result<String, RegistryError> {
         let mut row = self.node(mac)?;
         row.wakes_tried += 1;
-        let said = match crate::wol::wake(&self.cfg, mac, row.ip) {
-            Ok(sent) => format!("{why}: magic packet sent ({})", sent.join(", ")),
-            Err(e) => format!("{why}: magic packet not sent: {e}"),
-        };
+        let said = format!("{why}: {}", self.magic_packet(mac, row.ip));
         self.save(&row, Some(("wake", &said)))?;
         self.inner().waking.insert(mac, Instant::now());
         self.count_wake(&row.group, "sent");

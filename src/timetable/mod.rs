@@ -21,7 +21,6 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use enlist_api::Mac;
 use jiff::tz::TimeZone;
 use jiff::Timestamp;
 use tokio::sync::watch;
@@ -29,6 +28,7 @@ use tokio::sync::watch;
 use crate::config::{Config, ScheduleConfig};
 use crate::jobs::{workload_of, Jobs};
 use crate::registry::{Registry, RegistryError};
+use crate::store::NodeRow;
 use crate::workload::{release_node, Workload};
 
 pub use window::{Overrides, Phase, Ran, Status};
@@ -119,14 +119,17 @@ impl Timetable {
             .ok_or_else(|| TimetableError::NoSchedule(group.into()))
     }
 
-    pub(super) fn status(&self, s: &ScheduleConfig, now: Timestamp) -> Status {
-        let o = self
-            .state()
+    /// The admin's overrides of a group's schedule (none: the schedule as written).
+    pub(super) fn overrides(&self, group: &str) -> Overrides {
+        self.state()
             .overrides
-            .get(&s.group)
+            .get(group)
             .cloned()
-            .unwrap_or_default();
-        window::status(s, &o, now, &self.tz)
+            .unwrap_or_default()
+    }
+
+    pub(super) fn status(&self, s: &ScheduleConfig, now: Timestamp) -> Status {
+        window::status(s, &self.overrides(&s.group), now, &self.tz)
     }
 
     /// Every schedule, where it stands at `now`.
@@ -254,45 +257,28 @@ impl Timetable {
         }
     }
 
-    /// The group's nodes (approved ones), with whether an agent is up on each.
-    pub(super) async fn members(
-        &self,
-        group: &str,
-    ) -> Result<Vec<(Mac, bool, bool)>, TimetableError> {
+    /// The group's nodes (approved ones).
+    pub(super) async fn members(&self, group: &str) -> Result<Vec<NodeRow>, TimetableError> {
+        let mut rows = self.all_rows().await?;
+        rows.retain(|r| r.group == group && r.approved);
+        Ok(rows)
+    }
+
+    /// Every node's row, read off the async workers.
+    pub(super) async fn all_rows(&self) -> Result<Vec<NodeRow>, TimetableError> {
         let reg = self.registry.clone();
-        let group = group.to_string();
-        let rows = tokio::task::spawn_blocking(move || reg.store().nodes())
+        tokio::task::spawn_blocking(move || reg.store().nodes())
             .await
             .map_err(|e| TimetableError::Task(e.to_string()))?
-            .map_err(RegistryError::from)?;
-        Ok(rows
-            .into_iter()
-            .filter(|r| r.group == group && r.approved)
-            .map(|r| (r.mac, r.state.is_alive(), r.released))
-            .collect())
+            .map_err(|e| TimetableError::Registry(RegistryError::from(e)))
     }
 
     /// Enlist the group's released nodes and wake every PC of it that is not up, paced.
     async fn enlist_group(&self, group: &str) -> Result<(), TimetableError> {
-        for (mac, alive, released) in self.members(group).await? {
-            let reg = self.registry.clone();
-            let why = format!("group {group} enlisted");
-            let r = tokio::task::spawn_blocking(move || -> Result<(), RegistryError> {
-                if released {
-                    reg.enlist(mac)?;
-                }
-                reg.note(mac, "schedule", &why)?;
-                if !alive {
-                    reg.wake(mac)?;
-                }
-                Ok(())
-            })
-            .await;
-            match r {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::warn!(%mac, "schedule: {e}"),
-                Err(e) => tracing::warn!(%mac, "schedule: {e}"),
-            }
+        for row in self.members(group).await? {
+            let alive = row.state.is_alive();
+            self.enlist_member(&row, &format!("group {group} enlisted"), !alive)
+                .await;
             if !alive {
                 tokio::time::sleep(crate::wol::PACE).await;
             }
@@ -300,13 +286,41 @@ impl Timetable {
         Ok(())
     }
 
+    /// Enlist one node of a group whose window opened (if released), with why in its
+    /// history, and send its PC the magic packet if `wake`.
+    pub(super) async fn enlist_member(&self, row: &NodeRow, why: &str, wake: bool) {
+        let (reg, mac, released, why) = (
+            self.registry.clone(),
+            row.mac,
+            row.released,
+            why.to_string(),
+        );
+        let r = tokio::task::spawn_blocking(move || -> Result<(), RegistryError> {
+            if released {
+                reg.enlist(mac)?;
+            }
+            reg.note(mac, "schedule", &why)?;
+            if wake {
+                reg.wake(mac)?;
+            }
+            Ok(())
+        })
+        .await;
+        match r {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(%mac, "schedule: {e}"),
+            Err(e) => tracing::warn!(%mac, "schedule: {e}"),
+        }
+    }
+
     /// Release every node of the group: through Slurm when jobs are on (each drains on its
     /// own: a long job does not hold up the room).
     async fn release_group(&self, group: &str) -> Result<(), TimetableError> {
-        for (mac, _alive, released) in self.members(group).await? {
-            if released {
+        for row in self.members(group).await? {
+            if row.released {
                 continue;
             }
+            let mac = row.mac;
             let why = format!("group {group} released");
             let (reg, workload) = (self.registry.clone(), self.workload.clone());
             let rt = tokio::runtime::Handle::current();

@@ -48,20 +48,13 @@ impl Timetable {
         hostlist: &str,
         now: Timestamp,
     ) -> Result<PowerAnswer, TimetableError> {
-        let rows = self.rows_named(hostlist).await?;
-        let mut answer = PowerAnswer::default();
-        for (name, row) in rows {
-            let Some(row) = row else {
-                answer
-                    .skipped
-                    .push(skip(&name, "no such node on this head"));
-                continue;
-            };
+        let (rows, mut answer) = self.rows_named(hostlist).await?;
+        for row in rows {
             match self.wake_for_work(&row, now).await {
-                Ok(()) => answer.done.push(name),
+                Ok(()) => answer.done.push(row.name),
                 Err(why) => {
                     self.hold_out(&row, &why).await;
-                    answer.skipped.push(skip(&name, &why));
+                    answer.skipped.push(skip(&row.name, &why));
                 }
             }
         }
@@ -117,16 +110,10 @@ impl Timetable {
 
     /// Slurm's SuspendProgram: release the nodes of `hostlist` (Slurm keeps them, asleep).
     pub async fn suspend(&self, hostlist: &str) -> Result<PowerAnswer, TimetableError> {
-        let rows = self.rows_named(hostlist).await?;
+        let (rows, mut answer) = self.rows_named(hostlist).await?;
         let idle = humantime::format_duration(self.cfg.jobs.idle_release).to_string();
-        let mut answer = PowerAnswer::default();
-        for (name, row) in rows {
-            let Some(row) = row else {
-                answer
-                    .skipped
-                    .push(skip(&name, "no such node on this head"));
-                continue;
-            };
+        for row in rows {
+            let name = row.name.clone();
             if row.released {
                 answer.done.push(name);
                 continue;
@@ -147,29 +134,24 @@ impl Timetable {
         Ok(answer)
     }
 
-    /// The rows of the nodes a host list names (None: no such node).
+    /// The rows of the nodes a host list names, and an answer that already says which
+    /// names no node has.
     async fn rows_named(
         &self,
         hostlist: &str,
-    ) -> Result<Vec<(String, Option<NodeRow>)>, TimetableError> {
+    ) -> Result<(Vec<NodeRow>, PowerAnswer), TimetableError> {
         let names = crate::hostlist::expand(hostlist)
             .map_err(|e| TimetableError::BadRequest(format!("{hostlist:?}: {e}")))?;
         let rows = self.all_rows().await?;
-        Ok(names
-            .into_iter()
-            .map(|n| {
-                let row = rows.iter().find(|r| r.name == n).cloned();
-                (n, row)
-            })
-            .collect())
-    }
-
-    async fn all_rows(&self) -> Result<Vec<NodeRow>, TimetableError> {
-        let reg = self.registry.clone();
-        tokio::task::spawn_blocking(move || reg.store().nodes())
-            .await
-            .map_err(|e| TimetableError::Task(e.to_string()))?
-            .map_err(|e| TimetableError::Registry(RegistryError::from(e)))
+        let mut answer = PowerAnswer::default();
+        let mut found = vec![];
+        for n in names {
+            match rows.iter().find(|r| r.name == n) {
+                Some(r) => found.push(r.clone()),
+                None => answer.skipped.push(skip(&n, "no such node on this head")),
+            }
+        }
+        Ok((found, answer))
     }
 
     /// The PCs woken for work that did not register in time: held out until their group's
@@ -198,20 +180,9 @@ impl Timetable {
     /// the node OS), and the nodes held out in the last window (did not wake, in use) are in
     /// service again. None is woken: Slurm does that for the jobs that wait.
     pub(super) async fn open_on_demand(&self, group: &str) -> Result<(), TimetableError> {
-        for (mac, _alive, released) in self.members(group).await? {
-            let (reg, why) = (
-                self.registry.clone(),
-                format!("group {group}'s window opened"),
-            );
-            let r = tokio::task::spawn_blocking(move || -> Result<NodeRow, RegistryError> {
-                if released {
-                    reg.enlist(mac)?;
-                }
-                reg.note(mac, "schedule", &why)?;
-                reg.node(mac)
-            })
-            .await;
-            let Ok(Ok(row)) = r else { continue };
+        for row in self.members(group).await? {
+            self.enlist_member(&row, &format!("group {group}'s window opened"), false)
+                .await;
             let held = self
                 .registry
                 .sched_of(&row.name)
@@ -235,12 +206,7 @@ impl Timetable {
             .iter()
             .filter(|s| s.wake == crate::config::Wake::OnDemand)
         {
-            let o = self
-                .state()
-                .overrides
-                .get(&s.group)
-                .cloned()
-                .unwrap_or_default();
+            let o = self.overrides(&s.group);
             let (from, until) = super::window::closed_period(s, &o, now, &self.tz);
             let from = if from <= now { 0 } else { from.as_second() };
             let until = until.map_or(now.as_second() + NO_END, |t| t.as_second());
@@ -275,12 +241,11 @@ impl Timetable {
 
     /// The names of a group's nodes the workload manager knows, sorted.
     async fn known_members(&self, group: &str) -> Vec<String> {
-        let Ok(rows) = self.all_rows().await else {
-            return vec![];
-        };
-        let mut names: Vec<String> = rows
+        let mut names: Vec<String> = self
+            .members(group)
+            .await
+            .unwrap_or_default()
             .into_iter()
-            .filter(|r| r.group == group && r.approved)
             .map(|r| r.name)
             .filter(|n| self.registry.sched_of(n).is_some())
             .collect();

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use enlist_api::Order;
+use enlist_api::{Mac, Order};
 use jiff::tz::TimeZone;
 
 use super::window::tests::at;
