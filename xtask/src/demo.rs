@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Context};
 use clap::Subcommand;
+use enlist_lab::wol::{PowerButtons, WolWatch};
 use enlist_lab::{Lab, Profile, JOBS_CONFIG};
 use nix::sys::signal::{SigSet, Signal};
 
@@ -101,6 +102,26 @@ pub fn demo(port: u16) -> anyhow::Result<()> {
     )
 }
 
+/// The demo's room is woken on demand: its window is open from now until 12 hours ahead
+/// (closed an hour a day), Slurm gives idle PCs back after a minute and wakes them when work
+/// waits.
+fn on_demand_room() -> anyhow::Result<String> {
+    let tz = jiff::tz::TimeZone::system();
+    let release = jiff::Timestamp::now()
+        .checked_add(jiff::SignedDuration::from_hours(12))?
+        .to_zoned_datetime(tz);
+    let enlist = release.checked_sub(jiff::SignedDuration::from_hours(23))?;
+    let cron = |z: &jiff::ZonedDateTime| format!("{} {} * * *", z.minute(), z.hour());
+    Ok(format!(
+        "  idle_release: 1m\n  wake_timeout: 5m\nschedules:\n  - group: {ROOM}\n    enlist: \"{}\"\n    release: \"{}\"\n    wake: on-demand\n",
+        cron(&enlist),
+        cron(&release)
+    ))
+}
+
+/// The demo's group (its one room).
+const ROOM: &str = "room1";
+
 /// What the lab's head does besides booting PCs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Jobs {
@@ -165,7 +186,11 @@ fn run_lab(
     let jobs_config = match jobs_mode {
         Jobs::Off => String::new(),
         Jobs::On => JOBS_CONFIG.to_string(),
-        Jobs::WithEnv => format!("{JOBS_CONFIG}  env_dir: {}\n", env_dir().display()),
+        Jobs::WithEnv => format!(
+            "  group: {ROOM}\n{JOBS_CONFIG}  env_dir: {}\n{}",
+            env_dir().display(),
+            on_demand_room()?
+        ),
     };
     let config = lab
         .write_config(mode, &root().join("images/out"), &jobs_config)
@@ -194,8 +219,14 @@ fn run_lab(
     for p in profiles {
         lab.boot(*p, Some(&disk_for(*p))).map_err(|e| anyhow!(e))?;
     }
+    let watch_wol = WolWatch::start(&lab.ns).map_err(|e| anyhow!(e))?;
+    let mut power = Power {
+        buttons: PowerButtons::new(&lab, &watch_wol),
+        watch: watch_wol,
+        last: vec![],
+    };
     print_banner(&lab, name, profiles.len(), mode, port, &password, jobs);
-    watch(&lab, profiles.len(), jobs_mode, &sigs);
+    watch(&mut lab, &mut power, profiles.len(), jobs_mode, &sigs);
     drop(lab);
     Ok(())
 }
@@ -231,43 +262,145 @@ fn print_banner(
     println!();
 }
 
-/// Report the PCs' states until a signal arrives; with jobs on, run the first jobs (and the
-/// renders) once every PC is idle in Slurm.
-fn watch(lab: &Lab, pcs: usize, jobs_mode: Jobs, sigs: &SigSet) {
-    let mut shown = jobs_mode == Jobs::Off;
-    // Report state changes until a signal arrives.
-    let mut last = Vec::new();
-    loop {
+/// The lab room's power: a magic packet from the head presses its PC's power button, and a
+/// PC the head sends to its own disk is switched off (it has none to boot).
+struct Power {
+    watch: WolWatch,
+    buttons: PowerButtons,
+    /// The PCs' states last said.
+    last: Vec<String>,
+}
+
+impl Power {
+    /// Press and switch what is due, and say what changed.
+    fn tick(&mut self, lab: &mut Lab) {
+        match self.buttons.press(lab, &self.watch, &[]) {
+            Ok(on) => {
+                for i in on {
+                    println!(
+                        "  ({} {}: magic packet from the head; the lab presses its power button)",
+                        lab.pcs[i].name, lab.pcs[i].mac
+                    );
+                }
+            }
+            Err(e) => println!("  power: {e}"),
+        }
+        for i in self.buttons.switch_off_sent_home(lab) {
+            println!(
+                "  ({} {}: sent to its own disk; the lab, having none, switches it off)",
+                lab.pcs[i].name, lab.pcs[i].mac
+            );
+        }
+        self.say_states(lab);
+    }
+
+    /// One line of every PC's state, when any changed.
+    fn say_states(&mut self, lab: &Lab) {
         let states: Vec<String> = lab
             .pcs
             .iter()
             .map(|pc| {
-                format!(
-                    "{} {}",
-                    pc.name,
-                    lab.node_state(&pc.mac).unwrap_or_else(|| "-".into())
-                )
+                let state = lab.node_state(&pc.mac).unwrap_or_else(|| "-".into());
+                format!("{} {state}", pc.name)
             })
             .collect();
-        if states != last {
+        if states != self.last {
             println!("  {}", states.join(" | "));
-            last = states;
+            self.last = states;
         }
-        if !shown && lab.slurm_idle() >= pcs {
-            shown = true;
-            if let Err(e) = first_jobs(lab, pcs) {
-                println!("  jobs: {e:#}");
-            } else if jobs_mode == Jobs::WithEnv {
-                if let Err(e) = render(lab, pcs) {
-                    println!("  render: {e:#}");
-                }
-            }
-        }
+    }
+}
+
+/// Where the demo's story is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    /// The PCs boot for the first time; then Slurm knows them.
+    Joining,
+    /// Idle, they go back to their owners and sleep; then the jobs wake them.
+    Sleeping,
+    Done,
+}
+
+/// Report the PCs' states until a signal arrives; with jobs on, run the first jobs (and the
+/// renders) once every PC is idle in Slurm; in the demo's on-demand room, once they are
+/// asleep again, so that the jobs wake them.
+fn watch(lab: &mut Lab, power: &mut Power, pcs: usize, jobs_mode: Jobs, sigs: &SigSet) {
+    let mut stage = match jobs_mode {
+        Jobs::Off => Stage::Done,
+        _ => Stage::Joining,
+    };
+    loop {
+        power.tick(lab);
+        stage = next_stage(lab, power, pcs, jobs_mode, stage);
         if let Ok(Some(sig)) = wait_signal(sigs, Duration::from_secs(2)) {
             eprintln!("xtask: {sig:?}: tearing the lab down");
             break;
         }
     }
+}
+
+/// Run what `stage` waits for, if it is time, and say which stage follows.
+fn next_stage(
+    lab: &mut Lab,
+    power: &mut Power,
+    pcs: usize,
+    jobs_mode: Jobs,
+    stage: Stage,
+) -> Stage {
+    let report = |r: anyhow::Result<()>| {
+        if let Err(e) = r {
+            println!("  jobs: {e:#}");
+        }
+    };
+    match stage {
+        Stage::Joining if lab.slurm_idle() >= pcs => {
+            report(first_steps(lab, pcs));
+            if jobs_mode == Jobs::WithEnv {
+                println!("  Room {ROOM} is woken on demand: its PCs, idle for jobs.idle_release (1 min),");
+                println!(
+                    "  go back to their own disks and sleep; Slurm keeps them (idle~) and wakes"
+                );
+                println!("  them by Wake-on-LAN when work waits.");
+                println!();
+                return Stage::Sleeping;
+            }
+            report(calibrate(lab, power, pcs));
+            Stage::Done
+        }
+        Stage::Sleeping if lab.slurm_asleep().len() >= pcs => {
+            report(slurm(lab, "sinfo", &[]).map(|t| show("sinfo   (every PC off: idle~)", &t)));
+            report(calibrate(lab, power, pcs).and_then(|()| render(lab, power, pcs)));
+            Stage::Done
+        }
+        s => s,
+    }
+}
+
+/// A command's output, as the demo shows it.
+fn show(title: &str, text: &str) {
+    println!("  $ {title}");
+    for l in text.lines() {
+        println!("    {l}");
+    }
+}
+
+/// Wait until Slurm's queue is empty, pressing the room's power buttons meanwhile.
+fn wait_queue_empty(
+    lab: &mut Lab,
+    power: &mut Power,
+    limit: Duration,
+    what: &str,
+) -> anyhow::Result<()> {
+    let until = std::time::Instant::now() + limit;
+    while !slurm(lab, "squeue", &["-h"])?.trim().is_empty() {
+        anyhow::ensure!(
+            std::time::Instant::now() < until,
+            "{what} not done in {limit:?}"
+        );
+        power.tick(lab);
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    Ok(())
 }
 
 /// A Slurm tool on the head, as its admin runs it (in the lab's namespace).
@@ -280,21 +413,20 @@ fn as_user(lab: &Lab, program: &str, args: &[&str]) -> anyhow::Result<String> {
     lab.slurm_user_out(program, args).map_err(|e| anyhow!(e))
 }
 
-/// Once the PCs are in Slurm: what an admin sees, one step on every node, and the 2004
-/// cluster's calibration job as an array over them, its results read from the shared home.
-fn first_jobs(lab: &Lab, nodes: usize) -> anyhow::Result<()> {
-    let show = |title: &str, text: &str| {
-        println!("  $ {title}");
-        for l in text.lines() {
-            println!("    {l}");
-        }
-    };
-    show("sinfo -N -l", &slurm(lab, "sinfo", &["-N", "-l"])?);
+/// Once the PCs are in Slurm: what an admin sees, and one step on every node.
+fn first_steps(lab: &Lab, nodes: usize) -> anyhow::Result<()> {
+    show("sinfo", &slurm(lab, "sinfo", &[])?);
     let n = format!("-N{nodes}");
     show(
         &format!("srun {n} hostname"),
         &as_user(lab, "srun", &[&n, "hostname"])?,
     );
+    Ok(())
+}
+
+/// The 2004 cluster's calibration job as an array over the PCs, its results read from the
+/// shared home (in the on-demand room, submitted while every PC is off: it wakes them).
+fn calibrate(lab: &mut Lab, power: &mut Power, nodes: usize) -> anyhow::Result<()> {
     let home = lab.user_home();
     let script = home.join("calibrate.sh");
     std::fs::write(
@@ -315,19 +447,19 @@ fn first_jobs(lab: &Lab, nodes: usize) -> anyhow::Result<()> {
         id.trim(),
         enlist_lab::JOB_USER
     );
-    let until = std::time::Instant::now() + Duration::from_secs(600);
-    while !slurm(lab, "squeue", &["-h"])?.trim().is_empty() {
-        anyhow::ensure!(
-            std::time::Instant::now() < until,
-            "the array did not finish in 10 min"
-        );
-        std::thread::sleep(Duration::from_secs(2));
-    }
+    wait_queue_empty(lab, power, Duration::from_secs(900), "the array")?;
     for t in 1..=tasks {
         let text = std::fs::read_to_string(home.join(format!("calib-{t}.out"))).unwrap_or_default();
         println!(
             "    task {t}: {}",
             text.split_whitespace().collect::<Vec<_>>().join(" on ")
+        );
+    }
+    let woken = power.watch.macs();
+    if !woken.is_empty() {
+        println!(
+            "  (woken by the head's magic packets: {})",
+            woken.join(", ")
         );
     }
     println!("  (the results are in {} on the head)", home.display());
@@ -337,7 +469,7 @@ fn first_jobs(lab: &Lab, nodes: usize) -> anyhow::Result<()> {
 
 /// The 2004 cluster's other workload: an animation rendered with POV-Ray, one frame per task
 /// of a job array over the PCs, into the shared home.
-fn render(lab: &Lab, nodes: usize) -> anyhow::Result<()> {
+fn render(lab: &mut Lab, power: &mut Power, nodes: usize) -> anyhow::Result<()> {
     let home = lab.user_home();
     let frames = nodes * 3;
     write_render_job(&home, frames)?;
@@ -361,14 +493,7 @@ fn render(lab: &Lab, nodes: usize) -> anyhow::Result<()> {
         id.trim(),
         enlist_lab::JOB_USER
     );
-    let until = started + Duration::from_secs(1200);
-    while !slurm(lab, "squeue", &["-h"])?.trim().is_empty() {
-        anyhow::ensure!(
-            std::time::Instant::now() < until,
-            "the frames were not done in 20 min"
-        );
-        std::thread::sleep(Duration::from_secs(2));
-    }
+    wait_queue_empty(lab, power, Duration::from_secs(1200), "the frames")?;
     let mut done: Vec<(String, u64)> = std::fs::read_dir(&home)?
         .filter_map(Result::ok)
         .map(|e| e.file_name().to_string_lossy().into_owned())

@@ -191,6 +191,16 @@ pub struct Pc {
     /// The QEMU command line, to power the PC on again.
     argv: Vec<String>,
     qlog: PathBuf,
+    /// When it was last powered on (Unix milliseconds), to tell the head's answers to this
+    /// boot from those to the boot before.
+    pub powered_on_ms: i64,
+}
+
+/// Unix time in milliseconds (as the head's boot steps carry it).
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 impl Pc {
@@ -217,6 +227,7 @@ impl Pc {
     /// Power-cycle: kill QEMU and start the same PC again (same MAC, same disks).
     pub fn power_cycle(&mut self) -> Result<(), String> {
         self.kill();
+        self.powered_on_ms = now_ms();
         self.child = spawn_logged(&self.argv, &self.qlog)?;
         Ok(())
     }
@@ -375,10 +386,10 @@ impl Lab {
         Ok(String::from_utf8_lossy(&out.stdout).to_string())
     }
 
-    /// Nodes Slurm lists as idle.
+    /// Nodes Slurm lists as idle (each once: a node is listed per partition it is in).
     pub fn slurm_idle(&self) -> usize {
         self.slurm_out("sinfo", &["-h", "-N", "-t", "idle", "-o", "%N"])
-            .map(|o| o.lines().count())
+            .map(|o| o.lines().collect::<std::collections::HashSet<_>>().len())
             .unwrap_or(0)
     }
 
@@ -591,6 +602,37 @@ impl Lab {
         v["node"]["state"].as_str().map(str::to_string)
     }
 
+    /// Whether the head has sent PC `i` to its own disk since it was powered on: its boot
+    /// script said "local disk" (a step of the boot the head traces; the node's history
+    /// notes it once per 10 minutes only, so it cannot be counted there).
+    pub fn sent_home(&self, i: usize) -> bool {
+        let pc = &self.pcs[i];
+        let Ok(v) = self.curl(&format!("/api/v1/nodes/{}", pc.mac)) else {
+            return false;
+        };
+        let steps = v["node"]["boot"].as_array().cloned().unwrap_or_default();
+        steps.iter().any(|s| {
+            s["step"] == "script"
+                && s["detail"]
+                    .as_str()
+                    .is_some_and(|d| d.starts_with("local disk"))
+                && s["at_ms"].as_i64().is_some_and(|t| t > pc.powered_on_ms)
+        })
+    }
+
+    /// The names of the nodes Slurm has powered down (asleep: `idle~`, or `maint` in a
+    /// closed time's reservation).
+    pub fn slurm_asleep(&self) -> Vec<String> {
+        self.slurm_out("scontrol", &["show", "node", "-o"])
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("POWERED_DOWN"))
+            .filter_map(|l| l.strip_prefix("NodeName="))
+            .filter_map(|l| l.split_whitespace().next())
+            .map(str::to_string)
+            .collect()
+    }
+
     pub fn wait_for(
         &self,
         limit: Duration,
@@ -694,6 +736,7 @@ impl Lab {
             .chain(cmd.get_args())
             .map(|a| a.to_string_lossy().to_string())
             .collect();
+        let powered_on_ms = now_ms();
         let child = spawn_logged(&argv, &qlog)?;
         self.pcs.push(Pc {
             name,
@@ -702,6 +745,7 @@ impl Lab {
             child,
             argv,
             qlog,
+            powered_on_ms,
         });
         Ok(self.pcs.len() - 1)
     }

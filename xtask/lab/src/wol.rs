@@ -21,6 +21,32 @@ pub struct WolWatch {
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
+/// The MAC the Wake-on-LAN frame `frame` wakes, if it is one: a magic packet in a UDP
+/// datagram to port 9 or 7 (as the head and `etherwake -b`/`wakeonlan` send it) or in an
+/// Ethernet frame of type 0x0842. Other frames are not looked into: a kernel or a DHCP
+/// packet may hold six 0xff bytes and a repeated pattern by chance.
+pub fn wol_mac(frame: &[u8]) -> Option<String> {
+    let ethertype = u16::from_be_bytes([*frame.get(12)?, *frame.get(13)?]);
+    let payload = match ethertype {
+        0x0842 => frame.get(14..)?,
+        0x0800 => {
+            let ip = frame.get(14..)?;
+            let ihl = usize::from(ip.first()? & 0x0f) * 4;
+            if *ip.get(9)? != 17 {
+                return None;
+            }
+            let udp = ip.get(ihl..)?;
+            let port = u16::from_be_bytes([*udp.get(2)?, *udp.get(3)?]);
+            if port != 9 && port != 7 {
+                return None;
+            }
+            udp.get(8..)?
+        }
+        _ => return None,
+    };
+    magic_mac(payload)
+}
+
 /// The MAC a magic packet in `frame` wakes, if it holds one.
 pub fn magic_mac(frame: &[u8]) -> Option<String> {
     let start = frame.windows(6).position(|w| w == [0xff; 6])?;
@@ -71,7 +97,7 @@ impl WolWatch {
                 let Ok(n) = socket.read(&mut buf) else {
                     continue;
                 };
-                let Some(mac) = magic_mac(&buf[..n]) else {
+                let Some(mac) = wol_mac(&buf[..n]) else {
                     continue;
                 };
                 let now = Instant::now();
@@ -112,6 +138,62 @@ impl WolWatch {
     }
 }
 
+/// The lab room's power: presses a PC's power button when the head's magic packet for it
+/// has come (once per packet), and switches a PC off when the head has sent it to its own
+/// disk (a released PC would boot Windows; the lab's PC has no disk to boot, so its owner
+/// switches it off). Used by the tests and the demo alike.
+#[derive(Default)]
+pub struct PowerButtons {
+    /// Magic packets already acted on, by MAC.
+    pressed: HashMap<String, usize>,
+}
+
+impl PowerButtons {
+    /// Start from what has happened so far: only packets from now on count.
+    pub fn new(lab: &crate::Lab, watch: &WolWatch) -> PowerButtons {
+        let pressed = lab
+            .pcs
+            .iter()
+            .map(|pc| (pc.mac.clone(), watch.packets_for(&pc.mac)))
+            .collect();
+        PowerButtons { pressed }
+    }
+
+    /// Power on each PC (but those in `ignore`, by index) whose magic packet has come since
+    /// the last press; returns the indexes pressed.
+    pub fn press(
+        &mut self,
+        lab: &mut crate::Lab,
+        watch: &WolWatch,
+        ignore: &[usize],
+    ) -> Result<Vec<usize>, String> {
+        let mut on = vec![];
+        for i in 0..lab.pcs.len() {
+            let mac = lab.pcs[i].mac.clone();
+            let n = watch.packets_for(&mac);
+            let seen = self.pressed.insert(mac, n).unwrap_or(0);
+            if n > seen && !ignore.contains(&i) {
+                lab.pcs[i].power_cycle()?;
+                on.push(i);
+            }
+        }
+        Ok(on)
+    }
+
+    /// Switch off each running PC the head has sent to its own disk since it was powered on;
+    /// returns the indexes switched off.
+    pub fn switch_off_sent_home(&mut self, lab: &mut crate::Lab) -> Vec<usize> {
+        let mut off = vec![];
+        for i in 0..lab.pcs.len() {
+            if lab.pcs[i].running() && lab.sent_home(i) {
+                lab.pcs[i].kill();
+                off.push(i);
+            }
+        }
+        off
+    }
+}
+
 impl Drop for WolWatch {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
@@ -138,5 +220,39 @@ mod tests {
         assert_eq!(magic_mac(&frame[..frame.len() - 1]), None, "cut short");
         assert_eq!(magic_mac(&[0xff; 200]), None, "all 0xff");
         assert_eq!(magic_mac(b"DHCPDISCOVER"), None);
+    }
+
+    #[test]
+    fn only_a_wake_on_lan_frame_is_looked_into() {
+        let mut magic = vec![0xff; 6];
+        for _ in 0..16 {
+            magic.extend([0x52, 0x54, 0x00, 0x77, 0x01, 0x0a]);
+        }
+        let frame = |ethertype: [u8; 2], proto: u8, port: u16| {
+            let mut f = vec![0xff; 6];
+            f.extend([0x52, 0x54, 0, 0, 0, 1]);
+            f.extend(ethertype);
+            if ethertype == [0x08, 0x00] {
+                let mut ip = vec![0x45, 0, 0, 0, 0, 0, 0, 0, 64, proto, 0, 0];
+                ip.extend([10, 77, 0, 1, 255, 255, 255, 255]);
+                f.extend(ip);
+                f.extend([0x80, 0x00]);
+                f.extend(port.to_be_bytes());
+                f.extend([0, 0, 0, 0]);
+            }
+            f.extend(&magic);
+            f
+        };
+        let want = Some("52:54:00:77:01:0a".to_string());
+        assert_eq!(wol_mac(&frame([0x08, 0x00], 17, 9)), want, "UDP port 9");
+        assert_eq!(
+            wol_mac(&frame([0x08, 0x42], 0, 0)),
+            want,
+            "EtherType 0x0842"
+        );
+        assert_eq!(wol_mac(&frame([0x08, 0x00], 17, 69)), None, "a TFTP block");
+        assert_eq!(wol_mac(&frame([0x08, 0x00], 6, 9)), None, "TCP");
+        assert_eq!(wol_mac(&frame([0x08, 0x06], 0, 0)), None, "ARP");
+        assert_eq!(wol_mac(&[0xff; 10]), None, "short");
     }
 }
