@@ -184,6 +184,9 @@ impl Head {
         shutdown: &watch::Receiver<bool>,
     ) -> anyhow::Result<()> {
         let listeners = dhcp::server::bind(&self.cfg.dhcp.interfaces)?;
+        for (i, why) in dhcp::unreachable_here(&self.cfg) {
+            tracing::warn!("dhcp.subnets[{i}]: {why}");
+        }
         let handler = Arc::new(dhcp::handler::Handler::new(
             self.cfg.clone(),
             self.store.clone(),
@@ -329,7 +332,7 @@ impl Head {
             loop {
                 tokio::select! {
                     _ = tick.tick() => {}
-                    _ = shutdown.wait_for(|v| *v) => return,
+                    _ = shutdown.wait_for(|v| *v) => break,
                 }
                 let reg = registry.clone();
                 match tokio::task::spawn_blocking(move || reg.sweep(Instant::now())).await {
@@ -337,6 +340,13 @@ impl Head {
                     Ok(Err(e)) => tracing::error!("registry sweep: {e}"),
                     Err(e) => tracing::error!("registry sweep task: {e}"),
                 }
+            }
+            // What the nodes lent since the last flush goes into their rows.
+            let flushed =
+                tokio::task::spawn_blocking(move || registry.count_lent(Instant::now(), true))
+                    .await;
+            if let Ok(Err(e)) = flushed {
+                tracing::error!("writing the time lent at shutdown: {e}");
             }
         });
     }

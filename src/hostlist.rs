@@ -73,6 +73,39 @@ pub fn expand(list: &str) -> Result<Vec<String>, BadHostList> {
     Ok(out)
 }
 
+/// A node selection as clush and scontrol users write it: a host list whose items may also
+/// be `@group` (that group's nodes, from `nodes`: name and group of each), minus the names
+/// `exclude` selects. In order, each name once; names no node has stay (the head answers
+/// "no such node" for them).
+pub fn select(
+    spec: &str,
+    exclude: Option<&str>,
+    nodes: &[(String, String)],
+) -> Result<Vec<String>, BadHostList> {
+    let names = |spec: &str| -> Result<Vec<String>, BadHostList> {
+        let mut out = vec![];
+        for item in top_level(spec.trim())? {
+            match item.trim().strip_prefix('@') {
+                Some(group) => out.extend(
+                    nodes
+                        .iter()
+                        .filter(|(_, g)| g == group)
+                        .map(|(n, _)| n.clone()),
+                ),
+                None => out.extend(expand(item)?),
+            }
+        }
+        Ok(out)
+    };
+    let out = names(spec)?;
+    let gone = exclude.map(names).transpose()?.unwrap_or_default();
+    let mut seen = std::collections::HashSet::new();
+    Ok(out
+        .into_iter()
+        .filter(|n| !gone.contains(n) && seen.insert(n.clone()))
+        .collect())
+}
+
 /// Fold names into a host list: names that differ only in a trailing number share brackets
 /// (`node-01,node-02,node-03` -> `node-[01-03]`). Order: by prefix, then number.
 pub fn fold<S: AsRef<str>>(names: &[S]) -> String {
@@ -121,6 +154,40 @@ pub fn fold<S: AsRef<str>>(names: &[S]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_selection_takes_groups_and_exclusions_as_clush_does() {
+        let nodes: Vec<(String, String)> = [
+            ("lab101-01", "lab101"),
+            ("lab101-02", "lab101"),
+            ("lab101-03", "lab101"),
+            ("lab102-01", "lab102"),
+        ]
+        .iter()
+        .map(|(n, g)| (n.to_string(), g.to_string()))
+        .collect();
+        assert_eq!(
+            select("@lab101", Some("lab101-03"), &nodes).unwrap(),
+            ["lab101-01", "lab101-02"]
+        );
+        assert_eq!(
+            select("lab101-[01-02],@lab102,lab101-01", None, &nodes).unwrap(),
+            ["lab101-01", "lab101-02", "lab102-01"],
+            "each once, in order"
+        );
+        assert_eq!(
+            select("@lab101,@lab102", Some("@lab101,lab102-01"), &nodes).unwrap(),
+            Vec::<String>::new()
+        );
+        assert!(select("@nope", None, &nodes).unwrap().is_empty());
+        assert_eq!(
+            select("pc-9", None, &nodes).unwrap(),
+            ["pc-9"],
+            "unknown names stay"
+        );
+        assert!(select("lab101-[01", None, &nodes).is_err());
+        assert!(select("@lab101", Some("x[1-"), &nodes).is_err());
+    }
 
     #[test]
     fn expands_ranges_lists_and_plain_names() {

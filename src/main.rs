@@ -44,6 +44,9 @@ enum Cmd {
     Nodes {
         #[arg(long)]
         json: bool,
+        /// Also what each PC and group lent: hours enlisted, hours running jobs, wakes.
+        #[arg(long, short)]
+        long: bool,
     },
     /// Act on one node of a running head.
     Node {
@@ -139,7 +142,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         Cmd::Env { cmd } => cli::env::run(&args.config, cmd),
         Cmd::Floppy(a) => cli::floppy::floppy(&args.config, a),
         Cmd::Usb(a) => cli::floppy::usb(&args.config, a),
-        Cmd::Nodes { json } => cli::nodes::list(&args.config, json),
+        Cmd::Nodes { json, long } => cli::nodes::list(&args.config, json, long),
         Cmd::Node { cmd } => cli::nodes::act(&args.config, cmd),
         Cmd::Admin { cmd } => cli::admin::run(&args.config, cmd),
         Cmd::Wake { node, group } => cli::nodes::wake(&args.config, node, group),
@@ -154,6 +157,31 @@ fn run(args: Args) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// The EXIT STATUS section of a man page (roff), for subcommand `sub` (`""`: enlist itself).
+fn exit_status(sub: &str) -> String {
+    let item = |code: &str, what: &str| format!(".TP\n\\fB{code}\\fR\n{what}\n");
+    let mut s = String::from(".SH \"EXIT STATUS\"\n");
+    s += &item("0", "Success.");
+    s += &item(
+        "1",
+        "An error; the message on standard error says what failed, and where.",
+    );
+    s += &item(
+        "78",
+        "A configuration the head cannot run with (EX_CONFIG): the message names the file, line \
+         and column. The systemd unit does not restart on it.",
+    );
+    if sub == "exec" || sub.is_empty() {
+        s += ".PP\n\\fBenlist exec\\fR exits 0 whatever the commands did, unless \\fB-S\\fR is given; \
+              with \\fB-S\\fR it exits with the largest of the nodes' codes:\n";
+        s += &item("N", "the largest exit code of a node's command;");
+        s += &item("124", "a node's command timed out;");
+        s += &item("128+N", "a node's command was killed by signal N;");
+        s += &item("255", "a node was unreachable (down, or died meanwhile).");
+    }
+    s
 }
 
 /// The man page and the shell completions, made from the clap definitions above (one source).
@@ -172,8 +200,10 @@ fn generate_docs(dir: &std::path::Path) -> anyhow::Result<()> {
         clap_mangen::Man::new(sub.clone().name(name.clone()))
             .render(&mut part)
             .with_context(|| format!("man page of {name}"))?;
+        part.extend(exit_status(sub.get_name()).as_bytes());
         std::fs::write(dir.join(format!("{name}.1")), part)?;
     }
+    page.extend(exit_status("").as_bytes());
     std::fs::write(dir.join("enlist.1"), page)?;
     for (shell, file) in [
         (clap_complete::Shell::Bash, "enlist.bash"),
@@ -185,4 +215,32 @@ fn generate_docs(dir: &std::path::Path) -> anyhow::Result<()> {
         std::fs::write(dir.join(file), out)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_man_page_says_its_exit_status_and_exec_its_own_codes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        super::generate_docs(dir.path()).expect("docs");
+        let page = |name: &str| std::fs::read_to_string(dir.path().join(name)).expect(name);
+        for name in [
+            "enlist.1",
+            "enlist-serve.1",
+            "enlist-check-config.1",
+            "enlist-exec.1",
+        ] {
+            let p = page(name);
+            assert!(
+                p.contains(".SH \"EXIT STATUS\"") && p.contains("EX_CONFIG"),
+                "{name}"
+            );
+        }
+        let exec = page("enlist-exec.1");
+        assert!(
+            exec.contains("\\fB124\\fR") && exec.contains("\\fB255\\fR"),
+            "{exec}"
+        );
+        assert!(!page("enlist-nodes.1").contains("\\fB124\\fR"));
+    }
 }

@@ -9,6 +9,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
 
 pub type Labels = Vec<(&'static str, String)>;
 
@@ -87,6 +88,9 @@ pub struct Metrics {
     /// `did-not-wake`, `in-use` (not sent: the PC is up on its own OS), `closed` (not sent:
     /// outside its window). The rate of `woke` to `sent` tells which rooms' BIOSes to fix.
     pub wakes: Family<Labels, Counter>,
+    /// Seconds the PCs were lent to the cluster, by group and what: `enlisted` (node OS up)
+    /// and `jobs` (of that, running jobs). Their ratio is how much of the lent time was used.
+    pub lent_seconds: Family<Labels, Counter<f64, AtomicU64>>,
     /// Packets to the cluster's ports on the head (slurmctld, the home, srun) from hosts that
     /// are no enlisted node, dropped by its firewall (read from nftables every few seconds).
     pub cluster_refused: Gauge,
@@ -196,6 +200,12 @@ impl Metrics {
                 &mut r,
                 "wakes",
                 "Wake-on-LAN for work, by group and outcome (sent, woke, did-not-wake, in-use, closed)",
+                Family::default(),
+            ),
+            lent_seconds: add(
+                &mut r,
+                "lent_seconds",
+                "Seconds the PCs were lent to the cluster, by group and what (enlisted, jobs)",
                 Family::default(),
             ),
             cluster_refused: add(

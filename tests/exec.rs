@@ -83,6 +83,39 @@ fn exec_runs_on_every_node_folds_times_out_cuts_and_reports_a_dead_pc() {
         out(&identical)
     );
 
+    // Host lists as clush and scontrol take them: both put in a group by one host list,
+    // then that group less one node.
+    let names: Vec<String> = macs.iter().map(|m| lab.node_name(m)).collect();
+    let both = names.join(",");
+    let o = lab.enlist(
+        &root().join("target/release/enlist"),
+        &["node", "group", &both, "room7"],
+    );
+    assert!(o.status.success(), "{}{}", out(&o), err(&o));
+    assert_eq!(out(&o).matches(": group room7").count(), 2, "{}", out(&o));
+    let o = exec(
+        &lab,
+        &["-w", "@room7", "-x", &names[0], "--", "echo", "here"],
+    );
+    assert!(o.status.success(), "{}{}", out(&o), err(&o));
+    assert!(
+        out(&o).contains(&names[1]) && !out(&o).contains(&names[0]),
+        "only {}: {}",
+        names[1],
+        out(&o)
+    );
+    let o = exec(&lab, &["--json", "-w", &names[1], "--", "echo", "here"]);
+    let v: serde_json::Value = serde_json::from_str(&out(&o)).unwrap_or_default();
+    assert_eq!(v["results"][0]["node"], names[1].as_str(), "{}", out(&o));
+    assert_eq!(v["results"][0]["output"], "here\n", "{}", out(&o));
+    assert_eq!(v["results"][0]["exit"], 0, "{}", out(&o));
+    let o = exec(&lab, &["-a", "-x", "@room7", "--", "true"]);
+    assert!(
+        !o.status.success() && err(&o).contains("selects no node"),
+        "{}",
+        err(&o)
+    );
+
     // -S: the largest exit code; without it, success.
     let o = exec(&lab, &["--all", "-S", "--", "sh -c 'exit 3'"]);
     assert_eq!(o.status.code(), Some(3), "{}", err(&o));

@@ -204,13 +204,26 @@ fn a_discover_through_an_unlisted_relay_is_dropped() {
     let x = host(&lab, "x", "02:00:00:00:00:0c");
     let mut m = discover([2, 0, 0, 0, 0, 0x0c]);
     m.set_giaddr(Ipv4Addr::new(10, 77, 0, 66));
-    let replies = exchange(&x, vec![encode(&m)], Duration::from_secs(1));
+    let replies = exchange(&x, vec![encode(&m); 3], Duration::from_secs(1));
     check(&lab, replies.is_empty(), "no OFFER for a foreign giaddr");
     check(
         &lab,
-        lab.metric("enlist_dhcp_dropped_total{reason=\"unknown-relay\"}") == 1.0,
+        lab.metric("enlist_dhcp_dropped_total{reason=\"unknown-relay\"}") == 3.0,
         "counted as unknown-relay",
     );
+    // The admin hears of it once, with the fix (an upgrade must not leave a room dark
+    // with DEBUG lines only).
+    let log = lab.head_log();
+    let warned = log
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("relayed by 10.77.0.66"))
+        .count();
+    check(
+        &lab,
+        warned == 1,
+        &format!("one WARN naming the relay, {warned} in the log"),
+    );
+    check(&lab, log.contains("`relays`"), "the WARN says the fix");
     still_serves_dhcp(&lab);
 }
 

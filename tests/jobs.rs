@@ -126,8 +126,7 @@ fn fail(lab: &Lab, what: &str) -> ! {
 fn wait_idle(lab: &Lab, n: usize, limit: Duration) {
     let until = Instant::now() + limit;
     loop {
-        let o = slurm(lab, "sinfo", &["-h", "-N", "-t", "idle", "-o", "%N"]);
-        let idle = String::from_utf8_lossy(&o.stdout).lines().count();
+        let idle = lab.slurm_idle();
         if idle >= n {
             return;
         }
@@ -1109,33 +1108,20 @@ fn sinfo_states(lab: &Lab) -> std::collections::HashMap<String, String> {
 /// Wait until every node of `names` is asleep in Slurm (powered down; `sinfo` shows `idle~`,
 /// or `maint` inside the closed time's reservation).
 fn wait_asleep(lab: &Lab, names: &[String], limit: Duration) {
-    let until = Instant::now() + limit;
-    loop {
+    let r = lab.wait_for(limit, "all asleep", || {
+        let asleep = lab.slurm_asleep();
+        names.iter().all(|n| asleep.contains(n))
+    });
+    if let Err(e) = r {
         let show = must(lab, "scontrol", &["show", "node", "-o"]);
-        let asleep = |n: &String| {
-            show.lines()
-                .any(|l| l.starts_with(&format!("NodeName={n} ")) && l.contains("POWERED_DOWN"))
-        };
-        if names.iter().all(asleep) {
-            return;
-        }
-        if Instant::now() > until {
-            fail(lab, &format!("not all asleep after {limit:?}: {show}"));
-        }
-        std::thread::sleep(Duration::from_secs(2));
+        fail(lab, &format!("{e}: {show}"));
     }
 }
 
-/// A released PC boots its own disk: when the head has answered it so `count` times, its
-/// owner switches it off (the lab's PC has no disk to boot).
-fn wait_own_disk_then_off(lab: &mut Lab, i: usize, count: usize) {
-    let mac = lab.pcs[i].mac.clone();
-    let r = lab.wait_for(BOOT_LIMIT, "local disk boot answer", || {
-        events(lab, &mac)
-            .matches("answered with local disk boot")
-            .count()
-            >= count
-    });
+/// A released PC boots its own disk: once the head has answered it so, its owner switches it
+/// off (the lab's PC has no disk to boot).
+fn wait_own_disk_then_off(lab: &mut Lab, i: usize) {
+    let r = lab.wait_for(BOOT_LIMIT, "local disk boot answer", || lab.sent_home(i));
     if let Err(e) = r {
         fail(lab, &e);
     }
@@ -1151,15 +1137,11 @@ fn power_buttons(
     what: &str,
     done: impl Fn(&Lab) -> bool,
 ) {
-    let mut pressed: Vec<usize> = lab.pcs.iter().map(|p| watch.packets_for(&p.mac)).collect();
+    let mut buttons = enlist_lab::wol::PowerButtons::new(lab, watch);
     let until = Instant::now() + limit;
     while !done(lab) {
-        for (i, seen) in pressed.iter_mut().enumerate() {
-            let n = watch.packets_for(&lab.pcs[i].mac);
-            if n > *seen && !ignore.contains(&i) {
-                lab.pcs[i].power_cycle().unwrap_or_else(|e| fail(lab, &e));
-            }
-            *seen = n;
+        if let Err(e) = buttons.press(lab, watch, ignore) {
+            fail(lab, &e);
         }
         if Instant::now() > until {
             fail(lab, &format!("{what}: not within {limit:?}"));
@@ -1223,13 +1205,13 @@ fn slurm_wakes_asleep_pcs_for_work_inside_the_window_and_releases_them_when_idle
     let out = lab.enlist(&enlist, &["schedule", "run-now", "night"]);
     assert!(out.status.success(), "{}", text(&out));
     for i in 0..3 {
-        wait_own_disk_then_off(&mut lab, i, 1);
+        wait_own_disk_then_off(&mut lab, i);
     }
     wait_asleep(&lab, &names, Duration::from_secs(120));
     let job = submit(
         &lab,
         &["-N2", "--time=2"],
-        "echo $SLURM_JOB_NODELIST > woken.out",
+        "sleep 15; echo $SLURM_JOB_NODELIST > woken.out",
     );
     std::thread::sleep(Duration::from_secs(15));
     let reason = job_field(&lab, &job, "%R");
@@ -1268,8 +1250,28 @@ fn slurm_wakes_asleep_pcs_for_work_inside_the_window_and_releases_them_when_idle
     let mut out = enlist::hostlist::expand(&home_file(&lab, "woken.out")).unwrap_or_default();
     out.sort();
     assert_eq!(out, ran, "the job ran on the two woken nodes");
+    // What they lent: time enlisted, of it time running the job; by node and by group.
     for &i in &woken {
-        wait_own_disk_then_off(&mut lab, i, 2);
+        let v = lab
+            .curl(&format!("/api/v1/nodes/{}", macs[i]))
+            .unwrap_or_default();
+        let (enlisted, jobs) = (&v["node"]["enlisted_secs"], &v["node"]["job_secs"]);
+        assert!(
+            jobs.as_u64() >= Some(5) && enlisted.as_u64() > jobs.as_u64(),
+            "{v}"
+        );
+    }
+    let groups = lab.curl("/api/v1/nodes").unwrap_or_default()["groups"].clone();
+    assert_eq!(groups[0]["group"], "night", "{groups}");
+    assert!(groups[0]["job_secs"].as_u64() >= Some(10), "{groups}");
+    assert!(lab.metric("enlist_lent_seconds_total{group=\"night\",what=\"jobs\"}") >= 10.0);
+    let long = text(&lab.enlist(&enlist, &["nodes", "--long"]));
+    assert!(
+        long.contains("Lent, by group") && long.contains("ON JOBS"),
+        "{long}"
+    );
+    for &i in &woken {
+        wait_own_disk_then_off(&mut lab, i);
     }
     wait_asleep(&lab, &names, Duration::from_secs(120));
     let st = sinfo_states(&lab);
@@ -1336,6 +1338,26 @@ fn slurm_wakes_asleep_pcs_for_work_inside_the_window_and_releases_them_when_idle
             "enlist_wakes_total{{group=\"night\",outcome=\"{outcome}\"}}"
         ));
         assert!(n >= least, "{outcome}: {n}");
+    }
+
+    // The window closes and opens again: the held-out nodes are back in service, asleep
+    // until work comes.
+    drop(owner);
+    for _ in 0..2 {
+        let out = lab.enlist(&enlist, &["schedule", "run-now", "night"]);
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    let r = lab.wait_for(Duration::from_secs(180), "held-out nodes restored", || {
+        let held = must(&lab, "sinfo", &["-h", "-R", "-o", "%n %E"]);
+        let st = sinfo_states(&lab);
+        held.trim().is_empty()
+            && names
+                .iter()
+                .all(|n| st.get(n).is_some_and(|s| s == "idle~"))
+    });
+    if let Err(e) = r {
+        let held = must(&lab, "sinfo", &["-h", "-R", "-o", "%n %E"]);
+        fail(&lab, &format!("{e}: {held} {:?}", sinfo_states(&lab)));
     }
 }
 

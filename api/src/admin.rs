@@ -204,6 +204,12 @@ pub struct NodeView {
     pub wakes_tried: u32,
     #[serde(default)]
     pub wakes_woke: u32,
+    /// What the PC was lent to the cluster: seconds enlisted (its node OS up and serving:
+    /// registered, healthy or draining), and of those seconds running jobs.
+    #[serde(default)]
+    pub enlisted_secs: u64,
+    #[serde(default)]
+    pub job_secs: u64,
 }
 
 /// A node as the scheduler (Slurm) sees it.
@@ -246,6 +252,48 @@ pub struct SchedTotals {
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct NodeList {
     pub nodes: Vec<NodeView>,
+    /// What each group (room) lent, summed over its nodes.
+    #[serde(default)]
+    pub groups: Vec<GroupLent>,
+}
+
+impl NodeList {
+    /// The list of `nodes` with their groups' totals.
+    pub fn of(nodes: Vec<NodeView>) -> NodeList {
+        let groups = GroupLent::totals(&nodes);
+        NodeList { nodes, groups }
+    }
+}
+
+/// What one group's PCs lent to the cluster, summed over the nodes it holds now.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct GroupLent {
+    pub group: String,
+    pub nodes: u32,
+    pub enlisted_secs: u64,
+    pub job_secs: u64,
+    pub wakes_tried: u32,
+    pub wakes_woke: u32,
+}
+
+impl GroupLent {
+    /// One total per group of `nodes`, by group name.
+    pub fn totals(nodes: &[NodeView]) -> Vec<GroupLent> {
+        let mut by: std::collections::BTreeMap<&str, GroupLent> = Default::default();
+        for n in nodes {
+            let g = by.entry(&n.group).or_insert_with(|| GroupLent {
+                group: n.group.clone(),
+                ..GroupLent::default()
+            });
+            g.nodes += 1;
+            g.enlisted_secs += n.enlisted_secs;
+            g.job_secs += n.job_secs;
+            g.wakes_tried += n.wakes_tried;
+            g.wakes_woke += n.wakes_woke;
+        }
+        by.into_values().collect()
+    }
 }
 
 /// Something that happened to a node, from its history.

@@ -1,6 +1,6 @@
 //! `enlist admin ...`: the admin password, backups of the database.
 
-use std::io::BufRead;
+use std::io::{BufRead, IsTerminal};
 use std::path::Path;
 
 use anyhow::Context;
@@ -54,14 +54,12 @@ pub fn run(config: &Path, cmd: AdminCmd) -> anyhow::Result<()> {
                 println!("{p}");
                 p
             } else {
-                eprintln!("new admin password (one line on stdin):");
-                let mut line = String::new();
-                std::io::stdin()
-                    .lock()
-                    .read_line(&mut line)
-                    .context("reading the password")?;
-                let p = line.trim_end_matches(['\r', '\n']).to_string();
+                let p = read_secret("new admin password: ")?;
                 anyhow::ensure!(p.len() >= 8, "the password must have at least 8 characters");
+                if std::io::stdin().is_terminal() {
+                    let again = read_secret("again: ")?;
+                    anyhow::ensure!(again == p, "the two passwords differ; nothing changed");
+                }
                 p
             };
             enlist::http::auth::set_password(&store, &password)?;
@@ -69,4 +67,29 @@ pub fn run(config: &Path, cmd: AdminCmd) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// One line from stdin; from a terminal, typed without echo (as passwd(1) reads it).
+fn read_secret(prompt: &str) -> anyhow::Result<String> {
+    use nix::sys::termios::{tcgetattr, tcsetattr, LocalFlags, SetArg};
+    let stdin = std::io::stdin();
+    let saved = if stdin.is_terminal() {
+        eprint!("{prompt}");
+        let t = tcgetattr(&stdin).context("reading the terminal's settings")?;
+        let mut quiet = t.clone();
+        quiet.local_flags.remove(LocalFlags::ECHO);
+        tcsetattr(&stdin, SetArg::TCSANOW, &quiet).context("turning echo off")?;
+        Some(t)
+    } else {
+        eprintln!("{prompt}(one line on stdin)");
+        None
+    };
+    let mut line = String::new();
+    let read = stdin.lock().read_line(&mut line);
+    if let Some(t) = saved {
+        let _ = tcsetattr(&stdin, SetArg::TCSANOW, &t);
+        eprintln!();
+    }
+    read.context("reading the password")?;
+    Ok(line.trim_end_matches(['\r', '\n']).to_string())
 }

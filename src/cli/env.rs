@@ -16,7 +16,10 @@ pub enum EnvCmd {
         arch: Option<String>,
     },
     /// The published environments and their versions (which is current, the packages asked).
-    List,
+    List {
+        #[arg(long)]
+        json: bool,
+    },
     /// Make the version built before the current one of ARCH current again (for nodes that
     /// join from then on).
     Rollback { arch: String },
@@ -48,7 +51,7 @@ pub fn run(config: &Path, cmd: EnvCmd) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        EnvCmd::List => list(&store),
+        EnvCmd::List { json } => list(&store, json),
         EnvCmd::Rollback { arch } => {
             let (from, to) = store.rollback(&arch)?;
             println!("env {arch}: current {from} -> {to} (for nodes that join from now on)");
@@ -57,33 +60,58 @@ pub fn run(config: &Path, cmd: EnvCmd) -> anyhow::Result<()> {
     }
 }
 
-fn list(store: &ImageStore) -> anyhow::Result<()> {
-    let arches = store.names()?;
-    if arches.is_empty() {
+/// One built version of a job environment, as `env list --json` gives it.
+#[derive(serde::Serialize)]
+struct EnvVersion {
+    arch: String,
+    version: String,
+    current: bool,
+    /// Packages installed, and those the recipe asked for.
+    installed: usize,
+    asked: Vec<String>,
+}
+
+fn list(store: &ImageStore, json: bool) -> anyhow::Result<()> {
+    let mut all = vec![];
+    for arch in store.names()? {
+        let current = store.current(&arch).unwrap_or_default();
+        for (version, _) in store.versions(&arch)?.into_iter().rev() {
+            let m = store
+                .manifest::<enlist::env::Manifest>(&arch, &version)
+                .ok()
+                .flatten();
+            all.push(EnvVersion {
+                arch: arch.clone(),
+                current: version == current,
+                version,
+                installed: m.as_ref().map_or(0, |m| m.installed.len()),
+                asked: m.map(|m| m.asked).unwrap_or_default(),
+            });
+        }
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&all)?);
+        return Ok(());
+    }
+    if all.is_empty() {
         println!(
             "no job environment is built in {} (enlist env build images/env.yaml); jobs run in the node OS",
             store.dir().display()
         );
     }
-    for arch in arches {
-        let current = store.current(&arch).unwrap_or_default();
-        println!("{arch}");
-        for (version, _) in store.versions(&arch)?.into_iter().rev() {
-            let asked = store
-                .manifest::<enlist::env::Manifest>(&arch, &version)
-                .ok()
-                .flatten()
-                .map(|m| {
-                    format!(
-                        "{} packages; asked: {}",
-                        m.installed.len(),
-                        m.asked.join(" ")
-                    )
-                })
-                .unwrap_or_default();
-            let mark = if version == current { "current" } else { "" };
-            println!("  {version:<16} {mark:<8} {asked}");
+    let mut last = "";
+    for v in &all {
+        if v.arch != last {
+            println!("{}", v.arch);
+            last = &v.arch;
         }
+        let mark = if v.current { "current" } else { "" };
+        println!(
+            "  {:<16} {mark:<8} {} packages; asked: {}",
+            v.version,
+            v.installed,
+            v.asked.join(" ")
+        );
     }
     Ok(())
 }

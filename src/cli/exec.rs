@@ -19,7 +19,7 @@ use super::client::head;
 
 #[derive(Args)]
 pub struct ExecArgs {
-    /// Nodes by name or host list: `node-[01-20],lab-pc-7`.
+    /// Nodes by name or host list: `node-[01-20],lab-pc-7`, `@group` too.
     #[arg(long, short = 'w', conflicts_with_all = ["group", "all"])]
     nodes: Option<String>,
     /// The nodes of a group.
@@ -28,6 +28,9 @@ pub struct ExecArgs {
     /// Every node that is up.
     #[arg(long, short = 'a')]
     all: bool,
+    /// Leave these nodes out (a host list, `@group` too).
+    #[arg(long, short = 'x')]
+    exclude: Option<String>,
     /// Nodes running the command at once at most.
     #[arg(long, short = 'f', default_value_t = DEFAULT_FANOUT)]
     fanout: usize,
@@ -40,6 +43,10 @@ pub struct ExecArgs {
     /// Exit with the largest of the nodes' exit codes.
     #[arg(short = 'S')]
     maxrc: bool,
+    /// Print the run as JSON once it has ended (each node's output, exit code or signal,
+    /// or why it was unreachable), instead of the lines as they come.
+    #[arg(long, conflicts_with = "fold")]
+    json: bool,
     /// The command (run by /bin/sh -c on each node, as root).
     #[arg(last = true, required = true)]
     command: Vec<String>,
@@ -100,22 +107,58 @@ fn printable(s: &str) -> String {
     out
 }
 
+/// With `-x`, or a `@group` in `-w`, the selection is made here and the head is sent the
+/// names; otherwise the head selects (`-w`, `-g`, `-a` as they are).
+fn narrowed(h: &super::client::Head, a: &ExecArgs) -> anyhow::Result<Option<String>> {
+    let groups_in_w = a.nodes.as_deref().is_some_and(|w| w.contains('@'));
+    if a.exclude.is_none() && !groups_in_w {
+        return Ok(None);
+    }
+    let spec = match (&a.nodes, &a.group) {
+        (Some(w), _) => w.clone(),
+        (None, Some(g)) => format!("@{g}"),
+        (None, None) if a.all => {
+            let enlist_api::admin::NodeList { nodes, .. } = h.get("/api/v1/nodes")?;
+            let up: Vec<String> = nodes
+                .into_iter()
+                .filter(|n| n.online)
+                .map(|n| n.name)
+                .collect();
+            anyhow::ensure!(!up.is_empty(), "no node is up");
+            enlist::hostlist::fold(&up)
+        }
+        (None, None) => anyhow::bail!("name the nodes: -w, -g or -a"),
+    };
+    let names = super::nodes::selected(h, &spec, a.exclude.as_deref())?;
+    Ok(Some(enlist::hostlist::fold(&names)))
+}
+
 pub fn run(config: &Path, a: ExecArgs) -> anyhow::Result<i32> {
     let h = head(config)?;
-    let request = ExecRequest {
-        command: a.command.join(" "),
-        timeout_secs: Some(a.timeout),
-        nodes: a.nodes,
-        group: a.group,
-        all: a.all,
-        fanout: Some(a.fanout),
+    let request = match narrowed(&h, &a)? {
+        Some(names) => ExecRequest {
+            command: a.command.join(" "),
+            timeout_secs: Some(a.timeout),
+            nodes: Some(names),
+            group: None,
+            all: false,
+            fanout: Some(a.fanout),
+        },
+        None => ExecRequest {
+            command: a.command.join(" "),
+            timeout_secs: Some(a.timeout),
+            nodes: a.nodes.clone(),
+            group: a.group.clone(),
+            all: a.all,
+            fanout: Some(a.fanout),
+        },
     };
     let started: ExecStarted = h.post("/api/v1/exec", Some(&request))?;
     // Per node: bytes of its output printed so far, and whether it has ended.
     let mut printed: BTreeMap<String, (usize, bool)> = BTreeMap::new();
     let view = loop {
         let v: RunView = h.get(&format!("/api/v1/exec/{}", started.id))?;
-        if !a.fold {
+        if !a.fold && !a.json {
             for r in &v.results {
                 let seen = printed.entry(r.node.clone()).or_default();
                 if !seen.1 {
@@ -133,7 +176,9 @@ pub fn run(config: &Path, a: ExecArgs) -> anyhow::Result<i32> {
         .iter()
         .map(|r| (r.node.clone(), Answer::from(r)))
         .collect();
-    if a.fold {
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&view)?);
+    } else if a.fold {
         print_folded(&answers);
     }
     let rc = answers.iter().map(|(_, a)| a.0.code()).max().unwrap_or(0);

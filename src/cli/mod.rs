@@ -32,6 +32,14 @@ pub fn check_config(path: &Path) -> anyhow::Result<()> {
             .into_iter()
             .map(anyhow::Error::from),
     );
+    // Warnings: the file is valid, but part of it cannot work on this machine as it is.
+    for (i, why) in enlist::dhcp::unreachable_here(&cfg) {
+        let at = cfg.error_at(enlist::config::Invalid::new(
+            format!("dhcp.subnets[{i}]"),
+            why,
+        ));
+        eprintln!("enlist: warning: {at}");
+    }
     let mut problems = problems.into_iter();
     let Some(first) = problems.next() else {
         println!("{}: ok", path.display());

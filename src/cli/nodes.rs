@@ -3,33 +3,47 @@
 
 use std::path::Path;
 
-use clap::Subcommand;
+use clap::{Args, Subcommand};
 use enlist_api::admin::{
-    Enrollment, EnrollmentRequest, NodeAction, NodeDetail, NodeList, NodeView, PowerAnswer,
-    PowerRequest, Rotation,
+    Enrollment, EnrollmentRequest, GroupLent, NodeAction, NodeDetail, NodeList, NodeView,
+    PowerAnswer, PowerRequest, Rotation,
 };
 
 use super::client::{head, Head};
 
+/// The nodes an action is for.
+#[derive(Args)]
+pub struct Target {
+    /// Node names or MACs, a host list (`node-[01-40],lab-pc-7`) or groups (`@room-101`).
+    nodes: String,
+    /// Leave these out (a host list, `@group` too).
+    #[arg(long, short = 'x')]
+    exclude: Option<String>,
+}
+
 #[derive(Subcommand)]
 pub enum NodeCmd {
-    /// Hand the PC back to its own disk (its agent reboots it).
-    Release { node: String },
-    /// Reboot the node into the node OS again.
-    Reboot { node: String },
-    /// Let a pending node join.
-    Approve { node: String },
-    /// Enlist a released node again.
-    Enlist { node: String },
-    /// Power the PC off.
-    PowerOff { node: String },
-    /// Wake the PC (Wake-on-LAN magic packet; its BIOS must allow it).
-    Wake { node: String },
-    /// Make Slurm forget a node that is not up (one that joined once stays known, asleep,
-    /// to be woken for work): for a PC gone for good.
-    Forget { node: String },
-    /// Put the node in a group (`enlist exec -g`, `enlist wake --group`).
-    Group { node: String, group: String },
+    /// Hand the PCs back to their own disks (their agents reboot them).
+    Release(Target),
+    /// Reboot the nodes into the node OS again.
+    Reboot(Target),
+    /// Let pending nodes join.
+    Approve(Target),
+    /// Enlist released nodes again.
+    Enlist(Target),
+    /// Power the PCs off.
+    PowerOff(Target),
+    /// Wake the PCs (Wake-on-LAN magic packet; their BIOS must allow it).
+    Wake(Target),
+    /// Make Slurm forget nodes that are not up (one that joined once stays known, asleep,
+    /// to be woken for work): for PCs gone for good.
+    Forget(Target),
+    /// Put the nodes in a group (`enlist exec -g`, `enlist wake --group`).
+    Group {
+        #[command(flatten)]
+        target: Target,
+        group: String,
+    },
     /// Show one node and its event history.
     Show { node: String },
 }
@@ -53,26 +67,86 @@ fn sched(n: &NodeView) -> String {
     or_dash(n.jobs.as_deref()).chars().take(18).collect()
 }
 
-pub fn list(config: &Path, json: bool) -> anyhow::Result<()> {
+pub fn list(config: &Path, json: bool, long: bool) -> anyhow::Result<()> {
     let h = head(config)?;
-    let NodeList { nodes } = h.get("/api/v1/nodes")?;
+    let NodeList { nodes, groups } = h.get("/api/v1/nodes")?;
     if json {
         println!("{}", serde_json::to_string_pretty(&nodes)?);
         return Ok(());
     }
+    print_table(&nodes, long);
+    let problems = problems(&nodes);
+    if !problems.is_empty() {
+        println!("\nNot joined, and why:\n{problems}");
+    }
+    let held = held_out(&nodes);
+    if !held.is_empty() {
+        println!("\nHeld out of the jobs, and why:\n{held}");
+    }
+    if long {
+        println!("\nLent, by group:\n{}", lent_by_group(&groups));
+    }
+    Ok(())
+}
+
+/// A time lent, as the tables show it: hours and minutes (`125:07`).
+fn hours(secs: u64) -> String {
+    format!("{}:{:02}", secs / 3600, secs % 3600 / 60)
+}
+
+/// What each group lent: hours enlisted, hours running jobs (and the share), wakes.
+fn lent_by_group(groups: &[GroupLent]) -> String {
+    let mut out = format!(
+        "  {:<16} {:>5} {:>10} {:>10} {:>6} {:>8}\n",
+        "GROUP", "NODES", "ENLISTED", "ON JOBS", "USED", "WOKE"
+    );
+    for g in groups {
+        let used = match g.enlisted_secs {
+            0 => "-".to_string(),
+            e => format!("{:.0}%", 100.0 * g.job_secs as f64 / e as f64),
+        };
+        let woke = match g.wakes_tried {
+            0 => "-".to_string(),
+            t => format!("{}/{t}", g.wakes_woke),
+        };
+        out.push_str(&format!(
+            "  {:<16} {:>5} {:>10} {:>10} {:>6} {:>8}\n",
+            g.group,
+            g.nodes,
+            hours(g.enlisted_secs),
+            hours(g.job_secs),
+            used,
+            woke
+        ));
+    }
+    out
+}
+
+/// One line per node (with `long`, what it lent too).
+fn print_table(nodes: &[NodeView], long: bool) {
+    let lent_head = if long {
+        format!(" {:>10} {:>7}", "ENLISTED", "ON JOBS")
+    } else {
+        String::new()
+    };
     println!(
-        "{:<16} {:<18} {:<15} {:<11} {:<18} {:<28} {:>7} {:>6} {:>6}",
+        "{:<16} {:<18} {:<15} {:<11} {:<18} {:<28} {:>7} {:>6} {:>6}{lent_head}",
         "NAME", "MAC", "IP", "STATE", "JOBS", "CPU", "RAM MB", "LOAD", "WOKE"
     );
-    for n in &nodes {
+    for n in nodes {
         let cpu: String = or_dash(n.info.as_ref().map(|i| &i.cpu_model))
             .chars()
             .take(28)
             .collect();
         let ram = or_dash(n.info.as_ref().map(|i| i.mem_total_kb / 1024));
         let load = or_dash(n.heartbeat.as_ref().map(|h| format!("{:.2}", h.load1)));
+        let lent = if long {
+            format!(" {:>10} {:>7}", hours(n.enlisted_secs), hours(n.job_secs))
+        } else {
+            String::new()
+        };
         println!(
-            "{:<16} {:<18} {:<15} {:<11} {:<18} {:<28} {:>7} {:>6} {:>6}",
+            "{:<16} {:<18} {:<15} {:<11} {:<18} {:<28} {:>7} {:>6} {:>6}{lent}",
             n.name,
             n.mac.to_string(),
             or_dash(n.ip),
@@ -84,15 +158,6 @@ pub fn list(config: &Path, json: bool) -> anyhow::Result<()> {
             woke(n)
         );
     }
-    let problems = problems(&nodes);
-    if !problems.is_empty() {
-        println!("\nNot joined, and why:\n{problems}");
-    }
-    let held = held_out(&nodes);
-    if !held.is_empty() {
-        println!("\nHeld out of the jobs, and why:\n{held}");
-    }
-    Ok(())
 }
 
 /// Wake-on-LAN success: `woke/tried` (`-` if never woken for work).
@@ -125,27 +190,57 @@ fn problems(nodes: &[NodeView]) -> String {
 
 pub fn act(config: &Path, cmd: NodeCmd) -> anyhow::Result<()> {
     let h = head(config)?;
-    let (node, action) = match cmd {
-        NodeCmd::Release { node } => (node, NodeAction::Release),
-        NodeCmd::Reboot { node } => (node, NodeAction::Reboot),
-        NodeCmd::Approve { node } => (node, NodeAction::Approve),
-        NodeCmd::Enlist { node } => (node, NodeAction::Enlist),
-        NodeCmd::PowerOff { node } => (node, NodeAction::PowerOff),
-        NodeCmd::Wake { node } => (node, NodeAction::Wake),
-        NodeCmd::Forget { node } => (node, NodeAction::Forget),
-        NodeCmd::Group { node, group } => (node, NodeAction::Group(group)),
+    let (target, action) = match cmd {
+        NodeCmd::Release(t) => (t, NodeAction::Release),
+        NodeCmd::Reboot(t) => (t, NodeAction::Reboot),
+        NodeCmd::Approve(t) => (t, NodeAction::Approve),
+        NodeCmd::Enlist(t) => (t, NodeAction::Enlist),
+        NodeCmd::PowerOff(t) => (t, NodeAction::PowerOff),
+        NodeCmd::Wake(t) => (t, NodeAction::Wake),
+        NodeCmd::Forget(t) => (t, NodeAction::Forget),
+        NodeCmd::Group { target, group } => (target, NodeAction::Group(group)),
         NodeCmd::Show { node } => {
             let d: NodeDetail = h.get(&format!("/api/v1/nodes/{node}"))?;
             println!("{}", serde_json::to_string_pretty(&d)?);
             return Ok(());
         }
     };
-    let v = send(&h, &node, &action)?;
-    match action {
-        NodeAction::Group(_) => println!("{}: group {}", v.name, v.group),
-        a => println!("{}: {} sent; state {}", v.name, a.name(), v.state),
+    let names = selected(&h, &target.nodes, target.exclude.as_deref())?;
+    let mut failed = 0;
+    for name in &names {
+        match send(&h, name, &action) {
+            Ok(v) => match &action {
+                NodeAction::Group(_) => println!("{}: group {}", v.name, v.group),
+                a => println!("{}: {} sent; state {}", v.name, a.name(), v.state),
+            },
+            Err(e) => {
+                eprintln!("enlist: {name}: {e:#}");
+                failed += 1;
+            }
+        }
     }
+    anyhow::ensure!(
+        failed == 0,
+        "{} failed on {failed} of {} node(s)",
+        action.name(),
+        names.len()
+    );
     Ok(())
+}
+
+/// The names a selection (`node-[01-40]`, `@group`, minus `exclude`) stands for; asks the
+/// head for its nodes' groups only when a group is named. An empty selection is an error.
+pub(super) fn selected(h: &Head, spec: &str, exclude: Option<&str>) -> anyhow::Result<Vec<String>> {
+    let needs_groups = spec.contains('@') || exclude.is_some_and(|x| x.contains('@'));
+    let nodes: Vec<(String, String)> = if needs_groups {
+        let NodeList { nodes, .. } = h.get("/api/v1/nodes")?;
+        nodes.into_iter().map(|n| (n.name, n.group)).collect()
+    } else {
+        vec![]
+    };
+    let names = enlist::hostlist::select(spec, exclude, &nodes)?;
+    anyhow::ensure!(!names.is_empty(), "{spec:?} selects no node");
+    Ok(names)
 }
 
 /// Send `action` to `node`; the node as it is then.
@@ -239,7 +334,7 @@ pub fn wake(config: &Path, node: Option<String>, group: Option<String>) -> anyho
     let names: Vec<String> = match (node, group) {
         (Some(n), None) => vec![n],
         (None, Some(g)) => {
-            let NodeList { nodes } = h.get("/api/v1/nodes")?;
+            let NodeList { nodes, .. } = h.get("/api/v1/nodes")?;
             let names: Vec<String> = nodes
                 .into_iter()
                 .filter(|n| n.group == g)

@@ -11,7 +11,10 @@ use super::client::head;
 #[derive(Subcommand)]
 pub enum ScheduleCmd {
     /// Each scheduled group: enlisted or released, since when, and the next change.
-    List,
+    List {
+        #[arg(long)]
+        json: bool,
+    },
     /// The group's next scheduled change does not happen.
     Skip { group: String },
     /// Undo a skip: the group's next change happens as scheduled.
@@ -23,9 +26,13 @@ pub enum ScheduleCmd {
 
 pub fn run(config: &Path, cmd: Option<ScheduleCmd>) -> anyhow::Result<()> {
     let h = head(config)?;
-    let (group, action) = match cmd.unwrap_or(ScheduleCmd::List) {
-        ScheduleCmd::List => {
+    let (group, action) = match cmd.unwrap_or(ScheduleCmd::List { json: false }) {
+        ScheduleCmd::List { json } => {
             let ScheduleList { schedules } = h.get("/api/v1/schedules")?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&schedules)?);
+                return Ok(());
+            }
             if schedules.is_empty() {
                 println!("no schedules: see schedules: in the config");
             }

@@ -92,7 +92,13 @@ pub struct Handler {
     pruned: AtomicI64,
     /// Addresses offered and not yet requested, in memory (offers are not leases).
     holds: Mutex<OfferHolds>,
+    /// Relay addresses already warned about (no subnet lists them): each is said once at
+    /// WARN, the packets after at DEBUG like every drop. At most [`WARNED_RELAYS`].
+    warned_relays: Mutex<HashSet<Ipv4Addr>>,
 }
+
+/// Unknown relays warned about at most (a forged giaddr per packet must not fill the log).
+const WARNED_RELAYS: usize = 16;
 
 /// What a request is answered from: its subnet, the client's reservation, the pool.
 struct Lease<'a> {
@@ -131,6 +137,7 @@ impl Handler {
             reserved,
             pruned: AtomicI64::new(0),
             holds: Mutex::new(OfferHolds::new(cap)),
+            warned_relays: Mutex::new(HashSet::new()),
         }
     }
 
@@ -235,10 +242,24 @@ impl Handler {
                 .find(|s| s.subnet.contains(&at.iface_addr))
                 .ok_or("no-subnet-for-client");
         }
-        subnets
-            .iter()
-            .find(|s| s.relays.contains(&giaddr))
-            .ok_or("unknown-relay")
+        let found = subnets.iter().find(|s| s.relays.contains(&giaddr));
+        if found.is_none() {
+            self.warn_unknown_relay(giaddr);
+        }
+        found.ok_or("unknown-relay")
+    }
+
+    /// Say once, at WARN, that a relay's requests go unanswered and what fixes it: an
+    /// upgrade from a release that answered any relay leaves a room dark otherwise.
+    fn warn_unknown_relay(&self, giaddr: Ipv4Addr) {
+        let mut warned = self.warned_relays.lock().unwrap_or_else(|p| p.into_inner());
+        if warned.len() < WARNED_RELAYS && warned.insert(giaddr) {
+            tracing::warn!(
+                relay = %giaddr,
+                "dhcp: requests relayed by {giaddr} are not answered: no subnet lists it in \
+                 `relays` (add it to the subnet of the room behind it; said once per relay)"
+            );
+        }
     }
 
     fn full(
@@ -425,6 +446,11 @@ impl Handler {
     /// proxyDHCP (PXE spec 2.1): boot information only, never an address, PXE clients only.
     fn proxy(&self, seen: &mut Seen, at: &Arrival, msg: &Message, client: &ClientInfo) -> Outcome {
         if !client.is_pxe() {
+            // Not ours to answer, but the registry hears of it: a PC whose own OS is up.
+            let asked = client
+                .requested_ip
+                .or_else(|| Some(msg.ciaddr()).filter(|ip| !ip.is_unspecified()));
+            seen.push((client.clone(), asked, relay_or(msg, at.iface_addr)));
             return Outcome::Drop("proxy-not-pxe-client");
         }
         let mtype = match (at.port, client.msg_type) {

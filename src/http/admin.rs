@@ -164,7 +164,7 @@ pub(super) async fn blocking<T: Send + 'static>(
 async fn nodes(State(s): State<Shared>, _v: Viewer) -> Response {
     let reg = s.registry.clone();
     match blocking(move || reg.views()).await {
-        Ok(nodes) => Json(NodeList { nodes }).into_response(),
+        Ok(nodes) => Json(NodeList::of(nodes)).into_response(),
         Err(r) => r,
     }
 }

@@ -382,8 +382,10 @@ impl Registry {
         via: Ipv4Addr,
     ) -> Result<(), RegistryError> {
         // Only network-boot clients become nodes; an ordinary DHCP client (or the node OS's own
-        // udhcpc) costs nothing here.
+        // udhcpc) costs nothing here, but for a PC whose own OS is up.
         if !client.is_pxe() {
+            self.inner()
+                .note_own_os(client.mac, ip.or(client.requested_ip));
             return Ok(());
         }
         let mac = client.mac;

@@ -52,6 +52,10 @@ pub(super) struct Live {
     /// From the database on every save, so requests authenticate without it.
     pub epoch: i64,
     pub state: Option<NodeState>,
+    /// Its name and group, from the database on every save (the sweep's accounting reads
+    /// them without it).
+    pub name: String,
+    pub group: String,
     pub notify: Arc<Notify>,
     /// This boot's steps, oldest first.
     pub trace: Vec<BootStep>,
@@ -75,6 +79,9 @@ pub(super) struct Live {
     /// A boot of its MAC refused while its node was up: when, and from where. A heartbeat
     /// well after it shows two PCs with one MAC (see `quarantine::clone_check`).
     pub conflict: Option<(Instant, IpAddr)>,
+    /// When its own OS (not ours: the node was gone, lost or released) last asked DHCP for
+    /// an address, and which: the PC is up for its owner, and must not be woken for work.
+    pub own_os: Option<(Instant, Option<std::net::Ipv4Addr>)>,
     /// History rows its agent may still write now (jobs status changes): a token bucket of
     /// [`HISTORY_BURST`], refilled one per [`HISTORY_REFILL`].
     pub history_budget: Option<(f64, Instant)>,
@@ -146,6 +153,8 @@ pub(super) struct Inner {
     /// PCs sent a magic packet and not registered since, with when: each either registers
     /// (it woke) or is found overdue (it did not wake).
     pub waking: HashMap<Mac, Instant>,
+    /// Time lent, counted and not yet written to the rows.
+    pub lent: super::lent::Ledger,
 }
 
 impl Inner {
@@ -171,6 +180,7 @@ impl Inner {
             sched: HashMap::new(),
             released_groups: cfg.schedules.iter().map(|s| s.group.clone()).collect(),
             waking: HashMap::new(),
+            lent: super::lent::Ledger::default(),
         }
     }
 
@@ -178,6 +188,8 @@ impl Inner {
     pub fn remember(&mut self, row: &NodeRow) {
         let live = self.live.entry(row.mac).or_default();
         live.epoch = row.key_epoch;
+        live.name.clone_from(&row.name);
+        live.group.clone_from(&row.group);
         if live.info.is_none() {
             live.info = row
                 .info
@@ -346,6 +358,40 @@ impl Inner {
     }
 
     /// Forget what has expired: tokens, approval candidates, old boot addresses.
+    /// Count the time since the last sweep for each enlisted node (and its jobs); returns
+    /// what was added by group, and the rows' totals to write if a flush is due.
+    pub fn sample_lent(
+        &mut self,
+        now: Instant,
+        force: bool,
+    ) -> (super::lent::ByGroup, Vec<super::lent::Due>) {
+        let nodes = self.live.iter().map(|(mac, l)| super::lent::Sample {
+            mac: *mac,
+            group: &l.group,
+            enlisted: l.state.is_some_and(NodeState::is_peer),
+            busy: self
+                .sched
+                .get(&l.name)
+                .is_some_and(|s| s.jobs > 0 || s.cpus_alloc > 0),
+        });
+        let by_group = self.lent.sample(now, nodes);
+        (by_group, self.lent.take_due(now, force))
+    }
+
+    /// A DHCP client that is no network boot asked from `mac`: if its node is not running
+    /// our OS (gone, lost, released), the PC's own OS is up.
+    pub fn note_own_os(&mut self, mac: Mac, ip: Option<std::net::Ipv4Addr>) {
+        let Some(live) = self.live.get_mut(&mac) else {
+            return;
+        };
+        let ours = live
+            .state
+            .is_none_or(|s| s.is_alive() || s.is_booting() || s == NodeState::Leaving);
+        if !ours {
+            live.own_os = Some((Instant::now(), ip));
+        }
+    }
+
     pub fn prune(&mut self, now: Instant) {
         self.tokens.prune(now);
         self.candidates

@@ -15,6 +15,7 @@ mod admission;
 mod agent;
 mod boot;
 mod keys;
+mod lent;
 mod live;
 mod nonces;
 mod quarantine;
@@ -332,6 +333,8 @@ impl Registry {
             quarantine: None,
             wakes_tried: 0,
             wakes_woke: 0,
+            enlisted_secs: 0,
+            job_secs: 0,
         })
     }
 
@@ -533,11 +536,51 @@ impl Registry {
             }
             self.apply(&mut row, Event::Tick { silent }, &why)?;
         }
+        self.count_lent(now, false)?;
         self.inner().prune(now);
         self.nonces
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .expire(crate::store::now());
+        Ok(())
+    }
+
+    /// When the PC's own OS last asked DHCP for an address, if within `within`, and the
+    /// address it asked for (see [`live::Inner::note_own_os`]).
+    pub fn own_os_seen(
+        &self,
+        mac: Mac,
+        within: std::time::Duration,
+    ) -> Option<(std::time::Duration, Option<std::net::Ipv4Addr>)> {
+        let (at, ip) = self.inner().live.get(&mac)?.own_os?;
+        let ago = at.elapsed();
+        (ago <= within).then_some((ago, ip))
+    }
+
+    /// Count what the nodes were lent since the last sweep (metrics now, rows once a minute,
+    /// or now if `force`: at shutdown).
+    pub fn count_lent(&self, now: Instant, force: bool) -> Result<(), StoreError> {
+        let (by_group, due) = self.inner().sample_lent(now, force);
+        for (group, l) in by_group {
+            for (what, ms) in [("enlisted", l.enlisted_ms), ("jobs", l.jobs_ms)] {
+                if ms > 0 {
+                    self.metrics
+                        .lent_seconds
+                        .get_or_create(&crate::metrics::labels(&[
+                            ("group", &group),
+                            ("what", what),
+                        ]))
+                        .inc_by(ms as f64 / 1000.0);
+                }
+            }
+        }
+        if due.is_empty() {
+            return Ok(());
+        }
+        if let Err(e) = self.store.add_lent(&due) {
+            self.inner().lent.restore(&due);
+            return Err(e);
+        }
         Ok(())
     }
 

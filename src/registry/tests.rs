@@ -145,7 +145,7 @@ pub(crate) fn boot(r: &Registry, mac: Mac, from: IpAddr) -> NodeKey {
     key
 }
 
-fn pxe(mac: Mac) -> ClientInfo {
+pub(crate) fn pxe(mac: Mac) -> ClientInfo {
     ClientInfo {
         mac,
         msg_type: dhcproto::v4::MessageType::Discover,

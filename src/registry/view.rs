@@ -18,6 +18,7 @@ impl Inner {
             self.live.get(&row.mac),
             self.candidates.contains_key(&row.mac),
             self.sched.get(&row.name).cloned(),
+            self.lent.pending(row.mac),
         )
     }
 }
@@ -28,6 +29,7 @@ fn node_view(
     live: Option<&Live>,
     candidate: bool,
     sched: Option<SchedInfo>,
+    lent: super::lent::Lent,
 ) -> NodeView {
     let info = live.and_then(|l| l.info.clone()).or_else(|| {
         row.info
@@ -70,6 +72,8 @@ fn node_view(
         jobs: live.and_then(|l| l.jobs.clone()),
         wakes_tried: row.wakes_tried,
         wakes_woke: row.wakes_woke,
+        enlisted_secs: row.enlisted_secs + lent.enlisted_ms / 1000,
+        job_secs: row.job_secs + lent.jobs_ms / 1000,
     }
 }
 

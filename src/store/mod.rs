@@ -128,6 +128,9 @@ const MIGRATIONS: &[&str] = &[
     // 3: Wake-on-LAN packets sent to the PC (for Slurm or a schedule) and how many woke it.
     "ALTER TABLE nodes ADD COLUMN wakes_tried INTEGER NOT NULL DEFAULT 0;
      ALTER TABLE nodes ADD COLUMN wakes_woke INTEGER NOT NULL DEFAULT 0",
+    // 4: what the PC was lent: seconds enlisted, and of those seconds running jobs.
+    "ALTER TABLE nodes ADD COLUMN enlisted_secs INTEGER NOT NULL DEFAULT 0;
+     ALTER TABLE nodes ADD COLUMN job_secs INTEGER NOT NULL DEFAULT 0",
 ];
 
 /// The schema version this build writes.

@@ -39,6 +39,11 @@ pub struct NodeRow {
     /// Magic packets sent to wake it, and how many of those it answered by registering.
     pub wakes_tried: u32,
     pub wakes_woke: u32,
+    /// Seconds it was lent to the cluster (its node OS up: registered, healthy, draining),
+    /// and of those, seconds it ran jobs. Added to by [`Store::add_lent`] only: saving a
+    /// row never writes them (a row read before a flush would undo it).
+    pub enlisted_secs: u64,
+    pub job_secs: u64,
 }
 
 /// A row of the events table is what the API shows of an event.
@@ -60,7 +65,7 @@ impl NodeRow {
     }
 }
 
-const NODE_COLS: &str = "mac, name, grp, state, ip, info, heartbeat, last_seen, first_dhcp, boot_seconds, key_epoch, released, approved, created, quarantine, wakes_tried, wakes_woke";
+const NODE_COLS: &str = "mac, name, grp, state, ip, info, heartbeat, last_seen, first_dhcp, boot_seconds, key_epoch, released, approved, created, quarantine, wakes_tried, wakes_woke, enlisted_secs, job_secs";
 
 fn node_from_row(r: &rusqlite::Row) -> rusqlite::Result<NodeRow> {
     Ok(NodeRow {
@@ -81,6 +86,8 @@ fn node_from_row(r: &rusqlite::Row) -> rusqlite::Result<NodeRow> {
         quarantine: r.get(14)?,
         wakes_tried: r.get(15)?,
         wakes_woke: r.get(16)?,
+        enlisted_secs: r.get(17)?,
+        job_secs: r.get(18)?,
     })
 }
 
@@ -114,6 +121,21 @@ impl Store {
         })
     }
 
+    /// Add time lent (seconds enlisted, seconds running jobs) to nodes' totals, in one
+    /// transaction. A node forgotten meanwhile is skipped.
+    pub fn add_lent(&self, lent: &[(Mac, u64, u64)]) -> Result<(), StoreError> {
+        self.with(|c| {
+            let tx = c.transaction()?;
+            for (mac, enlisted, jobs) in lent {
+                tx.execute(
+                    "UPDATE nodes SET enlisted_secs = enlisted_secs + ?2, job_secs = job_secs + ?3 WHERE mac = ?1",
+                    params![mac_sql(mac), enlisted, jobs],
+                )?;
+            }
+            tx.commit()
+        })
+    }
+
     /// Write a node row and, in the same transaction, the event that explains the change.
     pub fn save_node(
         &self,
@@ -125,7 +147,7 @@ impl Store {
             let tx = c.transaction()?;
             tx.execute(
                 &format!(
-                    "INSERT INTO nodes({NODE_COLS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17)
+                    "INSERT INTO nodes({NODE_COLS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17,?18,?19)
                      ON CONFLICT(mac) DO UPDATE SET name=excluded.name, grp=excluded.grp, state=excluded.state,
                        ip=excluded.ip, info=excluded.info, heartbeat=excluded.heartbeat, last_seen=excluded.last_seen,
                        first_dhcp=excluded.first_dhcp, boot_seconds=excluded.boot_seconds, key_epoch=excluded.key_epoch,
@@ -135,7 +157,8 @@ impl Store {
                 params![
                     mac_sql(&n.mac), n.name, n.group, n.state.as_str(), n.ip.map(|i| i.to_string()),
                     n.info, n.heartbeat, n.last_seen, n.first_dhcp, n.boot_seconds, n.key_epoch,
-                    n.released, n.approved, n.created, n.quarantine, n.wakes_tried, n.wakes_woke
+                    n.released, n.approved, n.created, n.quarantine, n.wakes_tried, n.wakes_woke,
+                    n.enlisted_secs, n.job_secs
                 ],
             )?;
             let ev = match event {
@@ -242,7 +265,29 @@ mod tests {
             quarantine: None,
             wakes_tried: 0,
             wakes_woke: 0,
+            enlisted_secs: 0,
+            job_secs: 0,
         }
+    }
+
+    #[test]
+    fn time_lent_adds_up_and_saving_a_row_read_earlier_does_not_undo_it() {
+        let s = Store::memory().unwrap();
+        let earlier = node(1);
+        s.save_node(&earlier, None, 0).unwrap();
+        s.add_lent(&[(mac(1), 60, 20), (mac(9), 5, 5)]).unwrap();
+        s.add_lent(&[(mac(1), 30, 0)]).unwrap();
+        // A row read before the flush, saved after it (a state change racing the sweep).
+        let mut stale = earlier.clone();
+        stale.state = NodeState::Healthy;
+        s.save_node(&stale, None, 1).unwrap();
+        let row = s.node(mac(1)).unwrap().unwrap();
+        assert_eq!((row.enlisted_secs, row.job_secs), (90, 20));
+        assert_eq!(row.state, NodeState::Healthy);
+        assert!(
+            s.node(mac(9)).unwrap().is_none(),
+            "no row made for an unknown node"
+        );
     }
 
     #[test]

@@ -3,8 +3,9 @@
 //! are asleep and `enlist jobs suspend HOSTLIST` when nodes were idle for
 //! `jobs.idle_release`; those come here through the admin API:
 //!
-//! - resume: a node whose group's window is closed, or whose PC is up on its own OS (it
-//!   answers ARP at its address), is held out of service with why (Slurm requeues what
+//! - resume: a node whose group's window is closed, or whose PC is up on its own OS (its
+//!   own OS asked DHCP for an address in the last 15 minutes, or a host answers ARP at its
+//!   address), is held out of service with why (Slurm requeues what
 //!   waited for it); any other is enlisted and sent its magic packet, paced, and watched: it
 //!   woke if it registers within `jobs.wake_timeout`, else it "did not wake" and is held out
 //!   until its group's next window;
@@ -15,6 +16,7 @@
 //! reservation) over the group's next closed time, so Slurm wakes none of them outside the
 //! window and starts no job on them that would run past its end.
 
+use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use enlist_api::admin::{PowerAnswer, PowerSkip};
@@ -26,6 +28,10 @@ use crate::store::NodeRow;
 
 /// A hold with no window ahead still ends: a year on.
 const NO_END: i64 = 365 * 24 * 3600;
+
+/// A PC whose own OS asked DHCP for an address this recently is taken to be up (its owner
+/// may be at it), whatever ARP says: a firewall may keep it quiet, or it moved address.
+const OWN_OS_UP: Duration = Duration::from_secs(15 * 60);
 
 /// What the workload manager was last told to hold for a group: its nodes, from (0: now,
 /// the group is closed) and until.
@@ -71,16 +77,9 @@ impl Timetable {
                 return Err(format!("outside group {group}'s window: not woken"));
             }
         }
-        if let Some(ip) = row.ip {
-            let cfg = self.cfg.clone();
-            let busy = tokio::task::spawn_blocking(move || crate::wol::in_use(&cfg, ip))
-                .await
-                .ok()
-                .flatten();
-            if let Some(why) = busy {
-                self.registry.count_wake(&group, "in-use");
-                return Err(why);
-            }
+        if let Some(why) = self.in_use(row).await {
+            self.registry.count_wake(&group, "in-use");
+            return Err(why);
         }
         let (reg, mac, released) = (self.registry.clone(), row.mac, row.released);
         let r = tokio::task::spawn_blocking(move || -> Result<String, RegistryError> {
@@ -96,6 +95,30 @@ impl Timetable {
             Ok(Err(e)) => Err(e.to_string()),
             Err(e) => Err(e.to_string()),
         }
+    }
+
+    /// Whether the PC is up on its own OS, and how the head knows: its own OS asked DHCP for
+    /// an address lately, or a host answers ARP at its address (the node's, or the one its
+    /// own OS asked for).
+    async fn in_use(&self, row: &NodeRow) -> Option<String> {
+        let seen = self.registry.own_os_seen(row.mac, OWN_OS_UP);
+        if let Some((ago, ip)) = seen {
+            let ip = ip.map(|i| format!(" ({i})")).unwrap_or_default();
+            return Some(format!(
+                "in use: its own OS asked DHCP for an address{ip} {} s ago",
+                ago.as_secs()
+            ));
+        }
+        let mut ips: Vec<Ipv4Addr> = row.ip.into_iter().collect();
+        let own = self.registry.own_os_seen(row.mac, Duration::MAX);
+        ips.extend(own.and_then(|(_, ip)| ip).filter(|ip| Some(*ip) != row.ip));
+        let cfg = self.cfg.clone();
+        tokio::task::spawn_blocking(move || {
+            ips.into_iter().find_map(|ip| crate::wol::in_use(&cfg, ip))
+        })
+        .await
+        .ok()
+        .flatten()
     }
 
     /// Hold a node out of the workload manager's service, with why (and in its history).

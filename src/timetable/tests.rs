@@ -11,7 +11,9 @@ use jiff::tz::TimeZone;
 use super::window::tests::at;
 use super::*;
 use crate::bootpath::Proto;
-use crate::registry::tests::{boot, ip, registry_from, A, B};
+use crate::dhcp::client::{ClientInfo, Firmware};
+use crate::dhcp::handler::BootObserver;
+use crate::registry::tests::{boot, ip, pxe, registry_from, A, B};
 use crate::registry::BootDecision;
 
 fn state_dir(test: &str) -> PathBuf {
@@ -237,11 +239,35 @@ async fn an_on_demand_room_is_woken_for_work_inside_its_window_only_and_counts_i
 
     // Idle: Slurm's suspend hands the PC back (its agent is told to).
     let a = s.suspend(&name).await.expect("suspend");
-    assert_eq!(a.done, [name], "{a:?}");
+    assert_eq!(a.done, std::slice::from_ref(&name), "{a:?}");
     let (commands, _) = reg.take_commands(A);
     assert!(
         commands.iter().any(|c| c.order == Order::Release),
         "{commands:?}"
     );
+
+    // Gone to its own disk, whose OS asks DHCP for an address (no PXE class): it is up for
+    // its owner, and Slurm's resume sends it no packet.
+    reg.leaving(A, "release").expect("the agent says it leaves");
+    reg.sweep(std::time::Instant::now() + Duration::from_secs(60))
+        .expect("sweep");
+    let own_os = ClientInfo {
+        vendor_class: Some("MSFT 5.0".into()),
+        firmware: Firmware::None,
+        requested_ip: Some(std::net::Ipv4Addr::new(10, 77, 0, 100)),
+        ..pxe(A)
+    };
+    reg.dhcp_seen(&own_os, None, std::net::Ipv4Addr::new(10, 77, 0, 1));
+    let a = s
+        .resume_at(&name, at("2026-11-30T21:00"))
+        .await
+        .expect("resume");
+    assert!(a.done.is_empty(), "{a:?}");
+    let why = &a.skipped[0].why;
+    assert!(
+        why.contains("its own OS asked DHCP") && why.contains("10.77.0.100"),
+        "{why}"
+    );
+    assert_eq!(reg.node(A).expect("A").wakes_tried, 1, "no packet sent");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -1,5 +1,5 @@
 // Browser test of the dashboard's schedules: log in, see the group's phase and next change,
-// skip that change and un-skip it. Usage: node schedules.mjs URL PASSWORD GROUP
+// skip that change and un-skip it; see what the group lent. Usage: node schedules.mjs URL PASSWORD GROUP
 // (run inside the lab namespace by tests/jobs.rs).
 import { logIn, run } from './run.mjs';
 
@@ -19,4 +19,12 @@ await run({ width: 1200, height: 900 }, async (page) => {
   const after = await row.textContent();
   if (after.includes('(skipped)')) throw new Error('still skipped: ' + after);
   console.log('schedule row:', after);
+  // What the group lent: its nodes were enlisted for a while (h:mm), none woken yet.
+  const lent = page.locator(`#lent-table tr[data-group="${group}"]`);
+  await lent.waitFor({ timeout: 20_000 });
+  const cells = await lent.locator('td').allTextContents();
+  if (cells[1] !== '3' || !/^\d+:\d\d$/.test(cells[2])) {
+    throw new Error('expected 3 nodes and h:mm enlisted: ' + cells.join(' | '));
+  }
+  console.log('lent row:', cells.join(' | '));
 });

@@ -7,6 +7,7 @@ let csrf = null;           // set when logged in
 let loggedIn = false;
 let publicRead = false;    // the head lets anyone read the node list
 let summaryTimer = null;   // polls the summary (counters while logged out, jobs capacity)
+let lentTimer = null;      // polls what the groups lent (it grows by the second; the stream sends changes only)
 
 const $ = (sel) => document.querySelector(sel);
 const el = (tag, props = {}, ...children) => {
@@ -309,6 +310,7 @@ async function renderDetail() {
     ['Booted by', text(info.boot_method)], ['NICs', (Array.isArray(info.nics) ? info.nics : []).map((x) => text(x.name) + ' ' + text(x.mac) + ' ' + text(x.driver)).join(', ') || '-'],
     ['Boot took', num(n.boot_seconds, 1) === '-' ? '-' : num(n.boot_seconds, 1) + ' s'], ['Uptime', num(hb.uptime_secs, 0) === '-' ? '-' : num(hb.uptime_secs, 0) + ' s'],
     ['Released', n.released ? 'yes (boots from its own disk)' : 'no'], ['Approved', n.approved ? 'yes' : 'no'],
+    ['Lent', hours(n.enlisted_secs) + ' enlisted, ' + hours(n.job_secs) + ' running jobs (h:mm)'],
     ['Woke', n.wakes_tried ? num(n.wakes_woke, 0) + ' of ' + num(n.wakes_tried, 0) + ' Wake-on-LAN tries' : '-'],
   ];
   $('#d-facts').replaceChildren(...facts.flatMap(([k, v]) => [el('dt', { textContent: k }), el('dd', { textContent: String(v) })]));
@@ -352,6 +354,34 @@ function scheduleRow(g) {
   return row;
 }
 
+// A time lent: hours and minutes (125:07).
+function hours(secs) {
+  if (typeof secs !== 'number') return '-';
+  return Math.floor(secs / 3600) + ':' + String(Math.floor((secs % 3600) / 60)).padStart(2, '0');
+}
+
+// What each group lent: hours enlisted, hours running jobs, Wake-on-LAN tries that woke.
+function renderLent(groups) {
+  const list = Array.isArray(groups) ? groups : [];
+  $('#lent').hidden = list.length === 0;
+  $('#lent-table tbody').replaceChildren(...list.map((g) => {
+    const row = el('tr', {},
+      el('td', { textContent: text(g.group) }),
+      el('td', { textContent: num(g.nodes, 0) }),
+      el('td', { textContent: hours(g.enlisted_secs) }),
+      el('td', { textContent: hours(g.job_secs) }),
+      el('td', { textContent: g.wakes_tried ? num(g.wakes_woke, 0) + ' of ' + num(g.wakes_tried, 0) : '-' }));
+    row.dataset.group = g.group;
+    return row;
+  }));
+}
+
+async function lent() {
+  try {
+    renderLent((await api('GET', '/api/v1/nodes')).groups);
+  } catch (e) { /* logged out without public read, or the head is away */ }
+}
+
 async function schedules() {
   try {
     const d = await api('GET', '/api/v1/schedules');
@@ -374,6 +404,7 @@ async function snapshot() {
   nodes.clear();
   for (const n of d.nodes) nodes.set(n.mac, n);
   render();
+  renderLent(d.groups);
   const ev = await api('GET', '/api/v1/events?limit=50');
   $('#events').replaceChildren();
   for (const e of ev.events.slice().reverse()) addEvent($('#events'), e, 50);
@@ -404,6 +435,7 @@ async function session() {
   $('#exec-form').hidden = !loggedIn;
   $('#enroll').hidden = !loggedIn;
   if (summaryTimer) { clearInterval(summaryTimer); summaryTimer = null; }
+  if (lentTimer) { clearInterval(lentTimer); lentTimer = null; }
   if (loggedIn || s.public_read) {
     await snapshot();
     live();
@@ -415,6 +447,7 @@ async function session() {
   await schedules();
   await enrollment();
   summaryTimer = setInterval(() => { summary(); schedules(); enrollment(); }, 5000);
+  lentTimer = setInterval(lent, 60000);
 }
 
 $('#enroll-open').addEventListener('click', () => enrollment(15 * 60));

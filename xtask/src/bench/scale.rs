@@ -148,6 +148,8 @@ fn simulated_nodes(dir: &Path, agents: usize) -> anyhow::Result<Vec<Agent>> {
             quarantine: None,
             wakes_tried: 0,
             wakes_woke: 0,
+            enlisted_secs: 0,
+            job_secs: 0,
         })
         .collect();
     store.insert_nodes(&rows)?;
