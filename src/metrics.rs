@@ -293,6 +293,24 @@ mod tests {
     use super::*;
 
     #[test]
+    fn every_metric_is_in_the_readmes_table() {
+        let readme = include_str!("../README.md");
+        let text = Metrics::new().render();
+        let names: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.split_whitespace().next())
+            .collect();
+        assert!(names.len() >= 15, "{names:?}");
+        for name in names {
+            assert!(
+                readme.contains(&format!("`{name}")),
+                "{name} is not in README.md's metrics table (Observing)"
+            );
+        }
+    }
+
+    #[test]
     fn the_log_budget_lets_through_its_share_a_second() {
         let b = LogBudget::new(3);
         let allowed = (0..100).filter(|_| b.allow("test")).count();

@@ -50,7 +50,11 @@ fn fixture(name: &str) -> Message {
 }
 
 fn handler(mode: DhcpMode) -> (Handler, Arrival) {
-    let cfg = Arc::new(Config::parse(CONFIG, Path::new("t.yaml")).expect("config"));
+    handler_with(CONFIG, mode)
+}
+
+fn handler_with(config: &str, mode: DhcpMode) -> (Handler, Arrival) {
+    let cfg = Arc::new(Config::parse(config, Path::new("t.yaml")).expect("config"));
     let h = Handler::new(cfg, Store::memory().expect("db"), Arc::new(NoObserver));
     let at = Arrival {
         iface: "br0".into(),
@@ -151,6 +155,27 @@ fn plain_dhcp_clients_get_an_address_and_no_boot_file() {
             "{name}: proxyDHCP must not answer"
         );
     }
+}
+
+/// A subnet with no pool hands out its reservations' addresses, and nothing to anyone else.
+#[test]
+fn a_subnet_without_a_pool_serves_its_reservations_only() {
+    let reserved = fixture("udhcpc-discover.bin");
+    let mac = classify(&reserved).expect("classify").mac;
+    let config = CONFIG.replace(
+        "subnets: [{ subnet: 10.77.0.0/24, pool: [10.77.0.100, 10.77.0.199], router: 10.77.0.1 }]",
+        &format!("subnets: [{{ subnet: 10.77.0.0/24, reservations: [{{ mac: \"{mac}\", ip: 10.77.0.42 }}] }}]"),
+    );
+    assert_ne!(config, CONFIG);
+    let (h, at) = handler_with(&config, DhcpMode::Dhcp);
+    let r = reply(&h, &at, &reserved).expect("the reservation's OFFER");
+    assert_eq!(r.yiaddr(), Ipv4Addr::new(10, 77, 0, 42));
+    let other = fixture("dhclient-discover.bin");
+    assert_ne!(classify(&other).expect("classify").mac, mac);
+    assert!(matches!(
+        outcome_of(&h, &at, &other, "dhclient"),
+        Outcome::Drop("no-pool")
+    ));
 }
 
 #[test]

@@ -214,10 +214,30 @@ fn head_killed_while_pc_boots_and_pc_still_joins() {
 #[ignore = "needs root, QEMU and built images: run `cargo xtask test`"]
 fn proxy_mode_beside_dnsmasq() {
     let mut lab = lab("proxy", "proxy");
+    // A PC enlist does not know is the campus PXE service's: no answer from the head (its
+    // PXE gets dnsmasq's address and nothing to boot), though enrollment is open.
     let i = lab
         .boot(Profile::P2Pxe, None)
         .unwrap_or_else(|e| panic!("{e}"));
     let mac = lab.pcs[i].mac.clone();
+    let r = lab.wait_for(
+        Duration::from_secs(60),
+        "the unknown PC's PXE refused",
+        || lab.metric("enlist_dhcp_dropped_total{reason=\"proxy-not-ours\"}") >= 1.0,
+    );
+    check(&lab, r);
+    std::thread::sleep(Duration::from_secs(10));
+    assert!(
+        lab.node_state(&mac).is_none(),
+        "the head took over a PC it does not know\n{}",
+        lab.report()
+    );
+    // In an enrollment window it is answered, boots the node OS and joins.
+    let said = lab
+        .enroll(&enlist(), "15m")
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(said.contains("window open"), "{said}");
+    lab.pcs[i].power_cycle().unwrap_or_else(|e| panic!("{e}"));
     check(&lab, lab.wait_state(&mac, "healthy", BOOT_LIMIT));
     let node = lab
         .curl(&format!("/api/v1/nodes/{mac}"))

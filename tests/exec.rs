@@ -109,6 +109,24 @@ fn exec_runs_on_every_node_folds_times_out_cuts_and_reports_a_dead_pc() {
     assert_eq!(v["results"][0]["node"], names[1].as_str(), "{}", out(&o));
     assert_eq!(v["results"][0]["output"], "here\n", "{}", out(&o));
     assert_eq!(v["results"][0]["exit"], 0, "{}", out(&o));
+    // Renamed, a node answers to its new name.
+    let o = lab.enlist(
+        &root().join("target/release/enlist"),
+        &["node", "rename", &names[1], "pc-renamed"],
+    );
+    assert!(
+        o.status.success() && out(&o).contains("now pc-renamed"),
+        "{}{}",
+        out(&o),
+        err(&o)
+    );
+    let o = exec(&lab, &["-w", "pc-renamed", "--", "echo", "renamed"]);
+    assert!(
+        out(&o).contains("pc-renamed: renamed"),
+        "{}{}",
+        out(&o),
+        err(&o)
+    );
     let o = exec(&lab, &["-a", "-x", "@room7", "--", "true"]);
     assert!(
         !o.status.success() && err(&o).contains("selects no node"),

@@ -21,6 +21,17 @@ fn root() -> PathBuf {
 
 /// A lab with no PCs, a second subnet behind a relay, and a TFTP root holding a 7 MB file.
 fn services_lab(test: &str) -> Lab {
+    services_lab_with(
+        test,
+        "dhcp",
+        "\x20   - { subnet: 10.77.0.0/24, pool: [10.77.0.100, 10.77.0.199], router: 10.77.0.1 }\n\
+         \x20   - { subnet: 10.78.0.0/24, pool: [10.78.0.100, 10.78.0.150], router: 10.78.0.1, relays: [10.78.0.1] }\n",
+    )
+}
+
+/// A lab with no PCs, its head's DHCP in `mode` with `subnets` (YAML list items), and a TFTP
+/// root holding a 7 MB file.
+fn services_lab_with(test: &str, mode: &str, subnets: &str) -> Lab {
     let ns = format!("svc-{test}-{}", std::process::id() % 10000);
     let dir = root().join("lab").join(&ns);
     let _ = std::fs::remove_dir_all(&dir);
@@ -33,9 +44,7 @@ fn services_lab(test: &str) -> Lab {
     let cfg = format!(
         "state_dir: {state}\nhttp: {{ listen: 0.0.0.0:8080, public_url: http://10.77.0.1:8080 }}\n\
          tftp: {{ listen: 0.0.0.0:69, ipxe_dir: {root}, max_blksize: 1468, max_windowsize: 64 }}\n\
-         dhcp:\n  interfaces: [{{ name: br0, mode: dhcp }}]\n  subnets:\n\
-         \x20   - {{ subnet: 10.77.0.0/24, pool: [10.77.0.100, 10.77.0.199], router: 10.77.0.1 }}\n\
-         \x20   - {{ subnet: 10.78.0.0/24, pool: [10.78.0.100, 10.78.0.150], router: 10.78.0.1, relays: [10.78.0.1] }}\n\
+         dhcp:\n  interfaces: [{{ name: br0, mode: {mode} }}]\n  subnets:\n{subnets}\
          images: {{ dir: {dir}/images, default: i586 }}\n",
         state = dir.join("state").display(),
         root = tftp_root.display(),
@@ -46,6 +55,83 @@ fn services_lab(test: &str) -> Lab {
     lab.start_head(&root().join("target/release/enlist"), &path)
         .unwrap_or_else(|e| panic!("{e}\n{}", lab.head_log()));
     lab
+}
+
+/// A relay (a router with a helper address) on the lab bridge at 10.77.0.254, with a second
+/// LAN 10.78.0.0/24 where it is 10.78.0.1; the head routes that LAN through it.
+fn relay(lab: &Lab) -> Host {
+    let relay = client(lab, "r", "02:00:00:00:00:03");
+    let ip = |args: &[&str]| run(Command::new("ip").args(args)).unwrap_or_else(|e| panic!("{e}"));
+    ip(&[
+        "-n",
+        &relay.ns,
+        "addr",
+        "add",
+        "10.77.0.254/24",
+        "dev",
+        &relay.iface,
+    ]);
+    // The relay's second LAN (a veth pair inside its namespace: no dummy module needed).
+    ip(&[
+        "-n", &relay.ns, "link", "add", "lan2", "type", "veth", "peer", "name", "lan2p",
+    ]);
+    ip(&["-n", &relay.ns, "link", "set", "lan2p", "up"]);
+    ip(&[
+        "-n",
+        &relay.ns,
+        "addr",
+        "add",
+        "10.78.0.1/24",
+        "dev",
+        "lan2",
+    ]);
+    ip(&["-n", &relay.ns, "link", "set", "lan2", "up"]);
+    ip(&[
+        "-n",
+        &lab.ns,
+        "route",
+        "add",
+        "10.78.0.0/24",
+        "via",
+        "10.77.0.254",
+    ]);
+    relay
+}
+
+/// What the head answers the relay (bound at 10.78.0.1:67) to a DISCOVER it forwards for
+/// `mac`, PXE if `pxe`; None if nothing comes in 3 s.
+fn relayed_discover(relay: &Host, mac: [u8; 6], pxe: bool) -> Option<(Message, SocketAddr)> {
+    in_netns(&relay.ns, move || {
+        let sock = UdpSocket::bind("10.78.0.1:67").expect("bind relay port");
+        sock.set_read_timeout(Some(Duration::from_secs(3)))
+            .expect("timeout");
+        let mut m = Message::default();
+        m.set_opcode(Opcode::BootRequest)
+            .set_xid(0x1234_5678)
+            .set_flags(Flags::default())
+            .set_giaddr(Ipv4Addr::new(10, 78, 0, 1))
+            .set_chaddr(&mac);
+        m.set_hops(1);
+        m.opts_mut()
+            .insert(DhcpOption::MessageType(MessageType::Discover));
+        if pxe {
+            m.opts_mut().insert(DhcpOption::ClassIdentifier(
+                b"PXEClient:Arch:00000:UNDI:002001".to_vec(),
+            ));
+            m.opts_mut().insert(DhcpOption::ClientSystemArchitecture(
+                dhcproto::v4::Architecture::X86_Bios,
+            ));
+        }
+        let mut buf = Vec::new();
+        m.encode(&mut Encoder::new(&mut buf)).expect("encode");
+        sock.send_to(&buf, "10.77.0.1:67").expect("send");
+        let mut rx = [0u8; 1500];
+        let (n, from) = sock.recv_from(&mut rx).ok()?;
+        Some((
+            Message::decode(&mut Decoder::new(&rx[..n])).expect("decode"),
+            from,
+        ))
+    })
 }
 
 /// A client namespace on the lab bridge with the given MAC.
@@ -118,72 +204,46 @@ fn dhcp_clients_get_leases_that_survive_kill_9() {
 #[ignore = "needs root: run `cargo xtask test`"]
 fn relayed_discover_gets_an_address_from_the_relays_subnet() {
     let lab = services_lab("relay");
-    let relay = client(&lab, "r", "02:00:00:00:00:03");
-    let ip = |args: &[&str]| run(Command::new("ip").args(args)).unwrap_or_else(|e| panic!("{e}"));
-    ip(&[
-        "-n",
-        &relay.ns,
-        "addr",
-        "add",
-        "10.77.0.254/24",
-        "dev",
-        &relay.iface,
-    ]);
-    // The relay's second LAN (a veth pair inside its namespace: no dummy module needed).
-    ip(&[
-        "-n", &relay.ns, "link", "add", "lan2", "type", "veth", "peer", "name", "lan2p",
-    ]);
-    ip(&["-n", &relay.ns, "link", "set", "lan2p", "up"]);
-    ip(&[
-        "-n",
-        &relay.ns,
-        "addr",
-        "add",
-        "10.78.0.1/24",
-        "dev",
-        "lan2",
-    ]);
-    ip(&["-n", &relay.ns, "link", "set", "lan2", "up"]);
-    ip(&[
-        "-n",
-        &lab.ns,
-        "route",
-        "add",
-        "10.78.0.0/24",
-        "via",
-        "10.77.0.254",
-    ]);
-
-    let offer = in_netns(&relay.ns, || {
-        let sock = UdpSocket::bind("10.78.0.1:67").expect("bind relay port");
-        sock.set_read_timeout(Some(Duration::from_secs(5)))
-            .expect("timeout");
-        let mut m = Message::default();
-        m.set_opcode(Opcode::BootRequest)
-            .set_xid(0x1234_5678)
-            .set_flags(Flags::default())
-            .set_giaddr(Ipv4Addr::new(10, 78, 0, 1))
-            .set_chaddr(&[2, 0, 0, 0, 0, 0x33]);
-        m.set_hops(1);
-        m.opts_mut()
-            .insert(DhcpOption::MessageType(MessageType::Discover));
-        let mut buf = Vec::new();
-        m.encode(&mut Encoder::new(&mut buf)).expect("encode");
-        sock.send_to(&buf, "10.77.0.1:67").expect("send");
-        let mut rx = [0u8; 1500];
-        let (n, from): (usize, SocketAddr) =
-            sock.recv_from(&mut rx).expect("an OFFER back to the relay");
-        (
-            Message::decode(&mut Decoder::new(&rx[..n])).expect("decode"),
-            from,
-        )
-    });
-    let (reply, from) = offer;
+    let relay = relay(&lab);
+    let (reply, from) =
+        relayed_discover(&relay, [2, 0, 0, 0, 0, 0x33], false).expect("an OFFER back to the relay");
     assert_eq!(reply.opts().msg_type(), Some(MessageType::Offer));
     let y = reply.yiaddr();
     assert!(
         y.octets()[..3] == [10, 78, 0] && (100..=150).contains(&y.octets()[3]),
         "offered {y} from {from}"
+    );
+}
+
+/// Proxy mode behind a router: a room's subnet with no pool (the campus server gives the
+/// addresses) lists its relay. A PC enlist knows (reserved by MAC and name, no address) gets
+/// its boot file through the relay; an unknown PC gets nothing (the campus PXE service's).
+#[test]
+#[ignore = "needs root: run `cargo xtask test`"]
+fn relayed_proxy_dhcp_answers_known_pcs_through_the_relay_only() {
+    let lab = services_lab_with(
+        "proxyrelay",
+        "proxy",
+        "\x20   - { subnet: 10.78.0.0/24, relays: [10.78.0.1], group: room2,\n\
+         \x20       reservations: [{ mac: \"02:00:00:00:00:34\", name: lab201-01 }] }\n",
+    );
+    let relay = relay(&lab);
+    let (reply, from) = relayed_discover(&relay, [2, 0, 0, 0, 0, 0x34], true)
+        .unwrap_or_else(|| panic!("no proxy OFFER through the relay\n{}", lab.head_log()));
+    assert_eq!(reply.opts().msg_type(), Some(MessageType::Offer));
+    assert_eq!(reply.yiaddr(), Ipv4Addr::UNSPECIFIED, "proxy: no address");
+    assert_eq!(reply.giaddr(), Ipv4Addr::new(10, 78, 0, 1));
+    assert!(
+        !reply.fname().unwrap_or_default().is_empty(),
+        "a boot file, from {from}"
+    );
+    assert!(
+        relayed_discover(&relay, [2, 0, 0, 0, 0, 0x35], true).is_none(),
+        "an unknown PC was answered"
+    );
+    assert_eq!(
+        lab.metric("enlist_dhcp_dropped_total{reason=\"proxy-not-ours\"}"),
+        1.0
     );
 }
 

@@ -44,6 +44,9 @@ pub enum NodeCmd {
         target: Target,
         group: String,
     },
+    /// Give one node another name (a host label; the dashboard's rename). Its Slurm name
+    /// follows at its next join: rename PCs before they join, or forget the old name.
+    Rename { node: String, name: String },
     /// Show one node and its event history.
     Show { node: String },
 }
@@ -199,6 +202,11 @@ pub fn act(config: &Path, cmd: NodeCmd) -> anyhow::Result<()> {
         NodeCmd::Wake(t) => (t, NodeAction::Wake),
         NodeCmd::Forget(t) => (t, NodeAction::Forget),
         NodeCmd::Group { target, group } => (target, NodeAction::Group(group)),
+        NodeCmd::Rename { node, name } => {
+            let v = send(&h, &node, &NodeAction::Rename(name))?;
+            println!("{node}: now {}", v.name);
+            return Ok(());
+        }
         NodeCmd::Show { node } => {
             let d: NodeDetail = h.get(&format!("/api/v1/nodes/{node}"))?;
             println!("{}", serde_json::to_string_pretty(&d)?);

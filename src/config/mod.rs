@@ -142,8 +142,8 @@ pub struct InterfaceConfig {
 #[derive(Debug, Clone)]
 pub struct SubnetConfig {
     pub subnet: Ipv4Net,
-    /// First and last address handed out, inclusive.
-    pub pool: [Ipv4Addr; 2],
+    /// First and last address handed out, inclusive; none: reservations only.
+    pub pool: Option<[Ipv4Addr; 2]>,
     pub router: Option<Ipv4Addr>,
     pub dns: Vec<Ipv4Addr>,
     pub domain: Option<String>,
@@ -158,7 +158,8 @@ pub struct SubnetConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reservation {
     pub mac: Mac,
-    pub ip: Ipv4Addr,
+    /// Its address; none: from the pool (mode dhcp) or the campus server (proxy mode).
+    pub ip: Option<Ipv4Addr>,
     pub name: Option<String>,
     /// Image to boot instead of `images.default`.
     pub image: Option<ImageName>,

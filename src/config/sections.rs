@@ -185,10 +185,10 @@ fn unique_reservations(subnets: &[SubnetConfig]) -> Checked<()> {
                     format!("{} is reserved twice", r.mac),
                 ));
             }
-            if !ips.insert(r.ip) {
+            if let Some(ip) = r.ip.filter(|ip| !ips.insert(*ip)) {
                 return Err(Invalid::new(
                     format!("{key}.ip"),
-                    format!("{} is reserved twice", r.ip),
+                    format!("{ip} is reserved twice"),
                 ));
             }
             if let Some(n) = &r.name {
@@ -208,18 +208,19 @@ impl TryFrom<wire::Subnet> for SubnetConfig {
     type Error = Invalid;
 
     fn try_from(s: wire::Subnet) -> Checked<SubnetConfig> {
-        let [first, last] = s.pool;
-        if !s.subnet.contains(&first) || !s.subnet.contains(&last) {
-            return Err(Invalid::new(
-                "pool",
-                format!("{first}-{last} is not inside {}", s.subnet),
-            ));
-        }
-        if u32::from(first) > u32::from(last) {
-            return Err(Invalid::new(
-                "pool",
-                format!("first address {first} is after last {last}"),
-            ));
+        if let Some([first, last]) = s.pool {
+            if !s.subnet.contains(&first) || !s.subnet.contains(&last) {
+                return Err(Invalid::new(
+                    "pool",
+                    format!("{first}-{last} is not inside {}", s.subnet),
+                ));
+            }
+            if u32::from(first) > u32::from(last) {
+                return Err(Invalid::new(
+                    "pool",
+                    format!("first address {first} is after last {last}"),
+                ));
+            }
         }
         if s.lease_time < Duration::from_secs(60) {
             return Err(Invalid::new("lease_time", "must be at least 1m"));
@@ -236,10 +237,10 @@ impl TryFrom<wire::Subnet> for SubnetConfig {
         let mut reservations = Vec::new();
         for (j, r) in s.reservations.into_iter().enumerate() {
             let r = reservation(r).map_err(|e| e.under(&format!("reservations[{j}]")))?;
-            if !s.subnet.contains(&r.ip) {
+            if let Some(ip) = r.ip.filter(|ip| !s.subnet.contains(ip)) {
                 return Err(Invalid::new(
                     format!("reservations[{j}].ip"),
-                    format!("{} is not inside {}", r.ip, s.subnet),
+                    format!("{ip} is not inside {}", s.subnet),
                 ));
             }
             reservations.push(r);

@@ -237,3 +237,23 @@ fn a_jobs_default_memory_is_auto_or_a_number_of_mb() {
         assert!(e.contains("def_mem_per_cpu"), "{bad}: {e}");
     }
 }
+
+/// A proxy-mode room's subnet names the room (group, relays, reservations by MAC) and needs
+/// no pool and no reserved address; a reserved address still must be inside its subnet.
+#[test]
+fn a_subnet_needs_no_pool_and_a_reservation_no_address() {
+    let text = "http: { listen: 127.0.0.1:0, public_url: http://10.77.0.1:8080 }\n\
+         dhcp:\n  interfaces: [{ name: br0, mode: proxy }]\n  subnets:\n\
+         \x20   - { subnet: 10.78.0.0/24, relays: [10.78.0.1], group: room2,\n\
+         \x20       reservations: [{ mac: \"52:54:00:78:00:01\", name: lab201-01 }] }\n\
+         images: { dir: /nonexistent, default: i586 }\n";
+    let cfg = parse(text).expect("a subnet without pool");
+    let s = &cfg.dhcp.subnets[0];
+    assert_eq!((s.pool, s.reservations[0].ip), (None, None));
+    let bad = text.replace("name: lab201-01", "name: lab201-01, ip: 10.79.0.5");
+    let err = parse(&bad).unwrap_err().to_string();
+    assert!(
+        err.contains("reservations[0].ip") && err.contains("not inside"),
+        "{err}"
+    );
+}

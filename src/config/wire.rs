@@ -141,7 +141,10 @@ pub struct Interface {
 #[serde(deny_unknown_fields)]
 pub struct Subnet {
     pub subnet: Ipv4Net,
-    pub pool: [Ipv4Addr; 2],
+    /// Addresses handed out (mode dhcp). Without one only reservations get an address; a
+    /// subnet of proxy-mode rooms (a group, relays) needs none.
+    #[serde(default)]
+    pub pool: Option<[Ipv4Addr; 2]>,
     #[serde(default)]
     pub router: Option<Ipv4Addr>,
     #[serde(default)]
@@ -164,7 +167,9 @@ pub struct Subnet {
 #[serde(deny_unknown_fields)]
 pub struct Reservation {
     pub mac: String,
-    pub ip: Ipv4Addr,
+    /// Its address (mode dhcp); none: a pool address, or the campus server's (proxy mode).
+    #[serde(default)]
+    pub ip: Option<Ipv4Addr>,
     #[serde(default)]
     pub name: Option<String>,
     #[serde(default)]

@@ -46,6 +46,13 @@ pub trait BootObserver: Send + Sync {
     /// A network-boot client spoke to us; `ip` is the address it was given, if any; `via` is
     /// its relay, or the address of the interface it reached us on.
     fn dhcp_seen(&self, client: &ClientInfo, ip: Option<Ipv4Addr>, via: Ipv4Addr);
+
+    /// Whether proxyDHCP may answer the PXE client `mac`. Beside a campus DHCP server the
+    /// segment's network boot is the campus' own (WDS, FOG, SCCM) for every PC enlist should
+    /// not boot: an answer would take that PC over. Every client, unless the observer knows.
+    fn proxy_may_answer(&self, _mac: Mac) -> bool {
+        true
+    }
 }
 
 /// An observer that ignores everything (tests, `check-config`).
@@ -119,7 +126,7 @@ impl Handler {
             .dhcp
             .subnets
             .iter()
-            .flat_map(|s| s.reservations.iter().map(|r| r.ip))
+            .flat_map(|s| s.reservations.iter().filter_map(|r| r.ip))
             .collect();
         // Half of the addresses can be held at once (up to MAX_HOLDS): under a flood of
         // DISCOVERs the other half is still offered to whoever asks, without a hold.
@@ -127,7 +134,8 @@ impl Handler {
             .dhcp
             .subnets
             .iter()
-            .map(|s| u64::from(u32::from(s.pool[1]) - u32::from(s.pool[0])) + 1)
+            .filter_map(|s| s.pool)
+            .map(|[first, last]| u64::from(u32::from(last) - u32::from(first)) + 1)
             .sum();
         let cap = ((pool / 2) as usize).clamp(1, MAX_HOLDS);
         Handler {
@@ -278,13 +286,20 @@ impl Handler {
             Ok(s) => s,
             Err(reason) => return Ok(Outcome::Drop(reason)),
         };
+        let reservation = subnet.reservations.iter().find(|r| r.mac == client.mac);
+        // Without a pool the subnet serves its reservations only, each from its own address.
+        let range = match (subnet.pool, reservation.and_then(|r| r.ip)) {
+            (Some([first, last]), _) => PoolRange { first, last },
+            (None, Some(ip)) => PoolRange {
+                first: ip,
+                last: ip,
+            },
+            (None, None) => return Ok(Outcome::Drop("no-pool")),
+        };
         let lease = Lease {
             subnet,
-            reservation: subnet.reservations.iter().find(|r| r.mac == client.mac),
-            range: PoolRange {
-                first: subnet.pool[0],
-                last: subnet.pool[1],
-            },
+            reservation,
+            range,
             secs: subnet.lease_time.as_secs() as i64,
         };
         let via = relay_or(msg, at.iface_addr);
@@ -337,7 +352,7 @@ impl Handler {
         let ip = leases.choose_offer(&OfferRequest {
             mac,
             range: lease.range,
-            reserved: lease.reservation.map(|r| r.ip),
+            reserved: lease.reservation.and_then(|r| r.ip),
             unavailable: &unavailable,
             requested: client.requested_ip,
             now,
@@ -374,8 +389,8 @@ impl Handler {
         }) else {
             return Ok(Outcome::Drop("request-without-address"));
         };
-        let allowed = match lease.reservation {
-            Some(r) => r.ip == ip,
+        let allowed = match lease.reservation.and_then(|r| r.ip) {
+            Some(reserved) => reserved == ip,
             None => {
                 lease.subnet.subnet.contains(&ip)
                     && lease.range.contains(ip)
@@ -453,6 +468,18 @@ impl Handler {
             seen.push((client.clone(), asked, relay_or(msg, at.iface_addr)));
             return Outcome::Drop("proxy-not-pxe-client");
         }
+        if !self.observer.proxy_may_answer(client.mac) {
+            return Outcome::Drop("proxy-not-ours");
+        }
+        // Relayed (a router's helper address names this head): answered through the relay,
+        // if a subnet lists it; anyone can write a giaddr into a packet.
+        let relay = Some(msg.giaddr()).filter(|g| !g.is_unspecified());
+        if let Some(g) = relay {
+            if !self.cfg.dhcp.subnets.iter().any(|s| s.relays.contains(&g)) {
+                self.warn_unknown_relay(g);
+                return Outcome::Drop("unknown-relay");
+            }
+        }
         let mtype = match (at.port, client.msg_type) {
             (SERVER_PORT, MessageType::Discover) => MessageType::Offer,
             (SERVER_PORT, MessageType::Request) => {
@@ -479,9 +506,13 @@ impl Handler {
         }
         seen.push((client.clone(), None, relay_or(msg, at.iface_addr)));
         if at.port == SERVER_PORT {
+            let to = match relay {
+                Some(g) => SocketAddrV4::new(g, SERVER_PORT),
+                None => SocketAddrV4::new(Ipv4Addr::BROADCAST, CLIENT_PORT),
+            };
             Outcome::Reply {
                 msg: Box::new(reply),
-                to: SocketAddrV4::new(Ipv4Addr::BROADCAST, CLIENT_PORT),
+                to,
                 link: None,
             }
         } else {

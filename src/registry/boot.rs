@@ -466,6 +466,20 @@ impl BootObserver for Registry {
             tracing::error!(mac = %client.mac, "registry: cannot record DHCP: {e}");
         }
     }
+
+    /// proxyDHCP answers the PCs enlist should boot: reserved, known (a node, or waiting for
+    /// approval), or any while an enrollment window is open; never an unknown PC of another
+    /// PXE service, whatever `nodes.enrollment` says. Memory only: it runs inside the DHCP
+    /// batch's lease transaction.
+    fn proxy_may_answer(&self, mac: Mac) -> bool {
+        if self.cfg.reservation_for(mac).is_some() {
+            return true;
+        }
+        let inner = self.inner();
+        inner.live.contains_key(&mac)
+            || inner.candidates.contains_key(&mac)
+            || inner.enrollment.left(Instant::now()).is_some()
+    }
 }
 
 impl FetchObserver for Registry {

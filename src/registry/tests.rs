@@ -703,3 +703,22 @@ fn a_pc_found_to_be_64_bit_boots_the_64_bit_image_from_its_next_boot() {
     assert_eq!(image_of(B, ip(11)), "i586");
     assert!(image_notes(B).is_empty(), "{:?}", image_notes(B));
 }
+
+/// Beside a campus PXE service, proxyDHCP answers only the PCs enlist should boot: an
+/// unknown PC is the campus service's (even with enrollment open), unless an enrollment
+/// window is open; a PC that became a node is answered from then on.
+#[test]
+fn proxy_dhcp_answers_known_pcs_and_new_ones_only_in_an_enrollment_window() {
+    let r = registry_from("proxy", ", enrollment: open", "");
+    assert!(
+        !r.proxy_may_answer(A),
+        "an unknown PC: the campus' PXE answers it"
+    );
+    r.open_enrollment(Duration::from_secs(60));
+    assert!(r.proxy_may_answer(A), "in the window");
+    r.dhcp_seen(&pxe(A), None, Ipv4Addr::new(10, 77, 0, 1));
+    assert_eq!(state(&r, A), NodeState::Seen);
+    r.open_enrollment(Duration::ZERO);
+    assert!(r.proxy_may_answer(A), "a node now");
+    assert!(!r.proxy_may_answer(B), "still not another unknown PC");
+}

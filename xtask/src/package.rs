@@ -55,8 +55,8 @@ pub fn run(args: PackageArgs) -> anyhow::Result<()> {
     check_contents(
         &images,
         &[
-            "./var/lib/enlist/images/i586/current",
-            "./var/lib/enlist/images/x86_64/current",
+            "./usr/share/enlist/images/i586.version",
+            "./usr/share/enlist/images/x86_64.version",
         ],
     )?;
     check_unit(&out.join("enlist"))?;
@@ -130,13 +130,54 @@ fn build_deb(dir: &Path, out: &Path, file: &str) -> anyhow::Result<PathBuf> {
     Ok(deb)
 }
 
-/// Removes what the postinst made outside the package's files: the slurm.conf link, if it is
-/// still ours.
+/// Where the images package says which version of each image it brings.
+const PACKAGED: &str = "usr/share/enlist/images";
+
+/// Makes each packaged image current where no local choice was made: where there is no
+/// `current`, or it still names the version the package put there before (kept in
+/// `.packaged`). An image built or rolled back by the admin stays current across upgrades.
+const IMAGES_POSTINST: &str = r#"#!/bin/sh
+set -e
+if [ "$1" = configure ]; then
+    for image in i586 x86_64; do
+        dir=/var/lib/enlist/images/$image
+        new=$(cat /usr/share/enlist/images/$image.version)
+        if [ ! -e "$dir/current" ] || [ "$(cat "$dir/current")" = "$(cat "$dir/.packaged" 2>/dev/null)" ]; then
+            echo "$new" > "$dir/current.new"
+            mv "$dir/current.new" "$dir/current"
+        fi
+        echo "$new" > "$dir/.packaged"
+    done
+fi
+"#;
+
+/// On purge, what the images postinst wrote (a built image and its `current` stay: the
+/// admin's).
+const IMAGES_POSTRM: &str = r#"#!/bin/sh
+set -e
+if [ "$1" = purge ]; then
+    for image in i586 x86_64; do
+        dir=/var/lib/enlist/images/$image
+        if [ -e "$dir/.packaged" ] && [ "$(cat "$dir/current" 2>/dev/null)" = "$(cat "$dir/.packaged")" ]; then
+            rm -f "$dir/current"
+        fi
+        rm -f "$dir/.packaged"
+    done
+fi
+"#;
+
+/// Removes what the postinst and the head made outside the package's files: the slurm.conf
+/// link, if it is still ours, and the kernel NFS export file.
 const POSTRM: &str = r#"#!/bin/sh
 set -e
 if [ "$1" = remove ] || [ "$1" = purge ]; then
     if [ "$(readlink /etc/slurm/slurm.conf 2>/dev/null)" = /run/enlist/slurm.conf ]; then
         rm -f /etc/slurm/slurm.conf
+    fi
+    # The kernel NFS server's export of the shared home (jobs.home.server: kernel).
+    if [ -e /etc/exports.d/enlist.exports ]; then
+        rm -f /etc/exports.d/enlist.exports
+        if command -v exportfs >/dev/null; then exportfs -ra || true; fi
     fi
 fi
 "#;
@@ -411,8 +452,10 @@ fn images_package(out: &Path, version: &str) -> anyhow::Result<PathBuf> {
             let e = e?;
             copy(&e.path(), &to.join(current).join(e.file_name()), 0o644)?;
         }
+        // Which version is current is the admin's (image build, rollback): the package says
+        // which it brings, and its postinst moves `current` only where it was the package's.
         write(
-            &to.join("current"),
+            &dir.join(PACKAGED).join(format!("{image}.version")),
             format!("{current}\n").as_bytes(),
             0o644,
         )?;
@@ -432,6 +475,12 @@ fn images_package(out: &Path, version: &str) -> anyhow::Result<PathBuf> {
         size = installed_kib(&dir)?
     );
     write(&dir.join("DEBIAN/control"), control.as_bytes(), 0o644)?;
+    write(
+        &dir.join("DEBIAN/postinst"),
+        IMAGES_POSTINST.as_bytes(),
+        0o755,
+    )?;
+    write(&dir.join("DEBIAN/postrm"), IMAGES_POSTRM.as_bytes(), 0o755)?;
     build_deb(&dir, out, &format!("enlist-node-images_{version}_all.deb"))
 }
 
@@ -580,6 +629,7 @@ fn install_test(head: &Path, images: &Path) -> anyhow::Result<()> {
     sh(Command::new("chroot")
         .arg(&chroot)
         .args(["enlist", "image", "list"]))?;
+    reinstall_keeps_a_local_choice(&chroot, images)?;
     let proc_dir = chroot.join("proc");
     sh(Command::new("mount")
         .args(["-t", "proc", "proc"])
@@ -587,6 +637,38 @@ fn install_test(head: &Path, images: &Path) -> anyhow::Result<()> {
     let r = boot_from_installed(&chroot);
     let _ = Command::new("umount").arg(&proc_dir).status();
     r
+}
+
+/// The images package reinstalled (as an upgrade does) leaves an admin's choice of current
+/// version alone: a version of the admin's own made current stays current.
+fn reinstall_keeps_a_local_choice(chroot: &Path, images: &Path) -> anyhow::Result<()> {
+    let dir = chroot.join(IMAGES_DIR).join("i586");
+    let packaged = std::fs::read_to_string(dir.join("current"))?;
+    sh(Command::new("cp")
+        .arg("-a")
+        .arg(dir.join(packaged.trim()))
+        .arg(dir.join("local-test")))?;
+    std::fs::write(dir.join("current"), "local-test\n")?;
+    let deb = format!(
+        "/tmp/{}",
+        images
+            .file_name()
+            .map(|f| f.to_string_lossy())
+            .unwrap_or_default()
+    );
+    sh(Command::new("chroot")
+        .arg(chroot)
+        .args(["dpkg", "-i", &deb]))?;
+    let after = std::fs::read_to_string(dir.join("current"))?;
+    anyhow::ensure!(
+        after.trim() == "local-test",
+        "reinstalling the images package made {} current over the admin's choice",
+        after.trim()
+    );
+    std::fs::write(dir.join("current"), packaged)?;
+    std::fs::remove_dir_all(dir.join("local-test"))?;
+    println!("xtask: the images package, reinstalled, kept the admin's current i586 version");
+    Ok(())
 }
 
 /// Set-up's apt-get update, with one index that cannot be had (a mirror that is away): it

@@ -6,8 +6,10 @@
 //!   [`length::MAX_FN_LINES`] lines unless a `// Long:` comment above it says why.
 //! - [`blocking`]: no call from async code in the head to a registry method that reaches the
 //!   database, except inside the blocking boundary (`spawn_blocking`, `http::admin::blocking`).
+//! - [`config_keys`]: every key of the head's config is in `config.example.yaml`.
 
 mod blocking;
+mod config_keys;
 mod cycles;
 mod length;
 
@@ -70,11 +72,15 @@ pub fn run() -> anyhow::Result<()> {
         }
     }
     problems.extend(blocking::violations(&root().join("src"))?);
+    problems.extend(config_keys::missing(
+        &root().join("src/config/wire.rs"),
+        &root().join("config.example.yaml"),
+    )?);
     if !problems.is_empty() {
         bail!("structure check:\n  {}", problems.join("\n  "));
     }
     eprintln!(
-        "xtask: structure ok: {modules} modules in {} crates, no import cycle at any depth, no function over {} lines without a reason, no database call on an async worker",
+        "xtask: structure ok: {modules} modules in {} crates, no import cycle at any depth, no function over {} lines without a reason, no database call on an async worker, every config key in the example",
         CRATES.len(),
         length::MAX_FN_LINES
     );
