@@ -563,7 +563,15 @@ fn kit_recipe(text: &str, packages: &str, kernel: &str, agent: &str, rootfs: &st
 /// already names the lab's network, br0 and 10.77.0.0/24), without jobs (the clean root has no
 /// Slurm: the packages were installed without their Recommends).
 fn lab_config(installed: &str) -> String {
-    installed.replace("  enabled: true", "  enabled: false")
+    // Jobs off: the first `enabled: true` of the `jobs:` section (tftp has one too).
+    let Some(jobs) = installed.find("\njobs:") else {
+        return installed.to_string();
+    };
+    let (head, tail) = installed.split_at(jobs);
+    format!(
+        "{head}{}",
+        tail.replacen("  enabled: true", "  enabled: false", 1)
+    )
 }
 
 /// Install both packages into a clean Debian 12 root and boot a Pentium II from it.
@@ -768,4 +776,19 @@ fn head_uid(ns: &str) -> Option<u32> {
             let line = status.lines().find(|l| l.starts_with("Uid:"))?;
             line.split_whitespace().nth(1)?.parse().ok()
         })
+}
+
+#[cfg(test)]
+mod tests {
+    /// The install test's head: the example config with jobs off and everything else as it
+    /// is (TFTP on: the Pentium II's PXE needs it).
+    #[test]
+    fn the_install_tests_config_is_the_example_without_jobs() {
+        let example = include_str!("../../config.example.yaml");
+        let text = super::lab_config(example);
+        let cfg =
+            enlist::config::Config::parse(&text, std::path::Path::new("t.yaml")).expect("config");
+        assert!(!cfg.jobs.enabled && cfg.tftp.enabled);
+        assert_eq!(text.lines().count(), example.lines().count());
+    }
 }
