@@ -1162,16 +1162,11 @@ fn power_buttons(
 #[test]
 #[ignore = "needs root, QEMU, Slurm and built images: run `cargo xtask test`"]
 fn slurm_wakes_asleep_pcs_for_work_inside_the_window_and_releases_them_when_idle() {
-    // Open now; closes at a whole minute 40-41 minutes ahead (then an hour closed, daily).
-    let release_at = whole_minute_after(Duration::from_secs(40 * 60));
-    let enlist_at = release_at
-        .checked_sub(jiff::SignedDuration::from_hours(23))
-        .unwrap();
+    // Open now; closes 40-41 minutes ahead (then an hour closed, daily).
+    let (enlist_at, release_at) = enlist_lab::daily_window(Duration::from_secs(40 * 60));
     let config = format!(
-        "  group: night\n{}  idle_release: 30s\n  wake_timeout: 40s\nschedules:\n  - group: night\n    enlist: \"{}\"\n    release: \"{}\"\n",
+        "  group: night\n{}  idle_release: 30s\n  wake_timeout: 40s\nschedules:\n  - group: night\n    enlist: \"{enlist_at}\"\n    release: \"{release_at}\"\n",
         JOBS_CONFIG,
-        cron_at(&enlist_at),
-        cron_at(&release_at)
     );
     let mut lab = jobs_lab_with("wake", &config);
     let enlist = root().join("target/release/enlist");
@@ -1359,21 +1354,4 @@ fn slurm_wakes_asleep_pcs_for_work_inside_the_window_and_releases_them_when_idle
         let held = must(&lab, "sinfo", &["-h", "-R", "-o", "%n %E"]);
         fail(&lab, &format!("{e}: {held} {:?}", sinfo_states(&lab)));
     }
-}
-
-fn whole_minute_after(lead: Duration) -> jiff::ZonedDateTime {
-    let tz = jiff::tz::TimeZone::system();
-    let t = jiff::Timestamp::now()
-        .checked_add(jiff::SignedDuration::from_secs(lead.as_secs() as i64 + 60))
-        .unwrap();
-    let z = t.to_zoned_datetime(tz.clone());
-    let dt = z.date().at(z.hour(), z.minute(), 0, 0);
-    tz.to_ambiguous_timestamp(dt)
-        .compatible()
-        .unwrap()
-        .to_zoned_datetime(tz)
-}
-
-fn cron_at(z: &jiff::ZonedDateTime) -> String {
-    format!("{} {} * * *", z.minute(), z.hour())
 }

@@ -135,23 +135,17 @@ fn narrowed(h: &super::client::Head, a: &ExecArgs) -> anyhow::Result<Option<Stri
 
 pub fn run(config: &Path, a: ExecArgs) -> anyhow::Result<i32> {
     let h = head(config)?;
-    let request = match narrowed(&h, &a)? {
-        Some(names) => ExecRequest {
-            command: a.command.join(" "),
-            timeout_secs: Some(a.timeout),
-            nodes: Some(names),
-            group: None,
-            all: false,
-            fanout: Some(a.fanout),
-        },
-        None => ExecRequest {
-            command: a.command.join(" "),
-            timeout_secs: Some(a.timeout),
-            nodes: a.nodes.clone(),
-            group: a.group.clone(),
-            all: a.all,
-            fanout: Some(a.fanout),
-        },
+    let (nodes, group, all) = match narrowed(&h, &a)? {
+        Some(names) => (Some(names), None, false),
+        None => (a.nodes.clone(), a.group.clone(), a.all),
+    };
+    let request = ExecRequest {
+        command: a.command.join(" "),
+        timeout_secs: Some(a.timeout),
+        nodes,
+        group,
+        all,
+        fanout: Some(a.fanout),
     };
     let started: ExecStarted = h.post("/api/v1/exec", Some(&request))?;
     // Per node: bytes of its output printed so far, and whether it has ended.

@@ -108,10 +108,7 @@ fn lent_by_group(groups: &[GroupLent]) -> String {
             0 => "-".to_string(),
             e => format!("{:.0}%", 100.0 * g.job_secs as f64 / e as f64),
         };
-        let woke = match g.wakes_tried {
-            0 => "-".to_string(),
-            t => format!("{}/{t}", g.wakes_woke),
-        };
+        let woke = rate(g.wakes_woke, g.wakes_tried);
         out.push_str(&format!(
             "  {:<16} {:>5} {:>10} {:>10} {:>6} {:>8}\n",
             g.group,
@@ -158,16 +155,16 @@ fn print_table(nodes: &[NodeView], long: bool) {
             cpu,
             ram,
             load,
-            woke(n)
+            rate(n.wakes_woke, n.wakes_tried)
         );
     }
 }
 
 /// Wake-on-LAN success: `woke/tried` (`-` if never woken for work).
-fn woke(n: &NodeView) -> String {
-    match n.wakes_tried {
+fn rate(woke: u32, tried: u32) -> String {
+    match tried {
         0 => "-".into(),
-        t => format!("{}/{t}", n.wakes_woke),
+        t => format!("{woke}/{t}"),
     }
 }
 
@@ -341,16 +338,7 @@ pub fn wake(config: &Path, node: Option<String>, group: Option<String>) -> anyho
     let h = head(config)?;
     let names: Vec<String> = match (node, group) {
         (Some(n), None) => vec![n],
-        (None, Some(g)) => {
-            let NodeList { nodes, .. } = h.get("/api/v1/nodes")?;
-            let names: Vec<String> = nodes
-                .into_iter()
-                .filter(|n| n.group == g)
-                .map(|n| n.name)
-                .collect();
-            anyhow::ensure!(!names.is_empty(), "no node in group {g:?}");
-            names
-        }
+        (None, Some(g)) => selected(&h, &format!("@{g}"), None)?,
         _ => anyhow::bail!("name a node, or a group with --group"),
     };
     for (i, name) in names.iter().enumerate() {

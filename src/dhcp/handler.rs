@@ -250,15 +250,25 @@ impl Handler {
                 .find(|s| s.subnet.contains(&at.iface_addr))
                 .ok_or("no-subnet-for-client");
         }
-        let found = subnets.iter().find(|s| s.relays.contains(&giaddr));
+        self.relay_subnet(giaddr).ok_or("unknown-relay")
+    }
+
+    /// The subnet that lists relay `giaddr`; if none does, said once at WARN with the fix
+    /// (an upgrade from a release that answered any relay leaves a room dark otherwise).
+    fn relay_subnet(&self, giaddr: Ipv4Addr) -> Option<&SubnetConfig> {
+        let found = self
+            .cfg
+            .dhcp
+            .subnets
+            .iter()
+            .find(|s| s.relays.contains(&giaddr));
         if found.is_none() {
             self.warn_unknown_relay(giaddr);
         }
-        found.ok_or("unknown-relay")
+        found
     }
 
-    /// Say once, at WARN, that a relay's requests go unanswered and what fixes it: an
-    /// upgrade from a release that answered any relay leaves a room dark otherwise.
+    /// Say once per relay, at WARN, that its requests go unanswered and what fixes it.
     fn warn_unknown_relay(&self, giaddr: Ipv4Addr) {
         let mut warned = self.warned_relays.lock().unwrap_or_else(|p| p.into_inner());
         if warned.len() < WARNED_RELAYS && warned.insert(giaddr) {
@@ -474,11 +484,8 @@ impl Handler {
         // Relayed (a router's helper address names this head): answered through the relay,
         // if a subnet lists it; anyone can write a giaddr into a packet.
         let relay = Some(msg.giaddr()).filter(|g| !g.is_unspecified());
-        if let Some(g) = relay {
-            if !self.cfg.dhcp.subnets.iter().any(|s| s.relays.contains(&g)) {
-                self.warn_unknown_relay(g);
-                return Outcome::Drop("unknown-relay");
-            }
+        if relay.is_some_and(|g| self.relay_subnet(g).is_none()) {
+            return Outcome::Drop("unknown-relay");
         }
         let mtype = match (at.port, client.msg_type) {
             (SERVER_PORT, MessageType::Discover) => MessageType::Offer,

@@ -132,6 +132,13 @@ mod tests {
         Mac([0x52, 0x54, 0, 0, 0, last])
     }
 
+    fn lent(enlisted_ms: u64, jobs_ms: u64) -> Lent {
+        Lent {
+            enlisted_ms,
+            jobs_ms,
+        }
+    }
+
     fn node(last: u8, enlisted: bool, busy: bool) -> Sample<'static> {
         Sample {
             mac: mac(last),
@@ -159,70 +166,28 @@ mod tests {
                 ],
             );
         }
-        assert_eq!(
-            l.pending(mac(1)),
-            Lent {
-                enlisted_ms: 90_000,
-                jobs_ms: 30_000
-            }
-        );
-        assert_eq!(
-            l.pending(mac(2)),
-            Lent {
-                enlisted_ms: 30_000,
-                jobs_ms: 0
-            }
-        );
+        assert_eq!(l.pending(mac(1)), lent(90_000, 30_000));
+        assert_eq!(l.pending(mac(2)), lent(30_000, 0));
         assert_eq!(l.pending(mac(3)), Lent::default());
         let by_group = l.sample(
             t0 + Duration::from_millis(90_500),
             [node(1, true, true), node(4, true, false)],
         );
-        assert_eq!(
-            by_group["lab1"],
-            Lent {
-                enlisted_ms: 500,
-                jobs_ms: 500
-            }
-        );
-        assert_eq!(
-            by_group["lab2"],
-            Lent {
-                enlisted_ms: 500,
-                jobs_ms: 0
-            }
-        );
+        assert_eq!(by_group["lab1"], lent(500, 500));
+        assert_eq!(by_group["lab2"], lent(500, 0));
 
         // Flushed once a minute has passed since the first sample, whole seconds only.
         let flushed = l.take_due(t0 + Duration::from_secs(91), false);
         assert_eq!(flushed, vec![(mac(1), 90, 30), (mac(2), 30, 0)]);
-        assert_eq!(
-            l.pending(mac(1)),
-            Lent {
-                enlisted_ms: 500,
-                jobs_ms: 500
-            }
-        );
-        assert_eq!(
-            l.pending(mac(4)),
-            Lent {
-                enlisted_ms: 500,
-                jobs_ms: 0
-            }
-        );
+        assert_eq!(l.pending(mac(1)), lent(500, 500));
+        assert_eq!(l.pending(mac(4)), lent(500, 0));
         assert!(
             l.take_due(t0 + Duration::from_secs(92), false).is_empty(),
             "not due"
         );
         // A failed write puts it back.
         l.restore(&flushed);
-        assert_eq!(
-            l.pending(mac(2)),
-            Lent {
-                enlisted_ms: 30_000,
-                jobs_ms: 0
-            }
-        );
+        assert_eq!(l.pending(mac(2)), lent(30_000, 0));
     }
 
     #[test]

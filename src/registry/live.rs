@@ -357,7 +357,6 @@ impl Inner {
             .collect()
     }
 
-    /// Forget what has expired: tokens, approval candidates, old boot addresses.
     /// Count the time since the last sweep for each enlisted node (and its jobs); returns
     /// what was added by group, and the rows' totals to write if a flush is due.
     pub fn sample_lent(
@@ -392,6 +391,7 @@ impl Inner {
         }
     }
 
+    /// Forget what has expired: tokens, approval candidates, old boot addresses.
     pub fn prune(&mut self, now: Instant) {
         self.tokens.prune(now);
         self.candidates

@@ -545,16 +545,14 @@ impl Registry {
         Ok(())
     }
 
-    /// When the PC's own OS last asked DHCP for an address, if within `within`, and the
-    /// address it asked for (see [`live::Inner::note_own_os`]).
+    /// How long ago the PC's own OS last asked DHCP for an address, and the address it
+    /// asked for (see [`live::Inner::note_own_os`]).
     pub fn own_os_seen(
         &self,
         mac: Mac,
-        within: std::time::Duration,
     ) -> Option<(std::time::Duration, Option<std::net::Ipv4Addr>)> {
         let (at, ip) = self.inner().live.get(&mac)?.own_os?;
-        let ago = at.elapsed();
-        (ago <= within).then_some((ago, ip))
+        Some((at.elapsed(), ip))
     }
 
     /// Count what the nodes were lent since the last sweep (metrics now, rows once a minute,

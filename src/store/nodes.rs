@@ -122,7 +122,7 @@ impl Store {
     }
 
     /// Add time lent (seconds enlisted, seconds running jobs) to nodes' totals, in one
-    /// transaction. A node forgotten meanwhile is skipped.
+    /// transaction. A MAC with no row is skipped.
     pub fn add_lent(&self, lent: &[(Mac, u64, u64)]) -> Result<(), StoreError> {
         self.with(|c| {
             let tx = c.transaction()?;

@@ -101,8 +101,8 @@ impl Timetable {
     /// an address lately, or a host answers ARP at its address (the node's, or the one its
     /// own OS asked for).
     async fn in_use(&self, row: &NodeRow) -> Option<String> {
-        let seen = self.registry.own_os_seen(row.mac, OWN_OS_UP);
-        if let Some((ago, ip)) = seen {
+        let own = self.registry.own_os_seen(row.mac);
+        if let Some((ago, ip)) = own.filter(|(ago, _)| *ago <= OWN_OS_UP) {
             let ip = ip.map(|i| format!(" ({i})")).unwrap_or_default();
             return Some(format!(
                 "in use: its own OS asked DHCP for an address{ip} {} s ago",
@@ -110,7 +110,6 @@ impl Timetable {
             ));
         }
         let mut ips: Vec<Ipv4Addr> = row.ip.into_iter().collect();
-        let own = self.registry.own_os_seen(row.mac, Duration::MAX);
         ips.extend(own.and_then(|(_, ip)| ip).filter(|ip| Some(*ip) != row.ip));
         let cfg = self.cfg.clone();
         tokio::task::spawn_blocking(move || {

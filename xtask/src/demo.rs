@@ -105,18 +105,11 @@ pub fn demo(port: u16) -> anyhow::Result<()> {
 /// The demo's room is woken on demand: its window is open from now until 12 hours ahead
 /// (closed an hour a day), Slurm gives idle PCs back after a minute and wakes them when work
 /// waits.
-fn on_demand_room() -> anyhow::Result<String> {
-    let tz = jiff::tz::TimeZone::system();
-    let release = jiff::Timestamp::now()
-        .checked_add(jiff::SignedDuration::from_hours(12))?
-        .to_zoned_datetime(tz);
-    let enlist = release.checked_sub(jiff::SignedDuration::from_hours(23))?;
-    let cron = |z: &jiff::ZonedDateTime| format!("{} {} * * *", z.minute(), z.hour());
-    Ok(format!(
-        "  idle_release: 1m\n  wake_timeout: 5m\nschedules:\n  - group: {ROOM}\n    enlist: \"{}\"\n    release: \"{}\"\n    wake: on-demand\n",
-        cron(&enlist),
-        cron(&release)
-    ))
+fn on_demand_room() -> String {
+    let (enlist, release) = enlist_lab::daily_window(Duration::from_secs(12 * 3600));
+    format!(
+        "  idle_release: 1m\n  wake_timeout: 5m\nschedules:\n  - group: {ROOM}\n    enlist: \"{enlist}\"\n    release: \"{release}\"\n    wake: on-demand\n"
+    )
 }
 
 /// The demo's group (its one room).
@@ -189,7 +182,7 @@ fn run_lab(
         Jobs::WithEnv => format!(
             "  group: {ROOM}\n{JOBS_CONFIG}  env_dir: {}\n{}",
             env_dir().display(),
-            on_demand_room()?
+            on_demand_room()
         ),
     };
     let config = lab

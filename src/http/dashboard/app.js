@@ -311,7 +311,7 @@ async function renderDetail() {
     ['Boot took', num(n.boot_seconds, 1) === '-' ? '-' : num(n.boot_seconds, 1) + ' s'], ['Uptime', num(hb.uptime_secs, 0) === '-' ? '-' : num(hb.uptime_secs, 0) + ' s'],
     ['Released', n.released ? 'yes (boots from its own disk)' : 'no'], ['Approved', n.approved ? 'yes' : 'no'],
     ['Lent', hours(n.enlisted_secs) + ' enlisted, ' + hours(n.job_secs) + ' running jobs (h:mm)'],
-    ['Woke', n.wakes_tried ? num(n.wakes_woke, 0) + ' of ' + num(n.wakes_tried, 0) + ' Wake-on-LAN tries' : '-'],
+    ['Woke', n.wakes_tried ? wakeRate(n.wakes_woke, n.wakes_tried) + ' Wake-on-LAN tries' : '-'],
   ];
   $('#d-facts').replaceChildren(...facts.flatMap(([k, v]) => [el('dt', { textContent: k }), el('dd', { textContent: String(v) })]));
   $('#d-actions').replaceChildren(...actionsFor(n));
@@ -360,6 +360,11 @@ function hours(secs) {
   return Math.floor(secs / 3600) + ':' + String(Math.floor((secs % 3600) / 60)).padStart(2, '0');
 }
 
+// Wake-on-LAN tries that woke the PC(s): '3 of 4', or '-' if none was tried.
+function wakeRate(woke, tried) {
+  return tried ? num(woke, 0) + ' of ' + num(tried, 0) : '-';
+}
+
 // What each group lent: hours enlisted, hours running jobs, Wake-on-LAN tries that woke.
 function renderLent(groups) {
   const list = Array.isArray(groups) ? groups : [];
@@ -370,7 +375,7 @@ function renderLent(groups) {
       el('td', { textContent: num(g.nodes, 0) }),
       el('td', { textContent: hours(g.enlisted_secs) }),
       el('td', { textContent: hours(g.job_secs) }),
-      el('td', { textContent: g.wakes_tried ? num(g.wakes_woke, 0) + ' of ' + num(g.wakes_tried, 0) : '-' }));
+      el('td', { textContent: wakeRate(g.wakes_woke, g.wakes_tried) }));
     row.dataset.group = g.group;
     return row;
   }));

@@ -196,6 +196,23 @@ pub struct Pc {
     pub powered_on_ms: i64,
 }
 
+/// A room's daily window for `schedules:` as (enlist, release) cron expressions, in this
+/// machine's time zone: open now, closing at the first whole minute after `closes_in` from
+/// now (cron has minutes), then closed for an hour.
+pub fn daily_window(closes_in: Duration) -> (String, String) {
+    let tz = jiff::tz::TimeZone::system();
+    let ahead = jiff::SignedDuration::from_secs(closes_in.as_secs() as i64 + 60);
+    let release = jiff::Timestamp::now()
+        .checked_add(ahead)
+        .unwrap_or_else(|_| jiff::Timestamp::now())
+        .to_zoned_datetime(tz);
+    let enlist = release
+        .checked_sub(jiff::SignedDuration::from_hours(23))
+        .unwrap_or_else(|_| release.clone());
+    let cron = |z: &jiff::ZonedDateTime| format!("{} {} * * *", z.minute(), z.hour());
+    (cron(&enlist), cron(&release))
+}
+
 /// Unix time in milliseconds (as the head's boot steps carry it).
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
