@@ -153,6 +153,7 @@ impl Head {
         self.spawn_tftp(&mut tasks, &shutdown).await?;
         self.spawn_http(&mut tasks, &shutdown).await?;
         self.spawn_sweeper(&mut tasks, &shutdown);
+        self.spawn_reloader(&mut tasks, &shutdown)?;
         if let Some(s) = &self.schedules {
             s.spawn(&mut tasks, &shutdown);
         }
@@ -188,7 +189,7 @@ impl Head {
             tracing::warn!("dhcp.subnets[{i}]: {why}");
         }
         let handler = Arc::new(dhcp::handler::Handler::new(
-            self.cfg.clone(),
+            self.registry.current(),
             self.store.clone(),
             self.registry.clone(),
         ));
@@ -349,6 +350,61 @@ impl Head {
                 tracing::error!("writing the time lent at shutdown: {e}");
             }
         });
+    }
+}
+
+impl Head {
+    /// On SIGHUP (`systemctl reload enlist`), read the config file again and take what can
+    /// change while running (see [`crate::config::Current`]); a file with an error is
+    /// refused whole, named at its line, and the head goes on as it was.
+    fn spawn_reloader(
+        &self,
+        tasks: &mut tokio::task::JoinSet<()>,
+        shutdown: &watch::Receiver<bool>,
+    ) -> anyhow::Result<()> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut hup = signal(SignalKind::hangup()).context("cannot catch SIGHUP")?;
+        let registry = self.registry.clone();
+        let path = self.cfg.path().to_path_buf();
+        let mut shutdown = shutdown.clone();
+        tasks.spawn(async move {
+            loop {
+                tokio::select! {
+                    Some(()) = hup.recv() => {}
+                    _ = shutdown.wait_for(|v| *v) => break,
+                }
+                let (reg, path) = (registry.clone(), path.clone());
+                if let Err(e) = tokio::task::spawn_blocking(move || reload(&reg, &path)).await {
+                    tracing::error!("config reload task: {e}");
+                }
+            }
+        });
+        Ok(())
+    }
+}
+
+/// One reload of `path` into `registry` (see [`Head::spawn_reloader`]).
+fn reload(registry: &Registry, path: &std::path::Path) {
+    let new = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!("config reload refused, nothing changed: {e}");
+            return;
+        }
+    };
+    let done = registry.reload(&new);
+    let applied = if done.applied.is_empty() {
+        "nothing new".to_string()
+    } else {
+        done.applied.join(", ")
+    };
+    tracing::info!(config = %path.display(), "config reloaded: {applied}");
+    if !done.restart.is_empty() {
+        tracing::warn!(
+            config = %path.display(),
+            "config reload: changes in {} wait for a restart (systemctl restart enlist); the head goes on with the values it started with",
+            done.restart.join(", ")
+        );
     }
 }
 

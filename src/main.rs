@@ -23,6 +23,11 @@ struct Args {
 #[derive(Subcommand)]
 enum Cmd {
     /// Run the head: DHCP, TFTP, HTTP, registry and dashboard.
+    ///
+    /// SIGHUP (systemctl reload enlist) reads the config file again: the reservations,
+    /// nodes.enrollment and nodes.name_pattern take effect at once, with no lease or agent
+    /// session dropped; other changed sections are named in the log and wait for a restart.
+    /// SIGTERM or SIGINT stop the head.
     Serve,
     /// Validate a configuration file without serving (default: --config).
     CheckConfig { file: Option<PathBuf> },

@@ -304,7 +304,7 @@ pub fn release_node(
         return registry.release(mac);
     }
     let (registry, workload) = (registry.clone(), workload.clone());
-    let limits = ReleaseLimits::of(registry.config());
+    let limits = ReleaseLimits::of(&registry.config());
     rt.spawn(async move {
         if let Err(e) = release(registry, workload, limits, mac).await {
             tracing::error!(%mac, "release: {e}");

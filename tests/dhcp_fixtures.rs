@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use dhcproto::v4::{DhcpOption, Message, MessageType, OptionCode};
 use dhcproto::{Decodable, Decoder};
-use enlist::config::{Config, DhcpMode};
+use enlist::config::{Config, Current, DhcpMode};
 use enlist::dhcp::client::{classify, Firmware};
 use enlist::dhcp::handler::{Arrival, Handler, NoObserver, Outcome};
 use enlist::store::Store;
@@ -55,7 +55,11 @@ fn handler(mode: DhcpMode) -> (Handler, Arrival) {
 
 fn handler_with(config: &str, mode: DhcpMode) -> (Handler, Arrival) {
     let cfg = Arc::new(Config::parse(config, Path::new("t.yaml")).expect("config"));
-    let h = Handler::new(cfg, Store::memory().expect("db"), Arc::new(NoObserver));
+    let h = Handler::new(
+        Arc::new(Current::new(cfg)),
+        Store::memory().expect("db"),
+        Arc::new(NoObserver),
+    );
     let at = Arrival {
         iface: "br0".into(),
         iface_addr: Ipv4Addr::new(10, 77, 0, 1),

@@ -34,6 +34,10 @@ fn err(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).to_string()
 }
 
+fn count(text: &str, needle: &str) -> usize {
+    text.matches(needle).count()
+}
+
 fn events(lab: &Lab, mac: &str) -> String {
     lab.curl(&format!("/api/v1/nodes/{mac}"))
         .map(|v| v["events"].to_string())
@@ -214,6 +218,110 @@ fn exec_runs_on_every_node_folds_times_out_cuts_and_reports_a_dead_pc() {
     let o = exec(&lab, &["--all", "-S", "--timeout", "20", "--", &ping]);
     assert_eq!(o.status.code(), Some(0), "{}{}", out(&o), err(&o));
 
+    // Forty PCs as one: both PCs and a third MAC named from a list (`enlist node import`),
+    // the third a PC that has not booted yet (its node made when its initrd is fetched). A
+    // group less one node, as clush takes it.
+    let enlist_bin = root().join("target/release/enlist");
+    let third = "52:54:00:77:0f:03";
+    let csv = lab.dir.join("names.csv");
+    std::fs::write(
+        &csv,
+        format!(
+            "mac,name,group\n{},lab101-01,lab101\n{},lab101-02,lab101  # by the door\n{third},lab101-03,lab101\n",
+            macs[0], macs[1]
+        ),
+    )
+    .unwrap();
+    let o = lab.enlist(&enlist_bin, &["node", "import", csv.to_str().unwrap()]);
+    assert!(
+        o.status.success() && out(&o).contains("named when they first boot: lab101-03"),
+        "{}{}",
+        out(&o),
+        err(&o)
+    );
+    lab.direct_boot_files(&images, "i586", third).unwrap();
+    assert_eq!(
+        lab.node_name(third),
+        "lab101-03",
+        "named at its first sight"
+    );
+    let o = exec(
+        &lab,
+        &["-w", "@lab101", "-x", "lab101-03", "--", "hostname"],
+    );
+    assert!(o.status.success(), "{}{}", out(&o), err(&o));
+    assert!(
+        out(&o).contains("lab101-01: ") && out(&o).contains("lab101-02: "),
+        "{}",
+        out(&o)
+    );
+    assert!(
+        !out(&o).contains("lab101-03") && !err(&o).contains("lab101-03"),
+        "{}{}",
+        out(&o),
+        err(&o)
+    );
+
+    // A reservation added to the file, then `kill -HUP`: taken at once by the same process,
+    // no lease dropped, no agent made to register again.
+    let leases = || {
+        let db = lab.dir.join("state/enlist.db");
+        let c =
+            rusqlite::Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+                .unwrap();
+        let mut st = c
+            .prepare("SELECT ip, mac, state FROM leases ORDER BY ip")
+            .unwrap();
+        let rows = st.query_map([], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+            ))
+        });
+        rows.unwrap().map(Result::unwrap).collect::<Vec<_>>()
+    };
+    let before = leases();
+    assert!(before.len() >= 2, "both PCs lease: {before:?}");
+    let registered = count(&events(&lab, &macs[1]), "agent registered");
+    let pid = lab.head_pid().unwrap();
+    let config = lab.dir.join("config.yaml");
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        "      lease_time: 10m\n",
+        &format!("      lease_time: 10m\n      reservations: [{{ mac: \"{third}\", name: teacher, group: front }}]\n"),
+    );
+    std::fs::write(&config, text).unwrap();
+    assert!(std::process::Command::new("kill")
+        .args(["-HUP", &pid.to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let renamed = lab.wait_for(Duration::from_secs(20), "the rename", || {
+        lab.node_name(third) == "teacher"
+    });
+    assert!(
+        renamed.is_ok(),
+        "the reservation's name: {}\n{}",
+        lab.node_name(third),
+        lab.head_log()
+    );
+    assert!(
+        lab.head_log()
+            .contains("config reloaded: dhcp.subnets[].reservations"),
+        "{}",
+        lab.head_log()
+    );
+    assert_eq!(lab.head_pid(), Some(pid), "the same head");
+    assert_eq!(leases(), before, "no lease dropped or moved");
+    let o = exec(&lab, &["-w", "lab101-[01-02]", "-S", "--", "true"]);
+    assert!(o.status.success(), "sessions kept: {}{}", out(&o), err(&o));
+    assert_eq!(
+        count(&events(&lab, &macs[1]), "agent registered"),
+        registered,
+        "no new registration"
+    );
+    let names: Vec<String> = macs.iter().map(|m| lab.node_name(m)).collect();
+
     // The Pentium II dies mid-command: unreachable; the other answers.
     let mut cmd = lab.exec(&root().join("target/release/enlist").display().to_string());
     cmd.arg("exec")
@@ -254,5 +362,21 @@ fn exec_runs_on_every_node_folds_times_out_cuts_and_reports_a_dead_pc() {
             names[1]
         );
         std::thread::sleep(Duration::from_secs(2));
+    }
+
+    // A host list of node actions, as scontrol takes it: the lost Pentium II is marked
+    // released (its next network boot is of its own disk), the x86_64 PC is sent home.
+    let o = lab.enlist(&enlist_bin, &["node", "release", "lab101-[01-02]"]);
+    assert!(o.status.success(), "{}{}", out(&o), err(&o));
+    assert_eq!(out(&o).matches("release sent").count(), 2, "{}", out(&o));
+    let left = lab.wait_for(Duration::from_secs(60), "both released", || {
+        lab.node_state(&macs[0]).as_deref() == Some("released")
+            && matches!(
+                lab.node_state(&macs[1]).as_deref(),
+                Some("leaving" | "gone")
+            )
+    });
+    if let Err(e) = left {
+        panic!("{e}\n{}", lab.report());
     }
 }

@@ -383,6 +383,45 @@ pub enum NodeAction {
     Group(String),
 }
 
+/// PCs' names by MAC: the body of `POST /api/v1/names` (`enlist node import names.csv`), and
+/// what `GET /api/v1/names` lists. Nodes that exist are renamed (and moved) now; PCs not seen
+/// yet get the name when they first boot (and count as known, like a reservation).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields)]
+pub struct NameList {
+    /// At most [`MAX_IMPORT`] per request (the CLI sends a longer file in parts).
+    pub nodes: Vec<NamedPc>,
+}
+
+/// Entries one import request takes at most (well inside the API's body limit).
+pub const MAX_IMPORT: usize = 500;
+
+/// One PC of an import.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields)]
+pub struct NamedPc {
+    pub mac: Mac,
+    /// A host label: 1-63 letters, digits and '-'.
+    pub name: String,
+    /// Its group; none: the group stays (or follows the config, for a PC not seen yet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+}
+
+/// What an import did.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct ImportAnswer {
+    /// Nodes renamed or moved now, as `old → new (group g)`.
+    pub changed: Vec<String>,
+    /// Names of PCs not seen yet: theirs when they first boot.
+    pub waiting: Vec<String>,
+    /// Nodes already so named and grouped.
+    pub unchanged: usize,
+}
+
 /// The body of `rename` (`name`) and `group` (`group`); the other actions take none.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]

@@ -181,6 +181,12 @@ fn admin_operations() -> Vec<Operation> {
             .takes(schema::<admin::EnrollmentRequest>)
             .answers(200, "policy and window, as GET", Some(schema::<admin::Enrollment>))
             .or(400, "longer than a day"),
+        op("get", "/api/v1/names", "admin", Admin, "The names (and groups) the admin gave PCs by MAC (enlist node import)")
+            .answers(200, "OK", Some(schema::<admin::NameList>)),
+        op("post", "/api/v1/names", "admin", Admin, "Name PCs by MAC, with a group if given (enlist node import names.csv): nodes are renamed now, PCs not seen yet get the name when they first boot and count as known (like a reservation). All or nothing")
+            .takes(schema::<admin::NameList>)
+            .answers(200, "what changed", Some(schema::<admin::ImportAnswer>))
+            .or(400, "a bad name or group, a MAC or name listed twice, more than 500 PCs, or a name another node has"),
         op("post", "/api/v1/exec", "admin", Admin, "Run a shell command (as root, /bin/sh -c) on nodes: exactly one of nodes (a host list, node-[01-03]), group, all (every node that is up). Recorded in each node's history")
             .takes(schema::<admin::ExecRequest>)
             .answers(202, "started", Some(schema::<admin::ExecStarted>))

@@ -4,10 +4,14 @@
 use std::path::Path;
 
 use clap::{Args, Subcommand};
+use std::collections::HashMap;
+
+use anyhow::Context;
 use enlist_api::admin::{
-    Enrollment, EnrollmentRequest, GroupLent, NodeAction, NodeDetail, NodeList, NodeView,
-    PowerAnswer, PowerRequest, Rotation,
+    Enrollment, EnrollmentRequest, GroupLent, ImportAnswer, NameList, NamedPc, NodeAction,
+    NodeDetail, NodeList, NodeView, PowerAnswer, PowerRequest, Rotation, MAX_IMPORT,
 };
+use enlist_api::Mac;
 
 use super::client::{head, Head};
 
@@ -49,6 +53,10 @@ pub enum NodeCmd {
     Rename { node: String, name: String },
     /// Show one node and its event history.
     Show { node: String },
+    /// Name PCs by MAC from a CSV file of `MAC,name[,group]` lines (`#` comments; a header
+    /// line `mac,name,group` is skipped): nodes are renamed now, PCs not seen yet get the
+    /// name when they first boot. All or nothing.
+    Import { file: std::path::PathBuf },
 }
 
 /// An optional value as the table shows it.
@@ -204,6 +212,7 @@ pub fn act(config: &Path, cmd: NodeCmd) -> anyhow::Result<()> {
             println!("{node}: now {}", v.name);
             return Ok(());
         }
+        NodeCmd::Import { file } => return import(&h, &file),
         NodeCmd::Show { node } => {
             let d: NodeDetail = h.get(&format!("/api/v1/nodes/{node}"))?;
             println!("{}", serde_json::to_string_pretty(&d)?);
@@ -231,6 +240,103 @@ pub fn act(config: &Path, cmd: NodeCmd) -> anyhow::Result<()> {
         names.len()
     );
     Ok(())
+}
+
+/// `enlist node import FILE`: the file checked whole first (every bad line named), then sent
+/// in parts the API takes.
+fn import(h: &Head, file: &Path) -> anyhow::Result<()> {
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let pcs = parse_names(&text).map_err(|errors| {
+        let lines: Vec<String> = errors
+            .iter()
+            .map(|(line, e)| format!("{}:{line}: {e}", file.display()))
+            .collect();
+        anyhow::anyhow!("{}", lines.join("\n"))
+    })?;
+    anyhow::ensure!(!pcs.is_empty(), "{}: no PCs listed", file.display());
+    let (mut changed, mut waiting, mut unchanged) = (vec![], vec![], 0);
+    for part in pcs.chunks(MAX_IMPORT) {
+        let a: ImportAnswer = h.post(
+            "/api/v1/names",
+            Some(&NameList {
+                nodes: part.to_vec(),
+            }),
+        )?;
+        changed.extend(a.changed);
+        waiting.extend(a.waiting);
+        unchanged += a.unchanged;
+    }
+    for c in &changed {
+        println!("{c}");
+    }
+    if !waiting.is_empty() {
+        println!("named when they first boot: {}", waiting.join(", "));
+    }
+    println!(
+        "{} PC(s): {} changed, {} not seen yet, {unchanged} already so",
+        pcs.len(),
+        changed.len(),
+        waiting.len()
+    );
+    Ok(())
+}
+
+/// `MAC,name[,group]` lines; blank lines, `#` comments and a `mac,...` header are skipped.
+/// Every bad line is returned with its number, and a MAC or name given twice.
+fn parse_names(text: &str) -> Result<Vec<NamedPc>, Vec<(usize, String)>> {
+    let mut pcs: Vec<NamedPc> = vec![];
+    let mut errors = vec![];
+    let mut first_line = HashMap::new();
+    for (i, line) in text.lines().enumerate() {
+        let n = i + 1;
+        let line = line.split('#').next().unwrap_or("").trim();
+        if line.is_empty() || (pcs.is_empty() && line.to_ascii_lowercase().starts_with("mac,")) {
+            continue;
+        }
+        let fields: Vec<&str> = line.split(',').map(str::trim).collect();
+        let (mac, name, group) = match fields[..] {
+            [mac, name] => (mac, name, None),
+            [mac, name, group] => (mac, name, Some(group).filter(|g| !g.is_empty())),
+            _ => {
+                errors.push((n, format!("{line:?}: write MAC,name or MAC,name,group")));
+                continue;
+            }
+        };
+        let mac: Mac = match mac.parse() {
+            Ok(m) => m,
+            Err(e) => {
+                errors.push((n, format!("{mac:?}: {e}")));
+                continue;
+            }
+        };
+        if !enlist::config::valid_host_label(name) {
+            errors.push((
+                n,
+                format!("{name:?} is not a host name (1-63 letters, digits and '-')"),
+            ));
+            continue;
+        }
+        if let Some(g) = group.filter(|g| !enlist::config::valid_host_label(g)) {
+            errors.push((n, format!("{g:?} is not a group name")));
+            continue;
+        }
+        for key in [mac.to_string(), name.to_string()] {
+            if let Some(before) = first_line.insert(key.clone(), n) {
+                errors.push((n, format!("{key} is on line {before} too")));
+            }
+        }
+        pcs.push(NamedPc {
+            mac,
+            name: name.to_string(),
+            group: group.map(str::to_string),
+        });
+    }
+    if errors.is_empty() {
+        Ok(pcs)
+    } else {
+        Err(errors)
+    }
 }
 
 /// The names a selection (`node-[01-40]`, `@group`, minus `exclude`) stands for; asks the
@@ -354,6 +460,26 @@ pub fn wake(config: &Path, node: Option<String>, group: Option<String>) -> anyho
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_names_file_is_read_with_comments_and_a_header_and_every_bad_line_is_named() {
+        let ok = "mac,name,group\n# room 101\n52:54:00:00:00:01, lab101-01, lab101\n\n52-54-00-00-00-02,lab101-02 # by the door\n";
+        let pcs = parse_names(ok).expect("parses");
+        assert_eq!(pcs.len(), 2);
+        assert_eq!(
+            (pcs[0].name.as_str(), pcs[0].group.as_deref()),
+            ("lab101-01", Some("lab101"))
+        );
+        assert_eq!(
+            (pcs[1].mac.to_string().as_str(), pcs[1].group.as_deref()),
+            ("52:54:00:00:00:02", None)
+        );
+        let bad = "52:54:00:00:00:01,lab101-01\nnot-a-mac,x\n52:54:00:00:00:03,lab_3\n52:54:00:00:00:01,lab101-04\n52:54:00:00:00:05\n";
+        let errors = parse_names(bad).expect_err("bad lines");
+        let lines: Vec<usize> = errors.iter().map(|(n, _)| *n).collect();
+        assert_eq!(lines, [2, 3, 4, 5], "{errors:?}");
+        assert!(errors[2].1.contains("line 1"), "{errors:?}");
+    }
 
     #[test]
     fn only_nodes_with_a_problem_are_listed_under_the_table() {

@@ -6,11 +6,12 @@
 //! file, line and column: serde's own, or the key path of a check, located by [`locate`].
 
 mod locate;
+mod reload;
 mod sections;
 mod values;
 pub mod wire;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -18,7 +19,8 @@ use std::time::Duration;
 use enlist_api::Mac;
 use ipnet::Ipv4Net;
 
-pub use values::{valid_host_label, ImageName, PciId, PublicUrl};
+pub use reload::{Current, Reload};
+pub use values::{valid_host_label, ImageName, NamePattern, PciId, PublicUrl};
 pub use wire::{DhcpMode, Enrollment, HomeServer};
 
 use locate::Positions;
@@ -91,8 +93,10 @@ pub struct Config {
     pub jobs: JobsConfig,
     /// Per group, when it is enlisted and released (at most one schedule per group).
     pub schedules: Vec<ScheduleConfig>,
-    /// Every reservation of every subnet, by MAC.
+    /// Every reservation of every subnet, by MAC (an index of `dhcp.subnets[].reservations`).
     reservations: HashMap<Mac, Reservation>,
+    /// Every reserved address, kept out of the dynamic pools (the same index).
+    reserved_ips: HashSet<Ipv4Addr>,
     /// Where the config came from, to place later errors (e.g. an image not yet built).
     source: Source,
 }
@@ -213,6 +217,8 @@ pub struct NodesConfig {
     /// A root shell on the node's console instead of its status screen (the lab's bench).
     pub console_shell: bool,
     pub name_prefix: String,
+    /// New nodes' names by join order (`lab101-01`); None: prefix + MAC bytes.
+    pub name_pattern: Option<NamePattern>,
     pub group: String,
     pub heartbeat: Duration,
     pub lost_after: Duration,
@@ -366,6 +372,40 @@ impl Config {
 
     pub fn reservation_for(&self, mac: Mac) -> Option<&Reservation> {
         self.reservations.get(&mac)
+    }
+
+    /// The PC a reservation gives `name`.
+    pub fn reservation_named(&self, name: &str) -> Option<Mac> {
+        self.reservations
+            .values()
+            .find(|r| r.name.as_deref() == Some(name))
+            .map(|r| r.mac)
+    }
+
+    /// How many PCs are reserved.
+    pub fn reservation_count(&self) -> usize {
+        self.reservations.len()
+    }
+
+    /// Reservations that are new or differ from `before`'s (after a reload).
+    pub fn reservations_changed_since(&self, before: &Config) -> Vec<Reservation> {
+        self.reservations
+            .values()
+            .filter(|r| before.reservation_for(r.mac) != Some(*r))
+            .cloned()
+            .collect()
+    }
+
+    /// Whether `ip` is some PC's reserved address (never pooled).
+    pub fn reserved_ip(&self, ip: Ipv4Addr) -> bool {
+        self.reserved_ips.contains(&ip)
+    }
+
+    /// Rebuild the indexes of `dhcp.subnets[].reservations` (after loading or a reload).
+    fn index_reservations(&mut self) {
+        let all = || self.dhcp.subnets.iter().flat_map(|s| &s.reservations);
+        self.reservations = all().map(|r| (r.mac, r.clone())).collect();
+        self.reserved_ips = all().filter_map(|r| r.ip).collect();
     }
 
     /// The group a new node joins: its reservation's, else that of the subnet holding the

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use enlist_api::Mac;
 
-use super::values::{valid_host_label, ImageName, PciId, PublicUrl};
+use super::values::{valid_host_label, ImageName, NamePattern, PciId, PublicUrl};
 use super::wire;
 use super::*;
 
@@ -26,12 +26,7 @@ impl TryFrom<wire::File> for Config {
         let managed = jobs.enabled && matches!(jobs.controller, Controller::Managed { .. });
         let schedules = schedules(f.schedules, managed).map_err(|e| e.under("schedules"))?;
         let jobs = with_default_time(jobs, &schedules);
-        let reservations = dhcp
-            .subnets
-            .iter()
-            .flat_map(|s| s.reservations.iter().map(|r| (r.mac, r.clone())))
-            .collect();
-        Ok(Config {
+        let mut cfg = Config {
             state_dir: f.state_dir,
             http,
             tftp,
@@ -41,9 +36,12 @@ impl TryFrom<wire::File> for Config {
             admin,
             jobs,
             schedules,
-            reservations,
+            reservations: HashMap::new(),
+            reserved_ips: HashSet::new(),
             source: Source::default(),
-        })
+        };
+        cfg.index_reservations();
+        Ok(cfg)
     }
 }
 
@@ -396,6 +394,12 @@ fn nodes(n: wire::Nodes, jobs_on: bool) -> Checked<NodesConfig> {
             ),
         ));
     }
+    let name_pattern = n
+        .name_pattern
+        .as_deref()
+        .map(str::parse::<NamePattern>)
+        .transpose()
+        .map_err(|m| Invalid::new("name_pattern", m))?;
     if n.group.is_empty()
         || !n
             .group
@@ -433,6 +437,7 @@ fn nodes(n: wire::Nodes, jobs_on: bool) -> Checked<NodesConfig> {
         enrollment,
         console_shell: n.console_shell,
         name_prefix: n.name_prefix,
+        name_pattern,
         group: n.group,
         heartbeat: n.heartbeat,
         lost_after: n.lost_after,

@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::net::IpAddr;
+use std::str::FromStr;
 
 /// A PCI device id, `vendor:device` (`8086:1229`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -87,6 +88,56 @@ impl fmt::Display for ImageName {
 
 pub use enlist_api::valid_host_label;
 
+/// `nodes.name_pattern`: new nodes are named `lab101-01`, `lab101-02`, ... in join order
+/// (`lab101-{index:02}`): text, one `{index}` or `{index:0N}` (zero-padded to N digits), text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamePattern {
+    before: String,
+    width: usize,
+    after: String,
+}
+
+impl NamePattern {
+    /// The name for `index` (from 1).
+    pub fn name(&self, index: u32) -> String {
+        format!("{}{index:0w$}{}", self.before, self.after, w = self.width)
+    }
+}
+
+impl FromStr for NamePattern {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<NamePattern, String> {
+        let bad = || {
+            format!("{s:?}: write text, then {{index}} or {{index:02}}, then text (e.g. \"lab101-{{index:02}}\")")
+        };
+        let (before, rest) = s.split_once('{').ok_or_else(bad)?;
+        let (field, after) = rest.split_once('}').ok_or_else(bad)?;
+        let width = match field.strip_prefix("index") {
+            Some("") => 1,
+            Some(spec) => spec
+                .strip_prefix(":0")
+                .and_then(|n| n.parse::<usize>().ok())
+                .filter(|n| (1..=9).contains(n))
+                .ok_or_else(bad)?,
+            None => return Err(bad()),
+        };
+        let p = NamePattern {
+            before: before.to_string(),
+            width,
+            after: after.to_string(),
+        };
+        // The longest index a registry holds (nodes.max_nodes is far below) must still make
+        // a host name, and the text around it may hold no second field.
+        if after.contains(['{', '}']) || !valid_host_label(&p.name(99_999)) {
+            return Err(format!(
+                "{s:?} does not make host names: letters, digits and '-' around one {{index}}, up to 63 in all"
+            ));
+        }
+        Ok(p)
+    }
+}
+
 /// The head's base URL as nodes see it: `http://<host>[:<port>]`, without a trailing slash.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PublicUrl {
@@ -154,6 +205,28 @@ impl fmt::Display for PublicUrl {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_name_pattern_numbers_names_zero_padded_or_not_and_refuses_what_makes_no_host_name() {
+        let p: NamePattern = "lab101-{index:02}".parse().unwrap();
+        assert_eq!(
+            (p.name(1), p.name(40), p.name(123)),
+            ("lab101-01".into(), "lab101-40".into(), "lab101-123".into())
+        );
+        let p: NamePattern = "pc{index}-r2".parse().unwrap();
+        assert_eq!(p.name(7), "pc7-r2");
+        for bad in [
+            "lab101",
+            "lab-{n}",
+            "lab-{index:2}",
+            "lab_{index}",
+            "{index}-{index}",
+            "-{index}",
+            "lab-{index:0}",
+        ] {
+            assert!(bad.parse::<NamePattern>().is_err(), "{bad} accepted");
+        }
+    }
+
     use super::*;
 
     #[test]

@@ -245,6 +245,9 @@ pub struct Nodes {
     pub console_shell: bool,
     #[serde(default = "default_name_prefix")]
     pub name_prefix: String,
+    /// New nodes numbered in join order (`lab101-{index:02}`) instead of prefix + MAC bytes.
+    #[serde(default)]
+    pub name_pattern: Option<String>,
     #[serde(default = "default_group")]
     pub group: String,
     #[serde(with = "humantime_serde", default = "default_heartbeat")]
@@ -273,6 +276,7 @@ impl Default for Nodes {
             enrollment: None,
             console_shell: false,
             name_prefix: default_name_prefix(),
+            name_pattern: None,
             group: default_group(),
             heartbeat: default_heartbeat(),
             lost_after: default_lost_after(),

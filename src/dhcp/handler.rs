@@ -19,7 +19,7 @@ use dhcproto::v4::{DhcpOption, Flags, Message, MessageType, Opcode};
 use enlist_api::Mac;
 use ipnet::Ipv4Net;
 
-use crate::config::{Config, DhcpMode, SubnetConfig};
+use crate::config::{Config, Current, DhcpMode, SubnetConfig};
 use crate::store::{LeaseBatch, OfferRequest, PoolRange, Store, StoreError};
 
 use super::holds::OfferHolds;
@@ -90,11 +90,10 @@ pub enum Outcome {
 }
 
 pub struct Handler {
-    cfg: Arc<Config>,
+    /// Shared with the registry: a reload swaps it (reservations take effect at once).
+    cfg: Arc<Current>,
     store: Store,
     observer: Arc<dyn BootObserver>,
-    /// Every reserved address, kept out of the dynamic pools.
-    reserved: HashSet<Ipv4Addr>,
     /// When ended quarantines were last removed (unix seconds).
     pruned: AtomicI64,
     /// Addresses offered and not yet requested, in memory (offers are not leases).
@@ -109,6 +108,8 @@ const WARNED_RELAYS: usize = 16;
 
 /// What a request is answered from: its subnet, the client's reservation, the pool.
 struct Lease<'a> {
+    /// The config this request is answered from (one for the whole request).
+    cfg: &'a Config,
     subnet: &'a SubnetConfig,
     reservation: Option<&'a crate::config::Reservation>,
     range: PoolRange,
@@ -121,16 +122,11 @@ pub const SERVER_PORT: u16 = 67;
 pub const PXE_PORT: u16 = 4011;
 
 impl Handler {
-    pub fn new(cfg: Arc<Config>, store: Store, observer: Arc<dyn BootObserver>) -> Handler {
-        let reserved = cfg
-            .dhcp
-            .subnets
-            .iter()
-            .flat_map(|s| s.reservations.iter().filter_map(|r| r.ip))
-            .collect();
-        // Half of the addresses can be held at once (up to MAX_HOLDS): under a flood of
+    pub fn new(cfg: Arc<Current>, store: Store, observer: Arc<dyn BootObserver>) -> Handler {
+        // Pools change only at a restart. Half of the addresses can be held at once (up to MAX_HOLDS): under a flood of
         // DISCOVERs the other half is still offered to whoever asks, without a hold.
         let pool: u64 = cfg
+            .get()
             .dhcp
             .subnets
             .iter()
@@ -142,7 +138,6 @@ impl Handler {
             cfg,
             store,
             observer,
-            reserved,
             pruned: AtomicI64::new(0),
             holds: Mutex::new(OfferHolds::new(cap)),
             warned_relays: Mutex::new(HashSet::new()),
@@ -241,27 +236,27 @@ impl Handler {
 
     /// The subnet a request is served from: the listed relay's (giaddr), or the receiving
     /// interface's. A giaddr no subnet lists is refused: anyone can put one in a packet.
-    fn subnet_for(&self, at: &Arrival, msg: &Message) -> Result<&SubnetConfig, &'static str> {
+    fn subnet_for<'c>(
+        &self,
+        cfg: &'c Config,
+        at: &Arrival,
+        msg: &Message,
+    ) -> Result<&'c SubnetConfig, &'static str> {
         let giaddr = msg.giaddr();
-        let subnets = &self.cfg.dhcp.subnets;
+        let subnets = &cfg.dhcp.subnets;
         if giaddr.is_unspecified() {
             return subnets
                 .iter()
                 .find(|s| s.subnet.contains(&at.iface_addr))
                 .ok_or("no-subnet-for-client");
         }
-        self.relay_subnet(giaddr).ok_or("unknown-relay")
+        self.relay_subnet(cfg, giaddr).ok_or("unknown-relay")
     }
 
     /// The subnet that lists relay `giaddr`; if none does, said once at WARN with the fix
     /// (an upgrade from a release that answered any relay leaves a room dark otherwise).
-    fn relay_subnet(&self, giaddr: Ipv4Addr) -> Option<&SubnetConfig> {
-        let found = self
-            .cfg
-            .dhcp
-            .subnets
-            .iter()
-            .find(|s| s.relays.contains(&giaddr));
+    fn relay_subnet<'c>(&self, cfg: &'c Config, giaddr: Ipv4Addr) -> Option<&'c SubnetConfig> {
+        let found = cfg.dhcp.subnets.iter().find(|s| s.relays.contains(&giaddr));
         if found.is_none() {
             self.warn_unknown_relay(giaddr);
         }
@@ -292,7 +287,8 @@ impl Handler {
         if at.port != SERVER_PORT {
             return Ok(Outcome::Drop("port-4011-in-dhcp-mode"));
         }
-        let subnet = match self.subnet_for(at, msg) {
+        let cfg = self.cfg.get();
+        let subnet = match self.subnet_for(&cfg, at, msg) {
             Ok(s) => s,
             Err(reason) => return Ok(Outcome::Drop(reason)),
         };
@@ -307,6 +303,7 @@ impl Handler {
             (None, None) => return Ok(Outcome::Drop("no-pool")),
         };
         let lease = Lease {
+            cfg: &cfg,
             subnet,
             reservation,
             range,
@@ -358,7 +355,7 @@ impl Handler {
         let mut holds = self.holds();
         let mac = client.mac;
         let unavailable =
-            |ip: Ipv4Addr| self.reserved.contains(&ip) || holds.held_for_other(ip, mac, now);
+            |ip: Ipv4Addr| lease.cfg.reserved_ip(ip) || holds.held_for_other(ip, mac, now);
         let ip = leases.choose_offer(&OfferRequest {
             mac,
             range: lease.range,
@@ -404,7 +401,7 @@ impl Handler {
             None => {
                 lease.subnet.subnet.contains(&ip)
                     && lease.range.contains(ip)
-                    && !self.reserved.contains(&ip)
+                    && !lease.cfg.reserved_ip(ip)
             }
         };
         let hostname = client.hostname.as_deref();
@@ -438,7 +435,7 @@ impl Handler {
         let Some(ip) = client.requested_ip else {
             return Ok(Outcome::Drop("decline-without-address"));
         };
-        if !lease.range.contains(ip) || self.reserved.contains(&ip) {
+        if !lease.range.contains(ip) || lease.cfg.reserved_ip(ip) {
             return Ok(Outcome::Drop("decline-outside-pool"));
         }
         let offered = self.holds().held_for(client.mac, now) == Some(ip);
@@ -484,7 +481,7 @@ impl Handler {
         // Relayed (a router's helper address names this head): answered through the relay,
         // if a subnet lists it; anyone can write a giaddr into a packet.
         let relay = Some(msg.giaddr()).filter(|g| !g.is_unspecified());
-        if relay.is_some_and(|g| self.relay_subnet(g).is_none()) {
+        if relay.is_some_and(|g| self.relay_subnet(&self.cfg.get(), g).is_none()) {
             return Outcome::Drop("unknown-relay");
         }
         let mtype = match (at.port, client.msg_type) {
@@ -578,11 +575,12 @@ impl Handler {
 
     /// Add boot information; returns false if there is nothing to boot for this client.
     fn boot_options(&self, m: &mut Message, client: &ClientInfo, server: Ipv4Addr) -> bool {
+        let cfg = self.cfg.get();
         let target = boot::select(
             client,
-            &self.cfg.dhcp.boot_files,
-            self.cfg.http.public_url.base(),
-            &self.cfg.images.tftp_nics,
+            &cfg.dhcp.boot_files,
+            cfg.http.public_url.base(),
+            &cfg.images.tftp_nics,
         );
         match target {
             BootTarget::None => return false,

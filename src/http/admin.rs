@@ -12,7 +12,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use enlist_api::admin::{
     ActionBody, BadAction, Enrollment, EnrollmentRequest, EventList, LoginAnswer, LoginRequest,
-    NodeAction, NodeDetail, NodeList, SessionView, Summary,
+    NameList, NodeAction, NodeDetail, NodeList, SessionView, Summary,
 };
 use enlist_api::Order;
 use futures_util::{Stream, StreamExt};
@@ -38,6 +38,7 @@ pub fn routes() -> Router<Shared> {
         .route("/api/v1/stream", get(stream))
         .route("/api/v1/summary", get(summary))
         .route("/api/v1/enrollment", get(enrollment).post(open_enrollment))
+        .route("/api/v1/names", get(names).post(import))
 }
 
 /// The enrollment policy, and the window open now (seconds left), if one is.
@@ -69,6 +70,23 @@ async fn open_enrollment(
     s.registry
         .open_enrollment(std::time::Duration::from_secs(req.for_secs));
     Json(enrollment_view(&s)).into_response()
+}
+
+/// The names the admin imported, by MAC.
+async fn names(State(s): State<Shared>, _a: Admin) -> Response {
+    Json(NameList {
+        nodes: s.registry.names(),
+    })
+    .into_response()
+}
+
+/// Name PCs by MAC (`enlist node import`): all or nothing.
+async fn import(State(s): State<Shared>, _a: Admin, Json(req): Json<NameList>) -> Response {
+    let reg = s.registry.clone();
+    match blocking(move || reg.import(&req.nodes)).await {
+        Ok(answer) => Json(answer).into_response(),
+        Err(r) => r,
+    }
 }
 
 async fn login(
@@ -146,7 +164,9 @@ pub(super) fn registry_error(e: RegistryError) -> Response {
         RegistryError::NameTaken(_) | RegistryError::NotOnline(_) | RegistryError::Up(_) => {
             error(StatusCode::CONFLICT, e.to_string())
         }
-        RegistryError::BadName(_) => error(StatusCode::BAD_REQUEST, e.to_string()),
+        RegistryError::BadName(_) | RegistryError::BadImport(_) => {
+            error(StatusCode::BAD_REQUEST, e.to_string())
+        }
         RegistryError::Refused(_) => error(StatusCode::TOO_MANY_REQUESTS, e.to_string()),
         RegistryError::Store(_) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }

@@ -83,9 +83,9 @@ impl Registry {
         via: Proto,
     ) -> Result<BootDecision, RegistryError> {
         let known = self.store.node(mac)?;
-        let reserved = self.cfg.reservation_for(mac).is_some();
+        let reserved = self.vouched(mac);
         if known.is_none() && !reserved && !self.enrolls_new() {
-            match self.cfg.nodes.enrollment {
+            match self.cfg().nodes.enrollment {
                 Enrollment::KnownMacs => return Ok(BootDecision::NotEnlisted),
                 Enrollment::Approve => return self.await_approval(mac, from),
                 Enrollment::Open => {}
@@ -144,8 +144,8 @@ impl Registry {
             }
         }
         self.apply(&mut row, Event::Fetched, "fetched its boot script")?;
-        let image = self.cfg.bios_image(mac, row.cpu_64bit()).clone();
-        let image64 = self.cfg.bios_image(mac, true).clone();
+        let image = self.cfg().bios_image(mac, row.cpu_64bit()).clone();
+        let image64 = self.cfg().bios_image(mac, true).clone();
         Ok(BootDecision::Boot {
             name: row.name,
             image,
@@ -183,11 +183,12 @@ impl Registry {
     /// Why the image `client` will boot cannot drive its card, if it cannot.
     fn missing_driver(&self, client: &ClientInfo, row: &NodeRow) -> Option<String> {
         let id = client.busid?;
+        let cfg = self.cfg();
         let image = match client.firmware {
-            Firmware::EfiX64 | Firmware::EfiHttp => &self.cfg.images.efi_x64,
-            _ => self.cfg.bios_image(client.mac, row.cpu_64bit()),
+            Firmware::EfiX64 | Firmware::EfiHttp => &cfg.images.efi_x64,
+            _ => cfg.bios_image(client.mac, row.cpu_64bit()),
         };
-        let store = crate::image::store::ImageStore::new(&self.cfg.images.dir);
+        let store = crate::image::store::ImageStore::new(&cfg.images.dir);
         let version = store.current(image.as_str()).ok()?;
         let drivers = self.driver_table(&store, image.as_str(), &version)?;
         if drivers.is_empty() || drivers.iter().any(|d| id.driven_by(&d.pattern)) {
@@ -268,12 +269,12 @@ impl Registry {
         from: IpAddr,
     ) -> Result<Option<&'static str>, StoreError> {
         let leases_here = self
-            .cfg
+            .cfg()
             .dhcp
             .interfaces
             .iter()
             .any(|i| i.mode == DhcpMode::Dhcp);
-        if leases_here && self.cfg.leased_subnet(from).is_some() {
+        if leases_here && self.cfg().leased_subnet(from).is_some() {
             let lease = self.store.lease_of(row.mac, now())?;
             if lease.map(|l| IpAddr::V4(l.ip)) != Some(from) {
                 return Ok(Some("not-the-leased-address"));
@@ -359,12 +360,12 @@ impl Registry {
         let key = self.keys.node_key(row.mac, epoch);
         let mut conf = format!(
             "head={}\nname={}\nmac={}\nkey={}\nimage={image}\nversion={version}\n",
-            self.cfg.http.public_url.base(),
+            self.cfg().http.public_url.base(),
             row.name,
             row.mac,
             key.to_hex()
         );
-        if self.cfg.nodes.console_shell {
+        if self.cfg().nodes.console_shell {
             // The lab's own bench: a root shell on the PC's screen (see the rootfs'
             // enlist-console).
             conf.push_str("console_shell=1\n");
@@ -390,7 +391,7 @@ impl Registry {
         }
         let mac = client.mac;
         let known = self.store.node(mac)?;
-        let reserved = self.cfg.reservation_for(mac).is_some();
+        let reserved = self.vouched(mac);
         if known.is_none() && !reserved && !self.enrolls_new() {
             return Ok(());
         }
@@ -467,12 +468,12 @@ impl BootObserver for Registry {
         }
     }
 
-    /// proxyDHCP answers the PCs enlist should boot: reserved, known (a node, or waiting for
+    /// proxyDHCP answers the PCs enlist should boot: reserved or named, known (a node, or waiting for
     /// approval), or any while an enrollment window is open; never an unknown PC of another
     /// PXE service, whatever `nodes.enrollment` says. Memory only: it runs inside the DHCP
     /// batch's lease transaction.
     fn proxy_may_answer(&self, mac: Mac) -> bool {
-        if self.cfg.reservation_for(mac).is_some() {
+        if self.vouched(mac) {
             return true;
         }
         let inner = self.inner();

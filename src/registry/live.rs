@@ -155,6 +155,8 @@ pub(super) struct Inner {
     pub waking: HashMap<Mac, Instant>,
     /// Time lent, counted and not yet written to the rows.
     pub lent: super::lent::Ledger,
+    /// Names the admin imported, by MAC (the `names` table, read at start).
+    pub names: HashMap<Mac, enlist_api::admin::NamedPc>,
 }
 
 impl Inner {
@@ -181,6 +183,7 @@ impl Inner {
             released_groups: cfg.schedules.iter().map(|s| s.group.clone()).collect(),
             waking: HashMap::new(),
             lent: super::lent::Ledger::default(),
+            names: HashMap::new(),
         }
     }
 

@@ -17,6 +17,7 @@ mod boot;
 mod keys;
 mod lent;
 mod live;
+mod naming;
 mod nonces;
 mod quarantine;
 mod tokens;
@@ -30,7 +31,7 @@ use std::time::{Duration, Instant};
 use enlist_api::{ExecSpec, Mac, Order, Peer};
 use tokio::sync::broadcast;
 
-use crate::config::{valid_host_label, Config, Enrollment};
+use crate::config::{valid_host_label, Config, Current, Enrollment};
 use crate::lifecycle::{self, Event, Facts, Limits, NodeState};
 use crate::metrics::{labels, Metrics};
 use crate::store::{now, EventRow, NodeRow, Store, StoreError};
@@ -53,6 +54,9 @@ pub enum RegistryError {
     NameTaken(String),
     #[error("invalid name {0:?}: use 1-63 letters, digits and '-'")]
     BadName(String),
+    /// An import list refused whole (`enlist node import`).
+    #[error("import refused: {0}")]
+    BadImport(String),
     #[error("{0}")]
     Refused(#[from] AdmissionRefused),
     /// Something else the request names does not exist (an image, a file).
@@ -80,7 +84,7 @@ pub enum Update {
 pub(crate) type DriverTable = Arc<Vec<crate::image::manifest::DriverAlias>>;
 
 pub struct Registry {
-    cfg: Arc<Config>,
+    cfg: Arc<Current>,
     store: Store,
     metrics: Arc<Metrics>,
     keys: Keys,
@@ -106,9 +110,11 @@ impl Registry {
         let keys = Keys::load(&store)?;
         let (updates, _) = broadcast::channel(1024);
         let mut inner = Inner::new(&cfg);
+        let cfg = Arc::new(Current::new(cfg));
         for row in store.nodes()? {
             inner.remember(&row);
         }
+        inner.names = store.names()?.into_iter().map(|n| (n.mac, n)).collect();
         let reg = Arc::new(Registry {
             cfg,
             store,
@@ -132,8 +138,18 @@ impl Registry {
         &self.store
     }
 
-    pub fn config(&self) -> &Config {
-        &self.cfg
+    /// The config now (reservations and enrollment follow a reload).
+    pub fn config(&self) -> Arc<Config> {
+        self.cfg.get()
+    }
+
+    fn cfg(&self) -> Arc<Config> {
+        self.cfg.get()
+    }
+
+    /// The config the registry and the DHCP server share: swapped by a reload.
+    pub fn current(&self) -> Arc<Current> {
+        self.cfg.clone()
     }
 
     pub fn keys(&self) -> &Keys {
@@ -154,7 +170,7 @@ impl Registry {
     }
 
     fn limits(&self) -> Limits {
-        let n = &self.cfg.nodes;
+        let n = &self.cfg().nodes;
         Limits {
             lost_after: n.lost_after,
             gone_after: n.heartbeat * 2,
@@ -288,25 +304,6 @@ impl Registry {
         self.inner().counts.clone()
     }
 
-    /// A generated name for a new node: its reserved name, else prefix + the last three MAC
-    /// bytes, made unique.
-    fn new_name(&self, mac: Mac) -> Result<String, StoreError> {
-        if let Some(name) = self.cfg.reservation_for(mac).and_then(|r| r.name.clone()) {
-            if !self.store.name_taken(&name, mac)? {
-                return Ok(name);
-            }
-        }
-        let tail: String = mac.0[3..].iter().map(|b| format!("{b:02x}")).collect();
-        let base = format!("{}{}", self.cfg.nodes.name_prefix, tail);
-        let mut name = base.clone();
-        let mut i = 2;
-        while self.store.name_taken(&name, mac)? {
-            name = format!("{base}-{i}");
-            i += 1;
-        }
-        Ok(name)
-    }
-
     /// A fresh row for `mac` (not yet saved).
     fn new_row(
         &self,
@@ -318,7 +315,7 @@ impl Registry {
         Ok(NodeRow {
             mac,
             name: self.new_name(mac)?,
-            group: self.cfg.group_for(mac, from),
+            group: self.new_group(mac, from),
             state: lifecycle::first_state(false),
             ip: None,
             info: None,
@@ -344,7 +341,7 @@ impl Registry {
         if let Some(n) = self.store.node(mac)? {
             return Ok(Some(n));
         }
-        let reserved = self.cfg.reservation_for(mac).is_some();
+        let reserved = self.vouched(mac);
         if !reserved && !self.enrolls_new() {
             return Ok(None);
         }
@@ -358,8 +355,8 @@ impl Registry {
         }
         let row = self.new_row(mac, true, Some(source))?;
         let how = if reserved {
-            "reserved"
-        } else if self.cfg.nodes.enrollment == Enrollment::Open {
+            "reserved or named by the admin"
+        } else if self.cfg().nodes.enrollment == Enrollment::Open {
             "enrollment open"
         } else {
             "in the enrollment window"
@@ -373,7 +370,7 @@ impl Registry {
 
     /// Whether a new PC becomes a node by booting now: enrollment `open`, or a window open.
     fn enrolls_new(&self) -> bool {
-        self.cfg.nodes.enrollment == Enrollment::Open || self.enrollment_left().is_some()
+        self.cfg().nodes.enrollment == Enrollment::Open || self.enrollment_left().is_some()
     }
 
     /// Open the enrollment window for `length` from now (zero closes it): new PCs that boot
@@ -477,7 +474,7 @@ impl Registry {
             return Err(RegistryError::BadName(name.into()));
         }
         let mut row = self.node(mac)?;
-        if self.store.name_taken(name, mac)? {
+        if !self.name_free(name, mac)? {
             return Err(RegistryError::NameTaken(name.into()));
         }
         let old = std::mem::replace(&mut row.name, name.to_string());
@@ -517,7 +514,7 @@ impl Registry {
     /// Let the clock act on every node: lost, gone, stuck (see [`lifecycle`]). Run every second
     /// with the current time (tests pass their own).
     pub fn sweep(&self, now: Instant) -> Result<(), StoreError> {
-        if now.saturating_duration_since(self.started) < self.cfg.nodes.lost_after {
+        if now.saturating_duration_since(self.started) < self.cfg().nodes.lost_after {
             return Ok(());
         }
         let due = self.inner().due(now, self.started, &self.limits());
@@ -664,7 +661,7 @@ impl Registry {
 
     /// Send the PC last seen at `ip` its magic packet; where it went, for its history.
     fn magic_packet(&self, mac: Mac, ip: Option<std::net::Ipv4Addr>) -> String {
-        match crate::wol::wake(&self.cfg, mac, ip) {
+        match crate::wol::wake(&self.cfg(), mac, ip) {
             Ok(sent) => format!("magic packet sent ({})", sent.join(", ")),
             Err(e) => format!("magic packet not sent: {e}"),
         }

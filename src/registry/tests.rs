@@ -6,6 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use enlist_api::admin::NamedPc;
 use enlist_api::{paths, Mac, NodeKey, RegisterRequest, RequestAuth};
 
 use super::*;
@@ -21,6 +22,7 @@ const IMG: (&str, &str) = ("i586", "v1");
 
 pub(crate) const A: Mac = Mac([0x52, 0x54, 0, 0, 0, 0x0a]);
 pub(crate) const B: Mac = Mac([0x52, 0x54, 0, 0, 0, 0x0b]);
+pub(crate) const C: Mac = Mac([0x52, 0x54, 0, 0, 0, 0x0c]);
 
 pub(crate) fn ip(n: u8) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(10, 77, 0, n))
@@ -721,4 +723,104 @@ fn proxy_dhcp_answers_known_pcs_and_new_ones_only_in_an_enrollment_window() {
     r.open_enrollment(Duration::ZERO);
     assert!(r.proxy_may_answer(A), "a node now");
     assert!(!r.proxy_may_answer(B), "still not another unknown PC");
+}
+
+#[test]
+fn a_name_pattern_numbers_pcs_in_join_order_around_the_names_the_admin_gave() {
+    let r = registry_with("proxy", ", name_pattern: \"lab101-{index:02}\"");
+    // C is imported as lab101-01: A, joining first, takes the next free one.
+    let c = NamedPc {
+        mac: C,
+        name: "lab101-01".into(),
+        group: Some("lab101".into()),
+    };
+    let answer = r.import(&[c]).expect("import");
+    assert_eq!(answer.waiting, ["lab101-01"]);
+    script(&r, A, ip(100)).expect("A boots");
+    script(&r, B, ip(101)).expect("B boots");
+    script(&r, C, ip(102)).expect("C boots");
+    let name = |m| r.node(m).expect("node").name;
+    assert_eq!(
+        (name(A), name(B), name(C)),
+        ("lab101-02".into(), "lab101-03".into(), "lab101-01".into())
+    );
+    assert_eq!(r.node(C).expect("node").group, "lab101");
+}
+
+#[test]
+fn an_import_renames_nodes_names_pcs_not_seen_yet_and_lets_them_in_as_known() {
+    let r = registry_with("proxy", ", enrollment: known-macs");
+    assert_eq!(
+        script(&r, A, ip(100)).unwrap_err(),
+        BootDecision::NotEnlisted
+    );
+    let pcs = |names: [&str; 2]| {
+        [A, B]
+            .iter()
+            .zip(names)
+            .map(|(m, n)| NamedPc {
+                mac: *m,
+                name: n.into(),
+                group: Some("lab101".into()),
+            })
+            .collect::<Vec<_>>()
+    };
+    r.import(&pcs(["lab101-01", "lab101-02"])).expect("import");
+    script(&r, A, ip(100)).expect("an imported PC is known");
+    assert_eq!(r.node(A).expect("node").name, "lab101-01");
+    assert_eq!(r.names().len(), 2);
+    // Again with other names: A is renamed now, B (not seen yet) will be called so.
+    let a = r.import(&pcs(["lab101-11", "lab101-12"])).expect("import");
+    assert_eq!(
+        (a.changed.len(), a.waiting.clone()),
+        (1, vec!["lab101-12".to_string()])
+    );
+    assert_eq!(r.node(A).expect("node").name, "lab101-11");
+    // A name another node has refuses the whole list; so does a name twice.
+    let taken = NamedPc {
+        mac: B,
+        name: "lab101-11".into(),
+        group: None,
+    };
+    let e = r.import(&[taken]).unwrap_err().to_string();
+    assert!(e.contains("another node's name"), "{e}");
+    let mut twice = pcs(["x-1", "x-1"]);
+    twice[1].mac = C;
+    assert!(r.import(&twice).is_err());
+    assert_eq!(
+        r.node(A).expect("node").name,
+        "lab101-11",
+        "nothing changed"
+    );
+}
+
+#[test]
+fn a_reload_renames_the_node_a_new_reservation_names_and_lets_a_reserved_pc_in() {
+    let base = "http: { listen: 127.0.0.1:0, public_url: http://10.77.0.1:8080 }\n\
+         dhcp:\n  interfaces: [{ name: lo, mode: proxy }]\n  subnets:\n    - subnet: 10.77.0.0/24\n";
+    let nodes = "images: { dir: /nonexistent, default: i586 }\nnodes: { heartbeat: 2s, lost_after: 10s, enrollment: known-macs }\n";
+    let reserve = |mac: Mac| {
+        format!("      reservations: [{{ mac: \"{mac}\", name: teacher, group: front }}]\n")
+    };
+    let old = format!("{base}      reservations: [{{ mac: \"{A}\" }}]\n{nodes}");
+    let cfg = Arc::new(Config::parse(&old, Path::new("t.yaml")).expect("config"));
+    let r =
+        Registry::new(cfg, Store::memory().expect("db"), Arc::new(Metrics::new())).expect("reg");
+    script(&r, A, ip(100)).expect("A is reserved");
+    assert_eq!(
+        script(&r, B, ip(101)).unwrap_err(),
+        BootDecision::NotEnlisted
+    );
+    // A's reservation now names it; B is reserved too.
+    let new = format!(
+        "{base}{}{nodes}",
+        reserve(A).replace(" }]", " }, { mac: \"52:54:00:00:00:0b\" }]")
+    );
+    let new = new.replace("52:54:00:00:00:0b", &B.to_string());
+    let done = r.reload(&Config::parse(&new, Path::new("t.yaml")).expect("new config"));
+    assert_eq!(done.applied, ["dhcp.subnets[].reservations"]);
+    assert!(done.restart.is_empty(), "{done:?}");
+    let a = r.node(A).expect("node");
+    assert_eq!((a.name.as_str(), a.group.as_str()), ("teacher", "front"));
+    script(&r, B, ip(101)).expect("B is reserved now");
 }

@@ -6,6 +6,7 @@
 //! the async runtime use [`Store::run`], which moves the work to the blocking pool.
 
 mod leases;
+mod names;
 mod nodes;
 
 use std::os::unix::fs::OpenOptionsExt;
@@ -131,6 +132,13 @@ const MIGRATIONS: &[&str] = &[
     // 4: what the PC was lent: seconds enlisted, and of those seconds running jobs.
     "ALTER TABLE nodes ADD COLUMN enlisted_secs INTEGER NOT NULL DEFAULT 0;
      ALTER TABLE nodes ADD COLUMN job_secs INTEGER NOT NULL DEFAULT 0",
+    // 5: names (and groups) the admin gave PCs by MAC (`enlist node import`), kept for PCs
+    // not seen yet; a name belongs to one MAC.
+    "CREATE TABLE names (
+         mac  TEXT PRIMARY KEY,
+         name TEXT NOT NULL UNIQUE,
+         grp  TEXT
+     )",
 ];
 
 /// The schema version this build writes.

@@ -30,7 +30,7 @@ fn head(dir: &std::path::Path) -> (Arc<Registry>, Arc<Timetable>) {
         dir.display()
     );
     let reg = registry_from("proxy", ", group: night", &extra);
-    let cfg = Arc::new(reg.config().clone());
+    let cfg = reg.config();
     let s = Timetable::new(cfg, reg.clone(), None, TimeZone::UTC)
         .expect("scheduler")
         .expect("schedules are configured");
@@ -146,7 +146,7 @@ fn head_on_same_dir(
     reg: &Arc<Registry>,
     _dir: &std::path::Path,
 ) -> (Arc<Registry>, Arc<Timetable>) {
-    let cfg = Arc::new(reg.config().clone());
+    let cfg = reg.config();
     let s = Timetable::new(cfg, reg.clone(), None, TimeZone::UTC)
         .expect("scheduler")
         .expect("schedules");
@@ -162,7 +162,7 @@ fn a_damaged_overrides_file_is_named() {
         dir.display()
     );
     let reg = registry_from("proxy", "", &extra);
-    let cfg = Arc::new(reg.config().clone());
+    let cfg = reg.config();
     match Timetable::new(cfg, reg, None, TimeZone::UTC) {
         Err(e) => {
             let e = e.to_string();
@@ -186,7 +186,7 @@ async fn an_on_demand_room_is_woken_for_work_inside_its_window_only_and_counts_i
     );
     let reg = registry_from("proxy", ", group: night, enrollment: open", &extra);
     assert!(reg.config().on_demand("night"));
-    let cfg = Arc::new(reg.config().clone());
+    let cfg = reg.config();
     let s = Timetable::new(cfg, reg.clone(), None, TimeZone::UTC)
         .expect("scheduler")
         .expect("schedules are configured");
