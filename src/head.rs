@@ -121,6 +121,7 @@ impl Head {
             jobs: jobs.clone(),
             schedules: schedules.clone(),
             execs: Default::default(),
+            logs: Arc::new(crate::nodelogs::NodeLogs::new(&cfg.state_dir)),
         });
         Ok(Head {
             cfg,

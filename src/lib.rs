@@ -22,6 +22,7 @@ pub mod lifecycle;
 pub mod metrics;
 pub mod ndp;
 pub mod netif;
+pub mod nodelogs;
 pub mod registry;
 pub mod store;
 pub mod tftp;

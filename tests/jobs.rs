@@ -394,6 +394,41 @@ fn an_x64_pc_joins_slurm_and_runs_a_job_in_the_shared_home() {
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "x86_64");
     let written = std::fs::read_to_string(home.join("from-the-node.txt")).unwrap_or_default();
     assert_eq!(written.trim(), lab.node_name(&mac));
+
+    // The node's log at the head: its kernel's boot messages, its agent's and slurmd's lines;
+    // it survives the node's reboot (node RAM does not).
+    let name = lab.node_name(&mac);
+    let node_log = || {
+        text(&enlist_cli(
+            &lab,
+            &["node", "logs", "--bytes", "262144", &name],
+        ))
+    };
+    let has_all = |log: &str| {
+        log.contains("---- boot ----")
+            && log.contains("kernel: [    0.000000] Linux version")
+            && log.contains("agent: registered with")
+            && log.contains("slurmd: ")
+    };
+    if let Err(e) = lab.wait_for(Duration::from_secs(30), "the node's log", || {
+        has_all(&node_log())
+    }) {
+        fail(&lab, &format!("{e}\n{}", node_log()));
+    }
+    let o = enlist_cli(&lab, &["node", "reboot", &name]);
+    assert!(o.status.success(), "{}", text(&o));
+    let rebooted = lab.wait_for(BOOT_LIMIT, "a second boot in the log", || {
+        let log = node_log();
+        log.matches("---- boot ----").count() == 2
+            && log.matches("] Linux version").count() == 2
+            && log
+                .rsplit("---- boot ----")
+                .next()
+                .is_some_and(|last| last.contains("agent: registered with"))
+    });
+    if let Err(e) = rebooted {
+        fail(&lab, &format!("{e}\n{}", node_log()));
+    }
 }
 
 #[test]

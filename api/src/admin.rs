@@ -422,6 +422,17 @@ pub struct ImportAnswer {
     pub unchanged: usize,
 }
 
+/// A piece of a node's log (`GET /api/v1/nodes/{node}/logs`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct NodeLogText {
+    /// The log file this piece is of (another number later: it was rotated).
+    pub file: u64,
+    /// Where the piece ends: ask `from` here for what follows.
+    pub end: u64,
+    pub text: String,
+}
+
 /// The body of `rename` (`name`) and `group` (`group`); the other actions take none.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]

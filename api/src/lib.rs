@@ -74,6 +74,7 @@ pub mod paths {
     pub const JOBS: &str = "/api/v1/agent/jobs";
     pub const STATUS: &str = "/api/v1/agent/status";
     pub const EXEC_RESULT: &str = "/api/v1/agent/exec-result";
+    pub const LOGS: &str = "/api/v1/agent/logs";
 }
 
 /// Request headers that carry the signature.
@@ -822,6 +823,58 @@ impl JobsDescriptor {
         Ok(())
     }
 }
+
+/// Lines one log batch holds at most.
+pub const MAX_LOG_LINES: usize = 400;
+/// Longest log line kept (bytes); the agent cuts longer ones.
+pub const MAX_LOG_LINE: usize = 1000;
+
+/// The node's log lines since the last batch (`POST /api/v1/agent/logs`): its kernel's, its
+/// agent's, slurmd's and munged's. The head keeps them per node, across reboots.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(remote = "Self")]
+pub struct NodeLogs {
+    /// The first batch since the agent started: the PC booted (the head marks it).
+    #[serde(default)]
+    pub boot: bool,
+    /// Lines dropped on the node (its buffer was full while the head was away).
+    #[serde(default)]
+    pub dropped: u64,
+    pub lines: Vec<LogLine>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct LogLine {
+    /// `kernel`, `agent`, `slurmd`, `munged`: lowercase letters, at most 16.
+    pub source: String,
+    pub text: String,
+}
+
+impl NodeLogs {
+    /// At most [`MAX_LOG_LINES`] lines of at most [`MAX_LOG_LINE`] bytes, from named sources.
+    /// (Control characters are the head's to neutralise when it writes them.)
+    pub fn check(&self) -> Result<(), String> {
+        if self.lines.len() > MAX_LOG_LINES {
+            return Err(format!("more than {MAX_LOG_LINES} log lines"));
+        }
+        for l in &self.lines {
+            if l.source.is_empty()
+                || l.source.len() > 16
+                || !l.source.bytes().all(|b| b.is_ascii_lowercase())
+            {
+                return Err(format!("log source {:?}: 1-16 lowercase letters", l.source));
+            }
+            if l.text.len() > MAX_LOG_LINE {
+                return Err(format!("a log line over {MAX_LOG_LINE} bytes"));
+            }
+        }
+        Ok(())
+    }
+}
+
+checked_on_parse!(NodeLogs);
 
 /// What the agent says of its part in the jobs (shown on the node and in its events).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

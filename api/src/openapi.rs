@@ -181,6 +181,10 @@ fn admin_operations() -> Vec<Operation> {
             .takes(schema::<admin::EnrollmentRequest>)
             .answers(200, "policy and window, as GET", Some(schema::<admin::Enrollment>))
             .or(400, "longer than a day"),
+        op("get", "/api/v1/nodes/{node}/logs", "admin", Admin, "The node's log as its agent sent it (kernel, agent, slurmd, munged; a line per boot), kept across its reboots: the last `tail` bytes, or what follows `from` in file `file` (as a previous answer ended: enlist node logs -f)")
+            .params(&[NODE, ("tail", "query", "bytes from the end (default 64 KiB, at most 256 KiB)"), ("file", "query", "the file of a previous answer"), ("from", "query", "where the previous answer ended")])
+            .answers(200, "OK", Some(schema::<admin::NodeLogText>))
+            .or(404, "no such node"),
         op("get", "/api/v1/names", "admin", Admin, "The names (and groups) the admin gave PCs by MAC (enlist node import)")
             .answers(200, "OK", Some(schema::<admin::NameList>)),
         op("post", "/api/v1/names", "admin", Admin, "Name PCs by MAC, with a group if given (enlist node import names.csv): nodes are renamed now, PCs not seen yet get the name when they first boot and count as known (like a reservation). All or nothing")
@@ -306,6 +310,14 @@ fn agent_operations() -> Vec<Operation> {
             "The node's part in the jobs (starting, ready, failed)",
         )
         .takes(schema::<crate::NodeStatus>),
+        op(
+            "post",
+            paths::LOGS,
+            "agent",
+            Agent,
+            "The node's log lines since its last batch (kernel, agent, slurmd, munged): kept at the head per node, across reboots",
+        )
+        .takes(schema::<crate::NodeLogs>),
     ]
 }
 

@@ -3,8 +3,8 @@
 #![no_main]
 
 use enlist_api::{
-    CommandResult, CommandsResponse, Heartbeat, JobsDescriptor, Leaving, PeersResponse,
-    RegisterRequest, RegisterResponse, MAX_RESULT_MESSAGE,
+    CommandResult, CommandsResponse, Heartbeat, JobsDescriptor, Leaving, NodeLogs, PeersResponse,
+    RegisterRequest, RegisterResponse, MAX_LOG_LINE, MAX_LOG_LINES, MAX_RESULT_MESSAGE,
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -37,5 +37,9 @@ fuzz_target!(|data: &[u8]| {
     }
     if let Ok(p) = serde_json::from_slice::<PeersResponse>(data) {
         let _ = p.check();
+    }
+    if let Ok(l) = serde_json::from_slice::<NodeLogs>(data) {
+        assert!(l.lines.len() <= MAX_LOG_LINES);
+        assert!(l.lines.iter().all(|x| x.text.len() <= MAX_LOG_LINE && x.source.len() <= 16));
     }
 });

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use anyhow::Context;
 use enlist_api::admin::{
     Enrollment, EnrollmentRequest, GroupLent, ImportAnswer, NameList, NamedPc, NodeAction,
-    NodeDetail, NodeList, NodeView, PowerAnswer, PowerRequest, Rotation, MAX_IMPORT,
+    NodeDetail, NodeList, NodeLogText, NodeView, PowerAnswer, PowerRequest, Rotation, MAX_IMPORT,
 };
 use enlist_api::Mac;
 
@@ -53,6 +53,17 @@ pub enum NodeCmd {
     Rename { node: String, name: String },
     /// Show one node and its event history.
     Show { node: String },
+    /// The node's log as the head keeps it across reboots: its kernel's messages, its
+    /// agent's, slurmd's and munged's, a line per boot.
+    Logs {
+        node: String,
+        /// Keep printing lines as they come (Ctrl-C ends).
+        #[arg(long, short = 'f')]
+        follow: bool,
+        /// Bytes from the end to show first.
+        #[arg(long, default_value_t = 64 * 1024)]
+        bytes: u64,
+    },
     /// Name PCs by MAC from a CSV file of `MAC,name[,group]` lines (`#` comments; a header
     /// line `mac,name,group` is skipped): nodes are renamed now, PCs not seen yet get the
     /// name when they first boot. All or nothing.
@@ -213,6 +224,11 @@ pub fn act(config: &Path, cmd: NodeCmd) -> anyhow::Result<()> {
             return Ok(());
         }
         NodeCmd::Import { file } => return import(&h, &file),
+        NodeCmd::Logs {
+            node,
+            follow,
+            bytes,
+        } => return logs(&h, &node, follow, bytes),
         NodeCmd::Show { node } => {
             let d: NodeDetail = h.get(&format!("/api/v1/nodes/{node}"))?;
             println!("{}", serde_json::to_string_pretty(&d)?);
@@ -240,6 +256,23 @@ pub fn act(config: &Path, cmd: NodeCmd) -> anyhow::Result<()> {
         names.len()
     );
     Ok(())
+}
+
+/// `enlist node logs NODE [-f]`: the log's end, then (following) what is added, every 2 s.
+fn logs(h: &Head, node: &str, follow: bool, bytes: u64) -> anyhow::Result<()> {
+    use std::io::Write;
+    let path = format!("/api/v1/nodes/{node}/logs");
+    let mut piece: NodeLogText = h.get(&format!("{path}?tail={bytes}"))?;
+    loop {
+        let mut out = std::io::stdout().lock();
+        out.write_all(piece.text.as_bytes())?;
+        out.flush()?;
+        if !follow {
+            return Ok(());
+        }
+        std::thread::sleep(std::time::Duration::from_secs(2));
+        piece = h.get(&format!("{path}?file={}&from={}", piece.file, piece.end))?;
+    }
 }
 
 /// `enlist node import FILE`: the file checked whole first (every bad line named), then sent

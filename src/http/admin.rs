@@ -12,7 +12,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use enlist_api::admin::{
     ActionBody, BadAction, Enrollment, EnrollmentRequest, EventList, LoginAnswer, LoginRequest,
-    NameList, NodeAction, NodeDetail, NodeList, SessionView, Summary,
+    NameList, NodeAction, NodeDetail, NodeList, NodeLogText, SessionView, Summary,
 };
 use enlist_api::Order;
 use futures_util::{Stream, StreamExt};
@@ -33,6 +33,7 @@ pub fn routes() -> Router<Shared> {
         .route("/api/v1/nodes", get(nodes))
         .route("/api/v1/nodes/{node}", get(node))
         .route("/api/v1/nodes/{node}/initrd", post(initrd))
+        .route("/api/v1/nodes/{node}/logs", get(node_logs))
         .route("/api/v1/nodes/{node}/{action}", post(action))
         .route("/api/v1/events", get(events))
         .route("/api/v1/stream", get(stream))
@@ -70,6 +71,39 @@ async fn open_enrollment(
     s.registry
         .open_enrollment(std::time::Duration::from_secs(req.for_secs));
     Json(enrollment_view(&s)).into_response()
+}
+
+#[derive(Deserialize)]
+struct LogQuery {
+    tail: Option<u64>,
+    file: Option<u64>,
+    from: Option<u64>,
+}
+
+/// A node's log: its end, or what follows a previous piece (`enlist node logs [-f]`).
+async fn node_logs(
+    State(s): State<Shared>,
+    _a: Admin,
+    Path(node): Path<String>,
+    Query(q): Query<LogQuery>,
+) -> Response {
+    let (reg, logs) = (s.registry.clone(), s.logs.clone());
+    let r = blocking(move || {
+        let mac = reg.find(&node)?.mac;
+        let from = q.file.zip(q.from);
+        logs.read(mac, from, q.tail.unwrap_or(64 * 1024))
+            .map_err(|e| RegistryError::NotFound(e.to_string()))
+    })
+    .await;
+    match r {
+        Ok(p) => Json(NodeLogText {
+            file: p.file,
+            end: p.end,
+            text: p.text,
+        })
+        .into_response(),
+        Err(r) => r,
+    }
 }
 
 /// The names the admin imported, by MAC.

@@ -12,7 +12,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use enlist_api::{
     headers as h, paths, CommandResult, CommandsResponse, ExecResult, Heartbeat, JobsDescriptor,
-    JobsRequest, Leaving, Mac, NodeStatus, NonceResponse, PeersResponse, ReplyAuth,
+    JobsRequest, Leaving, Mac, NodeLogs, NodeStatus, NonceResponse, PeersResponse, ReplyAuth,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -36,6 +36,7 @@ pub fn routes() -> Router<Shared> {
         .route(paths::JOBS, post(jobs))
         .route(paths::STATUS, post(status))
         .route(paths::EXEC_RESULT, post(exec_result))
+        .route(paths::LOGS, post(logs))
 }
 
 fn agent_error(e: AgentError) -> Response {
@@ -278,6 +279,31 @@ async fn leaving(State(s): State<Shared>, a: Agent) -> Response {
     match blocking(move || reg.leaving(mac, &l.reason)).await {
         Ok(()) => a.reply(&s, &serde_json::Value::Null),
         Err(r) => r,
+    }
+}
+
+/// A batch of the node's log lines: appended to its log at the head.
+async fn logs(State(s): State<Shared>, a: Agent) -> Response {
+    // Checked as it is parsed (lines, sizes, sources), as every agent body is.
+    let batch: NodeLogs = match a.body(&s) {
+        Ok(b) => b,
+        Err(e) => return agent_error(e),
+    };
+    let (logs, mac) = (s.logs.clone(), a.mac);
+    let now = jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string();
+    let written = tokio::task::spawn_blocking(move || {
+        logs.append(mac, batch.boot, batch.dropped, &batch.lines, &now)
+    })
+    .await;
+    match written {
+        Ok(Ok(())) => a.reply(&s, &serde_json::Value::Null),
+        Ok(Err(e)) => {
+            tracing::warn!(%mac, "{e}");
+            error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+        }
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
 

@@ -52,6 +52,8 @@ pub struct AppState {
     pub execs: Arc<crate::exec::Execs>,
     /// Group schedules, when the config has any.
     pub schedules: Option<Arc<crate::timetable::Timetable>>,
+    /// Each node's logs, as its agent sends them.
+    pub logs: Arc<crate::nodelogs::NodeLogs>,
 }
 
 pub type Shared = Arc<AppState>;

@@ -13,6 +13,7 @@ mod client;
 mod conf;
 mod exec;
 mod jobs;
+mod logs;
 mod sysinfo;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -34,6 +35,7 @@ extern "C" fn on_term(_: libc::c_int) {
 pub(crate) fn say(msg: &str) {
     // The console is the lab tech's only view: one plain line per event.
     eprintln!("enlist-agent: {msg}");
+    logs::said(msg);
 }
 
 /// What the PC's screen shows as the node's state (`/sbin/enlist-console` reads it).
@@ -94,6 +96,12 @@ pub(crate) fn sleep_unless_stopped(d: Duration) {
 
 fn run(client: Arc<Client>) {
     let mut backoff = 1u64;
+    // The node's logs go to the head while a session is up (not joined, as the poll below).
+    let registered = Arc::new(AtomicBool::new(false));
+    {
+        let (client, registered) = (client.clone(), registered.clone());
+        std::thread::spawn(move || logs::ship(client, registered));
+    }
     // Registration loop: runs again whenever the head forgets us (restart) or is unreachable.
     while !STOP.load(Ordering::SeqCst) {
         match client.register() {
@@ -115,7 +123,9 @@ fn run(client: Arc<Client>) {
                     // about a second. It ends by itself once the session is over.
                     std::thread::spawn(move || poll_commands(&client, &ok));
                 }
+                registered.store(true, Ordering::SeqCst);
                 heartbeat_loop(&client, hb_secs, &session_ok);
+                registered.store(false, Ordering::SeqCst);
             }
             Err(f) => {
                 say(&format!("{f}; retrying in {backoff} s"));

@@ -324,6 +324,19 @@ async function renderDetail() {
       for (const ev of d.events.slice().reverse()) addEvent($('#d-events'), ev, 200);
     } catch (e) { message(e.message); }
   }
+  if ($('#d-log').dataset.mac !== mac) {
+    $('#d-log').dataset.mac = mac;
+    loadLog(mac);
+  }
+}
+
+// The node's log at the head (its kernel, agent, slurmd, munged; kept across reboots): the
+// last 16 KiB, as text (never markup), for admins.
+async function loadLog(mac) {
+  try {
+    const l = await api('GET', '/api/v1/nodes/' + encodeURIComponent(mac) + '/logs?tail=16384');
+    $('#d-log').textContent = l.text || '(nothing yet)';
+  } catch (e) { $('#d-log').textContent = '(' + e.message + ': log in to see the log)'; }
 }
 
 // Schedules: each group's phase and next change; skip it or run it now (logged in).
@@ -457,6 +470,7 @@ async function session() {
 
 $('#enroll-open').addEventListener('click', () => enrollment(15 * 60));
 $('#enroll-close').addEventListener('click', () => enrollment(0));
+$('#d-log-refresh').addEventListener('click', () => { if ($('#d-log').dataset.mac) loadLog($('#d-log').dataset.mac); });
 
 $('#exec-form').addEventListener('submit', runExec);
 

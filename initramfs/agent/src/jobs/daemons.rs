@@ -179,6 +179,10 @@ pub fn start(
         munge_socket: socket.clone(),
         root: root.clone(),
     };
+    // Their log files go to the head (their stderr repeats them; a crash's last words
+    // come with the agent's own line about it).
+    crate::logs::follow("munged", root.path(&format!("{MUNGE_DIR}/munged.log")));
+    crate::logs::follow("slurmd", root.path(SLURMD_LOG));
     r.daemons[0].spawn()?;
     wait_for(&socket, Duration::from_secs(15)).map_err(|()| {
         format!(
