@@ -186,12 +186,19 @@ impl BootFiles {
                 token,
                 image,
                 version,
+                overlay: only,
             } => {
                 // The token first: a stranger learns nothing, not even whether the image exists.
                 let overlay = self.nodes.overlay(*mac, token, (image, version), req)?;
                 let base = self.image_file(image, version, "initrd", req.path)?;
+                // A PC that took the image's initrd from a mirror asks for its own part only.
+                let parts = if *only {
+                    vec![Bytes::from(overlay)]
+                } else {
+                    vec![base, Bytes::from(overlay)]
+                };
                 Ok(Blob {
-                    parts: vec![base, Bytes::from(overlay)],
+                    parts,
                     kind,
                     mac: Some(*mac),
                 })

@@ -55,6 +55,9 @@ pub enum BootPath {
         token: String,
         image: String,
         version: String,
+        /// Only the node's part (`.../overlay`: its settings and key), for a PC that fetched
+        /// the image's own initrd from a mirror (`images.mirrors`); else the whole initrd.
+        overlay: bool,
     },
 }
 
@@ -132,12 +135,15 @@ impl BootPath {
                 Some(m) => BootPath::Script(mac(m)?),
                 None => return Err(refuse("not-found")),
             },
-            ["boot", m, token, image, version, "initrd"] => BootPath::NodeInitrd {
-                mac: mac(m)?,
-                token: token.to_string(),
-                image: image.to_string(),
-                version: version.to_string(),
-            },
+            ["boot", m, token, image, version, file @ ("initrd" | "overlay")] => {
+                BootPath::NodeInitrd {
+                    mac: mac(m)?,
+                    token: token.to_string(),
+                    image: image.to_string(),
+                    version: version.to_string(),
+                    overlay: *file == "overlay",
+                }
+            }
             ["images", image, version, file] => BootPath::ImageFile {
                 image: image.to_string(),
                 version: version.to_string(),
@@ -165,10 +171,12 @@ impl std::fmt::Display for BootPath {
                 token,
                 image,
                 version,
+                overlay,
             } => write!(
                 f,
-                "boot/{}/{token}/{image}/{version}/initrd",
-                mac.hyphenated()
+                "boot/{}/{token}/{image}/{version}/{}",
+                mac.hyphenated(),
+                if *overlay { "overlay" } else { "initrd" }
             ),
         }
     }
@@ -204,8 +212,13 @@ pub fn without_token(path: &str) -> String {
             mac,
             image,
             version,
+            overlay,
             ..
-        }) => format!("boot/{}/-/{image}/{version}/initrd", mac.hyphenated()),
+        }) => format!(
+            "boot/{}/-/{image}/{version}/{}",
+            mac.hyphenated(),
+            if overlay { "overlay" } else { "initrd" }
+        ),
         _ => path.to_string(),
     }
 }
@@ -255,6 +268,14 @@ mod tests {
                 token: "0123abcd".into(),
                 image: "i586".into(),
                 version: "v1".into(),
+                overlay: false,
+            },
+            BootPath::NodeInitrd {
+                mac: MAC,
+                token: "0123abcd".into(),
+                image: "i586".into(),
+                version: "v1".into(),
+                overlay: true,
             },
         ];
         for p in paths {

@@ -90,6 +90,7 @@ pub fn render(
             image64,
             token,
         } => {
+            let group = reg.node(mac).map(|n| n.group).unwrap_or_default();
             let p = ScriptParams {
                 base,
                 mac,
@@ -99,6 +100,7 @@ pub fn render(
                 cmdline: &cfg.images.cmdline,
                 tftp_base: &tftp,
                 tftp_busids: &busids,
+                mirror: cfg.images.mirrors.get(&group).map(|u| u.base()),
             };
             let names = [
                 image.as_str(),
@@ -155,6 +157,8 @@ pub struct ScriptParams<'a> {
     pub tftp_base: &'a str,
     /// iPXE `busid` values of cards that use TFTP (see `images.tftp_nics`).
     pub tftp_busids: &'a [String],
+    /// The node's group's HTTP cache for image files (`images.mirrors`), if it has one.
+    pub mirror: Option<&'a str>,
 }
 
 /// One published image version, as a script names it.
@@ -163,6 +167,71 @@ pub struct ScriptImage<'a> {
     pub version: &'a str,
     /// The kernel options from the image's manifest.
     pub cmdline: &'a str,
+}
+
+/// One section of a node's script: `label`, booting `img` from `files` (the head's HTTP or
+/// TFTP base), through the group's mirror first where it has one.
+fn section(p: &ScriptParams, label: &str, files: &str, img: &ScriptImage) -> String {
+    let cmdline = [img.cmdline, p.cmdline]
+        .iter()
+        .map(|s| s.trim())
+        .filter(|s| !s.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let kernel = BootPath::ImageFile {
+        image: img.name.into(),
+        version: img.version.into(),
+        file: "vmlinuz".into(),
+    };
+    let initrd = |overlay| BootPath::NodeInitrd {
+        mac: p.mac,
+        token: p.token.into(),
+        image: img.name.into(),
+        version: img.version.into(),
+        overlay,
+    };
+    let args = format!(
+        "enlist.head={base} enlist.node={name} enlist.boot={method} BOOTIF=01-${{netX/mac:hexhyp}} {cmdline}",
+        name = p.name,
+        method = p.method,
+        base = p.base,
+    );
+    let from_head = format!(
+        "echo enlist: {name} boots {image} {version} from {files}\n\
+         kernel {files}/{kernel} initrd=initrd {args} || goto failed\n\
+         initrd --name initrd {files}/{initrd} || goto failed\n\
+         boot || goto failed\n",
+        name = p.name,
+        image = img.name,
+        version = img.version,
+        initrd = initrd(false),
+    );
+    // Through the room's mirror (HTTP sections only): the image's kernel and initrd from
+    // the cache, the node's own part from the head; the head's whole initrd if the
+    // mirror fails.
+    let Some(mirror) = p.mirror.filter(|_| files == p.base) else {
+        return format!(":{label}\n{from_head}");
+    };
+    let image_initrd = BootPath::ImageFile {
+        image: img.name.into(),
+        version: img.version.into(),
+        file: "initrd".into(),
+    };
+    format!(
+        ":{label}\n\
+         echo enlist: {name} boots {image} {version} through the mirror {mirror}\n\
+         kernel {mirror}/{kernel} initrd=initrd initrd=overlay {args} || goto {label}_head\n\
+         initrd --name initrd {mirror}/{image_initrd} || goto {label}_head\n\
+         initrd --name overlay {files}/{overlay} || goto failed\n\
+         boot || goto failed\n\
+         :{label}_head\n\
+         imgfree\n\
+         {from_head}",
+        name = p.name,
+        image = img.name,
+        version = img.version,
+        overlay = initrd(true),
+    )
 }
 
 /// The iPXE script that boots a node: on BIOS `bios`, or `bios64` when iPXE finds a 64-bit
@@ -174,37 +243,6 @@ pub fn node_script(
     bios64: &ScriptImage,
     efi: &ScriptImage,
 ) -> String {
-    let section = |label: &str, files: &str, img: &ScriptImage| {
-        let cmdline = [img.cmdline, p.cmdline]
-            .iter()
-            .map(|s| s.trim())
-            .filter(|s| !s.is_empty())
-            .collect::<Vec<_>>()
-            .join(" ");
-        let kernel = BootPath::ImageFile {
-            image: img.name.into(),
-            version: img.version.into(),
-            file: "vmlinuz".into(),
-        };
-        let initrd = BootPath::NodeInitrd {
-            mac: p.mac,
-            token: p.token.into(),
-            image: img.name.into(),
-            version: img.version.into(),
-        };
-        format!(
-            ":{label}\n\
-             echo enlist: {name} boots {image} {version} from {files}\n\
-             kernel {files}/{kernel} initrd=initrd enlist.head={base} enlist.node={name} enlist.boot={method} BOOTIF=01-${{netX/mac:hexhyp}} {cmdline} || goto failed\n\
-             initrd --name initrd {files}/{initrd} || goto failed\n\
-             boot || goto failed\n",
-            name = p.name,
-            method = p.method,
-            base = p.base,
-            image = img.name,
-            version = img.version,
-        )
-    };
     let tftp_checks = goto_if_tftp_card(p.tftp_busids, "bios_tftp");
     let cpu64 = if bios64.name == bios.name && bios64.version == bios.version {
         String::new()
@@ -218,8 +256,8 @@ pub fn node_script(
              {}{}\
              :cpu32\n",
             goto_if_tftp_card(p.tftp_busids, "bios64_tftp"),
-            section("bios64", p.base, bios64),
-            section("bios64_tftp", p.tftp_base, bios64),
+            section(p, "bios64", p.base, bios64),
+            section(p, "bios64_tftp", p.tftp_base, bios64),
         )
     };
     format!(
@@ -234,9 +272,9 @@ pub fn node_script(
          echo enlist: boot failed; retrying in 10 s\n\
          sleep 10\n\
          {}",
-        section("bios", p.base, bios),
-        section("bios_tftp", p.tftp_base, bios),
-        section("efi", p.base, efi),
+        section(p, "bios", p.base, bios),
+        section(p, "bios_tftp", p.tftp_base, bios),
+        section(p, "efi", p.base, efi),
         rechain(p.base, p.tftp_base, p.mac, p.tftp_busids),
     )
 }
@@ -302,6 +340,41 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_rooms_mirror_serves_the_image_files_and_the_head_the_nodes_part_or_all_if_it_fails() {
+        let p = ScriptParams {
+            base: "http://10.77.0.1:8080",
+            mac: Mac::parse("52:54:00:77:00:10").unwrap(),
+            name: "pc",
+            token: "t0k",
+            method: "pxe",
+            cmdline: "",
+            tftp_base: "tftp://10.77.0.1",
+            tftp_busids: &["01:80:86:12:29".to_string()],
+            mirror: Some("http://10.77.0.2:8081"),
+        };
+        let img = ScriptImage {
+            name: "i586",
+            version: "v1",
+            cmdline: "",
+        };
+        let s = node_script(&p, &img, &img, &img);
+        let bios = s.split(":bios\n").nth(1).unwrap();
+        assert!(
+            bios.starts_with("echo enlist: pc boots i586 v1 through the mirror http://10.77.0.2:8081\n\
+                 kernel http://10.77.0.2:8081/images/i586/v1/vmlinuz initrd=initrd initrd=overlay enlist.head=http://10.77.0.1:8080 ")
+                && bios.contains("|| goto bios_head\ninitrd --name initrd http://10.77.0.2:8081/images/i586/v1/initrd || goto bios_head\n\
+                     initrd --name overlay http://10.77.0.1:8080/boot/52-54-00-77-00-10/t0k/i586/v1/overlay || goto failed\n")
+                && bios.contains(":bios_head\nimgfree\necho enlist: pc boots i586 v1 from http://10.77.0.1:8080\n"),
+            "{s}"
+        );
+        let tftp = s.split(":bios_tftp\n").nth(1).unwrap();
+        assert!(
+            !tftp.split(":efi").next().unwrap().contains("10.77.0.2"),
+            "a TFTP-only card never uses the HTTP mirror: {s}"
+        );
+    }
+
+    #[test]
     fn script_names_kernel_initrd_with_its_token_and_cmdline() {
         let mac = Mac::parse("52:54:00:77:00:10").unwrap();
         let p = ScriptParams {
@@ -313,6 +386,7 @@ mod tests {
             cmdline: "console=ttyS0",
             tftp_base: "tftp://10.77.0.1",
             tftp_busids: &["01:80:86:12:29".to_string()],
+            mirror: None,
         };
         let bios = ScriptImage {
             name: "i586",

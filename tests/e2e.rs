@@ -565,3 +565,83 @@ fn a_card_the_image_has_no_driver_for_is_named_at_boot_and_the_pc_shown_stuck() 
         .unwrap_or_else(|e| panic!("{e}"));
     eprintln!("{out}");
 }
+
+/// nginx as the room's HTTP cache (`images.mirrors`), in the head's namespace on port 8081:
+/// access lines with the cache's verdict.
+fn start_mirror(lab: &mut Lab) -> PathBuf {
+    let d = lab.dir.join("mirror");
+    std::fs::create_dir_all(d.join("tmp")).unwrap();
+    let conf = format!(
+        "daemon off;\nmaster_process off;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
+         events {{ worker_connections 64; }}\n\
+         http {{\n  log_format verdict '$request_uri $upstream_cache_status $body_bytes_sent';\n\
+         \x20 access_log {d}/access.log verdict;\n\
+         \x20 client_body_temp_path {d}/tmp/body; proxy_temp_path {d}/tmp/proxy;\n\
+         \x20 fastcgi_temp_path {d}/tmp/fcgi; uwsgi_temp_path {d}/tmp/uwsgi; scgi_temp_path {d}/tmp/scgi;\n\
+         \x20 proxy_cache_path {d}/cache keys_zone=images:1m max_size=256m;\n\
+         \x20 server {{\n    listen 10.77.0.1:8081;\n\
+         \x20   location /images/ {{ proxy_pass http://10.77.0.1:8080; proxy_cache images; proxy_cache_lock on; }}\n  }}\n}}\n",
+        d = d.display()
+    );
+    std::fs::write(d.join("nginx.conf"), conf).unwrap();
+    let mut c = lab.exec("nginx");
+    c.arg("-c").arg(d.join("nginx.conf")).arg("-p").arg(&d);
+    lab.spawn(c).unwrap_or_else(|e| panic!("{e}"));
+    d.join("access.log")
+}
+
+#[test]
+#[ignore = "needs root, QEMU, nginx and built images: run `cargo xtask test`"]
+fn a_rooms_mirror_serves_the_second_pcs_image_from_its_cache() {
+    let ns = format!("e2e-mirror-{}", std::process::id() % 10000);
+    let dir = root().join("lab").join(&ns);
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut lab = Lab::new(&ns, &dir).unwrap_or_else(|e| panic!("lab: {e}"));
+    let access = start_mirror(&mut lab);
+    let cfg = lab
+        .write_config("dhcp", &root().join("images/out"), "")
+        .unwrap_or_else(|e| panic!("{e}"));
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+        "  cmdline: \"console=ttyS0,115200\"\n",
+        "  cmdline: \"console=ttyS0,115200\"\n  mirrors: [{ group: default, url: http://10.77.0.1:8081 }]\n",
+    );
+    std::fs::write(&cfg, text).unwrap();
+    lab.start_head(&enlist(), &cfg)
+        .unwrap_or_else(|e| panic!("{e}\n{}", lab.head_log()));
+    let floppy = root().join("images/out/enlist-floppy.img");
+    for _ in 0..2 {
+        let i = lab
+            .boot(Profile::P2Floppy, Some(&floppy))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mac = lab.pcs[i].mac.clone();
+        check(&lab, lab.wait_state(&mac, "healthy", BOOT_LIMIT));
+    }
+    // The cache fetched the kernel and the image's initrd from the head once; the second PC
+    // had them from the cache. Each PC had only its own part of the initrd from the head.
+    let log = std::fs::read_to_string(&access).unwrap_or_default();
+    let verdicts = |file: &str| -> Vec<String> {
+        log.lines()
+            .filter(|l| {
+                l.contains("/i586/") && l.split(' ').next().is_some_and(|u| u.ends_with(file))
+            })
+            .map(|l| l.split(' ').nth(1).unwrap_or("").to_string())
+            .collect()
+    };
+    for file in ["/vmlinuz", "/initrd"] {
+        assert_eq!(verdicts(file), ["MISS", "HIT"], "{file}: {log}");
+    }
+    assert_eq!(
+        lab.metric("enlist_http_transfers_total{kind=\"kernel\"}"),
+        1.0,
+        "the head sent the kernel once, to the cache"
+    );
+    for pc in &lab.pcs {
+        let node = lab
+            .curl(&format!("/api/v1/nodes/{}", pc.mac))
+            .unwrap_or_default();
+        assert!(
+            node.to_string().contains("/overlay"),
+            "its own part from the head: {node}"
+        );
+    }
+}

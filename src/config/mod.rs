@@ -190,6 +190,8 @@ pub struct ImagesConfig {
     pub cmdline: String,
     /// Cards whose iPXE uses TFTP only (script, kernel, initrd).
     pub tftp_nics: Vec<PciId>,
+    /// Per group, an HTTP cache its PCs fetch image files through (`images.mirrors`).
+    pub mirrors: std::collections::BTreeMap<String, PublicUrl>,
 }
 
 /// A group's schedule: changes at the instants its two cron expressions name.

@@ -368,6 +368,19 @@ impl TryFrom<wire::Images> for ImagesConfig {
         if i.cmdline.contains(['\n', '\r']) {
             return Err(Invalid::new("cmdline", "must be one line"));
         }
+        let mut mirrors = std::collections::BTreeMap::new();
+        for (n, m) in i.mirrors.into_iter().enumerate() {
+            group_name(Some(&m.group))
+                .map_err(|e| Invalid::new(format!("mirrors[{n}].group"), e))?;
+            let url = PublicUrl::parse(&m.url)
+                .map_err(|e| Invalid::new(format!("mirrors[{n}].url"), e))?;
+            if mirrors.insert(m.group.clone(), url).is_some() {
+                return Err(Invalid::new(
+                    format!("mirrors[{n}].group"),
+                    format!("{} has a mirror already (one per group)", m.group),
+                ));
+            }
+        }
         Ok(ImagesConfig {
             dir: i.dir,
             default,
@@ -375,6 +388,7 @@ impl TryFrom<wire::Images> for ImagesConfig {
             bios_x64,
             cmdline: i.cmdline,
             tftp_nics,
+            mirrors,
         })
     }
 }

@@ -210,6 +210,19 @@ pub struct Images {
     pub cmdline: String,
     #[serde(default = "default_tftp_nics")]
     pub tftp_nics: Vec<String>,
+    /// HTTP caches near a room: its PCs fetch the image files (versioned, never changed)
+    /// through them, and only their own initrd part from the head.
+    #[serde(default)]
+    pub mirrors: Vec<Mirror>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Mirror {
+    /// The group whose PCs use it (a room: `subnets[].group`).
+    pub group: String,
+    /// `http://cache.room101:8081`: serves the head's `/images/...` under the same paths.
+    pub url: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

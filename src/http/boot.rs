@@ -213,7 +213,16 @@ fn respond(blob: &Blob, start: u64, end: u64, partial: bool) -> Response {
     } else {
         "application/octet-stream"
     };
+    // An image version's files never change (a new build is a new version): an HTTP cache
+    // near a room (images.mirrors) may keep them for good. A node's script and initrd are its
+    // own, for one boot: never kept. iPXE binaries change with an upgrade: asked again.
+    let cache = match (blob.mac, blob.kind) {
+        (Some(_), _) => "no-store",
+        (None, Kind::Ipxe) => "no-cache",
+        (None, _) => "public, max-age=31536000, immutable",
+    };
     let mut resp = Response::builder()
+        .header(header::CACHE_CONTROL, cache)
         .header(header::CONTENT_TYPE, ctype)
         .header(header::CONTENT_LENGTH, end - start)
         .header(header::ACCEPT_RANGES, "bytes");

@@ -105,6 +105,8 @@ pub const APT_PACKAGES: &[&str] = &[
     // check of their systemd unit
     "debootstrap",
     "systemd",
+    // an HTTP cache near a room (the e2e test of images.mirrors)
+    "nginx-light",
 ];
 
 /// Installed only when the command is missing (a newer Node.js may come from elsewhere).
