@@ -6,6 +6,7 @@
 //! | `images/<image>/<version>/<file>`            | a file of a published image                  |
 //! | `boot/<mac>.ipxe`                            | the node's iPXE script                       |
 //! | `boot/<mac>/<token>/<image>/<version>/initrd`| the image's initrd + the node's overlay      |
+//! | `boot/<mac>/<token>/<image>/<version>/overlay`| the node's overlay alone (image via a mirror)|
 //!
 //! `<mac>` is hyphenated (`52-54-00-ab-cd-01`). `<token>` is the one-boot token the script
 //! handed out (see `registry::tokens`): the overlay holds the node's key, so only the PC that

@@ -181,7 +181,13 @@ fn exec_runs_on_every_node_folds_times_out_cuts_and_reports_a_dead_pc() {
     let b = lab
         .exec("node")
         .arg(root().join("tests/browser/exec.mjs"))
-        .args(["http://10.77.0.1:8080/", &password, &names[0], &names[1]])
+        .args([
+            "http://10.77.0.1:8080/",
+            &password,
+            "room7",
+            &names[0],
+            &names[1],
+        ])
         .output()
         .unwrap();
     assert!(b.status.success(), "browser: {}{}", out(&b), err(&b));

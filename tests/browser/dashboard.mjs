@@ -49,7 +49,10 @@ await run({ width: 390, height: 844 }, async (page) => { // phone-sized
   await page.click('#detail a[href="#"]');
   await page.waitForSelector('#list:not([hidden])');
 
+  let asked = '';
+  page.once('dialog', (d) => { asked = d.message(); d.accept(); });
   await page.click(`${rowId} button[data-action="release"]`);
+  if (!asked.startsWith('Release ')) throw new Error('no confirmation before a release: ' + asked);
   log('release clicked');
   await page.waitForSelector(`${rowId} .state.s-leaving, ${rowId} .state.s-gone`, { timeout: 60_000 });
   log('leaving after', (Date.now() - joinedAt) / 1000, 's');

@@ -60,7 +60,14 @@ function actionsFor(n) {
   });
 }
 
+// What an action does to a PC, asked before it is sent (it cannot be taken back).
+const confirmText = {
+  release: (n) => 'Release ' + n.name + '? Its jobs are drained, then its agent reboots it into its own disk.',
+  reboot: (n) => 'Reboot ' + n.name + ' into the node OS? Its running jobs are lost.',
+};
+
 async function act(n, action) {
+  if (confirmText[action] && !confirm(confirmText[action](n))) return;
   try {
     let body;
     if (action === 'rename') {
@@ -110,10 +117,35 @@ function render() {
       el('td', {}, ...actionsFor(n)));
     tbody.append(tr);
   }
+  renderTickGroup(sorted);
   // The head says which counter each state goes to (the summary's state_groups).
   if (Object.keys(stateGroups).length) counters(byGroup); else soonSummary();
   renderStorm(sorted);
   renderDetail();
+}
+
+// Tick a whole room (a group), every node, or none: the choices follow the nodes' groups.
+function renderTickGroup(sorted) {
+  const groups = [...new Set(sorted.map((n) => n.group))].sort();
+  const want = ['', '*', ...groups, '-'];
+  const sel = $('#tick-group');
+  const have = [...sel.options].map((o) => o.value);
+  if (JSON.stringify(have) === JSON.stringify(want)) return;
+  sel.replaceChildren(...want.map((g) => el('option', {
+    value: g,
+    textContent: g === '' ? 'tick a room...' : g === '*' ? 'every node' : g === '-' ? 'none' : 'room ' + g,
+  })));
+}
+
+function tickGroup() {
+  const g = $('#tick-group').value;
+  if (g === '') return;
+  for (const n of nodes.values()) {
+    if (g === '-') selected.delete(n.mac);
+    else if (g === '*' || n.group === g) selected.add(n.mac);
+  }
+  $('#tick-group').value = '';
+  render();
 }
 
 // Boots drawn, so "where did the minute go" is seen: each step of a boot (DHCP, script,
@@ -205,11 +237,13 @@ async function runExec(ev) {
   ev.preventDefault();
   const names = [...selected].map((m) => nodes.get(m)).filter(Boolean).map((n) => n.name);
   if (!names.length) { message('tick the nodes to run the command on'); return; }
+  const cmd = $('#exec-cmd').value;
+  if (!confirm('Run as root on ' + names.length + ' node(s) (' + names.join(', ') + '):\n\n' + cmd)) return;
   const out = $('#exec-out');
   out.replaceChildren(el('p', { textContent: 'running on ' + names.length + ' node(s)...' }));
   try {
     const r = await api('POST', '/api/v1/exec', {
-      command: $('#exec-cmd').value, nodes: names.join(','),
+      command: cmd, nodes: names.join(','),
       timeout_secs: Number($('#exec-timeout').value) || 60,
     });
     for (;;) {
@@ -473,6 +507,7 @@ $('#enroll-close').addEventListener('click', () => enrollment(0));
 $('#d-log-refresh').addEventListener('click', () => { if ($('#d-log').dataset.mac) loadLog($('#d-log').dataset.mac); });
 
 $('#exec-form').addEventListener('submit', runExec);
+$('#tick-group').addEventListener('change', tickGroup);
 
 $('#login').addEventListener('submit', async (e) => {
   e.preventDefault();
