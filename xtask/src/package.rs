@@ -229,6 +229,20 @@ AmbientCapabilities=CAP_NET_BIND_SERVICE CAP_NET_RAW CAP_NET_ADMIN\n\
 CapabilityBoundingSet=CAP_NET_BIND_SERVICE CAP_NET_RAW CAP_NET_ADMIN\n\
 UMask=0077\n";
 
+/// The head's helpers (slurmctld, munged, NFS-Ganesha) write their own log files in the state
+/// folder (the head's own log is the journal's, nodes' logs are capped by the head): rotated
+/// weekly, four kept, truncated in place (the daemons keep them open).
+const LOGROTATE: &str = "/var/lib/enlist/slurmctld.log /var/lib/enlist/munge/munged.log /var/lib/enlist/ganesha/ganesha.log {
+    weekly
+    rotate 4
+    compress
+    delaycompress
+    missingok
+    notifempty
+    copytruncate
+}
+";
+
 const PRERM: &str = r#"#!/bin/sh
 set -e
 if [ "$1" = remove ] && [ -d /run/systemd/system ]; then
@@ -277,8 +291,13 @@ fn head_package(out: &Path, version: &str) -> anyhow::Result<PathBuf> {
         0o644,
     )?;
     write(
+        &dir.join("etc/logrotate.d/enlist"),
+        LOGROTATE.as_bytes(),
+        0o644,
+    )?;
+    write(
         &dir.join("DEBIAN/conffiles"),
-        b"/etc/enlist/config.yaml\n",
+        b"/etc/enlist/config.yaml\n/etc/logrotate.d/enlist\n",
         0o644,
     )?;
     write(&dir.join("DEBIAN/postinst"), POSTINST.as_bytes(), 0o755)?;
@@ -343,6 +362,7 @@ const HEAD_FILES: &[&str] = &[
     "./usr/share/zsh/vendor-completions/_enlist",
     "./usr/share/fish/vendor_completions.d/enlist.fish",
     "./etc/enlist/config.yaml",
+    "./etc/logrotate.d/enlist",
     "./lib/systemd/system/enlist.service",
 ];
 
