@@ -169,6 +169,9 @@ impl Head {
             Ok(true) => {}
             Err(e) => tracing::warn!("cannot read the admin password: {e}"),
         }
+        for old in self.cfg.deprecations() {
+            tracing::warn!("{old}");
+        }
         for (key, image) in self.cfg.image_names() {
             match self.files.images().current(image.as_str()) {
                 Ok(v) => tracing::info!(image = %image, version = %v, "image ready"),

@@ -64,7 +64,7 @@ fn hostile_lab_with(test: &str, nodes: &str, tail: &str) -> Lab {
          http: {{ listen: 0.0.0.0:8080, public_url: {HEAD_URL}, header_timeout: 2s, max_connections_per_client: 32 }}\n\
          tftp: {{ listen: 0.0.0.0:69, ipxe_dir: {d}/ipxe }}\n\
          dhcp:\n  interfaces: [{{ name: br0, mode: dhcp }}]\n  subnets:\n\
-         \x20   - subnet: 10.77.0.0/24\n      pool: [10.77.0.100, 10.77.0.199]\n      router: 10.77.0.1\n\
+         \x20   - subnet: 10.77.0.0/24\n      pool: [10.77.0.100, 10.77.0.199]\n      routers: [10.77.0.1]\n\
          \x20     reservations: [{{ mac: \"{rmac}\", ip: {rip} }}]\n\
          images: {{ dir: {d}/images, default: i586 }}\n\
          nodes: {{ heartbeat: 2s, lost_after: 20s{nodes} }}\n{tail}",

@@ -24,8 +24,8 @@ fn services_lab(test: &str) -> Lab {
     services_lab_with(
         test,
         "dhcp",
-        "\x20   - { subnet: 10.77.0.0/24, pool: [10.77.0.100, 10.77.0.199], router: 10.77.0.1 }\n\
-         \x20   - { subnet: 10.78.0.0/24, pool: [10.78.0.100, 10.78.0.150], router: 10.78.0.1, relays: [10.78.0.1] }\n",
+        "\x20   - { subnet: 10.77.0.0/24, pool: [10.77.0.100, 10.77.0.199], routers: [10.77.0.1] }\n\
+         \x20   - { subnet: 10.78.0.0/24, pool: [10.78.0.100, 10.78.0.150], routers: [10.78.0.1], relays: [10.78.0.1] }\n",
     )
 }
 

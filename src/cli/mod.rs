@@ -32,6 +32,9 @@ pub fn check_config(path: &Path) -> anyhow::Result<()> {
             .into_iter()
             .map(anyhow::Error::from),
     );
+    for old in cfg.deprecations() {
+        eprintln!("enlist: warning: {old}");
+    }
     // Warnings: the file is valid, but part of it cannot work on this machine as it is.
     for (i, why) in enlist::dhcp::unreachable_here(&cfg) {
         let at = cfg.error_at(enlist::config::Invalid::new(

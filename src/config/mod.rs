@@ -97,6 +97,9 @@ pub struct Config {
     reservations: HashMap<Mac, Reservation>,
     /// Every reserved address, kept out of the dynamic pools (the same index).
     reserved_ips: HashSet<Ipv4Addr>,
+    /// Old key names still read, with what to write instead (key path, advice): shown by
+    /// `check-config` and logged at start as warnings.
+    deprecated: Vec<(String, String)>,
     /// Where the config came from, to place later errors (e.g. an image not yet built).
     source: Source,
 }
@@ -148,7 +151,8 @@ pub struct SubnetConfig {
     pub subnet: Ipv4Net,
     /// First and last address handed out, inclusive; none: reservations only.
     pub pool: Option<[Ipv4Addr; 2]>,
-    pub router: Option<Ipv4Addr>,
+    /// Option 3 (`routers`, or the old `router`).
+    pub routers: Vec<Ipv4Addr>,
     pub dns: Vec<Ipv4Addr>,
     pub domain: Option<String>,
     pub lease_time: Duration,
@@ -344,6 +348,14 @@ impl Config {
             }
             Err(invalid) => Err(source.place(invalid)),
         }
+    }
+
+    /// Old key names the file uses, each placed in the file with what to write instead.
+    pub fn deprecations(&self) -> Vec<ConfigError> {
+        self.deprecated
+            .iter()
+            .map(|(key, advice)| self.error_at(Invalid::new(key.clone(), advice.clone())))
+            .collect()
     }
 
     /// Place a check that failed after loading (e.g. against the image store) in the file.

@@ -16,6 +16,7 @@ impl TryFrom<wire::File> for Config {
     type Error = Invalid;
 
     fn try_from(f: wire::File) -> Checked<Config> {
+        let deprecated = deprecated_keys(&f);
         let http = HttpConfig::try_from(f.http).map_err(|e| e.under("http"))?;
         let tftp = TftpConfig::try_from(f.tftp).map_err(|e| e.under("tftp"))?;
         let dhcp = DhcpConfig::try_from(f.dhcp).map_err(|e| e.under("dhcp"))?;
@@ -38,11 +39,28 @@ impl TryFrom<wire::File> for Config {
             schedules,
             reservations: HashMap::new(),
             reserved_ips: HashSet::new(),
+            deprecated,
             source: Source::default(),
         };
         cfg.index_reservations();
         Ok(cfg)
     }
+}
+
+/// Old names the file uses (read as their new ones), with the new way to write them.
+fn deprecated_keys(f: &wire::File) -> Vec<(String, String)> {
+    f.dhcp
+        .subnets
+        .iter()
+        .enumerate()
+        .filter_map(|(i, s)| {
+            let r = s.router?;
+            Some((
+                format!("dhcp.subnets[{i}].router"),
+                format!("`router` is the old name: write `routers: [{r}]` (a list, as Kea's)"),
+            ))
+        })
+        .collect()
 }
 
 fn at_least(key: &str, value: usize, min: usize) -> Checked<()> {
@@ -246,7 +264,16 @@ impl TryFrom<wire::Subnet> for SubnetConfig {
         Ok(SubnetConfig {
             subnet: s.subnet,
             pool: s.pool,
-            router: s.router,
+            routers: match (s.router, s.routers.is_empty()) {
+                (Some(_), false) => {
+                    return Err(Invalid::new(
+                        "router",
+                        "write routers only (router is its old name)",
+                    ))
+                }
+                (Some(r), true) => vec![r],
+                (None, _) => s.routers,
+            },
             dns: s.dns,
             domain: s.domain,
             lease_time: s.lease_time,

@@ -257,3 +257,40 @@ fn a_subnet_needs_no_pool_and_a_reservation_no_address() {
         "{err}"
     );
 }
+
+/// `router`, the old name of `routers`, is still read, and said where to change it; both at
+/// once is an error.
+#[test]
+fn the_old_router_key_is_read_with_a_warning_at_its_line() {
+    let text = |keys: &str| {
+        format!(
+            "http: {{ listen: 127.0.0.1:0, public_url: http://10.77.0.1:8080 }}\n\
+             images: {{ dir: /nonexistent, default: i586 }}\n\
+             dhcp:\n  interfaces: [{{ name: lo, mode: dhcp }}]\n  subnets:\n\
+             \x20   - subnet: 10.77.0.0/24\n      pool: [10.77.0.100, 10.77.0.199]\n{keys}"
+        )
+    };
+    let old = Config::parse(&text("      router: 10.77.0.1\n"), Path::new("enlist.yaml")).unwrap();
+    assert_eq!(
+        old.dhcp.subnets[0].routers,
+        ["10.77.0.1".parse::<std::net::Ipv4Addr>().unwrap()]
+    );
+    let warned: Vec<String> = old.deprecations().iter().map(ToString::to_string).collect();
+    assert_eq!(warned.len(), 1);
+    assert!(
+        warned[0].contains("enlist.yaml:8:") && warned[0].contains("routers: [10.77.0.1]"),
+        "{warned:?}"
+    );
+    let new = Config::parse(
+        &text("      routers: [10.77.0.1, 10.77.0.2]\n"),
+        Path::new("e.yaml"),
+    )
+    .unwrap();
+    assert_eq!(new.dhcp.subnets[0].routers.len(), 2);
+    assert!(new.deprecations().is_empty());
+    let both = Config::parse(
+        &text("      router: 10.77.0.1\n      routers: [10.77.0.1]\n"),
+        Path::new("e.yaml"),
+    );
+    assert!(both.unwrap_err().to_string().contains("routers only"));
+}

@@ -145,6 +145,10 @@ pub struct Subnet {
     /// subnet of proxy-mode rooms (a group, relays) needs none.
     #[serde(default)]
     pub pool: Option<[Ipv4Addr; 2]>,
+    /// Option 3, a list as Kea's `routers` (and `dns`).
+    #[serde(default)]
+    pub routers: Vec<Ipv4Addr>,
+    /// The old name of `routers` (one address): still read, with a warning.
     #[serde(default)]
     pub router: Option<Ipv4Addr>,
     #[serde(default)]

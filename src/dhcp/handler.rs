@@ -553,8 +553,8 @@ impl Handler {
         let o = m.opts_mut();
         o.insert(DhcpOption::SubnetMask(net.netmask()));
         o.insert(DhcpOption::BroadcastAddr(net.broadcast()));
-        if let Some(r) = s.router {
-            o.insert(DhcpOption::Router(vec![r]));
+        if !s.routers.is_empty() {
+            o.insert(DhcpOption::Router(s.routers.clone()));
         }
         if !s.dns.is_empty() {
             o.insert(DhcpOption::DomainNameServer(s.dns.clone()));

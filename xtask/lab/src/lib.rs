@@ -421,7 +421,7 @@ impl Lab {
     ) -> Result<PathBuf, String> {
         let mut cfg = String::new();
         let subnets = if mode == "dhcp" {
-            "  subnets:\n    - subnet: 10.77.0.0/24\n      pool: [10.77.0.100, 10.77.0.199]\n      router: 10.77.0.1\n      lease_time: 10m\n"
+            "  subnets:\n    - subnet: 10.77.0.0/24\n      pool: [10.77.0.100, 10.77.0.199]\n      routers: [10.77.0.1]\n      lease_time: 10m\n"
         } else {
             ""
         };
