@@ -210,12 +210,47 @@ fn head_killed_while_pc_boots_and_pc_still_joins() {
     check(&lab, lab.wait_state(&mac, "healthy", BOOT_LIMIT));
 }
 
+/// Beside a campus DHCP server with a PXE service of its own (dnsmasq on another host of the
+/// segment): the campus' PC boots the campus' file, never enlist's, though enrollment is open
+/// and a window opens later; a PC enlist does not know gets no answer from the head until a
+/// window is open, then joins with the campus' address.
 #[test]
 #[ignore = "needs root, QEMU and built images: run `cargo xtask test`"]
 fn proxy_mode_beside_dnsmasq() {
-    let mut lab = lab("proxy", "proxy");
-    // A PC enlist does not know is the campus PXE service's: no answer from the head (its
-    // PXE gets dnsmasq's address and nothing to boot), though enrollment is open.
+    let ns = format!("e2e-proxy-{}", std::process::id() % 10000);
+    let dir = root().join("lab").join(&ns);
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut lab = Lab::new(&ns, &dir).unwrap_or_else(|e| panic!("lab: {e}"));
+    // The lab's first PC is the campus': its MAC is the first tap's.
+    let campus_pc = "52:54:00:77:01:01";
+    let (c, campus_log) = lab
+        .campus_pxe(&[campus_pc])
+        .unwrap_or_else(|e| panic!("{e}"));
+    lab.spawn(c).unwrap_or_else(|e| panic!("{e}"));
+    let cfg = lab
+        .write_config("proxy", &root().join("images/out"), "  enrollment: open\n")
+        .unwrap_or_else(|e| panic!("{e}"));
+    lab.start_head(&enlist(), &cfg)
+        .unwrap_or_else(|e| panic!("{e}\n{}", lab.head_log()));
+    let campus = lab
+        .boot(Profile::P2Pxe, None)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(lab.pcs[campus].mac, campus_pc);
+    let booted_campus = lab.wait_for(
+        Duration::from_secs(90),
+        "the campus' boot file sent",
+        || std::fs::read_to_string(&campus_log).is_ok_and(|l| l.contains("campus.0 to 10.77.0.")),
+    );
+    check(&lab, booted_campus);
+    assert!(
+        lab.metric("enlist_dhcp_dropped_total{reason=\"proxy-not-ours\"}") >= 1.0,
+        "the head heard the campus PC and left it alone\n{}",
+        lab.report()
+    );
+    lab.pcs[campus].kill();
+
+    // A PC neither knows: no answer from the head (its PXE gets the campus' address and
+    // nothing to boot), though enrollment is open.
     let i = lab
         .boot(Profile::P2Pxe, None)
         .unwrap_or_else(|e| panic!("{e}"));
@@ -223,15 +258,17 @@ fn proxy_mode_beside_dnsmasq() {
     let r = lab.wait_for(
         Duration::from_secs(60),
         "the unknown PC's PXE refused",
-        || lab.metric("enlist_dhcp_dropped_total{reason=\"proxy-not-ours\"}") >= 1.0,
+        || lab.metric("enlist_dhcp_dropped_total{reason=\"proxy-not-ours\"}") >= 2.0,
     );
     check(&lab, r);
     std::thread::sleep(Duration::from_secs(10));
-    assert!(
-        lab.node_state(&mac).is_none(),
-        "the head took over a PC it does not know\n{}",
-        lab.report()
-    );
+    for m in [campus_pc, mac.as_str()] {
+        assert!(
+            lab.node_state(m).is_none(),
+            "the head took over a PC it does not know ({m})\n{}",
+            lab.report()
+        );
+    }
     // In an enrollment window it is answered, boots the node OS and joins.
     let said = lab
         .enroll(&enlist(), "15m")
@@ -252,6 +289,13 @@ fn proxy_mode_beside_dnsmasq() {
         ip.starts_with("10.77.0.") && (50..=90).contains(&last),
         "address {ip:?} should come from dnsmasq's range\n{}",
         lab.report()
+    );
+    // The campus' file went to its PC alone, once (it halts there).
+    let sent = std::fs::read_to_string(&campus_log).unwrap_or_default();
+    assert_eq!(
+        sent.lines().filter(|l| l.contains("/campus.0 to ")).count(),
+        1,
+        "{sent}"
     );
 }
 

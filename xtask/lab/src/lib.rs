@@ -282,6 +282,8 @@ pub struct Lab {
     pub loss_percent: u32,
     /// The lossy cables of the PCs that have one (they stop with the lab).
     pub cables: Vec<cable::LossyCable>,
+    /// Other hosts' namespaces on the bridge (the campus server), removed with the lab.
+    hosts: Vec<String>,
 }
 
 impl Lab {
@@ -313,6 +315,7 @@ impl Lab {
             isolate_pcs: false,
             loss_percent: 0,
             cables: vec![],
+            hosts: vec![],
         };
         ip(&["-n", ns, "link", "set", "lo", "up"])?;
         ip(&["-n", ns, "link", "add", "br0", "type", "bridge"])?;
@@ -336,6 +339,7 @@ impl Lab {
             isolate_pcs: false,
             loss_percent: 0,
             cables: vec![],
+            hosts: vec![],
         })
     }
 
@@ -955,6 +959,60 @@ impl Lab {
         c
     }
 
+    /// The campus' own DHCP and PXE server on the bridge, as another host (its own namespace,
+    /// 10.77.0.2): dnsmasq giving addresses (10.77.0.50-90) to every PC and a boot file of its
+    /// own (`campus.0` by TFTP, a stand-in for WDS or FOG: it halts the PC) to the PCs `ours`
+    /// lists. Its log (DHCP and TFTP) is the returned file. Start it with [`Lab::spawn`].
+    pub fn campus_pxe(&mut self, ours: &[&str]) -> Result<(Command, PathBuf), String> {
+        let host = format!("{}-campus", self.ns);
+        Lab::cleanup(&host);
+        ip(&["netns", "add", &host])?;
+        self.hosts.push(host.clone());
+        ip(&["-n", &host, "link", "set", "lo", "up"])?;
+        ip(&[
+            "-n", &host, "link", "add", "cv0", "type", "veth", "peer", "name", "cv1", "netns",
+            &self.ns,
+        ])?;
+        ip(&["-n", &self.ns, "link", "set", "cv1", "master", "br0"])?;
+        ip(&["-n", &self.ns, "link", "set", "cv1", "up"])?;
+        ip(&["-n", &host, "addr", "add", "10.77.0.2/24", "dev", "cv0"])?;
+        ip(&["-n", &host, "link", "set", "cv0", "up"])?;
+        let root = self.dir.join("campus-tftp");
+        std::fs::create_dir_all(&root).map_err(|e| format!("{}: {e}", root.display()))?;
+        // cli; hlt: a boot program that stops the PC where the campus' OS would start.
+        std::fs::write(root.join("campus.0"), [0xfa, 0xf4])
+            .map_err(|e| format!("{}: {e}", root.display()))?;
+        let log = self.dir.join("campus.log");
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &host, "dnsmasq"]).args([
+            "--keep-in-foreground",
+            "--port=0",
+            "--interface=cv0",
+            "--bind-interfaces",
+            "--dhcp-range=10.77.0.50,10.77.0.90,255.255.255.0,10m",
+            "--dhcp-authoritative",
+            "--no-resolv",
+            "--no-hosts",
+            "--log-dhcp",
+            "--enable-tftp",
+            "--dhcp-boot=tag:campus,campus.0",
+        ]);
+        for mac in ours {
+            c.arg(format!("--dhcp-host={mac},set:campus"));
+        }
+        c.arg(format!("--tftp-root={}", root.display()))
+            .arg(format!("--log-facility={}", log.display()))
+            .arg(format!(
+                "--dhcp-leasefile={}",
+                self.dir.join("campus.leases").display()
+            ))
+            .arg(format!(
+                "--pid-file={}",
+                self.dir.join("campus.pid").display()
+            ));
+        Ok((c, log))
+    }
+
     /// Send a QEMU monitor command (e.g. `sendkey ctrl-alt-delete`) to a PC.
     pub fn monitor(&self, pc: usize, command: &str) -> Result<(), String> {
         use std::io::Write;
@@ -1003,6 +1061,9 @@ impl Drop for Lab {
         }
         self.kill_head();
         self.cables.clear();
+        for h in &self.hosts {
+            Lab::cleanup(h);
+        }
         Lab::cleanup(&self.ns);
     }
 }
