@@ -210,6 +210,54 @@ fn head_killed_while_pc_boots_and_pc_still_joins() {
     check(&lab, lab.wait_state(&mac, "healthy", BOOT_LIMIT));
 }
 
+/// A room behind a router, beside the campus DHCP server: the router relays its PCs' DHCP to
+/// the campus server (addresses) and to the head (PXE, answered through the relay); a PC of
+/// the room boots the node OS across the router and joins in the room's group.
+#[test]
+#[ignore = "needs root, QEMU and built images: run `cargo xtask test`"]
+fn a_relayed_room_boots_beside_the_campus_server() {
+    let ns = format!("e2e-relay-{}", std::process::id() % 10000);
+    let dir = root().join("lab").join(&ns);
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut lab = Lab::new(&ns, &dir).unwrap_or_else(|e| panic!("lab: {e}"));
+    let (c, _) = lab.campus_pxe(&[]).unwrap_or_else(|e| panic!("{e}"));
+    lab.spawn(c).unwrap_or_else(|e| panic!("{e}"));
+    let (relay, relay_log) = lab
+        .relayed_room(&["10.77.0.2", "10.77.0.1"])
+        .unwrap_or_else(|e| panic!("{e}"));
+    lab.spawn(relay).unwrap_or_else(|e| panic!("{e}"));
+    let cfg = lab
+        .write_config("proxy", &root().join("images/out"), "  enrollment: open\n")
+        .unwrap_or_else(|e| panic!("{e}"));
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+        "      mode: proxy\n",
+        "      mode: proxy\n  subnets:\n    - { subnet: 10.78.0.0/24, relays: [10.78.0.1], group: room2 }\n",
+    );
+    std::fs::write(&cfg, text).unwrap();
+    lab.start_head(&enlist(), &cfg)
+        .unwrap_or_else(|e| panic!("{e}\n{}", lab.head_log()));
+    // New PCs are answered in proxy mode only in an enrollment window.
+    lab.enroll(&enlist(), "15m")
+        .unwrap_or_else(|e| panic!("{e}"));
+    let i = lab
+        .boot(Profile::P2Pxe, None)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mac = lab.pcs[i].mac.clone();
+    if let Err(e) = lab.wait_state(&mac, "healthy", BOOT_LIMIT) {
+        let relayed = std::fs::read_to_string(&relay_log).unwrap_or_default();
+        panic!("{e}\nrelay:\n{relayed}\n{}", lab.report());
+    }
+    let node = lab
+        .curl(&format!("/api/v1/nodes/{mac}"))
+        .unwrap_or_default();
+    let ip = node["node"]["ip"].as_str().unwrap_or_default();
+    assert!(
+        ip.starts_with("10.78.0."),
+        "the campus' address in the room: {node}"
+    );
+    assert_eq!(node["node"]["group"], "room2", "the room's group: {node}");
+}
+
 /// Beside a campus DHCP server with a PXE service of its own (dnsmasq on another host of the
 /// segment): the campus' PC boots the campus' file, never enlist's, though enrollment is open
 /// and a window opens later; a PC enlist does not know gets no answer from the head until a

@@ -234,6 +234,10 @@ fn relayed_proxy_dhcp_answers_known_pcs_through_the_relay_only() {
     assert_eq!(reply.yiaddr(), Ipv4Addr::UNSPECIFIED, "proxy: no address");
     assert_eq!(reply.giaddr(), Ipv4Addr::new(10, 78, 0, 1));
     assert!(
+        reply.flags().broadcast(),
+        "no address to unicast to: the relay is told to broadcast (dnsmasq drops it otherwise)"
+    );
+    assert!(
         !reply.fname().unwrap_or_default().is_empty(),
         "a boot file, from {from}"
     );

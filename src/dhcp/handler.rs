@@ -511,7 +511,13 @@ impl Handler {
         seen.push((client.clone(), None, relay_or(msg, at.iface_addr)));
         if at.port == SERVER_PORT {
             let to = match relay {
-                Some(g) => SocketAddrV4::new(g, SERVER_PORT),
+                Some(g) => {
+                    // A proxy offer has no address in it: the relay cannot unicast it to a
+                    // client that has none yet, and (dnsmasq) drops it unless told to
+                    // broadcast (RFC 1542 4.1.2).
+                    reply.set_flags(Flags::default().set_broadcast());
+                    SocketAddrV4::new(g, SERVER_PORT)
+                }
                 None => SocketAddrV4::new(Ipv4Addr::BROADCAST, CLIENT_PORT),
             };
             Outcome::Reply {

@@ -284,6 +284,9 @@ pub struct Lab {
     pub cables: Vec<cable::LossyCable>,
     /// Other hosts' namespaces on the bridge (the campus server), removed with the lab.
     hosts: Vec<String>,
+    /// The bridge new PCs are cabled to: br0, the head's segment, or br1, a room behind a
+    /// router ([`Lab::relayed_room`]).
+    bridge: String,
 }
 
 impl Lab {
@@ -316,6 +319,7 @@ impl Lab {
             loss_percent: 0,
             cables: vec![],
             hosts: vec![],
+            bridge: "br0".into(),
         };
         ip(&["-n", ns, "link", "set", "lo", "up"])?;
         ip(&["-n", ns, "link", "add", "br0", "type", "bridge"])?;
@@ -340,6 +344,7 @@ impl Lab {
             loss_percent: 0,
             cables: vec![],
             hosts: vec![],
+            bridge: "br0".into(),
         })
     }
 
@@ -696,7 +701,7 @@ impl Lab {
         let n = self.taps;
         let tap = format!("tap{n}");
         ip(&["-n", &self.ns, "tuntap", "add", "dev", &tap, "mode", "tap"])?;
-        ip(&["-n", &self.ns, "link", "set", &tap, "master", "br0"])?;
+        ip(&["-n", &self.ns, "link", "set", &tap, "master", &self.bridge])?;
         if self.isolate_pcs {
             self.isolate_port(&tap)?;
             run(Command::new("bridge")
@@ -990,6 +995,9 @@ impl Lab {
             "--interface=cv0",
             "--bind-interfaces",
             "--dhcp-range=10.77.0.50,10.77.0.90,255.255.255.0,10m",
+            // A relayed room's addresses, and its router (see relayed_room).
+            "--dhcp-range=set:room,10.78.0.50,10.78.0.90,255.255.255.0,10m",
+            "--dhcp-option=tag:room,3,10.78.0.1",
             "--dhcp-authoritative",
             "--no-resolv",
             "--no-hosts",
@@ -1009,6 +1017,76 @@ impl Lab {
             .arg(format!(
                 "--pid-file={}",
                 self.dir.join("campus.pid").display()
+            ));
+        Ok((c, log))
+    }
+
+    /// A room behind a router, as on a campus: bridge br1 (10.78.0.0/24) for its PCs (the PCs
+    /// booted after this are cabled to it), and a router host (10.77.0.254 on the head's
+    /// segment, 10.78.0.1 on the room's) that forwards and relays DHCP to each of `servers`
+    /// (dnsmasq as the router's helper address). The head's namespace, and the campus host if
+    /// there is one, route the room through it. Start the relay with [`Lab::spawn`]; its log
+    /// is the returned file.
+    pub fn relayed_room(&mut self, servers: &[&str]) -> Result<(Command, PathBuf), String> {
+        let ns = self.ns.clone();
+        let router = format!("{ns}-router");
+        Lab::cleanup(&router);
+        ip(&["netns", "add", &router])?;
+        self.hosts.push(router.clone());
+        ip(&["-n", &router, "link", "set", "lo", "up"])?;
+        ip(&["-n", &ns, "link", "add", "br1", "type", "bridge"])?;
+        ip(&["-n", &ns, "link", "set", "br1", "up"])?;
+        for (end, bridge, addr) in [
+            ("r0", "br0", "10.77.0.254/24"),
+            ("r1", "br1", "10.78.0.1/24"),
+        ] {
+            let peer = format!("{end}p");
+            ip(&[
+                "-n", &router, "link", "add", end, "type", "veth", "peer", "name", &peer, "netns",
+                &ns,
+            ])?;
+            ip(&["-n", &ns, "link", "set", &peer, "master", bridge])?;
+            ip(&["-n", &ns, "link", "set", &peer, "up"])?;
+            ip(&["-n", &router, "addr", "add", addr, "dev", end])?;
+            ip(&["-n", &router, "link", "set", end, "up"])?;
+        }
+        run(Command::new("ip").args([
+            "netns",
+            "exec",
+            &router,
+            "sysctl",
+            "-qw",
+            "net.ipv4.ip_forward=1",
+        ]))?;
+        for host in std::iter::once(&ns).chain(self.hosts.iter().filter(|h| h.ends_with("-campus")))
+        {
+            ip(&[
+                "-n",
+                host,
+                "route",
+                "add",
+                "10.78.0.0/24",
+                "via",
+                "10.77.0.254",
+            ])?;
+        }
+        self.bridge = "br1".into();
+        let log = self.dir.join("relay.log");
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &router, "dnsmasq"]).args([
+            "--keep-in-foreground",
+            "--port=0",
+            "--log-dhcp",
+            "--no-resolv",
+            "--no-hosts",
+        ]);
+        for server in servers {
+            c.arg(format!("--dhcp-relay=10.78.0.1,{server}"));
+        }
+        c.arg(format!("--log-facility={}", log.display()))
+            .arg(format!(
+                "--pid-file={}",
+                self.dir.join("relay.pid").display()
             ));
         Ok((c, log))
     }
