@@ -282,8 +282,8 @@ pub struct Lab {
     pub loss_percent: u32,
     /// The lossy cables of the PCs that have one (they stop with the lab).
     pub cables: Vec<cable::LossyCable>,
-    /// Other hosts' namespaces on the bridge (the campus server), removed with the lab.
-    hosts: Vec<String>,
+    /// Other hosts on the bridges (the campus server, a room's router), gone with the lab.
+    hosts: Vec<host::Host>,
     /// The bridge new PCs are cabled to: br0, the head's segment, or br1, a room behind a
     /// router ([`Lab::relayed_room`]).
     bridge: String,
@@ -969,30 +969,19 @@ impl Lab {
     /// own (`campus.0` by TFTP, a stand-in for WDS or FOG: it halts the PC) to the PCs `ours`
     /// lists. Its log (DHCP and TFTP) is the returned file. Start it with [`Lab::spawn`].
     pub fn campus_pxe(&mut self, ours: &[&str]) -> Result<(Command, PathBuf), String> {
-        let host = format!("{}-campus", self.ns);
-        Lab::cleanup(&host);
-        ip(&["netns", "add", &host])?;
-        self.hosts.push(host.clone());
-        ip(&["-n", &host, "link", "set", "lo", "up"])?;
-        ip(&[
-            "-n", &host, "link", "add", "cv0", "type", "veth", "peer", "name", "cv1", "netns",
-            &self.ns,
-        ])?;
-        ip(&["-n", &self.ns, "link", "set", "cv1", "master", "br0"])?;
-        ip(&["-n", &self.ns, "link", "set", "cv1", "up"])?;
-        ip(&["-n", &host, "addr", "add", "10.77.0.2/24", "dev", "cv0"])?;
-        ip(&["-n", &host, "link", "set", "cv0", "up"])?;
+        let campus = host::Host::new(self, "campus", "52:54:00:77:fe:02")?;
+        campus.address("10.77.0.2/24")?;
         let root = self.dir.join("campus-tftp");
         std::fs::create_dir_all(&root).map_err(|e| format!("{}: {e}", root.display()))?;
         // cli; hlt: a boot program that stops the PC where the campus' OS would start.
         std::fs::write(root.join("campus.0"), [0xfa, 0xf4])
             .map_err(|e| format!("{}: {e}", root.display()))?;
         let log = self.dir.join("campus.log");
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &host, "dnsmasq"]).args([
+        let mut c = campus.exec("dnsmasq");
+        c.args([
             "--keep-in-foreground",
             "--port=0",
-            "--interface=cv0",
+            &format!("--interface={}", campus.iface),
             "--bind-interfaces",
             "--dhcp-range=10.77.0.50,10.77.0.90,255.255.255.0,10m",
             // A relayed room's addresses, and its router (see relayed_room).
@@ -1018,6 +1007,7 @@ impl Lab {
                 "--pid-file={}",
                 self.dir.join("campus.pid").display()
             ));
+        self.hosts.push(campus);
         Ok((c, log))
     }
 
@@ -1029,37 +1019,29 @@ impl Lab {
     /// is the returned file.
     pub fn relayed_room(&mut self, servers: &[&str]) -> Result<(Command, PathBuf), String> {
         let ns = self.ns.clone();
-        let router = format!("{ns}-router");
-        Lab::cleanup(&router);
-        ip(&["netns", "add", &router])?;
-        self.hosts.push(router.clone());
-        ip(&["-n", &router, "link", "set", "lo", "up"])?;
         ip(&["-n", &ns, "link", "add", "br1", "type", "bridge"])?;
         ip(&["-n", &ns, "link", "set", "br1", "up"])?;
-        for (end, bridge, addr) in [
-            ("r0", "br0", "10.77.0.254/24"),
-            ("r1", "br1", "10.78.0.1/24"),
-        ] {
-            let peer = format!("{end}p");
-            ip(&[
-                "-n", &router, "link", "add", end, "type", "veth", "peer", "name", &peer, "netns",
-                &ns,
-            ])?;
-            ip(&["-n", &ns, "link", "set", &peer, "master", bridge])?;
-            ip(&["-n", &ns, "link", "set", &peer, "up"])?;
-            ip(&["-n", &router, "addr", "add", addr, "dev", end])?;
-            ip(&["-n", &router, "link", "set", end, "up"])?;
-        }
-        run(Command::new("ip").args([
-            "netns",
-            "exec",
-            &router,
-            "sysctl",
-            "-qw",
-            "net.ipv4.ip_forward=1",
-        ]))?;
-        for host in std::iter::once(&ns).chain(self.hosts.iter().filter(|h| h.ends_with("-campus")))
-        {
+        // One leg on the head's segment (a lab host), one on the room's.
+        let router = host::Host::new(self, "router", "52:54:00:77:fe:01")?;
+        router.address("10.77.0.254/24")?;
+        ip(&[
+            "-n", &router.ns, "link", "add", "room", "type", "veth", "peer", "name", "roomp",
+            "netns", &ns,
+        ])?;
+        ip(&["-n", &ns, "link", "set", "roomp", "master", "br1", "up"])?;
+        ip(&[
+            "-n",
+            &router.ns,
+            "addr",
+            "add",
+            "10.78.0.1/24",
+            "dev",
+            "room",
+        ])?;
+        ip(&["-n", &router.ns, "link", "set", "room", "up"])?;
+        run(router.exec("sysctl").args(["-qw", "net.ipv4.ip_forward=1"]))?;
+        let campus = self.hosts.iter().map(|h| h.ns.as_str());
+        for host in std::iter::once(ns.as_str()).chain(campus) {
             ip(&[
                 "-n",
                 host,
@@ -1072,8 +1054,8 @@ impl Lab {
         }
         self.bridge = "br1".into();
         let log = self.dir.join("relay.log");
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &router, "dnsmasq"]).args([
+        let mut c = router.exec("dnsmasq");
+        c.args([
             "--keep-in-foreground",
             "--port=0",
             "--log-dhcp",
@@ -1088,6 +1070,7 @@ impl Lab {
                 "--pid-file={}",
                 self.dir.join("relay.pid").display()
             ));
+        self.hosts.push(router);
         Ok((c, log))
     }
 
@@ -1139,9 +1122,7 @@ impl Drop for Lab {
         }
         self.kill_head();
         self.cables.clear();
-        for h in &self.hosts {
-            Lab::cleanup(h);
-        }
+        self.hosts.clear();
         Lab::cleanup(&self.ns);
     }
 }
