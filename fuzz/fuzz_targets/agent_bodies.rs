@@ -17,7 +17,10 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(d) = serde_json::from_slice::<JobsDescriptor>(data) {
         if d.check().is_ok() && d.enabled {
             assert!(d.slurmd_port != 0);
-            assert!(d.slurmd_allow.iter().all(|a| a.parse::<std::net::Ipv4Addr>().is_ok()));
+            assert!(d
+                .slurmd_allow
+                .iter()
+                .all(|a| a.parse::<std::net::Ipv4Addr>().is_ok()));
         }
     }
     if let Ok(h) = serde_json::from_slice::<Heartbeat>(data) {
@@ -40,6 +43,9 @@ fuzz_target!(|data: &[u8]| {
     }
     if let Ok(l) = serde_json::from_slice::<NodeLogs>(data) {
         assert!(l.lines.len() <= MAX_LOG_LINES);
-        assert!(l.lines.iter().all(|x| x.text.len() <= MAX_LOG_LINE && x.source.len() <= 16));
+        assert!(l
+            .lines
+            .iter()
+            .all(|x| x.text.len() <= MAX_LOG_LINE && x.source.len() <= 16));
     }
 });

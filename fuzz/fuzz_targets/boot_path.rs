@@ -8,8 +8,14 @@ use libfuzzer_sys::fuzz_target;
 fuzz_target!(|path: &str| {
     if let Ok(p) = BootPath::parse(path) {
         let again = p.to_string();
-        assert_eq!(BootPath::parse(&again).as_ref(), Ok(&p), "{path:?} -> {again:?}");
+        assert_eq!(
+            BootPath::parse(&again).as_ref(),
+            Ok(&p),
+            "{path:?} -> {again:?}"
+        );
         // No component that climbs or stays (`b..o` is a legal file name; `..` is not).
-        assert!(!again.split('/').any(|c| c == ".." || c == "." || c.is_empty()));
+        assert!(!again
+            .split('/')
+            .any(|c| c == ".." || c == "." || c.is_empty()));
     }
 });

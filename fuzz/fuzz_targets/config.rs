@@ -11,7 +11,10 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     if let Err(e) = Config::parse(text, Path::new("fuzz.yaml")) {
-        assert!(matches!(e, ConfigError::Parse { .. } | ConfigError::Invalid { .. }));
+        assert!(matches!(
+            e,
+            ConfigError::Parse { .. } | ConfigError::Invalid { .. }
+        ));
         let _ = e.to_string();
     }
 });

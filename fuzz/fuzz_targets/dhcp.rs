@@ -7,7 +7,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
 
-use enlist::config::{Config, DhcpMode};
+use enlist::config::{Config, Current, DhcpMode};
 use enlist::dhcp::handler::{Arrival, Handler, NoObserver, Outcome};
 use enlist::store::Store;
 use libfuzzer_sys::fuzz_target;
@@ -28,7 +28,11 @@ fn handler() -> &'static Handler {
     static H: OnceLock<Handler> = OnceLock::new();
     H.get_or_init(|| {
         let cfg = Arc::new(Config::parse(CONFIG, Path::new("fuzz.yaml")).expect("config"));
-        Handler::new(cfg, Store::memory().expect("db"), Arc::new(NoObserver))
+        Handler::new(
+            Arc::new(Current::new(cfg)),
+            Store::memory().expect("db"),
+            Arc::new(NoObserver),
+        )
     })
 }
 

@@ -7,6 +7,9 @@ use libfuzzer_sys::fuzz_target;
 fuzz_target!(|input: (&str, u64)| {
     let (value, len) = input;
     if let Ranged::Part { start, end } = parse(value, len) {
-        assert!(start < end && end <= len, "{value:?} of {len}: {start}..{end}");
+        assert!(
+            start < end && end <= len,
+            "{value:?} of {len}: {start}..{end}"
+        );
     }
 });
