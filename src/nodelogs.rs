@@ -48,8 +48,7 @@ impl NodeLogs {
     }
 
     fn path(&self, mac: Mac) -> PathBuf {
-        self.dir
-            .join(format!("{}.log", mac.to_string().replace(':', "-")))
+        self.dir.join(format!("{}.log", mac.hyphenated()))
     }
 
     /// Append a batch: a boot mark first if `boot`, a note of lines dropped on the node, then
@@ -74,22 +73,19 @@ impl NodeLogs {
             text += &format!("{now} {}: {}\n", l.source, escape(&l.text));
         }
         let path = self.path(mac);
-        let err = |source| LogError {
-            path: path.display().to_string(),
-            source,
-        };
+        let err = || io_error(&path);
         let _one = self.write.lock().unwrap_or_else(|p| p.into_inner());
-        crate::store::private_dir(&self.dir).map_err(err)?;
+        crate::store::private_dir(&self.dir).map_err(err())?;
         let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
         if size + text.len() as u64 > CAP && size > 0 {
-            std::fs::rename(&path, path.with_extension("log.1")).map_err(err)?;
+            std::fs::rename(&path, path.with_extension("log.1")).map_err(err())?;
         }
         let mut f = OpenOptions::new()
             .create(true)
             .append(true)
             .open(&path)
-            .map_err(err)?;
-        f.write_all(text.as_bytes()).map_err(err)
+            .map_err(err())?;
+        f.write_all(text.as_bytes()).map_err(err())
     }
 
     /// The log from `from` of file `file` (as a previous [`Piece`] ended), or, with no

@@ -22,10 +22,7 @@ fn enlist() -> PathBuf {
 
 /// A lab for one test, named after it so parallel tests never collide.
 fn lab(test: &str, mode: &str) -> Lab {
-    let ns = format!("e2e-{test}-{}", std::process::id() % 10000);
-    let dir = root().join("lab").join(&ns);
-    let _ = std::fs::remove_dir_all(&dir);
-    let mut lab = Lab::new(&ns, &dir).unwrap_or_else(|e| panic!("lab: {e}"));
+    let mut lab = empty_lab(test);
     if mode == "proxy" {
         let c = lab.campus_dhcp();
         lab.spawn(c).unwrap_or_else(|e| panic!("{e}"));
@@ -36,6 +33,14 @@ fn lab(test: &str, mode: &str) -> Lab {
     lab.start_head(&enlist(), &cfg)
         .unwrap_or_else(|e| panic!("{e}\n{}", lab.head_log()));
     lab
+}
+
+/// A lab for one test with nothing started in it yet (no head, no PC).
+fn empty_lab(test: &str) -> Lab {
+    let ns = format!("e2e-{test}-{}", std::process::id() % 10000);
+    let dir = root().join("lab").join(&ns);
+    let _ = std::fs::remove_dir_all(&dir);
+    Lab::new(&ns, &dir).unwrap_or_else(|e| panic!("lab: {e}"))
 }
 
 /// Run `f`; on failure panic with the lab's logs.
@@ -216,10 +221,7 @@ fn head_killed_while_pc_boots_and_pc_still_joins() {
 #[test]
 #[ignore = "needs root, QEMU and built images: run `cargo xtask test`"]
 fn a_relayed_room_boots_beside_the_campus_server() {
-    let ns = format!("e2e-relay-{}", std::process::id() % 10000);
-    let dir = root().join("lab").join(&ns);
-    let _ = std::fs::remove_dir_all(&dir);
-    let mut lab = Lab::new(&ns, &dir).unwrap_or_else(|e| panic!("lab: {e}"));
+    let mut lab = empty_lab("relay");
     let (c, _) = lab.campus_pxe(&[]).unwrap_or_else(|e| panic!("{e}"));
     lab.spawn(c).unwrap_or_else(|e| panic!("{e}"));
     let (relay, relay_log) = lab
@@ -265,10 +267,7 @@ fn a_relayed_room_boots_beside_the_campus_server() {
 #[test]
 #[ignore = "needs root, QEMU and built images: run `cargo xtask test`"]
 fn proxy_mode_beside_dnsmasq() {
-    let ns = format!("e2e-proxy-{}", std::process::id() % 10000);
-    let dir = root().join("lab").join(&ns);
-    let _ = std::fs::remove_dir_all(&dir);
-    let mut lab = Lab::new(&ns, &dir).unwrap_or_else(|e| panic!("lab: {e}"));
+    let mut lab = empty_lab("proxy");
     // The lab's first PC is the campus': its MAC is the first tap's.
     let campus_pc = "52:54:00:77:01:01";
     let (c, campus_log) = lab
@@ -685,10 +684,7 @@ fn start_mirror(lab: &mut Lab) -> PathBuf {
 #[test]
 #[ignore = "needs root, QEMU, nginx and built images: run `cargo xtask test`"]
 fn a_rooms_mirror_serves_the_second_pcs_image_from_its_cache() {
-    let ns = format!("e2e-mirror-{}", std::process::id() % 10000);
-    let dir = root().join("lab").join(&ns);
-    let _ = std::fs::remove_dir_all(&dir);
-    let mut lab = Lab::new(&ns, &dir).unwrap_or_else(|e| panic!("lab: {e}"));
+    let mut lab = empty_lab("mirror");
     let access = start_mirror(&mut lab);
     let cfg = lab
         .write_config("dhcp", &root().join("images/out"), "")

@@ -55,6 +55,16 @@ macro_rules! checked_on_parse {
     };
 }
 
+/// The longest prefix of `s` of at most `max` bytes that ends on a character boundary (what a
+/// bounded text keeps: command results, exec output, log lines).
+pub fn cut_at_char(s: &str, max: usize) -> &str {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
 /// Longest text field in an agent body (CPU model, kernel, NIC names).
 pub const MAX_TEXT: usize = 256;
 /// Longest command result message the head keeps; longer ones are cut.
@@ -493,11 +503,8 @@ impl CommandResult {
     /// The result as the head keeps it: the message cut to [`MAX_RESULT_MESSAGE`] bytes, and
     /// control characters other than newline and tab replaced.
     pub fn bounded_message(&self) -> String {
-        let mut end = self.message.len().min(MAX_RESULT_MESSAGE);
-        while !self.message.is_char_boundary(end) {
-            end -= 1;
-        }
-        let mut m: String = self.message[..end]
+        let kept = cut_at_char(&self.message, MAX_RESULT_MESSAGE);
+        let mut m: String = kept
             .chars()
             .map(|c| {
                 if c.is_control() && c != '\n' && c != '\t' {
@@ -507,7 +514,7 @@ impl CommandResult {
                 }
             })
             .collect();
-        if end < self.message.len() {
+        if kept.len() < self.message.len() {
             m.push_str(&format!(" [cut: {} bytes in all]", self.message.len()));
         }
         m

@@ -134,7 +134,7 @@ impl Registry {
             response: RegisterResponse {
                 session,
                 name: row.name,
-                heartbeat_secs: self.cfg().nodes.heartbeat.as_secs().clamp(1, 300) as u32,
+                heartbeat_secs: self.config().nodes.heartbeat.as_secs().clamp(1, 300) as u32,
                 peers,
                 now_unix: now(),
             },
@@ -243,7 +243,7 @@ impl Registry {
     /// will boot by BIOS from now on: what changes, for its history.
     fn next_image_note(&self, mac: Mac) -> Option<String> {
         let booted = self.inner().live.get(&mac)?.image.clone()?;
-        let cfg = self.cfg();
+        let cfg = self.config();
         let next = cfg.bios_image(mac, true);
         (next.as_str() != booted).then(|| {
             format!("64-bit CPU: its next BIOS network boot is of image {next} (images.bios_x64), not {booted}")

@@ -85,7 +85,7 @@ impl Registry {
         let known = self.store.node(mac)?;
         let reserved = self.vouched(mac);
         if known.is_none() && !reserved && !self.enrolls_new() {
-            match self.cfg().nodes.enrollment {
+            match self.config().nodes.enrollment {
                 Enrollment::KnownMacs => return Ok(BootDecision::NotEnlisted),
                 Enrollment::Approve => return self.await_approval(mac, from),
                 Enrollment::Open => {}
@@ -144,8 +144,8 @@ impl Registry {
             }
         }
         self.apply(&mut row, Event::Fetched, "fetched its boot script")?;
-        let image = self.cfg().bios_image(mac, row.cpu_64bit()).clone();
-        let image64 = self.cfg().bios_image(mac, true).clone();
+        let image = self.config().bios_image(mac, row.cpu_64bit()).clone();
+        let image64 = self.config().bios_image(mac, true).clone();
         Ok(BootDecision::Boot {
             name: row.name,
             image,
@@ -183,7 +183,7 @@ impl Registry {
     /// Why the image `client` will boot cannot drive its card, if it cannot.
     fn missing_driver(&self, client: &ClientInfo, row: &NodeRow) -> Option<String> {
         let id = client.busid?;
-        let cfg = self.cfg();
+        let cfg = self.config();
         let image = match client.firmware {
             Firmware::EfiX64 | Firmware::EfiHttp => &cfg.images.efi_x64,
             _ => cfg.bios_image(client.mac, row.cpu_64bit()),
@@ -269,12 +269,12 @@ impl Registry {
         from: IpAddr,
     ) -> Result<Option<&'static str>, StoreError> {
         let leases_here = self
-            .cfg()
+            .config()
             .dhcp
             .interfaces
             .iter()
             .any(|i| i.mode == DhcpMode::Dhcp);
-        if leases_here && self.cfg().leased_subnet(from).is_some() {
+        if leases_here && self.config().leased_subnet(from).is_some() {
             let lease = self.store.lease_of(row.mac, now())?;
             if lease.map(|l| IpAddr::V4(l.ip)) != Some(from) {
                 return Ok(Some("not-the-leased-address"));
@@ -360,12 +360,12 @@ impl Registry {
         let key = self.keys.node_key(row.mac, epoch);
         let mut conf = format!(
             "head={}\nname={}\nmac={}\nkey={}\nimage={image}\nversion={version}\n",
-            self.cfg().http.public_url.base(),
+            self.config().http.public_url.base(),
             row.name,
             row.mac,
             key.to_hex()
         );
-        if self.cfg().nodes.console_shell {
+        if self.config().nodes.console_shell {
             // The lab's own bench: a root shell on the PC's screen (see the rootfs'
             // enlist-console).
             conf.push_str("console_shell=1\n");

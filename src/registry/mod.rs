@@ -143,10 +143,6 @@ impl Registry {
         self.cfg.get()
     }
 
-    fn cfg(&self) -> Arc<Config> {
-        self.cfg.get()
-    }
-
     /// The config the registry and the DHCP server share: swapped by a reload.
     pub fn current(&self) -> Arc<Current> {
         self.cfg.clone()
@@ -170,7 +166,7 @@ impl Registry {
     }
 
     fn limits(&self) -> Limits {
-        let n = &self.cfg().nodes;
+        let n = &self.config().nodes;
         Limits {
             lost_after: n.lost_after,
             gone_after: n.heartbeat * 2,
@@ -356,7 +352,7 @@ impl Registry {
         let row = self.new_row(mac, true, Some(source))?;
         let how = if reserved {
             "reserved or named by the admin"
-        } else if self.cfg().nodes.enrollment == Enrollment::Open {
+        } else if self.config().nodes.enrollment == Enrollment::Open {
             "enrollment open"
         } else {
             "in the enrollment window"
@@ -370,7 +366,7 @@ impl Registry {
 
     /// Whether a new PC becomes a node by booting now: enrollment `open`, or a window open.
     fn enrolls_new(&self) -> bool {
-        self.cfg().nodes.enrollment == Enrollment::Open || self.enrollment_left().is_some()
+        self.config().nodes.enrollment == Enrollment::Open || self.enrollment_left().is_some()
     }
 
     /// Open the enrollment window for `length` from now (zero closes it): new PCs that boot
@@ -514,7 +510,7 @@ impl Registry {
     /// Let the clock act on every node: lost, gone, stuck (see [`lifecycle`]). Run every second
     /// with the current time (tests pass their own).
     pub fn sweep(&self, now: Instant) -> Result<(), StoreError> {
-        if now.saturating_duration_since(self.started) < self.cfg().nodes.lost_after {
+        if now.saturating_duration_since(self.started) < self.config().nodes.lost_after {
             return Ok(());
         }
         let due = self.inner().due(now, self.started, &self.limits());
@@ -661,7 +657,7 @@ impl Registry {
 
     /// Send the PC last seen at `ip` its magic packet; where it went, for its history.
     fn magic_packet(&self, mac: Mac, ip: Option<std::net::Ipv4Addr>) -> String {
-        match crate::wol::wake(&self.cfg(), mac, ip) {
+        match crate::wol::wake(&self.config(), mac, ip) {
             Ok(sent) => format!("magic packet sent ({})", sent.join(", ")),
             Err(e) => format!("magic packet not sent: {e}"),
         }

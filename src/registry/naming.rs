@@ -17,13 +17,13 @@ impl Registry {
     /// Whether the admin named this PC (a reservation or an import): a known PC, which may
     /// join whatever the enrollment policy, as a reservation always could.
     pub(super) fn vouched(&self, mac: Mac) -> bool {
-        self.cfg().reservation_for(mac).is_some() || self.inner().names.contains_key(&mac)
+        self.config().reservation_for(mac).is_some() || self.inner().names.contains_key(&mac)
     }
 
     /// A name for a new node: its reserved name, else its imported one, else the next of
     /// the name pattern, else prefix + the last three MAC bytes; made unique.
     pub(super) fn new_name(&self, mac: Mac) -> Result<String, StoreError> {
-        let cfg = self.cfg();
+        let cfg = self.config();
         let given = cfg
             .reservation_for(mac)
             .and_then(|r| r.name.clone())
@@ -61,7 +61,7 @@ impl Registry {
 
     /// The group a new node joins: its reservation's, its import's, its subnet's, the default.
     pub(super) fn new_group(&self, mac: Mac, from: Option<IpAddr>) -> String {
-        let cfg = self.cfg();
+        let cfg = self.config();
         let imported = || self.inner().names.get(&mac).and_then(|n| n.group.clone());
         cfg.reservation_for(mac)
             .and_then(|r| r.group.clone())
@@ -72,7 +72,7 @@ impl Registry {
     /// Whether `name` is free for `mac`: no other node has it, nor is it another PC's by a
     /// reservation or an import.
     pub(super) fn name_free(&self, name: &str, mac: Mac) -> Result<bool, StoreError> {
-        let cfg = self.cfg();
+        let cfg = self.config();
         let reserved_for_other = cfg.reservation_named(name).is_some_and(|m| m != mac);
         let imported_for_other = self
             .inner()
@@ -139,7 +139,7 @@ impl Registry {
     /// reservation is new or changed gets the name and group it names now.
     pub fn reload(&self, new: &Config) -> Reload {
         let (reload, before) = self.cfg.reload(new);
-        let now = self.cfg();
+        let now = self.config();
         for r in now.reservations_changed_since(&before) {
             let Ok(Some(row)) = self.store.node(r.mac) else {
                 continue;

@@ -119,11 +119,8 @@ fn shell(spec: &ExecSpec, writer: std::io::PipeWriter) -> std::io::Result<std::p
 /// Output bytes as text of at most [`MAX_EXEC_OUTPUT`] bytes, and what was cut.
 fn bounded_text(bytes: &[u8], more: u64) -> (String, u64) {
     let text = String::from_utf8_lossy(bytes);
-    let mut end = text.len().min(MAX_EXEC_OUTPUT);
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    (text[..end].to_string(), more + (text.len() - end) as u64)
+    let kept = enlist_api::cut_at_char(&text, MAX_EXEC_OUTPUT);
+    (kept.to_string(), more + (text.len() - kept.len()) as u64)
 }
 
 /// A running command's output so far.

@@ -94,7 +94,7 @@ impl Shipper {
     }
 
     fn push(&mut self, source: &str, text: &str) {
-        let text = cut(text.trim_end(), MAX_LOG_LINE);
+        let text = enlist_api::cut_at_char(text.trim_end(), MAX_LOG_LINE).to_string();
         self.bytes += text.len();
         self.pending.push_back(LogLine {
             source: source.to_string(),
@@ -233,15 +233,6 @@ fn kmsg_line(record: &str) -> Option<String> {
     ))
 }
 
-/// At most `max` bytes of `s`, cut at a character boundary.
-fn cut(s: &str, max: usize) -> String {
-    let mut end = s.len().min(max);
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    s[..end].to_string()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -271,7 +262,11 @@ mod tests {
         }
         assert!(s.bytes <= BUFFER);
         assert!(s.dropped >= 10, "{}", s.dropped);
-        assert_eq!(cut("aé", 2), "a", "not inside a character");
+        assert_eq!(
+            enlist_api::cut_at_char("aé", 2),
+            "a",
+            "not inside a character"
+        );
     }
 
     #[test]

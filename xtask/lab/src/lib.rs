@@ -941,25 +941,33 @@ impl Lab {
     /// dnsmasq as a "campus" DHCP server on the bridge: addresses only (10.77.0.50-90), no DNS,
     /// no boot options. Start it with [`Lab::spawn`].
     pub fn campus_dhcp(&self) -> Command {
-        let mut c = self.exec("dnsmasq");
+        let mut c = self.dnsmasq(self.exec("dnsmasq"), "dnsmasq");
         c.args([
-            "--keep-in-foreground",
-            "--port=0",
             "--interface=br0",
             "--bind-interfaces",
             "--dhcp-range=10.77.0.50,10.77.0.90,255.255.255.0,10m",
             "--dhcp-authoritative",
+        ])
+        .arg(format!(
+            "--dhcp-leasefile={}",
+            self.dir.join("dnsmasq.leases").display()
+        ));
+        c
+    }
+
+    /// dnsmasq in the foreground as the lab runs it (no DNS, DHCP logged), with its pid file
+    /// `<name>.pid` in the lab's folder.
+    fn dnsmasq(&self, mut c: Command, name: &str) -> Command {
+        c.args([
+            "--keep-in-foreground",
+            "--port=0",
             "--no-resolv",
             "--no-hosts",
             "--log-dhcp",
         ])
         .arg(format!(
-            "--dhcp-leasefile={}",
-            self.dir.join("dnsmasq.leases").display()
-        ))
-        .arg(format!(
             "--pid-file={}",
-            self.dir.join("dnsmasq.pid").display()
+            self.dir.join(format!("{name}.pid")).display()
         ));
         c
     }
@@ -977,10 +985,8 @@ impl Lab {
         std::fs::write(root.join("campus.0"), [0xfa, 0xf4])
             .map_err(|e| format!("{}: {e}", root.display()))?;
         let log = self.dir.join("campus.log");
-        let mut c = campus.exec("dnsmasq");
+        let mut c = self.dnsmasq(campus.exec("dnsmasq"), "campus");
         c.args([
-            "--keep-in-foreground",
-            "--port=0",
             &format!("--interface={}", campus.iface),
             "--bind-interfaces",
             "--dhcp-range=10.77.0.50,10.77.0.90,255.255.255.0,10m",
@@ -988,9 +994,6 @@ impl Lab {
             "--dhcp-range=set:room,10.78.0.50,10.78.0.90,255.255.255.0,10m",
             "--dhcp-option=tag:room,3,10.78.0.1",
             "--dhcp-authoritative",
-            "--no-resolv",
-            "--no-hosts",
-            "--log-dhcp",
             "--enable-tftp",
             "--dhcp-boot=tag:campus,campus.0",
         ]);
@@ -1002,10 +1005,6 @@ impl Lab {
             .arg(format!(
                 "--dhcp-leasefile={}",
                 self.dir.join("campus.leases").display()
-            ))
-            .arg(format!(
-                "--pid-file={}",
-                self.dir.join("campus.pid").display()
             ));
         self.hosts.push(campus);
         Ok((c, log))
@@ -1054,22 +1053,11 @@ impl Lab {
         }
         self.bridge = "br1".into();
         let log = self.dir.join("relay.log");
-        let mut c = router.exec("dnsmasq");
-        c.args([
-            "--keep-in-foreground",
-            "--port=0",
-            "--log-dhcp",
-            "--no-resolv",
-            "--no-hosts",
-        ]);
+        let mut c = self.dnsmasq(router.exec("dnsmasq"), "relay");
         for server in servers {
             c.arg(format!("--dhcp-relay=10.78.0.1,{server}"));
         }
-        c.arg(format!("--log-facility={}", log.display()))
-            .arg(format!(
-                "--pid-file={}",
-                self.dir.join("relay.pid").display()
-            ));
+        c.arg(format!("--log-facility={}", log.display()));
         self.hosts.push(router);
         Ok((c, log))
     }
