@@ -22,6 +22,7 @@ mod node;
 mod package;
 mod proxy;
 mod setup;
+mod unit_sandbox;
 
 use std::path::PathBuf;
 use std::process::Command;

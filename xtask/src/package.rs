@@ -664,7 +664,8 @@ fn install_test(head: &Path, images: &Path) -> anyhow::Result<()> {
         .arg(&proc_dir))?;
     let r = boot_from_installed(&chroot);
     let _ = Command::new("umount").arg(&proc_dir).status();
-    r
+    r?;
+    jobs_under_the_unit(&chroot)
 }
 
 /// The images package reinstalled (as an upgrade does) leaves an admin's choice of current
@@ -775,6 +776,163 @@ fn boot_from_installed(chroot: &Path) -> anyhow::Result<()> {
             lab.node_state(&mac).unwrap_or_default()
         ),
     }
+    Ok(())
+}
+
+/// What a boot-only install lacks for jobs: the head's Recommends that run them.
+const JOBS_PACKAGES: [&str; 6] = [
+    "slurmctld",
+    "slurm-client",
+    "munge",
+    "nfs-ganesha",
+    "nfs-ganesha-vfs",
+    "nftables",
+];
+
+/// The user who submits in the install test: made in the root as a sysadmin would, after
+/// the head started.
+const SUBMITTER: &str = "student";
+
+/// Jobs on, as a sysadmin adds them to the boot-only install: the Recommends installed, the
+/// example config as packaged (jobs on), the head run as root inside the installed unit's
+/// sandbox ([`Sandbox`]). A Pentium II boots into Slurm and a user made on the head runs a
+/// job with Slurm's own tools and no environment variable.
+fn jobs_under_the_unit(chroot: &Path) -> anyhow::Result<()> {
+    add_jobs(chroot)?;
+    let lab = head_under_the_unit(chroot)?;
+    sh(Command::new("chroot")
+        .arg(chroot)
+        .args(["useradd", "--create-home", SUBMITTER]))?;
+    job_as_the_user(chroot, lab)
+}
+
+/// The Recommends for jobs installed in the root, the example config (jobs on) in place, the
+/// root made as a booted Debian with the unit's StateDirectory is.
+fn add_jobs(chroot: &Path) -> anyhow::Result<()> {
+    // No service of a package starts inside the root (invoke-rc.d asks this).
+    write(
+        &chroot.join("usr/sbin/policy-rc.d"),
+        b"#!/bin/sh\nexit 101\n",
+        0o755,
+    )?;
+    sh(Command::new("chroot")
+        .arg(chroot)
+        .args(["apt-get", "install", "-y", "-q", "--no-install-recommends"])
+        .args(JOBS_PACKAGES)
+        .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    std::fs::copy(
+        root().join("config.example.yaml"),
+        chroot.join("etc/enlist/config.yaml"),
+    )?;
+    sh(Command::new("chroot")
+        .arg(chroot)
+        .args(["enlist", "check-config"]))?;
+    // A booted Debian has /etc/mtab (systemd-tmpfiles links it at boot): Ganesha's VFS
+    // reads it to find the exported folder's filesystem. A debootstrapped root has none.
+    if std::fs::symlink_metadata(chroot.join("etc/mtab")).is_err() {
+        std::os::unix::fs::symlink("../proc/self/mounts", chroot.join("etc/mtab"))?;
+    }
+    // systemd gives a root service's StateDirectory to root.
+    sh(Command::new("chroot")
+        .arg(chroot)
+        .args(["chown", "-R", "root:root", "/var/lib/enlist"]))?;
+    // The user is made after the head starts (an earlier run's is removed first).
+    let _ = Command::new("chroot")
+        .arg(chroot)
+        .args(["userdel", "--remove", SUBMITTER])
+        .status();
+    Ok(())
+}
+
+/// The installed head started as the installed unit starts it (its sandbox emulated), in a
+/// lab namespace; the lab, once its HTTP answers.
+fn head_under_the_unit(chroot: &Path) -> anyhow::Result<enlist_lab::Lab> {
+    let unit = std::fs::read_to_string(chroot.join("lib/systemd/system/enlist.service"))?;
+    let sandbox = crate::unit_sandbox::Sandbox::from_unit(&unit)?;
+    println!(
+        "xtask: the unit's sandbox, emulated; not emulated (system-call filters): {}",
+        sandbox.not_emulated.join(" ")
+    );
+    let ns = "pkg-jobs";
+    let dir = root().join("lab").join(ns);
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut lab = enlist_lab::Lab::new(ns, &dir).map_err(anyhow::Error::msg)?;
+    std::os::unix::fs::symlink(chroot.join("var/lib/enlist"), dir.join("state"))?;
+    let log = std::fs::File::create(dir.join("head.log"))?;
+    let mut head = lab.exec("unshare");
+    head.args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg(sandbox.script(&chroot.display().to_string()))
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    lab.spawn(head).map_err(anyhow::Error::msg)?;
+    let up = lab.wait_for(Duration::from_secs(60), "installed head's HTTP", || {
+        lab.curl("/api/v1/session").is_ok()
+    });
+    if let Err(e) = up {
+        bail!("{e}\n{}", lab.head_log());
+    }
+    Ok(lab)
+}
+
+/// A Pentium II boots into Slurm; the user runs a job on it from the root with Slurm's own
+/// tools and no environment variable.
+fn job_as_the_user(chroot: &Path, mut lab: enlist_lab::Lab) -> anyhow::Result<()> {
+    let i = lab
+        .boot(enlist_lab::Profile::P2Pxe, None)
+        .map_err(anyhow::Error::msg)?;
+    let mac = lab.pcs[i].mac.clone();
+    if let Err(e) = lab.wait_state(&mac, "healthy", Duration::from_secs(300)) {
+        bail!("{e}\n{}", lab.report());
+    }
+    let name = lab.node_name(&mac);
+    let srun = |args: &[&str]| {
+        lab.exec("chroot")
+            .arg(chroot)
+            .args(["runuser", "-u", SUBMITTER, "--", "srun"])
+            .args(args)
+            .env_remove("SLURM_CONF")
+            .output()
+    };
+    // The node joins Slurm a little after it is healthy, and the user's account reaches
+    // it within a minute: srun is tried until it answers.
+    let mut last = String::new();
+    let answered = lab.wait_for(
+        Duration::from_secs(180),
+        "a job as the user",
+        || match srun(&[
+            "-N1",
+            "-t",
+            "1",
+            "--immediate=20",
+            "sh",
+            "-c",
+            "echo $(hostname) $(id -un)",
+        ]) {
+            Ok(o) => {
+                last = format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&o.stdout),
+                    String::from_utf8_lossy(&o.stderr)
+                );
+                o.status.success() && last.trim() == format!("{name} {SUBMITTER}")
+            }
+            Err(e) => {
+                last = e.to_string();
+                false
+            }
+        },
+    );
+    if let Err(e) = answered {
+        bail!(
+            "{e}: srun said {last:?}\n{}\n{}",
+            lab.head_log(),
+            lab.report()
+        );
+    }
+    println!(
+        "xtask: under the installed unit's sandbox, as root with jobs on, the head booted a Pentium II into Slurm and {SUBMITTER} ran a job on it with no SLURM_CONF: {}",
+        last.trim()
+    );
     Ok(())
 }
 
