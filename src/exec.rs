@@ -8,8 +8,10 @@ use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use std::sync::Arc;
+
 use crate::registry::{Registry, RegistryError};
-use enlist_api::{ExecResult, ExecSpec, Mac};
+use enlist_api::{CopySpec, ExecResult, ExecSpec, Mac, Order};
 
 /// Runs kept for their results.
 const MAX_RUNS: usize = 64;
@@ -32,7 +34,7 @@ struct Runs {
 
 struct Run {
     id: u64,
-    spec: ExecSpec,
+    work: Work,
     who: String,
     /// Nodes running the command at once at most.
     fanout: usize,
@@ -62,14 +64,52 @@ enum Outcome {
 
 pub use enlist_api::admin::{ExecStatus, NodeOutcome, RunView};
 
+/// What a run sends each node: a shell command (`enlist exec`) or a file (`enlist copy`).
+#[derive(Clone)]
+pub enum Work {
+    Exec(ExecSpec),
+    /// The signed part, and the bytes the agents fetch (shared by the run's nodes).
+    Copy(CopySpec, Arc<Vec<u8>>),
+}
+
+/// How long a node has to fetch and write a copy's file.
+const COPY_TIMEOUT: Duration = Duration::from_secs(120);
+
+impl Work {
+    /// What the run shows and a node's history says it was.
+    fn shown(&self) -> String {
+        match self {
+            Work::Exec(spec) => spec.command.chars().take(200).collect(),
+            Work::Copy(spec, _) => format!(
+                "copy to {} ({} bytes, mode {:o})",
+                spec.path, spec.size, spec.mode
+            ),
+        }
+    }
+
+    fn timeout(&self) -> Duration {
+        match self {
+            Work::Exec(spec) => Duration::from_secs(spec.timeout_secs.into()),
+            Work::Copy(..) => COPY_TIMEOUT,
+        }
+    }
+
+    fn order(&self) -> Order {
+        match self {
+            Work::Exec(spec) => Order::Exec(spec.clone()),
+            Work::Copy(spec, _) => Order::Copy(spec.clone()),
+        }
+    }
+}
+
 impl Execs {
-    /// Send `spec` to `macs`, `fanout` nodes at a time; the run's id. Nodes that are not up
+    /// Send `work` to `macs`, `fanout` nodes at a time; the run's id. Nodes that are not up
     /// are unreachable at once.
     pub fn start(
         &self,
         registry: &Registry,
         macs: &[Mac],
-        spec: &ExecSpec,
+        work: Work,
         fanout: usize,
         who: &str,
     ) -> Result<u64, RegistryError> {
@@ -100,10 +140,10 @@ impl Execs {
             }
             runs.list.push_back(Run {
                 id,
-                spec: spec.clone(),
+                timeout: work.timeout(),
+                work,
                 who: who.to_string(),
                 fanout: fanout.max(1),
-                timeout: Duration::from_secs(spec.timeout_secs.into()),
                 targets,
             });
             let notes = match runs.list.back_mut() {
@@ -218,7 +258,7 @@ impl Execs {
         }
         let view = RunView {
             id: run.id,
-            command: run.spec.command.clone(),
+            command: run.work.shown(),
             timeout_secs: run.timeout.as_secs(),
             done: run
                 .targets
@@ -227,6 +267,25 @@ impl Execs {
             results: run.targets.iter().map(Target::view).collect(),
         };
         Some((view, notes))
+    }
+
+    /// The file of copy command `command_id`, for the node it was sent to while it runs: no
+    /// other node (and no later session) gets it.
+    pub fn copy_file(&self, mac: Mac, command_id: u64) -> Option<Arc<Vec<u8>>> {
+        let runs = self.lock();
+        runs.list.iter().find_map(|r| {
+            let Work::Copy(_, bytes) = &r.work else {
+                return None;
+            };
+            r.targets
+                .iter()
+                .any(|t| {
+                    t.mac == mac
+                        && t.command_id == Some(command_id)
+                        && matches!(t.outcome, Outcome::Running)
+                })
+                .then(|| bytes.clone())
+        })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Runs> {
@@ -258,15 +317,14 @@ impl Run {
                 t.outcome = Outcome::Unreachable(format!("node is {state}"));
                 continue;
             }
-            match registry.queue_exec(t.mac, self.spec.clone()) {
+            match registry.queue_work(t.mac, self.work.order()) {
                 Some(id) => {
                     t.command_id = Some(id);
                     t.sent = Some(now);
                     t.outcome = Outcome::Running;
-                    let shown: String = self.spec.command.chars().take(200).collect();
                     notes.push(Note {
                         mac: t.mac,
-                        detail: format!("#{id} by {}: {shown}", self.who),
+                        detail: format!("#{id} by {}: {}", self.who, self.work.shown()),
                     });
                 }
                 // Up as far as its state says, but its agent has no session (the head
@@ -349,8 +407,52 @@ mod tests {
 
     use enlist_api::{ExecResult, ExecSpec};
 
-    use super::{ExecStatus, Execs};
+    use super::{ExecStatus, Execs, Work};
     use crate::registry::tests::{boot, ip, registry, session_of, A, B};
+
+    /// A copy's file is handed to the node its command went to, for that command, while it
+    /// runs: not to another node, not for another id, not after its answer.
+    #[test]
+    fn a_copys_file_goes_only_to_its_node_while_its_command_runs() {
+        let r = registry();
+        let key = boot(&r, A, ip(100));
+        let session = session_of(&r, A);
+        boot(&r, B, ip(101));
+        let execs = Execs::default();
+        let spec = enlist_api::CopySpec {
+            path: "/etc/motd".into(),
+            mode: 0o644,
+            size: 5,
+            sha256: "f".repeat(64),
+        };
+        let bytes = std::sync::Arc::new(b"hello".to_vec());
+        let run = execs
+            .start(&r, &[A], Work::Copy(spec.clone(), bytes), 64, "admin")
+            .expect("start");
+        let (cmds, _) = r.take_commands(A);
+        assert_eq!(cmds[0].order, enlist_api::Order::Copy(spec));
+        assert!(enlist_api::verify_command(&key, &session, &cmds[0]));
+        let id = cmds[0].id;
+        assert_eq!(execs.copy_file(A, id).as_deref(), Some(&b"hello".to_vec()));
+        assert!(execs.copy_file(B, id).is_none(), "another node");
+        assert!(execs.copy_file(A, id + 1).is_none(), "another command");
+        let done = ExecResult {
+            id,
+            exit: Some(0),
+            signal: None,
+            timed_out: false,
+            output: String::new(),
+            cut_bytes: 0,
+            done: true,
+        };
+        assert!(execs.answer(&r, A, done));
+        assert!(execs.copy_file(A, id).is_none(), "after its answer");
+        let v = execs.view(&r, run, Instant::now()).expect("run");
+        assert!(
+            v.done && v.command.starts_with("copy to /etc/motd (5 bytes"),
+            "{v:?}"
+        );
+    }
 
     #[test]
     fn exec_reaches_up_nodes_with_a_signed_command_and_calls_the_others_unreachable() {
@@ -366,7 +468,13 @@ mod tests {
             timeout_secs: 5,
         };
         let run = execs
-            .start(&r, &[A, B], &spec, 64, "admin from 10.0.0.1")
+            .start(
+                &r,
+                &[A, B],
+                Work::Exec(spec.clone()),
+                64,
+                "admin from 10.0.0.1",
+            )
             .expect("start");
         let now = Instant::now();
         let v = execs.view(&r, run, now).expect("run");
@@ -424,7 +532,9 @@ mod tests {
         assert_eq!(v.results[0].output, "i686\n");
 
         // Silent past the timeout and the grace: unreachable.
-        let silent = execs.start(&r, &[A], &spec, 64, "admin").expect("start");
+        let silent = execs
+            .start(&r, &[A], Work::Exec(spec.clone()), 64, "admin")
+            .expect("start");
         let later = Instant::now() + Duration::from_secs(5 + 16);
         let v = execs.view(&r, silent, later).expect("run");
         assert!(v.done);
@@ -446,7 +556,9 @@ mod tests {
             command: "hostname".into(),
             timeout_secs: 5,
         };
-        let run = execs.start(&r, &[A, B], &spec, 1, "admin").expect("start");
+        let run = execs
+            .start(&r, &[A, B], Work::Exec(spec.clone()), 1, "admin")
+            .expect("start");
         let statuses = || -> Vec<ExecStatus> {
             let v = execs.view(&r, run, Instant::now()).expect("run");
             v.results.iter().map(|n| n.status).collect()

@@ -81,6 +81,9 @@ enum Cmd {
     },
     /// Run a shell command on many nodes at once (as clush): `enlist exec --all -b -- uname -m`.
     Exec(cli::exec::ExecArgs),
+    /// Copy a file to many nodes at once (as pdcp): `enlist copy -w @lab101 motd /etc/motd`.
+    /// Signed for each node, at most 1 MiB.
+    Copy(cli::exec::CopyArgs),
     /// The jobs: `enlist jobs rotate-key` replaces the cluster's munge key.
     Jobs {
         #[command(subcommand)]
@@ -154,14 +157,17 @@ fn run(args: Args) -> anyhow::Result<()> {
         Cmd::Schedule { cmd } => cli::schedule::run(&args.config, cmd),
         Cmd::Enroll { length, close } => cli::nodes::enroll(&args.config, length, close),
         Cmd::Jobs { cmd } => cli::nodes::jobs(&args.config, cmd),
-        Cmd::Exec(a) => {
-            let rc = cli::exec::run(&args.config, a)?;
-            if rc != 0 {
-                std::process::exit(rc);
-            }
-            Ok(())
-        }
+        Cmd::Exec(a) => exit_with(cli::exec::run(&args.config, a)?),
+        Cmd::Copy(a) => exit_with(cli::exec::copy(&args.config, a)?),
     }
+}
+
+/// Exit with `rc` if it is not 0 (exec's and copy's codes).
+fn exit_with(rc: i32) -> anyhow::Result<()> {
+    if rc != 0 {
+        std::process::exit(rc);
+    }
+    Ok(())
 }
 
 /// The EXIT STATUS section of a man page (roff), for subcommand `sub` (`""`: enlist itself).
@@ -185,6 +191,13 @@ fn exit_status(sub: &str) -> String {
         s += &item("124", "a node's command timed out;");
         s += &item("128+N", "a node's command was killed by signal N;");
         s += &item("255", "a node was unreachable (down, or died meanwhile).");
+    }
+    if sub == "copy" || sub.is_empty() {
+        s += ".PP
+\\fBenlist copy\\fR exits with the largest of the nodes' codes:\n";
+        s += &item("0", "every node wrote the file;");
+        s += &item("1", "a node could not fetch or write it (its message says why), or the file could not be read here;");
+        s += &item("255", "a node was unreachable.");
     }
     s
 }

@@ -268,6 +268,75 @@ fn exec_runs_on_every_node_folds_times_out_cuts_and_reports_a_dead_pc() {
         err(&o)
     );
 
+    // A file to the group less one node, as pdcp copies it: written with its mode, and the
+    // same bytes on both (checked by their SHA-256 on the nodes).
+    let file = lab.dir.join("motd");
+    let text: String = (0..3000)
+        .map(|i| format!("line {i} of the room's motd\n"))
+        .collect();
+    std::fs::write(&file, &text).unwrap();
+    let o = lab.enlist(
+        &enlist_bin,
+        &[
+            "copy",
+            "-w",
+            "@lab101",
+            "-x",
+            "lab101-03",
+            "--mode",
+            "0600",
+            file.to_str().unwrap(),
+            "/etc/",
+        ],
+    );
+    assert!(
+        o.status.success()
+            && out(&o).contains(&format!(
+                "/etc/motd ({} bytes): written on lab101-[01-02] (2)",
+                text.len()
+            )),
+        "{}{}",
+        out(&o),
+        err(&o)
+    );
+    let want = sha256_hex(text.as_bytes());
+    let o = exec(
+        &lab,
+        &[
+            "-w",
+            "lab101-[01-02]",
+            "-b",
+            "-S",
+            "--",
+            "sha256sum /etc/motd; stat -c %a /etc/motd",
+        ],
+    );
+    assert!(
+        o.status.success()
+            && out(&o).contains(&format!("{want}  /etc/motd\n600\n"))
+            && out(&o).contains("lab101-[01-02] (2)"),
+        "{}{}",
+        out(&o),
+        err(&o)
+    );
+    // A path a node cannot write: its failure named, the exit code 1.
+    let o = lab.enlist(
+        &enlist_bin,
+        &[
+            "copy",
+            "-w",
+            "lab101-01",
+            file.to_str().unwrap(),
+            "/proc/motd",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}{}", out(&o), err(&o));
+    assert!(
+        err(&o).contains("lab101-01: exited with exit code 1"),
+        "{}",
+        err(&o)
+    );
+
     // A reservation added to the file, then `kill -HUP`: taken at once by the same process,
     // no lease dropped, no agent made to register again.
     let leases = || {
@@ -385,4 +454,36 @@ fn exec_runs_on_every_node_folds_times_out_cuts_and_reports_a_dead_pc() {
     if let Err(e) = left {
         panic!("{e}\n{}", lab.report());
     }
+
+    // A PC gone for good is forgotten: its row deleted (`node show` finds none), its history
+    // kept under its MAC, and its next boot is a new PC's.
+    let state = lab.node_state(third).unwrap();
+    let gauge = format!("enlist_nodes{{state=\"{state}\"}}");
+    let in_state = lab.metric(&gauge);
+    assert!(in_state >= 1.0, "{gauge}: {in_state}");
+    let o = lab.enlist(&enlist_bin, &["node", "forget", "teacher"]);
+    assert!(
+        o.status.success() && out(&o).contains(&format!("teacher ({third}): forgotten")),
+        "{}{}",
+        out(&o),
+        err(&o)
+    );
+    assert!(!lab
+        .enlist(&enlist_bin, &["node", "show", third])
+        .status
+        .success());
+    let history = lab.curl("/api/v1/events?limit=50").unwrap().to_string();
+    assert!(history.contains("teacher forgotten"), "{history}");
+    assert_eq!(lab.metric(&gauge), in_state - 1.0, "{gauge}");
+    lab.direct_boot_files(&images, "i586", third).unwrap();
+    assert_eq!(
+        lab.node_name(third),
+        "teacher",
+        "a node again, named by its reservation"
+    );
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
 }

@@ -519,6 +519,15 @@ fn absurd_heartbeats_and_huge_results_are_refused() {
         lab.metric("enlist_agent_refused_total{reason=\"body-too-large\"}") == 1.0,
         "counted",
     );
+    // A node asks for the file of a copy that is not its own (none runs for it): refused
+    // (another node's copy is that node's alone), counted.
+    let (st, _) = post(&a, &mut n, paths::COPY_FILE, br#"{"id":1}"#.to_vec());
+    check(&lab, st == 404, &format!("a copy file not its own: {st}"));
+    check(
+        &lab,
+        lab.metric("enlist_http_refused_total{reason=\"copy-unknown\"}") == 1.0,
+        "counted",
+    );
     let events = lab.curl(&format!("/api/v1/nodes/{mac}")).expect("node")["events"].to_string();
     check(
         &lab,

@@ -376,11 +376,19 @@ pub enum NodeAction {
     RefreshPeers,
     /// Wake-on-LAN.
     Wake,
-    /// Make the workload manager forget the node (Slurm keeps one that joined once, asleep,
-    /// to wake it for work): for a PC gone for good. Refused while the node is up.
-    Forget,
     Rename(String),
     Group(String),
+}
+
+/// What `DELETE /api/v1/nodes/{node}` did (`enlist node forget`): the node's row is gone
+/// (its history stays, under its MAC); its next boot is a new PC's.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct Forgotten {
+    pub name: String,
+    pub mac: Mac,
+    /// What the workload manager did (Slurm deletes its record of the node).
+    pub workload: String,
 }
 
 /// PCs' names by MAC: the body of `POST /api/v1/names` (`enlist node import names.csv`), and
@@ -466,7 +474,7 @@ impl std::fmt::Display for BadAction {
 
 impl NodeAction {
     /// Every action's path segment, for the router and the OpenAPI document.
-    pub const NAMES: [&'static str; 10] = [
+    pub const NAMES: [&'static str; 9] = [
         "approve",
         "release",
         "enlist",
@@ -474,7 +482,6 @@ impl NodeAction {
         "power-off",
         "refresh-peers",
         "wake",
-        "forget",
         "rename",
         "group",
     ];
@@ -488,7 +495,6 @@ impl NodeAction {
             NodeAction::PowerOff => "power-off",
             NodeAction::RefreshPeers => "refresh-peers",
             NodeAction::Wake => "wake",
-            NodeAction::Forget => "forget",
             NodeAction::Rename(_) => "rename",
             NodeAction::Group(_) => "group",
         }
@@ -504,7 +510,6 @@ impl NodeAction {
             "power-off" => NodeAction::PowerOff,
             "refresh-peers" => NodeAction::RefreshPeers,
             "wake" => NodeAction::Wake,
-            "forget" => NodeAction::Forget,
             "rename" => NodeAction::Rename(body.name.ok_or(BadAction::Missing("name"))?),
             "group" => NodeAction::Group(body.group.ok_or(BadAction::Missing("group"))?),
             other => return Err(BadAction::Unknown(other.to_string())),
@@ -634,6 +639,84 @@ impl TryFrom<ExecRequest> for ExecOrder {
         )?;
         Ok(ExecOrder {
             spec,
+            targets,
+            fanout,
+        })
+    }
+}
+
+/// `POST /api/v1/copy` (`enlist copy`): a file for the nodes, as exec names them; checked
+/// into a [`CopyOrder`] by `TryFrom`. Its run is read as an exec run's.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields)]
+pub struct CopyRequest {
+    /// Where it goes on each node: an absolute path (written beside it, then renamed over it).
+    pub path: String,
+    /// Permission bits; default 0o644.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<u32>,
+    /// The file, base64 (standard alphabet, padded): at most [`crate::MAX_COPY_BYTES`].
+    pub content_base64: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nodes: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    #[serde(default)]
+    pub all: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fanout: Option<usize>,
+}
+
+/// A checked copy request: the signed part of the order, the bytes, and where it goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CopyOrder {
+    pub spec: crate::CopySpec,
+    pub bytes: Vec<u8>,
+    pub targets: Targets,
+    pub fanout: usize,
+}
+
+impl CopyRequest {
+    /// The request's nodes and fan-out, checked as exec's are.
+    fn targets(&self) -> Result<(Targets, usize), String> {
+        let exec = ExecRequest {
+            command: "copy".into(),
+            nodes: self.nodes.clone(),
+            group: self.group.clone(),
+            all: self.all,
+            fanout: self.fanout,
+            timeout_secs: None,
+        };
+        let order = ExecOrder::try_from(exec)?;
+        Ok((order.targets, order.fanout))
+    }
+}
+
+impl TryFrom<CopyRequest> for CopyOrder {
+    type Error = String;
+
+    fn try_from(r: CopyRequest) -> Result<CopyOrder, String> {
+        use base64::Engine;
+        use sha2::Digest;
+        let (targets, fanout) = r.targets()?;
+        // Its decoded size is known before decoding: a body cannot make the head decode more.
+        if r.content_base64.len() > crate::MAX_COPY_BYTES.div_ceil(3) * 4 {
+            return Err(format!("file larger than {} bytes", crate::MAX_COPY_BYTES));
+        }
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(r.content_base64.as_bytes())
+            .map_err(|e| format!("content_base64: {e}"))?;
+        let spec = crate::CopySpec {
+            path: r.path,
+            mode: r.mode.unwrap_or(0o644),
+            size: bytes.len() as u64,
+            sha256: hex::encode(sha2::Sha256::digest(&bytes)),
+        };
+        spec.check()?;
+        Ok(CopyOrder {
+            spec,
+            bytes,
             targets,
             fanout,
         })

@@ -85,6 +85,8 @@ pub mod paths {
     pub const STATUS: &str = "/api/v1/agent/status";
     pub const EXEC_RESULT: &str = "/api/v1/agent/exec-result";
     pub const LOGS: &str = "/api/v1/agent/logs";
+    /// The file of a copy command ([`super::CopyFetch`]; the reply is the file's bytes).
+    pub const COPY_FILE: &str = "/api/v1/agent/copy-file";
 }
 
 /// Request headers that carry the signature.
@@ -357,6 +359,9 @@ pub enum Order {
     RefreshPeers,
     /// Run a shell command (`enlist exec`) and post an [`ExecResult`].
     Exec(ExecSpec),
+    /// Write a file (`enlist copy`): fetch it, check it against the signed size and hash,
+    /// put it in place, and post an [`ExecResult`] (exit 0, or 1 with why).
+    Copy(CopySpec),
     /// The cluster's munge key was replaced (`enlist jobs rotate-key`): fetch the jobs
     /// descriptor again, put its key in place and restart munged.
     Rekey,
@@ -371,6 +376,7 @@ impl Order {
             Order::Release => "release",
             Order::RefreshPeers => "refresh-peers",
             Order::Exec(_) => "exec",
+            Order::Copy(_) => "copy",
             Order::Rekey => "rekey",
         }
     }
@@ -444,6 +450,74 @@ impl ExecSpec {
     fn signed(&self) -> String {
         format!("{}\n{}", self.timeout_secs, self.command)
     }
+}
+
+/// Largest file `enlist copy` sends, bytes: the node holds it in RAM while it checks it (and
+/// the admin API takes it base64 in JSON).
+pub const MAX_COPY_BYTES: usize = 1024 * 1024;
+/// Longest destination path of a copy, bytes.
+pub const MAX_COPY_PATH: usize = 1024;
+
+/// A file for a node (`enlist copy`): where it goes, its mode, and its size and SHA-256,
+/// signed with the command, so the bytes the agent then fetches (`paths::COPY_FILE`) are the
+/// admin's or are refused.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+#[serde(remote = "Self")]
+pub struct CopySpec {
+    /// An absolute path; the file is written beside it and renamed over it.
+    pub path: String,
+    /// Permission bits (0o644).
+    pub mode: u32,
+    pub size: u64,
+    /// Lowercase hex.
+    pub sha256: String,
+}
+
+checked_on_parse!(CopySpec);
+
+impl CopySpec {
+    pub fn check(&self) -> Result<(), String> {
+        let p = &self.path;
+        if !p.starts_with('/') || p.ends_with('/') {
+            return Err(format!("path {p:?}: an absolute path of a file"));
+        }
+        if p.len() > MAX_COPY_PATH || p.contains('\0') || p.split('/').any(|c| c == "..") {
+            return Err(format!(
+                "path: at most {MAX_COPY_PATH} bytes, no NUL, no '..'"
+            ));
+        }
+        if self.mode > 0o7777 {
+            return Err(format!("mode {:o}: permission bits only", self.mode));
+        }
+        if self.size > MAX_COPY_BYTES as u64 {
+            return Err(format!("file larger than {MAX_COPY_BYTES} bytes"));
+        }
+        if self.sha256.len() != 64
+            || !self
+                .sha256
+                .bytes()
+                .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        {
+            return Err("sha256: 64 lowercase hex digits".into());
+        }
+        Ok(())
+    }
+
+    fn signed(&self) -> String {
+        format!(
+            "{}\n{:o}\n{}\n{}",
+            self.path, self.mode, self.size, self.sha256
+        )
+    }
+}
+
+/// The agent asks for the file of its copy command `id` (the head answers its bytes, signed
+/// as every reply; only to the node the command was for).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CopyFetch {
+    pub id: u64,
 }
 
 /// How a command ran on a node.
@@ -957,6 +1031,7 @@ pub struct CommandTerms<'a> {
 fn order_data(order: &Order) -> String {
     match order {
         Order::Exec(spec) => spec.signed(),
+        Order::Copy(spec) => spec.signed(),
         _ => String::new(),
     }
 }

@@ -98,7 +98,6 @@ fn action_summary(name: &str) -> &'static str {
         "power-off" => "Power the PC off",
         "refresh-peers" => "Make the node rewrite /etc/hosts",
         "wake" => "Wake the PC by Wake-on-LAN (magic packet on every served interface, and to the directed broadcast of its relayed subnet); recorded in its history",
-        "forget" => "Make the workload manager forget a node that is not up (Slurm keeps one that joined once, asleep, to wake it for work): for a PC gone for good; 409 while it is up",
         "rename" => "Rename the node (body: name)",
         "group" => "Put the node in a group (body: group, a host label), recorded in its history",
         _ => "",
@@ -131,6 +130,11 @@ fn node_admin_operations() -> Vec<Operation> {
             .params(&[NODE])
             .answers(200, "OK", Some(schema::<admin::NodeDetail>))
             .or(404, "no such node"),
+        op("delete", "/api/v1/nodes/{node}", "admin", Admin, "Forget a node that is not up, for a PC gone for good: the workload manager forgets it (Slurm keeps one that joined once, asleep, to wake it for work), then the registry deletes its row (its history stays under its MAC; its next boot is a new PC's)")
+            .params(&[NODE])
+            .answers(200, "forgotten", Some(schema::<admin::Forgotten>))
+            .or(404, "no such node")
+            .or(409, "the node is up: release it first"),
         op("post", "/api/v1/nodes/{node}/initrd", "admin", Admin, "The initrd a node boots with (image initrd + its settings with a new node key), for booting a PC by hand (-kernel/-initrd, a USB stick); creates the node if needed. POST: it changes the node (a new key), so a browser session must send its CSRF token")
             .params(&[("node", "path", "node MAC"), ("image", "query", "image name (default: the node's)")])
             .answers(200, "the initrd (application/octet-stream)", None)
@@ -162,10 +166,30 @@ fn node_admin_operations() -> Vec<Operation> {
     ops
 }
 
+/// Runs on many nodes: exec and copy, and their answers.
+fn run_operations() -> Vec<Operation> {
+    use Access::Admin;
+    vec![
+        op("post", "/api/v1/exec", "admin", Admin, "Run a shell command (as root, /bin/sh -c) on nodes: exactly one of nodes (a host list, node-[01-03]), group, all (every node that is up). Recorded in each node's history")
+            .takes(schema::<admin::ExecRequest>)
+            .answers(202, "started", Some(schema::<admin::ExecStarted>))
+            .or(400, "no such node, no node chosen, or a bad command"),
+        op("post", "/api/v1/copy", "admin", Admin, "Copy a file (base64, at most 1 MiB) to nodes, chosen as exec chooses them: each node's agent gets a command signed for it with the file's path, mode, size and SHA-256, fetches the file and writes it beside the path, then renames it over it. Read the run as an exec run's. The file crosses the boot network in clear, as exec's commands do")
+            .takes(schema::<admin::CopyRequest>)
+            .answers(202, "started", Some(schema::<admin::ExecStarted>))
+            .or(400, "no such node, no node chosen, a relative path, a bad mode, or a file over 1 MiB"),
+        op("get", "/api/v1/exec/{id}", "admin", Admin, "A run's answers so far; done when every node has answered or is unreachable")
+            .params(&[("id", "path", "the run's id")])
+            .answers(200, "the run", Some(schema::<admin::RunView>))
+            .or(404, "no such run (the last 64 are kept)"),
+    ]
+}
+
 /// The other admin operations: events, the counters, enrollment, exec, schedules, jobs.
 fn admin_operations() -> Vec<Operation> {
     use Access::{Admin, Public};
     let mut ops = node_admin_operations();
+    ops.extend(run_operations());
     ops.extend([
         op("get", "/api/v1/events", "admin", Admin, "Recent events of all nodes, newest first")
             .params(&[("limit", "query", "how many (1-1000, default 100)")])
@@ -191,14 +215,6 @@ fn admin_operations() -> Vec<Operation> {
             .takes(schema::<admin::NameList>)
             .answers(200, "what changed", Some(schema::<admin::ImportAnswer>))
             .or(400, "a bad name or group, a MAC or name listed twice, more than 500 PCs, or a name another node has"),
-        op("post", "/api/v1/exec", "admin", Admin, "Run a shell command (as root, /bin/sh -c) on nodes: exactly one of nodes (a host list, node-[01-03]), group, all (every node that is up). Recorded in each node's history")
-            .takes(schema::<admin::ExecRequest>)
-            .answers(202, "started", Some(schema::<admin::ExecStarted>))
-            .or(400, "no such node, no node chosen, or a bad command"),
-        op("get", "/api/v1/exec/{id}", "admin", Admin, "A run's answers so far; done when every node has answered or is unreachable")
-            .params(&[("id", "path", "the run's id")])
-            .answers(200, "the run", Some(schema::<admin::RunView>))
-            .or(404, "no such run (the last 64 are kept)"),
         op("get", "/api/v1/schedules", "admin", Admin, "Each scheduled group (schedules: in the config): enlisted or released, since when, and its next change of phase")
             .answers(200, "OK", Some(schema::<admin::ScheduleList>)),
     ]);

@@ -3,7 +3,7 @@
 #![no_main]
 
 use enlist_api::{
-    CommandResult, CommandsResponse, Heartbeat, JobsDescriptor, Leaving, NodeLogs, PeersResponse,
+    CommandResult, CommandsResponse, CopyFetch, CopySpec, Heartbeat, JobsDescriptor, Leaving, NodeLogs, PeersResponse,
     RegisterRequest, RegisterResponse, MAX_LOG_LINE, MAX_LOG_LINES, MAX_RESULT_MESSAGE,
 };
 use libfuzzer_sys::fuzz_target;
@@ -32,6 +32,13 @@ fuzz_target!(|data: &[u8]| {
         assert!(r.bounded_message().len() <= MAX_RESULT_MESSAGE + 64);
     }
     let _ = serde_json::from_slice::<Leaving>(data);
+    let _ = serde_json::from_slice::<CopyFetch>(data);
+    // A copy's spec parsed is one the agent may act on: an absolute path with no '..', a
+    // mode, a size within the cap.
+    if let Ok(c) = serde_json::from_slice::<CopySpec>(data) {
+        assert!(c.path.starts_with('/') && !c.path.split('/').any(|p| p == ".."));
+        assert!(c.mode <= 0o7777 && c.size <= enlist_api::MAX_COPY_BYTES as u64);
+    }
     let _ = serde_json::from_slice::<CommandsResponse>(data);
     if let Ok(r) = serde_json::from_slice::<RegisterResponse>(data) {
         if r.check().is_ok() {

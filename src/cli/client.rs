@@ -47,6 +47,11 @@ impl Head {
         self.call("POST", path, payload)
     }
 
+    /// `DELETE path`, its answer read as `T`.
+    pub fn delete<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+        self.call("DELETE", path, vec![])
+    }
+
     /// An admin API call; its answer, or the head's error message.
     fn call<T: DeserializeOwned>(
         &self,

@@ -9,16 +9,18 @@ use std::io::Write;
 use std::path::Path;
 use std::time::Duration;
 
+use anyhow::Context;
 use clap::Args;
 use enlist_api::admin::{
-    ExecRequest, ExecStarted, ExecStatus, NodeOutcome, RunView, DEFAULT_EXEC_TIMEOUT_SECS,
-    DEFAULT_FANOUT,
+    CopyRequest, ExecRequest, ExecStarted, ExecStatus, NodeOutcome, RunView,
+    DEFAULT_EXEC_TIMEOUT_SECS, DEFAULT_FANOUT,
 };
 
 use super::client::head;
 
+/// The nodes a run goes to, as clush names them (exec and copy).
 #[derive(Args)]
-pub struct ExecArgs {
+pub struct Selection {
     /// Nodes by name or host list: `node-[01-20],lab-pc-7`, `@group` too.
     #[arg(long, short = 'w', conflicts_with_all = ["group", "all"])]
     nodes: Option<String>,
@@ -31,9 +33,15 @@ pub struct ExecArgs {
     /// Leave these nodes out (a host list, `@group` too).
     #[arg(long, short = 'x')]
     exclude: Option<String>,
-    /// Nodes running the command at once at most.
+    /// Nodes running it at once at most.
     #[arg(long, short = 'f', default_value_t = DEFAULT_FANOUT)]
     fanout: usize,
+}
+
+#[derive(Args)]
+pub struct ExecArgs {
+    #[command(flatten)]
+    select: Selection,
     /// Seconds a node may take before its command is killed.
     #[arg(long, short = 'u', default_value_t = DEFAULT_EXEC_TIMEOUT_SECS)]
     timeout: u32,
@@ -50,6 +58,30 @@ pub struct ExecArgs {
     /// The command (run by /bin/sh -c on each node, as root).
     #[arg(last = true, required = true)]
     command: Vec<String>,
+}
+
+#[derive(Args)]
+pub struct CopyArgs {
+    #[command(flatten)]
+    select: Selection,
+    /// The file's permission bits on the nodes, in octal.
+    #[arg(long, short = 'm', default_value = "0644", value_parser = octal_mode)]
+    mode: u32,
+    /// Print the run as JSON once it has ended.
+    #[arg(long)]
+    json: bool,
+    /// The file on this machine (at most 1 MiB).
+    source: std::path::PathBuf,
+    /// Where it goes on each node: an absolute path (a folder's path ending in `/` takes the
+    /// source's name).
+    dest: String,
+}
+
+fn octal_mode(s: &str) -> Result<u32, String> {
+    u32::from_str_radix(s, 8)
+        .ok()
+        .filter(|m| *m <= 0o7777)
+        .ok_or_else(|| format!("{s:?}: permission bits in octal (0644)"))
 }
 
 /// One node's answer as the terminal shows it (output made printable), ordered so identical
@@ -109,7 +141,7 @@ fn printable(s: &str) -> String {
 
 /// With `-x`, or a `@group` in `-w`, the selection is made here and the head is sent the
 /// names; otherwise the head selects (`-w`, `-g`, `-a` as they are).
-fn narrowed(h: &super::client::Head, a: &ExecArgs) -> anyhow::Result<Option<String>> {
+fn narrowed(h: &super::client::Head, a: &Selection) -> anyhow::Result<Option<String>> {
     let groups_in_w = a.nodes.as_deref().is_some_and(|w| w.contains('@'));
     if a.exclude.is_none() && !groups_in_w {
         return Ok(None);
@@ -133,26 +165,104 @@ fn narrowed(h: &super::client::Head, a: &ExecArgs) -> anyhow::Result<Option<Stri
     Ok(Some(enlist::hostlist::fold(&names)))
 }
 
-pub fn run(config: &Path, a: ExecArgs) -> anyhow::Result<i32> {
-    let h = head(config)?;
-    let (nodes, group, all) = match narrowed(&h, &a)? {
+/// Who a run goes to: the head's request fields (nodes, group, all).
+fn targets(
+    h: &super::client::Head,
+    a: &Selection,
+) -> anyhow::Result<(Option<String>, Option<String>, bool)> {
+    Ok(match narrowed(h, a)? {
         Some(names) => (Some(names), None, false),
         None => (a.nodes.clone(), a.group.clone(), a.all),
-    };
+    })
+}
+
+pub fn run(config: &Path, a: ExecArgs) -> anyhow::Result<i32> {
+    let h = head(config)?;
+    let (nodes, group, all) = targets(&h, &a.select)?;
     let request = ExecRequest {
         command: a.command.join(" "),
         timeout_secs: Some(a.timeout),
         nodes,
         group,
         all,
-        fanout: Some(a.fanout),
+        fanout: Some(a.select.fanout),
     };
     let started: ExecStarted = h.post("/api/v1/exec", Some(&request))?;
+    let (rc, _) = follow(&h, started.id, a.fold, a.json)?;
+    Ok(if a.maxrc { rc } else { 0 })
+}
+
+/// `enlist copy`: the file sent to the nodes (each fetches it and checks it against the
+/// signed size and hash); each node's failure named. Exits with the largest code, as pdcp.
+pub fn copy(config: &Path, a: CopyArgs) -> anyhow::Result<i32> {
+    use base64::Engine;
+    use std::io::Read;
+    let mut bytes = vec![];
+    std::fs::File::open(&a.source)
+        .and_then(|f| {
+            f.take(enlist_api::MAX_COPY_BYTES as u64 + 1)
+                .read_to_end(&mut bytes)
+        })
+        .with_context(|| format!("cannot read {}", a.source.display()))?;
+    anyhow::ensure!(
+        bytes.len() <= enlist_api::MAX_COPY_BYTES,
+        "{}: larger than {} bytes (enlist copy is for configuration files and scripts; \
+         put larger files in the shared home or an image)",
+        a.source.display(),
+        enlist_api::MAX_COPY_BYTES
+    );
+    let mut path = a.dest.clone();
+    if path.ends_with('/') {
+        let name = a
+            .source
+            .file_name()
+            .context("the source has no file name")?;
+        path.push_str(&name.to_string_lossy());
+    }
+    let h = head(config)?;
+    let (nodes, group, all) = targets(&h, &a.select)?;
+    let request = CopyRequest {
+        path,
+        mode: Some(a.mode),
+        content_base64: base64::engine::general_purpose::STANDARD.encode(&bytes),
+        nodes,
+        group,
+        all,
+        fanout: Some(a.select.fanout),
+    };
+    let started: ExecStarted = h.post("/api/v1/copy", Some(&request))?;
+    let (rc, view) = follow(&h, started.id, true, a.json)?;
+    let written: Vec<&str> = view
+        .results
+        .iter()
+        .filter(|r| r.status == ExecStatus::Exited && r.exit == Some(0))
+        .map(|r| r.node.as_str())
+        .collect();
+    if !a.json && !written.is_empty() {
+        println!(
+            "{} ({} bytes): written on {} ({})",
+            request.path,
+            bytes.len(),
+            enlist::hostlist::fold(&written),
+            written.len()
+        );
+    }
+    Ok(rc)
+}
+
+/// Poll run `id` until it ends, printing as it goes (or folded, or as JSON at the end); the
+/// largest of the nodes' exit codes (a signal 128+N, a timeout 124, unreachable 255).
+fn follow(
+    h: &super::client::Head,
+    id: u64,
+    fold: bool,
+    json: bool,
+) -> anyhow::Result<(i32, RunView)> {
     // Per node: bytes of its output printed so far, and whether it has ended.
     let mut printed: BTreeMap<String, (usize, bool)> = BTreeMap::new();
     let view = loop {
-        let v: RunView = h.get(&format!("/api/v1/exec/{}", started.id))?;
-        if !a.fold && !a.json {
+        let v: RunView = h.get(&format!("/api/v1/exec/{id}"))?;
+        if !fold && !json {
             for r in &v.results {
                 let seen = printed.entry(r.node.clone()).or_default();
                 if !seen.1 {
@@ -170,13 +280,13 @@ pub fn run(config: &Path, a: ExecArgs) -> anyhow::Result<i32> {
         .iter()
         .map(|r| (r.node.clone(), Answer::from(r)))
         .collect();
-    if a.json {
+    if json {
         println!("{}", serde_json::to_string_pretty(&view)?);
-    } else if a.fold {
+    } else if fold {
         print_folded(&answers);
     }
     let rc = answers.iter().map(|(_, a)| a.0.code()).max().unwrap_or(0);
-    Ok(if a.maxrc { rc.clamp(0, 255) } else { 0 })
+    Ok((rc.clamp(0, 255), view))
 }
 
 /// Print what `node` has printed since byte `from`: whole lines while it runs, the rest and

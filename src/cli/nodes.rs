@@ -8,8 +8,9 @@ use std::collections::HashMap;
 
 use anyhow::Context;
 use enlist_api::admin::{
-    Enrollment, EnrollmentRequest, GroupLent, ImportAnswer, NameList, NamedPc, NodeAction,
-    NodeDetail, NodeList, NodeLogText, NodeView, PowerAnswer, PowerRequest, Rotation, MAX_IMPORT,
+    Enrollment, EnrollmentRequest, Forgotten, GroupLent, ImportAnswer, NameList, NamedPc,
+    NodeAction, NodeDetail, NodeList, NodeLogText, NodeView, PowerAnswer, PowerRequest, Rotation,
+    MAX_IMPORT,
 };
 use enlist_api::Mac;
 
@@ -39,8 +40,9 @@ pub enum NodeCmd {
     PowerOff(Target),
     /// Wake the PCs (Wake-on-LAN magic packet; their BIOS must allow it).
     Wake(Target),
-    /// Make Slurm forget nodes that are not up (one that joined once stays known, asleep,
-    /// to be woken for work): for PCs gone for good.
+    /// Forget nodes that are not up, for PCs gone for good: Slurm forgets them (one that
+    /// joined once stays known, asleep, to be woken for work) and the registry deletes them
+    /// (their history stays under their MACs; a PC that boots again is a new PC).
     Forget(Target),
     /// Put the nodes in a group (`enlist exec -g`, `enlist wake --group`).
     Group {
@@ -216,7 +218,7 @@ pub fn act(config: &Path, cmd: NodeCmd) -> anyhow::Result<()> {
         NodeCmd::Enlist(t) => (t, NodeAction::Enlist),
         NodeCmd::PowerOff(t) => (t, NodeAction::PowerOff),
         NodeCmd::Wake(t) => (t, NodeAction::Wake),
-        NodeCmd::Forget(t) => (t, NodeAction::Forget),
+        NodeCmd::Forget(t) => return forget(&h, &t),
         NodeCmd::Group { target, group } => (target, NodeAction::Group(group)),
         NodeCmd::Rename { node, name } => {
             let v = send(&h, &node, &NodeAction::Rename(name))?;
@@ -253,6 +255,27 @@ pub fn act(config: &Path, cmd: NodeCmd) -> anyhow::Result<()> {
         failed == 0,
         "{} failed on {failed} of {} node(s)",
         action.name(),
+        names.len()
+    );
+    Ok(())
+}
+
+/// `enlist node forget NODES`: a DELETE per node.
+fn forget(h: &Head, target: &Target) -> anyhow::Result<()> {
+    let names = selected(h, &target.nodes, target.exclude.as_deref())?;
+    let mut failed = 0;
+    for name in &names {
+        match h.delete::<Forgotten>(&format!("/api/v1/nodes/{name}")) {
+            Ok(f) => println!("{} ({}): forgotten; {}", f.name, f.mac, f.workload),
+            Err(e) => {
+                eprintln!("enlist: {name}: {e:#}");
+                failed += 1;
+            }
+        }
+    }
+    anyhow::ensure!(
+        failed == 0,
+        "forget failed on {failed} of {} node(s)",
         names.len()
     );
     Ok(())

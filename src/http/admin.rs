@@ -11,8 +11,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use enlist_api::admin::{
-    ActionBody, BadAction, Enrollment, EnrollmentRequest, EventList, LoginAnswer, LoginRequest,
-    NameList, NodeAction, NodeDetail, NodeList, NodeLogText, SessionView, Summary,
+    ActionBody, BadAction, Enrollment, EnrollmentRequest, EventList, Forgotten, LoginAnswer,
+    LoginRequest, NameList, NodeAction, NodeDetail, NodeList, NodeLogText, SessionView, Summary,
 };
 use enlist_api::Order;
 use futures_util::{Stream, StreamExt};
@@ -31,7 +31,7 @@ pub fn routes() -> Router<Shared> {
         .route("/api/v1/logout", post(logout))
         .route("/api/v1/session", get(session))
         .route("/api/v1/nodes", get(nodes))
-        .route("/api/v1/nodes/{node}", get(node))
+        .route("/api/v1/nodes/{node}", get(node).delete(forget))
         .route("/api/v1/nodes/{node}/initrd", post(initrd))
         .route("/api/v1/nodes/{node}/logs", get(node_logs))
         .route("/api/v1/nodes/{node}/{action}", post(action))
@@ -273,7 +273,6 @@ async fn action(
             // Wake-on-LAN: the magic packet on every served interface (and the PC's relayed
             // subnet); what happened goes into its history.
             NodeAction::Wake => reg.wake(mac).map(drop)?,
-            NodeAction::Forget => forget(&rt, &reg, workload.as_ref(), mac)?,
             NodeAction::Rename(name) => reg.rename(mac, &name)?,
             NodeAction::Group(group) => reg.set_group(mac, &group)?,
         }
@@ -286,23 +285,34 @@ async fn action(
     }
 }
 
-/// `enlist node forget`: the workload manager drops a node that is not up (Slurm deletes its
-/// record, asleep or down); its history stays. Call from a blocking thread.
-fn forget(
-    rt: &tokio::runtime::Handle,
-    reg: &crate::registry::Registry,
-    workload: &dyn crate::workload::Workload,
-    mac: enlist_api::Mac,
-) -> Result<(), RegistryError> {
-    let row = reg.node(mac)?;
-    if row.state.is_alive() && !row.released {
-        return Err(RegistryError::Up(row.name));
+/// `DELETE /api/v1/nodes/{node}` (`enlist node forget`): a node that is not up is forgotten,
+/// by the workload manager (Slurm deletes its record, asleep or down) and then by the
+/// registry (its row; its history stays under its MAC). 409 while it is up.
+async fn forget(State(s): State<Shared>, _a: Admin, Path(node): Path<String>) -> Response {
+    let reg = s.registry.clone();
+    let workload = s.workload.clone();
+    let rt = tokio::runtime::Handle::current();
+    let r = blocking(move || {
+        let row = reg.find(&node)?;
+        if row.state.is_alive() && !row.released {
+            return Err(RegistryError::Up(row.name));
+        }
+        let said = match rt.block_on(workload.forget(&row.name)) {
+            Ok(()) => format!("forgotten by the workload manager ({})", workload.name()),
+            Err(e) => format!("not forgotten by the workload manager: {e}"),
+        };
+        let row = reg.forget(row.mac, &said)?;
+        Ok(Forgotten {
+            name: row.name,
+            mac: row.mac,
+            workload: said,
+        })
+    })
+    .await;
+    match r {
+        Ok(answer) => Json(answer).into_response(),
+        Err(r) => r,
     }
-    let said = match rt.block_on(workload.forget(&row.name)) {
-        Ok(()) => format!("forgotten by the workload manager ({})", workload.name()),
-        Err(e) => format!("not forgotten by the workload manager: {e}"),
-    };
-    reg.note(mac, "jobs", &said)
 }
 
 #[derive(Deserialize)]

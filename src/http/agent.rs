@@ -11,8 +11,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use enlist_api::{
-    headers as h, paths, CommandResult, CommandsResponse, ExecResult, Heartbeat, JobsDescriptor,
-    JobsRequest, Leaving, Mac, NodeLogs, NodeStatus, NonceResponse, PeersResponse, ReplyAuth,
+    headers as h, paths, CommandResult, CommandsResponse, CopyFetch, ExecResult, Heartbeat,
+    JobsDescriptor, JobsRequest, Leaving, Mac, NodeLogs, NodeStatus, NonceResponse, PeersResponse,
+    ReplyAuth,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -37,6 +38,7 @@ pub fn routes() -> Router<Shared> {
         .route(paths::STATUS, post(status))
         .route(paths::EXEC_RESULT, post(exec_result))
         .route(paths::LOGS, post(logs))
+        .route(paths::COPY_FILE, post(copy_file))
 }
 
 fn agent_error(e: AgentError) -> Response {
@@ -170,12 +172,19 @@ fn signed_reply<T: Serialize>(
         Ok(b) => b,
         Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     };
+    signed_bytes(s, mac, (path, session, seq), "application/json", body)
+}
+
+/// A reply of `body` signed for the node and its request (path, session, sequence number).
+fn signed_bytes(
+    s: &Shared,
+    mac: Mac,
+    (path, session, seq): (&str, &str, u64),
+    content_type: &'static str,
+    body: Vec<u8>,
+) -> Response {
     let sig = ReplyAuth { path, session, seq }.sign(&s.registry.reply_key(mac), &body);
-    let mut resp = (
-        [(axum::http::header::CONTENT_TYPE, "application/json")],
-        body,
-    )
-        .into_response();
+    let mut resp = ([(axum::http::header::CONTENT_TYPE, content_type)], body).into_response();
     if let Ok(v) = HeaderValue::from_str(&sig) {
         resp.headers_mut().insert(h::REPLY_SIGNATURE, v);
     }
@@ -366,6 +375,31 @@ async fn status(State(s): State<Shared>, a: Agent) -> Response {
 }
 
 /// A node's answer to an `enlist exec` command: kept with its run, noted in its history.
+/// The file of a copy command, to the node it was sent to while the command runs (the agent
+/// checks it against the command's signed size and SHA-256).
+async fn copy_file(State(s): State<Shared>, a: Agent) -> Response {
+    let fetch: CopyFetch = match a.body(&s) {
+        Ok(f) => f,
+        Err(e) => return agent_error(e),
+    };
+    let Some(bytes) = s.execs.copy_file(a.mac, fetch.id) else {
+        tracing::debug!(mac = %a.mac, id = fetch.id, "copy file refused: no such copy running for the node");
+        s.metrics.refused(&s.metrics.http_refused, "copy-unknown");
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("no copy #{} running for this node", fetch.id),
+        );
+    };
+    let raw = &a.raw;
+    signed_bytes(
+        &s,
+        a.mac,
+        (&raw.path, &raw.session, raw.seq),
+        "application/octet-stream",
+        bytes.to_vec(),
+    )
+}
+
 async fn exec_result(State(s): State<Shared>, a: Agent) -> Response {
     // Checked as it is read (its output within MAX_EXEC_OUTPUT), as every agent body is.
     let r: ExecResult = match a.body(&s) {

@@ -5,15 +5,15 @@
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use axum::extract::{ConnectInfo, Path, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use enlist_api::admin::{ExecOrder, ExecRequest, ExecStarted, Targets};
+use enlist_api::admin::{CopyOrder, CopyRequest, ExecOrder, ExecRequest, ExecStarted, Targets};
 use enlist_api::Mac;
 
-use crate::exec::MAX_TARGETS;
+use crate::exec::{Work, MAX_TARGETS};
 use crate::registry::{Registry, RegistryError};
 
 use super::admin::blocking;
@@ -22,9 +22,17 @@ use super::{error, Shared};
 
 /// What `enlist exec` waits for a node unless told: clush's default is none; a node that hangs
 /// must not hang the admin's terminal.
+/// The largest body of `POST /api/v1/copy`: the file's base64 and the rest of the request.
+const COPY_BODY: usize = enlist_api::MAX_COPY_BYTES.div_ceil(3) * 4 + 16 * 1024;
+
 pub fn routes() -> Router<Shared> {
     Router::new()
         .route("/api/v1/exec", post(start))
+        // A file's base64 is larger than the API's other bodies.
+        .route(
+            "/api/v1/copy",
+            post(copy).layer(DefaultBodyLimit::max(COPY_BODY)),
+        )
         .route("/api/v1/exec/{id}", get(read))
 }
 
@@ -34,14 +42,40 @@ async fn start(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Json(req): Json<ExecRequest>,
 ) -> Response {
-    let order = match ExecOrder::try_from(req) {
-        Ok(o) => o,
-        Err(e) => return error(StatusCode::BAD_REQUEST, e),
-    };
+    match ExecOrder::try_from(req) {
+        Ok(o) => begin(s, peer, o.targets, Work::Exec(o.spec), o.fanout).await,
+        Err(e) => error(StatusCode::BAD_REQUEST, e),
+    }
+}
+
+/// `enlist copy`: a file for the nodes, run as an exec run is (its results read the same).
+async fn copy(
+    State(s): State<Shared>,
+    _a: Admin,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Json(req): Json<CopyRequest>,
+) -> Response {
+    match CopyOrder::try_from(req) {
+        Ok(o) => {
+            let work = Work::Copy(o.spec, std::sync::Arc::new(o.bytes));
+            begin(s, peer, o.targets, work, o.fanout).await
+        }
+        Err(e) => error(StatusCode::BAD_REQUEST, e),
+    }
+}
+
+/// Start a run of `work` on `targets`: 202 with its id and nodes.
+async fn begin(
+    s: Shared,
+    peer: SocketAddr,
+    targets: Targets,
+    work: Work,
+    fanout: usize,
+) -> Response {
     let (reg, execs) = (s.registry.clone(), s.execs.clone());
     let who = format!("admin from {}", peer.ip());
     let r = blocking(move || {
-        let macs = match targets(&reg, &order.targets) {
+        let macs = match self::targets(&reg, &targets) {
             Ok(m) => m,
             Err(why) => return Ok(Err(why)),
         };
@@ -49,7 +83,7 @@ async fn start(
             .iter()
             .filter_map(|m| reg.node(*m).ok().map(|r| r.name))
             .collect();
-        let id = execs.start(&reg, &macs, &order.spec, order.fanout, &who)?;
+        let id = execs.start(&reg, &macs, work, fanout, &who)?;
         Ok(Ok(ExecStarted { id, nodes: names }))
     })
     .await;

@@ -258,6 +258,22 @@ impl Inner {
         }
     }
 
+    /// Drop everything kept in memory of a node that is forgotten (its row deleted): its
+    /// session, counts, peer entry, tokens, a wake awaited, its boot addresses.
+    pub fn forget(&mut self, mac: Mac) {
+        self.end_session(mac);
+        if let Some(state) = self.live.remove(&mac).and_then(|l| l.state) {
+            *self.counts.entry(state).or_default() -= 1;
+        }
+        if self.peers.remove(&mac).is_some() {
+            self.peers_version += 1;
+        }
+        self.tokens.end(mac);
+        self.waking.remove(&mac);
+        self.candidates.remove(&mac);
+        self.boot_ips.retain(|_, (m, _)| *m != mac);
+    }
+
     pub fn new_boot(&mut self, mac: Mac) {
         let live = self.live.entry(mac).or_default();
         live.trace.clear();

@@ -28,7 +28,7 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use enlist_api::{ExecSpec, Mac, Order, Peer};
+use enlist_api::{Mac, Order, Peer};
 use tokio::sync::broadcast;
 
 use crate::config::{valid_host_label, Config, Current, Enrollment};
@@ -407,11 +407,11 @@ impl Registry {
         Ok(id)
     }
 
-    /// Queue a shell command for a node's agent (signed for it when delivered); its id, or
+    /// Queue a command of a run (exec, copy) for a node's agent (signed for it when delivered); its id, or
     /// None when the agent has no session. In memory only: the caller records it in the
     /// node's history ([`Registry::note`]).
-    pub fn queue_exec(&self, mac: Mac, spec: ExecSpec) -> Option<u64> {
-        self.inner().queue_command(mac, Order::Exec(spec))
+    pub fn queue_work(&self, mac: Mac, order: Order) -> Option<u64> {
+        self.inner().queue_command(mac, order)
     }
 
     /// Hand a PC back to its own disk: mark it released and tell its agent to reboot.
@@ -476,6 +476,26 @@ impl Registry {
         let old = std::mem::replace(&mut row.name, name.to_string());
         self.save(&row, Some(("renamed", &format!("{old} → {name}"))))?;
         Ok(())
+    }
+
+    /// Forget a node that is not up (`enlist node forget`): its row is deleted and what is
+    /// kept of it in memory dropped; `said` (what the workload manager did) is its last
+    /// history event, kept with the rest of its MAC's history. Its next boot is a new PC's
+    /// (the enrollment policy decides); a name imported for its MAC stays. The row it had.
+    pub fn forget(&self, mac: Mac, said: &str) -> Result<NodeRow, RegistryError> {
+        let row = self.node(mac)?;
+        if row.state.is_alive() && !row.released {
+            return Err(RegistryError::Up(row.name));
+        }
+        let detail = format!("{} forgotten: {said}", row.name);
+        let Some(ev) = self.store.delete_node(mac, &detail, now())? else {
+            return Err(RegistryError::UnknownNode(mac.to_string()));
+        };
+        self.inner().forget(mac);
+        tracing::info!(node = %row.name, mac = %mac, "{detail}");
+        let _ = self.updates.send(Update::Event(ev));
+        self.refresh_gauges();
+        Ok(row)
     }
 
     /// Put a node in another group (the dashboard's or `enlist node group`).

@@ -824,3 +824,32 @@ fn a_reload_renames_the_node_a_new_reservation_names_and_lets_a_reserved_pc_in()
     assert_eq!((a.name.as_str(), a.group.as_str()), ("teacher", "front"));
     script(&r, B, ip(101)).expect("B is reserved now");
 }
+
+#[test]
+fn a_forgotten_node_is_gone_from_the_registry_but_its_history_stays() {
+    let r = registry();
+    let key = boot_os(&r, A, ip(100));
+    register(&r, A, &key, ip(100)).expect("registered");
+    assert!(
+        matches!(r.forget(A, "test"), Err(RegistryError::Up(_))),
+        "an up node is not forgotten"
+    );
+    r.release(A).expect("release");
+    let before = r.counts().get(&state(&r, A)).copied().unwrap_or(0);
+    let was = state(&r, A);
+    let row = r
+        .forget(A, "forgotten by the workload manager (none)")
+        .expect("forget");
+    assert!(matches!(r.node(A), Err(RegistryError::UnknownNode(_))));
+    assert_eq!(r.counts().get(&was).copied().unwrap_or(0), before - 1);
+    assert!(r.members().1.is_empty(), "no peer left");
+    let history = r.store().events_of(A, 10).expect("events");
+    assert_eq!(history[0].kind, "forgotten");
+    assert!(history[0]
+        .detail
+        .starts_with(&format!("{} forgotten", row.name)));
+    assert!(history.len() > 1, "the older events stay");
+    // Its next boot is a new PC's.
+    boot_os(&r, A, ip(100));
+    assert_eq!(state(&r, A), NodeState::Booting);
+}

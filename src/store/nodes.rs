@@ -182,6 +182,37 @@ impl Store {
         })
     }
 
+    /// Delete a node's row, writing `detail` as its `forgotten` event in the same
+    /// transaction (its history stays: the events of a MAC outlive its node). Its lease is
+    /// left to expire: the PC may be using the address under its own OS. The event, or None
+    /// when there was no such node.
+    pub fn delete_node(
+        &self,
+        mac: Mac,
+        detail: &str,
+        ts: i64,
+    ) -> Result<Option<EventRow>, StoreError> {
+        self.with(|c| {
+            let tx = c.transaction()?;
+            if tx.execute("DELETE FROM nodes WHERE mac = ?1", [mac_sql(&mac)])? == 0 {
+                return Ok(None);
+            }
+            tx.execute(
+                "INSERT INTO events(mac, ts, kind, detail) VALUES (?1, ?2, 'forgotten', ?3)",
+                params![mac_sql(&mac), ts, detail],
+            )?;
+            let id = tx.last_insert_rowid();
+            tx.commit()?;
+            Ok(Some(EventRow {
+                id,
+                mac,
+                ts,
+                kind: "forgotten".into(),
+                detail: detail.into(),
+            }))
+        })
+    }
+
     /// Write many new node rows in one transaction (tools: a benchmark's simulated nodes, a
     /// restore). Rows that exist are left as they are.
     pub fn insert_nodes(&self, rows: &[NodeRow]) -> Result<usize, StoreError> {

@@ -156,6 +156,26 @@ impl Client {
         seq: u64,
         body: &[u8],
     ) -> Result<Vec<u8>, Failure> {
+        self.send_capped(
+            agent,
+            path,
+            (session, reply_to),
+            seq,
+            body,
+            enlist_api::MAX_BODY,
+        )
+    }
+
+    /// [`Client::send`], the reply at most `max` bytes.
+    fn send_capped(
+        &self,
+        agent: &ureq::Agent,
+        path: &str,
+        (session, reply_to): (&str, &str),
+        seq: u64,
+        body: &[u8],
+        max: usize,
+    ) -> Result<Vec<u8>, Failure> {
         let node = self.conf.mac.to_string();
         let auth = RequestAuth {
             method: "POST",
@@ -195,13 +215,12 @@ impl Client {
             .to_string();
         let mut bytes = Vec::new();
         resp.into_reader()
-            .take(enlist_api::MAX_BODY as u64 + 1)
+            .take(max as u64 + 1)
             .read_to_end(&mut bytes)
             .map_err(|e| Failure::Unreachable(format!("{}: {e}", self.conf.head)))?;
-        if bytes.len() > enlist_api::MAX_BODY {
+        if bytes.len() > max {
             return Err(Failure::Forged(format!(
-                "{path}: reply larger than {} bytes",
-                enlist_api::MAX_BODY
+                "{path}: reply larger than {max} bytes"
             )));
         }
         let reply = ReplyAuth {
@@ -267,6 +286,19 @@ impl Client {
         body: &B,
     ) -> Result<R, Failure> {
         self.post_with(&self.http, path, body)
+    }
+
+    /// A signed request whose reply is bytes (a copy's file), at most `max` of them.
+    pub fn post_for_bytes<B: Serialize>(
+        &self,
+        path: &str,
+        body: &B,
+        max: usize,
+    ) -> Result<Vec<u8>, Failure> {
+        let body = serde_json::to_vec(body).map_err(|e| Failure::Refused(0, e.to_string()))?;
+        let seq = self.seq.fetch_add(1, Ordering::SeqCst) + 1;
+        let session = self.session();
+        self.send_capped(&self.http, path, (&session, &session), seq, &body, max)
     }
 
     /// A request the head may hold open (command long poll).

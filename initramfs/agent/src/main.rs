@@ -11,6 +11,7 @@
 
 mod client;
 mod conf;
+mod copy;
 mod exec;
 mod jobs;
 mod logs;
@@ -230,6 +231,7 @@ fn poll_commands(client: &Arc<Client>, session_ok: &AtomicBool) {
                     Ok(()) => exec::spawn(client.clone(), cmd.id, spec),
                     Err(why) => say(&format!("ignoring command #{}: {why}", cmd.id)),
                 },
+                Order::Copy(spec) => copy::spawn(client.clone(), cmd.id, spec),
                 order => execute(client, cmd.id, &order),
             }
         }
@@ -272,7 +274,7 @@ fn execute(client: &Client, id: u64, order: &Order) {
         Order::Release => leave_and("release", "reboot"),
         Order::PowerOff => leave_and("poweroff", "poweroff"),
         // Run by its own thread (see the command loop), never here.
-        Order::Exec(_) => report(false, "exec is not run here"),
+        Order::Exec(_) | Order::Copy(_) => report(false, "not run here"),
         Order::Rekey => match jobs::rekey() {
             Ok(m) => report(true, &m),
             Err(e) => report(false, &e),

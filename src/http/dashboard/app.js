@@ -471,6 +471,8 @@ function live() {
     const ev = JSON.parse(e.data);
     addEvent($('#events'), ev, 50);
     if ($('#d-events').dataset.mac === ev.mac) addEvent($('#d-events'), ev, 200);
+    // enlist node forget: the node's row is gone (its history stays).
+    if (ev.kind === 'forgotten' && nodes.delete(ev.mac)) render();
   });
   source.addEventListener('resync', () => snapshot().catch((e) => message(e.message)));
   source.onerror = () => message('connection to the head lost; reconnecting...');
