@@ -157,7 +157,7 @@ mod tests {
             dhcp:\n  interfaces: [{ name: br0, mode: dhcp }]\n  subnets:\n\
             \x20   - { subnet: 10.77.0.0/24, pool: [10.77.0.100, 10.77.0.199] }\n\
             \x20   - { subnet: 10.78.0.0/24, pool: [10.78.0.100, 10.78.0.150], relays: [10.78.0.1] }\n\
-            images: { dir: /nonexistent, default: i586 }\n";
+            images: { dir: /nonexistent, bios: i586 }\n";
         let cfg = Config::parse(text, std::path::Path::new("t.yaml")).expect("config");
         let (ifaces, directed) = targets(&cfg, Some(Ipv4Addr::new(10, 78, 0, 120)));
         assert_eq!(ifaces, ["br0"]);

@@ -34,7 +34,7 @@ fn config(dir: &Path, extra: &str) -> Config {
     let text = format!(
         "state_dir: {d}\nhttp: {{ listen: 127.0.0.1:0, public_url: http://10.77.0.1:8080 }}\n\
          dhcp:\n  interfaces: [{{ name: lo, mode: proxy }}]\n\
-         images: {{ dir: {d}/images, default: i586 }}\n{extra}",
+         images: {{ dir: {d}/images, bios: i586 }}\n{extra}",
         d = dir.display()
     );
     Config::parse(&text, Path::new("test.yaml")).expect("config")

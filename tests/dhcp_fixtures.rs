@@ -21,7 +21,7 @@ http: { listen: 127.0.0.1:0, public_url: http://10.77.0.1:8080 }
 dhcp:
   interfaces: [{ name: br0, mode: dhcp }]
   subnets: [{ subnet: 10.77.0.0/24, pool: [10.77.0.100, 10.77.0.199], router: 10.77.0.1 }]
-images: { dir: /nonexistent, default: i586 }
+images: { dir: /nonexistent, bios: i586 }
 ";
 
 fn fixtures() -> Vec<(String, Vec<u8>)> {

@@ -66,7 +66,7 @@ fn hostile_lab_with(test: &str, nodes: &str, tail: &str) -> Lab {
          dhcp:\n  interfaces: [{{ name: br0, mode: dhcp }}]\n  subnets:\n\
          \x20   - subnet: 10.77.0.0/24\n      pool: [10.77.0.100, 10.77.0.199]\n      routers: [10.77.0.1]\n\
          \x20     reservations: [{{ mac: \"{rmac}\", ip: {rip} }}]\n\
-         images: {{ dir: {d}/images, default: i586 }}\n\
+         images: {{ dir: {d}/images, bios: i586 }}\n\
          nodes: {{ heartbeat: 2s, lost_after: 20s{nodes} }}\n{tail}",
         d = dir.display(),
         rmac = RESERVED.0,

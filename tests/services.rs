@@ -45,7 +45,7 @@ fn services_lab_with(test: &str, mode: &str, subnets: &str) -> Lab {
         "state_dir: {state}\nhttp: {{ listen: 0.0.0.0:8080, public_url: http://10.77.0.1:8080 }}\n\
          tftp: {{ listen: 0.0.0.0:69, ipxe_dir: {root}, max_blksize: 1468, max_windowsize: 64 }}\n\
          dhcp:\n  interfaces: [{{ name: br0, mode: {mode} }}]\n  subnets:\n{subnets}\
-         images: {{ dir: {dir}/images, default: i586 }}\n",
+         images: {{ dir: {dir}/images, bios: i586 }}\n",
         state = dir.join("state").display(),
         root = tftp_root.display(),
         dir = dir.display(),

@@ -21,7 +21,7 @@ dhcp:
       pool: [10.77.0.100, 10.77.0.110]
       relays: [10.77.0.2]
       reservations: [{ mac: \"52:54:00:77:00:10\", ip: 10.77.0.10, name: pc-10 }]
-images: { dir: /nonexistent, default: i586 }
+images: { dir: /nonexistent, bios: i586 }
 ";
 
 fn handler() -> &'static Handler {

@@ -169,7 +169,7 @@ pub struct Reservation {
     /// Its address; none: from the pool (mode dhcp) or the campus server (proxy mode).
     pub ip: Option<Ipv4Addr>,
     pub name: Option<String>,
-    /// Image to boot instead of `images.default`.
+    /// Image to boot instead of `images.bios`.
     pub image: Option<ImageName>,
     /// The group it joins, instead of its subnet's or `nodes.group`.
     pub group: Option<String>,
@@ -184,12 +184,13 @@ pub struct BootFiles {
 #[derive(Debug, Clone)]
 pub struct ImagesConfig {
     pub dir: PathBuf,
-    pub default: ImageName,
-    /// Image for UEFI x86_64 clients (`default` if unset).
+    /// Image for BIOS clients (`images.bios`, once `images.default`).
+    pub bios: ImageName,
+    /// Image for UEFI x86_64 clients (`bios` if unset).
     pub efi_x64: ImageName,
     /// Image for BIOS clients with a 64-bit CPU (`efi_x64` if unset): the boot script picks it
     /// when iPXE's `cpuid --ext 29` finds long mode; where iPXE lacks the command the first
-    /// boot is on `default` and the next ones, once the node OS reported the CPU, on this.
+    /// boot is on `bios` and the next ones, once the node OS reported the CPU, on this.
     pub bios_x64: ImageName,
     pub cmdline: String,
     /// Cards whose iPXE uses TFTP only (script, kernel, initrd).
@@ -298,8 +299,9 @@ impl DefMem {
 /// Which slurmctld the nodes join.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Controller {
-    /// enlist starts and supervises munged and slurmctld, on `port`.
-    Managed { port: u16 },
+    /// enlist starts and supervises munged and slurmctld, on `port`; the nodes' slurmd
+    /// listen on `slurmd_port`.
+    Managed { port: u16, slurmd_port: u16 },
     /// The site's own.
     External {
         host: String,
@@ -442,13 +444,13 @@ impl Config {
     }
 
     /// The image a node boots on BIOS: its reservation's, else `images.bios_x64` for a PC
-    /// known to have a 64-bit CPU, else `images.default`.
+    /// known to have a 64-bit CPU, else `images.bios`.
     pub fn bios_image(&self, mac: Mac, cpu_64bit: bool) -> &ImageName {
         let reserved = self.reservation_for(mac).and_then(|r| r.image.as_ref());
         match (reserved, cpu_64bit) {
             (Some(image), _) => image,
             (None, true) => &self.images.bios_x64,
-            (None, false) => &self.images.default,
+            (None, false) => &self.images.bios,
         }
     }
 
@@ -461,7 +463,7 @@ impl Config {
     /// Every image name the config refers to, with its key path.
     pub fn image_names(&self) -> Vec<(String, &ImageName)> {
         let mut v = vec![
-            ("images.default".to_string(), &self.images.default),
+            ("images.bios".to_string(), &self.images.bios),
             ("images.efi_x64".to_string(), &self.images.efi_x64),
             ("images.bios_x64".to_string(), &self.images.bios_x64),
         ];

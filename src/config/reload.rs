@@ -123,7 +123,7 @@ mod tests {
     fn config(extra_reservation: &str, nodes: &str, lease: &str) -> Config {
         let text = format!(
             "http: {{ listen: 127.0.0.1:0, public_url: http://10.9.0.1:8080 }}\n\
-             images: {{ dir: /nonexistent, default: i586 }}\n\
+             images: {{ dir: /nonexistent, bios: i586 }}\n\
              dhcp:\n  interfaces: [{{ name: lab0, mode: dhcp }}]\n  subnets:\n\
              \x20   - subnet: 10.9.0.0/24\n      pool: [10.9.0.100, 10.9.0.200]\n      lease_time: {lease}\n\
              \x20     reservations:\n        - {{ mac: \"52:54:00:00:00:01\", ip: 10.9.0.10, name: pc-1 }}\n{extra_reservation}\

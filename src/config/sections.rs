@@ -49,7 +49,8 @@ impl TryFrom<wire::File> for Config {
 
 /// Old names the file uses (read as their new ones), with the new way to write them.
 fn deprecated_keys(f: &wire::File) -> Vec<(String, String)> {
-    f.dhcp
+    let mut old: Vec<(String, String)> = f
+        .dhcp
         .subnets
         .iter()
         .enumerate()
@@ -60,7 +61,14 @@ fn deprecated_keys(f: &wire::File) -> Vec<(String, String)> {
                 format!("`router` is the old name: write `routers: [{r}]` (a list, as Kea's)"),
             ))
         })
-        .collect()
+        .collect();
+    if let Some(d) = &f.images.default {
+        old.push((
+            "images.default".into(),
+            format!("`default` is the old name (it never applied to UEFI PCs: efi_x64 does): write `bios: {d}`"),
+        ));
+    }
+    old
 }
 
 fn at_least(key: &str, value: usize, min: usize) -> Checked<()> {
@@ -374,10 +382,25 @@ impl TryFrom<wire::Images> for ImagesConfig {
     type Error = Invalid;
 
     fn try_from(i: wire::Images) -> Checked<ImagesConfig> {
-        let default = image_name(&i.default).map_err(|m| Invalid::new("default", m))?;
+        let bios = match (i.bios.as_deref(), i.default.as_deref()) {
+            (Some(b), None) => image_name(b).map_err(|m| Invalid::new("bios", m))?,
+            (None, Some(d)) => image_name(d).map_err(|m| Invalid::new("default", m))?,
+            (Some(_), Some(_)) => {
+                return Err(Invalid::new(
+                    "default",
+                    "write bios only (default is its old name)",
+                ))
+            }
+            (None, None) => {
+                return Err(Invalid::new(
+                    "bios",
+                    "required: the image BIOS PCs boot (i586)",
+                ))
+            }
+        };
         let efi_x64 = match i.efi_x64.as_deref() {
             Some(e) => image_name(e).map_err(|m| Invalid::new("efi_x64", m))?,
-            None => default.clone(),
+            None => bios.clone(),
         };
         let bios_x64 = match i.bios_x64.as_deref() {
             Some(e) => image_name(e).map_err(|m| Invalid::new("bios_x64", m))?,
@@ -410,7 +433,7 @@ impl TryFrom<wire::Images> for ImagesConfig {
         }
         Ok(ImagesConfig {
             dir: i.dir,
-            default,
+            bios,
             efi_x64,
             bios_x64,
             cmdline: i.cmdline,
@@ -513,10 +536,10 @@ impl TryFrom<wire::Admin> for AdminConfig {
 
 fn jobs(j: wire::Jobs, state_dir: &std::path::Path) -> Checked<JobsConfig> {
     jobs_names(&j)?;
-    if j.port == 0 || j.port == u16::MAX {
+    if j.port == 0 || (j.port == u16::MAX && j.slurmd_port.is_none()) {
         return Err(Invalid::new(
             "port",
-            "must be a port with the next one free for slurmd",
+            "must be a port with the next one free for slurmd (or set slurmd_port)",
         ));
     }
     let def_mem_per_cpu = match &j.def_mem_per_cpu {
@@ -536,20 +559,7 @@ fn jobs(j: wire::Jobs, state_dir: &std::path::Path) -> Checked<JobsConfig> {
         }
     };
     jobs_durations(&j)?;
-    let controller = match j.external {
-        None => Controller::Managed { port: j.port },
-        Some(e) => {
-            if e.host.is_empty() {
-                return Err(Invalid::new("external.host", "name slurmctld's host"));
-            }
-            Controller::External {
-                host: e.host,
-                port: e.port,
-                slurm_conf: e.slurm_conf,
-                munge_key: e.munge_key,
-            }
-        }
-    };
+    let controller = controller(j.port, j.slurmd_port, j.external)?;
     // Not under the state folder, which is root's alone: users on the head cd into their part.
     let home = j.home.path.unwrap_or_else(|| PathBuf::from(DEFAULT_HOME));
     if !home.is_absolute() {
@@ -585,6 +595,34 @@ fn jobs(j: wire::Jobs, state_dir: &std::path::Path) -> Checked<JobsConfig> {
         run_dir: j.run_dir,
         firewall: j.firewall,
         env_dir,
+    })
+}
+
+/// Who runs slurmctld: enlist (on `port`, the nodes' slurmd on `slurmd_port`, default the
+/// next port) or the site.
+fn controller(
+    port: u16,
+    slurmd_port: Option<u16>,
+    external: Option<wire::ExternalSlurm>,
+) -> Checked<Controller> {
+    let Some(e) = external else {
+        let slurmd_port = slurmd_port.unwrap_or(port.saturating_add(1));
+        if slurmd_port == port || slurmd_port == 0 {
+            return Err(Invalid::new(
+                "slurmd_port",
+                "must be a port other than port (slurmctld's)",
+            ));
+        }
+        return Ok(Controller::Managed { port, slurmd_port });
+    };
+    if e.host.is_empty() {
+        return Err(Invalid::new("external.host", "name slurmctld's host"));
+    }
+    Ok(Controller::External {
+        host: e.host,
+        port: e.port,
+        slurm_conf: e.slurm_conf,
+        munge_key: e.munge_key,
     })
 }
 

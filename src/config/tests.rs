@@ -139,12 +139,7 @@ fn semantic_errors_name_file_line_and_column() {
         "http.public_url",
         "https://",
     );
-    located(
-        "default: i586",
-        "default: ../i586",
-        "images.default",
-        "../i586",
-    );
+    located("bios: i586", "bios: ../i586", "images.bios", "../i586");
     located(
         "bios_x64: x86_64",
         "bios_x64: x86/64",
@@ -182,7 +177,7 @@ fn semantic_errors_name_file_line_and_column() {
 
 #[test]
 fn flow_style_configs_are_located_too() {
-    let text = "http: { listen: 127.0.0.1:1, public_url: ftp://x }\ndhcp: { interfaces: [{ name: lo, mode: proxy }] }\nimages: { dir: /x, default: i586 }\n";
+    let text = "http: { listen: 127.0.0.1:1, public_url: ftp://x }\ndhcp: { interfaces: [{ name: lo, mode: proxy }] }\nimages: { dir: /x, bios: i586 }\n";
     let err = parse(text).unwrap_err().to_string();
     assert!(
         err.starts_with("test.yaml:1:42: http.public_url: "),
@@ -192,7 +187,7 @@ fn flow_style_configs_are_located_too() {
 
 #[test]
 fn admin_tls_needs_both_files_and_a_listener() {
-    let base = "http: { listen: 127.0.0.1:1, public_url: http://10.0.0.1 }\ndhcp: { interfaces: [{ name: lo, mode: proxy }] }\nimages: { dir: /x, default: i586 }\n";
+    let base = "http: { listen: 127.0.0.1:1, public_url: http://10.0.0.1 }\ndhcp: { interfaces: [{ name: lo, mode: proxy }] }\nimages: { dir: /x, bios: i586 }\n";
     let err = parse(&format!("{base}admin: {{ tls_cert: /c }}\n"))
         .unwrap_err()
         .to_string();
@@ -215,9 +210,9 @@ fn admin_tls_needs_both_files_and_a_listener() {
 #[test]
 fn the_64_bit_bios_image_defaults_to_the_uefi_one() {
     let base = "http: { listen: 127.0.0.1:1, public_url: http://10.0.0.1 }\ndhcp: { interfaces: [{ name: lo, mode: proxy }] }\n";
-    let only_default = parse(&format!("{base}images: {{ dir: /x, default: i586 }}\n")).unwrap();
+    let only_default = parse(&format!("{base}images: {{ dir: /x, bios: i586 }}\n")).unwrap();
     assert_eq!(only_default.images.bios_x64.as_str(), "i586");
-    let with_efi = format!("{base}images: {{ dir: /x, default: i586, efi_x64: amd64 }}\n");
+    let with_efi = format!("{base}images: {{ dir: /x, bios: i586, efi_x64: amd64 }}\n");
     assert_eq!(parse(&with_efi).unwrap().images.bios_x64.as_str(), "amd64");
     let mac = Mac::parse("52:54:00:00:00:01").unwrap();
     let cfg = parse(&with_efi).unwrap();
@@ -246,7 +241,7 @@ fn a_subnet_needs_no_pool_and_a_reservation_no_address() {
          dhcp:\n  interfaces: [{ name: br0, mode: proxy }]\n  subnets:\n\
          \x20   - { subnet: 10.78.0.0/24, relays: [10.78.0.1], group: room2,\n\
          \x20       reservations: [{ mac: \"52:54:00:78:00:01\", name: lab201-01 }] }\n\
-         images: { dir: /nonexistent, default: i586 }\n";
+         images: { dir: /nonexistent, bios: i586 }\n";
     let cfg = parse(text).expect("a subnet without pool");
     let s = &cfg.dhcp.subnets[0];
     assert_eq!((s.pool, s.reservations[0].ip), (None, None));
@@ -265,7 +260,7 @@ fn the_old_router_key_is_read_with_a_warning_at_its_line() {
     let text = |keys: &str| {
         format!(
             "http: {{ listen: 127.0.0.1:0, public_url: http://10.77.0.1:8080 }}\n\
-             images: {{ dir: /nonexistent, default: i586 }}\n\
+             images: {{ dir: /nonexistent, bios: i586 }}\n\
              dhcp:\n  interfaces: [{{ name: lo, mode: dhcp }}]\n  subnets:\n\
              \x20   - subnet: 10.77.0.0/24\n      pool: [10.77.0.100, 10.77.0.199]\n{keys}"
         )
@@ -293,4 +288,60 @@ fn the_old_router_key_is_read_with_a_warning_at_its_line() {
         Path::new("e.yaml"),
     );
     assert!(both.unwrap_err().to_string().contains("routers only"));
+}
+
+/// `images.default`, the old name of `images.bios` (it never applied to UEFI PCs), is still
+/// read, and said where to change it; both at once, or neither, is an error.
+#[test]
+fn the_old_images_default_key_is_read_with_a_warning_at_its_line() {
+    let text = |images: &str| {
+        format!(
+            "http: {{ listen: 127.0.0.1:0, public_url: http://10.77.0.1:8080 }}\n\
+             dhcp: {{ interfaces: [{{ name: lo, mode: proxy }}] }}\n\
+             images:\n  dir: /nonexistent\n{images}"
+        )
+    };
+    let old = Config::parse(&text("  default: i586\n"), Path::new("enlist.yaml")).unwrap();
+    assert_eq!(old.images.bios.as_str(), "i586");
+    assert_eq!(old.images.efi_x64.as_str(), "i586");
+    let warned: Vec<String> = old.deprecations().iter().map(ToString::to_string).collect();
+    assert_eq!(warned.len(), 1);
+    assert!(
+        warned[0].contains("enlist.yaml:5:") && warned[0].contains("write `bios: i586`"),
+        "{warned:?}"
+    );
+    let new = Config::parse(&text("  bios: i586\n"), Path::new("e.yaml")).unwrap();
+    assert!(new.deprecations().is_empty());
+    let both = Config::parse(
+        &text("  bios: i586\n  default: i586\n"),
+        Path::new("e.yaml"),
+    );
+    assert!(both.unwrap_err().to_string().contains("bios only"));
+    let neither = Config::parse(&text("  efi_x64: x86_64\n"), Path::new("e.yaml"));
+    assert!(neither.unwrap_err().to_string().contains("images.bios"));
+}
+
+/// slurmd's port is its own key, `port + 1` unless given, and never slurmctld's.
+#[test]
+fn the_slurmd_port_defaults_to_the_next_one_and_may_be_set() {
+    let text = |jobs: &str| {
+        format!(
+            "http: {{ listen: 127.0.0.1:0, public_url: http://10.77.0.1:8080 }}\n\
+             dhcp: {{ interfaces: [{{ name: lo, mode: proxy }}] }}\n\
+             images: {{ dir: /nonexistent, bios: i586 }}\n\
+             jobs: {{ enabled: true, {jobs} }}\n"
+        )
+    };
+    let slurmd = |jobs: &str| match Config::parse(&text(jobs), Path::new("e.yaml"))
+        .unwrap()
+        .jobs
+        .controller
+    {
+        crate::config::Controller::Managed { slurmd_port, .. } => slurmd_port,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(slurmd("port: 7000"), 7001);
+    assert_eq!(slurmd("port: 7000, slurmd_port: 7100"), 7100);
+    let same = Config::parse(&text("port: 7000, slurmd_port: 7000"), Path::new("e.yaml"));
+    assert!(same.unwrap_err().to_string().contains("jobs.slurmd_port"));
 }

@@ -205,7 +205,12 @@ impl Default for BootFiles {
 #[serde(deny_unknown_fields)]
 pub struct Images {
     pub dir: PathBuf,
-    pub default: String,
+    /// The image of BIOS PCs (of those with a 64-bit CPU too, unless `bios_x64`).
+    #[serde(default)]
+    pub bios: Option<String>,
+    /// `bios`'s old name (it never applied to UEFI PCs): read, with a warning.
+    #[serde(default)]
+    pub default: Option<String>,
     #[serde(default)]
     pub efi_x64: Option<String>,
     #[serde(default)]
@@ -339,9 +344,12 @@ pub struct Jobs {
     /// Every enlisted node has this Slurm feature; the partition is the nodes with it.
     #[serde(default = "default_feature")]
     pub feature: String,
-    /// slurmctld's port (slurmd listens on the next one).
+    /// slurmctld's port.
     #[serde(default = "default_slurm_port")]
     pub port: u16,
+    /// The nodes' slurmd port; default `port + 1` (6818, Slurm's own default).
+    #[serde(default)]
+    pub slurmd_port: Option<u16>,
     /// Memory a job gets per CPU unless it asks, MB; `auto`: the smallest node's memory per
     /// CPU among those up (a default job fits any node).
     #[serde(default = "default_mem_per_cpu")]
@@ -442,6 +450,7 @@ impl Default for Jobs {
             partition: default_partition(),
             feature: default_feature(),
             port: default_slurm_port(),
+            slurmd_port: None,
             def_mem_per_cpu: default_mem_per_cpu(),
             mem_reserve: default_mem_reserve(),
             release_deadline: default_release_deadline(),

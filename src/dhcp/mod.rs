@@ -72,7 +72,7 @@ mod tests {
              { subnet: 10.77.0.0/24, pool: [10.77.0.100, 10.77.0.199] },\n\
              { subnet: 10.78.0.0/24, pool: [10.78.0.100, 10.78.0.199], relays: [10.78.0.1] },\n\
              { subnet: 10.79.0.0/24, pool: [10.79.0.100, 10.79.0.199] } ]\n\
-             images: { dir: /tmp/x, default: i586, efi_x64: x86_64 }\n",
+             images: { dir: /tmp/x, bios: i586, efi_x64: x86_64 }\n",
             std::path::Path::new("test.yaml"),
         )
         .expect("config");

@@ -8,7 +8,7 @@ use serde::Deserialize;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Recipe {
-    /// Image name, as used in the head's config (`images.default`).
+    /// Image name, as used in the head's config (`images.bios`).
     pub name: String,
     /// Debian architecture of the packages (`i386`, `amd64`).
     pub arch: String,

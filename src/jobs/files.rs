@@ -16,7 +16,9 @@ pub struct SlurmSettings<'a> {
     /// The head's host name (slurmctld checks it is its own) and the address nodes reach.
     pub host: &'a str,
     pub addr: Ipv4Addr,
+    /// slurmctld's and the nodes' slurmd's.
     pub port: u16,
+    pub slurmd_port: u16,
     pub munge_socket: &'a Path,
     /// slurmctld's state, pid and log, on the head.
     pub state_dir: &'a Path,
@@ -79,7 +81,7 @@ pub fn slurm_conf(s: &SlurmSettings) -> String {
     line("ClusterName", &s.cluster);
     line("SlurmctldHost", &format!("{}({})", s.host, s.addr));
     line("SlurmctldPort", &s.port);
-    line("SlurmdPort", &(s.port + 1));
+    line("SlurmdPort", &s.slurmd_port);
     // srun on the head listens here for the nodes (the head's firewall keeps it for them).
     line(
         "SrunPortRange",
@@ -298,6 +300,7 @@ mod tests {
             host: "vm",
             addr: Ipv4Addr::new(10, 77, 0, 1),
             port: 6817,
+            slurmd_port: 6818,
             munge_socket: munge,
             state_dir: state,
             feature: "enlist",

@@ -243,8 +243,8 @@ impl Jobs {
         };
         let nfs = home::choose(cfg.jobs.home_server)?;
         let (slurm_conf, munge_key, mut daemons) = match &cfg.jobs.controller {
-            Controller::Managed { port } => {
-                let key = managed_files(&cfg, &paths, *port)?;
+            Controller::Managed { port, slurmd_port } => {
+                let key = managed_files(&cfg, &paths, (*port, *slurmd_port))?;
                 (paths.slurm_conf.clone(), key, managed_daemons(&paths)?)
             }
             Controller::External {
@@ -423,7 +423,7 @@ impl Jobs {
     pub fn descriptor(&self, mac: Mac, group: &str, req: &JobsRequest) -> JobsDescriptor {
         let host = self.cfg.http.public_url.host();
         let controller = match &self.cfg.jobs.controller {
-            Controller::Managed { port } => format!("{host}:{port}"),
+            Controller::Managed { port, .. } => format!("{host}:{port}"),
             Controller::External { host, port, .. } => format!("{host}:{port}"),
         };
         let mut nonce = [0u8; 16];
@@ -467,10 +467,10 @@ impl Jobs {
         }
     }
 
-    /// slurmd's port: the managed slurm.conf's (slurmctld's + 1), or the site's.
+    /// slurmd's port: the managed slurm.conf's (`jobs.slurmd_port`), or the site's.
     fn slurmd_port(&self) -> u16 {
         match &self.cfg.jobs.controller {
-            Controller::Managed { port } => port.saturating_add(1),
+            Controller::Managed { slurmd_port, .. } => *slurmd_port,
             Controller::External { .. } => self.site_slurmd_port,
         }
     }
@@ -645,7 +645,7 @@ fn guard(cfg: &Config, nfs: bool) -> Result<Option<firewall::Firewall>, JobsErro
         return Ok(None);
     }
     let mut ports = vec![];
-    if let Controller::Managed { port } = cfg.jobs.controller {
+    if let Controller::Managed { port, .. } = cfg.jobs.controller {
         ports.extend([(port, port), files::SRUN_PORTS]);
     }
     if nfs {
@@ -687,7 +687,11 @@ fn head_ipv4(cfg: &Config) -> Ipv4Addr {
 }
 
 /// The munge key (made once, 0400) and slurm.conf/cgroup.conf for the managed controller.
-fn managed_files(cfg: &Config, paths: &Paths, port: u16) -> Result<Vec<u8>, JobsError> {
+fn managed_files(
+    cfg: &Config,
+    paths: &Paths,
+    (port, slurmd_port): (u16, u16),
+) -> Result<Vec<u8>, JobsError> {
     for (dir, mode) in [
         (&paths.munge_dir, 0o700),
         (&paths.run_dir, 0o755),
@@ -713,6 +717,7 @@ fn managed_files(cfg: &Config, paths: &Paths, port: u16) -> Result<Vec<u8>, Jobs
         host: &host,
         addr: head_ipv4(cfg),
         port,
+        slurmd_port,
         munge_socket: &paths.munge_socket,
         state_dir: &paths.slurm_dir,
         feature: &cfg.jobs.feature,
@@ -806,7 +811,7 @@ mod tests {
     fn config(jobs: &str) -> Config {
         let text = format!(
             "state_dir: /tmp/enlist-test\nhttp:\n  listen: 0.0.0.0:8080\n  public_url: http://10.77.0.1:8080\n\
-             dhcp:\n  interfaces:\n    - name: br0\n      mode: proxy\nimages:\n  dir: /tmp\n  default: i586\n{jobs}"
+             dhcp:\n  interfaces:\n    - name: br0\n      mode: proxy\nimages:\n  dir: /tmp\n  bios: i586\n{jobs}"
         );
         Config::parse(&text, Path::new("test.yaml")).expect("config")
     }

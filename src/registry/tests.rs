@@ -43,7 +43,7 @@ pub(crate) fn registry_from(mode: &str, nodes: &str, extra: &str) -> Arc<Registr
     let text = format!(
         "http: {{ listen: 127.0.0.1:0, public_url: http://10.77.0.1:8080 }}\n\
          dhcp:\n  interfaces: [{{ name: lo, mode: {mode} }}]\n{subnets}\
-         images: {{ dir: /nonexistent, default: i586 }}\n\
+         images: {{ dir: /nonexistent, bios: i586 }}\n\
          nodes: {{ heartbeat: 2s, lost_after: 10s, stuck_after: 60s{nodes} }}\n{extra}"
     );
     let cfg = Arc::new(Config::parse(&text, Path::new("test.yaml")).expect("config"));
@@ -570,7 +570,7 @@ fn new_nodes_join_their_reservations_or_subnets_group_and_an_admin_may_move_them
         dhcp:\n  interfaces: [{ name: lo, mode: proxy }]\n  subnets:\n\
         \x20   - { subnet: 10.77.0.0/24, pool: [10.77.0.100, 10.77.0.199], group: room-b,\n\
         \x20       reservations: [{ mac: '52:54:00:00:00:0b', ip: 10.77.0.50, group: teacher }] }\n\
-        images: { dir: /nonexistent, default: i586 }\n\
+        images: { dir: /nonexistent, bios: i586 }\n\
         nodes: { heartbeat: 2s, lost_after: 10s, stuck_after: 60s }\n";
     let cfg = Arc::new(Config::parse(text, Path::new("t.yaml")).expect("config"));
     let r = Registry::new(cfg, Store::memory().expect("db"), Arc::new(Metrics::new())).expect("r");
@@ -613,7 +613,7 @@ fn a_card_the_image_cannot_drive_is_named_at_dhcp_time() {
     let text = format!(
         "http: {{ listen: 127.0.0.1:0, public_url: http://10.77.0.1:8080 }}\n\
          dhcp:\n  interfaces: [{{ name: lo, mode: proxy }}]\n\
-         images: {{ dir: {}, default: x86_64 }}\n",
+         images: {{ dir: {}, bios: x86_64 }}\n",
         dir.path().display()
     );
     let cfg = Arc::new(Config::parse(&text, Path::new("test.yaml")).expect("config"));
@@ -664,7 +664,7 @@ fn a_pc_found_to_be_64_bit_boots_the_64_bit_image_from_its_next_boot() {
                 \x20   - subnet: 10.77.0.0/24\n\
                 \x20     pool: [10.77.0.100, 10.77.0.199]\n\
                 \x20     reservations: [{ mac: \"52:54:00:00:00:0b\", ip: 10.77.0.11, image: i586 }]\n\
-                images: { dir: /nonexistent, default: i586, efi_x64: x86_64 }\n";
+                images: { dir: /nonexistent, bios: i586, efi_x64: x86_64 }\n";
     let cfg = Arc::new(Config::parse(text, Path::new("test.yaml")).expect("config"));
     let r = Registry::new(cfg, Store::memory().expect("db"), Arc::new(Metrics::new()))
         .expect("registry");
@@ -798,7 +798,7 @@ fn an_import_renames_nodes_names_pcs_not_seen_yet_and_lets_them_in_as_known() {
 fn a_reload_renames_the_node_a_new_reservation_names_and_lets_a_reserved_pc_in() {
     let base = "http: { listen: 127.0.0.1:0, public_url: http://10.77.0.1:8080 }\n\
          dhcp:\n  interfaces: [{ name: lo, mode: proxy }]\n  subnets:\n    - subnet: 10.77.0.0/24\n";
-    let nodes = "images: { dir: /nonexistent, default: i586 }\nnodes: { heartbeat: 2s, lost_after: 10s, enrollment: known-macs }\n";
+    let nodes = "images: { dir: /nonexistent, bios: i586 }\nnodes: { heartbeat: 2s, lost_after: 10s, enrollment: known-macs }\n";
     let reserve = |mac: Mac| {
         format!("      reservations: [{{ mac: \"{mac}\", name: teacher, group: front }}]\n")
     };

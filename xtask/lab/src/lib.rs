@@ -438,7 +438,7 @@ impl Lab {
             cfg,
             "state_dir: {state}\nhttp:\n  listen: 0.0.0.0:8080\n  public_url: {HEAD_URL}\n\
              tftp:\n  listen: 0.0.0.0:69\ndhcp:\n  interfaces:\n    - name: br0\n      mode: {mode}\n{subnets}\
-             images:\n  dir: {images}\n  default: i586\n  efi_x64: x86_64\n  cmdline: \"console=ttyS0,115200\"\n\
+             images:\n  dir: {images}\n  bios: i586\n  efi_x64: x86_64\n  cmdline: \"console=ttyS0,115200\"\n\
              nodes:\n  heartbeat: 2s\n  lost_after: 20s\n{extra}",
             state = self.dir.join("state").display(),
             images = images_dir.display(),

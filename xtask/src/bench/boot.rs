@@ -88,7 +88,7 @@ fn head_config(lab: &Lab, dir: &Path, images: &Path, server: &str) -> anyhow::Re
                 format!(
                     "state_dir: {}\nhttp: {{ listen: 0.0.0.0:8080, public_url: http://10.77.0.1:8080 }}\n\
                      tftp: {{ enabled: false }}\ndhcp: {{ interfaces: [{{ name: lo, mode: proxy }}] }}\n\
-                     images: {{ dir: {}, default: i586 }}\nnodes: {{ heartbeat: 2s }}\n",
+                     images: {{ dir: {}, bios: i586 }}\nnodes: {{ heartbeat: 2s }}\n",
                     dir.join("state").display(),
                     images.display()
                 ),

@@ -28,7 +28,7 @@ fn start(pair: &Pair, which: &str, dir: &std::path::Path, env: &HeadEnv) -> anyh
                  tftp: {{ enabled: false }}\n\
                  dhcp:\n  interfaces: [{{ name: vsrv, mode: dhcp }}]\n  subnets:\n\
                  \x20   - {{ subnet: 10.79.0.0/16, pool: [10.79.1.0, 10.79.255.254], lease_time: 1h, relays: [10.79.0.2] }}\n\
-                 images: {{ dir: {st}/images, default: i586 }}\n",
+                 images: {{ dir: {st}/images, bios: i586 }}\n",
                 st = dir.display()
             ),
             env,

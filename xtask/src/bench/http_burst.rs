@@ -104,7 +104,7 @@ pub fn run(nodes: usize, link_mbit: u32) -> anyhow::Result<()> {
         &format!(
             "state_dir: {st}\nhttp: {{ listen: {SRV_IP}:{PORT}, public_url: http://{SRV_IP}:{PORT} }}\n\
              tftp: {{ enabled: false }}\ndhcp: {{ interfaces: [{{ name: lo, mode: proxy }}] }}\n\
-             images: {{ dir: {img}, default: i586 }}\n",
+             images: {{ dir: {img}, bios: i586 }}\n",
             st = dir.display(),
             img = images.display()
         ),

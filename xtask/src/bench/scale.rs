@@ -100,7 +100,7 @@ fn setup(ns: &str, dir: &Path, interval: u64) -> anyhow::Result<PathBuf> {
         &cfg,
         format!(
             "state_dir: {st}\nhttp: {{ listen: 127.0.0.1:18090, public_url: {URL}, max_connections_per_client: 256 }}\ntftp: {{ enabled: false }}\n\
-             dhcp: {{ interfaces: [{{ name: lo, mode: proxy }}] }}\nimages: {{ dir: {st}, default: i586 }}\n\
+             dhcp: {{ interfaces: [{{ name: lo, mode: proxy }}] }}\nimages: {{ dir: {st}, bios: i586 }}\n\
              nodes: {{ heartbeat: {interval}s, lost_after: {lost}s }}\n",
             st = dir.display(),
             lost = interval * 4

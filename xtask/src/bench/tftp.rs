@@ -154,7 +154,7 @@ pub(super) fn start_server(
                 "state_dir: {st}\nhttp: {{ listen: 127.0.0.1:18081, public_url: http://{SRV_IP}:18081 }}\n\
                  tftp: {{ listen: {SRV_IP}:69, ipxe_dir: {r}, max_blksize: 1468, max_windowsize: 64{enlist_tftp} }}\n\
                  dhcp: {{ interfaces: [{{ name: vsrv, mode: proxy }}] }}\n\
-                 images: {{ dir: {r}/images, default: i586 }}\n",
+                 images: {{ dir: {r}/images, bios: i586 }}\n",
                 st = root.join("state").display(),
                 r = root.display()
             ),
