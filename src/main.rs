@@ -47,6 +47,7 @@ enum Cmd {
     Usb(cli::floppy::FloppyArgs),
     /// List the nodes of a running head.
     Nodes {
+        /// Print it as JSON (for scripts), not as a table.
         #[arg(long)]
         json: bool,
         /// Also what each PC and group lent: hours enlisted, hours running jobs, wakes.

@@ -17,6 +17,7 @@ pub enum EnvCmd {
     },
     /// The published environments and their versions (which is current, the packages asked).
     List {
+        /// Print it as JSON (for scripts), not as a table.
         #[arg(long)]
         json: bool,
     },

@@ -10,6 +10,7 @@ pub enum ImageCmd {
     Build { recipe: PathBuf },
     /// The published images and their versions (which is current, when each was built).
     List {
+        /// Print it as JSON (for scripts), not as a table.
         #[arg(long)]
         json: bool,
     },

@@ -12,6 +12,7 @@ use super::client::head;
 pub enum ScheduleCmd {
     /// Each scheduled group: enlisted or released, since when, and the next change.
     List {
+        /// Print it as JSON (for scripts), not as a table.
         #[arg(long)]
         json: bool,
     },
