@@ -90,14 +90,19 @@ pub fn render(
             image64,
             token,
         } => {
-            let group = reg.node(mac).map(|n| n.group).unwrap_or_default();
+            let (group, kernel_args) = reg
+                .node(mac)
+                .map(|n| (n.group, n.kernel_args))
+                .unwrap_or_default();
+            // What the head found this PC needs (an ISA card's IRQ fix), after the site's.
+            let cmdline = format!("{} {kernel_args}", cfg.images.cmdline);
             let p = ScriptParams {
                 base,
                 mac,
                 name: &name,
                 token: &token,
                 method: req.method,
-                cmdline: &cfg.images.cmdline,
+                cmdline: cmdline.trim(),
                 tftp_base: &tftp,
                 tftp_busids: &busids,
                 mirror: cfg.images.mirrors.get(&group).map(|u| u.base()),

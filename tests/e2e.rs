@@ -544,14 +544,33 @@ fn p2_floppy_with_a_tulip_card_boots_and_registers() {
     assert_eq!(node["node"]["info"]["nics"][0]["driver"], "tulip", "{node}");
 }
 
-/// An ISA NE2000 clone at 0x300 (no PCI card at all): the floppy's iPXE probes it, and so
-/// does the i586 kernel's built-in ne driver at the usual ports.
+/// An ISA NE2000 clone at 0x300, IRQ 9 (no PCI card at all): the floppy's iPXE drives it,
+/// but the node OS's kernel cannot find its IRQ (ACPI holds it). The node OS says so and
+/// restarts; the head, seeing that this ISA card's PC fetched the node OS and never
+/// registered, boots it with acpi=off: it registers at its second boot, no config changed.
 #[test]
 #[ignore = "needs root, QEMU and built images: run `cargo xtask test`"]
-fn p2_floppy_with_an_isa_ne2000_boots_and_registers() {
+fn p2_floppy_with_an_isa_ne2000_at_irq_9_registers_at_its_second_boot() {
     let lab = boots_healthy("p2isa", Profile::P2FloppyNe2kIsa);
     let node = first_pc_node(&lab);
     assert_eq!(node["node"]["info"]["nics"][0]["driver"], "ne", "{node}");
+    assert_eq!(node["node"]["kernel_args"], "acpi=off", "{node}");
+    let history = node["events"].to_string();
+    assert!(
+        history.contains("boots with acpi=off from now on"),
+        "{history}"
+    );
+    let serial = lab.pcs[0].serial_log();
+    assert!(
+        serial.contains("an ISA network card was found but not its IRQ")
+            && serial.contains("restarting for the ISA card's IRQ"),
+        "{serial}"
+    );
+    assert_eq!(
+        serial.matches("Linux version").count(),
+        2,
+        "registered at its second boot"
+    );
 }
 
 #[test]

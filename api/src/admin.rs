@@ -210,6 +210,10 @@ pub struct NodeView {
     pub enlisted_secs: u64,
     #[serde(default)]
     pub job_secs: u64,
+    /// Kernel options the head found this PC needs and adds to its boots (`acpi=off` for an
+    /// ISA card whose IRQ its node OS could not find); empty for most.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub kernel_args: String,
 }
 
 /// A node as the scheduler (Slurm) sees it.

@@ -31,6 +31,9 @@ pub struct ClientInfo {
     pub ipxe: bool,
     /// iPXE's network card (option 175.177, PCI cards only).
     pub busid: Option<PciId>,
+    /// iPXE drives an ISA card (option 175.177's bus type): one whose IRQ the node OS's
+    /// kernel may not find (see `registry::boot`).
+    pub isa_card: bool,
     pub hostname: Option<String>,
     pub requested_ip: Option<Ipv4Addr>,
     pub server_id: Option<Ipv4Addr>,
@@ -99,6 +102,9 @@ pub fn classify(msg: &Message) -> Result<ClientInfo, ClientError> {
     };
     let ipxe = user_class_ipxe || ipxe_encap.is_some();
     let busid = ipxe_encap.and_then(pci_busid);
+    let isa_card = ipxe_encap
+        .and_then(ipxe_busid)
+        .is_some_and(|(bus, _)| bus == BUS_TYPE_ISA);
     let hostname = match opts.get(OptionCode::Hostname) {
         Some(DhcpOption::Hostname(h)) => Some(h.clone()),
         _ => None,
@@ -117,6 +123,7 @@ pub fn classify(msg: &Message) -> Result<ClientInfo, ClientError> {
         firmware,
         ipxe,
         busid,
+        isa_card,
         hostname,
         requested_ip,
         server_id,
@@ -124,20 +131,20 @@ pub fn classify(msg: &Message) -> Result<ClientInfo, ClientError> {
     })
 }
 
-/// iPXE's BUSID (sub-option 177 of option 175: bus type, vendor, device) of a PCI card.
-/// Sub-options are code, length, value; a malformed list yields `None`.
-fn pci_busid(encap: &[u8]) -> Option<PciId> {
+/// iPXE's bus types (include/ipxe/device.h) this head tells apart.
+const BUS_TYPE_PCI: u8 = 1;
+const BUS_TYPE_ISA: u8 = 5;
+
+/// iPXE's BUSID (sub-option 177 of option 175): the bus type and the card's 4 id bytes
+/// (vendor, device). Sub-options are code, length, value; a malformed list yields `None`.
+fn ipxe_busid(encap: &[u8]) -> Option<(u8, [u8; 4])> {
     const BUSID: u8 = 177;
-    const BUS_TYPE_PCI: u8 = 1;
     let mut rest = encap;
     while let [code, len, tail @ ..] = rest {
         let value = tail.get(..usize::from(*len))?;
         if *code == BUSID {
             return match value {
-                [BUS_TYPE_PCI, v0, v1, d0, d1] => Some(PciId {
-                    vendor: u16::from_be_bytes([*v0, *v1]),
-                    device: u16::from_be_bytes([*d0, *d1]),
-                }),
+                [bus, a, b, c, d] => Some((*bus, [*a, *b, *c, *d])),
                 _ => None,
             };
         }
@@ -146,13 +153,24 @@ fn pci_busid(encap: &[u8]) -> Option<PciId> {
     None
 }
 
+/// The PCI id of iPXE's card, if it is a PCI card.
+fn pci_busid(encap: &[u8]) -> Option<PciId> {
+    match ipxe_busid(encap)? {
+        (BUS_TYPE_PCI, [v0, v1, d0, d1]) => Some(PciId {
+            vendor: u16::from_be_bytes([v0, v1]),
+            device: u16::from_be_bytes([d0, d1]),
+        }),
+        _ => None,
+    }
+}
+
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
 
 #[cfg(test)]
 mod tests {
-    use super::pci_busid;
+    use super::{ipxe_busid, pci_busid, BUS_TYPE_ISA};
 
     #[test]
     fn reads_the_pci_busid_from_ipxe_options() {
@@ -165,5 +183,9 @@ mod tests {
         assert_eq!(pci_busid(&[177, 5, 2, 0, 0, 0, 0]), None, "not a PCI bus");
         assert_eq!(pci_busid(&[177, 9, 1]), None, "truncated");
         assert_eq!(pci_busid(&[1, 1, 0]), None, "no busid");
+        // An ISA NE2000 as the floppy's iPXE names it: bus type 5, no PCI id.
+        let isa = [177, 5, 5, 0x0a, 0x0b, 0x00, 0x01];
+        assert_eq!(ipxe_busid(&isa).map(|(bus, _)| bus), Some(BUS_TYPE_ISA));
+        assert_eq!(pci_busid(&isa), None);
     }
 }

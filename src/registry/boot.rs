@@ -23,6 +23,10 @@ use super::live::LOCAL_DISK_EVENT_EVERY;
 use super::tokens::TokenRefused;
 use super::{random_token, Registry, RegistryError};
 
+/// The kernel option that lets the node OS find an ISA card's IRQ where the ACPI SCI holds
+/// it (the kernel's ne driver autoprobes the IRQ; with ACPI off the line is free).
+pub const ISA_IRQ_FIX: &str = "acpi=off";
+
 /// Where the node OS finds its settings (read by `init` and the agent).
 pub const NODE_CONF: &str = "etc/enlist/node.conf";
 
@@ -177,6 +181,30 @@ impl Registry {
             tracing::warn!(mac = %row.mac, node = %row.name, "{why}");
             self.save(row, Some(("nic", &why)))?;
         }
+        Ok(())
+    }
+
+    /// A PC whose last boot fetched the node OS through an ISA card (iPXE's bus type) and
+    /// never registered: its kernel did not find the card's IRQ ("failed to detect IRQ
+    /// line": on many boards the ACPI SCI holds IRQ 9, a common jumper setting). The PC
+    /// cannot say so (it has no network); the head can. From this boot on it boots with
+    /// [`ISA_IRQ_FIX`] (kept in its row), said in its history.
+    fn isa_irq_fix(&self, client: &ClientInfo, row: &mut NodeRow) -> Result<(), RegistryError> {
+        if !client.isa_card || row.kernel_args.split_whitespace().any(|a| a == ISA_IRQ_FIX) {
+            return Ok(());
+        }
+        if row.state.is_alive() || !self.inner().fetched_and_never_registered(row.mac) {
+            return Ok(());
+        }
+        row.kernel_args = [row.kernel_args.as_str(), ISA_IRQ_FIX]
+            .join(" ")
+            .trim()
+            .to_string();
+        let why = format!(
+            "its last boot fetched the node OS through an ISA network card and never registered (the node OS did not find the card's IRQ): it boots with {ISA_IRQ_FIX} from now on"
+        );
+        tracing::warn!(mac = %row.mac, node = %row.name, "{why}");
+        self.save(row, Some(("kernel-args", &why)))?;
         Ok(())
     }
 
@@ -403,6 +431,7 @@ impl Registry {
                 Err(e) => return Err(e),
             },
         };
+        self.isa_irq_fix(client, &mut row)?;
         let what = if client.ipxe { "iPXE" } else { "PXE ROM" };
         {
             let mut inner = self.inner();

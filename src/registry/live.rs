@@ -230,6 +230,13 @@ impl Inner {
         self.live.get(&mac).is_some_and(|l| l.os_fetched)
     }
 
+    /// Whether its last boot (as traced) fetched the node OS and never registered.
+    pub fn fetched_and_never_registered(&self, mac: Mac) -> bool {
+        self.live
+            .get(&mac)
+            .is_some_and(|l| l.os_fetched && !l.trace.iter().any(|s| s.step == "registered"))
+    }
+
     /// A new agent session for `mac`, replacing its old one (and whatever was queued for it).
     pub fn open_session(&mut self, mac: Mac, session: String, info: NodeInfo) {
         let live = self.live.entry(mac).or_default();

@@ -328,6 +328,7 @@ impl Registry {
             wakes_woke: 0,
             enlisted_secs: 0,
             job_secs: 0,
+            kernel_args: String::new(),
         })
     }
 

@@ -154,6 +154,7 @@ pub(crate) fn pxe(mac: Mac) -> ClientInfo {
         firmware: Firmware::Bios,
         ipxe: false,
         busid: None,
+        isa_card: false,
         hostname: None,
         requested_ip: None,
         server_id: None,
@@ -622,6 +623,7 @@ fn a_card_the_image_cannot_drive_is_named_at_dhcp_time() {
     let ipxe = |mac: Mac, busid: &str| ClientInfo {
         ipxe: true,
         busid: crate::config::PciId::parse(busid),
+        isa_card: false,
         ..pxe(mac)
     };
     let via = Ipv4Addr::new(10, 77, 0, 1);
@@ -852,4 +854,74 @@ fn a_forgotten_node_is_gone_from_the_registry_but_its_history_stays() {
     // Its next boot is a new PC's.
     boot_os(&r, A, ip(100));
     assert_eq!(state(&r, A), NodeState::Booting);
+}
+
+/// A PC whose boot fetched the node OS through an ISA card (iPXE's bus type) and never
+/// registered boots with acpi=off from its next boot on, said in its history; a PCI PC in the
+/// same plight, or an ISA PC that registered, is left as it is.
+#[test]
+fn an_isa_pc_that_fetched_its_os_and_never_registered_boots_with_acpi_off_next() {
+    use crate::bootfiles::FetchObserver;
+    use crate::bootpath::{Kind, Proto};
+    let r = registry();
+    let isa = |mac| ClientInfo {
+        ipxe: true,
+        isa_card: true,
+        ..pxe(mac)
+    };
+    let via = Ipv4Addr::new(10, 77, 0, 1);
+    let boot_once = |client: &ClientInfo, from: IpAddr| {
+        r.dhcp_seen(client, Some(Ipv4Addr::new(10, 77, 0, 100)), via);
+        let _ = boot_os(&r, client.mac, from);
+        r.fetched(
+            Some(client.mac),
+            from,
+            Kind::Kernel,
+            "/images/i586/v/vmlinuz",
+            Proto::Http,
+        );
+    };
+    boot_once(&isa(A), ip(100));
+    assert_eq!(
+        r.node(A).expect("node").kernel_args,
+        "",
+        "not before its next boot"
+    );
+    r.dhcp_seen(&isa(A), Some(Ipv4Addr::new(10, 77, 0, 100)), via);
+    let row = r.node(A).expect("node");
+    assert_eq!(row.kernel_args, "acpi=off");
+    let history = r.store().events_of(A, 10).expect("events");
+    assert!(
+        history.iter().any(|e| e.kind == "kernel-args"),
+        "{history:?}"
+    );
+    assert_eq!(r.view(&row).kernel_args, "acpi=off");
+    // Said once: its next DHCP packets change nothing.
+    r.dhcp_seen(&isa(A), Some(Ipv4Addr::new(10, 77, 0, 100)), via);
+    assert_eq!(r.node(A).expect("node").kernel_args, "acpi=off");
+
+    // A PCI card's PC that fetched and never registered: no such fix.
+    let pci = ClientInfo {
+        ipxe: true,
+        ..pxe(B)
+    };
+    boot_once(&pci, ip(101));
+    r.dhcp_seen(&pci, Some(Ipv4Addr::new(10, 77, 0, 101)), via);
+    assert_eq!(r.node(B).expect("node").kernel_args, "");
+
+    // An ISA PC that registered, released and booting again: its card works as it is.
+    r.dhcp_seen(&isa(C), Some(Ipv4Addr::new(10, 77, 0, 102)), via);
+    let key = boot_os(&r, C, ip(102));
+    r.fetched(
+        Some(C),
+        ip(102),
+        Kind::Kernel,
+        "/images/i586/v/vmlinuz",
+        Proto::Http,
+    );
+    register(&r, C, &key, ip(102)).expect("registered");
+    r.release(C).expect("release");
+    r.leaving(C, "release").expect("leaving");
+    r.dhcp_seen(&isa(C), Some(Ipv4Addr::new(10, 77, 0, 102)), via);
+    assert_eq!(r.node(C).expect("node").kernel_args, "");
 }

@@ -74,6 +74,7 @@ fn node_view(
         wakes_woke: row.wakes_woke,
         enlisted_secs: row.enlisted_secs + lent.enlisted_ms / 1000,
         job_secs: row.job_secs + lent.jobs_ms / 1000,
+        kernel_args: row.kernel_args.clone(),
     }
 }
 

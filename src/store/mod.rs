@@ -139,6 +139,9 @@ const MIGRATIONS: &[&str] = &[
          name TEXT NOT NULL UNIQUE,
          grp  TEXT
      )",
+    // 6: kernel options the head found this PC needs (acpi=off for an ISA card whose IRQ the
+    // node OS could not find), added to its boots.
+    "ALTER TABLE nodes ADD COLUMN kernel_args TEXT NOT NULL DEFAULT ''",
 ];
 
 /// The schema version this build writes.

@@ -44,6 +44,9 @@ pub struct NodeRow {
     /// row never writes them (a row read before a flush would undo it).
     pub enlisted_secs: u64,
     pub job_secs: u64,
+    /// Kernel options its boots get besides the image's and `images.cmdline` (a fix the head
+    /// found for its hardware, see `registry::boot`); empty for most PCs.
+    pub kernel_args: String,
 }
 
 /// A row of the events table is what the API shows of an event.
@@ -65,7 +68,7 @@ impl NodeRow {
     }
 }
 
-const NODE_COLS: &str = "mac, name, grp, state, ip, info, heartbeat, last_seen, first_dhcp, boot_seconds, key_epoch, released, approved, created, quarantine, wakes_tried, wakes_woke, enlisted_secs, job_secs";
+const NODE_COLS: &str = "mac, name, grp, state, ip, info, heartbeat, last_seen, first_dhcp, boot_seconds, key_epoch, released, approved, created, quarantine, wakes_tried, wakes_woke, enlisted_secs, job_secs, kernel_args";
 
 fn node_from_row(r: &rusqlite::Row) -> rusqlite::Result<NodeRow> {
     Ok(NodeRow {
@@ -88,6 +91,7 @@ fn node_from_row(r: &rusqlite::Row) -> rusqlite::Result<NodeRow> {
         wakes_woke: r.get(16)?,
         enlisted_secs: r.get(17)?,
         job_secs: r.get(18)?,
+        kernel_args: r.get(19)?,
     })
 }
 
@@ -147,18 +151,19 @@ impl Store {
             let tx = c.transaction()?;
             tx.execute(
                 &format!(
-                    "INSERT INTO nodes({NODE_COLS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17,?18,?19)
+                    "INSERT INTO nodes({NODE_COLS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17,?18,?19,?20)
                      ON CONFLICT(mac) DO UPDATE SET name=excluded.name, grp=excluded.grp, state=excluded.state,
                        ip=excluded.ip, info=excluded.info, heartbeat=excluded.heartbeat, last_seen=excluded.last_seen,
                        first_dhcp=excluded.first_dhcp, boot_seconds=excluded.boot_seconds, key_epoch=excluded.key_epoch,
                        released=excluded.released, approved=excluded.approved, quarantine=excluded.quarantine,
-                       wakes_tried=excluded.wakes_tried, wakes_woke=excluded.wakes_woke"
+                       wakes_tried=excluded.wakes_tried, wakes_woke=excluded.wakes_woke,
+                       kernel_args=excluded.kernel_args"
                 ),
                 params![
                     mac_sql(&n.mac), n.name, n.group, n.state.as_str(), n.ip.map(|i| i.to_string()),
                     n.info, n.heartbeat, n.last_seen, n.first_dhcp, n.boot_seconds, n.key_epoch,
                     n.released, n.approved, n.created, n.quarantine, n.wakes_tried, n.wakes_woke,
-                    n.enlisted_secs, n.job_secs
+                    n.enlisted_secs, n.job_secs, n.kernel_args
                 ],
             )?;
             let ev = match event {
@@ -221,13 +226,14 @@ impl Store {
             let mut n = 0;
             {
                 let mut st = tx.prepare(&format!(
-                    "INSERT OR IGNORE INTO nodes({NODE_COLS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17)"
+                    "INSERT OR IGNORE INTO nodes({NODE_COLS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17,?18,?19,?20)"
                 ))?;
                 for r in rows {
                     n += st.execute(params![
                         mac_sql(&r.mac), r.name, r.group, r.state.as_str(), r.ip.map(|i| i.to_string()),
                         r.info, r.heartbeat, r.last_seen, r.first_dhcp, r.boot_seconds, r.key_epoch,
-                        r.released, r.approved, r.created, r.quarantine
+                        r.released, r.approved, r.created, r.quarantine, r.wakes_tried, r.wakes_woke,
+                        r.enlisted_secs, r.job_secs, r.kernel_args
                     ])?;
                 }
             }
@@ -298,6 +304,7 @@ mod tests {
             wakes_woke: 0,
             enlisted_secs: 0,
             job_secs: 0,
+            kernel_args: String::new(),
         }
     }
 

@@ -346,6 +346,7 @@ async function renderDetail() {
     ['Released', n.released ? 'yes (boots from its own disk)' : 'no'], ['Approved', n.approved ? 'yes' : 'no'],
     ['Lent', hours(n.enlisted_secs) + ' enlisted, ' + hours(n.job_secs) + ' running jobs (h:mm)'],
     ['Woke', n.wakes_tried ? wakeRate(n.wakes_woke, n.wakes_tried) + ' Wake-on-LAN tries' : '-'],
+    ['Boots with', n.kernel_args ? text(n.kernel_args) + ' (found by the head for its hardware)' : '-'],
   ];
   $('#d-facts').replaceChildren(...facts.flatMap(([k, v]) => [el('dt', { textContent: k }), el('dd', { textContent: String(v) })]));
   $('#d-actions').replaceChildren(...actionsFor(n));

@@ -1141,9 +1141,11 @@ fn p2_machine(
             let nic = match profile {
                 Profile::P2FloppyRtl8139 => format!("rtl8139,netdev=n0,mac={mac},romfile="),
                 Profile::P2FloppyTulip => format!("tulip,netdev=n0,mac={mac},romfile="),
-                // An ISA card has no option ROM; its port and IRQ are set by jumpers.
+                // An ISA card has no option ROM; its port and IRQ are set by jumpers: IRQ 9,
+                // QEMU's default and a common jumper setting, is the ACPI SCI's on this
+                // board (the node OS needs acpi=off to find it: the head learns that).
                 Profile::P2FloppyNe2kIsa => {
-                    format!("ne2k_isa,netdev=n0,mac={mac},iobase=0x300,irq=5")
+                    format!("ne2k_isa,netdev=n0,mac={mac},iobase=0x300,irq=9")
                 }
                 _ => format!("ne2k_pci,netdev=n0,mac={mac},romfile="),
             };

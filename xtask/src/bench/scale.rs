@@ -150,6 +150,7 @@ fn simulated_nodes(dir: &Path, agents: usize) -> anyhow::Result<Vec<Agent>> {
             wakes_woke: 0,
             enlisted_secs: 0,
             job_secs: 0,
+            kernel_args: String::new(),
         })
         .collect();
     store.insert_nodes(&rows)?;
