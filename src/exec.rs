@@ -76,10 +76,10 @@ pub enum Work {
 const COPY_TIMEOUT: Duration = Duration::from_secs(120);
 
 impl Work {
-    /// What the run shows and a node's history says it was.
+    /// What the run shows (a node's history keeps its first 200 characters).
     fn shown(&self) -> String {
         match self {
-            Work::Exec(spec) => spec.command.chars().take(200).collect(),
+            Work::Exec(spec) => spec.command.clone(),
             Work::Copy(spec, _) => format!(
                 "copy to {} ({} bytes, mode {:o})",
                 spec.path, spec.size, spec.mode
@@ -324,7 +324,11 @@ impl Run {
                     t.outcome = Outcome::Running;
                     notes.push(Note {
                         mac: t.mac,
-                        detail: format!("#{id} by {}: {}", self.who, self.work.shown()),
+                        detail: format!(
+                            "#{id} by {}: {}",
+                            self.who,
+                            self.work.shown().chars().take(200).collect::<String>()
+                        ),
                     });
                 }
                 // Up as far as its state says, but its agent has no session (the head
@@ -410,6 +414,19 @@ mod tests {
     use super::{ExecStatus, Execs, Work};
     use crate::registry::tests::{boot, ip, registry, session_of, A, B};
 
+    /// How command `id` ended: exit 0, having printed `output`.
+    fn exited(id: u64, output: &str) -> ExecResult {
+        ExecResult {
+            id,
+            exit: Some(0),
+            signal: None,
+            timed_out: false,
+            output: output.into(),
+            cut_bytes: 0,
+            done: true,
+        }
+    }
+
     /// A copy's file is handed to the node its command went to, for that command, while it
     /// runs: not to another node, not for another id, not after its answer.
     #[test]
@@ -436,16 +453,7 @@ mod tests {
         assert_eq!(execs.copy_file(A, id).as_deref(), Some(&b"hello".to_vec()));
         assert!(execs.copy_file(B, id).is_none(), "another node");
         assert!(execs.copy_file(A, id + 1).is_none(), "another command");
-        let done = ExecResult {
-            id,
-            exit: Some(0),
-            signal: None,
-            timed_out: false,
-            output: String::new(),
-            cut_bytes: 0,
-            done: true,
-        };
-        assert!(execs.answer(&r, A, done));
+        assert!(execs.answer(&r, A, exited(id, "")));
         assert!(execs.copy_file(A, id).is_none(), "after its answer");
         let v = execs.view(&r, run, Instant::now()).expect("run");
         assert!(
@@ -493,15 +501,7 @@ mod tests {
             .iter()
             .all(|c| !matches!(c.order, enlist_api::Order::Exec(_))));
 
-        let answer = |id| ExecResult {
-            id,
-            exit: Some(0),
-            signal: None,
-            timed_out: false,
-            output: "i686\n".into(),
-            cut_bytes: 0,
-            done: true,
-        };
+        let answer = |id| exited(id, "i686\n");
         let so_far = ExecResult {
             output: "i6".into(),
             done: false,
@@ -566,16 +566,7 @@ mod tests {
         assert_eq!(statuses(), [ExecStatus::Running, ExecStatus::Queued]);
         assert!(r.take_commands(B).0.is_empty(), "B waits for its turn");
         let (a_cmds, _) = r.take_commands(A);
-        let done = ExecResult {
-            id: a_cmds[0].id,
-            exit: Some(0),
-            signal: None,
-            timed_out: false,
-            output: String::new(),
-            cut_bytes: 0,
-            done: true,
-        };
-        assert!(execs.answer(&r, A, done));
+        assert!(execs.answer(&r, A, exited(a_cmds[0].id, "")));
         assert_eq!(statuses(), [ExecStatus::Exited, ExecStatus::Running]);
         assert_eq!(r.take_commands(B).0.len(), 1, "B's turn");
     }

@@ -623,20 +623,32 @@ pub struct ExecOrder {
     pub fanout: usize,
 }
 
+/// The nodes a run (exec, copy) goes to, and how many run it at once, as a request names
+/// them: exactly one of a host list, a group, every node.
+fn run_targets(
+    nodes: Option<String>,
+    group: Option<String>,
+    all: bool,
+    fanout: Option<usize>,
+) -> Result<(Targets, usize), String> {
+    let targets = match (nodes, group, all) {
+        (Some(n), None, false) => Targets::Nodes(n),
+        (None, Some(g), false) => Targets::Group(g),
+        (None, None, true) => Targets::All,
+        _ => return Err("name the nodes: exactly one of nodes, group, all".into()),
+    };
+    let fanout = fanout.unwrap_or(DEFAULT_FANOUT);
+    if fanout == 0 {
+        return Err("fanout: at least 1".into());
+    }
+    Ok((targets, fanout))
+}
+
 impl TryFrom<ExecRequest> for ExecOrder {
     type Error = String;
 
     fn try_from(r: ExecRequest) -> Result<ExecOrder, String> {
-        let targets = match (r.nodes, r.group, r.all) {
-            (Some(n), None, false) => Targets::Nodes(n),
-            (None, Some(g), false) => Targets::Group(g),
-            (None, None, true) => Targets::All,
-            _ => return Err("name the nodes: exactly one of nodes, group, all".into()),
-        };
-        let fanout = r.fanout.unwrap_or(DEFAULT_FANOUT);
-        if fanout == 0 {
-            return Err("fanout: at least 1".into());
-        }
+        let (targets, fanout) = run_targets(r.nodes, r.group, r.all, r.fanout)?;
         let spec = ExecSpec::new(
             r.command,
             r.timeout_secs.unwrap_or(DEFAULT_EXEC_TIMEOUT_SECS),
@@ -681,29 +693,13 @@ pub struct CopyOrder {
     pub fanout: usize,
 }
 
-impl CopyRequest {
-    /// The request's nodes and fan-out, checked as exec's are.
-    fn targets(&self) -> Result<(Targets, usize), String> {
-        let exec = ExecRequest {
-            command: "copy".into(),
-            nodes: self.nodes.clone(),
-            group: self.group.clone(),
-            all: self.all,
-            fanout: self.fanout,
-            timeout_secs: None,
-        };
-        let order = ExecOrder::try_from(exec)?;
-        Ok((order.targets, order.fanout))
-    }
-}
-
 impl TryFrom<CopyRequest> for CopyOrder {
     type Error = String;
 
     fn try_from(r: CopyRequest) -> Result<CopyOrder, String> {
         use base64::Engine;
         use sha2::Digest;
-        let (targets, fanout) = r.targets()?;
+        let (targets, fanout) = run_targets(r.nodes, r.group, r.all, r.fanout)?;
         // Its decoded size is known before decoding: a body cannot make the head decode more.
         if r.content_base64.len() > crate::MAX_COPY_BYTES.div_ceil(3) * 4 {
             return Err(format!("file larger than {} bytes", crate::MAX_COPY_BYTES));

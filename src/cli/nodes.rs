@@ -237,36 +237,36 @@ pub fn act(config: &Path, cmd: NodeCmd) -> anyhow::Result<()> {
             return Ok(());
         }
     };
-    let names = selected(&h, &target.nodes, target.exclude.as_deref())?;
-    let mut failed = 0;
-    for name in &names {
-        match send(&h, name, &action) {
-            Ok(v) => match &action {
-                NodeAction::Group(_) => println!("{}: group {}", v.name, v.group),
-                a => println!("{}: {} sent; state {}", v.name, a.name(), v.state),
-            },
-            Err(e) => {
-                eprintln!("enlist: {name}: {e:#}");
-                failed += 1;
-            }
-        }
-    }
-    anyhow::ensure!(
-        failed == 0,
-        "{} failed on {failed} of {} node(s)",
-        action.name(),
-        names.len()
-    );
-    Ok(())
+    each_node(&h, &target, action.name(), |name| {
+        let v = send(&h, name, &action)?;
+        Ok(match &action {
+            NodeAction::Group(_) => format!("{}: group {}", v.name, v.group),
+            a => format!("{}: {} sent; state {}", v.name, a.name(), v.state),
+        })
+    })
 }
 
 /// `enlist node forget NODES`: a DELETE per node.
 fn forget(h: &Head, target: &Target) -> anyhow::Result<()> {
+    each_node(h, target, "forget", |name| {
+        let f: Forgotten = h.delete(&format!("/api/v1/nodes/{name}"))?;
+        Ok(format!("{} ({}): forgotten; {}", f.name, f.mac, f.workload))
+    })
+}
+
+/// `what` done to each selected node by `f` (its line printed, or its error), going on past
+/// failures; an error naming how many failed.
+fn each_node(
+    h: &Head,
+    target: &Target,
+    what: &str,
+    f: impl Fn(&str) -> anyhow::Result<String>,
+) -> anyhow::Result<()> {
     let names = selected(h, &target.nodes, target.exclude.as_deref())?;
     let mut failed = 0;
     for name in &names {
-        match h.delete::<Forgotten>(&format!("/api/v1/nodes/{name}")) {
-            Ok(f) => println!("{} ({}): forgotten; {}", f.name, f.mac, f.workload),
+        match f(name) {
+            Ok(line) => println!("{line}"),
             Err(e) => {
                 eprintln!("enlist: {name}: {e:#}");
                 failed += 1;
@@ -275,7 +275,7 @@ fn forget(h: &Head, target: &Target) -> anyhow::Result<()> {
     }
     anyhow::ensure!(
         failed == 0,
-        "forget failed on {failed} of {} node(s)",
+        "{what} failed on {failed} of {} node(s)",
         names.len()
     );
     Ok(())

@@ -294,9 +294,7 @@ async fn forget(State(s): State<Shared>, _a: Admin, Path(node): Path<String>) ->
     let rt = tokio::runtime::Handle::current();
     let r = blocking(move || {
         let row = reg.find(&node)?;
-        if row.state.is_alive() && !row.released {
-            return Err(RegistryError::Up(row.name));
-        }
+        crate::registry::Registry::forgettable(&row)?;
         let said = match rt.block_on(workload.forget(&row.name)) {
             Ok(()) => format!("forgotten by the workload manager ({})", workload.name()),
             Err(e) => format!("not forgotten by the workload manager: {e}"),

@@ -485,9 +485,7 @@ impl Registry {
     /// (the enrollment policy decides); a name imported for its MAC stays. The row it had.
     pub fn forget(&self, mac: Mac, said: &str) -> Result<NodeRow, RegistryError> {
         let row = self.node(mac)?;
-        if row.state.is_alive() && !row.released {
-            return Err(RegistryError::Up(row.name));
-        }
+        Self::forgettable(&row)?;
         let detail = format!("{} forgotten: {said}", row.name);
         let Some(ev) = self.store.delete_node(mac, &detail, now())? else {
             return Err(RegistryError::UnknownNode(mac.to_string()));
@@ -497,6 +495,14 @@ impl Registry {
         let _ = self.updates.send(Update::Event(ev));
         self.refresh_gauges();
         Ok(row)
+    }
+
+    /// A node may be forgotten unless it is up (a released one is on its way out).
+    pub fn forgettable(row: &NodeRow) -> Result<(), RegistryError> {
+        if row.state.is_alive() && !row.released {
+            return Err(RegistryError::Up(row.name.clone()));
+        }
+        Ok(())
     }
 
     /// Put a node in another group (the dashboard's or `enlist node group`).

@@ -719,55 +719,37 @@ fn update_with_a_mirror_away(chroot: &Path) -> anyhow::Result<()> {
 /// The installed head, started as its unit starts it, in a lab namespace; a Pentium II boots
 /// by PXE until it registers.
 fn boot_from_installed(chroot: &Path) -> anyhow::Result<()> {
-    use enlist_lab::{Lab, Profile};
     let ns = "pkg-install";
-    let dir = root().join("lab").join(ns);
-    let _ = std::fs::remove_dir_all(&dir);
-    let mut lab = Lab::new(ns, &dir).map_err(anyhow::Error::msg)?;
-    // The lab talks to the head through <dir>/state/admin.sock: the installed head's state folder.
-    std::os::unix::fs::symlink(chroot.join("var/lib/enlist"), dir.join("state"))?;
-    let log = std::fs::File::create(dir.join("head.log"))?;
     // As the boot-only drop-in runs it: user enlist, three capabilities and no others (the
     // state folder is the user's, as systemd's StateDirectory= makes it).
     sh(Command::new("chroot")
         .arg(chroot)
         .args(["chown", "enlist:enlist", "/var/lib/enlist"]))?;
     let caps = "-all,+net_bind_service,+net_raw,+net_admin";
-    let mut head = lab.exec("chroot");
-    head.arg(chroot)
-        .args([
-            "setpriv",
-            "--reuid=enlist",
-            "--regid=enlist",
-            "--init-groups",
-        ])
-        .args([
-            format!("--inh-caps={caps}"),
-            format!("--ambient-caps={caps}"),
-            format!("--bounding-set={caps}"),
-        ])
-        .args([
-            "/usr/bin/enlist",
-            "serve",
-            "--config",
-            "/etc/enlist/config.yaml",
-        ])
-        .stdout(log.try_clone()?)
-        .stderr(log);
-    lab.spawn(head).map_err(anyhow::Error::msg)?;
+    let lab = installed_head(chroot, ns, Duration::from_secs(30), |lab| {
+        let mut head = lab.exec("chroot");
+        head.arg(chroot)
+            .args([
+                "setpriv",
+                "--reuid=enlist",
+                "--regid=enlist",
+                "--init-groups",
+            ])
+            .args([
+                format!("--inh-caps={caps}"),
+                format!("--ambient-caps={caps}"),
+                format!("--bounding-set={caps}"),
+            ])
+            .args([
+                "/usr/bin/enlist",
+                "serve",
+                "--config",
+                "/etc/enlist/config.yaml",
+            ]);
+        head
+    })?;
     let uid = head_uid(ns);
-    let up = lab.wait_for(Duration::from_secs(30), "installed head's HTTP", || {
-        lab.curl("/api/v1/session").is_ok()
-    });
-    if let Err(e) = up {
-        bail!("{e}\n{}", lab.head_log());
-    }
-    let i = lab.boot(Profile::P2Pxe, None).map_err(anyhow::Error::msg)?;
-    let mac = lab.pcs[i].mac.clone();
-    // Registered, then healthy a heartbeat later (the state the API shows from then on).
-    if let Err(e) = lab.wait_state(&mac, "healthy", Duration::from_secs(300)) {
-        bail!("{e}\n{}", lab.report());
-    }
+    let (lab, mac) = pentium_ii_healthy(lab)?;
     match uid {
         Some(0) | None => bail!("the installed head did not run as user enlist (uid {uid:?})"),
         Some(uid) => println!(
@@ -777,6 +759,45 @@ fn boot_from_installed(chroot: &Path) -> anyhow::Result<()> {
         ),
     }
     Ok(())
+}
+
+/// A lab namespace `ns` whose head is the installed one, started by `head` (its output goes
+/// to the lab's head.log); the lab once the head's HTTP answers within `limit`. The lab
+/// talks to it through <dir>/state/admin.sock: the installed head's state folder.
+fn installed_head(
+    chroot: &Path,
+    ns: &str,
+    limit: Duration,
+    head: impl FnOnce(&enlist_lab::Lab) -> Command,
+) -> anyhow::Result<enlist_lab::Lab> {
+    let dir = root().join("lab").join(ns);
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut lab = enlist_lab::Lab::new(ns, &dir).map_err(anyhow::Error::msg)?;
+    std::os::unix::fs::symlink(chroot.join("var/lib/enlist"), dir.join("state"))?;
+    let log = std::fs::File::create(dir.join("head.log"))?;
+    let mut cmd = head(&lab);
+    cmd.stdout(log.try_clone()?).stderr(log);
+    lab.spawn(cmd).map_err(anyhow::Error::msg)?;
+    let up = lab.wait_for(limit, "installed head's HTTP", || {
+        lab.curl("/api/v1/session").is_ok()
+    });
+    if let Err(e) = up {
+        bail!("{e}\n{}", lab.head_log());
+    }
+    Ok(lab)
+}
+
+/// A Pentium II booted by PXE until it is healthy (registered, then a heartbeat: the state
+/// the API shows from then on); the lab and its MAC.
+fn pentium_ii_healthy(mut lab: enlist_lab::Lab) -> anyhow::Result<(enlist_lab::Lab, String)> {
+    let i = lab
+        .boot(enlist_lab::Profile::P2Pxe, None)
+        .map_err(anyhow::Error::msg)?;
+    let mac = lab.pcs[i].mac.clone();
+    if let Err(e) = lab.wait_state(&mac, "healthy", Duration::from_secs(300)) {
+        bail!("{e}\n{}", lab.report());
+    }
+    Ok((lab, mac))
 }
 
 /// What a boot-only install lacks for jobs: the head's Recommends that run them.
@@ -853,37 +874,18 @@ fn head_under_the_unit(chroot: &Path) -> anyhow::Result<enlist_lab::Lab> {
         "xtask: the unit's sandbox, emulated; not emulated (system-call filters): {}",
         sandbox.not_emulated.join(" ")
     );
-    let ns = "pkg-jobs";
-    let dir = root().join("lab").join(ns);
-    let _ = std::fs::remove_dir_all(&dir);
-    let mut lab = enlist_lab::Lab::new(ns, &dir).map_err(anyhow::Error::msg)?;
-    std::os::unix::fs::symlink(chroot.join("var/lib/enlist"), dir.join("state"))?;
-    let log = std::fs::File::create(dir.join("head.log"))?;
-    let mut head = lab.exec("unshare");
-    head.args(["--mount", "--propagation", "private", "sh", "-c"])
-        .arg(sandbox.script(&chroot.display().to_string()))
-        .stdout(log.try_clone()?)
-        .stderr(log);
-    lab.spawn(head).map_err(anyhow::Error::msg)?;
-    let up = lab.wait_for(Duration::from_secs(60), "installed head's HTTP", || {
-        lab.curl("/api/v1/session").is_ok()
-    });
-    if let Err(e) = up {
-        bail!("{e}\n{}", lab.head_log());
-    }
-    Ok(lab)
+    installed_head(chroot, "pkg-jobs", Duration::from_secs(60), |lab| {
+        let mut head = lab.exec("unshare");
+        head.args(["--mount", "--propagation", "private", "sh", "-c"])
+            .arg(sandbox.script(&chroot.display().to_string()));
+        head
+    })
 }
 
 /// A Pentium II boots into Slurm; the user runs a job on it from the root with Slurm's own
 /// tools and no environment variable.
-fn job_as_the_user(chroot: &Path, mut lab: enlist_lab::Lab) -> anyhow::Result<()> {
-    let i = lab
-        .boot(enlist_lab::Profile::P2Pxe, None)
-        .map_err(anyhow::Error::msg)?;
-    let mac = lab.pcs[i].mac.clone();
-    if let Err(e) = lab.wait_state(&mac, "healthy", Duration::from_secs(300)) {
-        bail!("{e}\n{}", lab.report());
-    }
+fn job_as_the_user(chroot: &Path, lab: enlist_lab::Lab) -> anyhow::Result<()> {
+    let (lab, mac) = pentium_ii_healthy(lab)?;
     let name = lab.node_name(&mac);
     let srun = |args: &[&str]| {
         lab.exec("chroot")

@@ -145,29 +145,10 @@ impl Client {
         self.session.lock().map(|s| s.clone()).unwrap_or_default()
     }
 
-    /// Send a signed request; the reply body once its signature is good: made for this
-    /// request's path and sequence number, and for `reply_to` (the session; for a
-    /// registration, our challenge).
+    /// Send a signed request; the reply body (at most `max` bytes) once its signature is
+    /// good: made for this request's path and sequence number, and for `reply_to` (the
+    /// session; for a registration, our challenge).
     fn send(
-        &self,
-        agent: &ureq::Agent,
-        path: &str,
-        (session, reply_to): (&str, &str),
-        seq: u64,
-        body: &[u8],
-    ) -> Result<Vec<u8>, Failure> {
-        self.send_capped(
-            agent,
-            path,
-            (session, reply_to),
-            seq,
-            body,
-            enlist_api::MAX_BODY,
-        )
-    }
-
-    /// [`Client::send`], the reply at most `max` bytes.
-    fn send_capped(
         &self,
         agent: &ureq::Agent,
         path: &str,
@@ -264,6 +245,7 @@ impl Client {
             (&nonce.nonce, &challenge),
             0,
             &body,
+            enlist_api::MAX_BODY,
         )?;
         let resp: RegisterResponse = Self::json(&sent)?;
         resp.check().map_err(Failure::Forged)?;
@@ -295,10 +277,7 @@ impl Client {
         body: &B,
         max: usize,
     ) -> Result<Vec<u8>, Failure> {
-        let body = serde_json::to_vec(body).map_err(|e| Failure::Refused(0, e.to_string()))?;
-        let seq = self.seq.fetch_add(1, Ordering::SeqCst) + 1;
-        let session = self.session();
-        self.send_capped(&self.http, path, (&session, &session), seq, &body, max)
+        self.post_raw(&self.http, path, body, max)
     }
 
     /// A request the head may hold open (command long poll).
@@ -316,10 +295,22 @@ impl Client {
         path: &str,
         body: &B,
     ) -> Result<R, Failure> {
+        Self::json(&self.post_raw(agent, path, body, enlist_api::MAX_BODY)?)
+    }
+
+    /// `body` as JSON, signed in this session with the next sequence number; the reply's
+    /// bytes, at most `max`.
+    fn post_raw<B: Serialize>(
+        &self,
+        agent: &ureq::Agent,
+        path: &str,
+        body: &B,
+        max: usize,
+    ) -> Result<Vec<u8>, Failure> {
         let body = serde_json::to_vec(body).map_err(|e| Failure::Refused(0, e.to_string()))?;
         let seq = self.seq.fetch_add(1, Ordering::SeqCst) + 1;
         let session = self.session();
-        Self::json(&self.send(agent, path, (&session, &session), seq, &body)?)
+        self.send(agent, path, (&session, &session), seq, &body, max)
     }
 
     /// Whether to run `cmd`: signed by the head for this session, not expired (on the head's
