@@ -174,6 +174,15 @@ pub struct ScriptImage<'a> {
     pub cmdline: &'a str,
 }
 
+/// A fetch from the head that makes no progress for this long fails, and the script starts
+/// over (`:failed`): a stalled connection must not hold a PC at its boot screen for ever.
+/// iPXE's `--timeout` is a progress timeout (since iPXE 2014; Debian 12's has it).
+const HEAD_STALL_MS: u32 = 60_000;
+
+/// A fetch from a room's mirror that makes no progress for this long falls back to the head.
+/// Shorter than the head's: the fallback is always there.
+const MIRROR_STALL_MS: u32 = 15_000;
+
 /// One section of a node's script: `label`, booting `img` from `files` (the head's HTTP or
 /// TFTP base), through the group's mirror first where it has one.
 fn section(p: &ScriptParams, label: &str, files: &str, img: &ScriptImage) -> String {
@@ -203,8 +212,8 @@ fn section(p: &ScriptParams, label: &str, files: &str, img: &ScriptImage) -> Str
     );
     let from_head = format!(
         "echo enlist: {name} boots {image} {version} from {files}\n\
-         kernel {files}/{kernel} initrd=initrd {args} || goto failed\n\
-         initrd --name initrd {files}/{initrd} || goto failed\n\
+         kernel --timeout {HEAD_STALL_MS} {files}/{kernel} initrd=initrd {args} || goto failed\n\
+         initrd --name initrd --timeout {HEAD_STALL_MS} {files}/{initrd} || goto failed\n\
          boot || goto failed\n",
         name = p.name,
         image = img.name,
@@ -213,7 +222,7 @@ fn section(p: &ScriptParams, label: &str, files: &str, img: &ScriptImage) -> Str
     );
     // Through the room's mirror (HTTP sections only): the image's kernel and initrd from
     // the cache, the node's own part from the head; the head's whole initrd if the
-    // mirror fails.
+    // mirror fails or stalls.
     let Some(mirror) = p.mirror.filter(|_| files == p.base) else {
         return format!(":{label}\n{from_head}");
     };
@@ -225,9 +234,9 @@ fn section(p: &ScriptParams, label: &str, files: &str, img: &ScriptImage) -> Str
     format!(
         ":{label}\n\
          echo enlist: {name} boots {image} {version} through the mirror {mirror}\n\
-         kernel {mirror}/{kernel} initrd=initrd initrd=overlay {args} || goto {label}_head\n\
-         initrd --name initrd {mirror}/{image_initrd} || goto {label}_head\n\
-         initrd --name overlay {files}/{overlay} || goto failed\n\
+         kernel --timeout {MIRROR_STALL_MS} {mirror}/{kernel} initrd=initrd initrd=overlay {args} || goto {label}_head\n\
+         initrd --name initrd --timeout {MIRROR_STALL_MS} {mirror}/{image_initrd} || goto {label}_head\n\
+         initrd --name overlay --timeout {HEAD_STALL_MS} {files}/{overlay} || goto failed\n\
          boot || goto failed\n\
          :{label}_head\n\
          imgfree\n\
@@ -366,9 +375,9 @@ mod tests {
         let bios = s.split(":bios\n").nth(1).unwrap();
         assert!(
             bios.starts_with("echo enlist: pc boots i586 v1 through the mirror http://10.77.0.2:8081\n\
-                 kernel http://10.77.0.2:8081/images/i586/v1/vmlinuz initrd=initrd initrd=overlay enlist.head=http://10.77.0.1:8080 ")
-                && bios.contains("|| goto bios_head\ninitrd --name initrd http://10.77.0.2:8081/images/i586/v1/initrd || goto bios_head\n\
-                     initrd --name overlay http://10.77.0.1:8080/boot/52-54-00-77-00-10/t0k/i586/v1/overlay || goto failed\n")
+                 kernel --timeout 15000 http://10.77.0.2:8081/images/i586/v1/vmlinuz initrd=initrd initrd=overlay enlist.head=http://10.77.0.1:8080 ")
+                && bios.contains("|| goto bios_head\ninitrd --name initrd --timeout 15000 http://10.77.0.2:8081/images/i586/v1/initrd || goto bios_head\n\
+                     initrd --name overlay --timeout 60000 http://10.77.0.1:8080/boot/52-54-00-77-00-10/t0k/i586/v1/overlay || goto failed\n")
                 && bios.contains(":bios_head\nimgfree\necho enlist: pc boots i586 v1 from http://10.77.0.1:8080\n"),
             "{s}"
         );
@@ -408,9 +417,9 @@ mod tests {
         assert!(
             s.contains("cpuid --ext 29 && goto cpu64 ||\ngoto cpu32\n:cpu64\n")
                 && s.contains(":bios64\n")
-                && s.contains("kernel http://10.77.0.1:8080/images/x86_64/v2/vmlinuz")
+                && s.contains("kernel --timeout 60000 http://10.77.0.1:8080/images/x86_64/v2/vmlinuz")
                 && s.contains("iseq ${netX/busid} 01:80:86:12:29 && goto bios64_tftp ||")
-                && s.contains("initrd --name initrd tftp://10.77.0.1/boot/52-54-00-77-00-10/t0k/x86_64/v2/initrd"),
+                && s.contains("initrd --name initrd --timeout 60000 tftp://10.77.0.1/boot/52-54-00-77-00-10/t0k/x86_64/v2/initrd"),
             "a 64-bit CPU boots the 64-bit image, by TFTP on a TFTP-only card: {s}"
         );
         let same = node_script(&p, &bios, &bios, &efi);
@@ -418,13 +427,13 @@ mod tests {
             !same.contains("cpuid"),
             "no test when both are the same image (a reservation): {same}"
         );
-        assert!(s.contains("kernel http://10.77.0.1:8080/images/i586/v1/vmlinuz initrd=initrd enlist.head=http://10.77.0.1:8080 enlist.node=lab-pc-10 enlist.boot=pxe BOOTIF=01-${netX/mac:hexhyp} cryptomgr.notests console=ttyS0 || goto failed"));
+        assert!(s.contains("kernel --timeout 60000 http://10.77.0.1:8080/images/i586/v1/vmlinuz initrd=initrd enlist.head=http://10.77.0.1:8080 enlist.node=lab-pc-10 enlist.boot=pxe BOOTIF=01-${netX/mac:hexhyp} cryptomgr.notests console=ttyS0 || goto failed"));
         assert!(
             s.contains("BOOTIF=01-${netX/mac:hexhyp} console=ttyS0 || goto failed"),
             "no stray space without image options: {s}"
         );
         assert!(s.contains(
-            "initrd --name initrd http://10.77.0.1:8080/boot/52-54-00-77-00-10/t0k/i586/v1/initrd"
+            "initrd --name initrd --timeout 60000 http://10.77.0.1:8080/boot/52-54-00-77-00-10/t0k/i586/v1/initrd"
         ));
         assert!(s.contains("/images/x86_64/v2/vmlinuz"));
         assert!(s.contains(
@@ -438,9 +447,9 @@ mod tests {
             "a TFTP-only card fetches the script again by TFTP: {s}"
         );
         assert!(s.contains("iseq ${netX/busid} 01:80:86:12:29 && goto bios_tftp ||"));
-        assert!(s.contains("kernel tftp://10.77.0.1/images/i586/v1/vmlinuz"));
+        assert!(s.contains("kernel --timeout 60000 tftp://10.77.0.1/images/i586/v1/vmlinuz"));
         assert!(s.contains(
-            "initrd --name initrd tftp://10.77.0.1/boot/52-54-00-77-00-10/t0k/i586/v1/initrd"
+            "initrd --name initrd --timeout 60000 tftp://10.77.0.1/boot/52-54-00-77-00-10/t0k/i586/v1/initrd"
         ));
     }
 

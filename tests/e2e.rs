@@ -751,4 +751,34 @@ fn a_rooms_mirror_serves_the_second_pcs_image_from_its_cache() {
             "its own part from the head: {node}"
         );
     }
+    // A mirror that stops sending mid-file (its first 64 KiB pass, then nothing): the third
+    // PC gives up on it after the script's progress timeout and boots from the head.
+    stall_after(&lab, 8081, 64);
+    let i = lab
+        .boot(Profile::P2Floppy, Some(&floppy))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mac = lab.pcs[i].mac.clone();
+    check(&lab, lab.wait_state(&mac, "healthy", BOOT_LIMIT));
+    assert_eq!(
+        lab.metric("enlist_http_transfers_total{kind=\"kernel\"}"),
+        2.0,
+        "the head sent the kernel again, to the PC whose mirror stalled"
+    );
+}
+
+/// Drop what the head's namespace sends from TCP `port` after its first `kib` KiB: a server
+/// that stalls mid-transfer, its connections open.
+fn stall_after(lab: &Lab, port: u16, kib: u32) {
+    let rules = format!(
+        "table inet lab_stall {{ chain out {{ type filter hook output priority 0; \
+         tcp sport {port} quota over {kib} kbytes drop; }}; }}"
+    );
+    let mut nft = lab.exec("nft");
+    nft.args(["-f", "-"]).stdin(std::process::Stdio::piped());
+    let mut child = nft.spawn().unwrap_or_else(|e| panic!("nft: {e}"));
+    if let Some(mut stdin) = child.stdin.take() {
+        use std::io::Write;
+        stdin.write_all(rules.as_bytes()).expect("nft rules");
+    }
+    assert!(child.wait().is_ok_and(|s| s.success()), "nft: {rules}");
 }

@@ -263,13 +263,12 @@ fn script_url(mac: Mac) -> String {
     format!("{HEAD_URL}/boot/{}.ipxe", mac.hyphenated())
 }
 
-/// The `initrd --name initrd http://...` URL of a script.
+/// The URL of a script's first `initrd --name initrd [--timeout N] http://...` line.
 fn initrd_url(script: &str) -> Option<String> {
     script
         .lines()
-        .find_map(|l| l.trim().strip_prefix("initrd --name initrd "))
-        .filter(|u| u.starts_with("http://"))
-        .and_then(|u| u.split_whitespace().next())
+        .filter_map(|l| l.trim().strip_prefix("initrd --name initrd "))
+        .find_map(|rest| rest.split_whitespace().find(|w| w.starts_with("http://")))
         .map(str::to_string)
 }
 

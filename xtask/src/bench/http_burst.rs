@@ -22,14 +22,14 @@ struct Fetch {
 
 /// The kernel and initrd URLs of the script's HTTP (`bios`) section.
 fn boot_urls(script: &str) -> Option<(String, String)> {
+    // The first `http://` word of the first line starting with `prefix` that has one (the
+    // options, such as `--timeout`, come before the URL).
     let url_after = |prefix: &str| {
-        script.lines().find_map(|l| {
-            l.trim()
-                .strip_prefix(prefix)
-                .filter(|rest| rest.starts_with("http://"))
-                .and_then(|rest| rest.split_whitespace().next())
-                .map(str::to_string)
-        })
+        script
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix(prefix))
+            .find_map(|rest| rest.split_whitespace().find(|w| w.starts_with("http://")))
+            .map(str::to_string)
     };
     Some((url_after("kernel ")?, url_after("initrd --name initrd ")?))
 }
@@ -153,8 +153,8 @@ mod tests {
     #[test]
     fn finds_the_http_kernel_and_initrd_lines() {
         let script = "#!ipxe\n:bios_tftp\nkernel tftp://10.0.0.1/images/i586/v1/vmlinuz initrd=initrd\n\
-                      :bios\nkernel http://h:1/images/i586/v1/vmlinuz initrd=initrd x=y || goto failed\n\
-                      initrd --name initrd http://h:1/boot/m/i586/v1/initrd || goto failed\n";
+                      :bios\nkernel --timeout 60000 http://h:1/images/i586/v1/vmlinuz initrd=initrd x=http://y || goto failed\n\
+                      initrd --name initrd --timeout 60000 http://h:1/boot/m/i586/v1/initrd || goto failed\n";
         assert_eq!(
             boot_urls(script),
             Some((
