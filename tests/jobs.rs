@@ -491,7 +491,12 @@ fn a_killed_pcs_job_runs_elsewhere_and_a_released_pcs_job_is_requeued_at_the_dea
 
     // Power cut mid-job: Slurm marks the node down and requeues the job, which runs on the other
     // node; enlist deletes the node from Slurm once it is lost.
-    let job = submit(&lab, &["--requeue"], "sleep 20; hostname > moved.out");
+    // Its first run waits to be cut off; its second, requeued, says where it ran.
+    let job = submit(
+        &lab,
+        &["--requeue"],
+        "if [ -e cut.mark ]; then hostname > moved.out; else touch cut.mark; sleep 600; fi",
+    );
     let first = wait_running(&lab, &job, Duration::from_secs(60));
     let victim = names.iter().position(|n| *n == first).unwrap_or_else(|| {
         fail(
@@ -500,6 +505,12 @@ fn a_killed_pcs_job_runs_elsewhere_and_a_released_pcs_job_is_requeued_at_the_dea
         )
     });
     let other = 1 - victim;
+    let r = lab.wait_for(Duration::from_secs(60), "the job's first run", || {
+        lab.user_home().join("cut.mark").exists()
+    });
+    if let Err(e) = r {
+        fail(&lab, &e);
+    }
     lab.pcs[victim].kill();
     wait_queue_empty(&lab, Duration::from_secs(240));
     assert_eq!(
@@ -1309,7 +1320,7 @@ fn slurm_wakes_asleep_pcs_for_work_inside_the_window_and_releases_them_when_idle
 
     // Three one-node jobs at once take all three PCs: the first is up on another OS, the
     // second does not wake, the third runs all three jobs (each held-out node's job is
-    // requeued, and Slurm starts a requeued job again after its credential lifetime, 120 s).
+    // requeued, and Slurm starts a requeued job again after its credential lifetime, 30 s).
     let ip = lab
         .curl(&format!("/api/v1/nodes/{}", macs[0]))
         .unwrap_or_default()["node"]["ip"]

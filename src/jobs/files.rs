@@ -64,6 +64,13 @@ pub fn on_demand_partition(partition: &str) -> String {
 /// and may wake it again: the PC's reboot to its own disk.
 const SUSPEND_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Slurm's job credential lifetime (`AuthInfo=cred_expire`), which is also how long a requeued
+/// job waits before it may start again (its old credentials must have expired). Slurm's 120 s
+/// held a job bumped by a PC that did not wake, was in use, or was taken back in the morning
+/// for two minutes while other nodes sat idle. On the lab's LAN a credential is used within
+/// seconds of being issued, and the nodes' clocks are the head's (set at registration).
+const CRED_EXPIRE: Duration = Duration::from_secs(30);
+
 /// The ports srun listens on (on the head) for the nodes' job steps: a range the head's
 /// firewall keeps for enlisted nodes (Slurm's own example range).
 pub const SRUN_PORTS: (u16, u16) = (60001, 63000);
@@ -88,7 +95,14 @@ pub fn slurm_conf(s: &SlurmSettings) -> String {
         &format!("{}-{}", SRUN_PORTS.0, SRUN_PORTS.1),
     );
     line("AuthType", &"auth/munge");
-    line("AuthInfo", &format!("socket={}", s.munge_socket.display()));
+    line(
+        "AuthInfo",
+        &format!(
+            "socket={},cred_expire={}",
+            s.munge_socket.display(),
+            CRED_EXPIRE.as_secs()
+        ),
+    );
     line("CredType", &"cred/munge");
     line("SlurmUser", &"root");
     line("SlurmdUser", &"root");
@@ -379,8 +393,9 @@ mod tests {
         );
         assert_eq!(
             value(&c, "AuthInfo"),
-            Some("socket=/s/munge/munge.socket.2")
+            Some("socket=/s/munge/munge.socket.2,cred_expire=30")
         );
+        assert_eq!(munge_socket_in(&c), "/s/munge/munge.socket.2");
         assert_eq!(value(&c, "StateSaveLocation"), Some("/s/state"));
         // No key twice (Slurm would take the last, silently).
         let mut keys: Vec<&str> = c
