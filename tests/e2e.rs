@@ -585,6 +585,40 @@ fn p2_usb_iso_boots_and_registers() {
     check(&lab, lab.wait_state(&mac, "healthy", BOOT_LIMIT));
 }
 
+/// A 64-bit PC with no network card, only a USB Ethernet adapter (QEMU's usb-net on xHCI),
+/// booted straight into the 64-bit image (Debian's iPXE, on the boot floppy and ISO, has no
+/// driver for it): the node OS loads the USB controller's and the adapter's drivers, having
+/// no PCI card to match, and registers through the adapter.
+#[test]
+#[ignore = "needs root, QEMU and built images: run `cargo xtask test`"]
+fn x64_pc_with_only_a_usb_ethernet_adapter_registers() {
+    let mut lab = lab("x64usbnet", "dhcp");
+    let mac = "52:54:00:77:01:01";
+    let (kernel, initrd) = direct_boot_files(&lab, "x86_64", mac);
+    lab.boot_direct_with(
+        "qemu-system-x86_64",
+        256,
+        &kernel,
+        &initrd,
+        enlist_lab::DirectCard::UsbNet,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    check(&lab, lab.wait_state(mac, "healthy", BOOT_LIMIT));
+    let node = lab
+        .curl(&format!("/api/v1/nodes/{mac}"))
+        .unwrap_or_default();
+    let drivers: Vec<&str> = node["node"]["info"]["nics"]
+        .as_array()
+        .map(|n| n.iter().filter_map(|c| c["driver"].as_str()).collect())
+        .unwrap_or_default();
+    assert!(
+        drivers
+            .iter()
+            .any(|d| ["rndis_host", "cdc_ether"].contains(d)),
+        "registered through the USB adapter: {node}"
+    );
+}
+
 #[test]
 #[ignore = "needs root, QEMU and built images: run `cargo xtask test`"]
 fn floppy_pc_waits_for_a_head_that_is_down_and_joins_when_it_comes_up() {

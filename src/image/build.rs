@@ -94,9 +94,11 @@ fn download_missing(dir: &Path, r: &Recipe, log: &mut dyn FnMut(&str)) -> Result
 
 /// Module directories whose contents we keep in memory while reading the kernel package: NIC
 /// drivers and the library code they depend on. Dependencies outside these are reported.
-const MODULE_DIRS: [&str; 19] = [
+const MODULE_DIRS: [&str; 20] = [
     // The jobs: the runtime bundle (a squashfs on a loop device) and the NFSv4 home.
     "kernel/fs/",
+    // USB host controllers and their core, for PCs whose only card is a USB Ethernet adapter.
+    "kernel/drivers/usb/",
     "kernel/drivers/block/",
     "kernel/security/",
     "kernel/drivers/i2c/",
@@ -344,7 +346,11 @@ fn module_closure(k: &Kernel, wanted: &[String], deb: &Path) -> Result<Vec<Strin
     Ok(order)
 }
 
-/// The `enlist.aliases` table: PCI and virtio patterns of the listed drivers, in load order.
+/// The buses whose device patterns go into `enlist.aliases`: init matches a PC's devices on
+/// them (PCI cards and USB host controllers, virtio cards, USB Ethernet adapters).
+const ALIAS_BUSES: [&str; 3] = ["pci:", "virtio:", "usb:"];
+
+/// The `enlist.aliases` table: the listed drivers' patterns on [`ALIAS_BUSES`], in load order.
 fn driver_aliases(k: &Kernel, order: &[String], listed: &[String]) -> String {
     let listed: BTreeSet<String> = listed.iter().map(|m| m.replace('-', "_")).collect();
     let mut out = String::new();
@@ -353,7 +359,7 @@ fn driver_aliases(k: &Kernel, order: &[String], listed: &[String]) -> String {
         for a in m
             .aliases
             .iter()
-            .filter(|a| a.starts_with("pci:") || a.starts_with("virtio:"))
+            .filter(|a| ALIAS_BUSES.iter().any(|bus| a.starts_with(bus)))
         {
             out.push_str(&format!("{a} {}\n", m.rel));
         }
@@ -941,7 +947,7 @@ mod tests {
     }
 
     #[test]
-    fn alias_table_lists_pci_and_virtio_patterns_of_listed_drivers_only() {
+    fn alias_table_lists_pci_virtio_and_usb_patterns_of_listed_drivers_only() {
         let module = |rel: &str, depends: &[&str], aliases: &[&str]| ModuleFile {
             rel: rel.into(),
             depends: depends.iter().map(|s| s.to_string()).collect(),
@@ -964,14 +970,27 @@ mod tests {
                         &["pci:v00008086d00001229sv*sd*bc*sc*i*", "of:N*T*Cfoo"],
                     ),
                 ),
+                (
+                    "cdc_ether".to_string(),
+                    module(
+                        "kernel/cdc_ether.ko",
+                        &["mii"],
+                        &["usb:v*p*d*dc*dsc*dp*ic02isc06ip00in*", "acpi*:FOO:*"],
+                    ),
+                ),
             ]),
             builtin: BTreeSet::new(),
             builtin_drivers: Vec::new(),
         };
-        let order = vec!["mii".to_string(), "e100".to_string()];
+        let order = vec![
+            "mii".to_string(),
+            "e100".to_string(),
+            "cdc_ether".to_string(),
+        ];
         assert_eq!(
-            driver_aliases(&k, &order, &["e100".to_string()]),
-            "pci:v00008086d00001229sv*sd*bc*sc*i* kernel/e100.ko\n",
+            driver_aliases(&k, &order, &["e100".to_string(), "cdc_ether".to_string()]),
+            "pci:v00008086d00001229sv*sd*bc*sc*i* kernel/e100.ko\n\
+             usb:v*p*d*dc*dsc*dp*ic02isc06ip00in* kernel/cdc_ether.ko\n",
             "dependencies are loaded through modules.dep, not matched themselves"
         );
     }

@@ -184,6 +184,16 @@ fn ip(args: &[&str]) -> Result<String, String> {
     run(Command::new("ip").args(args))
 }
 
+/// The network hardware of a PC booted by [`Lab::boot_direct_with`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DirectCard {
+    /// An Intel PRO/1000 PCI card.
+    E1000,
+    /// No network card: a USB Ethernet adapter (QEMU's usb-net: RNDIS and CDC Ethernet) on
+    /// an xHCI controller. Debian's iPXE does not drive it, so such a PC is booted directly.
+    UsbNet,
+}
+
 /// A PC in the lab.
 pub struct Pc {
     pub name: String,
@@ -912,7 +922,7 @@ impl Lab {
     }
 
     /// Boot a PC straight into a kernel and initrd (`-kernel`/`-initrd`, no firmware boot):
-    /// `qemu` is `qemu-system-i386` (Pentium II) or `qemu-system-x86_64`.
+    /// `qemu` is `qemu-system-i386` (Pentium II) or `qemu-system-x86_64`. Its card is an e1000.
     pub fn boot_direct(
         &mut self,
         qemu: &str,
@@ -920,21 +930,35 @@ impl Lab {
         kernel: &Path,
         initrd: &Path,
     ) -> Result<usize, String> {
+        self.boot_direct_with(qemu, mem_mb, kernel, initrd, DirectCard::E1000)
+    }
+
+    /// [`Lab::boot_direct`] with the PC's network hardware given.
+    pub fn boot_direct_with(
+        &mut self,
+        qemu: &str,
+        mem_mb: u32,
+        kernel: &Path,
+        initrd: &Path,
+        card: DirectCard,
+    ) -> Result<usize, String> {
         let (n, tap, mac) = self.new_tap()?;
         let name = format!("direct-{n}");
         let serial = self.serial_for(&name);
         let mut cmd = self.qemu(qemu, &name, &serial, &tap)?;
-        cmd.args([
-            "-m",
-            &mem_mb.to_string(),
-            "-device",
-            &format!("e1000,netdev=n0,mac={mac}"),
-        ])
-        .arg("-kernel")
-        .arg(kernel)
-        .arg("-initrd")
-        .arg(initrd)
-        .args(["-append", "console=ttyS0,115200"]);
+        cmd.args(["-m", &mem_mb.to_string()]);
+        match card {
+            DirectCard::E1000 => cmd.args(["-device", &format!("e1000,netdev=n0,mac={mac}")]),
+            DirectCard::UsbNet => cmd.args(["-device", "qemu-xhci,id=xhci"]).args([
+                "-device",
+                &format!("usb-net,netdev=n0,mac={mac},bus=xhci.0"),
+            ]),
+        };
+        cmd.arg("-kernel")
+            .arg(kernel)
+            .arg("-initrd")
+            .arg(initrd)
+            .args(["-append", "console=ttyS0,115200"]);
         self.launch(cmd, name, mac, serial)
     }
 
