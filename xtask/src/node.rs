@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{bail, Context};
-use clap::Subcommand;
+use clap::{Subcommand, ValueEnum};
 use sha2::{Digest, Sha256};
 
 use crate::{build_head, enlist_bin, root, sh};
@@ -13,8 +13,12 @@ use crate::{build_head, enlist_bin, root, sh};
 pub enum NodeTask {
     /// Download the kernel source (i386), kernel (amd64) and busybox packages; check their sha256.
     Fetch,
-    /// Build the i586 node kernel from the kernel source package and `images/kernel/i586.config`.
-    Kernel,
+    /// Build a node kernel from the kernel source package and `images/kernel/<arch>.config`.
+    Kernel {
+        /// Which: i586 (the i586 image's; also built by `all`) or x86_64.
+        #[arg(long, value_enum, default_value_t = KernelArch::I586)]
+        arch: KernelArch,
+    },
     /// Cross-build the agent for i586 (Pentium II, no SSE2) and x86_64.
     Agent,
     /// Build the i586 and x86_64 images with `enlist image build`.
@@ -28,13 +32,13 @@ pub enum NodeTask {
 pub fn run(t: NodeTask) -> anyhow::Result<()> {
     match t {
         NodeTask::Fetch => fetch(),
-        NodeTask::Kernel => kernel(),
+        NodeTask::Kernel { arch } => kernel(arch.target()),
         NodeTask::Agent => agent(),
         NodeTask::Images => images(),
         NodeTask::CheckSse => check_sse(),
         NodeTask::All => {
             fetch()?;
-            kernel()?;
+            kernel(&I586)?;
             agent()?;
             images()
         }
@@ -148,27 +152,60 @@ fn jobs_packages(image: &str, arch: &'static str) -> anyhow::Result<Vec<(String,
         .collect()
 }
 
-/// Where the i586 kernel build puts its result: `vmlinuz-<release>` for the recipe's `kernel:`
-/// pattern, next to the packages it comes from.
-const KERNEL_DIR: &str = "images/cache/i386";
-const KERNEL_CONFIG: &str = "images/kernel/i586.config";
+/// The node kernels `cargo xtask node kernel` builds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum KernelArch {
+    I586,
+    #[value(name = "x86_64")]
+    X86_64,
+}
 
-/// Build the i586 node kernel: Debian's kernel source, `tinyconfig`, then the options in
-/// `images/kernel/i586.config`, drivers built in. Skipped when the source package, the options
-/// and the compiler are those of the last build (about 8 minutes on two cores).
-fn kernel() -> anyhow::Result<()> {
-    let cache = root().join(KERNEL_DIR);
-    let deb = file_in(&cache, |n| {
-        n.starts_with("linux-source-") && n.ends_with(".deb")
-    })
-    .with_context(|| format!("{}: run `cargo xtask node fetch`", cache.display()))?
-    .with_context(|| {
-        format!(
-            "{}: no linux-source package (run `cargo xtask node fetch`)",
-            cache.display()
-        )
-    })?;
-    let fragment_path = root().join(KERNEL_CONFIG);
+impl KernelArch {
+    fn target(self) -> &'static KernelTarget {
+        match self {
+            KernelArch::I586 => &I586,
+            KernelArch::X86_64 => &X86_64,
+        }
+    }
+}
+
+/// What one node kernel is built from and where it goes.
+pub struct KernelTarget {
+    /// `make ARCH=`.
+    make_arch: &'static str,
+    /// The options on top of `tinyconfig`.
+    config: &'static str,
+    /// Where the result goes, `vmlinuz-<release>` for a recipe's `kernel:` pattern, beside the
+    /// packages of that arch.
+    out_dir: &'static str,
+    /// Where it is built (each kernel keeps its own tree, so both stay built).
+    tree: &'static str,
+}
+
+const I586: KernelTarget = KernelTarget {
+    make_arch: "i386",
+    config: "images/kernel/i586.config",
+    out_dir: "images/cache/i386",
+    tree: "target/node-kernel/linux",
+};
+
+const X86_64: KernelTarget = KernelTarget {
+    make_arch: "x86_64",
+    config: "images/kernel/x86_64.config",
+    out_dir: "images/cache/amd64",
+    tree: "target/node-kernel/x86_64",
+};
+
+/// The kernel source package (arch all), fetched beside the i386 packages.
+const KERNEL_SOURCE_DIR: &str = "images/cache/i386";
+
+/// Build a node kernel: Debian's kernel source, `tinyconfig`, then the options in `t.config`,
+/// drivers built in. Skipped when the source package, the options and the compiler are those
+/// of the last build (the i586 one: about 8 minutes on two cores).
+fn kernel(t: &KernelTarget) -> anyhow::Result<()> {
+    let cache = root().join(t.out_dir);
+    let deb = kernel_source_deb()?;
+    let fragment_path = root().join(t.config);
     let fragment = std::fs::read_to_string(&fragment_path)
         .with_context(|| fragment_path.display().to_string())?;
     let gcc = output(Command::new("gcc").arg("--version"))?;
@@ -184,16 +221,20 @@ fn kernel() -> anyhow::Result<()> {
         .as_ref()
         .filter(|_| std::fs::read_to_string(&key_path).ok().as_deref() == Some(&key))
     {
-        eprintln!("xtask: node kernel up to date ({})", key.trim());
-        return kernel_device_table(&cache, built);
+        eprintln!(
+            "xtask: {} node kernel up to date ({})",
+            t.make_arch,
+            key.trim()
+        );
+        return kernel_device_table(&cache, built, t);
     }
 
-    let src = root().join("target/node-kernel/linux");
+    let src = root().join(t.tree);
     unpack_source(&deb, &src)?;
     let make = || {
         let mut c = Command::new("make");
         c.current_dir(&src)
-            .arg("ARCH=i386")
+            .arg(format!("ARCH={}", t.make_arch))
             .arg("LOCALVERSION=-enlist")
             // Reproducible: the same inputs give the same bytes, so the same image version.
             .env("KBUILD_BUILD_USER", "enlist")
@@ -204,7 +245,7 @@ fn kernel() -> anyhow::Result<()> {
     sh(make().arg("tinyconfig"))?;
     sh(Command::new(src.join("scripts/kconfig/merge_config.sh"))
         .current_dir(&src)
-        .env("ARCH", "i386")
+        .env("ARCH", t.make_arch)
         .args(["-m", ".config"])
         .arg(&fragment_path))?;
     sh(make().arg("olddefconfig"))?;
@@ -231,7 +272,22 @@ fn kernel() -> anyhow::Result<()> {
         out.display(),
         std::fs::metadata(&out)?.len()
     );
-    kernel_device_table(&cache, &out)
+    kernel_device_table(&cache, &out, t)
+}
+
+/// Debian's linux-source package, as `cargo xtask node fetch` left it.
+fn kernel_source_deb() -> anyhow::Result<PathBuf> {
+    let sources = root().join(KERNEL_SOURCE_DIR);
+    file_in(&sources, |n| {
+        n.starts_with("linux-source-") && n.ends_with(".deb")
+    })
+    .with_context(|| format!("{}: run `cargo xtask node fetch`", sources.display()))?
+    .with_context(|| {
+        format!(
+            "{}: no linux-source package (run `cargo xtask node fetch`)",
+            sources.display()
+        )
+    })
 }
 
 /// Unpack the kernel source from its Debian package (which holds it as
@@ -283,7 +339,7 @@ fn check_config(src: &Path, fragment: &str, fragment_path: &Path) -> anyhow::Res
 /// Write the table of the PCI devices the kernel's built-in drivers take beside it (see
 /// `enlist::image::alias_table`), from its `modules.builtin` and Debian's amd64 kernel package
 /// of the same release (fetched for the x86_64 image). Redone when that package changes.
-fn kernel_device_table(cache: &Path, vmlinuz: &Path) -> anyhow::Result<()> {
+fn kernel_device_table(cache: &Path, vmlinuz: &Path, t: &KernelTarget) -> anyhow::Result<()> {
     let release = enlist::image::alias_table::kernel_release(vmlinuz)
         .with_context(|| format!("{}: not named vmlinuz-<release>", vmlinuz.display()))?;
     let amd64 = root().join("images/cache/amd64");
@@ -308,7 +364,7 @@ fn kernel_device_table(cache: &Path, vmlinuz: &Path) -> anyhow::Result<()> {
     // Kept beside the kernel since the build; a kernel built before that has it in the tree.
     let listed = [
         cache.join(format!("modules.builtin-{release}")),
-        root().join("target/node-kernel/linux/modules.builtin"),
+        root().join(t.tree).join("modules.builtin"),
     ];
     let builtin = listed
         .iter()

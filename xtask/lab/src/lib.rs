@@ -62,11 +62,12 @@ pub const APT_PACKAGES: &[&str] = &[
     "dosfstools",
     "xorriso",
     "gcc-multilib",
-    // the i586 node kernel's build (`cargo xtask node kernel`)
+    // the node kernels' build (`cargo xtask node kernel`; libelf for the x86_64 one's objtool)
     "make",
     "flex",
     "bison",
     "bc",
+    "libelf-dev",
     "xz-utils",
     "qemu-user",
     "iproute2",
