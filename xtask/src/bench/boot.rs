@@ -31,6 +31,7 @@ fn one_run(
     nodes: usize,
     run: usize,
     loss: u32,
+    x64_image: &str,
 ) -> anyhow::Result<Vec<NodeTimes>> {
     let ns = format!("bench-boot-{server}");
     let dir = root().join("lab").join(&ns);
@@ -38,7 +39,7 @@ fn one_run(
     let mut lab = Lab::new(&ns, &dir).map_err(|e| anyhow!(e))?;
     lab.loss_percent = loss;
     let images = root().join("images/out");
-    let config = head_config(&lab, &dir, &images, server)?;
+    let config = head_config(&lab, &dir, &images, server, x64_image)?;
     lab.start_head(&enlist_bin(), &config)
         .map_err(|e| anyhow!(e))?;
     if server == "dnsmasq" {
@@ -74,12 +75,25 @@ fn one_run(
     Ok(times)
 }
 
-/// The head's config: serving DHCP and TFTP itself, or only the agents (dnsmasq serves the
-/// rest).
-fn head_config(lab: &Lab, dir: &Path, images: &Path, server: &str) -> anyhow::Result<PathBuf> {
+/// The head's config: serving DHCP and TFTP itself (64-bit PCs get `x64_image`), or only the
+/// agents (dnsmasq serves the rest).
+fn head_config(
+    lab: &Lab,
+    dir: &Path,
+    images: &Path,
+    server: &str,
+    x64_image: &str,
+) -> anyhow::Result<PathBuf> {
     Ok(if server == "enlist" {
-        lab.write_config("dhcp", images, "")
-            .map_err(|e| anyhow!(e))?
+        let cfg = lab
+            .write_config("dhcp", images, "")
+            .map_err(|e| anyhow!(e))?;
+        let text = std::fs::read_to_string(&cfg)?.replace(
+            "  efi_x64: x86_64\n",
+            &format!("  efi_x64: {x64_image}\n  bios_x64: {x64_image}\n"),
+        );
+        std::fs::write(&cfg, text)?;
+        cfg
     } else {
         // The head only answers agents here; dnsmasq does DHCP and TFTP on the bridge.
         let cfg = dir.join("config.yaml");
@@ -211,25 +225,37 @@ fn fmt(v: Option<f64>) -> String {
         .unwrap_or_else(|| "FAIL".into())
 }
 
-pub fn run(profile: &str, nodes: usize, runs: usize, losses: &[u32]) -> anyhow::Result<()> {
+pub fn run(
+    profile: &str,
+    nodes: usize,
+    runs: usize,
+    losses: &[u32],
+    x64_image: &str,
+) -> anyhow::Result<()> {
     let profile = match Profile::parse(profile) {
         Some(p @ (Profile::P2Pxe | Profile::X64Pxe)) => p,
         _ => anyhow::bail!("--pc {profile:?}: a PXE profile, p2-pxe or x64-pxe"),
     };
     for &loss in losses {
-        run_at(profile, nodes, runs, loss)?;
+        run_at(profile, nodes, runs, loss, x64_image)?;
     }
     Ok(())
 }
 
-fn run_at(profile: Profile, nodes: usize, runs: usize, loss: u32) -> anyhow::Result<()> {
+fn run_at(
+    profile: Profile,
+    nodes: usize,
+    runs: usize,
+    loss: u32,
+    x64_image: &str,
+) -> anyhow::Result<()> {
     let mut summary = Vec::new();
     let mut ratios = Vec::new();
     let mut failures = [0, 0];
     for run in 1..=runs {
         let mut all_up = Vec::new();
         for server in ["enlist", "dnsmasq"] {
-            let times = one_run(server, profile, nodes, run, loss)?;
+            let times = one_run(server, profile, nodes, run, loss, x64_image)?;
             for (i, t) in times.iter().enumerate() {
                 println!(
                     "run {run} {server:<7} pc {}: userland {:>6} s, registered {:>6} s",
@@ -262,7 +288,7 @@ fn run_at(profile: Profile, nodes: usize, runs: usize, loss: u32) -> anyhow::Res
         summary.push(line);
     }
     println!();
-    println!("Boot storm, {} PCs powered on together, {loss}% of frames lost each way; OS up = last node OS up (kernel and initrd arrived, booted), all-up = last agent registered (s from power-on)", profile.name());
+    println!("Boot storm, {} PCs powered on together (enlist's 64-bit image: {x64_image}), {loss}% of frames lost each way; OS up = last node OS up (kernel and initrd arrived, booted), all-up = last agent registered (s from power-on)", profile.name());
     println!("| run | PCs | loss | enlist OS up | enlist all-up | failed | dnsmasq OS up | dnsmasq all-up | failed | ratio |");
     println!("|---|---|---|---|---|---|---|---|---|---|");
     for l in summary {

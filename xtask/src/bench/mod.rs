@@ -29,6 +29,10 @@ pub enum BenchTask {
         /// e.g. `0,10` for a bad cable against a good one).
         #[arg(long, value_delimiter = ',', default_value = "0")]
         loss: Vec<u32>,
+        /// The image enlist boots 64-bit PCs with (images.efi_x64 and bios_x64): x86_64, or
+        /// x86_64-own (our kernel; `enlist image build images/x86_64-own.yaml` first).
+        #[arg(long, default_value = "x86_64")]
+        x64_image: String,
     },
     /// Scale: simulated agents registering, then heartbeating, against one head; then a burst
     /// of nodes fetching their boot files over HTTP through a shaped link; then a room of
@@ -135,7 +139,8 @@ pub fn run(t: BenchTask) -> anyhow::Result<()> {
             nodes,
             runs,
             loss,
-        } => boot::run(&pc, nodes, runs, &loss),
+            x64_image,
+        } => boot::run(&pc, nodes, runs, &loss, &x64_image),
         BenchTask::Tftp { clients, runs } => tftp::run(&clients, runs),
         BenchTask::Scale {
             agents,
