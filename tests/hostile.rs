@@ -265,11 +265,7 @@ fn script_url(mac: Mac) -> String {
 
 /// The URL of a script's first `initrd --name initrd [--timeout N] http://...` line.
 fn initrd_url(script: &str) -> Option<String> {
-    script
-        .lines()
-        .filter_map(|l| l.trim().strip_prefix("initrd --name initrd "))
-        .find_map(|rest| rest.split_whitespace().find(|w| w.starts_with("http://")))
-        .map(str::to_string)
+    enlist_lab::script_http_url(script, "initrd --name initrd ")
 }
 
 fn key_in(overlay: &[u8]) -> Option<NodeKey> {

@@ -170,7 +170,7 @@ impl KernelArch {
 }
 
 /// What one node kernel is built from and where it goes.
-pub struct KernelTarget {
+struct KernelTarget {
     /// `make ARCH=`.
     make_arch: &'static str,
     /// The options on top of `tinyconfig`.
@@ -226,7 +226,7 @@ fn kernel(t: &KernelTarget) -> anyhow::Result<()> {
             t.make_arch,
             key.trim()
         );
-        return kernel_device_table(&cache, built, t);
+        return kernel_device_table(built, t);
     }
 
     let src = root().join(t.tree);
@@ -272,7 +272,7 @@ fn kernel(t: &KernelTarget) -> anyhow::Result<()> {
         out.display(),
         std::fs::metadata(&out)?.len()
     );
-    kernel_device_table(&cache, &out, t)
+    kernel_device_table(&out, t)
 }
 
 /// Debian's linux-source package, as `cargo xtask node fetch` left it.
@@ -339,7 +339,8 @@ fn check_config(src: &Path, fragment: &str, fragment_path: &Path) -> anyhow::Res
 /// Write the table of the PCI devices the kernel's built-in drivers take beside it (see
 /// `enlist::image::alias_table`), from its `modules.builtin` and Debian's amd64 kernel package
 /// of the same release (fetched for the x86_64 image). Redone when that package changes.
-fn kernel_device_table(cache: &Path, vmlinuz: &Path, t: &KernelTarget) -> anyhow::Result<()> {
+fn kernel_device_table(vmlinuz: &Path, t: &KernelTarget) -> anyhow::Result<()> {
+    let cache = root().join(t.out_dir);
     let release = enlist::image::alias_table::kernel_release(vmlinuz)
         .with_context(|| format!("{}: not named vmlinuz-<release>", vmlinuz.display()))?;
     let amd64 = root().join("images/cache/amd64");

@@ -185,6 +185,17 @@ fn ip(args: &[&str]) -> Result<String, String> {
     run(Command::new("ip").args(args))
 }
 
+/// The URL of the first line of an iPXE boot script that starts with `command` (`kernel `,
+/// `initrd --name initrd `) and names an `http://` URL: the first such word (options such as
+/// `--timeout N` come before it).
+pub fn script_http_url(script: &str, command: &str) -> Option<String> {
+    script
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix(command))
+        .find_map(|rest| rest.split_whitespace().find(|w| w.starts_with("http://")))
+        .map(str::to_string)
+}
+
 /// The network hardware of a PC booted by [`Lab::boot_direct_with`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DirectCard {

@@ -22,16 +22,10 @@ struct Fetch {
 
 /// The kernel and initrd URLs of the script's HTTP (`bios`) section.
 fn boot_urls(script: &str) -> Option<(String, String)> {
-    // The first `http://` word of the first line starting with `prefix` that has one (the
-    // options, such as `--timeout`, come before the URL).
-    let url_after = |prefix: &str| {
-        script
-            .lines()
-            .filter_map(|l| l.trim().strip_prefix(prefix))
-            .find_map(|rest| rest.split_whitespace().find(|w| w.starts_with("http://")))
-            .map(str::to_string)
-    };
-    Some((url_after("kernel ")?, url_after("initrd --name initrd ")?))
+    Some((
+        enlist_lab::script_http_url(script, "kernel ")?,
+        enlist_lab::script_http_url(script, "initrd --name initrd ")?,
+    ))
 }
 
 fn boot_one(http: &ureq::Agent, mac: &str) -> anyhow::Result<u64> {
