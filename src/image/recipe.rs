@@ -172,7 +172,11 @@ mod tests {
 
     #[test]
     fn recipes_in_repo_parse() {
-        for r in ["../../images/i586.yaml", "../../images/x86_64.yaml"] {
+        for r in [
+            "../../images/i586.yaml",
+            "../../images/x86_64.yaml",
+            "../../images/x86_64-debian.yaml",
+        ] {
             let p = Path::new(env!("CARGO_MANIFEST_DIR"))
                 .join("src/image")
                 .join(r);

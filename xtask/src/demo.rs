@@ -35,7 +35,7 @@ pub enum LabTask {
         #[arg(long, default_value = "enlist-lab")]
         name: String,
         /// p2-pxe, p2-floppy, p2-floppy-rtl8139, p2-floppy-tulip, p2-usb, p2-pxe-vmxnet3,
-        /// x64-pxe, x64-pxe-e1000e, x64-uefi.
+        /// x64-pxe, x64-pxe-e1000e, x64-pxe-pcnet, x64-pxe-virtio, x64-uefi.
         profile: String,
     },
     /// Remove a lab's processes and namespace (also after a crash).

@@ -15,7 +15,7 @@ pub enum NodeTask {
     Fetch,
     /// Build a node kernel from the kernel source package and `images/kernel/<arch>.config`.
     Kernel {
-        /// Which: i586 (the i586 image's; also built by `all`) or x86_64.
+        /// Which: i586 or x86_64 (each image's own; `all` builds both).
         #[arg(long, value_enum, default_value_t = KernelArch::I586)]
         arch: KernelArch,
     },
@@ -39,6 +39,7 @@ pub fn run(t: NodeTask) -> anyhow::Result<()> {
         NodeTask::All => {
             fetch()?;
             kernel(&I586)?;
+            kernel(&X86_64)?;
             agent()?;
             images()
         }

@@ -6,7 +6,8 @@
 //!   commented example), the hardened systemd unit, and a postinst that makes the state folder
 //!   and says what to do next.
 //! - `enlist-node-images_<version>_all.deb`: the current i586 and x86_64 node images (kernel,
-//!   initrd, jobs runtime) in the default config's `images.dir`.
+//!   initrd, jobs runtime) in the default config's `images.dir`, and the kit to build them
+//!   (and x86_64-debian) again with `enlist image build`.
 //!
 //! `--install-test` then proves them on a clean Debian 12 root (debootstrap into a folder):
 //! `apt install ./enlist_*.deb ./enlist-node-images_*.deb`, the installed head started as its
@@ -25,6 +26,9 @@ use crate::{build_head, enlist_bin, root, sh};
 const IMAGES_DIR: &str = "var/lib/enlist/images";
 /// The images the package carries.
 const IMAGES: [&str; 2] = ["i586", "x86_64"];
+/// Recipes the package carries without their image, each with the packaged image whose agent
+/// it uses: x86_64 on Debian's kernel, for a card enlist's kernel has no driver for.
+const RECIPES_ONLY: [(&str, &str); 1] = [("x86_64-debian", "x86_64")];
 
 #[derive(clap::Args)]
 pub struct PackageArgs {
@@ -57,6 +61,7 @@ pub fn run(args: PackageArgs) -> anyhow::Result<()> {
         &[
             "./usr/share/enlist/images/i586.version",
             "./usr/share/enlist/images/x86_64.version",
+            "./usr/share/enlist/kit/x86_64-debian.yaml",
         ],
     )?;
     check_unit(&out.join("enlist"))?;
@@ -479,7 +484,10 @@ fn images_package(out: &Path, version: &str) -> anyhow::Result<PathBuf> {
             format!("{current}\n").as_bytes(),
             0o644,
         )?;
-        kit(&dir, image)?;
+        kit(&dir, image, image)?;
+    }
+    for (recipe, agent_of) in RECIPES_ONLY {
+        kit(&dir, recipe, agent_of)?;
     }
     sh(Command::new("cp")
         .arg("-a")
@@ -490,8 +498,9 @@ fn images_package(out: &Path, version: &str) -> anyhow::Result<PathBuf> {
          Maintainer: enlist developers <enlist@localhost>\nInstalled-Size: {size}\n\
          Description: node OS images for the enlist head\n \
          The i586 image (Pentium and up, no SSE2 needed, i586 kernel built for period PCs)\n \
-         and the x86_64 image (Debian's kernel and Ethernet modules), with their jobs\n \
-         runtimes, published where enlist's default configuration looks for them.\n",
+         and the x86_64 image (64-bit kernel with desktop, server and USB cards built in),\n \
+         with their jobs runtimes, published where enlist's default configuration looks\n \
+         for them; and the recipe of an x86_64 image on Debian's kernel and modules.\n",
         size = installed_kib(&dir)?
     );
     write(&dir.join("DEBIAN/control"), control.as_bytes(), 0o644)?;
@@ -508,9 +517,10 @@ fn images_package(out: &Path, version: &str) -> anyhow::Result<PathBuf> {
 /// the recipes, the agents, the node OS's own files.
 const KIT: &str = "usr/share/enlist/kit";
 
-/// An image's recipe for a head installed from packages, its agent, and (i586) its kernel,
-/// which is built from source and so is not a Debian package to download.
-fn kit(dir: &Path, image: &str) -> anyhow::Result<()> {
+/// An image's recipe for a head installed from packages, its agent (in `agent_of`'s folder of
+/// the kit), and its kernel when it is built from source and so is not a Debian package to
+/// download.
+fn kit(dir: &Path, image: &str, agent_of: &str) -> anyhow::Result<()> {
     let recipe_path = root().join("images").join(format!("{image}.yaml"));
     let text = std::fs::read_to_string(&recipe_path)?;
     let (recipe, base) = enlist::image::recipe::Recipe::load(&recipe_path)?;
@@ -540,14 +550,14 @@ fn kit(dir: &Path, image: &str) -> anyhow::Result<()> {
     };
     copy(
         &base.join(&recipe.agent),
-        &dir.join(KIT).join(image).join("enlist-agent"),
+        &dir.join(KIT).join(agent_of).join("enlist-agent"),
         0o755,
     )?;
     let recipe = kit_recipe(
         &text,
         &format!("/{cache}"),
         &kernel,
-        &format!("/{KIT}/{image}/enlist-agent"),
+        &format!("/{KIT}/{agent_of}/enlist-agent"),
         &format!("/{KIT}/rootfs"),
     );
     write(

@@ -134,6 +134,10 @@ pub enum Profile {
     X64Pxe,
     /// x86_64, an Intel 82574L (e1000e, a current desktop card), BIOS PXE.
     X64PxeE1000e,
+    /// x86_64, an AMD PCnet-PCI II (pcnet32, the office PC card of the late 1990s), BIOS PXE.
+    X64PxePcnet,
+    /// x86_64, a virtio network card (a virtual machine's), BIOS PXE.
+    X64PxeVirtio,
     /// x86_64, e1000, OVMF UEFI network boot.
     X64Uefi,
 }
@@ -150,6 +154,8 @@ impl Profile {
             "p2-pxe-vmxnet3" => Profile::P2PxeVmxnet3,
             "x64-pxe" => Profile::X64Pxe,
             "x64-pxe-e1000e" => Profile::X64PxeE1000e,
+            "x64-pxe-pcnet" => Profile::X64PxePcnet,
+            "x64-pxe-virtio" => Profile::X64PxeVirtio,
             "x64-uefi" => Profile::X64Uefi,
             _ => return None,
         })
@@ -165,6 +171,8 @@ impl Profile {
             Profile::P2PxeVmxnet3 => "p2-pxe-vmxnet3",
             Profile::X64Pxe => "x64-pxe",
             Profile::X64PxeE1000e => "x64-pxe-e1000e",
+            Profile::X64PxePcnet => "x64-pxe-pcnet",
+            Profile::X64PxeVirtio => "x64-pxe-virtio",
             Profile::X64Uefi => "x64-uefi",
         }
     }
@@ -820,14 +828,17 @@ impl Lab {
             | Profile::P2FloppyNe2kIsa
             | Profile::P2Usb
             | Profile::P2PxeVmxnet3 => "qemu-system-i386",
-            Profile::X64Pxe | Profile::X64PxeE1000e | Profile::X64Uefi => "qemu-system-x86_64",
+            Profile::X64Pxe
+            | Profile::X64PxeE1000e
+            | Profile::X64PxePcnet
+            | Profile::X64PxeVirtio
+            | Profile::X64Uefi => "qemu-system-x86_64",
         };
         let mut cmd = self.qemu(qemu, &name, &serial, &tap)?;
-        match profile {
-            Profile::X64Pxe | Profile::X64PxeE1000e | Profile::X64Uefi => {
-                self.x64_machine(&mut cmd, profile, &name, &mac)?
-            }
-            _ => p2_machine(&mut cmd, profile, &mac, floppy)?,
+        if qemu == "qemu-system-x86_64" {
+            self.x64_machine(&mut cmd, profile, &name, &mac)?
+        } else {
+            p2_machine(&mut cmd, profile, &mac, floppy)?
         }
         self.launch(cmd, name, mac, serial)
     }
@@ -841,11 +852,16 @@ impl Lab {
         mac: &str,
     ) -> Result<(), String> {
         match profile {
-            Profile::X64Pxe | Profile::X64PxeE1000e => {
-                let card = if profile == Profile::X64Pxe {
-                    "e1000"
-                } else {
-                    "e1000e"
+            Profile::X64Pxe
+            | Profile::X64PxeE1000e
+            | Profile::X64PxePcnet
+            | Profile::X64PxeVirtio => {
+                // Each with QEMU's iPXE ROM for it (pxe-<card>.rom).
+                let card = match profile {
+                    Profile::X64PxeE1000e => "e1000e",
+                    Profile::X64PxePcnet => "pcnet",
+                    Profile::X64PxeVirtio => "virtio-net-pci",
+                    _ => "e1000",
                 };
                 cmd.args([
                     "-m",

@@ -29,8 +29,9 @@ pub enum BenchTask {
         /// e.g. `0,10` for a bad cable against a good one).
         #[arg(long, value_delimiter = ',', default_value = "0")]
         loss: Vec<u32>,
-        /// The image enlist boots 64-bit PCs with (images.efi_x64 and bios_x64): x86_64, or
-        /// x86_64-own (our kernel; `enlist image build images/x86_64-own.yaml` first).
+        /// The image enlist boots 64-bit PCs with (images.efi_x64 and bios_x64): x86_64 (our
+        /// kernel), or x86_64-debian (Debian's; `enlist image build
+        /// images/x86_64-debian.yaml` first).
         #[arg(long, default_value = "x86_64")]
         x64_image: String,
     },
