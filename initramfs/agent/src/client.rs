@@ -340,16 +340,44 @@ fn unix_now() -> i64 {
 }
 
 /// A registration challenge: 16 bytes of the kernel's random source, as hex.
+///
+/// Taken without waiting for the kernel's random source to be seeded (`GRND_INSECURE`): just
+/// after boot it is not yet, and reading /dev/urandom then makes Linux 6.1 gather jitter
+/// entropy first, a second of every boot. The challenge needs only never to repeat under one
+/// node key: the head gives the node a new key at every boot, and the generator's output does
+/// not repeat within a boot. Nothing secret is made from it.
 fn challenge() -> Result<String, String> {
     let mut b = [0u8; 16];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut b))
-        .map_err(|e| format!("/dev/urandom: {e}"))?;
+    if !fill_without_waiting(&mut b) {
+        std::fs::File::open("/dev/urandom")
+            .and_then(|mut f| f.read_exact(&mut b))
+            .map_err(|e| format!("/dev/urandom: {e}"))?;
+    }
     Ok(hex::encode(b))
+}
+
+/// `getrandom(GRND_INSECURE)` into `buf`; false where the kernel has no such flag (before 5.6).
+#[allow(unsafe_code)] // getrandom(2): no safe wrapper for GRND_INSECURE in std
+fn fill_without_waiting(buf: &mut [u8]) -> bool {
+    // SAFETY: the kernel writes at most buf.len() bytes into buf, which we own mutably.
+    let n = unsafe { libc::getrandom(buf.as_mut_ptr().cast(), buf.len(), libc::GRND_INSECURE) };
+    usize::try_from(n).is_ok_and(|n| n == buf.len())
 }
 
 /// An error body as one short line for the console.
 fn short(s: String) -> String {
     let line: String = s.chars().filter(|c| !c.is_control()).take(200).collect();
     line
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn challenges_are_32_hex_digits_and_differ() {
+        let a = super::challenge().unwrap_or_default();
+        let b = super::challenge().unwrap_or_default();
+        assert_eq!(a.len(), 32, "{a}");
+        assert!(a.chars().all(|c| c.is_ascii_hexdigit()), "{a}");
+        assert_ne!(a, b);
+    }
 }
