@@ -183,6 +183,12 @@ const HEAD_STALL_MS: u32 = 60_000;
 /// Shorter than the head's: the fallback is always there.
 const MIRROR_STALL_MS: u32 = 15_000;
 
+/// Before a script tries again, iPXE closes and reopens its network card, which resets it:
+/// a period card whose receive ring a burst overflowed (iPXE's NE2000 driver, seen in the lab
+/// behind nginx) receives nothing more until then, so every retry would fail for ever.
+/// The IP settings stay; the wait after it lets the link come up.
+const RESET_CARD: &str = "ifclose ||\nifopen ||\n";
+
 /// One section of a node's script: `label`, booting `img` from `files` (the head's HTTP or
 /// TFTP base), through the group's mirror first where it has one.
 fn section(p: &ScriptParams, label: &str, files: &str, img: &ScriptImage) -> String {
@@ -284,6 +290,7 @@ pub fn node_script(
          {}{}{}\
          :failed\n\
          echo enlist: boot failed; retrying in 10 s\n\
+         {RESET_CARD}\
          sleep 10\n\
          {}",
         section(p, "bios", p.base, bios),
@@ -344,6 +351,7 @@ fn retry_script(why: &str, rechain: &str) -> String {
         "#!ipxe\n\
          :failed\n\
          echo enlist: {why}; retrying in 30 s\n\
+         {RESET_CARD}\
          sleep 30\n\
          {rechain}"
     )
@@ -440,6 +448,12 @@ mod tests {
             "chain --autofree http://10.77.0.1:8080/boot/52-54-00-77-00-10.ipxe || goto failed"
         ));
         assert!(
+            s.contains(
+                ":failed\necho enlist: boot failed; retrying in 10 s\nifclose ||\nifopen ||\nsleep 10\n"
+            ),
+            "the card is reset before the script is fetched again: {s}"
+        );
+        assert!(
             s.contains("iseq ${netX/busid} 01:80:86:12:29 && goto rechain_tftp ||\n")
                 && s.contains(
                     "chain --autofree tftp://10.77.0.1/boot/52-54-00-77-00-10.ipxe || goto failed"
@@ -462,5 +476,9 @@ mod tests {
             "{s}"
         );
         assert!(!s.contains("${x}"), "{s}");
+        assert!(
+            s.contains("ifclose ||\nifopen ||\nsleep 30\nchain x\n"),
+            "{s}"
+        );
     }
 }
