@@ -54,7 +54,7 @@ pub use enlist_api::admin::Event as EventRow;
 
 impl NodeRow {
     /// Whether its node OS reported a CPU with long mode (the `lm` flag): such a PC can boot
-    /// the 64-bit image, whose kernel carries every Debian network driver.
+    /// the 64-bit image, whose kernel has the drivers of the last 25 years' cards.
     pub fn cpu_64bit(&self) -> bool {
         #[derive(serde::Deserialize)]
         struct Flags {

@@ -657,13 +657,16 @@ fn install_test(head: &Path, images: &Path) -> anyhow::Result<()> {
     sh(Command::new("chroot")
         .arg(&chroot)
         .args(["enlist", "check-config"]))?;
-    // An admin's own build of the i586 image, from the kit and Debian's packages.
-    sh(Command::new("chroot").arg(&chroot).args([
-        "enlist",
-        "image",
-        "build",
-        "/usr/share/enlist/kit/i586.yaml",
-    ]))?;
+    // An admin's own build of each image, from the kit (with the kernels built from source)
+    // and Debian's packages.
+    for image in IMAGES {
+        sh(Command::new("chroot").arg(&chroot).args([
+            "enlist",
+            "image",
+            "build",
+            &format!("/{KIT}/{image}.yaml"),
+        ]))?;
+    }
     sh(Command::new("chroot")
         .arg(&chroot)
         .args(["enlist", "image", "list"]))?;
