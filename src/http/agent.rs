@@ -350,6 +350,9 @@ async fn jobs(State(s): State<Shared>, a: Agent) -> Response {
             .node(mac)
             .map_err(|e| AgentError::BadRequest(e.to_string()))?;
         let member = row.state.is_peer() && row.approved && !row.released;
+        if member {
+            jobs.note_joining(&row);
+        }
         Ok(member.then(|| jobs.descriptor(mac, &row.group, &req)))
     })
     .await;

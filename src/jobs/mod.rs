@@ -219,7 +219,16 @@ pub struct Jobs {
     /// Lost nodes being (or already) deleted from the scheduler: one attempt loop per loss,
     /// however many updates say the node is lost; cleared when it is alive again.
     forgetting: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// Nodes that asked to join, by name: an estimate of their memory per CPU, and since when.
+    /// They lower the partition's default memory before their slurmd is listed
+    /// ([`slurm::default_mem_per_cpu`]); dropped once listed, or after [`JOINING_FOR`].
+    joining: std::sync::Mutex<std::collections::HashMap<String, (u64, std::time::Instant)>>,
+    /// Wakes the scheduler poll at once (a node asked to join).
+    poll_now: tokio::sync::Notify,
 }
+
+/// How long a node that asked to join counts as joining if its slurmd never shows up.
+const JOINING_FOR: Duration = Duration::from_secs(120);
 
 impl Jobs {
     /// Prepare the jobs of `cfg` (None when they are off): check the programs, make the munge
@@ -289,6 +298,8 @@ impl Jobs {
             firewall,
             metrics,
             forgetting: Default::default(),
+            joining: Default::default(),
+            poll_now: tokio::sync::Notify::new(),
         })))
     }
 
@@ -540,9 +551,23 @@ impl Jobs {
             }
             tokio::select! {
                 _ = tokio::time::sleep(POLL) => {}
+                _ = self.poll_now.notified() => {}
                 _ = shutdown.wait_for(|v| *v) => return,
             }
         }
+    }
+
+    /// Node `row` asked to join: count it in the partition's default memory per CPU at once
+    /// (an estimate from its inventory), before its slurmd can be listed and given jobs.
+    pub fn note_joining(&self, row: &crate::store::NodeRow) {
+        let Some((mem_total_kb, cores)) = row.memory_and_cores() else {
+            return;
+        };
+        let estimate = slurm::joining_estimate(mem_total_kb, cores, self.cfg.jobs.mem_reserve_mb);
+        if let Ok(mut j) = self.joining.lock() {
+            j.insert(row.name.clone(), (estimate, std::time::Instant::now()));
+        }
+        self.poll_now.notify_one();
     }
 
     /// With `def_mem_per_cpu: auto` and our own slurmctld: keep the partition's default memory
@@ -558,7 +583,18 @@ impl Jobs {
         {
             return;
         }
-        let Some(mb) = slurm::smallest_mem_per_cpu(nodes) else {
+        let joining: std::collections::HashMap<String, u64> = match self.joining.lock() {
+            Ok(mut j) => {
+                j.retain(|name, (_, since)| {
+                    !nodes.contains_key(name) && since.elapsed() < JOINING_FOR
+                });
+                j.iter()
+                    .map(|(name, (mb, _))| (name.clone(), *mb))
+                    .collect()
+            }
+            Err(_) => Default::default(),
+        };
+        let Some(mb) = slurm::default_mem_per_cpu(nodes, &joining) else {
             return;
         };
         let stale =
@@ -575,7 +611,7 @@ impl Jobs {
                 if f.applied != Some(mb) {
                     tracing::info!(
                         partition = %self.cfg.jobs.partition,
-                        "jobs: a job that does not ask (--mem) gets {mb} MB per CPU: the smallest node up"
+                        "jobs: a job that does not ask (--mem) gets {mb} MB per CPU: what the smallest node up or joining has"
                     );
                 }
                 f.applied = Some(mb);

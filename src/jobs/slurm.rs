@@ -92,6 +92,30 @@ pub fn smallest_mem_per_cpu(nodes: &HashMap<String, SchedNode>) -> Option<u64> {
         .min()
 }
 
+/// A default memory per CPU every node can give, counting the nodes joining (asked to join,
+/// not yet in the scheduler's list: `joining`, name to an estimate from [`joining_estimate`])
+/// as well as those up, so a job submitted the moment a small node appears is not given
+/// more than it has (Slurm refuses such a job outright). A joining node's estimate counts
+/// until the scheduler lists it; then its own figure does.
+pub fn default_mem_per_cpu(
+    nodes: &HashMap<String, SchedNode>,
+    joining: &HashMap<String, u64>,
+) -> Option<u64> {
+    let waiting = joining
+        .iter()
+        .filter(|(name, _)| !nodes.contains_key(*name))
+        .map(|(_, mb)| *mb);
+    smallest_mem_per_cpu(nodes).into_iter().chain(waiting).min()
+}
+
+/// Memory per CPU a node that asks to join will surely have for jobs: a third of its memory,
+/// less `jobs.mem_reserve`. Its agent gives slurmd what is available when it starts, less
+/// the reserve, and a node OS with its daemons takes well under two thirds (a 64 MB Pentium
+/// II, 54 MiB for Linux: 18 here, 35 given).
+pub fn joining_estimate(mem_total_kb: u64, cores: u32, reserve_mb: u64) -> u64 {
+    ((mem_total_kb / 1024 / 3).saturating_sub(reserve_mb) / u64::from(cores.max(1))).max(1)
+}
+
 /// scontrol's answer for a node it has no record of (22.05: "Invalid node name specified").
 fn unknown_node(message: &str) -> bool {
     message.contains("Invalid node name")
@@ -405,6 +429,18 @@ mod tests {
         );
         nodes.remove("p2");
         assert_eq!(smallest_mem_per_cpu(&nodes), Some(950));
+
+        // A Pentium II asking to join (the lab's: 54 MiB for Linux, 8 MB reserve, 35 MB
+        // given to slurmd) lowers the default before its slurmd is listed; then its own
+        // figure counts.
+        let estimate = joining_estimate(55_900, 1, 8);
+        assert!((1..=35).contains(&estimate), "{estimate}");
+        let joining = HashMap::from([("p2".to_string(), estimate)]);
+        assert_eq!(default_mem_per_cpu(&nodes, &joining), Some(estimate));
+        nodes.insert("p2".to_string(), node("idle", 1, 35));
+        assert_eq!(default_mem_per_cpu(&nodes, &joining), Some(35));
+        assert_eq!(default_mem_per_cpu(&HashMap::new(), &HashMap::new()), None);
+        assert_eq!(joining_estimate(0, 0, 8), 1, "never zero");
     }
 
     #[test]

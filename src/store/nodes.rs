@@ -66,6 +66,17 @@ impl NodeRow {
             .and_then(|i| serde_json::from_str::<Flags>(i).ok())
             .is_some_and(|f| f.cpu_flags.iter().any(|f| f == "lm"))
     }
+
+    /// Its memory (kB, as Linux counts it) and cores, from the inventory its agent reported.
+    pub fn memory_and_cores(&self) -> Option<(u64, u32)> {
+        #[derive(serde::Deserialize)]
+        struct Inventory {
+            mem_total_kb: u64,
+            cores: u32,
+        }
+        let i: Inventory = serde_json::from_str(self.info.as_deref()?).ok()?;
+        Some((i.mem_total_kb, i.cores))
+    }
 }
 
 const NODE_COLS: &str = "mac, name, grp, state, ip, info, heartbeat, last_seen, first_dhcp, boot_seconds, key_epoch, released, approved, created, quarantine, wakes_tried, wakes_woke, enlisted_secs, job_secs, kernel_args";
