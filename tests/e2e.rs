@@ -139,9 +139,13 @@ fn x64_pxe_pcs_boot_the_64_bit_image_at_their_first_boot_whatever_their_card() {
         let i = lab.boot(profile, None).unwrap_or_else(|e| panic!("{e}"));
         pcs.push(i);
     }
+    for &i in &pcs {
+        check(&lab, lab.wait_state(&lab.pcs[i].mac, "healthy", BOOT_LIMIT));
+    }
+    // Healthy after one heartbeat; a fault in the agent's loop shows a moment later.
+    std::thread::sleep(Duration::from_secs(3));
     for ((_, driver), i) in cards.iter().zip(pcs) {
         let mac = lab.pcs[i].mac.clone();
-        check(&lab, lab.wait_state(&mac, "healthy", BOOT_LIMIT));
         let node = lab
             .curl(&format!("/api/v1/nodes/{mac}"))
             .unwrap_or_default();

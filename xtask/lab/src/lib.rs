@@ -176,6 +176,18 @@ impl Profile {
             Profile::X64Uefi => "x64-uefi",
         }
     }
+
+    /// A 64-bit PC (qemu-system-x86_64); the others are Pentium IIs (qemu-system-i386).
+    pub fn is_x64(self) -> bool {
+        matches!(
+            self,
+            Profile::X64Pxe
+                | Profile::X64PxeE1000e
+                | Profile::X64PxePcnet
+                | Profile::X64PxeVirtio
+                | Profile::X64Uefi
+        )
+    }
 }
 
 pub fn run(cmd: &mut Command) -> Result<String, String> {
@@ -820,22 +832,13 @@ impl Lab {
         let (n, tap, mac) = self.new_tap()?;
         let name = format!("{}-{n}", profile.name());
         let serial = self.serial_for(&name);
-        let qemu = match profile {
-            Profile::P2Pxe
-            | Profile::P2Floppy
-            | Profile::P2FloppyRtl8139
-            | Profile::P2FloppyTulip
-            | Profile::P2FloppyNe2kIsa
-            | Profile::P2Usb
-            | Profile::P2PxeVmxnet3 => "qemu-system-i386",
-            Profile::X64Pxe
-            | Profile::X64PxeE1000e
-            | Profile::X64PxePcnet
-            | Profile::X64PxeVirtio
-            | Profile::X64Uefi => "qemu-system-x86_64",
+        let qemu = if profile.is_x64() {
+            "qemu-system-x86_64"
+        } else {
+            "qemu-system-i386"
         };
         let mut cmd = self.qemu(qemu, &name, &serial, &tap)?;
-        if qemu == "qemu-system-x86_64" {
+        if profile.is_x64() {
             self.x64_machine(&mut cmd, profile, &name, &mac)?
         } else {
             p2_machine(&mut cmd, profile, &mac, floppy)?
