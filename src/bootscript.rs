@@ -183,9 +183,10 @@ const HEAD_STALL_MS: u32 = 60_000;
 /// Shorter than the head's: the fallback is always there.
 const MIRROR_STALL_MS: u32 = 15_000;
 
-/// Before a script tries again, iPXE closes and reopens its network card, which resets it:
-/// a period card whose receive ring a burst overflowed (iPXE's NE2000 driver, seen in the lab
-/// behind nginx) receives nothing more until then, so every retry would fail for ever.
+/// Before a script tries again, iPXE closes and reopens its network card. A card with a
+/// native iPXE driver (Intel, Realtek, virtio, ...) is reset by that, so a card wedged in a
+/// state its driver cannot leave gets a fresh start; iPXE's legacy drivers (NE2000, 3c509,
+/// ...) do nothing on close and open, so for those it costs nothing and cures nothing.
 /// The IP settings stay; the wait after it lets the link come up.
 const RESET_CARD: &str = "ifclose ||\nifopen ||\n";
 

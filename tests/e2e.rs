@@ -718,9 +718,9 @@ fn start_mirror(lab: &mut Lab) -> PathBuf {
     let d = lab.dir.join("mirror");
     std::fs::create_dir_all(d.join("tmp")).unwrap();
     let conf = format!(
-        "daemon off;\nmaster_process off;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
+        "daemon off;\nmaster_process off;\npid {d}/nginx.pid;\nerror_log {d}/error.log info;\n\
          events {{ worker_connections 64; }}\n\
-         http {{\n  log_format verdict '$request_uri $upstream_cache_status $body_bytes_sent';\n\
+         http {{\n  log_format verdict '$request_uri $upstream_cache_status $body_bytes_sent $status $request_time $remote_addr $time_iso8601';\n\
          \x20 access_log {d}/access.log verdict;\n\
          \x20 client_body_temp_path {d}/tmp/body; proxy_temp_path {d}/tmp/proxy;\n\
          \x20 fastcgi_temp_path {d}/tmp/fcgi; uwsgi_temp_path {d}/tmp/uwsgi; scgi_temp_path {d}/tmp/scgi;\n\
@@ -733,6 +733,8 @@ fn start_mirror(lab: &mut Lab) -> PathBuf {
     let mut c = lab.exec("nginx");
     c.arg("-c").arg(d.join("nginx.conf")).arg("-p").arg(&d);
     lab.spawn(c).unwrap_or_else(|e| panic!("{e}"));
+    lab.report_also(d.join("access.log"));
+    lab.report_also(d.join("error.log"));
     d.join("access.log")
 }
 
@@ -740,6 +742,7 @@ fn start_mirror(lab: &mut Lab) -> PathBuf {
 #[ignore = "needs root, QEMU, nginx and built images: run `cargo xtask test`"]
 fn a_rooms_mirror_serves_the_second_pcs_image_from_its_cache() {
     let mut lab = empty_lab("mirror");
+    lab.capture().unwrap_or_else(|e| panic!("{e}"));
     let access = start_mirror(&mut lab);
     let cfg = lab
         .write_config("dhcp", &root().join("images/out"), "")

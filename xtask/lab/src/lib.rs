@@ -19,6 +19,11 @@ use std::time::{Duration, Instant};
 pub const HEAD_IP: &str = "10.77.0.1";
 pub const HEAD_URL: &str = "http://10.77.0.1:8080";
 
+/// The largest TCP segment the head's namespace sends a PC in a lab with an NE2000: with
+/// timestamps, 1200 - 12 bytes of data in a 1254-byte frame, 5 ring pages (see
+/// [`Lab::spare_the_ne2000s_ring`]).
+const NE2000_MSS: u32 = 1200;
+
 /// The head config's jobs section in the lab (the demo, the jobs tests): the head runs munged,
 /// slurmctld and NFS-Ganesha (the kernel's NFS server is the host's, outside the lab's
 /// network namespace); short timeouts so a lost node is seen within the test. `{lab}` is the
@@ -177,6 +182,14 @@ impl Profile {
         }
     }
 
+    /// An NE2000 (PCI or ISA) that iPXE drives: see [`Lab::spare_the_ne2000s_ring`].
+    pub fn is_ne2000(self) -> bool {
+        matches!(
+            self,
+            Profile::P2Floppy | Profile::P2FloppyNe2kIsa | Profile::P2Usb
+        )
+    }
+
     /// A 64-bit PC (qemu-system-x86_64); the others are Pentium IIs (qemu-system-i386).
     pub fn is_x64(self) -> bool {
         matches!(
@@ -329,6 +342,12 @@ pub struct Lab {
     /// The bridge new PCs are cabled to: br0, the head's segment, or br1, a room behind a
     /// router ([`Lab::relayed_room`]).
     bridge: String,
+    /// Helpers' logs a failing test prints ([`Lab::report_also`]).
+    reported_logs: Vec<PathBuf>,
+    /// The bridge's capture, if [`Lab::capture`] started one.
+    pcap: Option<PathBuf>,
+    /// Whether [`Lab::spare_the_ne2000s_ring`] has put its rule in.
+    ne2000_mss_clamped: bool,
 }
 
 impl Lab {
@@ -362,6 +381,9 @@ impl Lab {
             cables: vec![],
             hosts: vec![],
             bridge: "br0".into(),
+            reported_logs: vec![],
+            pcap: None,
+            ne2000_mss_clamped: false,
         };
         ip(&["-n", ns, "link", "set", "lo", "up"])?;
         ip(&["-n", ns, "link", "add", "br0", "type", "bridge"])?;
@@ -387,6 +409,9 @@ impl Lab {
             cables: vec![],
             hosts: vec![],
             bridge: "br0".into(),
+            reported_logs: vec![],
+            pcap: None,
+            ne2000_mss_clamped: false,
         })
     }
 
@@ -837,6 +862,9 @@ impl Lab {
         } else {
             "qemu-system-i386"
         };
+        if profile.is_ne2000() {
+            self.spare_the_ne2000s_ring()?;
+        }
         let mut cmd = self.qemu(qemu, &name, &serial, &tap)?;
         if profile.is_x64() {
             self.x64_machine(&mut cmd, profile, &name, &mac)?
@@ -844,6 +872,44 @@ impl Lab {
             p2_machine(&mut cmd, profile, &mac, floppy)?
         }
         self.launch(cmd, name, mac, serial)
+    }
+
+    /// Keep the TCP segments the head's namespace sends to PCs (the head's, a mirror's) within
+    /// 5 of an NE2000's 256-byte ring pages, by lowering the MSS in the PCs' SYNs to
+    /// [`NE2000_MSS`]. QEMU 7.2's NE2000 takes a frame only while 6 pages are free, so a
+    /// 6-page frame (over 1272 bytes) can fill the ring to its last page, CURR reaching BNRY;
+    /// it then takes the ring for empty and writes the next frames over those not yet read,
+    /// where a real DP8390 stops and flags the overflow (which iPXE's driver handles).
+    /// iPXE's driver then finds no valid frame header ("Bogus packet, ignoring" on the
+    /// screen), never moves past it, and is not reset by `ifclose`/`ifopen` (a legacy
+    /// driver): the PC receives nothing until it reboots. Behind nginx's unpaced bursts that
+    /// was 2 boots in about 12 here, and CI failed on it twice. With 5-page frames a full
+    /// ring only drops frames, which TCP sends again.
+    fn spare_the_ne2000s_ring(&mut self) -> Result<(), String> {
+        if self.ne2000_mss_clamped {
+            return Ok(());
+        }
+        let rules = format!(
+            "table inet lab_ne2000 {{ chain syn {{ type filter hook input priority 0; \
+             tcp flags & syn == syn tcp option maxseg size > {NE2000_MSS} \
+             tcp option maxseg size set {NE2000_MSS}; }}; }}"
+        );
+        let mut nft = self.exec("nft");
+        nft.args(["-f", "-"]).stdin(Stdio::piped());
+        let mut child = nft.spawn().map_err(|e| format!("nft: {e}"))?;
+        if let Some(mut stdin) = child.stdin.take() {
+            use std::io::Write;
+            stdin
+                .write_all(rules.as_bytes())
+                .map_err(|e| format!("nft: {e}"))?;
+        }
+        match child.wait() {
+            Ok(s) if s.success() => {
+                self.ne2000_mss_clamped = true;
+                Ok(())
+            }
+            other => Err(format!("nft {rules}: {other:?}")),
+        }
     }
 
     /// A 64-bit PC's memory, card and firmware (OVMF with its own variables for UEFI).
@@ -1129,14 +1195,68 @@ impl Lab {
         Ok(())
     }
 
-    /// Everything a failing test should print: head log and every serial console.
+    /// Send a QEMU monitor command to a PC and return what the monitor printed for it.
+    pub fn monitor_query(&self, pc: usize, command: &str) -> Result<String, String> {
+        use std::io::{Read, Write};
+        let path = self.dir.join(format!("{}.monitor", self.pcs[pc].name));
+        let mut s = std::os::unix::net::UnixStream::connect(&path)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        s.set_read_timeout(Some(Duration::from_millis(300)))
+            .map_err(|e| e.to_string())?;
+        let drain = |s: &mut std::os::unix::net::UnixStream| {
+            let (mut out, mut buf) = (Vec::new(), [0u8; 4096]);
+            let end = Instant::now() + Duration::from_secs(3);
+            while Instant::now() < end {
+                match s.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => out.extend_from_slice(&buf[..n]),
+                    Err(_) => break, // quiet for 300 ms: the monitor has said it all
+                }
+            }
+            String::from_utf8_lossy(&out).into_owned()
+        };
+        drain(&mut s); // the banner and prompt
+        s.write_all(format!("{command}\n").as_bytes())
+            .map_err(|e| e.to_string())?;
+        Ok(drain(&mut s))
+    }
+
+    /// What a PC's screen shows when it is in VGA text mode (iPXE, SYSLINUX and the BIOS
+    /// write there, not to the serial port): the boot floppy's messages.
+    pub fn screen_text(&self, pc: usize) -> String {
+        self.monitor_query(pc, "xp /2000hx 0xb8000")
+            .map(|dump| vga_text(&dump))
+            .unwrap_or_default()
+    }
+
+    /// Also print this log file's tail when a test fails (a helper server's log).
+    pub fn report_also(&mut self, log: PathBuf) {
+        self.reported_logs.push(log);
+    }
+
+    /// Capture the head's bridge (headers only) into `br0.pcap`; a failing test prints its
+    /// last packets.
+    pub fn capture(&mut self) -> Result<(), String> {
+        let pcap = self.dir.join("br0.pcap");
+        let mut c = self.exec("tcpdump");
+        c.args(["-i", "br0", "-s", "96", "-U", "-w"])
+            .arg(&pcap)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        self.spawn(c)?;
+        self.pcap = Some(pcap);
+        Ok(())
+    }
+
+    /// Everything a failing test should print: head log, every PC's serial console and
+    /// screen, the helpers' logs and the last packets on the bridge.
     pub fn report(&self) -> String {
         let mut s = format!(
             "==== head log ({}) ====\n{}\n",
             self.ns,
             tail(&self.head_log(), 150)
         );
-        for pc in &self.pcs {
+        for (i, pc) in self.pcs.iter().enumerate() {
             let _ = write!(
                 s,
                 "==== serial console of {} ({}) ====\n{}\n",
@@ -1144,9 +1264,58 @@ impl Lab {
                 pc.mac,
                 tail(&pc.serial_log(), 60)
             );
+            let screen = self.screen_text(i);
+            if !screen.is_empty() {
+                let _ = write!(s, "==== screen of {} ====\n{screen}\n", pc.name);
+            }
+        }
+        for log in &self.reported_logs {
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            let _ = write!(s, "==== {} ====\n{}\n", log.display(), tail(&text, 40));
+        }
+        if let Some(pcap) = &self.pcap {
+            let packets = run(Command::new("tcpdump")
+                .args(["-nn", "-tt", "-r"])
+                .arg(pcap)
+                .stderr(Stdio::null()))
+            .unwrap_or_default();
+            let _ = write!(s, "==== last packets on br0 ====\n{}\n", tail(&packets, 80));
         }
         s
     }
+}
+
+/// The text of a VGA text-mode screen from the monitor's `xp /2000hx 0xb8000` (each
+/// 16-bit cell: attribute high, character low), 80 columns, trailing blanks trimmed.
+pub fn vga_text(dump: &str) -> String {
+    let cells: Vec<u8> = dump
+        .lines()
+        .filter_map(|l| l.split_once(": 0x"))
+        .flat_map(|(_, words)| {
+            format!("0x{words}")
+                .split_whitespace()
+                .filter_map(|w| u16::from_str_radix(w.trim_start_matches("0x"), 16).ok())
+                .map(|w| (w & 0xff) as u8)
+                .collect::<Vec<u8>>()
+        })
+        .collect();
+    let rows: Vec<String> = cells
+        .chunks(80)
+        .map(|row| {
+            row.iter()
+                .map(|&c| {
+                    if (0x20..0x7f).contains(&c) {
+                        c as char
+                    } else {
+                        ' '
+                    }
+                })
+                .collect::<String>()
+                .trim_end()
+                .to_string()
+        })
+        .collect();
+    rows.join("\n").trim_end().to_string()
 }
 
 fn tail(s: &str, lines: usize) -> String {
@@ -1239,4 +1408,26 @@ fn p2_machine(
         _ => return Err(format!("{} is not a Pentium II", profile.name())),
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_text_screen_is_read_from_the_monitors_dump() {
+        // "iPXE" on row 0 (grey on black), "ok" at the start of row 1; the echo and
+        // escapes the monitor prints around the dump are ignored.
+        let mut words = vec!["0x0769", "0x0750", "0x0758", "0x0745"];
+        words.extend(std::iter::repeat_n("0x0720", 76));
+        words.extend(["0x076f", "0x076b"]);
+        words.extend(std::iter::repeat_n("0x0000", 78));
+        let dump: String = words
+            .chunks(8)
+            .enumerate()
+            .map(|(i, w)| format!("{:016x}: {}\r\n", 0xb8000 + i * 16, w.join(" ")))
+            .collect();
+        let dump = format!("xp /160hx 0xb8000\r\n\x1b[K{dump}(qemu) ");
+        assert_eq!(vga_text(&dump), "iPXE\nok");
+    }
 }
