@@ -394,6 +394,8 @@ fn an_x64_pc_joins_slurm_and_runs_a_job_in_the_shared_home() {
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "x86_64");
     let written = std::fs::read_to_string(home.join("from-the-node.txt")).unwrap_or_default();
     assert_eq!(written.trim(), lab.node_name(&mac));
+    // The node OS's Slurm (no job environment): its jobs' /tmp too.
+    a_job_has_a_private_tmp_gone_at_its_end(&lab, &lab.node_name(&mac), "");
 
     // The node's log at the head: its kernel's boot messages, its agent's and slurmd's lines;
     // it survives the node's reboot (node RAM does not).
@@ -1017,6 +1019,7 @@ fn job_environments_give_jobs_debians_python_and_mpi_with_memory_limits() {
         !list_env_files(&lab).iter().any(|f| f.ends_with("/planted")),
         "nothing planted in the environment"
     );
+    a_job_has_a_private_tmp_gone_at_its_end(&lab, &p2, "/run/enlist/root-*");
 
     // Memory: a job that asked for 20 MB and takes 60 is killed by Slurm's memory check
     // ("Exceeded job memory limit"), and the node stays up and runs the next job.
@@ -1095,6 +1098,47 @@ fn job_environments_give_jobs_debians_python_and_mpi_with_memory_limits() {
         said.contains(&format!("on {p2a},")) && said.contains(&format!("on {p2b},")),
         "a rank on each Pentium II: {said}"
     );
+}
+
+/// Each job has a /tmp and a /dev/shm of its own, removed when it ends (a RAM-only node keeps
+/// no job's leftovers): what root left in the node's /tmp is not in the job's, and what the
+/// job wrote is gone from the node afterwards. `root` is where the node's job root is: the
+/// node OS (`""`) or the job environment's (`/run/enlist/root-*`).
+fn a_job_has_a_private_tmp_gone_at_its_end(lab: &Lab, node: &str, root: &str) {
+    let exec = |command: &str| text(&enlist_cli(lab, &["exec", "-w", node, "--", command]));
+    let planted = exec(&format!(
+        "R=$(echo {root}/) && touch ${{R}}tmp/left-by-root && echo planted"
+    ));
+    assert!(planted.contains("planted"), "{planted}");
+    let said = must_as_user(
+        lab,
+        "srun",
+        &[
+            "-N1",
+            "-w",
+            node,
+            "sh",
+            "-c",
+            "touch /tmp/mine /dev/shm/mine && ls -A /tmp /dev/shm",
+        ],
+    );
+    assert!(
+        said.matches("mine").count() == 2 && !said.contains("left-by-root"),
+        "the job's own /tmp and /dev/shm: {said}"
+    );
+    // Removed as the job ends, just after its last step.
+    let after = || {
+        exec(&format!(
+            "ls -A {root}/tmp {root}/dev/shm; find {root}/var/spool/slurmd/job-tmp -mindepth 2"
+        ))
+    };
+    let gone = lab.wait_for(Duration::from_secs(30), "the job's /tmp removed", || {
+        let after = after();
+        after.contains("left-by-root") && !after.contains("mine")
+    });
+    if let Err(e) = gone {
+        fail(lab, &format!("{e}: {}", after()));
+    }
 }
 
 /// The top-level entries of every published job environment version on the head.

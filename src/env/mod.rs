@@ -2,7 +2,7 @@
 //! `enlist env build` with mmdebstrap and published like images
 //! (`<jobs.env_dir>/<arch>/<version>/{root/,manifest.json}` and `<arch>/current`). The head
 //! exports the folder read-only over NFS; a node mounts its arch's current version and runs
-//! munged, slurmd and so every job step chrooted in it (`initramfs/agent/src/jobs/root.rs`).
+//! munged, slurmd and so every job step in it (`initramfs/agent/src/jobs/root.rs`).
 //!
 //! Nothing secret may be in a version: every node reads it. The build removes the files a
 //! Debian root keeps for root alone (shadow, the munge package's own key).

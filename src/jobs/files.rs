@@ -1,6 +1,6 @@
-//! The files the scheduler and the file server run from, written by the head: slurm.conf and
-//! cgroup.conf for slurmctld (served to the nodes by configless Slurm), and ganesha.conf for
-//! the shared home. Pure: text from settings, tested here.
+//! The files the scheduler and the file server run from, written by the head: slurm.conf,
+//! cgroup.conf and job_container.conf for slurmctld (served to the nodes by configless Slurm),
+//! and ganesha.conf for the shared home. Pure: text from settings, tested here.
 
 use std::fmt::Write as _;
 use std::net::Ipv4Addr;
@@ -143,6 +143,12 @@ pub fn slurm_conf(s: &SlurmSettings) -> String {
     line("JobAcctGatherType", &"jobacct_gather/linux");
     line("JobAcctGatherFrequency", &"task=2");
     line("JobAcctGatherParams", &"OverMemoryKill");
+    // A private /tmp (and /dev/shm) for each job, in RAM, removed when the job ends: files a
+    // job leaves would otherwise take a RAM-only node's memory until it reboots. Slurm makes
+    // a mount namespace per job (job_container.conf); Contain makes it at allocation, for
+    // every step of the job to join.
+    line("JobContainerType", &"job_container/tmpfs");
+    line("PrologFlags", &"Contain");
     line("MpiDefault", &"none");
     line("SwitchType", &"switch/none");
     line("SchedulerType", &"sched/backfill");
@@ -235,6 +241,15 @@ pub fn slurmd_port_in(slurm_conf: &str) -> u16 {
 /// nothing constrained needs only the mount point.
 pub fn cgroup_conf() -> String {
     "# Written by enlist\nCgroupPlugin=cgroup/v1\nCgroupAutomount=no\nConstrainCores=no\nConstrainRAMSpace=no\nConstrainDevices=no\n".into()
+}
+
+/// Where each node keeps its jobs' private /tmp (in its RAM, under slurmd's spool).
+pub const JOB_TMP_BASE: &str = "/var/spool/slurmd/job-tmp";
+
+/// job_container.conf (served to the nodes by configless Slurm): each job's /tmp is a folder
+/// of [`JOB_TMP_BASE`], made at the job's start and removed at its end.
+pub fn job_container_conf() -> String {
+    format!("# Written by enlist\nAutoBasePath=true\nBasePath={JOB_TMP_BASE}\n")
 }
 
 /// What ganesha.conf is made of.
@@ -371,6 +386,24 @@ mod tests {
                 "enlist Nodes=enlisted,ondemand Default=YES MaxTime=INFINITE DefaultTime=60 State=UP",
                 "enlist-ondemand Nodes=ondemand Hidden=YES MaxTime=INFINITE DefaultTime=60 SuspendTime=600 State=UP",
             ]
+        );
+    }
+
+    #[test]
+    fn every_job_has_a_private_tmp_made_at_allocation() {
+        let (state, munge) = (
+            PathBuf::from("/s"),
+            PathBuf::from("/s/munge/munge.socket.2"),
+        );
+        let c = slurm_conf(&settings(&state, &munge));
+        assert_eq!(value(&c, "JobContainerType"), Some("job_container/tmpfs"));
+        assert_eq!(value(&c, "PrologFlags"), Some("Contain"));
+        let j = job_container_conf();
+        assert_eq!(value(&j, "BasePath"), Some(JOB_TMP_BASE));
+        assert_eq!(value(&j, "AutoBasePath"), Some("true"));
+        assert!(
+            JOB_TMP_BASE.starts_with(NODE_SPOOL),
+            "in the node's RAM, not its /tmp"
         );
     }
 

@@ -7,7 +7,7 @@
 //!
 //! | module      | what                                                                   |
 //! |-------------|------------------------------------------------------------------------|
-//! | `files`     | slurm.conf, cgroup.conf, ganesha.conf (pure)                           |
+//! | `files`     | slurm.conf, cgroup.conf, job_container.conf, ganesha.conf (pure)       |
 //! | `slurm`     | scontrol and squeue: state, drain, requeue, delete                     |
 //! | `supervise` | the daemons as children, restarted when they die                       |
 //! | `home`      | the shared home: which NFS server, each user's folder in it            |
@@ -92,7 +92,7 @@ const MUNGE_KEY_BYTES: usize = 1024;
 struct Paths {
     /// slurmctld's state, log and pid (state folder).
     slurm_dir: PathBuf,
-    /// `jobs.run_dir`: slurm.conf and cgroup.conf, and the munge socket's folder.
+    /// `jobs.run_dir`: slurm.conf, cgroup.conf and job_container.conf, and the munge socket's folder.
     run_dir: PathBuf,
     slurm_conf: PathBuf,
     munge_dir: PathBuf,
@@ -722,7 +722,8 @@ fn head_ipv4(cfg: &Config) -> Ipv4Addr {
         .unwrap_or(Ipv4Addr::UNSPECIFIED)
 }
 
-/// The munge key (made once, 0400) and slurm.conf/cgroup.conf for the managed controller.
+/// The munge key (made once, 0400) and slurm.conf/cgroup.conf/job_container.conf for the managed
+/// controller.
 fn managed_files(
     cfg: &Config,
     paths: &Paths,
@@ -773,6 +774,8 @@ fn managed_files(
     // Beside slurm.conf: slurmctld reads it from there.
     let cgroup = paths.run_dir.join("cgroup.conf");
     std::fs::write(&cgroup, files::cgroup_conf()).map_err(io(&cgroup))?;
+    let container = paths.run_dir.join("job_container.conf");
+    std::fs::write(&container, files::job_container_conf()).map_err(io(&container))?;
     Ok(key)
 }
 

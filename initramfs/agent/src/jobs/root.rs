@@ -1,6 +1,7 @@
 //! Where munged, slurmd and so every job step run: the node OS itself (`/`, with the Slurm
 //! runtime bundle linked in: busybox only), or a job root made from the head's job
-//! environment, a Debian userland the node mounts read-only over NFS and chroots into.
+//! environment, a Debian userland the node mounts read-only over NFS: the `/` of the daemons'
+//! own mount namespace ([`JobRoot::command`]).
 //!
 //! A job root lives in RAM at `/run/enlist/root-<version>`: `/usr` (and `/opt`) are the
 //! environment's, bound read-only; `/etc` is a copy (small, and the node writes its accounts
@@ -43,14 +44,70 @@ impl JobRoot {
         self.dir.join(p.trim_start_matches('/'))
     }
 
-    /// A program of the root, to be run in it.
+    /// A program of the root (an absolute path in it), to be run in it: in a mount namespace
+    /// of its own whose `/` is the job root ([`enter`]).
+    #[allow(unsafe_code)] // pre_exec: the child's namespace set-up, between fork and exec
     pub fn command(&self, program: &str) -> Command {
+        let mut c = Command::new(program);
         if self.is_node_os() {
-            return Command::new(program);
+            return c;
         }
-        let mut c = Command::new("/bin/busybox");
-        c.arg("chroot").arg(&self.dir).arg(program);
+        let dir = CString::new(self.dir.as_os_str().as_encoded_bytes()).unwrap_or_default();
+        // SAFETY: `enter` makes only system calls (async-signal-safe) on a string made
+        // before the fork.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut c, move || enter(&dir));
+        }
         c
+    }
+}
+
+/// Make `dir` the calling process's `/` in a new mount namespace, so that what Slurm does
+/// with namespaces stays in the job root: a job's private /tmp (job_container/tmpfs) is a
+/// namespace every step of the job joins by setns(2), which puts a process at its
+/// namespace's root. In a chroot that root is the node OS's, and the job would run there;
+/// here it is the job root. The node OS runs from its initramfs, which pivot_root(2)
+/// refuses, so this is switch_root's way: the job root, bound onto itself with what is
+/// mounted in it, is moved onto `/`, and the process chroots into it.
+#[allow(unsafe_code)] // unshare, mount, chroot: no wrapper in std
+fn enter(dir: &CString) -> std::io::Result<()> {
+    let none = std::ptr::null::<libc::c_char>();
+    let (root, dot) = (c"/".as_ptr(), c".".as_ptr());
+    let ok = |rc: libc::c_int| {
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
+    };
+    // SAFETY: system calls on NUL-terminated strings that outlive them.
+    unsafe {
+        ok(libc::unshare(libc::CLONE_NEWNS))?;
+        ok(libc::mount(
+            none,
+            root,
+            none,
+            libc::MS_REC | libc::MS_PRIVATE,
+            std::ptr::null(),
+        ))?;
+        let bind = libc::MS_BIND | libc::MS_REC;
+        ok(libc::mount(
+            dir.as_ptr(),
+            dir.as_ptr(),
+            none,
+            bind,
+            std::ptr::null(),
+        ))?;
+        ok(libc::chdir(dir.as_ptr()))?;
+        ok(libc::mount(
+            dot,
+            root,
+            none,
+            libc::MS_MOVE,
+            std::ptr::null(),
+        ))?;
+        ok(libc::chroot(dot))?;
+        ok(libc::chdir(root))
     }
 }
 
@@ -333,9 +390,10 @@ mod tests {
             JobRoot::node_os().path("/run/slurmd.pid"),
             Path::new("/run/slurmd.pid")
         );
-        let c = r.command("/usr/sbin/slurmd");
-        assert_eq!(c.get_program(), "/bin/busybox");
-        let args: Vec<_> = c.get_args().collect();
-        assert_eq!(args, ["chroot", "/run/enlist/root-v1", "/usr/sbin/slurmd"]);
+        // The program is the root's: found once the process is in it.
+        assert_eq!(
+            r.command("/usr/sbin/slurmd").get_program(),
+            "/usr/sbin/slurmd"
+        );
     }
 }
