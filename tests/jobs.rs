@@ -907,11 +907,11 @@ fn a_user_added_on_the_head_runs_a_job_within_a_minute_with_their_groups() {
 #[test]
 #[ignore = "needs root, QEMU, Slurm, built images and Debian's mirror: run `cargo xtask test`"]
 /// The admin builds job environments (Debian userlands: Python, numpy for the x86_64, MPICH
-/// for the Pentium IIs) with `enlist env build`; two 64 MB Pentium IIs and an x86_64 PC that
+/// for the Pentium IIs) with `enlist env build`; three 64 MB Pentium IIs and an x86_64 PC that
 /// join mount their arch's and run their jobs in it. A user's `python3` job prints 42 on each
 /// and writes into their home, seeing Debian's /usr, not the node OS's busybox (numpy works on
 /// the x86_64); root on a node cannot change the environment; a job over its memory is
-/// killed and the node runs the next; an MPI program compiled on a node runs over both
+/// killed and the node runs the next; an MPI program compiled on a node runs over the three
 /// Pentium IIs with `srun --mpi=pmi2`. (Jobs saw busybox and the Slurm daemons only, and
 /// nothing limited their memory.)
 fn job_environments_give_jobs_debians_python_and_mpi_with_memory_limits() {
@@ -932,16 +932,17 @@ fn job_environments_give_jobs_debians_python_and_mpi_with_memory_limits() {
     let macs = [
         boot(&mut lab, "i586", "qemu-system-i386", 64),
         boot(&mut lab, "i586", "qemu-system-i386", 64),
+        boot(&mut lab, "i586", "qemu-system-i386", 64),
         boot(&mut lab, "x86_64", "qemu-system-x86_64", 256),
     ];
     wait_healthy(&lab, &macs);
-    wait_idle(&lab, 3, Duration::from_secs(300));
+    wait_idle(&lab, 4, Duration::from_secs(300));
     let home = lab.user_home();
     let out = as_user(
         &lab,
         "srun",
         &[
-            "-N3",
+            "-N4",
             "--chdir",
             &home.display().to_string(),
             "sh",
@@ -958,6 +959,7 @@ fn job_environments_give_jobs_debians_python_and_mpi_with_memory_limits() {
     assert_eq!(
         lines,
         [
+            "42 /usr/bin/dash i686",
             "42 /usr/bin/dash i686",
             "42 /usr/bin/dash i686",
             "42 /usr/bin/dash x86_64"
@@ -981,7 +983,7 @@ fn job_environments_give_jobs_debians_python_and_mpi_with_memory_limits() {
     }
 
     // numpy on the x86_64 (Debian's i386 numpy needs SSE2: README).
-    let x64 = lab.node_name(&macs[2]);
+    let x64 = lab.node_name(&macs[3]);
     let out = as_user(
         &lab,
         "srun",
@@ -1047,11 +1049,11 @@ fn job_environments_give_jobs_debians_python_and_mpi_with_memory_limits() {
         "{}",
         text(&out)
     );
-    if let Err(e) = lab.wait_state(&macs[2], "healthy", Duration::from_secs(5)) {
+    if let Err(e) = lab.wait_state(&macs[3], "healthy", Duration::from_secs(5)) {
         fail(&lab, &e);
     }
 
-    // MPI: the user compiles on a Pentium II and runs over both (one arch: --constraint).
+    // MPI: the user compiles on a Pentium II and runs over the three (one arch: --constraint).
     std::fs::copy(
         root().join("tests/fixtures/env/hello-mpi.c"),
         home.join("hello-mpi.c"),
@@ -1076,7 +1078,7 @@ fn job_environments_give_jobs_debians_python_and_mpi_with_memory_limits() {
         "srun",
         &[
             "--mpi=pmi2",
-            "-N2",
+            "-N3",
             "--constraint=i686",
             &chdir,
             "./hello-mpi",
@@ -1084,20 +1086,19 @@ fn job_environments_give_jobs_debians_python_and_mpi_with_memory_limits() {
     );
     let mut ranks: Vec<&str> = said.lines().filter(|l| l.starts_with("rank ")).collect();
     ranks.sort();
-    let (p2a, p2b) = (lab.node_name(&macs[0]), lab.node_name(&macs[1]));
-    assert_eq!(ranks.len(), 2, "{said}");
-    assert!(
-        ranks[0].starts_with("rank 0 of 2 on ") && ranks[0].ends_with(", sum 1"),
-        "{said}"
-    );
-    assert!(
-        ranks[1].starts_with("rank 1 of 2 on ") && ranks[1].ends_with(", sum 1"),
-        "{said}"
-    );
-    assert!(
-        said.contains(&format!("on {p2a},")) && said.contains(&format!("on {p2b},")),
-        "a rank on each Pentium II: {said}"
-    );
+    assert_eq!(ranks.len(), 3, "{said}");
+    for (i, rank) in ranks.iter().enumerate() {
+        assert!(
+            rank.starts_with(&format!("rank {i} of 3 on ")) && rank.ends_with(", sum 3"),
+            "{said}"
+        );
+    }
+    for mac in &macs[..3] {
+        assert!(
+            said.contains(&format!("on {},", lab.node_name(mac))),
+            "a rank on each Pentium II: {said}"
+        );
+    }
 }
 
 /// Each job has a /tmp and a /dev/shm of its own, removed when it ends (a RAM-only node keeps
