@@ -132,17 +132,16 @@ pub fn slurm_conf(s: &SlurmSettings) -> String {
     line("ReturnToService", &2);
     line("SlurmdTimeout", &s.node_timeout.as_secs().max(10));
     line("JobRequeue", &1);
-    // The i586 node kernel has no cgroups (each is RAM and size of an 8 MB OS): processes
-    // are tracked by parentage, and memory is enforced by polling. Every 2 s slurmstepd reads
-    // its tasks' memory; a step over what its job asked (--mem, else DefMemPerCPU) is killed
-    // and the job ends OUT_OF_MEMORY. What a poll cannot catch (a job that fills a 64 MB PC
-    // within 2 s) is the kernel's OOM killer's, which the node points at the job: the agent,
-    // munged, slurmd and slurmstepd are exempt (oom_score_adj -1000; tasks get 0).
-    line("ProctrackType", &"proctrack/linuxproc");
-    line("TaskPlugin", &"task/none");
+    // Each job is held to the memory it asked for (--mem, else DefMemPerCPU) by its memory
+    // cgroup on the node (cgroup v1, mounted by the node OS; cgroup.conf): a job over it is
+    // killed by the kernel within its cgroup and ends OUT_OF_MEMORY, and the node goes on.
+    // Its processes are tracked by cgroup too (proctrack/cgroup: none escapes by forking
+    // twice). Outside a job's cgroup the agent, munged, slurmd and slurmstepd are never the
+    // OOM killer's choice (oom_score_adj -1000; tasks get 0).
+    line("ProctrackType", &"proctrack/cgroup");
+    line("TaskPlugin", &"task/cgroup");
     line("JobAcctGatherType", &"jobacct_gather/linux");
     line("JobAcctGatherFrequency", &"task=2");
-    line("JobAcctGatherParams", &"OverMemoryKill");
     // A private /tmp (and /dev/shm) for each job, in RAM, removed when the job ends: files a
     // job leaves would otherwise take a RAM-only node's memory until it reboots. Slurm makes
     // a mount namespace per job (job_container.conf); Contain makes it at allocation, for
@@ -237,10 +236,11 @@ pub fn slurmd_port_in(slurm_conf: &str) -> u16 {
         .unwrap_or(6818)
 }
 
-/// cgroup.conf: slurmd 22.05 loads a cgroup plugin whatever the other settings; v1 with
-/// nothing constrained needs only the mount point.
+/// cgroup.conf: cgroup v1, whose memory, freezer and cpuset hierarchies the node OS mounts
+/// at boot (no systemd to ask, which Slurm 22.05's cgroup/v2 wants); each job's RAM limited to
+/// what it asked for, no swap (the nodes have none), cores and devices left alone.
 pub fn cgroup_conf() -> String {
-    "# Written by enlist\nCgroupPlugin=cgroup/v1\nCgroupAutomount=no\nConstrainCores=no\nConstrainRAMSpace=no\nConstrainDevices=no\n".into()
+    "# Written by enlist\nCgroupPlugin=cgroup/v1\nCgroupMountpoint=/sys/fs/cgroup\nCgroupAutomount=no\nConstrainCores=no\nConstrainRAMSpace=yes\nConstrainSwapSpace=no\nConstrainDevices=no\n".into()
 }
 
 /// Where each node keeps its jobs' private /tmp (in its RAM, under slurmd's spool).
@@ -386,6 +386,25 @@ mod tests {
                 "enlist Nodes=enlisted,ondemand Default=YES MaxTime=INFINITE DefaultTime=60 State=UP",
                 "enlist-ondemand Nodes=ondemand Hidden=YES MaxTime=INFINITE DefaultTime=60 SuspendTime=600 State=UP",
             ]
+        );
+    }
+
+    #[test]
+    fn jobs_are_held_to_their_memory_by_cgroup() {
+        let (state, munge) = (
+            PathBuf::from("/s"),
+            PathBuf::from("/s/munge/munge.socket.2"),
+        );
+        let c = slurm_conf(&settings(&state, &munge));
+        assert_eq!(value(&c, "TaskPlugin"), Some("task/cgroup"));
+        assert_eq!(value(&c, "ProctrackType"), Some("proctrack/cgroup"));
+        let g = cgroup_conf();
+        assert_eq!(value(&g, "CgroupPlugin"), Some("cgroup/v1"));
+        assert_eq!(value(&g, "ConstrainRAMSpace"), Some("yes"));
+        assert_eq!(
+            value(&g, "CgroupAutomount"),
+            Some("no"),
+            "the node OS mounts them"
         );
     }
 
