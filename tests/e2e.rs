@@ -812,12 +812,5 @@ fn stall_after(lab: &Lab, port: u16, kib: u32) {
         "table inet lab_stall {{ chain out {{ type filter hook output priority 0; \
          tcp sport {port} quota over {kib} kbytes drop; }}; }}"
     );
-    let mut nft = lab.exec("nft");
-    nft.args(["-f", "-"]).stdin(std::process::Stdio::piped());
-    let mut child = nft.spawn().unwrap_or_else(|e| panic!("nft: {e}"));
-    if let Some(mut stdin) = child.stdin.take() {
-        use std::io::Write;
-        stdin.write_all(rules.as_bytes()).expect("nft rules");
-    }
-    assert!(child.wait().is_ok_and(|s| s.success()), "nft: {rules}");
+    lab.nft(&rules).unwrap_or_else(|e| panic!("{e}"));
 }

@@ -323,6 +323,15 @@ mod tests {
     use super::*;
     use std::path::PathBuf;
 
+    /// slurm.conf from [`settings`] with the state folder `/s`.
+    fn test_slurm_conf() -> String {
+        let (state, munge) = (
+            PathBuf::from("/s"),
+            PathBuf::from("/s/munge/munge.socket.2"),
+        );
+        slurm_conf(&settings(&state, &munge))
+    }
+
     fn settings<'a>(state: &'a Path, munge: &'a Path) -> SlurmSettings<'a> {
         SlurmSettings {
             cluster: "enlist",
@@ -391,11 +400,7 @@ mod tests {
 
     #[test]
     fn jobs_are_held_to_their_memory_by_cgroup() {
-        let (state, munge) = (
-            PathBuf::from("/s"),
-            PathBuf::from("/s/munge/munge.socket.2"),
-        );
-        let c = slurm_conf(&settings(&state, &munge));
+        let c = test_slurm_conf();
         assert_eq!(value(&c, "TaskPlugin"), Some("task/cgroup"));
         assert_eq!(value(&c, "ProctrackType"), Some("proctrack/cgroup"));
         let g = cgroup_conf();
@@ -410,11 +415,7 @@ mod tests {
 
     #[test]
     fn every_job_has_a_private_tmp_made_at_allocation() {
-        let (state, munge) = (
-            PathBuf::from("/s"),
-            PathBuf::from("/s/munge/munge.socket.2"),
-        );
-        let c = slurm_conf(&settings(&state, &munge));
+        let c = test_slurm_conf();
         assert_eq!(value(&c, "JobContainerType"), Some("job_container/tmpfs"));
         assert_eq!(value(&c, "PrologFlags"), Some("Contain"));
         let j = job_container_conf();
@@ -428,11 +429,7 @@ mod tests {
 
     #[test]
     fn slurm_conf_is_configless_dynamic_and_accounts_memory() {
-        let (state, munge) = (
-            PathBuf::from("/s"),
-            PathBuf::from("/s/munge/munge.socket.2"),
-        );
-        let c = slurm_conf(&settings(&state, &munge));
+        let c = test_slurm_conf();
         assert_eq!(value(&c, "SlurmctldHost"), Some("vm(10.77.0.1)"));
         assert_eq!(value(&c, "SlurmctldParameters"), Some("enable_configless"));
         assert_eq!(value(&c, "SelectTypeParameters"), Some("CR_Core_Memory"));

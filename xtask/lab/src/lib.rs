@@ -894,6 +894,13 @@ impl Lab {
              tcp flags & syn == syn tcp option maxseg size > {NE2000_MSS} \
              tcp option maxseg size set {NE2000_MSS}; }}; }}"
         );
+        self.nft(&rules)?;
+        self.ne2000_mss_clamped = true;
+        Ok(())
+    }
+
+    /// Load nftables `rules` (`nft -f` syntax) in the lab's namespace.
+    pub fn nft(&self, rules: &str) -> Result<(), String> {
         let mut nft = self.exec("nft");
         nft.args(["-f", "-"]).stdin(Stdio::piped());
         let mut child = nft.spawn().map_err(|e| format!("nft: {e}"))?;
@@ -904,10 +911,7 @@ impl Lab {
                 .map_err(|e| format!("nft: {e}"))?;
         }
         match child.wait() {
-            Ok(s) if s.success() => {
-                self.ne2000_mss_clamped = true;
-                Ok(())
-            }
+            Ok(s) if s.success() => Ok(()),
             other => Err(format!("nft {rules}: {other:?}")),
         }
     }
@@ -1183,12 +1187,17 @@ impl Lab {
         Ok((c, log))
     }
 
+    /// A connection to a PC's QEMU monitor.
+    fn monitor_socket(&self, pc: usize) -> Result<std::os::unix::net::UnixStream, String> {
+        let path = self.dir.join(format!("{}.monitor", self.pcs[pc].name));
+        std::os::unix::net::UnixStream::connect(&path)
+            .map_err(|e| format!("{}: {e}", path.display()))
+    }
+
     /// Send a QEMU monitor command (e.g. `sendkey ctrl-alt-delete`) to a PC.
     pub fn monitor(&self, pc: usize, command: &str) -> Result<(), String> {
         use std::io::Write;
-        let path = self.dir.join(format!("{}.monitor", self.pcs[pc].name));
-        let mut s = std::os::unix::net::UnixStream::connect(&path)
-            .map_err(|e| format!("{}: {e}", path.display()))?;
+        let mut s = self.monitor_socket(pc)?;
         s.write_all(format!("{command}\n").as_bytes())
             .map_err(|e| e.to_string())?;
         std::thread::sleep(Duration::from_millis(500));
@@ -1198,9 +1207,7 @@ impl Lab {
     /// Send a QEMU monitor command to a PC and return what the monitor printed for it.
     pub fn monitor_query(&self, pc: usize, command: &str) -> Result<String, String> {
         use std::io::{Read, Write};
-        let path = self.dir.join(format!("{}.monitor", self.pcs[pc].name));
-        let mut s = std::os::unix::net::UnixStream::connect(&path)
-            .map_err(|e| format!("{}: {e}", path.display()))?;
+        let mut s = self.monitor_socket(pc)?;
         s.set_read_timeout(Some(Duration::from_millis(300)))
             .map_err(|e| e.to_string())?;
         let drain = |s: &mut std::os::unix::net::UnixStream| {
@@ -1290,14 +1297,11 @@ impl Lab {
 pub fn vga_text(dump: &str) -> String {
     let cells: Vec<u8> = dump
         .lines()
-        .filter_map(|l| l.split_once(": 0x"))
-        .flat_map(|(_, words)| {
-            format!("0x{words}")
-                .split_whitespace()
-                .filter_map(|w| u16::from_str_radix(w.trim_start_matches("0x"), 16).ok())
-                .map(|w| (w & 0xff) as u8)
-                .collect::<Vec<u8>>()
-        })
+        .filter(|l| l.contains(": 0x"))
+        .filter_map(|l| l.split_once(": "))
+        .flat_map(|(_, words)| words.split_whitespace())
+        .filter_map(|w| u16::from_str_radix(w.trim_start_matches("0x"), 16).ok())
+        .map(|w| (w & 0xff) as u8)
         .collect();
     let rows: Vec<String> = cells
         .chunks(80)
