@@ -906,17 +906,17 @@ fn a_user_added_on_the_head_runs_a_job_within_a_minute_with_their_groups() {
 
 #[test]
 #[ignore = "needs root, QEMU, Slurm, built images and Debian's mirror: run `cargo xtask test`"]
-/// The admin builds job environments (Debian userlands: Python, numpy for the x86_64, MPICH
-/// for the Pentium IIs) with `enlist env build`; three 64 MB Pentium IIs and an x86_64 PC that
-/// join mount their arch's and run their jobs in it. A user's `python3` job prints 42 on each
+/// The admin builds job environments (Debian userlands: Python and MPICH, numpy for the
+/// x86_64s) with `enlist env build`; two 64 MB Pentium IIs and three x86_64 PCs that join
+/// mount their arch's and run their jobs in it. A user's `python3` job prints 42 on each
 /// and writes into their home, seeing Debian's /usr, not the node OS's busybox (numpy works on
 /// the x86_64); root on a node cannot change the environment; a job over its memory is
-/// killed and the node runs the next; an MPI program compiled on a node runs over the three
-/// Pentium IIs with `srun --mpi=pmi2`. (Jobs saw busybox and the Slurm daemons only, and
+/// killed and the node runs the next; an MPI program compiled on a node runs with
+/// `srun --mpi=pmi2` over the two Pentium IIs, and one over the three x86_64s. (Jobs saw busybox and the Slurm daemons only, and
 /// nothing limited their memory.)
 fn job_environments_give_jobs_debians_python_and_mpi_with_memory_limits() {
     let mut lab = jobs_lab("env");
-    for recipe in ["i386-mpi.yaml", "amd64.yaml"] {
+    for recipe in ["i386-mpi.yaml", "amd64-mpi.yaml"] {
         let path = root().join("tests/fixtures/env").join(recipe);
         let out = enlist_cli(&lab, &["env", "build", &path.display().to_string()]);
         assert!(
@@ -932,17 +932,18 @@ fn job_environments_give_jobs_debians_python_and_mpi_with_memory_limits() {
     let macs = [
         boot(&mut lab, "i586", "qemu-system-i386", 64),
         boot(&mut lab, "i586", "qemu-system-i386", 64),
-        boot(&mut lab, "i586", "qemu-system-i386", 64),
+        boot(&mut lab, "x86_64", "qemu-system-x86_64", 256),
+        boot(&mut lab, "x86_64", "qemu-system-x86_64", 256),
         boot(&mut lab, "x86_64", "qemu-system-x86_64", 256),
     ];
     wait_healthy(&lab, &macs);
-    wait_idle(&lab, 4, Duration::from_secs(300));
+    wait_idle(&lab, 5, Duration::from_secs(300));
     let home = lab.user_home();
     let out = as_user(
         &lab,
         "srun",
         &[
-            "-N4",
+            "-N5",
             "--chdir",
             &home.display().to_string(),
             "sh",
@@ -961,7 +962,8 @@ fn job_environments_give_jobs_debians_python_and_mpi_with_memory_limits() {
         [
             "42 /usr/bin/dash i686",
             "42 /usr/bin/dash i686",
-            "42 /usr/bin/dash i686",
+            "42 /usr/bin/dash x86_64",
+            "42 /usr/bin/dash x86_64",
             "42 /usr/bin/dash x86_64"
         ],
         "Debian's Python and sh on each, no busybox: {said}"
@@ -983,7 +985,7 @@ fn job_environments_give_jobs_debians_python_and_mpi_with_memory_limits() {
     }
 
     // numpy on the x86_64 (Debian's i386 numpy needs SSE2: README).
-    let x64 = lab.node_name(&macs[3]);
+    let x64 = lab.node_name(&macs[2]);
     let out = as_user(
         &lab,
         "srun",
@@ -1027,7 +1029,7 @@ fn job_environments_give_jobs_debians_python_and_mpi_with_memory_limits() {
     // more (40 MB on the Pentium II, whose kernel refuses a single 60 MB allocation outright:
     // more than its RAM; 60 MB on the x86_64) is killed by the kernel within its memory cgroup
     // and ends OUT_OF_MEMORY; the node stays up and runs the next job.
-    for (mac, node, mb) in [(&macs[0], &p2, 40), (&macs[3], &x64, 60)] {
+    for (mac, node, mb) in [(&macs[0], &p2, 40), (&macs[2], &x64, 60)] {
         let out = home.join(format!("greedy-{node}.out"));
         let id = submit(
             &lab,
@@ -1054,50 +1056,65 @@ fn job_environments_give_jobs_debians_python_and_mpi_with_memory_limits() {
         }
     }
 
-    // MPI: the user compiles on a Pentium II and runs over the three (one arch: --constraint).
+    // MPI, over nodes of one arch (a program is built for one): the user compiles on a node of
+    // each kind and runs over the two Pentium IIs and over the three x86_64s.
     std::fs::copy(
         root().join("tests/fixtures/env/hello-mpi.c"),
         home.join("hello-mpi.c"),
     )
     .unwrap();
+    mpi_hello_runs_a_rank_on_each(&lab, "i686", &macs[..2]);
+    mpi_hello_runs_a_rank_on_each(&lab, "x86_64", &macs[2..]);
+}
+
+/// A user compiles the MPI hello on a node with the feature `arch` and runs it with
+/// `srun --mpi=pmi2` over the nodes `macs` (all of that arch): one rank on each node, each
+/// saying where it runs, and their Allreduce's sum right (the ranks talk to each other).
+fn mpi_hello_runs_a_rank_on_each(lab: &Lab, arch: &str, macs: &[String]) {
+    let home = lab.user_home();
     let chdir = format!("--chdir={}", home.display());
+    let constraint = format!("--constraint={arch}");
+    let program = format!("hello-mpi-{arch}");
     must_as_user(
-        &lab,
+        lab,
         "srun",
         &[
             "-N1",
-            "--constraint=i686",
+            &constraint,
             &chdir,
             "mpicc",
             "-o",
-            "hello-mpi",
+            &program,
             "hello-mpi.c",
         ],
     );
+    let n = macs.len();
     let said = must_as_user(
-        &lab,
+        lab,
         "srun",
         &[
             "--mpi=pmi2",
-            "-N3",
-            "--constraint=i686",
+            &format!("-N{n}"),
+            &constraint,
             &chdir,
-            "./hello-mpi",
+            &format!("./{program}"),
         ],
     );
     let mut ranks: Vec<&str> = said.lines().filter(|l| l.starts_with("rank ")).collect();
     ranks.sort();
-    assert_eq!(ranks.len(), 3, "{said}");
+    assert_eq!(ranks.len(), n, "{arch}: {said}");
+    let sum = n * (n - 1) / 2;
     for (i, rank) in ranks.iter().enumerate() {
         assert!(
-            rank.starts_with(&format!("rank {i} of 3 on ")) && rank.ends_with(", sum 3"),
-            "{said}"
+            rank.starts_with(&format!("rank {i} of {n} on "))
+                && rank.ends_with(&format!(", sum {sum}")),
+            "{arch}: {said}"
         );
     }
-    for mac in &macs[..3] {
+    for mac in macs {
         assert!(
             said.contains(&format!("on {},", lab.node_name(mac))),
-            "a rank on each Pentium II: {said}"
+            "{arch}: a rank on each node: {said}"
         );
     }
 }
