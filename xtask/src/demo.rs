@@ -465,7 +465,7 @@ fn calibrate(lab: &mut Lab, power: &mut Power, nodes: usize) -> anyhow::Result<(
 fn render(lab: &mut Lab, power: &mut Power, nodes: usize) -> anyhow::Result<()> {
     let home = lab.user_home();
     let frames = nodes * 3;
-    write_render_job(&home, frames)?;
+    write_render_job(&home, frames, DEMO_FRAME)?;
     let array = format!("--array=1-{frames}");
     let chdir = format!("--chdir={}", home.display());
     let started = std::time::Instant::now();
@@ -513,9 +513,16 @@ fn render(lab: &mut Lab, power: &mut Power, nodes: usize) -> anyhow::Result<()> 
     Ok(())
 }
 
-/// The scene and the array task's script in `dir`: `frames` frames of 160x120 (the frame
-/// is the array task's id, or the script's argument).
-pub(crate) fn write_render_job(dir: &std::path::Path, frames: usize) -> anyhow::Result<()> {
+/// The demo's frame: small, so a Pentium II renders one in seconds.
+pub(crate) const DEMO_FRAME: &str = "+W160 +H120";
+
+/// The scene and the array task's script in `dir`: `frames` frames of `quality` (povray's size
+/// and antialiasing options; the frame is the array task's id, or the script's argument).
+pub(crate) fn write_render_job(
+    dir: &std::path::Path,
+    frames: usize,
+    quality: &str,
+) -> anyhow::Result<()> {
     let write = |name: &str, text: String| {
         let p = dir.join(name);
         std::fs::write(&p, text).with_context(|| format!("writing {}", p.display()))
@@ -526,7 +533,7 @@ pub(crate) fn write_render_job(dir: &std::path::Path, frames: usize) -> anyhow::
         format!(
             "#!/bin/sh\n# One frame of scene.pov per array task (povray's own animation options).\n\
              f=${{SLURM_ARRAY_TASK_ID:-$1}}\n\
-             exec povray +Iscene.pov +Oframe.png +W160 +H120 -D +KFI1 +KFF{frames} +SF$f +EF$f\n"
+             exec povray +Iscene.pov +Oframe.png {quality} -D +KFI1 +KFF{frames} +SF$f +EF$f\n"
         ),
     )
 }
