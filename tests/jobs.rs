@@ -911,9 +911,9 @@ fn a_user_added_on_the_head_runs_a_job_within_a_minute_with_their_groups() {
 /// mount their arch's and run their jobs in it. A user's `python3` job prints 42 on each
 /// and writes into their home, seeing Debian's /usr, not the node OS's busybox (numpy works on
 /// the x86_64); root on a node cannot change the environment; a job over its memory is
-/// killed and the node runs the next; an MPI program compiled on a node runs with
-/// `srun --mpi=pmi2` over the two Pentium IIs, and one over the three x86_64s. (Jobs saw busybox and the Slurm daemons only, and
-/// nothing limited their memory.)
+/// killed and the node runs the next; an MPI program compiled on a node of each kind runs
+/// with `srun --mpi=pmi2` over the two Pentium IIs, and over the three x86_64s. (Jobs saw
+/// busybox and the Slurm daemons only, and nothing limited their memory.)
 fn job_environments_give_jobs_debians_python_and_mpi_with_memory_limits() {
     let mut lab = jobs_lab("env");
     for recipe in ["i386-mpi.yaml", "amd64-mpi.yaml"] {

@@ -279,7 +279,7 @@ fn render_on_head(frames: usize, set: &FrameSet) -> anyhow::Result<(Duration, f6
     std::fs::create_dir_all(&work)?;
     crate::demo::write_render_job(&work, frames, set.quality)?;
     let t = Instant::now();
-    let mut said = Vec::new();
+    let mut trace = 0.0;
     for f in 1..=frames {
         let out = std::process::Command::new("chroot")
             .arg(&root)
@@ -291,15 +291,11 @@ fn render_on_head(frames: usize, set: &FrameSet) -> anyhow::Result<(Duration, f6
         if !out.status.success() {
             bail!("frame {f} on the head: {}", out.status);
         }
-        said.push(out.stdout);
+        trace += trace_cpu_seconds(&String::from_utf8_lossy(&out.stdout))
+            .with_context(|| format!("frame {f} on the head: no trace time"))?;
     }
     let elapsed = t.elapsed();
     let _ = std::fs::remove_dir_all(&work);
-    let mut trace = 0.0;
-    for (f, out) in said.iter().enumerate() {
-        trace += trace_cpu_seconds(&String::from_utf8_lossy(out))
-            .with_context(|| format!("frame {} on the head: no trace time", f + 1))?;
-    }
     Ok((elapsed, trace))
 }
 
